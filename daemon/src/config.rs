@@ -1,0 +1,464 @@
+//! Configuration: `/etc/frontdesk/frontdesk.toml`, parsed with serde (unknown keys are errors) and
+//! validated afterwards. Every error names the file, the key and what is wrong. Secrets are never
+//! part of it (see [`crate::secrets`]). `packaging/frontdesk.toml` documents every key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::store::retention::RetentionPolicy;
+
+/// Default location of the configuration file.
+pub const DEFAULT_PATH: &str = "/etc/frontdesk/frontdesk.toml";
+
+/// A configuration problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: PathBuf, message: String },
+    #[error("{file}: key `{key}`: {message}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub service: ServiceConfig,
+    pub studio: StudioConfig,
+    pub webhook: WebhookConfig,
+    pub metrics: MetricsConfig,
+    pub whatsapp: WhatsAppConfig,
+    pub llm: LlmConfig,
+    pub conversation: ConversationConfig,
+    pub magicline: MagicLineConfig,
+    pub retention: RetentionPolicy,
+    pub tunnel: Option<TunnelConfig>,
+    /// Where the file was loaded from (not part of the file).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// `[service]`: paths, logging and the admin socket.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// Store and models live here (systemd's StateDirectory).
+    pub state_dir: PathBuf,
+    /// The admin socket (systemd's RuntimeDirectory).
+    pub admin_socket: PathBuf,
+    /// Members of this group may use the admin socket (root always may).
+    pub admin_group: String,
+    /// Log level (error, warn, info, debug, trace); `RUST_LOG` overrides it.
+    pub log_level: String,
+    /// Development only: where credentials are read when `$CREDENTIALS_DIRECTORY` is unset.
+    pub credentials_dir: Option<PathBuf>,
+    /// Shipped prompts; files in `prompts_override_dir` win.
+    pub prompts_dir: PathBuf,
+    pub prompts_override_dir: PathBuf,
+    /// Watchdog pings require the pipeline to have turned over within this many seconds.
+    pub watchdog_stall_secs: u64,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            state_dir: "/var/lib/frontdesk".into(),
+            admin_socket: "/run/frontdesk/admin.sock".into(),
+            admin_group: "frontdesk-admin".into(),
+            log_level: "info".into(),
+            credentials_dir: None,
+            prompts_dir: "/usr/share/frontdesk/prompts".into(),
+            prompts_override_dir: "/etc/frontdesk/prompts".into(),
+            watchdog_stall_secs: 60,
+        }
+    }
+}
+
+/// `[studio]`: facts the assistant may state. It states nothing beyond these.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StudioConfig {
+    pub name: String,
+    pub assistant_name: String,
+    pub address: String,
+    pub phone: String,
+    pub website: String,
+    /// Opening hours as people read them, one line per day group.
+    pub opening_hours: Vec<String>,
+    /// Offers and prices exactly as they may be quoted.
+    pub offers: Vec<String>,
+    /// What a trial training is (duration, what to bring).
+    pub trial_info: String,
+    /// Sent when the conversation is handed over to staff.
+    pub handover_text: String,
+    /// Sent for voice messages, pictures and other non-text messages.
+    pub non_text_reply: String,
+    /// Sent once after an opt-out.
+    pub opt_out_reply: String,
+}
+
+impl Default for StudioConfig {
+    fn default() -> Self {
+        StudioConfig {
+            name: "Dein Studio".into(),
+            assistant_name: "Max".into(),
+            address: String::new(),
+            phone: String::new(),
+            website: String::new(),
+            opening_hours: Vec::new(),
+            offers: Vec::new(),
+            trial_info: String::new(),
+            handover_text: "Danke dir für deine Nachricht! Ich gebe das direkt an unser Team weiter – \
+                            jemand meldet sich so schnell wie möglich persönlich bei dir. 🙏"
+                .into(),
+            non_text_reply: "Danke dir! Sprachnachrichten, Bilder und Dateien kann ich leider nicht \
+                             öffnen – schreib mir einfach kurz als Text, dann helfe ich dir sofort weiter. 😊"
+                .into(),
+            opt_out_reply: "Alles klar, du bekommst von uns keine Nachrichten mehr. Wenn du doch \
+                            wieder Fragen hast, schreib uns einfach. 👋"
+                .into(),
+        }
+    }
+}
+
+/// `[webhook]`: the local HTTP listener WhatsApp's webhook reaches (directly or via the tunnel).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    /// Rejected requests audited per minute at most (the rest are counted in metrics only).
+    pub audit_rejections_per_minute: u32,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            listen: "127.0.0.1:8080".parse().expect("valid address"),
+            max_body_bytes: 1024 * 1024,
+            audit_rejections_per_minute: 60,
+        }
+    }
+}
+
+/// `[metrics]`: Prometheus metrics and health, localhost only.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9464".parse().expect("valid address"),
+        }
+    }
+}
+
+/// `[whatsapp]`: the WhatsApp Cloud API (Graph API) account.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WhatsAppConfig {
+    pub graph_base: String,
+    pub api_version: String,
+    pub phone_number_id: String,
+    /// Template used when the 24-hour window is closed (error 131047); none → no message.
+    pub reopen_template: Option<String>,
+    pub template_language: String,
+    pub send_timeout_secs: u64,
+    /// Concurrent conversations processed at once.
+    pub max_concurrent_conversations: usize,
+}
+
+impl Default for WhatsAppConfig {
+    fn default() -> Self {
+        WhatsAppConfig {
+            graph_base: "https://graph.facebook.com".into(),
+            api_version: "v21.0".into(),
+            phone_number_id: String::new(),
+            reopen_template: None,
+            template_language: "de".into(),
+            send_timeout_secs: 15,
+            max_concurrent_conversations: 8,
+        }
+    }
+}
+
+/// Which language model backend answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LlmBackend {
+    /// llama.cpp inside the daemon.
+    Llama,
+    /// An OpenAI-compatible server (llama-server, vLLM).
+    Openai,
+}
+
+/// `[llm]`: model and sampling.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmConfig {
+    pub backend: LlmBackend,
+    pub model_path: PathBuf,
+    /// Built-in chat template name when the GGUF has none (e.g. "chatml", "llama3").
+    pub chat_template: Option<String>,
+    pub gpu_layers: u32,
+    pub threads: u32,
+    pub context_size: u32,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub repeat_penalty: f32,
+    pub max_tokens: u32,
+    pub seed: u32,
+    pub queue_depth: usize,
+    pub openai_base_url: String,
+    pub openai_model: String,
+    pub request_timeout_secs: u64,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        LlmConfig {
+            backend: LlmBackend::Llama,
+            model_path: "/var/lib/frontdesk/models/model.gguf".into(),
+            chat_template: None,
+            gpu_layers: 0,
+            threads: 0,
+            context_size: 4096,
+            temperature: 0.8,
+            top_p: 0.9,
+            repeat_penalty: 1.2,
+            max_tokens: 300,
+            seed: 0,
+            queue_depth: 64,
+            openai_base_url: "http://127.0.0.1:8081".into(),
+            openai_model: "default".into(),
+            request_timeout_secs: 120,
+        }
+    }
+}
+
+/// `[conversation]`: history window and message coalescing.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConversationConfig {
+    pub history_messages: usize,
+    pub burst_window_ms: u64,
+}
+
+impl Default for ConversationConfig {
+    fn default() -> Self {
+        ConversationConfig {
+            history_messages: 12,
+            burst_window_ms: 3000,
+        }
+    }
+}
+
+/// `[magicline]`: the studio's MagicLine Open API tenant.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MagicLineConfig {
+    /// `https://<tenant>.open-api.magicline.com/v1`; empty disables booking.
+    pub base_url: String,
+    pub timeout_secs: u64,
+    /// How many days ahead free slots are searched.
+    pub days_ahead: u32,
+}
+
+impl Default for MagicLineConfig {
+    fn default() -> Self {
+        MagicLineConfig {
+            base_url: String::new(),
+            timeout_secs: 10,
+            days_ahead: 14,
+        }
+    }
+}
+
+/// `[tunnel]`: the outbound connection to `frontdesk relay`. Absent: no tunnel.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelConfig {
+    /// `host:port` of the relay's tunnel listener.
+    pub relay: String,
+    /// TLS server name of the relay.
+    pub server_name: String,
+    /// PEM file with the CA that signed the relay's certificate; absent → system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Which credential holds this box's token.
+    #[serde(default = "default_tunnel_credential")]
+    pub credential: String,
+}
+
+fn default_tunnel_credential() -> String {
+    crate::secrets::names::TUNNEL_TOKEN.into()
+}
+
+impl Config {
+    /// Loads and validates the configuration at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', " | "),
+        })?;
+        cfg.source = path.to_path_buf();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.source.clone(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.service.state_dir.is_absolute() {
+            return Err(self.invalid("service.state_dir", "must be an absolute path"));
+        }
+        if !self.service.admin_socket.is_absolute() {
+            return Err(self.invalid("service.admin_socket", "must be an absolute path"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.service.log_level).is_err() {
+            return Err(self.invalid(
+                "service.log_level",
+                "must be a level (error, warn, info, debug, trace) or a filter directive",
+            ));
+        }
+        if self.webhook.max_body_bytes < 1024 || self.webhook.max_body_bytes > 64 * 1024 * 1024 {
+            return Err(self.invalid(
+                "webhook.max_body_bytes",
+                "must be between 1024 and 67108864",
+            ));
+        }
+        if !self.metrics.listen.ip().is_loopback() {
+            return Err(self.invalid(
+                "metrics.listen",
+                "must be a loopback address: metrics are never exposed",
+            ));
+        }
+        for (key, url) in [
+            ("whatsapp.graph_base", &self.whatsapp.graph_base),
+            ("llm.openai_base_url", &self.llm.openai_base_url),
+        ] {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(self.invalid(key, "must be an http(s) URL"));
+            }
+        }
+        if !self.magicline.base_url.is_empty() && !self.magicline.base_url.starts_with("http") {
+            return Err(self.invalid("magicline.base_url", "must be an http(s) URL or empty"));
+        }
+        if !(0.0..=2.0).contains(&self.llm.temperature) {
+            return Err(self.invalid("llm.temperature", "must be between 0.0 and 2.0"));
+        }
+        if !(0.0..=1.0).contains(&self.llm.top_p) || self.llm.top_p == 0.0 {
+            return Err(self.invalid("llm.top_p", "must be in (0.0, 1.0]"));
+        }
+        if self.llm.max_tokens == 0 || self.llm.max_tokens > 4096 {
+            return Err(self.invalid("llm.max_tokens", "must be between 1 and 4096"));
+        }
+        if self.llm.context_size < 512 {
+            return Err(self.invalid("llm.context_size", "must be at least 512"));
+        }
+        if self.conversation.history_messages == 0 || self.conversation.history_messages > 100 {
+            return Err(self.invalid("conversation.history_messages", "must be between 1 and 100"));
+        }
+        if self.whatsapp.max_concurrent_conversations == 0 {
+            return Err(self.invalid("whatsapp.max_concurrent_conversations", "must be at least 1"));
+        }
+        let r = &self.retention;
+        for (key, days) in [
+            ("retention.history_days", r.history_days),
+            ("retention.inactive_lead_days", r.inactive_lead_days),
+            ("retention.seen_ids_days", r.seen_ids_days),
+            ("retention.audit_days", r.audit_days),
+        ] {
+            if days == 0 {
+                return Err(self.invalid(key, "must be at least 1 day"));
+            }
+        }
+        if r.seen_ids_days < 8 {
+            // WhatsApp retries a webhook for up to 7 days; forgetting ids sooner re-answers them.
+            return Err(self.invalid(
+                "retention.seen_ids_days",
+                "must be at least 8 (WhatsApp retries deliveries for up to 7 days)",
+            ));
+        }
+        if let Some(t) = &self.tunnel {
+            if !t.relay.contains(':') {
+                return Err(self.invalid("tunnel.relay", "must be host:port"));
+            }
+            if t.server_name.is_empty() {
+                return Err(self.invalid("tunnel.server_name", "must not be empty"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The store directory inside the state directory.
+    pub fn store_dir(&self) -> PathBuf {
+        self.service.state_dir.join("store")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_is_valid_and_complete() {
+        let text = include_str!("../../packaging/frontdesk.toml");
+        let cfg = Config::parse(text, Path::new("frontdesk.toml")).unwrap();
+        assert_eq!(cfg.conversation.history_messages, 12);
+        assert_eq!(cfg.retention, RetentionPolicy::default());
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let err = Config::parse("[webhook]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n", Path::new("/etc/x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/etc/x.toml") && err.contains("bogus"), "{err}");
+
+        let err = Config::parse("[metrics]\nlisten = \"0.0.0.0:9464\"\n", Path::new("/etc/x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metrics.listen") && err.contains("loopback"), "{err}");
+
+        let err = Config::parse("[retention]\nseen_ids_days = 2\n", Path::new("f.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retention.seen_ids_days"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_not_config_keys() {
+        let err = Config::parse("[whatsapp]\ntoken = \"abc\"\n", Path::new("f.toml"));
+        assert!(err.is_err());
+    }
+}

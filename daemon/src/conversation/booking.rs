@@ -1,0 +1,72 @@
+//! The booking interface between the conversation engine and MagicLine. The engine decides
+//! *that* a trial should be booked and *which* slot; a [`Booker`] carries it out idempotently
+//! and reports one of three outcomes, which the engine turns into the reply.
+
+use jiff::Zoned;
+
+use crate::store::crypto::Pseudonym;
+
+/// One booking request. `request_id` is stable across retries and restarts: a booker never books
+/// twice for the same id.
+#[derive(Clone, PartialEq)]
+pub struct BookingRequest {
+    pub request_id: String,
+    pub pseudonym: Pseudonym,
+    pub firstname: String,
+    pub lastname: String,
+    pub email: String,
+    /// Known MagicLine customer (or lead) id, if any.
+    pub magicline_customer_id: Option<i64>,
+    /// Wished start in Europe/Berlin.
+    pub start: Zoned,
+}
+
+impl std::fmt::Debug for BookingRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "BookingRequest{{{}, {}, start {}}}",
+            self.request_id, self.pseudonym, self.start
+        )
+    }
+}
+
+/// Why a booking did not happen (each maps to a German reply in the engine).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BookingFailure {
+    /// The wished time is in the past.
+    PastStart,
+    /// The studio is closed then.
+    StudioClosed,
+    /// MagicLine rejected the contact data (e.g. e-mail).
+    InvalidCustomerData,
+    /// The person already has a booking at that time or reached a limit.
+    AlreadyBooked,
+    /// No trial contingent / booking limit reached.
+    LimitReached,
+    /// MagicLine could not be reached or answered with an error; staff were alerted.
+    Unavailable,
+    /// Booking is not configured on this box.
+    NotConfigured,
+}
+
+/// The outcome of a booking request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BookingOutcome {
+    Booked {
+        booking_id: i64,
+        start: Zoned,
+        magicline_customer_id: i64,
+        /// MagicLine wants the booking confirmed by the studio.
+        confirmation_pending: bool,
+    },
+    /// The slot is taken; up to three nearby free slots (may be empty).
+    SlotTaken { alternatives: Vec<Zoned> },
+    Failed(BookingFailure),
+}
+
+/// Carries out bookings (implemented on MagicLine; a scripted one in engine tests).
+pub trait Booker: Send + Sync {
+    /// Books a trial training. Blocking; idempotent per `request_id`.
+    fn book_trial(&self, req: &BookingRequest) -> BookingOutcome;
+}

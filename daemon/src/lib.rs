@@ -1,0 +1,14 @@
+//! frontdesk: a WhatsApp lead assistant for fitness and EMS studios that runs on the studio's own
+//! box. See ARCHITECTURE.md at the repository root for the map of the code.
+
+pub mod cli;
+pub mod config;
+pub mod conversation;
+pub mod llm;
+pub mod logging;
+pub mod magicline;
+pub mod sandbox;
+pub mod secrets;
+pub mod service;
+pub mod store;
+pub mod whatsapp;

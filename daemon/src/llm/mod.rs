@@ -1,0 +1,83 @@
+//! Language models behind one trait.
+//!
+//! [`LanguageModel::generate`] is blocking: callers run it on a blocking thread. Every
+//! implementation returns text that parses as JSON matching the schema it was given (the
+//! embedded backend constrains sampling with a grammar; the HTTP backend asks the server for a
+//! JSON-schema response format and re-checks it).
+
+use serde::{Deserialize, Serialize};
+
+/// Who wrote a chat message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+/// One message of the chat given to the model.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+impl std::fmt::Debug for ChatMessage {
+    // Message text is personal data: never in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChatMessage({:?}, {} chars)", self.role, self.content.len())
+    }
+}
+
+/// A request to the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prompt {
+    /// The part of the system prompt that is the same for every request (persona, studio
+    /// facts, rules). It comes first so its KV cache can be computed once and reused.
+    pub static_system: String,
+    /// The per-request part of the system prompt (date, customer, profile, status rules).
+    pub dynamic_system: String,
+    /// The last messages of the conversation, oldest first; the newest user message is last.
+    pub history: Vec<ChatMessage>,
+}
+
+/// What the model produced, with token accounting for metrics and tests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// JSON text matching the requested schema.
+    pub text: String,
+    /// Tokens of the whole rendered prompt.
+    pub prompt_tokens: u32,
+    /// Prompt tokens actually evaluated for this request (the rest came from the cache).
+    pub evaluated_prompt_tokens: u32,
+    pub generated_tokens: u32,
+}
+
+/// Model failures.
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    #[error("model file {path}: {message}")]
+    Load { path: String, message: String },
+    #[error("prompt does not fit the context ({tokens} tokens, context {context})")]
+    PromptTooLong { tokens: usize, context: usize },
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error("model server: {0}")]
+    Http(String),
+    #[error("model output does not match the reply schema: {0}")]
+    Schema(String),
+    #[error("the model queue is full")]
+    Busy,
+    #[error("the model worker has stopped")]
+    Stopped,
+}
+
+/// A language model. See the module doc.
+pub trait LanguageModel: Send + Sync {
+    /// Generates a reply constrained to `schema` (a JSON Schema object).
+    fn generate(&self, prompt: &Prompt, schema: &serde_json::Value) -> Result<Generation, LlmError>;
+
+    /// A short description for status output and logs (backend and model file name).
+    fn describe(&self) -> String;
+}

@@ -1,0 +1,221 @@
+//! The customer record: lead-funnel stage, bot mode, the seed's profile fields and the contact's
+//! phone number. Row key: the pseudonym. Value: a small clear header (stage, mode, timestamps —
+//! what retention and the funnel statistics need without opening anything) followed by the sealed
+//! body (phone number, names, profile, conversation state).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::crypto::Pseudonym;
+
+/// Where a contact stands in the lead funnel (the seed's three statuses).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// "neuer Interessent": first contact, name not known yet.
+    #[default]
+    NewLead,
+    /// "Name bekannt": first name known.
+    NameKnown,
+    /// "Probetraining gebucht": a trial training is booked.
+    TrialBooked,
+}
+
+impl Stage {
+    /// The German label the persona prompt and staff see.
+    pub fn label_de(self) -> &'static str {
+        match self {
+            Stage::NewLead => "neuer Interessent",
+            Stage::NameKnown => "Name bekannt",
+            Stage::TrialBooked => "Probetraining gebucht",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Stage> {
+        match s {
+            "new_lead" | "neuer Interessent" => Some(Stage::NewLead),
+            "name_known" | "Name bekannt" => Some(Stage::NameKnown),
+            "trial_booked" | "Probetraining gebucht" => Some(Stage::TrialBooked),
+            _ => None,
+        }
+    }
+}
+
+/// Whether the bot answers this contact.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BotMode {
+    /// The assistant answers.
+    #[default]
+    Active,
+    /// Handed over to staff (complaint, cancellation, contract question): no bot replies.
+    Escalated,
+    /// Paused by an admin: no bot replies.
+    Paused,
+    /// The contact opted out ("STOP"): silence until they write again on their own.
+    OptedOut,
+}
+
+impl BotMode {
+    pub fn answers(self) -> bool {
+        matches!(self, BotMode::Active)
+    }
+}
+
+/// The seed's profile fields. Every field is optional; the model fills them over time.
+#[derive(Serialize, Deserialize, Clone, Default, PartialEq)]
+#[serde(default)]
+pub struct Profile {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vorname: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nachname: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alter: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub geschlecht: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wohnort: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beruf: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fitness_ziel: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fitness_level: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trainingsfrequenz: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gesundheitliche_einschraenkungen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_bewusst: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zeitfenster: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dringlichkeit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wie_gefunden: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interesse_level: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probetraining_datum: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub magicline_customer_id: Option<i64>,
+}
+
+impl fmt::Debug for Profile {
+    // Personal data never reaches a log through Debug: only which fields are known.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = serde_json::to_value(self).unwrap_or_default();
+        let keys: Vec<&String> = v.as_object().map(|m| m.keys().collect()).unwrap_or_default();
+        write!(f, "Profile{{known: {keys:?}}}")
+    }
+}
+
+/// Conversation state the engine keeps between messages.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct ConversationState {
+    /// The AI disclosure has been given to this contact.
+    pub disclosed_ai: bool,
+    /// Free slots offered after a taken one, as MagicLine date-time strings, in offered order.
+    pub offered_slots: Vec<String>,
+    /// Engine-specific extra state (kept opaque here).
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// Clear header of a customer row: no personal data, enough for retention and statistics.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct CustomerMeta {
+    pub stage: Stage,
+    pub mode: BotMode,
+    pub first_contact: Timestamp,
+    pub last_contact: Timestamp,
+    /// Last message *from* the contact (WhatsApp's 24-hour window starts there).
+    pub last_inbound: Option<Timestamp>,
+    /// A trial was booked at some point (retention keeps booked customers longer).
+    pub ever_booked: bool,
+    /// Sequence number of the next history row.
+    #[serde(default)]
+    pub next_message_seq: u64,
+}
+
+/// Sealed part of a customer row.
+#[derive(Serialize, Deserialize, Clone, Default, PartialEq)]
+#[serde(default)]
+pub struct CustomerBody {
+    /// Normalised phone number (digits, international form): needed to answer.
+    pub phone: String,
+    /// The WhatsApp profile name, as sent by WhatsApp.
+    pub contact_name: Option<String>,
+    pub profile: Profile,
+    pub conversation: ConversationState,
+}
+
+impl fmt::Debug for CustomerBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CustomerBody{{phone: ***, profile: {:?}}}", self.profile)
+    }
+}
+
+/// A whole customer as the rest of the daemon sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Customer {
+    pub pseudonym: Pseudonym,
+    pub meta: CustomerMeta,
+    pub body: CustomerBody,
+}
+
+impl Customer {
+    /// A fresh record for a first contact at `now`.
+    pub fn new(pseudonym: Pseudonym, phone: &str, now: Timestamp) -> Customer {
+        Customer {
+            pseudonym,
+            meta: CustomerMeta {
+                stage: Stage::NewLead,
+                mode: BotMode::Active,
+                first_contact: now,
+                last_contact: now,
+                last_inbound: None,
+                ever_booked: false,
+                next_message_seq: 0,
+            },
+            body: CustomerBody {
+                phone: super::crypto::normalise_phone(phone),
+                ..CustomerBody::default()
+            },
+        }
+    }
+
+    /// The label shown as "status" (stage, or the mode when the bot is not answering).
+    pub fn status_label(&self) -> &'static str {
+        match self.meta.mode {
+            BotMode::Active => self.meta.stage.label_de(),
+            BotMode::Escalated => "an Mitarbeiter übergeben",
+            BotMode::Paused => "pausiert",
+            BotMode::OptedOut => "abgemeldet",
+        }
+    }
+}
+
+/// Encodes a row value: `u16 header length || header JSON || sealed body`.
+pub(crate) fn encode_row(meta: &CustomerMeta, sealed_body: &[u8]) -> Vec<u8> {
+    let header = serde_json::to_vec(meta).expect("meta serialises");
+    let mut out = Vec::with_capacity(2 + header.len() + sealed_body.len());
+    out.extend_from_slice(&(header.len() as u16).to_be_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(sealed_body);
+    out
+}
+
+/// Splits a row value into its clear header and the sealed body.
+pub(crate) fn decode_row(value: &[u8]) -> Option<(CustomerMeta, &[u8])> {
+    let len = u16::from_be_bytes(value.get(..2)?.try_into().ok()?) as usize;
+    let header = value.get(2..2 + len)?;
+    let meta = serde_json::from_slice(header).ok()?;
+    Some((meta, &value[2 + len..]))
+}

@@ -1,0 +1,119 @@
+//! Conversation history: one row per message, key `pseudonym || sequence (u64 big-endian)`, value
+//! `unix seconds (i64 big-endian, clear, for retention) || sealed message`. Reading the last n
+//! messages is a reverse prefix scan; nothing ever loads a whole history.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::crypto::{Pseudonym, PSEUDONYM_LEN};
+use super::{ks, Result, Store, StoreError};
+
+/// Who wrote a message.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// From the contact.
+    Inbound,
+    /// From the assistant (or staff via `frontdesk send`).
+    Outbound,
+}
+
+/// One message of a conversation.
+#[derive(Serialize, Deserialize, Clone, PartialEq)]
+pub struct Message {
+    pub direction: Direction,
+    pub text: String,
+    pub at: Timestamp,
+    /// WhatsApp message id, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wamid: Option<String>,
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Message{{{:?}, {} chars, at {}}}",
+            self.direction,
+            self.text.chars().count(),
+            self.at
+        )
+    }
+}
+
+fn row_key(p: &Pseudonym, seq: u64) -> [u8; PSEUDONYM_LEN + 8] {
+    let mut k = [0u8; PSEUDONYM_LEN + 8];
+    k[..PSEUDONYM_LEN].copy_from_slice(&p.0);
+    k[PSEUDONYM_LEN..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The timestamp in front of a message row value.
+pub(crate) fn row_time(value: &[u8]) -> Option<Timestamp> {
+    let secs = i64::from_be_bytes(value.get(..8)?.try_into().ok()?);
+    Timestamp::from_second(secs).ok()
+}
+
+impl Store {
+    /// Adds a message of customer `c` to `batch` and advances the customer's sequence counter.
+    /// Use inside [`Store::update_customer`], which holds the customer's lock and writes the
+    /// updated counter in the same batch.
+    pub fn append_message(
+        &self,
+        c: &mut super::customers::Customer,
+        msg: &Message,
+        batch: &mut fjall::OwnedWriteBatch,
+    ) -> Result<u64> {
+        let key = self.data_key_or_create(&c.pseudonym, batch)?;
+        let seq = c.meta.next_message_seq;
+        c.meta.next_message_seq += 1;
+        let rk = row_key(&c.pseudonym, seq);
+        let body = serde_json::to_vec(msg).expect("message serialises");
+        let mut value = msg.at.as_second().to_be_bytes().to_vec();
+        value.extend_from_slice(&key.seal(ks::MESSAGES, &rk, &body));
+        batch.insert(&self.ks.messages, rk, value);
+        Ok(seq)
+    }
+
+    /// The last `n` messages of a customer, oldest first.
+    pub fn recent_messages(&self, p: &Pseudonym, n: usize) -> Result<Vec<Message>> {
+        let Some(key) = self.data_key(p)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(n);
+        for g in self.ks.messages.prefix(p.0).rev().take(n) {
+            let (k, v) = g.into_inner()?;
+            out.push(open_message(&key, &k, &v)?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Every message of a customer, oldest first, one at a time (exports).
+    pub fn all_messages<'a>(
+        &'a self,
+        p: &Pseudonym,
+    ) -> Result<impl Iterator<Item = Result<Message>> + 'a> {
+        let key = self.data_key(p)?;
+        Ok(self.ks.messages.prefix(p.0).map(move |g| {
+            let (k, v) = g.into_inner()?;
+            let key = key.as_ref().ok_or(StoreError::Corrupt {
+                keyspace: ks::MESSAGES,
+                what: "messages without data key",
+            })?;
+            open_message(key, &k, &v)
+        }))
+    }
+}
+
+fn open_message(key: &super::crypto::DataKey, k: &[u8], v: &[u8]) -> Result<Message> {
+    let sealed = v.get(8..).ok_or(StoreError::Corrupt {
+        keyspace: ks::MESSAGES,
+        what: "value too short",
+    })?;
+    let plain = key.open(ks::MESSAGES, k, sealed)?;
+    serde_json::from_slice(&plain).map_err(|_| StoreError::Corrupt {
+        keyspace: ks::MESSAGES,
+        what: "sealed message",
+    })
+}

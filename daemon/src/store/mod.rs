@@ -1,0 +1,580 @@
+//! The encrypted store: one fjall database under the state directory.
+//!
+//! Owns the keyspaces, the store identity and the keys derived from it, the per-customer data keys
+//! (wrapped with age, unwrapped into a bounded cache), durable writes with group commit, and the
+//! per-customer write serialisation that prevents lost updates. Personal data is sealed
+//! ([`crypto`]) before it reaches fjall; row keys carry pseudonyms, never phone numbers.
+//!
+//! On disk, the store directory holds `db/` (fjall) and `keys/` (the wrapped keys, see
+//! [`keydir`] for why they are files and not a keyspace).
+//!
+//! Submodules: [`crypto`] (sealing and pseudonyms), [`keydir`] (wrapped keys), [`commit`] (group
+//! commit), [`customers`] (record types), [`messages`] (history rows), [`retention`] (the
+//! sweeper), [`backup`] (backup, restore, identity rotation).
+
+pub mod backup;
+pub mod commit;
+pub mod crypto;
+pub mod customers;
+pub mod keydir;
+pub mod messages;
+pub mod retention;
+
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use jiff::Timestamp;
+use lru::LruCache;
+
+use commit::{GroupCommit, GroupCommitError};
+use crypto::{CryptoError, DataKey, Pseudonym, Pseudonymizer, StoreIdentity};
+use customers::{Customer, CustomerBody, CustomerMeta};
+
+/// Schema version written by this build. A store with a newer version is refused.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Names of the keyspaces. They are also part of every sealed value's associated data.
+pub mod ks {
+    pub const CUSTOMERS: &str = "customers";
+    pub const MESSAGES: &str = "messages";
+    pub const INBOX: &str = "inbox";
+    pub const OUTBOX: &str = "outbox";
+    pub const SEEN: &str = "seen";
+    pub const BOOKINGS: &str = "bookings";
+    pub const AUDIT: &str = "audit";
+    pub const STATS: &str = "stats";
+    pub const META: &str = "meta";
+    pub const ALL: [&str; 9] = [
+        CUSTOMERS, MESSAGES, INBOX, OUTBOX, SEEN, BOOKINGS, AUDIT, STATS, META,
+    ];
+}
+
+const META_SCHEMA: &[u8] = b"schema_version";
+const META_RECIPIENT: &[u8] = b"recipient";
+const PSEUDONYM_KEY: &str = "pseudonym";
+const QUEUE_KEY: &str = "queue";
+const LEDGER_PREFIX: &[u8] = b"forgotten/";
+
+/// How many unwrapped customer keys stay in memory.
+const KEY_CACHE_CAPACITY: usize = 4096;
+/// Per-customer writers are serialised through this many striped locks.
+const LOCK_STRIPES: usize = 256;
+
+/// Errors of the store. Messages name what failed and never contain personal data.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store at {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: fjall::Error,
+    },
+    #[error("store at {0} is locked by another process (is the frontdesk service running? stop it or use the admin socket)")]
+    Locked(PathBuf),
+    #[error("store at {path} has schema version {found}, this frontdesk understands up to {supported}: upgrade frontdesk")]
+    SchemaTooNew {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("the store identity does not belong to the store at {0} (its recipient differs): check the store-identity credential")]
+    WrongIdentity(PathBuf),
+    #[error("storage engine: {0}")]
+    Engine(#[from] fjall::Error),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("corrupt {keyspace} row: {what}")]
+    Corrupt {
+        keyspace: &'static str,
+        what: &'static str,
+    },
+    #[error("could not make the write durable: {0}")]
+    Durability(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Format(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Handles to every keyspace.
+#[derive(Clone)]
+pub struct Keyspaces {
+    pub customers: Keyspace,
+    pub messages: Keyspace,
+    pub inbox: Keyspace,
+    pub outbox: Keyspace,
+    pub seen: Keyspace,
+    pub bookings: Keyspace,
+    pub audit: Keyspace,
+    pub stats: Keyspace,
+    pub meta: Keyspace,
+}
+
+impl Keyspaces {
+    fn open(db: &Database) -> Result<Keyspaces> {
+        let open = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        Ok(Keyspaces {
+            customers: open(ks::CUSTOMERS)?,
+            messages: open(ks::MESSAGES)?,
+            inbox: open(ks::INBOX)?,
+            outbox: open(ks::OUTBOX)?,
+            seen: open(ks::SEEN)?,
+            bookings: open(ks::BOOKINGS)?,
+            audit: open(ks::AUDIT)?,
+            stats: open(ks::STATS)?,
+            meta: open(ks::META)?,
+        })
+    }
+
+    /// Every keyspace with its name, in a fixed order (backups rely on it).
+    pub fn all(&self) -> [(&'static str, &Keyspace); 9] {
+        [
+            (ks::CUSTOMERS, &self.customers),
+            (ks::MESSAGES, &self.messages),
+            (ks::INBOX, &self.inbox),
+            (ks::OUTBOX, &self.outbox),
+            (ks::SEEN, &self.seen),
+            (ks::BOOKINGS, &self.bookings),
+            (ks::AUDIT, &self.audit),
+            (ks::STATS, &self.stats),
+            (ks::META, &self.meta),
+        ]
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Keyspace> {
+        self.all().into_iter().find(|(n, _)| *n == name).map(|(_, k)| k)
+    }
+}
+
+/// The open store. Cheap to share behind an `Arc`; all methods are blocking (call them from
+/// `spawn_blocking` in async code).
+pub struct Store {
+    path: PathBuf,
+    db: Database,
+    ks: Keyspaces,
+    keys: keydir::KeyDir,
+    /// Fsync each new key file (off only while bulk loading).
+    sync_new_keys: std::sync::atomic::AtomicBool,
+    identity: Arc<StoreIdentity>,
+    pseudonyms: Pseudonymizer,
+    queue_key: DataKey,
+    commit: GroupCommit,
+    key_cache: Mutex<LruCache<Pseudonym, Arc<DataKey>>>,
+    stripes: Vec<Mutex<()>>,
+}
+
+/// Holding this guard serialises all writers of one customer (see [`Store::lock_customer`]).
+pub struct CustomerGuard<'a> {
+    _guard: MutexGuard<'a, ()>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` with the store identity.
+    pub fn open(dir: &Path, identity: StoreIdentity) -> Result<Store> {
+        std::fs::create_dir_all(dir)?;
+        let keys = keydir::KeyDir::open(&dir.join("keys"))?;
+        let db = Database::builder(dir.join("db"))
+            .cache_size(32 * 1024 * 1024)
+            .manual_journal_persist(true)
+            .open()
+            .map_err(|e| match e {
+                fjall::Error::Locked => StoreError::Locked(dir.to_path_buf()),
+                source => StoreError::Open {
+                    path: dir.to_path_buf(),
+                    source,
+                },
+            })?;
+        let ks = Keyspaces::open(&db)?;
+        let identity = Arc::new(identity);
+        let (pseudonym_key, queue_key) = match ks.meta.get(META_SCHEMA)? {
+            None => Self::initialise(&db, &ks, &keys, &identity)?,
+            Some(v) => {
+                let found = u32::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+                    StoreError::Corrupt {
+                        keyspace: ks::META,
+                        what: "schema version",
+                    }
+                })?);
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::SchemaTooNew {
+                        path: dir.to_path_buf(),
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+                let unwrap = |name: &str| -> Result<DataKey> {
+                    let wrapped = keys.get_named(name)?.ok_or(StoreError::Corrupt {
+                        keyspace: ks::META,
+                        what: "missing wrapped store key",
+                    })?;
+                    identity
+                        .unwrap(&wrapped)
+                        .map_err(|_| StoreError::WrongIdentity(dir.to_path_buf()))
+                };
+                (unwrap(PSEUDONYM_KEY)?, unwrap(QUEUE_KEY)?)
+            }
+        };
+        Ok(Store {
+            path: dir.to_path_buf(),
+            db,
+            ks,
+            keys,
+            sync_new_keys: std::sync::atomic::AtomicBool::new(true),
+            identity,
+            pseudonyms: Pseudonymizer::new(pseudonym_key),
+            queue_key,
+            commit: GroupCommit::default(),
+            key_cache: Mutex::new(LruCache::new(
+                NonZeroUsize::new(KEY_CACHE_CAPACITY).expect("non-zero"),
+            )),
+            stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+        })
+    }
+
+    fn initialise(
+        db: &Database,
+        ks: &Keyspaces,
+        keys: &keydir::KeyDir,
+        identity: &StoreIdentity,
+    ) -> Result<(DataKey, DataKey)> {
+        let pseudonym_key = DataKey::generate();
+        let queue_key = DataKey::generate();
+        // Keys first: a crash before the schema row leaves a store that initialises again.
+        keys.put_named(PSEUDONYM_KEY, &identity.wrap(&pseudonym_key)?)?;
+        keys.put_named(QUEUE_KEY, &identity.wrap(&queue_key)?)?;
+        let mut batch = db.batch();
+        batch.insert(&ks.meta, META_SCHEMA, SCHEMA_VERSION.to_be_bytes().to_vec());
+        batch.insert(
+            &ks.meta,
+            META_RECIPIENT,
+            identity.recipient().to_string().into_bytes(),
+        );
+        batch.commit()?;
+        db.persist(PersistMode::SyncAll)?;
+        Ok((pseudonym_key, queue_key))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn keyspaces(&self) -> &Keyspaces {
+        &self.ks
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    pub fn identity(&self) -> &StoreIdentity {
+        &self.identity
+    }
+
+    /// The pseudonym of a phone number in this store.
+    pub fn pseudonym(&self, phone: &str) -> Pseudonym {
+        self.pseudonyms.of_phone(phone)
+    }
+
+    /// A keyed 16-byte hash for non-phone identifiers (message ids).
+    pub fn token_hash(&self, domain: &str, token: &str) -> [u8; 16] {
+        self.pseudonyms.of_token(domain, token)
+    }
+
+    /// The store-wide key for transient queue entries (inbox, outbox).
+    pub fn queue_key(&self) -> &DataKey {
+        &self.queue_key
+    }
+
+    /// Total size of the database on disk in bytes.
+    pub fn disk_space(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
+    }
+
+    /// Serialises writers of one customer; hold it across read-modify-write of that customer.
+    pub fn lock_customer(&self, p: &Pseudonym) -> CustomerGuard<'_> {
+        let idx = u16::from_be_bytes([p.0[0], p.0[1]]) as usize % self.stripes.len();
+        CustomerGuard {
+            _guard: self.stripes[idx].lock().expect("stripe lock poisoned"),
+        }
+    }
+
+    /// Applies a batch and returns once it is durable (fsynced), sharing the fsync with every
+    /// concurrent writer.
+    pub fn commit_durable(&self, batch: fjall::OwnedWriteBatch) -> Result<()> {
+        batch.commit()?;
+        let ticket = self.commit.applied();
+        self.wait_durable(ticket)
+    }
+
+    /// Waits until every batch applied before `ticket` was issued is durable.
+    fn wait_durable(&self, ticket: u64) -> Result<()> {
+        self.commit
+            .wait_durable(ticket, || self.db.persist(PersistMode::SyncData))
+            .map_err(|e| match e {
+                GroupCommitError::Sync(e) => StoreError::Durability(e.to_string()),
+                GroupCommitError::CoveredByFailedSync => {
+                    StoreError::Durability("covered by a failed fsync".into())
+                }
+            })
+    }
+
+    /// Makes everything written so far durable.
+    pub fn persist(&self) -> Result<()> {
+        let ticket = self.commit.applied();
+        self.wait_durable(ticket)
+    }
+
+    /// A new write batch.
+    pub fn batch(&self) -> fjall::OwnedWriteBatch {
+        self.db.batch()
+    }
+
+    /// The data key of a customer, if one exists (from the cache or unwrapped from disk).
+    pub fn data_key(&self, p: &Pseudonym) -> Result<Option<Arc<DataKey>>> {
+        if let Some(k) = self.key_cache.lock().expect("key cache poisoned").get(p) {
+            return Ok(Some(k.clone()));
+        }
+        let Some(wrapped) = self.keys.get(p)? else {
+            return Ok(None);
+        };
+        let key = Arc::new(
+            self.identity
+                .unwrap(&wrapped)
+                .map_err(|_| StoreError::WrongIdentity(self.path.clone()))?,
+        );
+        self.key_cache
+            .lock()
+            .expect("key cache poisoned")
+            .put(*p, key.clone());
+        Ok(Some(key))
+    }
+
+    /// The data key of a customer, creating a new wrapped key file when none exists. The key is
+    /// durable before any row sealed with it is written, so no row is ever unreadable after a
+    /// crash; a key file left without rows by a crash is removed by the retention sweep. Call
+    /// with the customer's lock held.
+    pub fn data_key_or_create(
+        &self,
+        p: &Pseudonym,
+        _batch: &mut fjall::OwnedWriteBatch,
+    ) -> Result<Arc<DataKey>> {
+        if let Some(k) = self.data_key(p)? {
+            return Ok(k);
+        }
+        let key = Arc::new(DataKey::generate());
+        let durable = self.sync_new_keys.load(std::sync::atomic::Ordering::Relaxed);
+        self.keys.put(p, &self.identity.wrap(&key)?, durable)?;
+        self.key_cache
+            .lock()
+            .expect("key cache poisoned")
+            .put(*p, key.clone());
+        Ok(key)
+    }
+
+    /// Bulk loading (benchmarks, imports): new key files are not fsynced one by one; call
+    /// [`Store::finish_bulk_load`] at the end.
+    pub fn start_bulk_load(&self) {
+        self.sync_new_keys
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Makes every key file and row written during a bulk load durable.
+    pub fn finish_bulk_load(&self) -> Result<()> {
+        self.keys.sync_all()?;
+        self.sync_new_keys
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.persist()
+    }
+
+    pub fn key_dir(&self) -> &keydir::KeyDir {
+        &self.keys
+    }
+
+    fn forget_cached_key(&self, p: &Pseudonym) {
+        self.key_cache.lock().expect("key cache poisoned").pop(p);
+    }
+
+    /// Reads a customer by pseudonym.
+    pub fn customer(&self, p: &Pseudonym) -> Result<Option<Customer>> {
+        let Some(value) = self.ks.customers.get(p.0)? else {
+            return Ok(None);
+        };
+        let (meta, sealed) = customers::decode_row(&value).ok_or(StoreError::Corrupt {
+            keyspace: ks::CUSTOMERS,
+            what: "row header",
+        })?;
+        let key = self.data_key(p)?.ok_or(StoreError::Corrupt {
+            keyspace: ks::CUSTOMERS,
+            what: "customer without data key",
+        })?;
+        let plain = key.open(ks::CUSTOMERS, &p.0, sealed)?;
+        let body: CustomerBody = serde_json::from_slice(&plain).map_err(|_| StoreError::Corrupt {
+            keyspace: ks::CUSTOMERS,
+            what: "sealed body",
+        })?;
+        Ok(Some(Customer {
+            pseudonym: *p,
+            meta,
+            body,
+        }))
+    }
+
+    /// Reads only the clear header of a customer (no key needed).
+    pub fn customer_meta(&self, p: &Pseudonym) -> Result<Option<CustomerMeta>> {
+        Ok(self
+            .ks
+            .customers
+            .get(p.0)?
+            .and_then(|v| customers::decode_row(&v).map(|(m, _)| m)))
+    }
+
+    /// Adds the sealed customer row to `batch` (creating the data key when needed).
+    pub fn put_customer(&self, c: &Customer, batch: &mut fjall::OwnedWriteBatch) -> Result<()> {
+        let key = self.data_key_or_create(&c.pseudonym, batch)?;
+        let body = serde_json::to_vec(&c.body).expect("customer body serialises");
+        let sealed = key.seal(ks::CUSTOMERS, &c.pseudonym.0, &body);
+        batch.insert(
+            &self.ks.customers,
+            c.pseudonym.0,
+            customers::encode_row(&c.meta, &sealed),
+        );
+        Ok(())
+    }
+
+    /// Read-modify-write of one customer, durable on return. `f` gets the current record (or a
+    /// new one created from `phone` when absent) and may change it; the change and any extra rows
+    /// `f` adds to the batch are committed together. No lost updates: writers of the same
+    /// customer are serialised.
+    pub fn update_customer<T>(
+        &self,
+        phone: &str,
+        now: Timestamp,
+        f: impl FnOnce(&mut Customer, &mut fjall::OwnedWriteBatch, &Self) -> Result<T>,
+    ) -> Result<(Customer, T)> {
+        let p = self.pseudonym(phone);
+        let _guard = self.lock_customer(&p);
+        let mut c = match self.customer(&p)? {
+            Some(c) => c,
+            None => Customer::new(p, phone, now),
+        };
+        let mut batch = self.batch();
+        let out = f(&mut c, &mut batch, self)?;
+        self.put_customer(&c, &mut batch)?;
+        self.commit_durable(batch)?;
+        Ok((c, out))
+    }
+
+    /// Like [`Store::update_customer`] for an existing customer known by pseudonym.
+    pub fn update_existing<T>(
+        &self,
+        p: &Pseudonym,
+        f: impl FnOnce(&mut Customer, &mut fjall::OwnedWriteBatch, &Self) -> Result<T>,
+    ) -> Result<Option<(Customer, T)>> {
+        let _guard = self.lock_customer(p);
+        let Some(mut c) = self.customer(p)? else {
+            return Ok(None);
+        };
+        let mut batch = self.batch();
+        let out = f(&mut c, &mut batch, self)?;
+        self.put_customer(&c, &mut batch)?;
+        self.commit_durable(batch)?;
+        Ok(Some((c, out)))
+    }
+
+    /// Iterates the clear headers of all customers, one at a time (never loads all of them).
+    pub fn customer_metas(&self) -> impl Iterator<Item = Result<(Pseudonym, CustomerMeta)>> + '_ {
+        self.ks.customers.iter().map(|g| {
+            let (k, v) = g.into_inner()?;
+            let p = Pseudonym::from_key_prefix(&k).ok_or(StoreError::Corrupt {
+                keyspace: ks::CUSTOMERS,
+                what: "row key",
+            })?;
+            let (meta, _) = customers::decode_row(&v).ok_or(StoreError::Corrupt {
+                keyspace: ks::CUSTOMERS,
+                what: "row header",
+            })?;
+            Ok((p, meta))
+        })
+    }
+
+    /// Number of customers (approximate for large stores).
+    pub fn customer_count(&self) -> usize {
+        self.ks.customers.approximate_len()
+    }
+
+    /// Forgets customers: deletes every row about them, records them in the forget ledger, and
+    /// deletes their wrapped data keys, which makes every copy of their sealed rows unreadable —
+    /// in fjall's tables and journal as in any backup (crypto-shredding). Returns how many of
+    /// them existed.
+    pub fn forget(&self, pseudonyms: &[Pseudonym], now: Timestamp) -> Result<usize> {
+        let mut forgotten = 0;
+        for p in pseudonyms {
+            let _guard = self.lock_customer(p);
+            let mut batch = self.batch();
+            let existed = self.keys.contains(p) || self.ks.customers.contains_key(p.0)?;
+            batch.remove(&self.ks.customers, p.0);
+            for ks in [&self.ks.messages, &self.ks.bookings] {
+                for g in ks.prefix(p.0) {
+                    batch.remove(ks, g.key()?);
+                }
+            }
+            for ks in [&self.ks.inbox, &self.ks.outbox] {
+                for g in ks.iter() {
+                    let (k, v) = g.into_inner()?;
+                    if v.get(..crypto::PSEUDONYM_LEN) == Some(&p.0[..]) {
+                        batch.remove(ks, k);
+                    }
+                }
+            }
+            let mut ledger_key = LEDGER_PREFIX.to_vec();
+            ledger_key.extend_from_slice(p.to_hex().as_bytes());
+            batch.insert(&self.ks.meta, ledger_key, now.to_string().into_bytes());
+            // Rows and ledger first: should the process die before the key is gone, the ledger
+            // still names the customer and the next sweep removes the key.
+            self.commit_durable(batch)?;
+            self.keys.remove(p)?;
+            self.forget_cached_key(p);
+            if existed {
+                forgotten += 1;
+            }
+        }
+        Ok(forgotten)
+    }
+
+    /// Removes key files that no row uses any more: left by a crash between a forget's row
+    /// deletion and its key deletion, or between a new key and its first row. Returns the count.
+    pub fn remove_orphan_keys(&self) -> Result<u64> {
+        let mut removed = 0;
+        let candidates: Vec<Pseudonym> = self.keys.pseudonyms().collect::<Result<_, _>>()?;
+        for p in candidates {
+            let _guard = self.lock_customer(&p);
+            // Every row of a customer is written in the same batch as its customer row.
+            if !self.ks.customers.contains_key(p.0)? {
+                self.keys.remove(&p)?;
+                self.forget_cached_key(&p);
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Pseudonyms in the forget ledger (hex form) with the time they were forgotten.
+    pub fn forget_ledger(&self) -> Result<Vec<(Pseudonym, String)>> {
+        let mut out = Vec::new();
+        for g in self.ks.meta.prefix(LEDGER_PREFIX) {
+            let (k, v) = g.into_inner()?;
+            let hex = std::str::from_utf8(&k[LEDGER_PREFIX.len()..]).unwrap_or_default();
+            if let Some(p) = Pseudonym::from_hex(hex) {
+                out.push((p, String::from_utf8_lossy(&v).into_owned()));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
