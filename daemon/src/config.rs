@@ -389,7 +389,10 @@ impl Config {
             return Err(self.invalid("conversation.history_messages", "must be between 1 and 100"));
         }
         if self.whatsapp.max_concurrent_conversations == 0 {
-            return Err(self.invalid("whatsapp.max_concurrent_conversations", "must be at least 1"));
+            return Err(self.invalid(
+                "whatsapp.max_concurrent_conversations",
+                "must be at least 1",
+            ));
         }
         let r = &self.retention;
         for (key, days) in [
@@ -440,15 +443,27 @@ mod tests {
 
     #[test]
     fn errors_name_file_and_key() {
-        let err = Config::parse("[webhook]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n", Path::new("/etc/x.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("/etc/x.toml") && err.contains("bogus"), "{err}");
+        let err = Config::parse(
+            "[webhook]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n",
+            Path::new("/etc/x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("/etc/x.toml") && err.contains("bogus"),
+            "{err}"
+        );
 
-        let err = Config::parse("[metrics]\nlisten = \"0.0.0.0:9464\"\n", Path::new("/etc/x.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("metrics.listen") && err.contains("loopback"), "{err}");
+        let err = Config::parse(
+            "[metrics]\nlisten = \"0.0.0.0:9464\"\n",
+            Path::new("/etc/x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("metrics.listen") && err.contains("loopback"),
+            "{err}"
+        );
 
         let err = Config::parse("[retention]\nseen_ids_days = 2\n", Path::new("f.toml"))
             .unwrap_err()

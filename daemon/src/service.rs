@@ -1,6 +1,7 @@
-//! The service life cycle of `frontdesk serve`: start-up order, sd_notify (READY, STATUS,
-//! STOPPING, WATCHDOG), the retention timer, signal handling (SIGTERM/SIGINT stop, SIGHUP
-//! reload) and graceful shutdown.
+//! The service life cycle of `frontdesk serve`: start-up order (store, metrics, WhatsApp
+//! channel), sd_notify (READY, STATUS, STOPPING, WATCHDOG), the retention timer, signal
+//! handling (SIGTERM/SIGINT stop, SIGHUP reload) and graceful shutdown (stop accepting, finish
+//! the turns in progress, let the sender record what it sent, flush the store).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,9 +11,15 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::secrets::{names, Credentials};
 use crate::store::crypto::StoreIdentity;
 use crate::store::Store;
+use crate::whatsapp::dispatch::{DispatchConfig, Dispatcher, FixedResponder, Responder};
+use crate::whatsapp::graph::GraphClient;
+use crate::whatsapp::queue::Queues;
+use crate::whatsapp::sender::{Sender, SenderConfig};
+use crate::whatsapp::webhook::{self, LogRejections, WebhookState};
 
 /// How often the retention sweeper runs after the start-up run.
 pub const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
@@ -46,8 +53,23 @@ pub fn open_store(cfg: &Config, creds: &Credentials) -> anyhow::Result<Store> {
     Ok(Store::open(&cfg.store_dir(), identity)?)
 }
 
+/// Choices that tests, benchmarks and the demo make differently from a production start.
+#[derive(Default, Clone)]
+pub struct ServeOptions {
+    /// Answer every message with this text instead of running the conversation engine (load
+    /// tests and benchmarks only).
+    pub fixed_reply: Option<String>,
+    /// Shorter sender backoff (tests).
+    pub sender_backoff: Option<Duration>,
+}
+
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    serve_with(cfg, ServeOptions::default()).await
+}
+
+/// [`serve`] with options.
+pub async fn serve_with(cfg: Config, opts: ServeOptions) -> anyhow::Result<()> {
     let creds = Credentials::discover(cfg.service.credentials_dir.as_deref());
     status("opening store");
     let store = match creds.get(names::STORE_IDENTITY) {
@@ -70,7 +92,12 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         customers = store.customer_count(),
         "store open"
     );
+    let metrics = Arc::new(Metrics::new());
+    let queues = Arc::new(Queues::new(&store)?);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || until_stopped(stop_rx.clone());
 
+    // Retention at start, then hourly.
     let retention = cfg.retention;
     let sweeper = {
         let store = store.clone();
@@ -97,27 +124,80 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         })
     };
 
+    // Metrics and health, loopback only.
+    let metrics_listener = tokio::net::TcpListener::bind(cfg.metrics.listen)
+        .await
+        .with_context(|| format!("cannot listen on metrics.listen {}", cfg.metrics.listen))?;
+    let metrics_task = {
+        let store = store.clone();
+        let queues = queues.clone();
+        let m = metrics.clone();
+        let refresh: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            let (inbox, outbox) = queues.depths(&store);
+            m.inbox_depth.set(inbox as i64);
+            m.outbox_depth.set(outbox as i64);
+        });
+        tokio::spawn(crate::metrics::serve(
+            metrics_listener,
+            metrics.clone(),
+            cfg.service.watchdog_stall_secs as i64,
+            refresh,
+            stopped(),
+        ))
+    };
+
+    // The WhatsApp channel, when its credentials are there.
+    let stop_rx_channel = stop_tx.subscribe();
+    let channel = match channel_credentials(&creds, &cfg) {
+        Ok(c) => Some(
+            start_channel(
+                &cfg,
+                &opts,
+                c,
+                store.clone(),
+                queues.clone(),
+                metrics.clone(),
+                stop_rx_channel.clone(),
+            )
+            .await?,
+        ),
+        Err(missing) => {
+            status(&format!(
+                "not configured: {missing} (see `frontdesk doctor`)"
+            ));
+            None
+        }
+    };
+
     let watchdog = watchdog_interval().map(|every| {
         let store = store.clone();
+        let metrics = metrics.clone();
+        let stall = cfg.service.watchdog_stall_secs as i64;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                // Prove the store answers before telling systemd we are alive.
-                let store = store.clone();
-                let alive = tokio::task::spawn_blocking(move || store.customer_meta(&crate::store::crypto::Pseudonym([0; 16])).is_ok())
+                // Prove the store answers and the pipeline turns over before telling systemd
+                // we are alive; the tunnel and long model calls play no part in this.
+                let s = store.clone();
+                let store_ok = tokio::task::spawn_blocking(move || s.persist().is_ok())
                     .await
                     .unwrap_or(false);
-                if alive {
+                if store_ok && metrics.heartbeat_age() <= stall {
                     notify(&[("WATCHDOG", "1")]);
                 } else {
-                    warn!("watchdog: store not answering, withholding ping");
+                    warn!("watchdog: pipeline not healthy, withholding ping");
                 }
             }
         })
     });
 
-    notify(&[("READY", "1"), ("STATUS", "running")]);
+    let running = if channel.is_some() {
+        "running"
+    } else {
+        "running (WhatsApp not configured)"
+    };
+    notify(&[("READY", "1"), ("STATUS", running)]);
     info!(
         version = env!("CARGO_PKG_VERSION"),
         FRONTDESK_EVENT = "service.started",
@@ -126,14 +206,181 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
 
     wait_for_stop().await;
     notify(&[("STOPPING", "1"), ("STATUS", "stopping")]);
+    let _ = stop_tx.send(true);
     sweeper.abort();
     if let Some(w) = watchdog {
         w.abort();
     }
+    if let Some(ch) = channel {
+        ch.stop().await;
+    }
+    let _ = metrics_task.await;
     let store_for_close = store.clone();
     tokio::task::spawn_blocking(move || store_for_close.persist()).await??;
+    drop(store);
     info!("frontdesk stopped");
     Ok(())
+}
+
+struct ChannelCredentials {
+    app_secret: crate::secrets::Secret,
+    verify_token: crate::secrets::Secret,
+    token: crate::secrets::Secret,
+}
+
+fn channel_credentials(creds: &Credentials, cfg: &Config) -> Result<ChannelCredentials, String> {
+    let get = |name: &str| match creds.get(name) {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => Err(format!("credential {name} missing")),
+        Err(e) => Err(e.to_string()),
+    };
+    if cfg.whatsapp.phone_number_id.is_empty() {
+        return Err("whatsapp.phone_number_id not set".into());
+    }
+    Ok(ChannelCredentials {
+        app_secret: get(names::WHATSAPP_APP_SECRET)?,
+        verify_token: get(names::WHATSAPP_VERIFY_TOKEN)?,
+        token: get(names::WHATSAPP_TOKEN)?,
+    })
+}
+
+/// The running WhatsApp pipeline.
+struct Channel {
+    listener_task: tokio::task::JoinHandle<()>,
+    sender_task: tokio::task::JoinHandle<()>,
+    dispatcher: Arc<Dispatcher>,
+}
+
+impl Channel {
+    /// Stops taking requests, lets the dispatcher finish what it started, then the sender.
+    async fn stop(self) {
+        let _ = self.listener_task.await;
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.dispatcher.wait_idle()).await;
+        let _ = self.sender_task.await;
+    }
+}
+
+async fn start_channel(
+    cfg: &Config,
+    opts: &ServeOptions,
+    creds: ChannelCredentials,
+    store: Arc<Store>,
+    queues: Arc<Queues>,
+    metrics: Arc<Metrics>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Channel> {
+    let graph = GraphClient::new(
+        &cfg.whatsapp.graph_base,
+        &cfg.whatsapp.api_version,
+        &cfg.whatsapp.phone_number_id,
+        creds.token.expose_str()?.to_string(),
+        Duration::from_secs(cfg.whatsapp.send_timeout_secs),
+    );
+    let responder: Arc<dyn Responder> = match &opts.fixed_reply {
+        Some(text) => Arc::new(FixedResponder {
+            store: store.clone(),
+            reply: text.clone(),
+        }),
+        None => crate::conversation_runtime(cfg, store.clone(), &metrics)?,
+    };
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        queues.clone(),
+        responder,
+        Some(graph.clone()),
+        DispatchConfig {
+            burst_window: Duration::from_millis(cfg.conversation.burst_window_ms),
+            max_concurrent: cfg.whatsapp.max_concurrent_conversations,
+            non_text_reply: cfg.studio.non_text_reply.clone(),
+        },
+        metrics.clone(),
+        wake.clone(),
+    );
+    let recovered = {
+        let d = dispatcher.clone();
+        tokio::task::spawn_blocking(move || d.recover()).await??
+    };
+    if recovered > 0 {
+        info!(
+            entries = recovered,
+            "resuming inbox entries acknowledged before the last stop"
+        );
+    }
+    let mut sender_cfg = SenderConfig {
+        reopen_template: cfg.whatsapp.reopen_template.clone(),
+        template_language: cfg.whatsapp.template_language.clone(),
+        max_concurrent: cfg.whatsapp.max_concurrent_conversations,
+        ..SenderConfig::default()
+    };
+    if let Some(b) = opts.sender_backoff {
+        sender_cfg.backoff_base = b;
+    }
+    let sender = Sender::new(
+        store.clone(),
+        queues.clone(),
+        graph,
+        sender_cfg,
+        metrics.clone(),
+        wake,
+    );
+    let sender_task = tokio::spawn(sender.run(until_stopped(stop.clone())));
+
+    let state = WebhookState::new(
+        store,
+        queues,
+        dispatcher.clone(),
+        creds.app_secret,
+        creds.verify_token,
+        cfg.webhook.max_body_bytes,
+        metrics,
+        Arc::new(LogRejections),
+        cfg.webhook.audit_rejections_per_minute,
+    );
+    let listener = tokio::net::TcpListener::bind(cfg.webhook.listen)
+        .await
+        .with_context(|| format!("cannot listen on webhook.listen {}", cfg.webhook.listen))?;
+    info!(addr = %cfg.webhook.listen, "webhook listening");
+    let listener_task = tokio::spawn(serve_webhook(listener, state, until_stopped(stop)));
+    Ok(Channel {
+        listener_task,
+        sender_task,
+        dispatcher,
+    })
+}
+
+/// Resolves once the stop flag is set.
+async fn until_stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Accepts webhook connections (HTTP/1.1) until `stopped` resolves.
+async fn serve_webhook(
+    listener: tokio::net::TcpListener,
+    state: Arc<WebhookState>,
+    stopped: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stopped);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => { warn!(error = %e, "accept failed"); continue }
+            },
+            _ = &mut stopped => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let svc = hyper::service::service_fn(move |req| webhook::handle(state.clone(), req));
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
 }
 
 async fn wait_for_stop() {

@@ -36,7 +36,11 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the daemon (what frontdesk.service starts).
-    Serve,
+    Serve {
+        /// Load tests only: answer every message with this text instead of the model.
+        #[arg(long, hide = true)]
+        fixed_reply: Option<String>,
+    },
     /// Store maintenance: identities, backups, restores (stop the service first).
     #[command(subcommand)]
     Store(store_cmd::StoreCommand),
@@ -86,14 +90,21 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match &cli.command {
-        Command::Serve => {
+        Command::Serve { fixed_reply } => {
             let cfg = load_config(&cli)?;
-            crate::logging::init(&cfg.service.log_level, crate::logging::running_under_journald());
+            let opts = crate::service::ServeOptions {
+                fixed_reply: fixed_reply.clone(),
+                ..Default::default()
+            };
+            crate::logging::init(
+                &cfg.service.log_level,
+                crate::logging::running_under_journald(),
+            );
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("frontdesk")
                 .build()?;
-            rt.block_on(crate::service::serve(cfg))?;
+            rt.block_on(crate::service::serve_with(cfg, opts))?;
             Ok(exit::OK)
         }
         Command::Store(cmd) => store_cmd::run(&cli, cmd),
@@ -107,7 +118,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "frontdesk", &mut std::io::stdout());
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "frontdesk",
+                &mut std::io::stdout(),
+            );
             Ok(exit::OK)
         }
     }
@@ -120,7 +136,9 @@ fn write_man_pages(cmd: clap::Command, dir: &std::path::Path) -> anyhow::Result<
         } else {
             format!("{prefix}-{}", cmd.get_name())
         };
-        let page = cmd.clone().name(clap::builder::Str::from(name.clone().leak() as &str));
+        let page = cmd
+            .clone()
+            .name(clap::builder::Str::from(name.clone().leak() as &str));
         let mut buf = Vec::new();
         clap_mangen::Man::new(page).render(&mut buf)?;
         std::fs::write(dir.join(format!("{name}.1")), buf)?;

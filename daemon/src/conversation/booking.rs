@@ -61,7 +61,9 @@ pub enum BookingOutcome {
         confirmation_pending: bool,
     },
     /// The slot is taken; up to three nearby free slots (may be empty).
-    SlotTaken { alternatives: Vec<Zoned> },
+    SlotTaken {
+        alternatives: Vec<Zoned>,
+    },
     Failed(BookingFailure),
 }
 

@@ -26,7 +26,12 @@ pub struct ChatMessage {
 impl std::fmt::Debug for ChatMessage {
     // Message text is personal data: never in logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ChatMessage({:?}, {} chars)", self.role, self.content.len())
+        write!(
+            f,
+            "ChatMessage({:?}, {} chars)",
+            self.role,
+            self.content.len()
+        )
     }
 }
 
@@ -76,7 +81,8 @@ pub enum LlmError {
 /// A language model. See the module doc.
 pub trait LanguageModel: Send + Sync {
     /// Generates a reply constrained to `schema` (a JSON Schema object).
-    fn generate(&self, prompt: &Prompt, schema: &serde_json::Value) -> Result<Generation, LlmError>;
+    fn generate(&self, prompt: &Prompt, schema: &serde_json::Value)
+        -> Result<Generation, LlmError>;
 
     /// A short description for status output and logs (backend and model file name).
     fn describe(&self) -> String;

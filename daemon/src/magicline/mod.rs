@@ -1,9 +1,11 @@
 //! MagicLine Open API (v1) integration: wire types ([`api`]), the blocking HTTP client used from
-//! `spawn_blocking` ([`client`]) and MagicLine's zoned date-time format ([`datetime`]).
+//! `spawn_blocking` ([`client`]), MagicLine's zoned date-time format ([`datetime`]) and the
+//! idempotent trial booking built on them ([`booking`]).
 //!
-//! This layer only speaks the API. Deciding whether a failed booking call may be repeated, and
-//! recording bookings locally, is the job of the booking logic built on top of it.
+//! The client only speaks the API. Deciding whether a failed booking call may be repeated, and
+//! recording bookings locally, is the job of [`booking`].
 
 pub mod api;
+pub mod booking;
 pub mod client;
 pub mod datetime;

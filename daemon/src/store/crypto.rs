@@ -307,7 +307,10 @@ mod tests {
     fn seal_round_trip_and_binding() {
         let k = DataKey::generate();
         let sealed = k.seal("customers", b"row-1", b"Anna Schmidt");
-        assert_eq!(&*k.open("customers", b"row-1", &sealed).unwrap(), b"Anna Schmidt");
+        assert_eq!(
+            &*k.open("customers", b"row-1", &sealed).unwrap(),
+            b"Anna Schmidt"
+        );
         assert!(matches!(
             k.open("customers", b"row-2", &sealed),
             Err(CryptoError::OpenFailed)
@@ -331,13 +334,20 @@ mod tests {
         let wrapped = id.wrap(&k).unwrap();
         assert_eq!(id.unwrap(&wrapped).unwrap().0, k.0);
         let other = StoreIdentity::generate();
-        assert!(matches!(other.unwrap(&wrapped), Err(CryptoError::WrongIdentity)));
+        assert!(matches!(
+            other.unwrap(&wrapped),
+            Err(CryptoError::WrongIdentity)
+        ));
     }
 
     #[test]
     fn identity_parse_skips_comments() {
         let id = StoreIdentity::generate();
-        let text = format!("# created: now\n# public key: {}\n{}\n", id.recipient(), *id.to_secret_line());
+        let text = format!(
+            "# created: now\n# public key: {}\n{}\n",
+            id.recipient(),
+            *id.to_secret_line()
+        );
         let parsed = StoreIdentity::parse(&text).unwrap();
         assert_eq!(parsed.recipient().to_string(), id.recipient().to_string());
         assert!(StoreIdentity::parse("# nothing\n").is_err());

@@ -111,7 +111,10 @@ impl fmt::Debug for Profile {
     // Personal data never reaches a log through Debug: only which fields are known.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let v = serde_json::to_value(self).unwrap_or_default();
-        let keys: Vec<&String> = v.as_object().map(|m| m.keys().collect()).unwrap_or_default();
+        let keys: Vec<&String> = v
+            .as_object()
+            .map(|m| m.keys().collect())
+            .unwrap_or_default();
         write!(f, "Profile{{known: {keys:?}}}")
     }
 }

@@ -56,7 +56,10 @@ impl KeyDir {
         let path = self.path(p);
         let dir = path.parent().expect("key path has a parent");
         if !dir.exists() {
-            fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
             if durable {
                 File::open(&self.root)?.sync_all()?;
             }

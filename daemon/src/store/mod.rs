@@ -57,8 +57,9 @@ const PSEUDONYM_KEY: &str = "pseudonym";
 const QUEUE_KEY: &str = "queue";
 const LEDGER_PREFIX: &[u8] = b"forgotten/";
 
-/// How many unwrapped customer keys stay in memory.
-const KEY_CACHE_CAPACITY: usize = 4096;
+/// How many unwrapped customer keys stay in memory (about 100 bytes each): unwrapping costs an
+/// X25519 operation, far more than the rest of a message turn.
+const KEY_CACHE_CAPACITY: usize = 65_536;
 /// Per-customer writers are serialised through this many striped locks.
 const LOCK_STRIPES: usize = 256;
 
@@ -146,7 +147,10 @@ impl Keyspaces {
     }
 
     pub fn by_name(&self, name: &str) -> Option<&Keyspace> {
-        self.all().into_iter().find(|(n, _)| *n == name).map(|(_, k)| k)
+        self.all()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, k)| k)
     }
 }
 
@@ -157,8 +161,8 @@ pub struct Store {
     db: Database,
     ks: Keyspaces,
     keys: keydir::KeyDir,
-    /// Fsync each new key file (off only while bulk loading).
-    sync_new_keys: std::sync::atomic::AtomicBool,
+    /// Bulk loading: writes are not fsynced one by one (see [`Store::start_bulk_load`]).
+    bulk_load: std::sync::atomic::AtomicBool,
     identity: Arc<StoreIdentity>,
     pseudonyms: Pseudonymizer,
     queue_key: DataKey,
@@ -179,6 +183,8 @@ impl Store {
         let keys = keydir::KeyDir::open(&dir.join("keys"))?;
         let db = Database::builder(dir.join("db"))
             .cache_size(32 * 1024 * 1024)
+            // Bounds what a start after a crash replays (and the memory that replay takes).
+            .max_journaling_size(64 * 1024 * 1024)
             .manual_journal_persist(true)
             .open()
             .map_err(|e| match e {
@@ -193,12 +199,11 @@ impl Store {
         let (pseudonym_key, queue_key) = match ks.meta.get(META_SCHEMA)? {
             None => Self::initialise(&db, &ks, &keys, &identity)?,
             Some(v) => {
-                let found = u32::from_be_bytes(v.as_ref().try_into().map_err(|_| {
-                    StoreError::Corrupt {
+                let found =
+                    u32::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
                         keyspace: ks::META,
                         what: "schema version",
-                    }
-                })?);
+                    })?);
                 if found > SCHEMA_VERSION {
                     return Err(StoreError::SchemaTooNew {
                         path: dir.to_path_buf(),
@@ -223,7 +228,7 @@ impl Store {
             db,
             ks,
             keys,
-            sync_new_keys: std::sync::atomic::AtomicBool::new(true),
+            bulk_load: std::sync::atomic::AtomicBool::new(false),
             identity,
             pseudonyms: Pseudonymizer::new(pseudonym_key),
             queue_key,
@@ -306,6 +311,9 @@ impl Store {
     /// concurrent writer.
     pub fn commit_durable(&self, batch: fjall::OwnedWriteBatch) -> Result<()> {
         batch.commit()?;
+        if self.bulk_load.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
         let ticket = self.commit.applied();
         self.wait_durable(ticket)
     }
@@ -366,7 +374,7 @@ impl Store {
             return Ok(k);
         }
         let key = Arc::new(DataKey::generate());
-        let durable = self.sync_new_keys.load(std::sync::atomic::Ordering::Relaxed);
+        let durable = !self.bulk_load.load(std::sync::atomic::Ordering::Relaxed);
         self.keys.put(p, &self.identity.wrap(&key)?, durable)?;
         self.key_cache
             .lock()
@@ -375,18 +383,18 @@ impl Store {
         Ok(key)
     }
 
-    /// Bulk loading (benchmarks, imports): new key files are not fsynced one by one; call
-    /// [`Store::finish_bulk_load`] at the end.
+    /// Bulk loading (benchmarks, imports): writes and new key files are not fsynced one by one,
+    /// so nothing written is durable until [`Store::finish_bulk_load`] returns.
     pub fn start_bulk_load(&self) {
-        self.sync_new_keys
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.bulk_load
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Makes every key file and row written during a bulk load durable.
     pub fn finish_bulk_load(&self) -> Result<()> {
         self.keys.sync_all()?;
-        self.sync_new_keys
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.bulk_load
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         self.persist()
     }
 
@@ -412,10 +420,11 @@ impl Store {
             what: "customer without data key",
         })?;
         let plain = key.open(ks::CUSTOMERS, &p.0, sealed)?;
-        let body: CustomerBody = serde_json::from_slice(&plain).map_err(|_| StoreError::Corrupt {
-            keyspace: ks::CUSTOMERS,
-            what: "sealed body",
-        })?;
+        let body: CustomerBody =
+            serde_json::from_slice(&plain).map_err(|_| StoreError::Corrupt {
+                keyspace: ks::CUSTOMERS,
+                what: "sealed body",
+            })?;
         Ok(Some(Customer {
             pseudonym: *p,
             meta,
@@ -562,6 +571,16 @@ impl Store {
         Ok(removed)
     }
 
+    /// Flushes every memtable to tables, so the next open has no journal to replay. Called when
+    /// the store is dropped; a crash skips it and the next open replays the journal instead.
+    pub fn flush(&self) -> Result<()> {
+        self.db.persist(PersistMode::SyncAll)?;
+        for (_, k) in self.ks.all() {
+            k.rotate_memtable_and_wait()?;
+        }
+        Ok(())
+    }
+
     /// Pseudonyms in the forget ledger (hex form) with the time they were forgotten.
     pub fn forget_ledger(&self) -> Result<Vec<(Pseudonym, String)>> {
         let mut out = Vec::new();
@@ -573,6 +592,14 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::warn!(error = %e, "flushing the store at close failed; the next start replays the journal");
+        }
     }
 }
 

@@ -99,7 +99,11 @@ fn customer_and_messages_round_trip() {
     assert_eq!(recent.len(), 12);
     assert_eq!(recent[0].text, "Antwort 8");
     assert_eq!(recent[11].text, "Antwort 19");
-    let all: Vec<_> = store.all_messages(&p).unwrap().map(Result::unwrap).collect();
+    let all: Vec<_> = store
+        .all_messages(&p)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(all.len(), 20);
     assert_eq!(all[0].text, "Hallo!");
     assert_eq!(store.customer_metas().count(), 1);
@@ -115,7 +119,10 @@ fn value_moved_to_another_row_fails_to_open() {
     let value_a = store.ks.customers.get(a.pseudonym.0).unwrap().unwrap();
     store.ks.customers.insert(b.pseudonym.0, value_a).unwrap();
     let err = store.customer(&b.pseudonym).unwrap_err();
-    assert!(matches!(err, StoreError::Crypto(CryptoError::OpenFailed)), "{err}");
+    assert!(
+        matches!(err, StoreError::Crypto(CryptoError::OpenFailed)),
+        "{err}"
+    );
     // Same row key but another customer's key: also refused.
     let wrapped_b = store.keys.get(&b.pseudonym).unwrap().unwrap();
     store.keys.put(&a.pseudonym, &wrapped_b, true).unwrap();
@@ -189,7 +196,11 @@ fn no_personal_data_in_any_file() {
             needles.push(text.into_bytes());
         }
         // A control value written without sealing: proves the search sees through fjall's files.
-        store.ks.stats.insert("control", "Klartext-Kontrollwert").unwrap();
+        store
+            .ks
+            .stats
+            .insert("control", "Klartext-Kontrollwert")
+            .unwrap();
         store.persist().unwrap();
         for (_, k) in store.ks.all() {
             k.rotate_memtable_and_wait().unwrap();
@@ -238,7 +249,10 @@ fn forget_shreds_the_key_and_survives_restore_of_an_older_backup() {
         assert!(store.recent_messages(&gone, 12).unwrap().is_empty());
     }
     for (path, bytes) in all_file_bytes(&state) {
-        let hits = aho_corasick::AhoCorasick::new([&wrapped]).unwrap().find_iter(&bytes).count();
+        let hits = aho_corasick::AhoCorasick::new([&wrapped])
+            .unwrap()
+            .find_iter(&bytes)
+            .count();
         assert_eq!(hits, 0, "wrapped key still in {}", path.display());
     }
     {
@@ -247,19 +261,20 @@ fn forget_shreds_the_key_and_survives_restore_of_an_older_backup() {
         assert!(store.customer(&kept).unwrap().is_some());
         assert_eq!(store.forget_ledger().unwrap().len(), 1);
     }
-    let summary = backup::restore(
-        &backup_file,
-        backup_id.age_identity(),
-        &state,
-        &text,
-        now,
-    )
-    .unwrap();
+    let summary =
+        backup::restore(&backup_file, backup_id.age_identity(), &state, &text, now).unwrap();
     assert_eq!(summary.erasures_reapplied, 1);
     let store = Store::open(&state, StoreIdentity::parse(&text).unwrap()).unwrap();
     assert!(store.customer(&gone).unwrap().is_none());
     assert_eq!(
-        store.customer(&kept).unwrap().unwrap().body.profile.vorname.as_deref(),
+        store
+            .customer(&kept)
+            .unwrap()
+            .unwrap()
+            .body
+            .profile
+            .vorname
+            .as_deref(),
         Some("Carl")
     );
     drop(store);
@@ -276,7 +291,10 @@ fn restore_refuses_the_wrong_backup_identity() {
     {
         let store = Store::open(&state, id).unwrap();
         store
-            .backup_to(&backup_id.recipient(), std::fs::File::create(&file).unwrap())
+            .backup_to(
+                &backup_id.recipient(),
+                std::fs::File::create(&file).unwrap(),
+            )
             .unwrap();
     }
     let err = backup::restore(
@@ -345,31 +363,52 @@ fn retention_deletes_exactly_what_is_due() {
         })
         .unwrap();
     // Lead at 179 days: kept.
-    store.update_customer("491704", days(179), |_, _, _| Ok(())).unwrap();
+    store
+        .update_customer("491704", days(179), |_, _, _| Ok(()))
+        .unwrap();
     // Seen ids at 15 and 13 days.
     for (id, d) in [("wamid.old", 15), ("wamid.new", 13)] {
         store
             .ks
             .seen
-            .insert(store.token_hash("seen", id), days(d).as_second().to_be_bytes().to_vec())
+            .insert(
+                store.token_hash("seen", id),
+                days(d).as_second().to_be_bytes().to_vec(),
+            )
             .unwrap();
     }
 
     let dry = store.sweep(&policy, now, true).unwrap();
     assert_eq!(
-        (dry.customers_forgotten, dry.messages_deleted, dry.seen_ids_deleted),
+        (
+            dry.customers_forgotten,
+            dry.messages_deleted,
+            dry.seen_ids_deleted
+        ),
         (1, 3, 1)
     );
-    assert!(store.customer(&store.pseudonym("491701")).unwrap().is_some());
+    assert!(store
+        .customer(&store.pseudonym("491701"))
+        .unwrap()
+        .is_some());
 
     let report = store.sweep(&policy, now, false).unwrap();
     assert_eq!(report.customers_forgotten, 1);
     // 491702's 181-day message and 491703's 91-day message (491701's went with the customer).
     assert_eq!(report.messages_deleted, 2);
     assert_eq!(report.seen_ids_deleted, 1);
-    assert!(store.customer(&store.pseudonym("491701")).unwrap().is_none());
-    assert!(store.customer(&store.pseudonym("491702")).unwrap().is_some());
-    assert!(store.customer(&store.pseudonym("491704")).unwrap().is_some());
+    assert!(store
+        .customer(&store.pseudonym("491701"))
+        .unwrap()
+        .is_none());
+    assert!(store
+        .customer(&store.pseudonym("491702"))
+        .unwrap()
+        .is_some());
+    assert!(store
+        .customer(&store.pseudonym("491704"))
+        .unwrap()
+        .is_some());
     let left: Vec<_> = store
         .recent_messages(&store.pseudonym("491703"), 12)
         .unwrap()
@@ -377,13 +416,25 @@ fn retention_deletes_exactly_what_is_due() {
         .map(|m| m.text)
         .collect();
     assert_eq!(left, vec!["89".to_string()]);
-    assert!(store.ks.seen.contains_key(store.token_hash("seen", "wamid.new")).unwrap());
-    assert!(!store.ks.seen.contains_key(store.token_hash("seen", "wamid.old")).unwrap());
+    assert!(store
+        .ks
+        .seen
+        .contains_key(store.token_hash("seen", "wamid.new"))
+        .unwrap());
+    assert!(!store
+        .ks
+        .seen
+        .contains_key(store.token_hash("seen", "wamid.old"))
+        .unwrap());
 
     // A second run finds nothing more.
     let again = store.sweep(&policy, now, false).unwrap();
     assert_eq!(
-        (again.customers_forgotten, again.messages_deleted, again.seen_ids_deleted),
+        (
+            again.customers_forgotten,
+            again.messages_deleted,
+            again.seen_ids_deleted
+        ),
         (0, 0, 0)
     );
 }
@@ -399,7 +450,11 @@ fn concurrent_updates_lose_nothing() {
             std::thread::spawn(move || {
                 for _ in 0..50 {
                     // Half the threads share one customer, the others have their own.
-                    let phone = if i % 2 == 0 { "4917000".to_string() } else { format!("49171{i}") };
+                    let phone = if i % 2 == 0 {
+                        "4917000".to_string()
+                    } else {
+                        format!("49171{i}")
+                    };
                     store
                         .update_customer(&phone, now, |c, b, s| {
                             let n = c
@@ -420,7 +475,10 @@ fn concurrent_updates_lose_nothing() {
     for t in threads {
         t.join().unwrap();
     }
-    let shared = store.customer(&store.pseudonym("4917000")).unwrap().unwrap();
+    let shared = store
+        .customer(&store.pseudonym("4917000"))
+        .unwrap()
+        .unwrap();
     assert_eq!(shared.body.conversation.extra["n"], 400);
     assert_eq!(store.all_messages(&shared.pseudonym).unwrap().count(), 400);
     for i in (1..16).step_by(2) {

@@ -1,9 +1,17 @@
-//! WhatsApp Cloud API layer: webhook signature checks ([`signature`]), webhook payload parsing
-//! into normalised events ([`payload`]) and the Graph API sender ([`graph`]).
+//! The WhatsApp channel.
 //!
-//! The webhook HTTP server and the dispatcher live elsewhere; this module only knows Meta's wire
-//! formats. Nothing here logs payload content, phone numbers or tokens.
+//! Wire formats: [`signature`] (webhook signatures), [`payload`] (webhook payloads normalised
+//! into events), [`graph`] (the Graph API client). The pipeline: [`webhook`] (HTTP endpoint that
+//! persists to the inbox before answering 200) → [`queue`] (durable inbox, outbox, seen ids,
+//! delivery states) → [`dispatch`] (inbox → replies in the outbox, exactly once, in order per
+//! customer) → [`sender`] (outbox → Graph API, with retries and error handling).
+//!
+//! Nothing here logs payload content, phone numbers or tokens.
 
+pub mod dispatch;
 pub mod graph;
 pub mod payload;
+pub mod queue;
+pub mod sender;
 pub mod signature;
+pub mod webhook;

@@ -1,0 +1,2246 @@
+//! Trial bookings in MagicLine: [`MagicLineBooker`] carries out the engine's booking requests
+//! ([`Booker`]) on top of the blocking [`Client`], idempotently per request and resumable after a
+//! timeout or a restart.
+//!
+//! Flows:
+//! - A person MagicLine already knows (an id from the profile that MagicLine confirms, a lead an
+//!   earlier request of this person created, or a match by e-mail after `DUPLICATE_CUSTOMER`):
+//!   validate → book. Members use the appointment endpoints, leads (prospects) the trial-offer
+//!   endpoints, because the plain book endpoint lets leads book twice.
+//! - A new person: the wished slot is first checked in the trial slot list, so no lead is created
+//!   for a slot that cannot be booked; then lead validate → lead create → validate → book →
+//!   confirm when MagicLine asks for confirmation.
+//!
+//! Every request has a row in the bookings keyspace, written durably before the first MagicLine
+//! call and after every step (see [`Step`]): row key = pseudonym (16 bytes) + keyed hash of the
+//! request id (16 bytes); the value is sealed with the customer's data key. A request that comes
+//! back (engine retry, restart) returns the recorded outcome when it is final, or resumes from
+//! the recorded step. Before a state-changing call is repeated whose earlier try may have been
+//! processed (a timeout, a lost or garbled answer), MagicLine is asked first: the customer's
+//! bookings before a book call, a search by e-mail before a lead create. So one request never
+//! books twice and one person never gets a second lead.
+//!
+//! Every step and outcome is reported to a [`BookingAudit`] with the pseudonym and MagicLine ids,
+//! never with personal data.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use jiff::{Timestamp, ToSpan, Zoned};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::api::{
+    Booking, BookingStatus, BookingValidationStatus, ConfirmationStatus, Customer, CustomerStatus,
+    LeadCustomerData, LeadRequest, LeadValidationStatus, Slot, SlotQuery,
+};
+use super::client::{Client, Error as ApiError};
+use super::datetime;
+use crate::conversation::booking::{Booker, BookingFailure, BookingOutcome, BookingRequest};
+use crate::store::crypto::Pseudonym;
+use crate::store::{ks, Store, StoreError};
+
+/// Audit action names used by the booker.
+pub mod action {
+    /// A booking request started or resumed.
+    pub const ATTEMPT: &str = "booking.attempt";
+    /// A lead was created in MagicLine for the person.
+    pub const LEAD_CREATED: &str = "booking.lead_created";
+    /// The person was recognised as an existing MagicLine customer (id, e-mail match or a lead of
+    /// an earlier request).
+    pub const CUSTOMER_MATCHED: &str = "booking.customer_matched";
+    /// MagicLine holds the booking (possibly awaiting confirmation).
+    pub const BOOKED: &str = "booking.booked";
+    /// A booking awaiting confirmation was confirmed.
+    pub const CONFIRMED: &str = "booking.confirmed";
+    /// The wished slot is not free; alternatives were offered.
+    pub const SLOT_TAKEN: &str = "booking.slot_taken";
+    /// The request failed (`reason` says why); `unavailable` and `not_configured` can be resumed.
+    pub const FAILED: &str = "booking.failed";
+    /// A booking was cancelled.
+    pub const CANCELED: &str = "booking.canceled";
+    /// Cancelling a booking failed.
+    pub const CANCEL_FAILED: &str = "booking.cancel_failed";
+}
+
+/// One auditable booking step. Holds no personal data: the pseudonym, the engine's request id
+/// and MagicLine ids only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BookingEvent {
+    pub pseudonym: Pseudonym,
+    pub request_id: String,
+    /// One of [`action`].
+    pub action: &'static str,
+    pub magicline_customer_id: Option<i64>,
+    pub booking_id: Option<i64>,
+    /// Machine-readable reason of failures (`slot_taken`, `past_start`, `unavailable`, ...).
+    pub reason: Option<&'static str>,
+}
+
+/// Where booking events go (the audit log in the service, a [`MemoryAudit`] in tests).
+pub trait BookingAudit: Send + Sync {
+    fn record(&self, event: BookingEvent);
+}
+
+/// Keeps events in memory (tests, demo).
+#[derive(Debug, Default)]
+pub struct MemoryAudit {
+    events: Mutex<Vec<BookingEvent>>,
+}
+
+impl MemoryAudit {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// All events recorded so far, in order.
+    pub fn events(&self) -> Vec<BookingEvent> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Events of one request, in order.
+    pub fn events_of(&self, request_id: &str) -> Vec<BookingEvent> {
+        self.events()
+            .into_iter()
+            .filter(|e| e.request_id == request_id)
+            .collect()
+    }
+}
+
+impl BookingAudit for MemoryAudit {
+    fn record(&self, event: BookingEvent) {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event);
+    }
+}
+
+/// Tuning of the booker.
+#[derive(Clone)]
+pub struct BookerConfig {
+    /// Tries per MagicLine call made by the booker, the first included. Applies on top of the
+    /// client's own retries for reads; state-changing calls are repeated only after checking.
+    pub attempts: u32,
+    /// Full-jitter backoff between tries: attempt n waits up to `min(max, base * 2^(n-1))`.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// How many days after the wished one are searched for alternatives.
+    pub alternatives_days: u32,
+    /// Appointment type booked for members; `None` books the trial offer's appointment type.
+    pub member_appointment_id: Option<i64>,
+    /// The time a wished start is compared with (settable for tests and the demo).
+    pub clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+}
+
+impl Default for BookerConfig {
+    fn default() -> Self {
+        BookerConfig {
+            attempts: 3,
+            backoff_base: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(3),
+            alternatives_days: 7,
+            member_appointment_id: None,
+            clock: Arc::new(Timestamp::now),
+        }
+    }
+}
+
+impl std::fmt::Debug for BookerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BookerConfig")
+            .field("attempts", &self.attempts)
+            .field("backoff_base", &self.backoff_base)
+            .field("backoff_max", &self.backoff_max)
+            .field("alternatives_days", &self.alternatives_days)
+            .field("member_appointment_id", &self.member_appointment_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a step could not be completed now. None of these is a final answer: the request can be
+/// repeated with the same id and resumes where it stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BookerError {
+    #[error("booking record: {0}")]
+    Store(#[from] StoreError),
+    #[error("booking record could not be decoded")]
+    Corrupt,
+    #[error(transparent)]
+    MagicLine(#[from] ApiError),
+    #[error("MagicLine offers no bookable trial appointment")]
+    NoTrialOffer,
+    #[error("unexpected MagicLine answer: {0}")]
+    Unexpected(&'static str),
+}
+
+/// Why a cancellation did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CancelError {
+    #[error("MagicLine knows no such booking")]
+    NotFound,
+    #[error("MagicLine could not be reached or refused the cancellation")]
+    Unavailable,
+}
+
+/// Progress of one request as recorded in the bookings keyspace.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Step {
+    /// Recorded, nothing sent yet.
+    Requested,
+    /// A lead create is about to be or was sent; its answer may be lost.
+    LeadCreateCalled,
+    /// The MagicLine customer (member or lead) is known.
+    CustomerKnown,
+    /// MagicLine said the slot is bookable.
+    Validated,
+    /// A book call is about to be or was sent; its answer may be lost.
+    BookCalled,
+    /// MagicLine holds the booking; confirmation may still be outstanding.
+    Booked,
+    Confirmed,
+    SlotTaken,
+    Failed,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Kind {
+    /// A lead (prospect): trial-offer endpoints.
+    Lead,
+    /// A member: appointment endpoints.
+    Member,
+}
+
+/// Final failures as recorded (more detailed than the engine's [`BookingFailure`]).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Failure {
+    PastStart,
+    StudioClosed,
+    InvalidCustomerData,
+    AlreadyBooked,
+    LimitReached,
+    CustomerIdle,
+    NotBookable,
+    ConfirmationExpired,
+}
+
+impl Failure {
+    fn public(self) -> BookingFailure {
+        match self {
+            Failure::PastStart => BookingFailure::PastStart,
+            Failure::StudioClosed => BookingFailure::StudioClosed,
+            Failure::InvalidCustomerData => BookingFailure::InvalidCustomerData,
+            Failure::AlreadyBooked => BookingFailure::AlreadyBooked,
+            Failure::LimitReached => BookingFailure::LimitReached,
+            // Staff must look at these; the engine tells the customer so.
+            Failure::CustomerIdle | Failure::NotBookable | Failure::ConfirmationExpired => {
+                BookingFailure::Unavailable
+            }
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            Failure::PastStart => "past_start",
+            Failure::StudioClosed => "studio_closed",
+            Failure::InvalidCustomerData => "invalid_customer_data",
+            Failure::AlreadyBooked => "already_booked",
+            Failure::LimitReached => "limit_reached",
+            Failure::CustomerIdle => "customer_idle",
+            Failure::NotBookable => "not_bookable",
+            Failure::ConfirmationExpired => "confirmation_expired",
+        }
+    }
+}
+
+/// The sealed value of a bookings row.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct Record {
+    request_id: String,
+    step: Step,
+    #[serde(with = "datetime::serde_zoned")]
+    start: Zoned,
+    #[serde(default, with = "datetime::serde_zoned_opt")]
+    end: Option<Zoned>,
+    #[serde(default)]
+    customer_id: Option<i64>,
+    #[serde(default)]
+    kind: Option<Kind>,
+    /// The lead was created by this request.
+    #[serde(default)]
+    lead_created: bool,
+    #[serde(default)]
+    booking_id: Option<i64>,
+    #[serde(default)]
+    confirmation_required: bool,
+    #[serde(default)]
+    failure: Option<Failure>,
+    /// Alternatives offered with `SlotTaken`, in MagicLine's date-time form.
+    #[serde(default)]
+    alternatives: Vec<String>,
+    #[serde(default)]
+    canceled: bool,
+    updated_at: Timestamp,
+}
+
+impl Record {
+    fn new(req: &BookingRequest, now: Timestamp) -> Record {
+        Record {
+            request_id: req.request_id.clone(),
+            step: Step::Requested,
+            start: req.start.clone(),
+            end: None,
+            customer_id: None,
+            kind: None,
+            lead_created: false,
+            booking_id: None,
+            confirmation_required: false,
+            failure: None,
+            alternatives: Vec::new(),
+            canceled: false,
+            updated_at: now,
+        }
+    }
+
+    fn awaits_confirmation(&self) -> bool {
+        self.step == Step::Booked && self.confirmation_required && self.kind == Some(Kind::Lead)
+    }
+
+    /// The outcome when the request is finished (nothing left to do in MagicLine).
+    fn final_outcome(&self) -> Option<BookingOutcome> {
+        match self.step {
+            Step::Booked if self.awaits_confirmation() => None,
+            Step::Booked | Step::Confirmed => self.booked_outcome(),
+            Step::SlotTaken => Some(BookingOutcome::SlotTaken {
+                alternatives: self
+                    .alternatives
+                    .iter()
+                    .filter_map(|s| datetime::parse(s).ok())
+                    .collect(),
+            }),
+            Step::Failed => self.failure.map(|f| BookingOutcome::Failed(f.public())),
+            _ => None,
+        }
+    }
+
+    fn booked_outcome(&self) -> Option<BookingOutcome> {
+        Some(BookingOutcome::Booked {
+            booking_id: self.booking_id?,
+            start: self.start.clone(),
+            magicline_customer_id: self.customer_id?,
+            confirmation_pending: self.confirmation_required && self.step != Step::Confirmed,
+        })
+    }
+}
+
+/// The trial offer MagicLine advertises (looked up once).
+#[derive(Clone, Copy, Debug)]
+struct TrialOffer {
+    config_id: i64,
+    appointment_id: i64,
+    duration_minutes: Option<u32>,
+}
+
+/// What a booking validation means for the request.
+enum Verdict {
+    Proceed,
+    SlotTaken,
+    Fail(Failure),
+}
+
+fn verdict(status: BookingValidationStatus) -> Verdict {
+    use BookingValidationStatus as S;
+    match status {
+        S::Available => Verdict::Proceed,
+        S::NotAvailable
+        | S::ResourceNotAvailable
+        | S::PeriodDoesNotMatch
+        | S::DateTimeBeforeEarliestBookingDateTime
+        | S::DateTimeAfterLatestBookingDateTime => Verdict::SlotTaken,
+        S::PastStartDateTime => Verdict::Fail(Failure::PastStart),
+        S::StudioClosed => Verdict::Fail(Failure::StudioClosed),
+        S::CustomerInOtherBooking => Verdict::Fail(Failure::AlreadyBooked),
+        S::NoContingent | S::BookingLimitReached => Verdict::Fail(Failure::LimitReached),
+        S::CustomerIdle => Verdict::Fail(Failure::CustomerIdle),
+        S::BookableAppointmentRestrictionsNotFulfilled
+        | S::EndDateTimeNotAfterStartDateTime
+        | S::Unknown => Verdict::Fail(Failure::NotBookable),
+    }
+}
+
+/// The validation status a rejected book call names in its error code, if it names one.
+fn rejected_status(e: &ApiError) -> Option<BookingValidationStatus> {
+    match e {
+        ApiError::Api {
+            status: 400..=499,
+            code: Some(code),
+            ..
+        } => serde_json::from_value::<BookingValidationStatus>(serde_json::Value::String(
+            code.clone(),
+        ))
+        .ok()
+        .filter(|s| *s != BookingValidationStatus::Unknown),
+        _ => None,
+    }
+}
+
+/// Failures worth another try of a call that is safe to repeat (or has been checked).
+fn retryable(e: &ApiError) -> bool {
+    matches!(
+        e,
+        ApiError::Timeout
+            | ApiError::RateLimited { .. }
+            | ApiError::Unavailable(_)
+            | ApiError::Decode(_)
+            | ApiError::Transport { .. }
+    )
+}
+
+fn kind_of(c: &Customer) -> Kind {
+    match c.status {
+        CustomerStatus::Prospect => Kind::Lead,
+        _ => Kind::Member,
+    }
+}
+
+/// Members first (they have the richer relationship), then the oldest record.
+fn pick_customer(hits: &[Customer]) -> Option<&Customer> {
+    hits.iter()
+        .min_by_key(|c| (c.status == CustomerStatus::Prospect, c.id))
+}
+
+const PERSON_STRIPES: usize = 256;
+const REQUEST_HASH_DOMAIN: &str = "booking-request";
+
+/// Books trial trainings in MagicLine. Blocking; call it from a blocking thread.
+pub struct MagicLineBooker {
+    client: Client,
+    store: Arc<Store>,
+    audit: Arc<dyn BookingAudit>,
+    cfg: BookerConfig,
+    offer: Mutex<Option<TrialOffer>>,
+    /// Serialises the requests of one person, so two of them never race to create a lead.
+    persons: Vec<Mutex<()>>,
+}
+
+impl std::fmt::Debug for MagicLineBooker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MagicLineBooker")
+            .field("client", &self.client)
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Booker for MagicLineBooker {
+    fn book_trial(&self, req: &BookingRequest) -> BookingOutcome {
+        self.book(req)
+    }
+}
+
+impl MagicLineBooker {
+    pub fn new(
+        client: Client,
+        store: Arc<Store>,
+        audit: Arc<dyn BookingAudit>,
+        cfg: BookerConfig,
+    ) -> Self {
+        MagicLineBooker {
+            client,
+            store,
+            audit,
+            cfg,
+            offer: Mutex::new(None),
+            persons: (0..PERSON_STRIPES).map(|_| Mutex::new(())).collect(),
+        }
+    }
+
+    /// Books (or resumes booking) the trial training of `req`; idempotent per `req.request_id`.
+    /// A request id stays bound to its first wished start: choosing an alternative is a new
+    /// request.
+    pub fn book(&self, req: &BookingRequest) -> BookingOutcome {
+        let _person = self.person_lock(&req.pseudonym);
+        self.book_locked(req)
+    }
+
+    /// Cancels a booking of this person. Cancelling twice leaves it cancelled, so a cancel whose
+    /// answer was lost is simply sent again.
+    pub fn cancel(&self, pseudonym: &Pseudonym, booking_id: i64) -> Result<(), CancelError> {
+        let _person = self.person_lock(pseudonym);
+        self.cancel_locked(pseudonym, booking_id)
+    }
+
+    /// Moves a booking to the slot of `req` (a new request id): the new slot is checked first so
+    /// the old booking is kept when the new one cannot be had; then the old booking is cancelled
+    /// and the new one booked. A reschedule that already got past the cancellation resumes as a
+    /// plain booking request.
+    pub fn reschedule(&self, req: &BookingRequest, old_booking_id: i64) -> BookingOutcome {
+        let _person = self.person_lock(&req.pseudonym);
+        let key = self.row_key(&req.pseudonym, &req.request_id);
+        match self.load(&req.pseudonym, &key) {
+            Ok(Some(_)) => return self.book_locked(req),
+            Ok(None) => {}
+            Err(e) => return self.not_now(req, None, &e),
+        }
+        let old = match self.rows_of(&req.pseudonym) {
+            Ok(rows) => rows
+                .into_iter()
+                .map(|(_, r)| r)
+                .find(|r| r.booking_id == Some(old_booking_id)),
+            Err(e) => return self.not_now(req, None, &e),
+        };
+        let customer = old.as_ref().and_then(|r| Some((r.customer_id?, r.kind?)));
+        let mut req = req.clone();
+        if let Some((id, kind)) = customer {
+            req.magicline_customer_id = Some(id);
+            let mut probe = Record::new(&req, (self.cfg.clock)());
+            probe.customer_id = Some(id);
+            probe.kind = Some(kind);
+            match self.slot_is_free(&probe, kind) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let alternatives = self.alternatives(&probe, kind).unwrap_or_default();
+                    self.emit(&req, action::SLOT_TAKEN, Some(id), None, Some("slot_taken"));
+                    return BookingOutcome::SlotTaken { alternatives };
+                }
+                Err(e) => return self.not_now(&req, Some(id), &e),
+            }
+        }
+        match self.cancel_locked(&req.pseudonym, old_booking_id) {
+            Ok(()) | Err(CancelError::NotFound) => {}
+            Err(CancelError::Unavailable) => {
+                return BookingOutcome::Failed(BookingFailure::Unavailable)
+            }
+        }
+        self.book_locked(&req)
+    }
+
+    fn person_lock(&self, p: &Pseudonym) -> MutexGuard<'_, ()> {
+        let idx = u16::from_be_bytes([p.0[2], p.0[3]]) as usize % self.persons.len();
+        self.persons[idx].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn book_locked(&self, req: &BookingRequest) -> BookingOutcome {
+        let key = self.row_key(&req.pseudonym, &req.request_id);
+        let mut rec = match self.load(&req.pseudonym, &key) {
+            Ok(Some(rec)) => rec,
+            Ok(None) => {
+                let rec = Record::new(req, (self.cfg.clock)());
+                if let Err(e) = self.save(&req.pseudonym, &key, &rec) {
+                    return self.not_now(req, None, &e);
+                }
+                rec
+            }
+            Err(e) => return self.not_now(req, None, &e),
+        };
+        if rec.start.timestamp() != req.start.timestamp() {
+            // The id binds the first wished start; a new choice must come with a new id.
+            tracing::warn!(customer = %req.pseudonym, request = %req.request_id,
+                "booking request repeated with another start; keeping the recorded one");
+        }
+        if let Some(outcome) = rec.final_outcome() {
+            return outcome;
+        }
+        self.emit(req, action::ATTEMPT, rec.customer_id, rec.booking_id, None);
+        // A step found in the record (not reached in this call) may have sent its call already.
+        let mut sess = Session {
+            check_create: true,
+            check_book: true,
+        };
+        match self.drive(req, &key, &mut rec, &mut sess) {
+            Ok(outcome) => outcome,
+            Err(e) => self.not_now(req, rec.customer_id, &e),
+        }
+    }
+
+    /// Reports a step that could not be completed now; the record keeps the last safe step.
+    fn not_now(
+        &self,
+        req: &BookingRequest,
+        customer_id: Option<i64>,
+        e: &BookerError,
+    ) -> BookingOutcome {
+        let (failure, reason) = match e {
+            BookerError::NoTrialOffer => (BookingFailure::NotConfigured, "not_configured"),
+            _ => (BookingFailure::Unavailable, "unavailable"),
+        };
+        tracing::warn!(customer = %req.pseudonym, request = %req.request_id, error = %e,
+            "booking could not be completed now");
+        self.emit(req, action::FAILED, customer_id, None, Some(reason));
+        BookingOutcome::Failed(failure)
+    }
+
+    fn drive(
+        &self,
+        req: &BookingRequest,
+        key: &[u8],
+        rec: &mut Record,
+        sess: &mut Session,
+    ) -> Result<BookingOutcome, BookerError> {
+        loop {
+            let done = match rec.step {
+                Step::Requested => self.step_requested(req, key, rec, sess)?,
+                Step::LeadCreateCalled => self.step_create_lead(req, key, rec, sess)?,
+                Step::CustomerKnown | Step::Validated => self.step_validate(req, key, rec, sess)?,
+                Step::BookCalled => Some(self.step_book(req, key, rec, sess)?),
+                Step::Booked if rec.awaits_confirmation() => {
+                    Some(self.step_confirm(req, key, rec)?)
+                }
+                Step::Booked | Step::Confirmed | Step::SlotTaken | Step::Failed => {
+                    Some(rec.final_outcome().ok_or(BookerError::Corrupt)?)
+                }
+            };
+            if let Some(outcome) = done {
+                return Ok(outcome);
+            }
+        }
+    }
+
+    fn step_requested(
+        &self,
+        req: &BookingRequest,
+        key: &[u8],
+        rec: &mut Record,
+        sess: &mut Session,
+    ) -> Result<Option<BookingOutcome>, BookerError> {
+        if rec.start.timestamp() <= (self.cfg.clock)() {
+            return self.fail(req, key, rec, Failure::PastStart).map(Some);
+        }
+        let offer = self.offer()?;
+        if let Some((id, kind)) = self.known_customer(req, key)? {
+            self.adopt(req, key, rec, id, kind)?;
+            return Ok(None);
+        }
+        // A new person: no lead for a slot that cannot be booked anyway.
+        if !self.slot_is_free(rec, Kind::Lead)? {
+            return self.slot_taken(req, key, rec, Kind::Lead).map(Some);
+        }
+        let lead = lead_request(req, &offer);
+        match self.safe(|| self.client.validate_lead(&lead))? {
+            LeadValidationStatus::Possible => {
+                rec.step = Step::LeadCreateCalled;
+                self.save(&req.pseudonym, key, rec)?;
+                sess.check_create = false;
+                Ok(None)
+            }
+            LeadValidationStatus::InvalidLeadCustomerData => self
+                .fail(req, key, rec, Failure::InvalidCustomerData)
+                .map(Some),
+            LeadValidationStatus::DuplicateCustomer => {
+                if self.adopt_by_email(req, key, rec)? {
+                    Ok(None)
+                } else {
+                    Err(BookerError::Unexpected(
+                        "duplicate customer not found by e-mail",
+                    ))
+                }
+            }
+            LeadValidationStatus::Unknown => {
+                Err(BookerError::Unexpected("unknown lead validation status"))
+            }
+        }
+    }
+
+    fn step_create_lead(
+        &self,
+        req: &BookingRequest,
+        key: &[u8],
+        rec: &mut Record,
+        sess: &mut Session,
+    ) -> Result<Option<BookingOutcome>, BookerError> {
+        let offer = self.offer()?;
+        let lead = lead_request(req, &offer);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // An earlier create may have been processed although its answer never arrived.
+            if sess.check_create && self.adopt_by_email(req, key, rec)? {
+                return Ok(None);
+            }
+            match self.client.create_lead(&lead) {
+                Ok(id) => {
+                    rec.customer_id = Some(id);
+                    rec.kind = Some(Kind::Lead);
+                    rec.lead_created = true;
+                    rec.step = Step::CustomerKnown;
+                    self.save(&req.pseudonym, key, rec)?;
+                    self.emit(req, action::LEAD_CREATED, Some(id), None, None);
+                    return Ok(None);
+                }
+                Err(e) => match e.api_code() {
+                    // Someone else (or a lost earlier try) created it meanwhile.
+                    Some("DUPLICATE_CUSTOMER") => {
+                        return if self.adopt_by_email(req, key, rec)? {
+                            Ok(None)
+                        } else {
+                            Err(BookerError::Unexpected(
+                                "duplicate customer not found by e-mail",
+                            ))
+                        };
+                    }
+                    Some("INVALID_LEAD_CUSTOMER_DATA") => {
+                        return self
+                            .fail(req, key, rec, Failure::InvalidCustomerData)
+                            .map(Some)
+                    }
+                    _ if retryable(&e) && attempt < self.cfg.attempts => {
+                        sess.check_create |= e.may_have_been_processed();
+                        self.pause(attempt, &e);
+                    }
+                    _ => return Err(e.into()),
+                },
+            }
+        }
+    }
+
+    fn step_validate(
+        &self,
+        req: &BookingRequest,
+        key: &[u8],
+        rec: &mut Record,
+        sess: &mut Session,
+    ) -> Result<Option<BookingOutcome>, BookerError> {
+        let (customer_id, kind) = customer_of(rec)?;
+        let Some(booking) = self.booking_request(rec, kind)? else {
+            return self.slot_taken(req, key, rec, kind).map(Some);
+        };
+        let status = self.safe(|| match kind {
+            Kind::Lead => self.client.validate_trial_booking(&booking),
+            Kind::Member => self.client.validate_booking(&booking),
+        })?;
+        match verdict(status) {
+            Verdict::Proceed => {
+                rec.end = Some(booking.end_date_time.clone());
+                rec.step = Step::Validated;
+                self.save(&req.pseudonym, key, rec)?;
+                // The book call follows at once; the record must say so before it leaves.
+                rec.step = Step::BookCalled;
+                self.save(&req.pseudonym, key, rec)?;
+                sess.check_book = false;
+                tracing::debug!(customer = %req.pseudonym, magicline_customer = customer_id,
+                    "slot validated, booking");
+                Ok(None)
+            }
+            Verdict::SlotTaken => self.slot_taken(req, key, rec, kind).map(Some),
+            Verdict::Fail(f) => self.fail(req, key, rec, f).map(Some),
+        }
+    }
+
+    fn step_book(
+        &self,
+        req: &BookingRequest,
+        key: &[u8],
+        rec: &mut Record,
+        sess: &mut Session,
+    ) -> Result<BookingOutcome, BookerError> {
+        let (_, kind) = customer_of(rec)?;
+        let Some(booking) = self.booking_request(rec, kind)? else {
+            return Err(BookerError::Unexpected("booked slot has no end"));
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if sess.check_book {
+                if let Some(found) = self.find_booking(rec)? {
+                    tracing::info!(customer = %req.pseudonym, booking_id = found.booking_id,
+                        "an earlier book call did book");
+                    return self.booked(req, key, rec, &found);
+                }
+            }
+            let result = match kind {
+                Kind::Lead => self.client.book_trial(&booking),
+                Kind::Member => self.client.book(&booking),
+            };
+            match result {
+                Ok(made) => return self.booked(req, key, rec, &made),
+                Err(e) => {
+                    if let Some(status) = rejected_status(&e) {
+                        // Rejected, so nothing was booked by this call.
+                        return match verdict(status) {
+                            Verdict::Proceed => {
+                                Err(BookerError::Unexpected("book rejected as available"))
+                            }
+                            Verdict::SlotTaken => self.slot_taken(req, key, rec, kind),
+                            Verdict::Fail(f) => self.fail(req, key, rec, f),
+                        };
+                    }
+                    sess.check_book |= e.may_have_been_processed();
+                    if !retryable(&e) || attempt >= self.cfg.attempts {
+                        return Err(e.into());
+                    }
+                    self.pause(attempt, &e);
+                }
+            }
+        }
+    }
+
+    fn step_confirm(
+        &self,
+        req: &BookingRequest,
+        key: &[u8],
+        rec: &mut Record,
+    ) -> Result<BookingOutcome, BookerError> {
+        let booking_id = rec.booking_id.ok_or(BookerError::Corrupt)?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // Confirming twice is harmless, so a lost answer is simply asked again.
+            match self.client.confirm_trial_booking(booking_id) {
+                Ok(ConfirmationStatus::Confirmed) => {
+                    rec.step = Step::Confirmed;
+                    self.save(&req.pseudonym, key, rec)?;
+                    self.emit(
+                        req,
+                        action::CONFIRMED,
+                        rec.customer_id,
+                        Some(booking_id),
+                        None,
+                    );
+                    return rec.final_outcome().ok_or(BookerError::Corrupt);
+                }
+                Ok(ConfirmationStatus::Expired) => {
+                    return self.fail(req, key, rec, Failure::ConfirmationExpired)
+                }
+                Ok(ConfirmationStatus::Unknown) => break,
+                Err(e) if retryable(&e) && attempt < self.cfg.attempts => self.pause(attempt, &e),
+                Err(e) => {
+                    tracing::warn!(customer = %req.pseudonym, booking_id, error = %e,
+                        "booking not confirmed yet");
+                    break;
+                }
+            }
+        }
+        // Booked, confirmation outstanding: the next call with this request id tries again.
+        rec.booked_outcome().ok_or(BookerError::Corrupt)
+    }
+
+    // ---- transitions ----
+
+    fn adopt(
+        &self,
+        req: &BookingRequest,
+        key: &[u8],
+        rec: &mut Record,
+        id: i64,
+        kind: Kind,
+    ) -> Result<(), BookerError> {
+        rec.customer_id = Some(id);
+        rec.kind = Some(kind);
+        rec.step = Step::CustomerKnown;
+        self.save(&req.pseudonym, key, rec)?;
+        self.emit(req, action::CUSTOMER_MATCHED, Some(id), None, None);
+        Ok(())
+    }
+
+    /// Continues with the customer MagicLine has under this e-mail, if any.
+    fn adopt_by_email(
+        &self,
+        req: &BookingRequest,
+        key: &[u8],
+        rec: &mut Record,
+    ) -> Result<bool, BookerError> {
+        let hits = self.safe(|| self.client.find_customers_by_email(&req.email))?;
+        match pick_customer(&hits) {
+            Some(c) => {
+                self.adopt(req, key, rec, c.id, kind_of(c))?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn booked(
+        &self,
+        req: &BookingRequest,
+        key: &[u8],
+        rec: &mut Record,
+        made: &Booking,
+    ) -> Result<BookingOutcome, BookerError> {
+        rec.booking_id = Some(made.booking_id);
+        rec.confirmation_required =
+            made.booking_status == BookingStatus::BookedWithConfirmationRequired;
+        rec.step = Step::Booked;
+        self.save(&req.pseudonym, key, rec)?;
+        self.emit(
+            req,
+            action::BOOKED,
+            rec.customer_id,
+            Some(made.booking_id),
+            None,
+        );
+        tracing::info!(customer = %req.pseudonym, booking_id = made.booking_id,
+            magicline_customer = rec.customer_id, "trial training booked");
+        if rec.awaits_confirmation() {
+            return self.step_confirm(req, key, rec);
+        }
+        rec.final_outcome().ok_or(BookerError::Corrupt)
+    }
+
+    fn slot_taken(
+        &self,
+        req: &BookingRequest,
+        key: &[u8],
+        rec: &mut Record,
+        kind: Kind,
+    ) -> Result<BookingOutcome, BookerError> {
+        // Without alternatives the answer is still clear; the engine asks for another time.
+        let alternatives = self.alternatives(rec, kind).unwrap_or_else(|e| {
+            tracing::warn!(customer = %req.pseudonym, error = %e, "no alternatives fetched");
+            Vec::new()
+        });
+        rec.alternatives = alternatives.iter().map(datetime::format).collect();
+        rec.step = Step::SlotTaken;
+        self.save(&req.pseudonym, key, rec)?;
+        self.emit(
+            req,
+            action::SLOT_TAKEN,
+            rec.customer_id,
+            None,
+            Some("slot_taken"),
+        );
+        Ok(BookingOutcome::SlotTaken { alternatives })
+    }
+
+    fn fail(
+        &self,
+        req: &BookingRequest,
+        key: &[u8],
+        rec: &mut Record,
+        failure: Failure,
+    ) -> Result<BookingOutcome, BookerError> {
+        rec.failure = Some(failure);
+        rec.step = Step::Failed;
+        self.save(&req.pseudonym, key, rec)?;
+        self.emit(
+            req,
+            action::FAILED,
+            rec.customer_id,
+            rec.booking_id,
+            Some(failure.reason()),
+        );
+        tracing::info!(customer = %req.pseudonym, reason = failure.reason(), "booking failed");
+        Ok(BookingOutcome::Failed(failure.public()))
+    }
+
+    fn cancel_locked(&self, p: &Pseudonym, booking_id: i64) -> Result<(), CancelError> {
+        let row = match self.rows_of(p) {
+            Ok(rows) => rows
+                .into_iter()
+                .find(|(_, r)| r.booking_id == Some(booking_id)),
+            Err(e) => {
+                tracing::warn!(customer = %p, error = %e, "booking rows unreadable");
+                None
+            }
+        };
+        let request_id = row
+            .as_ref()
+            .map(|(_, r)| r.request_id.clone())
+            .unwrap_or_default();
+        let customer_id = row.as_ref().and_then(|(_, r)| r.customer_id);
+        let event = |action, reason| BookingEvent {
+            pseudonym: *p,
+            request_id: request_id.clone(),
+            action,
+            magicline_customer_id: customer_id,
+            booking_id: Some(booking_id),
+            reason,
+        };
+        let mut attempt = 0;
+        let mut maybe_done = false;
+        loop {
+            attempt += 1;
+            match self.client.cancel_booking(booking_id) {
+                Ok(()) => break,
+                // An earlier try that went through may make the booking unknown now.
+                Err(ApiError::Api { status: 404, .. }) if maybe_done => break,
+                Err(ApiError::Api { status: 404, .. }) => {
+                    self.audit
+                        .record(event(action::CANCEL_FAILED, Some("not_found")));
+                    return Err(CancelError::NotFound);
+                }
+                Err(e) if retryable(&e) && attempt < self.cfg.attempts => {
+                    maybe_done |= e.may_have_been_processed();
+                    self.pause(attempt, &e);
+                }
+                Err(e) => {
+                    tracing::warn!(customer = %p, booking_id, error = %e, "cancel failed");
+                    self.audit
+                        .record(event(action::CANCEL_FAILED, Some("unavailable")));
+                    return Err(CancelError::Unavailable);
+                }
+            }
+        }
+        if let Some((key, mut rec)) = row {
+            rec.canceled = true;
+            if let Err(e) = self.save(p, &key, &rec) {
+                tracing::warn!(customer = %p, error = %e, "cancellation not recorded locally");
+            }
+        }
+        self.audit.record(event(action::CANCELED, None));
+        tracing::info!(customer = %p, booking_id, "booking cancelled");
+        Ok(())
+    }
+
+    // ---- MagicLine lookups ----
+
+    fn offer(&self) -> Result<TrialOffer, BookerError> {
+        if let Some(o) = *self.offer.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Ok(o);
+        }
+        let list = self.safe(|| self.client.trial_offer_appointments())?;
+        let first = list.first().ok_or(BookerError::NoTrialOffer)?;
+        let offer = TrialOffer {
+            config_id: first.trial_offer_config_id,
+            appointment_id: first.trial_offer_bookable_appointment.id,
+            duration_minutes: first.trial_offer_bookable_appointment.duration,
+        };
+        *self.offer.lock().unwrap_or_else(|e| e.into_inner()) = Some(offer);
+        Ok(offer)
+    }
+
+    fn appointment_id(&self, kind: Kind) -> Result<i64, BookerError> {
+        let offer = self.offer()?;
+        Ok(match kind {
+            Kind::Lead => offer.appointment_id,
+            Kind::Member => self
+                .cfg
+                .member_appointment_id
+                .unwrap_or(offer.appointment_id),
+        })
+    }
+
+    /// A customer MagicLine already has for this person: one an earlier request learned, or
+    /// the id the engine knows, when MagicLine confirms it.
+    fn known_customer(
+        &self,
+        req: &BookingRequest,
+        key: &[u8],
+    ) -> Result<Option<(i64, Kind)>, BookerError> {
+        let learned = self
+            .rows_of(&req.pseudonym)?
+            .into_iter()
+            .filter(|(k, _)| k.as_slice() != key)
+            .filter_map(|(_, r)| Some((r.customer_id?, r.kind?, r.lead_created)))
+            .max_by_key(|(_, _, created)| *created);
+        if let Some((id, kind, _)) = learned {
+            return Ok(Some((id, kind)));
+        }
+        let Some(id) = req.magicline_customer_id else {
+            return Ok(None);
+        };
+        let hits = self.safe(|| self.client.find_customers_by_email(&req.email))?;
+        if let Some(c) = hits.iter().find(|c| c.id == id) {
+            return Ok(Some((id, kind_of(c))));
+        }
+        // The e-mail may have changed in MagicLine; the id still counts if MagicLine knows it.
+        match self.safe(|| self.client.customer_bookings(id)) {
+            Ok(_) => Ok(Some((id, Kind::Member))),
+            Err(ApiError::Api { status: 404, .. }) => {
+                tracing::info!(customer = %req.pseudonym, magicline_customer = id,
+                    "MagicLine does not know the stored customer id; booking as a new lead");
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Free slots of the kind's appointment type around `from`'s day.
+    fn slots(
+        &self,
+        kind: Kind,
+        customer_id: Option<i64>,
+        from: jiff::civil::Date,
+        days: u32,
+    ) -> Result<Vec<Slot>, BookerError> {
+        let appointment = self.appointment_id(kind)?;
+        let query = SlotQuery {
+            customer_id,
+            days_ahead: Some(days),
+            window_start: Some(from),
+        };
+        Ok(self.safe(|| match kind {
+            Kind::Lead => self.client.trial_offer_slots(appointment, &query),
+            Kind::Member => self.client.appointment_slots(appointment, &query),
+        })?)
+    }
+
+    fn slot_is_free(&self, rec: &Record, kind: Kind) -> Result<bool, BookerError> {
+        let slots = self.slots(kind, rec.customer_id, rec.start.date(), 1)?;
+        Ok(slots
+            .iter()
+            .any(|s| s.start_date_time.timestamp() == rec.start.timestamp()))
+    }
+
+    /// Up to three free slots nearest to the wished start (the slot list only holds times
+    /// within opening hours), in chronological order.
+    fn alternatives(&self, rec: &Record, kind: Kind) -> Result<Vec<Zoned>, BookerError> {
+        let now = (self.cfg.clock)();
+        let today = now.to_zoned(rec.start.time_zone().clone()).date();
+        let day_before = rec.start.date().yesterday().unwrap_or(rec.start.date());
+        let from = day_before.max(today);
+        let days = self.cfg.alternatives_days + 2;
+        let wished = rec.start.timestamp();
+        let mut free: Vec<Zoned> = self
+            .slots(kind, rec.customer_id, from, days)?
+            .into_iter()
+            .map(|s| s.start_date_time)
+            .filter(|s| s.timestamp() != wished && s.timestamp() > now)
+            .collect();
+        free.sort_by_key(|s| (s.timestamp().duration_since(wished).abs(), s.timestamp()));
+        free.truncate(3);
+        free.sort_by_key(|s| s.timestamp());
+        Ok(free)
+    }
+
+    /// The validate/book body for the recorded slot; `None` when the slot's end cannot be
+    /// determined because it is not offered.
+    fn booking_request(
+        &self,
+        rec: &Record,
+        kind: Kind,
+    ) -> Result<Option<super::api::BookingRequest>, BookerError> {
+        let (customer_id, _) = customer_of(rec)?;
+        let appointment = self.appointment_id(kind)?;
+        let end = match &rec.end {
+            Some(end) => end.clone(),
+            None => {
+                let offer = self.offer()?;
+                match offer.duration_minutes {
+                    Some(minutes) if appointment == offer.appointment_id => rec
+                        .start
+                        .checked_add(i64::from(minutes).minutes())
+                        .map_err(|_| BookerError::Unexpected("slot end out of range"))?,
+                    _ => {
+                        let slots = self.slots(kind, Some(customer_id), rec.start.date(), 1)?;
+                        match slots
+                            .into_iter()
+                            .find(|s| s.start_date_time.timestamp() == rec.start.timestamp())
+                        {
+                            Some(s) => s.end_date_time,
+                            None => return Ok(None),
+                        }
+                    }
+                }
+            }
+        };
+        Ok(Some(super::api::BookingRequest {
+            customer_id,
+            bookable_appointment_id: appointment,
+            start_date_time: rec.start.clone(),
+            end_date_time: end,
+            instructor_ids: Vec::new(),
+        }))
+    }
+
+    /// The customer's active booking of the recorded slot, if MagicLine has one.
+    fn find_booking(&self, rec: &Record) -> Result<Option<Booking>, BookerError> {
+        let (customer_id, _) = customer_of(rec)?;
+        let bookings = self.safe(|| self.client.customer_bookings(customer_id))?;
+        Ok(bookings.into_iter().find(|b| {
+            b.is_active()
+                && b.start_date_time.timestamp() == rec.start.timestamp()
+                && rec
+                    .end
+                    .as_ref()
+                    .is_none_or(|end| b.end_date_time.timestamp() == end.timestamp())
+        }))
+    }
+
+    /// Runs a call that changes nothing in MagicLine, repeating it on transient failures.
+    fn safe<T>(&self, mut call: impl FnMut() -> Result<T, ApiError>) -> Result<T, ApiError> {
+        let mut attempt = 1;
+        loop {
+            match call() {
+                Ok(v) => return Ok(v),
+                Err(e) if retryable(&e) && attempt < self.cfg.attempts => {
+                    self.pause(attempt, &e);
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn pause(&self, attempt: u32, e: &ApiError) {
+        let cap = self
+            .cfg
+            .backoff_base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(self.cfg.backoff_max);
+        let wait = match e {
+            ApiError::RateLimited {
+                retry_after: Some(after),
+            } => (*after).min(self.cfg.backoff_max),
+            _ => {
+                let millis = cap.as_millis().min(u128::from(u64::MAX)) as u64;
+                Duration::from_millis(rand::thread_rng().gen_range(0..=millis))
+            }
+        };
+        std::thread::sleep(wait);
+    }
+
+    fn emit(
+        &self,
+        req: &BookingRequest,
+        action: &'static str,
+        magicline_customer_id: Option<i64>,
+        booking_id: Option<i64>,
+        reason: Option<&'static str>,
+    ) {
+        self.audit.record(BookingEvent {
+            pseudonym: req.pseudonym,
+            request_id: req.request_id.clone(),
+            action,
+            magicline_customer_id,
+            booking_id,
+            reason,
+        });
+    }
+
+    // ---- the bookings keyspace ----
+
+    fn row_key(&self, p: &Pseudonym, request_id: &str) -> Vec<u8> {
+        let mut key = p.0.to_vec();
+        key.extend_from_slice(&self.store.token_hash(REQUEST_HASH_DOMAIN, request_id));
+        key
+    }
+
+    fn load(&self, p: &Pseudonym, key: &[u8]) -> Result<Option<Record>, BookerError> {
+        let Some(sealed) = self
+            .store
+            .keyspaces()
+            .bookings
+            .get(key)
+            .map_err(StoreError::from)?
+        else {
+            return Ok(None);
+        };
+        self.open(p, key, &sealed).map(Some)
+    }
+
+    fn open(&self, p: &Pseudonym, key: &[u8], sealed: &[u8]) -> Result<Record, BookerError> {
+        let data_key = self.store.data_key(p)?.ok_or(BookerError::Corrupt)?;
+        let plain = data_key
+            .open(ks::BOOKINGS, key, sealed)
+            .map_err(StoreError::from)?;
+        serde_json::from_slice(&plain).map_err(|_| BookerError::Corrupt)
+    }
+
+    /// Every booking row of a person (a handful at most).
+    fn rows_of(&self, p: &Pseudonym) -> Result<Vec<(Vec<u8>, Record)>, BookerError> {
+        let mut out = Vec::new();
+        for guard in self.store.keyspaces().bookings.prefix(p.0) {
+            let (k, v) = guard.into_inner().map_err(StoreError::from)?;
+            match self.open(p, &k, &v) {
+                Ok(rec) => out.push((k.to_vec(), rec)),
+                Err(e) => {
+                    tracing::warn!(customer = %p, error = %e, "skipping unreadable booking row")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes the record durably (fsynced) before returning.
+    fn save(&self, p: &Pseudonym, key: &[u8], rec: &Record) -> Result<(), BookerError> {
+        let mut rec = rec.clone();
+        rec.updated_at = (self.cfg.clock)();
+        let plain =
+            zeroize::Zeroizing::new(serde_json::to_vec(&rec).expect("booking record serialises"));
+        let _guard = self.store.lock_customer(p);
+        let mut batch = self.store.batch();
+        let data_key = self.store.data_key_or_create(p, &mut batch)?;
+        let sealed = data_key.seal(ks::BOOKINGS, key, &plain);
+        batch.insert(&self.store.keyspaces().bookings, key.to_vec(), sealed);
+        self.store.commit_durable(batch)?;
+        Ok(())
+    }
+}
+
+/// Per-call knowledge that is not recorded: whether a state-changing call of this call's own
+/// making may have been processed without an answer.
+struct Session {
+    check_create: bool,
+    check_book: bool,
+}
+
+fn customer_of(rec: &Record) -> Result<(i64, Kind), BookerError> {
+    match (rec.customer_id, rec.kind) {
+        (Some(id), Some(kind)) => Ok((id, kind)),
+        _ => Err(BookerError::Corrupt),
+    }
+}
+
+fn lead_request(req: &BookingRequest, offer: &TrialOffer) -> LeadRequest {
+    LeadRequest {
+        lead_customer_data: LeadCustomerData::new(&req.firstname, &req.lastname, &req.email),
+        trial_offer_config_id: offer.config_id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use jiff::civil::date;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::magicline::client::RetryPolicy;
+    use crate::sandbox::magicline::{
+        start, Fault, MagiclineSim, SimBookingState, SimConfig, SimCustomer,
+    };
+    use crate::store::crypto::StoreIdentity;
+
+    const BERLIN: &str = "Europe/Berlin";
+    const TRIAL: i64 = 1001;
+    const ERIKA: i64 = 501;
+    const JONAS: i64 = 502;
+    const ERIKA_MAIL: &str = "erika.musterfrau@example.org";
+    const JONAS_MAIL: &str = "jonas.beispiel@example.org";
+    const TRIAL_BOOK: &str = "/trial-offers/appointments/booking/book";
+    const TRIAL_VALIDATE: &str = "/trial-offers/appointments/booking/validate";
+    const LEAD_CREATE: &str = "/trial-offers/lead/create";
+    const MEMBER_BOOK: &str = "/appointments/booking/book";
+
+    /// A simulator on its own runtime and a real store on disk; bookers block on test threads.
+    struct Harness {
+        rt: tokio::runtime::Runtime,
+        sim: Option<MagiclineSim>,
+        store: Arc<Store>,
+        audit: Arc<MemoryAudit>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Harness {
+        fn new(cfg: SimConfig) -> Harness {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let sim = rt.block_on(start(cfg));
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(Store::open(dir.path(), StoreIdentity::generate()).unwrap());
+            Harness {
+                rt,
+                sim: Some(sim),
+                store,
+                audit: Arc::new(MemoryAudit::new()),
+                _dir: dir,
+            }
+        }
+
+        fn sim(&self) -> &MagiclineSim {
+            self.sim.as_ref().unwrap()
+        }
+
+        fn client(&self, timeout: Duration) -> Client {
+            Client::new(&self.sim().base_url(), self.sim().api_key(), timeout).with_retry_policy(
+                RetryPolicy {
+                    max_attempts: 3,
+                    base_delay: Duration::from_millis(1),
+                    max_delay: Duration::from_millis(5),
+                },
+            )
+        }
+
+        fn booker_with(&self, timeout: Duration, attempts: u32) -> MagicLineBooker {
+            MagicLineBooker::new(
+                self.client(timeout),
+                self.store.clone(),
+                self.audit.clone(),
+                BookerConfig {
+                    attempts,
+                    backoff_base: Duration::from_millis(2),
+                    backoff_max: Duration::from_millis(20),
+                    clock: Arc::new(monday_nine),
+                    ..BookerConfig::default()
+                },
+            )
+        }
+
+        fn booker(&self) -> MagicLineBooker {
+            self.booker_with(Duration::from_secs(2), 3)
+        }
+
+        /// A customer row in the store (the engine always has one before booking).
+        fn person(&self, phone: &str) -> Pseudonym {
+            self.store
+                .update_customer(phone, monday_nine(), |_, _, _| Ok(()))
+                .unwrap()
+                .0
+                .pseudonym
+        }
+
+        fn actions(&self, request_id: &str) -> Vec<&'static str> {
+            self.audit
+                .events_of(request_id)
+                .into_iter()
+                .map(|e| e.action)
+                .collect()
+        }
+    }
+
+    impl Drop for Harness {
+        fn drop(&mut self) {
+            if let Some(sim) = self.sim.take() {
+                self.rt.block_on(sim.shutdown());
+            }
+        }
+    }
+
+    /// Monday 2030-06-03 09:00 in Berlin: the simulator's and the booker's clock.
+    fn monday_nine() -> Timestamp {
+        date(2030, 6, 3)
+            .at(9, 0, 0, 0)
+            .in_tz(BERLIN)
+            .unwrap()
+            .timestamp()
+    }
+
+    fn sim_cfg() -> SimConfig {
+        SimConfig {
+            now: Some(monday_nine()),
+            ..SimConfig::default()
+        }
+    }
+
+    /// Berlin wall-clock time `days` after Monday 2030-06-03.
+    fn at(days: i64, hour: i8, minute: i8) -> Zoned {
+        date(2030, 6, 3)
+            .checked_add(days.days())
+            .unwrap()
+            .at(hour, minute, 0, 0)
+            .in_tz(BERLIN)
+            .unwrap()
+    }
+
+    fn request(
+        id: &str,
+        p: Pseudonym,
+        email: &str,
+        magicline_customer_id: Option<i64>,
+        start: Zoned,
+    ) -> BookingRequest {
+        BookingRequest {
+            request_id: id.to_string(),
+            pseudonym: p,
+            firstname: "Max".into(),
+            lastname: "Mustermann".into(),
+            email: email.to_string(),
+            magicline_customer_id,
+            start,
+        }
+    }
+
+    fn booked(outcome: &BookingOutcome) -> (i64, i64, bool) {
+        match outcome {
+            BookingOutcome::Booked {
+                booking_id,
+                magicline_customer_id,
+                confirmation_pending,
+                ..
+            } => (*booking_id, *magicline_customer_id, *confirmation_pending),
+            other => panic!("expected Booked, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn new_lead_is_booked_end_to_end_and_the_outcome_replays() {
+        let h = Harness::new(sim_cfg());
+        let p = h.person("+49 151 0000001");
+        let req = request("r-1", p, "max@example.org", None, at(1, 10, 0));
+        let booker = h.booker();
+        let outcome = booker.book_trial(&req);
+        let (booking_id, lead_id, pending) = booked(&outcome);
+        assert!(!pending);
+        let BookingOutcome::Booked { start, .. } = &outcome else {
+            unreachable!()
+        };
+        assert_eq!(start.timestamp(), at(1, 10, 0).timestamp());
+
+        let leads = h.sim().leads();
+        assert_eq!(leads.len(), 1);
+        assert_eq!(
+            (leads[0].customer_id, leads[0].email.as_str()),
+            (lead_id, "max@example.org")
+        );
+        let made = h.sim().bookings_of(lead_id);
+        assert_eq!(made.len(), 1);
+        assert_eq!(made[0].id, booking_id);
+        assert!(made[0].trial);
+        assert_eq!(made[0].state, SimBookingState::Booked);
+        assert_eq!(
+            h.actions("r-1"),
+            vec![action::ATTEMPT, action::LEAD_CREATED, action::BOOKED]
+        );
+        let booked_event = h.audit.events_of("r-1").pop().unwrap();
+        assert_eq!(booked_event.pseudonym, p);
+        assert_eq!(booked_event.magicline_customer_id, Some(lead_id));
+        assert_eq!(booked_event.booking_id, Some(booking_id));
+
+        // The same request again, from this booker and from a fresh one: no MagicLine call.
+        let calls = h.sim().total_requests();
+        assert_eq!(booker.book_trial(&req), outcome);
+        drop(booker);
+        assert_eq!(h.booker().book_trial(&req), outcome);
+        assert_eq!(h.sim().total_requests(), calls);
+        assert_eq!(h.sim().book_calls(lead_id), 1);
+
+        // The row is keyed by pseudonym and hashed request id and its value is sealed.
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = h
+            .store
+            .keyspaces()
+            .bookings
+            .iter()
+            .map(|g| {
+                let (k, v) = g.into_inner().unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .collect();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].0.len(), 32);
+        assert_eq!(&rows[0].0[..16], &p.0);
+        let value = &rows[0].1;
+        for needle in [&b"r-1"[..], b"request_id", b"booked", b"2030-06-04"] {
+            assert!(!value.windows(needle.len()).any(|w| w == needle));
+        }
+    }
+
+    #[test]
+    fn registered_member_books_through_the_appointment_endpoints() {
+        let h = Harness::new(sim_cfg());
+        let p = h.person("+49 151 0000002");
+        let req = request("r-erika", p, ERIKA_MAIL, Some(ERIKA), at(1, 11, 0));
+        let (booking_id, customer, _) = booked(&h.booker().book_trial(&req));
+        assert_eq!(customer, ERIKA);
+        let made = h.sim().bookings_of(ERIKA);
+        assert_eq!(made.len(), 1);
+        assert_eq!(made[0].id, booking_id);
+        assert!(!made[0].trial);
+        assert!(h.sim().leads().is_empty());
+        assert_eq!(h.sim().request_count("/trial-offers/lead"), 0);
+        assert_eq!(h.sim().request_count(MEMBER_BOOK), 1);
+        assert_eq!(
+            h.actions("r-erika"),
+            vec![action::ATTEMPT, action::CUSTOMER_MATCHED, action::BOOKED]
+        );
+    }
+
+    #[test]
+    fn duplicate_customer_continues_as_the_registered_customer() {
+        let h = Harness::new(sim_cfg());
+        let p = h.person("+49 151 0000003");
+        // The engine does not know Jonas's MagicLine id; lead validation recognises the e-mail.
+        let req = request("r-jonas", p, JONAS_MAIL, None, at(2, 9, 0));
+        let (_, customer, _) = booked(&h.booker().book_trial(&req));
+        assert_eq!(customer, JONAS);
+        assert!(h.sim().leads().is_empty());
+        assert_eq!(h.sim().request_count("/trial-offers/lead/validate"), 1);
+        assert_eq!(h.sim().request_count(LEAD_CREATE), 0);
+        assert_eq!(h.sim().bookings_of(JONAS).len(), 1);
+    }
+
+    #[test]
+    fn a_stored_id_magicline_does_not_know_books_as_new_lead() {
+        let h = Harness::new(sim_cfg());
+        let p = h.person("+49 151 0000004");
+        let req = request("r-x", p, "neu@example.org", Some(987_654), at(1, 12, 0));
+        let (_, customer, _) = booked(&h.booker().book_trial(&req));
+        assert_ne!(customer, 987_654);
+        assert_eq!(h.sim().leads().len(), 1);
+        assert_eq!(h.sim().leads()[0].customer_id, customer);
+    }
+
+    #[test]
+    fn validation_statuses_become_outcomes() {
+        use BookingValidationStatus as S;
+        let h = Harness::new(sim_cfg());
+        let booker = h.booker();
+        let p = h.person("+49 151 0000005");
+        let cases = [
+            (
+                S::PastStartDateTime,
+                BookingFailure::PastStart,
+                "past_start",
+            ),
+            (
+                S::StudioClosed,
+                BookingFailure::StudioClosed,
+                "studio_closed",
+            ),
+            (
+                S::CustomerInOtherBooking,
+                BookingFailure::AlreadyBooked,
+                "already_booked",
+            ),
+            (
+                S::NoContingent,
+                BookingFailure::LimitReached,
+                "limit_reached",
+            ),
+            (
+                S::BookingLimitReached,
+                BookingFailure::LimitReached,
+                "limit_reached",
+            ),
+            (
+                S::CustomerIdle,
+                BookingFailure::Unavailable,
+                "customer_idle",
+            ),
+            (
+                S::BookableAppointmentRestrictionsNotFulfilled,
+                BookingFailure::Unavailable,
+                "not_bookable",
+            ),
+        ];
+        for (i, (status, failure, reason)) in cases.into_iter().enumerate() {
+            let id = format!("r-status-{i}");
+            h.sim().force_validation_status(status, 1);
+            let req = request(&id, p, ERIKA_MAIL, Some(ERIKA), at(1, 14, 0));
+            let outcome = booker.book_trial(&req);
+            assert_eq!(outcome, BookingOutcome::Failed(failure), "{status:?}");
+            let last = h.audit.events_of(&id).pop().unwrap();
+            assert_eq!((last.action, last.reason), (action::FAILED, Some(reason)));
+            // Final: asking again changes nothing and calls nothing.
+            let calls = h.sim().total_requests();
+            assert_eq!(booker.book_trial(&req), outcome);
+            assert_eq!(h.sim().total_requests(), calls);
+        }
+        for (i, status) in [
+            S::NotAvailable,
+            S::ResourceNotAvailable,
+            S::PeriodDoesNotMatch,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let id = format!("r-taken-{i}");
+            h.sim().force_validation_status(status, 1);
+            let req = request(&id, p, ERIKA_MAIL, Some(ERIKA), at(1, 14, 0));
+            match booker.book_trial(&req) {
+                BookingOutcome::SlotTaken { alternatives } => assert_eq!(alternatives.len(), 3),
+                other => panic!("{status:?}: {other:?}"),
+            }
+        }
+        assert!(h.sim().bookings_of(ERIKA).is_empty());
+
+        // Checked locally, before MagicLine is asked at all.
+        let calls = h.sim().total_requests();
+        let past = request("r-past", p, ERIKA_MAIL, Some(ERIKA), at(-1, 10, 0));
+        assert_eq!(
+            booker.book_trial(&past),
+            BookingOutcome::Failed(BookingFailure::PastStart)
+        );
+        assert_eq!(h.sim().total_requests(), calls);
+
+        // Contact data MagicLine refuses: no lead, no booking.
+        let q = h.person("+49 151 0000006");
+        let bad = request("r-bad", q, "keine-mail", None, at(1, 15, 0));
+        assert_eq!(
+            booker.book_trial(&bad),
+            BookingOutcome::Failed(BookingFailure::InvalidCustomerData)
+        );
+        assert!(h.sim().leads().is_empty());
+    }
+
+    #[test]
+    fn taken_slot_offers_the_nearest_free_ones_without_creating_a_lead() {
+        let h = Harness::new(sim_cfg());
+        let booker = h.booker();
+        h.sim().occupy_slot(TRIAL, &at(1, 18, 0));
+        let p = h.person("+49 151 0000007");
+        let req = request("r-18", p, "anna@example.org", None, at(1, 18, 0));
+        let BookingOutcome::SlotTaken { alternatives } = booker.book_trial(&req) else {
+            panic!("expected SlotTaken");
+        };
+        let times: Vec<String> = alternatives.iter().map(datetime::format).collect();
+        assert_eq!(
+            times,
+            vec![
+                "2030-06-04T17:00:00.000+02:00[Europe/Berlin]",
+                "2030-06-04T17:30:00.000+02:00[Europe/Berlin]",
+                "2030-06-04T18:30:00.000+02:00[Europe/Berlin]",
+            ]
+        );
+        assert!(
+            h.sim().leads().is_empty(),
+            "no lead for a slot that is taken"
+        );
+        assert_eq!(h.sim().request_count("/trial-offers/lead"), 0);
+        assert_eq!(
+            h.audit.events_of("r-18").pop().unwrap().reason,
+            Some("slot_taken")
+        );
+
+        // The customer picks the second one: a new request.
+        let choice = request(
+            "r-17-30",
+            p,
+            "anna@example.org",
+            None,
+            alternatives[1].clone(),
+        );
+        let (_, lead, _) = booked(&booker.book_trial(&choice));
+        let made = h.sim().bookings_of(lead);
+        assert_eq!(made.len(), 1);
+        assert_eq!(made[0].start.timestamp(), at(1, 17, 30).timestamp());
+
+        // Near closing time only earlier slots and the next morning remain.
+        let q = h.person("+49 151 0000015");
+        let late = request("r-late", q, "ben@example.org", None, at(1, 20, 30));
+        h.sim().occupy_slot(TRIAL, &at(1, 20, 30));
+        let BookingOutcome::SlotTaken { alternatives } = booker.book_trial(&late) else {
+            panic!("expected SlotTaken");
+        };
+        assert_eq!(alternatives.len(), 3);
+        assert!(alternatives
+            .iter()
+            .all(|a| a.time() >= jiff::civil::time(8, 0, 0, 0)
+                && a.time() < jiff::civil::time(21, 0, 0, 0)));
+    }
+
+    #[test]
+    fn slot_taken_between_validation_and_booking() {
+        let h = Harness::new(sim_cfg());
+        h.sim().occupy_slot(TRIAL, &at(2, 10, 0));
+        h.sim()
+            .force_validation_status(BookingValidationStatus::Available, 1);
+        let p = h.person("+49 151 0000008");
+        let req = request("r-race", p, ERIKA_MAIL, Some(ERIKA), at(2, 10, 0));
+        match h.booker().book_trial(&req) {
+            BookingOutcome::SlotTaken { alternatives } => assert_eq!(alternatives.len(), 3),
+            other => panic!("{other:?}"),
+        }
+        assert!(h.sim().bookings_of(ERIKA).is_empty());
+        assert_eq!(h.sim().book_calls(ERIKA), 1);
+    }
+
+    #[test]
+    fn confirmation_is_sent_and_retried_until_it_succeeds() {
+        let h = Harness::new(SimConfig {
+            require_confirmation: true,
+            ..sim_cfg()
+        });
+        let booker = h.booker();
+        let p = h.person("+49 151 0000009");
+        let req = request("r-c1", p, "conf@example.org", None, at(1, 10, 0));
+        let (booking_id, lead, pending) = booked(&booker.book_trial(&req));
+        assert!(!pending);
+        assert_eq!(h.sim().bookings_of(lead)[0].state, SimBookingState::Booked);
+        assert!(h.actions("r-c1").contains(&action::CONFIRMED));
+
+        // Confirmation unreachable: booked, pending; asking again confirms.
+        let q = h.person("+49 151 0000010");
+        h.sim()
+            .inject_on("/trial-offers/bookings", Fault::Status(503), 50);
+        let req = request("r-c2", q, "conf2@example.org", None, at(1, 11, 0));
+        let (second_id, lead2, pending) = booked(&booker.book_trial(&req));
+        assert!(pending);
+        assert_ne!(second_id, booking_id);
+        assert_eq!(
+            h.sim().bookings_of(lead2)[0].state,
+            SimBookingState::AwaitingConfirmation
+        );
+        h.sim().clear_faults();
+        let (again_id, _, pending) = booked(&booker.book_trial(&req));
+        assert_eq!(again_id, second_id);
+        assert!(!pending);
+        assert_eq!(h.sim().bookings_of(lead2)[0].state, SimBookingState::Booked);
+        assert_eq!(h.sim().book_calls(lead2), 1);
+    }
+
+    #[test]
+    fn late_or_garbled_answers_to_book_book_exactly_once() {
+        let h = Harness::new(sim_cfg());
+        let booker = h.booker_with(Duration::from_secs(1), 3);
+        let faults = [
+            (TRIAL_BOOK, Fault::LateAnswer(Duration::from_secs(3))),
+            (TRIAL_BOOK, Fault::MalformedJson),
+            (TRIAL_BOOK, Fault::SlowBody(Duration::from_secs(3))),
+            (TRIAL_BOOK, Fault::Status(500)),
+            (TRIAL_BOOK, Fault::Status(429)),
+        ];
+        for (i, (path, fault)) in faults.into_iter().enumerate() {
+            let p = h.person(&format!("+49 151 10000{i:02}"));
+            let email = format!("late{i}@example.org");
+            h.sim().inject_on(path, fault.clone(), 1);
+            let req = request(
+                &format!("r-late-{i}"),
+                p,
+                &email,
+                None,
+                at(1, 10 + i as i8, 0),
+            );
+            let (booking_id, lead, _) = booked(&booker.book_trial(&req));
+            let made = h.sim().bookings_of(lead);
+            assert_eq!(made.len(), 1, "{fault:?}");
+            assert_eq!(made[0].id, booking_id);
+            // Processed faults are found by looking; rejected ones are simply sent again.
+            let expected_calls = match fault {
+                Fault::Status(_) => 2,
+                _ => 1,
+            };
+            assert_eq!(h.sim().book_calls(lead), expected_calls, "{fault:?}");
+        }
+
+        // The member flow behaves the same.
+        let p = h.person("+49 151 2000000");
+        h.sim()
+            .inject_on(MEMBER_BOOK, Fault::LateAnswer(Duration::from_secs(3)), 1);
+        let req = request("r-late-member", p, ERIKA_MAIL, Some(ERIKA), at(3, 10, 0));
+        booked(&booker.book_trial(&req));
+        assert_eq!(h.sim().bookings_of(ERIKA).len(), 1);
+        assert_eq!(h.sim().book_calls(ERIKA), 1);
+    }
+
+    #[test]
+    fn lost_lead_create_answer_is_found_by_email() {
+        let h = Harness::new(sim_cfg());
+        let booker = h.booker_with(Duration::from_secs(1), 3);
+        for (i, fault) in [
+            Fault::LateAnswer(Duration::from_secs(3)),
+            Fault::MalformedJson,
+            Fault::Status(500),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let p = h.person(&format!("+49 151 30000{i:02}"));
+            let email = format!("lost{i}@example.org");
+            h.sim().inject_on(LEAD_CREATE, fault.clone(), 1);
+            let req = request(
+                &format!("r-lost-{i}"),
+                p,
+                &email,
+                None,
+                at(2, 10 + i as i8, 0),
+            );
+            let (_, lead, _) = booked(&booker.book_trial(&req));
+            let leads: Vec<_> = h
+                .sim()
+                .leads()
+                .into_iter()
+                .filter(|l| l.email == email)
+                .collect();
+            assert_eq!(leads.len(), 1, "{fault:?}");
+            assert_eq!(leads[0].customer_id, lead);
+        }
+    }
+
+    #[test]
+    fn restart_after_lead_created_resumes_without_a_second_lead() {
+        let h = Harness::new(sim_cfg());
+        let p = h.person("+49 151 0000011");
+        let req = request("r-restart", p, "restart@example.org", None, at(1, 16, 0));
+        h.sim().inject_on(TRIAL_VALIDATE, Fault::Status(500), 100);
+        let first = h.booker();
+        assert_eq!(
+            first.book_trial(&req),
+            BookingOutcome::Failed(BookingFailure::Unavailable)
+        );
+        assert_eq!(h.sim().leads().len(), 1);
+        let last = h.audit.events_of("r-restart").pop().unwrap();
+        assert_eq!(
+            (last.action, last.reason),
+            (action::FAILED, Some("unavailable"))
+        );
+        drop(first);
+
+        h.sim().clear_faults();
+        let second = h.booker();
+        let (_, lead, _) = booked(&second.book_trial(&req));
+        assert_eq!(h.sim().leads().len(), 1);
+        assert_eq!(h.sim().leads()[0].customer_id, lead);
+        assert_eq!(h.sim().request_count(LEAD_CREATE), 1);
+        assert_eq!(
+            h.actions("r-restart"),
+            vec![
+                action::ATTEMPT,
+                action::LEAD_CREATED,
+                action::FAILED,
+                action::ATTEMPT,
+                action::BOOKED
+            ]
+        );
+    }
+
+    #[test]
+    fn a_later_request_of_the_same_person_reuses_the_lead() {
+        let h = Harness::new(sim_cfg());
+        let booker = h.booker();
+        let p = h.person("+49 151 0000012");
+        h.sim().inject_on(TRIAL_VALIDATE, Fault::Status(500), 100);
+        let a = request("r-a", p, "again@example.org", None, at(1, 9, 0));
+        assert_eq!(
+            booker.book_trial(&a),
+            BookingOutcome::Failed(BookingFailure::Unavailable)
+        );
+        h.sim().clear_faults();
+        // The engine gives up on the first request and asks for another time.
+        let b = request("r-b", p, "again@example.org", None, at(1, 13, 0));
+        let (_, lead, _) = booked(&booker.book_trial(&b));
+        assert_eq!(h.sim().leads().len(), 1);
+        assert_eq!(h.sim().leads()[0].customer_id, lead);
+        assert_eq!(h.sim().request_count("/trial-offers/lead/validate"), 1);
+    }
+
+    #[test]
+    fn restart_after_the_book_call_looks_before_booking_again() {
+        let h = Harness::new(sim_cfg());
+        let p = h.person("+49 151 0000013");
+        let req = request("r-bc", p, "bc@example.org", None, at(1, 15, 0));
+        // One try only: the late answer leaves the record at "book called".
+        h.sim()
+            .inject_on(TRIAL_BOOK, Fault::LateAnswer(Duration::from_secs(3)), 1);
+        let first = h.booker_with(Duration::from_secs(1), 1);
+        assert_eq!(
+            first.book_trial(&req),
+            BookingOutcome::Failed(BookingFailure::Unavailable)
+        );
+        drop(first);
+        let lead = h.sim().leads()[0].customer_id;
+        assert_eq!(h.sim().bookings_of(lead).len(), 1);
+
+        let (booking_id, customer, _) = booked(&h.booker().book_trial(&req));
+        assert_eq!(customer, lead);
+        assert_eq!(booking_id, h.sim().bookings_of(lead)[0].id);
+        assert_eq!(h.sim().book_calls(lead), 1);
+    }
+
+    #[test]
+    fn cancel_and_reschedule() {
+        let h = Harness::new(sim_cfg());
+        let booker = h.booker();
+        let p = h.person("+49 151 0000014");
+        let first = request("r-first", p, "move@example.org", None, at(1, 10, 0));
+        let (old_id, lead, _) = booked(&booker.book_trial(&first));
+
+        // The new slot is taken: the old booking stays.
+        h.sim().occupy_slot(TRIAL, &at(1, 12, 0));
+        let taken = request("r-move-1", p, "move@example.org", Some(lead), at(1, 12, 0));
+        assert!(matches!(
+            booker.reschedule(&taken, old_id),
+            BookingOutcome::SlotTaken { .. }
+        ));
+        assert_eq!(h.sim().bookings_of(lead)[0].state, SimBookingState::Booked);
+
+        let moved = request("r-move-2", p, "move@example.org", Some(lead), at(1, 11, 0));
+        let (new_id, customer, _) = booked(&booker.reschedule(&moved, old_id));
+        assert_eq!(customer, lead);
+        let made = h.sim().bookings_of(lead);
+        assert_eq!(made.len(), 2);
+        let state = |id| made.iter().find(|b| b.id == id).unwrap().state;
+        assert_eq!(state(old_id), SimBookingState::Canceled);
+        assert_eq!(state(new_id), SimBookingState::Booked);
+        assert_eq!(h.sim().leads().len(), 1);
+        // Asked again, the reschedule replays.
+        assert_eq!(booked(&booker.reschedule(&moved, old_id)).0, new_id);
+        assert_eq!(h.sim().bookings_of(lead).len(), 2);
+
+        assert_eq!(booker.cancel(&p, new_id), Ok(()));
+        assert!(h
+            .sim()
+            .bookings_of(lead)
+            .iter()
+            .all(|b| b.state == SimBookingState::Canceled));
+        assert_eq!(booker.cancel(&p, 99_999), Err(CancelError::NotFound));
+        let canceled: Vec<_> = h
+            .audit
+            .events()
+            .into_iter()
+            .filter(|e| e.action == action::CANCELED)
+            .collect();
+        assert_eq!(canceled.len(), 2);
+        assert_eq!(canceled[1].booking_id, Some(new_id));
+        assert_eq!(canceled[1].request_id, "r-move-2");
+    }
+
+    /// How one soak conversation reaches MagicLine.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Who {
+        NewLead,
+        /// A new lead wishing a slot that is full.
+        Contested,
+        /// A member whose MagicLine id the engine knows.
+        Member,
+        /// A member the engine does not know as such (found by e-mail).
+        KnownByEmail,
+    }
+
+    struct Conversation {
+        who: Who,
+        req: BookingRequest,
+        member_id: Option<i64>,
+        fault: Option<(&'static str, Fault)>,
+    }
+
+    const SLOTS: &str = "/trial-offers/bookable-trial-offers/appointments/bookable/1001/slots";
+
+    #[test]
+    fn soak_conversations_with_injected_faults() {
+        const N: usize = 1000;
+        const WORKERS: usize = 8;
+        let who = |i: usize| match i % 20 {
+            0..=12 => Who::NewLead,
+            13 => Who::Contested,
+            14..=16 => Who::Member,
+            _ => Who::KnownByEmail,
+        };
+        let member_id = |i: usize| 600_000 + i as i64;
+        let mut cfg = SimConfig {
+            slot_capacity: 5,
+            require_confirmation: true,
+            ..sim_cfg()
+        };
+        for i in (0..N).filter(|i| matches!(who(*i), Who::Member | Who::KnownByEmail)) {
+            cfg.customers.push(SimCustomer {
+                id: member_id(i),
+                first_name: "Mitglied".into(),
+                last_name: format!("Nr{i}"),
+                email: format!("member{i}@example.org"),
+                idle: false,
+            });
+        }
+        let h = Harness::new(cfg);
+
+        // Slots of the next 13 days (customer bookings are listed two weeks ahead).
+        let all: Vec<Zoned> = h
+            .client(Duration::from_secs(5))
+            .trial_offer_slots(
+                TRIAL,
+                &SlotQuery {
+                    customer_id: None,
+                    days_ahead: Some(13),
+                    window_start: Some(date(2030, 6, 4)),
+                },
+            )
+            .unwrap()
+            .into_iter()
+            .map(|s| s.start_date_time)
+            .collect();
+        let contested: Vec<Zoned> = all.iter().step_by(25).take(10).cloned().collect();
+        for slot in &contested {
+            h.sim().occupy_slot(TRIAL, slot);
+        }
+        let open: Vec<Zoned> = all
+            .iter()
+            .filter(|s| !contested.contains(s))
+            .cloned()
+            .collect();
+        assert!(
+            open.len() * 5 >= N,
+            "enough capacity for every conversation"
+        );
+
+        let mut rng = StdRng::seed_from_u64(20300603);
+        let mut next_open = 0;
+        let mut injected: HashMap<String, usize> = HashMap::new();
+        let plan: Vec<Conversation> = (0..N)
+            .map(|i| {
+                let w = who(i);
+                let start = if w == Who::Contested {
+                    contested[i % contested.len()].clone()
+                } else {
+                    next_open += 1;
+                    open[(next_open - 1) % open.len()].clone()
+                };
+                let (email, known_id) = match w {
+                    Who::NewLead | Who::Contested => (format!("lead{i}@example.org"), None),
+                    Who::Member => (format!("member{i}@example.org"), Some(member_id(i))),
+                    Who::KnownByEmail => (format!("member{i}@example.org"), None),
+                };
+                let paths: &[&'static str] = match w {
+                    Who::NewLead => &[
+                        SLOTS,
+                        "/trial-offers/lead/validate",
+                        LEAD_CREATE,
+                        TRIAL_VALIDATE,
+                        TRIAL_BOOK,
+                        "/trial-offers/bookings",
+                    ],
+                    Who::Contested => &[SLOTS],
+                    Who::Member => &[
+                        "/customers/search",
+                        "/appointments/bookable/validate",
+                        MEMBER_BOOK,
+                    ],
+                    Who::KnownByEmail => &[
+                        SLOTS,
+                        "/trial-offers/lead/validate",
+                        "/customers/search",
+                        "/appointments/bookable/validate",
+                        MEMBER_BOOK,
+                    ],
+                };
+                let fault = rng.gen_bool(0.2).then(|| {
+                    let path = paths[rng.gen_range(0..paths.len())];
+                    let fault = match rng.gen_range(0..5) {
+                        0 => Fault::Status(500),
+                        1 => Fault::Status(503),
+                        2 => Fault::Status(429),
+                        3 => Fault::LateAnswer(Duration::from_millis(1500)),
+                        _ => Fault::MalformedJson,
+                    };
+                    let name = match &fault {
+                        Fault::Status(s) => format!("HTTP {s}"),
+                        Fault::LateAnswer(_) => "late answer".into(),
+                        Fault::MalformedJson => "malformed JSON".into(),
+                        Fault::SlowBody(_) => "slow body".into(),
+                    };
+                    *injected.entry(name).or_default() += 1;
+                    (path, fault)
+                });
+                Conversation {
+                    who: w,
+                    req: request(
+                        &format!("soak-{i}"),
+                        Pseudonym([0; 16]),
+                        &email,
+                        known_id,
+                        start,
+                    ),
+                    member_id: matches!(w, Who::Member | Who::KnownByEmail).then(|| member_id(i)),
+                    fault,
+                }
+            })
+            .collect();
+        let mut plan = plan;
+        for (i, c) in plan.iter_mut().enumerate() {
+            c.req.pseudonym = h.person(&format!("+49 152 {i:07}"));
+        }
+
+        let booker = h.booker_with(Duration::from_secs(1), 4);
+        let outcomes: Vec<Mutex<Option<BookingOutcome>>> =
+            (0..N).map(|_| Mutex::new(None)).collect();
+        let next = AtomicUsize::new(0);
+        let started = std::time::Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..WORKERS {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(c) = plan.get(i) else { break };
+                    if let Some((path, fault)) = &c.fault {
+                        h.sim().inject_on(path, fault.clone(), 1);
+                    }
+                    *outcomes[i].lock().unwrap() = Some(booker.book_trial(&c.req));
+                });
+            }
+        });
+        let first_pass = started.elapsed();
+        h.sim().clear_faults();
+        let outcomes: Vec<BookingOutcome> = outcomes
+            .into_iter()
+            .map(|o| o.into_inner().unwrap().unwrap())
+            .collect();
+        let unfinished = |o: &BookingOutcome| {
+            matches!(
+                o,
+                BookingOutcome::Failed(BookingFailure::Unavailable)
+                    | BookingOutcome::Booked {
+                        confirmation_pending: true,
+                        ..
+                    }
+            )
+        };
+        let resumed: Vec<usize> = (0..N).filter(|i| unfinished(&outcomes[*i])).collect();
+        let mut outcomes = outcomes;
+        for &i in &resumed {
+            outcomes[i] = booker.book_trial(&plan[i].req);
+        }
+        let total = started.elapsed();
+
+        // Every request ended as planned.
+        let leads = h.sim().leads();
+        let lead_by_email: HashMap<&str, i64> = leads
+            .iter()
+            .map(|l| (l.email.as_str(), l.customer_id))
+            .collect();
+        let mut booked_count = 0;
+        let mut taken_count = 0;
+        for (i, (c, o)) in plan.iter().zip(&outcomes).enumerate() {
+            match c.who {
+                Who::Contested => {
+                    let BookingOutcome::SlotTaken { alternatives } = o else {
+                        panic!("conversation {i} ({:?}): {o:?}", c.who);
+                    };
+                    assert_eq!(alternatives.len(), 3, "conversation {i}");
+                    taken_count += 1;
+                }
+                _ => {
+                    let (_, customer, pending) = booked(o);
+                    assert!(!pending, "conversation {i}");
+                    let expected = c
+                        .member_id
+                        .unwrap_or_else(|| lead_by_email[c.req.email.as_str()]);
+                    assert_eq!(customer, expected, "conversation {i}");
+                    booked_count += 1;
+                }
+            }
+        }
+
+        // 0 double bookings, 0 duplicate leads, no lead for members or contested slots.
+        let mut per_customer: HashMap<i64, usize> = HashMap::new();
+        for b in h.sim().bookings().iter().filter(|b| !b.external) {
+            *per_customer.entry(b.customer_id).or_default() += 1;
+            assert_ne!(b.state, SimBookingState::Canceled);
+        }
+        assert!(per_customer.values().all(|n| *n == 1), "double booking");
+        assert_eq!(per_customer.len(), booked_count);
+        let mut per_email: HashMap<&str, usize> = HashMap::new();
+        for l in &leads {
+            *per_email.entry(l.email.as_str()).or_default() += 1;
+        }
+        assert!(per_email.values().all(|n| *n == 1), "duplicate lead");
+        let new_leads = plan.iter().filter(|c| c.who == Who::NewLead).count();
+        assert_eq!(leads.len(), new_leads);
+        assert!(h
+            .sim()
+            .bookings()
+            .iter()
+            .filter(|b| b.trial && !b.external)
+            .all(|b| b.state == SimBookingState::Booked));
+
+        // Every request audited, ending in its final event.
+        for (c, o) in plan.iter().zip(&outcomes) {
+            let events = h.audit.events_of(&c.req.request_id);
+            assert_eq!(events.first().map(|e| e.action), Some(action::ATTEMPT));
+            let last = events.last().unwrap();
+            match o {
+                BookingOutcome::Booked { booking_id, .. } => {
+                    let booked_event = events
+                        .iter()
+                        .rev()
+                        .find(|e| e.action == action::BOOKED)
+                        .expect("booked event");
+                    assert_eq!(booked_event.booking_id, Some(*booking_id));
+                    assert!(matches!(last.action, action::BOOKED | action::CONFIRMED));
+                }
+                BookingOutcome::SlotTaken { .. } => assert_eq!(last.action, action::SLOT_TAKEN),
+                BookingOutcome::Failed(_) => assert_eq!(last.action, action::FAILED),
+            }
+            assert!(events.iter().all(|e| e.pseudonym == c.req.pseudonym));
+        }
+
+        let faults: usize = injected.values().sum();
+        let book_calls: usize = per_customer.keys().map(|c| h.sim().book_calls(*c)).sum();
+        eprintln!(
+            "booking soak: {N} conversations ({booked_count} booked, {taken_count} slot taken), \
+             {faults} faults injected {injected:?}, {} resumed after the first pass, \
+             {book_calls} book calls for {booked_count} bookings, {} MagicLine requests, \
+             first pass {first_pass:.1?}, total {total:.1?}",
+            resumed.len(),
+            h.sim().total_requests(),
+        );
+    }
+}

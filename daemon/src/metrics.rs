@@ -1,0 +1,213 @@
+//! Prometheus metrics and the health endpoint, served on a loopback-only listener (never through
+//! the tunnel). Counters are updated where things happen; queue depths are read at scrape time.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// A single `outcome` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub outcome: String,
+}
+
+impl Outcome {
+    pub fn of(s: &str) -> Outcome {
+        Outcome { outcome: s.into() }
+    }
+}
+
+/// Every metric of the daemon.
+pub struct Metrics {
+    registry: Registry,
+    pub webhook_requests: Family<Outcome, Counter>,
+    pub messages_processed: Family<Outcome, Counter>,
+    pub sends: Family<Outcome, Counter>,
+    pub processing_seconds: Histogram,
+    pub inbox_depth: Gauge,
+    pub outbox_depth: Gauge,
+    pub llm_queue_depth: Gauge,
+    pub llm_tokens_per_second: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub tunnel_connected: Gauge,
+    /// Unix seconds of the last completed pipeline turn (dispatcher or sender loop), for the
+    /// watchdog and /healthz.
+    pub last_heartbeat: AtomicI64,
+    pub started: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("frontdesk");
+        let webhook_requests = Family::<Outcome, Counter>::default();
+        registry.register(
+            "webhook_requests",
+            "Webhook requests by outcome (ok, unsigned, bad_signature, malformed, too_large, verify_ok, verify_denied)",
+            webhook_requests.clone(),
+        );
+        let messages_processed = Family::<Outcome, Counter>::default();
+        registry.register(
+            "messages_processed",
+            "Inbound messages processed by outcome (replied, silent, duplicate, fallback, error)",
+            messages_processed.clone(),
+        );
+        let sends = Family::<Outcome, Counter>::default();
+        registry.register(
+            "sends",
+            "Graph API sends by outcome (ok, retry, pair_rate_limited, window_closed, undeliverable, failed)",
+            sends.clone(),
+        );
+        let processing_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        registry.register(
+            "processing_seconds",
+            "Time from a message's arrival in the inbox to its reply in the outbox",
+            processing_seconds.clone(),
+        );
+        let inbox_depth = Gauge::default();
+        registry.register(
+            "inbox_depth",
+            "Entries waiting in the inbox",
+            inbox_depth.clone(),
+        );
+        let outbox_depth = Gauge::default();
+        registry.register(
+            "outbox_depth",
+            "Replies waiting in the outbox",
+            outbox_depth.clone(),
+        );
+        let llm_queue_depth = Gauge::default();
+        registry.register(
+            "llm_queue_depth",
+            "Requests waiting for the language model",
+            llm_queue_depth.clone(),
+        );
+        let llm_tokens_per_second = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "llm_tokens_per_second",
+            "Decode speed of the last reply",
+            llm_tokens_per_second.clone(),
+        );
+        let tunnel_connected = Gauge::default();
+        registry.register(
+            "tunnel_connected",
+            "1 while the tunnel to the relay is up",
+            tunnel_connected.clone(),
+        );
+        Metrics {
+            registry,
+            webhook_requests,
+            messages_processed,
+            sends,
+            processing_seconds,
+            inbox_depth,
+            outbox_depth,
+            llm_queue_depth,
+            llm_tokens_per_second,
+            tunnel_connected,
+            last_heartbeat: AtomicI64::new(jiff::Timestamp::now().as_second()),
+            started: AtomicU64::new(jiff::Timestamp::now().as_second() as u64),
+        }
+    }
+
+    /// Records that the pipeline just turned over.
+    pub fn heartbeat(&self) {
+        self.last_heartbeat
+            .store(jiff::Timestamp::now().as_second(), Ordering::Relaxed);
+    }
+
+    /// Seconds since the pipeline last turned over.
+    pub fn heartbeat_age(&self) -> i64 {
+        jiff::Timestamp::now().as_second() - self.last_heartbeat.load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` resolves. `refresh` runs
+/// before each scrape (it sets the gauges read from the store).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    stall_secs: i64,
+    refresh: Arc<dyn Fn() + Send + Sync>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use hyper::{Response, StatusCode};
+
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+            _ = &mut shutdown => return,
+        };
+        let metrics = metrics.clone();
+        let refresh = refresh.clone();
+        tokio::spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let metrics = metrics.clone();
+                    let refresh = refresh.clone();
+                    async move {
+                        let resp = match req.uri().path() {
+                            "/metrics" => {
+                                let text = tokio::task::spawn_blocking(move || {
+                                    refresh();
+                                    metrics.encode()
+                                })
+                                .await
+                                .unwrap_or_default();
+                                Response::builder()
+                                .header(
+                                    "content-type",
+                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                )
+                                .body(Full::new(Bytes::from(text)))
+                            }
+                            "/healthz" => {
+                                let age = metrics.heartbeat_age();
+                                let (status, body) = if age <= stall_secs {
+                                    (StatusCode::OK, "ok\n".to_string())
+                                } else {
+                                    (
+                                        StatusCode::SERVICE_UNAVAILABLE,
+                                        format!("pipeline stalled for {age} s\n"),
+                                    )
+                                };
+                                Response::builder()
+                                    .status(status)
+                                    .body(Full::new(Bytes::from(body)))
+                            }
+                            _ => Response::builder()
+                                .status(StatusCode::NOT_FOUND)
+                                .body(Full::new(Bytes::from_static(b"not found\n"))),
+                        };
+                        Ok::<_, std::convert::Infallible>(
+                            resp.expect("static response parts are valid"),
+                        )
+                    }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

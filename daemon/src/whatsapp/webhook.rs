@@ -1,0 +1,268 @@
+//! The webhook endpoint WhatsApp calls (directly, through a reverse proxy, or through the
+//! tunnel): `GET /webhook` answers the subscription handshake, `POST /webhook` checks the
+//! signature over the exact bytes received, parses, persists every message and status to the
+//! inbox in one durable (group-committed) write, and only then answers 200.
+//!
+//! Rejections: 413 (body over the limit), 401 (signature missing or wrong), 400 (signed but
+//! malformed), 403 (wrong verify token), 404 (other paths). Each is counted in metrics and
+//! reported to the [`RejectionSink`] (the audit log), at most `audit_per_minute` times a minute
+//! so a flood cannot fill the audit log.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Method, Request, Response, StatusCode};
+use tracing::{debug, warn};
+
+use super::dispatch::Dispatcher;
+use super::payload::{self, Event};
+use super::queue::{InboxEntry, Queues};
+use super::signature;
+use crate::metrics::{Metrics, Outcome};
+use crate::secrets::Secret;
+use crate::store::Store;
+
+/// Receives rejected requests (reason codes only; never bodies).
+pub trait RejectionSink: Send + Sync {
+    fn rejected(&self, status: u16, reason: &'static str);
+}
+
+/// A sink that only logs (when no audit log is attached).
+pub struct LogRejections;
+
+impl RejectionSink for LogRejections {
+    fn rejected(&self, status: u16, reason: &'static str) {
+        warn!(status, reason, "webhook request rejected");
+    }
+}
+
+/// Everything the webhook handler needs.
+pub struct WebhookState {
+    pub store: Arc<Store>,
+    pub queues: Arc<Queues>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub app_secret: Secret,
+    pub verify_token: Secret,
+    pub max_body_bytes: usize,
+    pub metrics: Arc<Metrics>,
+    pub rejections: Arc<dyn RejectionSink>,
+    pub audit_per_minute: u32,
+    limiter: RateWindow,
+}
+
+impl WebhookState {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Arc<Store>,
+        queues: Arc<Queues>,
+        dispatcher: Arc<Dispatcher>,
+        app_secret: Secret,
+        verify_token: Secret,
+        max_body_bytes: usize,
+        metrics: Arc<Metrics>,
+        rejections: Arc<dyn RejectionSink>,
+        audit_per_minute: u32,
+    ) -> Arc<WebhookState> {
+        Arc::new(WebhookState {
+            store,
+            queues,
+            dispatcher,
+            app_secret,
+            verify_token,
+            max_body_bytes,
+            metrics,
+            rejections,
+            audit_per_minute,
+            limiter: RateWindow::default(),
+        })
+    }
+
+    fn reject(&self, status: StatusCode, reason: &'static str) -> Response<Full<Bytes>> {
+        self.metrics
+            .webhook_requests
+            .get_or_create(&Outcome::of(reason))
+            .inc();
+        if self.limiter.allow(self.audit_per_minute) {
+            self.rejections.rejected(status.as_u16(), reason);
+        }
+        text(status, reason)
+    }
+}
+
+/// Fixed one-minute windows: cheap, and enough to cap the audit volume.
+#[derive(Default)]
+struct RateWindow {
+    minute: AtomicU64,
+    count: AtomicU32,
+}
+
+impl RateWindow {
+    fn allow(&self, per_minute: u32) -> bool {
+        let now = (jiff::Timestamp::now().as_second() / 60) as u64;
+        if self.minute.swap(now, Ordering::Relaxed) != now {
+            self.count.store(0, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed) < per_minute
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(format!("{body}\n"))))
+        .expect("static response parts are valid")
+}
+
+/// Handles one request. Generic over the body so it serves HTTP/1 (local listener) and HTTP/2
+/// (the tunnel) alike.
+pub async fn handle<B>(
+    state: Arc<WebhookState>,
+    req: Request<B>,
+) -> Result<Response<Full<Bytes>>, Infallible>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let path = req.uri().path();
+    if path != "/webhook" && path != "/webhook/" {
+        return Ok(text(StatusCode::NOT_FOUND, "not found"));
+    }
+    match *req.method() {
+        Method::GET => Ok(verify_subscription(&state, &req)),
+        Method::POST => Ok(receive(state, req).await),
+        _ => Ok(text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")),
+    }
+}
+
+fn verify_subscription<B>(state: &WebhookState, req: &Request<B>) -> Response<Full<Bytes>> {
+    let query = req.uri().query().unwrap_or("");
+    let mut mode = None;
+    let mut token = None;
+    let mut challenge = None;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "hub.mode" => mode = Some(v.into_owned()),
+            "hub.verify_token" => token = Some(v.into_owned()),
+            "hub.challenge" => challenge = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let token_ok = token.as_deref().is_some_and(|t| {
+        signature::verify_token_matches(
+            state.verify_token.expose_str().unwrap_or("").as_bytes(),
+            t.as_bytes(),
+        )
+    });
+    match (mode.as_deref(), challenge) {
+        (Some("subscribe"), Some(challenge)) if token_ok => {
+            state
+                .metrics
+                .webhook_requests
+                .get_or_create(&Outcome::of("verify_ok"))
+                .inc();
+            // Meta expects the bare challenge as the body.
+            Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "text/plain")
+                .body(Full::new(Bytes::from(challenge)))
+                .expect("static response parts are valid")
+        }
+        _ => state.reject(StatusCode::FORBIDDEN, "verify_denied"),
+    }
+}
+
+async fn receive<B>(state: Arc<WebhookState>, req: Request<B>) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > state.max_body_bytes) {
+        return state.reject(StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+    }
+    let header = req
+        .headers()
+        .get(signature::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = match Limited::new(req.into_body(), state.max_body_bytes)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                return state.reject(StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+            }
+            debug!(error = %e, "webhook body read failed");
+            return state.reject(StatusCode::BAD_REQUEST, "body_read_failed");
+        }
+    };
+    if let Err(e) = signature::verify(state.app_secret.expose(), &body, header.as_deref()) {
+        return state.reject(StatusCode::UNAUTHORIZED, e.reason());
+    }
+    let events = match payload::parse(&body) {
+        Ok(ev) => ev,
+        Err(e) => return state.reject(StatusCode::BAD_REQUEST, e.reason()),
+    };
+    let mut entries = Vec::new();
+    for ev in events {
+        match ev {
+            Event::Message(m) => {
+                entries.push((state.store.pseudonym(&m.from), InboxEntry::Message(m)))
+            }
+            Event::Status(s) => {
+                entries.push((state.store.pseudonym(&s.recipient), InboxEntry::Status(s)))
+            }
+            Event::Error(e) => {
+                warn!(code = e.error.code, "WhatsApp reported an account error");
+            }
+        }
+    }
+    if !entries.is_empty() {
+        let st = state.clone();
+        let persisted = tokio::task::spawn_blocking(move || {
+            let mut batch = st.store.batch();
+            let keys = st.queues.push_inbox(&st.store, &mut batch, &entries);
+            st.store.commit_durable(batch).map(|()| {
+                keys.into_iter()
+                    .zip(entries.iter().map(|(p, _)| *p))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .await;
+        match persisted {
+            Ok(Ok(rows)) => state.dispatcher.enqueue(rows),
+            Ok(Err(e)) => {
+                // Not acknowledged: WhatsApp retries, nothing is lost.
+                warn!(error = %e, "inbox write failed; answering 503");
+                state
+                    .metrics
+                    .webhook_requests
+                    .get_or_create(&Outcome::of("store_error"))
+                    .inc();
+                return text(StatusCode::SERVICE_UNAVAILABLE, "try again");
+            }
+            Err(e) => {
+                warn!(error = %e, "inbox write task failed");
+                return text(StatusCode::SERVICE_UNAVAILABLE, "try again");
+            }
+        }
+    }
+    state
+        .metrics
+        .webhook_requests
+        .get_or_create(&Outcome::of("ok"))
+        .inc();
+    text(StatusCode::OK, "ok")
+}

@@ -1,0 +1,252 @@
+//! Test harness: runs the real `frontdesk` binary as a separate process with a throwaway state
+//! directory, development credentials and a configuration pointing at simulators on loopback,
+//! and waits for its sd_notify READY (the same protocol systemd uses).
+
+use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use frontdesk::sandbox::whatsapp::{
+    SIM_APP_SECRET, SIM_GRAPH_VERSION, SIM_PHONE_NUMBER_ID, SIM_TOKEN,
+};
+use frontdesk::store::crypto::StoreIdentity;
+
+/// The verify token the harness configures.
+pub const VERIFY_TOKEN: &str = "harness-verify-token";
+
+/// Path of the `frontdesk` binary built alongside the tests.
+pub fn frontdesk_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/frontdesk
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let bin = dir.join("frontdesk");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build --release --workspace --bins`)",
+        bin.display()
+    );
+    bin
+}
+
+/// A free loopback port (bound and released; good enough for tests on one machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Settings of a harness daemon.
+#[derive(Clone, Debug)]
+pub struct DaemonSpec {
+    pub graph_base: String,
+    pub fixed_reply: Option<String>,
+    pub burst_window_ms: u64,
+    pub max_body_bytes: usize,
+    /// Extra TOML appended to the generated configuration.
+    pub extra_toml: String,
+}
+
+impl DaemonSpec {
+    pub fn with_graph(graph_base: String) -> DaemonSpec {
+        DaemonSpec {
+            graph_base,
+            fixed_reply: Some("Danke! {ids}".into()),
+            burst_window_ms: 0,
+            max_body_bytes: 1024 * 1024,
+            extra_toml: String::new(),
+        }
+    }
+}
+
+/// A daemon's directory, configuration and (while running) process.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub webhook: SocketAddr,
+    pub metrics: SocketAddr,
+    pub identity: String,
+    spec: DaemonSpec,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Prepares a state directory and configuration, then starts the daemon.
+    pub fn start(spec: DaemonSpec) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("credentials");
+        std::fs::create_dir_all(&creds).unwrap();
+        let identity = StoreIdentity::generate().to_secret_line().to_string();
+        std::fs::write(creds.join("store-identity"), &identity).unwrap();
+        std::fs::write(creds.join("whatsapp-app-secret"), SIM_APP_SECRET).unwrap();
+        std::fs::write(creds.join("whatsapp-token"), SIM_TOKEN).unwrap();
+        std::fs::write(creds.join("whatsapp-verify-token"), VERIFY_TOKEN).unwrap();
+        let webhook: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = dir.path().join("frontdesk.toml");
+        let prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../prompts");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[service]
+state_dir = "{state}"
+admin_socket = "{dir}/admin.sock"
+credentials_dir = "{creds}"
+prompts_dir = "{prompts}"
+prompts_override_dir = "{dir}/prompts"
+log_level = "warn"
+
+[webhook]
+listen = "{webhook}"
+max_body_bytes = {max_body}
+
+[metrics]
+listen = "{metrics}"
+
+[whatsapp]
+graph_base = "{graph}"
+api_version = "{version}"
+phone_number_id = "{pnid}"
+send_timeout_secs = 5
+
+[conversation]
+burst_window_ms = {burst}
+{extra}
+"#,
+                state = dir.path().join("state").display(),
+                dir = dir.path().display(),
+                creds = creds.display(),
+                prompts = prompts.display(),
+                webhook = webhook,
+                metrics = metrics,
+                max_body = spec.max_body_bytes,
+                graph = spec.graph_base,
+                version = SIM_GRAPH_VERSION,
+                pnid = SIM_PHONE_NUMBER_ID,
+                burst = spec.burst_window_ms,
+                extra = spec.extra_toml,
+            ),
+        )
+        .unwrap();
+        let mut d = Daemon {
+            dir,
+            config,
+            webhook,
+            metrics,
+            identity,
+            spec,
+            child: None,
+        };
+        d.restart();
+        d
+    }
+
+    /// The webhook URL.
+    pub fn webhook_url(&self) -> String {
+        format!("http://{}/webhook", self.webhook)
+    }
+
+    /// The store directory (for opening it after the daemon stopped).
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("state").join("store")
+    }
+
+    /// Starts the daemon process (again) and waits for READY=1.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "daemon already running");
+        let sock_path = self.dir.path().join("notify.sock");
+        let _ = std::fs::remove_file(&sock_path);
+        let sock = UnixDatagram::bind(&sock_path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        let mut cmd = Command::new(frontdesk_bin());
+        cmd.arg("--config").arg(&self.config).arg("serve");
+        if let Some(r) = &self.spec.fixed_reply {
+            cmd.arg("--fixed-reply").arg(r);
+        }
+        let child = cmd
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start frontdesk");
+        self.child = Some(child);
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = sock
+                .recv(&mut buf)
+                .expect("daemon did not report READY=1 within 120 s");
+            let msg = String::from_utf8_lossy(&buf[..n]);
+            if msg.lines().any(|l| l == "READY=1") {
+                break;
+            }
+        }
+    }
+
+    /// SIGKILLs the daemon (no cleanup of any kind).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child process.
+            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERMs the daemon and waits for it to exit; returns its exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.take().map(|mut c| {
+            // SAFETY: kill(2) on our own child process.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            c.wait().unwrap()
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Opens the daemon's store (the daemon must be stopped).
+    pub fn open_store(&self) -> frontdesk::store::Store {
+        frontdesk::store::Store::open(
+            &self.store_dir(),
+            StoreIdentity::parse(&self.identity).unwrap(),
+        )
+        .unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// GET over plain HTTP/1.1 on loopback; returns status and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
