@@ -10,16 +10,19 @@ use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
+use crate::admin::{bind_admin_socket, serve_admin, AdminState};
+use crate::audit::{Actor, AuditEvent, AuditLog, Code, NewEntry};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::secrets::{names, Credentials};
 use crate::store::crypto::StoreIdentity;
 use crate::store::Store;
+use crate::tunnel::{run_tunnel, TunnelClientConfig, TunnelState, TunnelToken};
 use crate::whatsapp::dispatch::{DispatchConfig, Dispatcher, FixedResponder, Responder};
 use crate::whatsapp::graph::GraphClient;
 use crate::whatsapp::queue::Queues;
 use crate::whatsapp::sender::{Sender, SenderConfig};
-use crate::whatsapp::webhook::{self, LogRejections, WebhookState};
+use crate::whatsapp::webhook::{self, RejectionSink, WebhookState};
 
 /// How often the retention sweeper runs after the start-up run.
 pub const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
@@ -61,6 +64,8 @@ pub struct ServeOptions {
     pub fixed_reply: Option<String>,
     /// Shorter sender backoff (tests).
     pub sender_backoff: Option<Duration>,
+    /// Notified once the daemon is ready (when READY=1 goes to systemd).
+    pub ready: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
@@ -68,8 +73,17 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     serve_with(cfg, ServeOptions::default()).await
 }
 
-/// [`serve`] with options.
+/// [`serve`] with options; stops on SIGTERM/SIGINT, reloads on SIGHUP.
 pub async fn serve_with(cfg: Config, opts: ServeOptions) -> anyhow::Result<()> {
+    serve_until(cfg, opts, wait_for_stop()).await
+}
+
+/// [`serve`] with options, until `shutdown` resolves (the demo runs the daemon in-process).
+pub async fn serve_until(
+    cfg: Config,
+    opts: ServeOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let creds = Credentials::discover(cfg.service.credentials_dir.as_deref());
     status("opening store");
     let store = match creds.get(names::STORE_IDENTITY) {
@@ -97,24 +111,76 @@ pub async fn serve_with(cfg: Config, opts: ServeOptions) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || until_stopped(stop_rx.clone());
 
+    let audit = Arc::new(
+        tokio::task::spawn_blocking({
+            let store = store.clone();
+            move || AuditLog::open(store)
+        })
+        .await??,
+    );
+    append_audit(
+        &audit,
+        NewEntry::new(Actor::System, AuditEvent::ConfigLoaded),
+    )
+    .await;
+    append_audit(
+        &audit,
+        NewEntry::new(
+            Actor::System,
+            AuditEvent::ServiceStarted {
+                version: Code::new(env!("CARGO_PKG_VERSION")),
+            },
+        ),
+    )
+    .await;
+
+    // The admin API on the unix socket.
+    let admin_state = Arc::new(AdminState::new(
+        store.clone(),
+        audit.clone(),
+        Arc::new(cfg.clone()),
+    ));
+    let admin = match bind_admin_socket(&cfg.service.admin_socket, &cfg.service.admin_group) {
+        Ok(listener) => Some(tokio::spawn(serve_admin(
+            listener,
+            admin_state.clone(),
+            stopped(),
+        ))),
+        Err(e) => {
+            error!(socket = %cfg.service.admin_socket.display(), error = %e, "cannot bind the admin socket; admin verbs are unavailable");
+            None
+        }
+    };
+
     // Retention at start, then hourly.
     let retention = cfg.retention;
     let sweeper = {
         let store = store.clone();
+        let audit = audit.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(RETENTION_INTERVAL);
             loop {
                 tick.tick().await;
                 let store = store.clone();
+                let audit = audit.clone();
                 let res = tokio::task::spawn_blocking(move || {
-                    store.sweep(&retention, jiff::Timestamp::now(), false)
+                    crate::admin::ops::run_retention(
+                        &store,
+                        &audit,
+                        &retention,
+                        Actor::System,
+                        None,
+                        jiff::Timestamp::now(),
+                        false,
+                    )
                 })
                 .await;
                 match res {
                     Ok(Ok(r)) => info!(
-                        messages = r.messages_deleted,
-                        customers = r.customers_forgotten,
-                        seen_ids = r.seen_ids_deleted,
+                        messages = r.store.messages_deleted,
+                        customers = r.store.customers_forgotten,
+                        seen_ids = r.store.seen_ids_deleted,
+                        audit_entries = r.audit.pruned,
                         "retention run"
                     ),
                     Ok(Err(e)) => error!(error = %e, "retention run failed"),
@@ -148,16 +214,35 @@ pub async fn serve_with(cfg: Config, opts: ServeOptions) -> anyhow::Result<()> {
 
     // The WhatsApp channel, when its credentials are there.
     let stop_rx_channel = stop_tx.subscribe();
+    let (tunnel_state, tunnel_rx) = tokio::sync::watch::channel(TunnelState::Disabled);
+    {
+        let rx = tunnel_rx.clone();
+        admin_state.board.set_source("tunnel", move || {
+            serde_json::Value::String(rx.borrow().to_string())
+        });
+        let (s, q) = (store.clone(), queues.clone());
+        admin_state.board.set_source("queues", move || {
+            let (inbox, outbox) = q.depths(&s);
+            serde_json::json!({ "inbox": inbox, "outbox": outbox })
+        });
+    }
+    let core = Core {
+        cfg: cfg.clone(),
+        creds: creds.clone(),
+        store: store.clone(),
+        queues: queues.clone(),
+        metrics: metrics.clone(),
+        audit: audit.clone(),
+        admin: admin_state.clone(),
+    };
     let channel = match channel_credentials(&creds, &cfg) {
         Ok(c) => Some(
             start_channel(
-                &cfg,
+                &core,
                 &opts,
                 c,
-                store.clone(),
-                queues.clone(),
-                metrics.clone(),
                 stop_rx_channel.clone(),
+                tunnel_state.clone(),
             )
             .await?,
         ),
@@ -198,13 +283,16 @@ pub async fn serve_with(cfg: Config, opts: ServeOptions) -> anyhow::Result<()> {
         "running (WhatsApp not configured)"
     };
     notify(&[("READY", "1"), ("STATUS", running)]);
+    if let Some(r) = &opts.ready {
+        r.notify_one();
+    }
     info!(
         version = env!("CARGO_PKG_VERSION"),
         FRONTDESK_EVENT = "service.started",
         "frontdesk started"
     );
 
-    wait_for_stop().await;
+    shutdown.await;
     notify(&[("STOPPING", "1"), ("STATUS", "stopping")]);
     let _ = stop_tx.send(true);
     sweeper.abort();
@@ -215,8 +303,16 @@ pub async fn serve_with(cfg: Config, opts: ServeOptions) -> anyhow::Result<()> {
         ch.stop().await;
     }
     let _ = metrics_task.await;
+    if let Some(a) = admin {
+        let _ = a.await;
+    }
+    append_audit(
+        &audit,
+        NewEntry::new(Actor::System, AuditEvent::ServiceStopped),
+    )
+    .await;
     let store_for_close = store.clone();
-    tokio::task::spawn_blocking(move || store_for_close.persist()).await??;
+    tokio::task::spawn_blocking(move || store_for_close.flush()).await??;
     drop(store);
     info!("frontdesk stopped");
     Ok(())
@@ -226,6 +322,7 @@ struct ChannelCredentials {
     app_secret: crate::secrets::Secret,
     verify_token: crate::secrets::Secret,
     token: crate::secrets::Secret,
+    tunnel_token: Option<crate::secrets::Secret>,
 }
 
 fn channel_credentials(creds: &Credentials, cfg: &Config) -> Result<ChannelCredentials, String> {
@@ -237,10 +334,15 @@ fn channel_credentials(creds: &Credentials, cfg: &Config) -> Result<ChannelCrede
     if cfg.whatsapp.phone_number_id.is_empty() {
         return Err("whatsapp.phone_number_id not set".into());
     }
+    let tunnel_token = match &cfg.tunnel {
+        Some(t) => Some(get(&t.credential)?),
+        None => None,
+    };
     Ok(ChannelCredentials {
         app_secret: get(names::WHATSAPP_APP_SECRET)?,
         verify_token: get(names::WHATSAPP_VERIFY_TOKEN)?,
         token: get(names::WHATSAPP_TOKEN)?,
+        tunnel_token,
     })
 }
 
@@ -248,27 +350,47 @@ fn channel_credentials(creds: &Credentials, cfg: &Config) -> Result<ChannelCrede
 struct Channel {
     listener_task: tokio::task::JoinHandle<()>,
     sender_task: tokio::task::JoinHandle<()>,
+    tunnel_task: Option<tokio::task::JoinHandle<()>>,
     dispatcher: Arc<Dispatcher>,
 }
 
 impl Channel {
     /// Stops taking requests, lets the dispatcher finish what it started, then the sender.
     async fn stop(self) {
+        if let Some(t) = self.tunnel_task {
+            // GOAWAY to the relay; requests in flight finish.
+            let _ = t.await;
+        }
         let _ = self.listener_task.await;
         let _ = tokio::time::timeout(Duration::from_secs(20), self.dispatcher.wait_idle()).await;
         let _ = self.sender_task.await;
     }
 }
 
-async fn start_channel(
-    cfg: &Config,
-    opts: &ServeOptions,
-    creds: ChannelCredentials,
+/// What every part of the running daemon shares.
+struct Core {
+    cfg: Config,
+    creds: Credentials,
     store: Arc<Store>,
     queues: Arc<Queues>,
     metrics: Arc<Metrics>,
+    audit: Arc<AuditLog>,
+    admin: Arc<AdminState>,
+}
+
+async fn start_channel(
+    core: &Core,
+    opts: &ServeOptions,
+    creds: ChannelCredentials,
     stop: tokio::sync::watch::Receiver<bool>,
+    tunnel_state: tokio::sync::watch::Sender<TunnelState>,
 ) -> anyhow::Result<Channel> {
+    let (cfg, store, queues, metrics) = (
+        &core.cfg,
+        core.store.clone(),
+        core.queues.clone(),
+        core.metrics.clone(),
+    );
     let graph = GraphClient::new(
         &cfg.whatsapp.graph_base,
         &cfg.whatsapp.api_version,
@@ -281,7 +403,14 @@ async fn start_channel(
             store: store.clone(),
             reply: text.clone(),
         }),
-        None => crate::conversation_runtime(cfg, store.clone(), &metrics)?,
+        None => {
+            let (responder, model) =
+                crate::runtime::responder(cfg, &core.creds, store.clone(), core.audit.clone())?;
+            core.admin
+                .board
+                .set_value("model", serde_json::Value::String(model.describe()));
+            responder
+        }
     };
     let wake = Arc::new(tokio::sync::Notify::new());
     let dispatcher = Dispatcher::new(
@@ -334,19 +463,81 @@ async fn start_channel(
         creds.verify_token,
         cfg.webhook.max_body_bytes,
         metrics,
-        Arc::new(LogRejections),
+        Arc::new(AuditRejections(core.audit.clone())),
         cfg.webhook.audit_rejections_per_minute,
     );
     let listener = tokio::net::TcpListener::bind(cfg.webhook.listen)
         .await
         .with_context(|| format!("cannot listen on webhook.listen {}", cfg.webhook.listen))?;
     info!(addr = %cfg.webhook.listen, "webhook listening");
+    let tunnel_task = match &cfg.tunnel {
+        Some(t) => Some(start_tunnel(
+            t,
+            creds.tunnel_token,
+            state.clone(),
+            tunnel_state,
+            until_stopped(stop.clone()),
+        )?),
+        None => {
+            tunnel_state.send_replace(TunnelState::Disabled);
+            None
+        }
+    };
     let listener_task = tokio::spawn(serve_webhook(listener, state, until_stopped(stop)));
     Ok(Channel {
         listener_task,
         sender_task,
+        tunnel_task,
         dispatcher,
     })
+}
+
+/// Dials out to the relay and serves the webhook (and nothing else) over the tunnel.
+fn start_tunnel(
+    t: &crate::config::TunnelConfig,
+    token: Option<crate::secrets::Secret>,
+    state: Arc<WebhookState>,
+    tunnel_state: tokio::sync::watch::Sender<TunnelState>,
+    stopped: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let token = token.context("tunnel credential missing")?;
+    let token = TunnelToken::new(token.expose_str()?)
+        .map_err(|e| anyhow::anyhow!("tunnel credential {}: {e}", t.credential))?;
+    let svc = hyper::service::service_fn(move |req| webhook::handle(state.clone(), req));
+    let cfg = TunnelClientConfig::from_config(t);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = run_tunnel(cfg, token, svc, tunnel_state, stopped).await {
+            error!(error = %e, "tunnel stopped");
+        }
+    }))
+}
+
+/// Rejected webhook requests into the audit log (off the async threads: an append fsyncs).
+struct AuditRejections(Arc<AuditLog>);
+
+impl RejectionSink for AuditRejections {
+    fn rejected(&self, status: u16, reason: &'static str) {
+        warn!(status, reason, "webhook request rejected");
+        let audit = self.0.clone();
+        let code = Code::new(reason);
+        tokio::task::spawn_blocking(move || {
+            let entry = NewEntry::new(Actor::Relay, AuditEvent::WebhookRejected { reason: code })
+                .outcome(crate::audit::Outcome::Denied(code));
+            if let Err(e) = audit.append(entry) {
+                error!(error = %e, "audit append failed");
+            }
+        });
+    }
+}
+
+/// Appends an audit entry from async code; a failure is logged (the service keeps running).
+pub async fn append_audit(audit: &Arc<AuditLog>, entry: NewEntry) {
+    let audit = audit.clone();
+    match tokio::task::spawn_blocking(move || audit.append(entry)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => error!(error = %e, "audit append failed"),
+        Err(e) => error!(error = %e, "audit task panicked"),
+    }
 }
 
 /// Resolves once the stop flag is set.

@@ -2,6 +2,10 @@
 //! carries them out. Exit codes: 0 success, 1 failure, 2 usage error (clap), 3 the daemon is not
 //! reachable, 4 permission denied, 5 verification failed.
 
+mod admin_cmd;
+mod chat_cmd;
+mod demo_cmd;
+mod relay_cmd;
 mod store_cmd;
 
 use std::path::PathBuf;
@@ -41,12 +45,43 @@ pub enum Command {
         #[arg(long, hide = true)]
         fixed_reply: Option<String>,
     },
+    /// Show the running daemon's state: version, uptime, model, tunnel, queues, store, retention.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Customers: list, show, export, forget, pause and resume the bot (through the daemon).
+    #[command(subcommand)]
+    Customers(admin_cmd::CustomersCommand),
+    /// The audit log: show, verify, export.
+    #[command(subcommand)]
+    Audit(admin_cmd::AuditCommand),
+    /// The lead funnel: new contacts, names known, trials booked, conversion, hand-overs, opt-outs.
+    Stats(admin_cmd::StatsArgs),
     /// Store maintenance: identities, backups, restores (stop the service first).
     #[command(subcommand)]
     Store(store_cmd::StoreCommand),
     /// Retention (deletion by age).
     #[command(subcommand)]
     Retention(RetentionCommand),
+    /// Chat with the assistant in the terminal: the configured prompts and model, a throwaway
+    /// store, simulated bookings. Try a persona before going live.
+    Chat {
+        /// Phone number the conversation is filed under (any number; nothing is sent).
+        #[arg(long)]
+        phone: Option<String>,
+    },
+    /// Try the whole product locally: daemon, small model, WhatsApp and MagicLine simulators;
+    /// you type as the customer.
+    Demo {
+        /// GGUF model (default: the test model fetched by ./install.sh --dev).
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
+    /// The public relay the box's tunnel dials into (runs on a server, not on the box).
+    #[command(subcommand)]
+    Relay(relay_cmd::RelayCommand),
     /// Write man pages for frontdesk and every verb into a directory.
     Man {
         #[arg(long, default_value = ".")]
@@ -61,7 +96,8 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum RetentionCommand {
-    /// Delete everything that is due now.
+    /// Delete everything that is due now (through the daemon; directly on the store when the
+    /// daemon is not running).
     Run {
         /// Only count what would be deleted.
         #[arg(long)]
@@ -108,10 +144,19 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Store(cmd) => store_cmd::run(&cli, cmd),
+        Command::Status { json } => admin_cmd::status(&cli, *json),
+        Command::Customers(cmd) => admin_cmd::customers(&cli, cmd),
+        Command::Audit(cmd) => admin_cmd::audit(&cli, cmd),
+        Command::Stats(args) => admin_cmd::stats(&cli, args),
         Command::Retention(RetentionCommand::Run { dry_run, json }) => {
-            let cfg = load_config(&cli)?;
-            store_cmd::retention_offline(&cfg, *dry_run, *json)
+            admin_cmd::retention(&cli, *dry_run, *json)
         }
+        Command::Chat { phone } => {
+            let cfg = load_config(&cli)?;
+            chat_cmd::run(&cfg, phone.clone())
+        }
+        Command::Demo { model } => demo_cmd::run(model.as_deref()),
+        Command::Relay(cmd) => relay_cmd::run(cmd),
         Command::Man { out } => {
             std::fs::create_dir_all(out)?;
             write_man_pages(Cli::command(), out)?;

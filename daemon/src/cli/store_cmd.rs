@@ -8,9 +8,19 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use super::{exit, Cli};
+use crate::audit::{Actor, AuditEvent, AuditLog, NewEntry};
 use crate::config::Config;
 use crate::secrets::{names, Credentials};
 use crate::store::crypto::{self, StoreIdentity};
+use crate::store::Store;
+
+/// The audit log of a store opened by an offline verb (the daemon is stopped, so this process
+/// is the only writer).
+fn audit_log(store: Store) -> anyhow::Result<(std::sync::Arc<Store>, AuditLog)> {
+    let store = std::sync::Arc::new(store);
+    let log = AuditLog::open(store.clone())?;
+    Ok((store, log))
+}
 
 #[derive(Subcommand, Debug)]
 pub enum StoreCommand {
@@ -76,9 +86,18 @@ pub fn run(cli: &Cli, cmd: &StoreCommand) -> anyhow::Result<u8> {
         }
         StoreCommand::Backup { to, recipient } => {
             let recipient = crypto::parse_recipient(recipient)?;
-            let store = crate::service::open_store(&cfg, &creds)?;
+            let (store, audit) = audit_log(crate::service::open_store(&cfg, &creds)?)?;
             let file = create_private(to)?;
             let summary = store.backup_to(&recipient, file)?;
+            // The backup holds (sealed) personal data and leaves the store: recorded once it
+            // exists; the entry itself is not in this backup.
+            audit.append(NewEntry::new(
+                Actor::current_user(),
+                AuditEvent::StoreBackup {
+                    records: summary.records,
+                    bytes: summary.bytes,
+                },
+            ))?;
             println!(
                 "backup written to {}: {} records, {} bytes before encryption",
                 to.display(),
@@ -89,6 +108,12 @@ pub fn run(cli: &Cli, cmd: &StoreCommand) -> anyhow::Result<u8> {
         StoreCommand::Restore { from, identity } => {
             let backup_identity = read_identity_file(identity)?;
             let store_identity = creds.require(names::STORE_IDENTITY)?;
+            // The head of the log being replaced goes into the restored log's entry, so the
+            // history a restore discards stays on record.
+            let replaced_head = match crate::service::open_store(&cfg, &creds) {
+                Ok(current) => Some(audit_log(current)?.1.head()),
+                Err(_) => None,
+            };
             let summary = crate::store::backup::restore(
                 from,
                 backup_identity.age_identity(),
@@ -96,6 +121,16 @@ pub fn run(cli: &Cli, cmd: &StoreCommand) -> anyhow::Result<u8> {
                 store_identity.expose_str()?,
                 jiff::Timestamp::now(),
             )?;
+            let (_, audit) = audit_log(crate::service::open_store(&cfg, &creds)?)?;
+            audit.append(NewEntry::new(
+                Actor::current_user(),
+                AuditEvent::StoreRestore {
+                    records: summary.records,
+                    erasures_reapplied: summary.erasures_reapplied,
+                    replaced_head_seq: replaced_head.map(|h| h.seq),
+                    replaced_head_hash: replaced_head.map(|h| h.hash),
+                },
+            ))?;
             println!(
                 "restored {} records; re-applied {} erasures from the forget ledger",
                 summary.records, summary.erasures_reapplied
@@ -103,8 +138,12 @@ pub fn run(cli: &Cli, cmd: &StoreCommand) -> anyhow::Result<u8> {
         }
         StoreCommand::RotateIdentity { new_identity } => {
             let new = read_identity_file(new_identity)?;
-            let store = crate::service::open_store(&cfg, &creds)?;
+            let (store, audit) = audit_log(crate::service::open_store(&cfg, &creds)?)?;
             let n = store.rotate_identity(&new.recipient())?;
+            audit.append(NewEntry::new(
+                Actor::current_user(),
+                AuditEvent::IdentityRotated { keys: n },
+            ))?;
             println!(
                 "re-wrapped {n} customer keys to {}; now install {} as the store-identity credential",
                 new.recipient(),
@@ -127,18 +166,20 @@ pub(crate) fn create_private(path: &PathBuf) -> anyhow::Result<std::fs::File> {
 }
 
 pub fn retention_offline(cfg: &Config, dry_run: bool, json: bool) -> anyhow::Result<u8> {
-    let store = crate::service::open_store(cfg, &credentials(cfg))?;
-    let report = store.sweep(&cfg.retention, jiff::Timestamp::now(), dry_run)?;
+    let (store, audit) = audit_log(crate::service::open_store(cfg, &credentials(cfg))?)?;
+    let run = crate::admin::ops::run_retention(
+        &store,
+        &audit,
+        &cfg.retention,
+        Actor::current_user(),
+        None,
+        jiff::Timestamp::now(),
+        dry_run,
+    )?;
     if json {
-        println!("{}", serde_json::to_string(&report)?);
+        println!("{}", serde_json::to_string(&run)?);
     } else {
-        println!(
-            "{}messages deleted: {}, customers forgotten: {}, seen ids deleted: {}",
-            if dry_run { "(dry run) " } else { "" },
-            report.messages_deleted,
-            report.customers_forgotten,
-            report.seen_ids_deleted
-        );
+        super::admin_cmd::print_retention(&run);
     }
     Ok(exit::OK)
 }

@@ -5,6 +5,10 @@
 //! embedded backend constrains sampling with a grammar; the HTTP backend asks the server for a
 //! JSON-schema response format and re-checks it).
 
+pub mod llama;
+pub mod openai;
+pub mod scripted;
+
 use serde::{Deserialize, Serialize};
 
 /// Who wrote a chat message.
@@ -86,4 +90,20 @@ pub trait LanguageModel: Send + Sync {
 
     /// A short description for status output and logs (backend and model file name).
     fn describe(&self) -> String;
+}
+
+/// Builds the configured backend. The embedded model is loaded (and warmed up) before this
+/// returns.
+pub fn from_config(
+    cfg: &crate::config::LlmConfig,
+) -> Result<std::sync::Arc<dyn LanguageModel>, LlmError> {
+    match cfg.backend {
+        crate::config::LlmBackend::Llama => Ok(std::sync::Arc::new(llama::EmbeddedLlama::load(
+            llama::LlamaOptions::from_config(cfg),
+            None,
+        )?)),
+        crate::config::LlmBackend::Openai => Ok(std::sync::Arc::new(openai::OpenAiModel::new(
+            openai::OpenAiOptions::from_config(cfg, None),
+        ))),
+    }
 }

@@ -573,10 +573,19 @@ impl Store {
 
     /// Flushes every memtable to tables, so the next open has no journal to replay. Called when
     /// the store is dropped; a crash skips it and the next open replays the journal instead.
+    /// Waits at most `FLUSH_WAIT` for the flushes (the data is durable either way).
     pub fn flush(&self) -> Result<()> {
+        const FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
         self.db.persist(PersistMode::SyncAll)?;
+        if !self.path.exists() {
+            return Ok(());
+        }
         for (_, k) in self.ks.all() {
-            k.rotate_memtable_and_wait()?;
+            k.rotate_memtable()?;
+        }
+        let deadline = std::time::Instant::now() + FLUSH_WAIT;
+        while self.db.outstanding_flushes() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
         Ok(())
     }

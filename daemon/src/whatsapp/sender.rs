@@ -211,6 +211,17 @@ impl Sender {
     fn send_group(&self, p: &Pseudonym, rows: Vec<Queued<OutboxEntry>>) -> GroupResult {
         let mut rows = rows.into_iter().peekable();
         while let Some(row) = rows.next() {
+            // The rows were read before this task started; an earlier task for this customer
+            // may have sent and retired some of them since. Only one task per customer runs at a
+            // time, so a row still present now has not been sent.
+            match self.store.keyspaces().outbox.contains_key(&row.key) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    error!(customer = %p, error = %e, "reading the outbox failed");
+                    return GroupResult::Hold(Duration::from_secs(1));
+                }
+            }
             let result = match &row.entry.kind {
                 OutboundKind::Text(t) => self.graph.send_text(&row.entry.to, t),
                 OutboundKind::Template {

@@ -1,0 +1,359 @@
+//! The admin API: HTTP/1.1 with JSON over the unix socket `/run/frontdesk/admin.sock`, served
+//! by hyper. Only root and members of the admin group get in (peer credentials via SO_PEERCRED,
+//! supplementary groups included); everyone else gets 403 and an `admin.denied` audit entry.
+//! Every request is audited with the caller's uid and user name.
+//!
+//! Submodules: [`api`] (paths and JSON shapes, shared with the CLI), [`peer`] (caller identity
+//! and the access rule), [`ops`] (the operations), [`client`] (the CLI's blocking client).
+
+pub mod api;
+pub mod client;
+pub mod ops;
+pub mod peer;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use jiff::Timestamp;
+use tokio::net::UnixListener;
+use tracing::{debug, warn};
+
+use crate::audit::{AuditEvent, AuditLog, Code, NewEntry, Outcome, RequestId};
+use crate::config::Config;
+use crate::store::Store;
+use ops::{Ctx, OpError, Reply};
+use peer::Caller;
+
+/// Largest request body accepted (requests are small JSON documents).
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+type StatusSource = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// Live figures owned by other parts of the daemon, shown by `frontdesk status`. Each part
+/// registers a source once (e.g. `"model"`, `"tunnel"`, `"inbox_depth"`); `status` calls them.
+#[derive(Default)]
+pub struct StatusBoard {
+    sources: RwLock<BTreeMap<String, StatusSource>>,
+}
+
+impl StatusBoard {
+    /// Registers (or replaces) the source `name`.
+    pub fn set_source(
+        &self,
+        name: &str,
+        f: impl Fn() -> serde_json::Value + Send + Sync + 'static,
+    ) {
+        self.sources
+            .write()
+            .expect("status board poisoned")
+            .insert(name.to_string(), Arc::new(f));
+    }
+
+    /// A fixed value (model description and the like).
+    pub fn set_value(&self, name: &str, v: serde_json::Value) {
+        self.set_source(name, move || v.clone());
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, serde_json::Value> {
+        let sources: Vec<(String, StatusSource)> = self
+            .sources
+            .read()
+            .expect("status board poisoned")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        sources.into_iter().map(|(k, f)| (k, f())).collect()
+    }
+}
+
+/// Everything the admin API works with.
+pub struct AdminState {
+    pub store: Arc<Store>,
+    pub audit: Arc<AuditLog>,
+    config: RwLock<Arc<Config>>,
+    admin_gid: RwLock<Option<u32>>,
+    pub started: Timestamp,
+    pub board: StatusBoard,
+}
+
+impl AdminState {
+    pub fn new(store: Arc<Store>, audit: Arc<AuditLog>, config: Arc<Config>) -> AdminState {
+        let gid = peer::group_gid(&config.service.admin_group);
+        AdminState {
+            store,
+            audit,
+            config: RwLock::new(config),
+            admin_gid: RwLock::new(gid),
+            started: Timestamp::now(),
+            board: StatusBoard::default(),
+        }
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().expect("config lock poisoned").clone()
+    }
+
+    /// Replaces the configuration (SIGHUP reload); the admin group is looked up again.
+    pub fn set_config(&self, config: Arc<Config>) {
+        *self.admin_gid.write().expect("gid lock poisoned") =
+            peer::group_gid(&config.service.admin_group);
+        *self.config.write().expect("config lock poisoned") = config;
+    }
+
+    pub fn admin_gid(&self) -> Option<u32> {
+        *self.admin_gid.read().expect("gid lock poisoned")
+    }
+}
+
+/// Binds the admin socket at `path`: a stale socket is replaced, the mode is 0660 and the group
+/// is `group`. When the group does not exist (or cannot be set) the socket stays owner-only and a
+/// warning is logged: root still gets in.
+pub fn bind_admin_socket(path: &Path, group: &str) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if let Ok(md) = std::fs::symlink_metadata(path) {
+        if md.file_type().is_socket() {
+            std::fs::remove_file(path)?;
+        }
+    }
+    let listener = UnixListener::bind(path)?;
+    let mode = match peer::group_gid(group) {
+        Some(gid) => match std::os::unix::fs::chown(path, None, Some(gid)) {
+            Ok(()) => 0o660,
+            Err(e) => {
+                warn!(group, error = %e, "cannot give the admin socket to the admin group; only root can use it");
+                0o600
+            }
+        },
+        None => {
+            warn!(
+                group,
+                "admin group does not exist; only root can use the admin socket"
+            );
+            0o600
+        }
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
+/// Serves the admin API on `listener` until `shutdown` completes; open connections finish
+/// their current request.
+pub async fn serve_admin(
+    listener: UnixListener,
+    state: Arc<AdminState>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut conns = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    warn!(error = %e, "admin socket accept failed");
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        let mut stop_rx = stop_rx.clone();
+        conns.spawn(async move {
+            let Ok(cred) = stream.peer_cred() else {
+                warn!("admin connection without peer credentials; closed");
+                return;
+            };
+            let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
+            let Ok(caller) =
+                tokio::task::spawn_blocking(move || Caller::resolve(uid, gid, pid)).await
+            else {
+                return;
+            };
+            let caller = Arc::new(caller);
+            let svc =
+                hyper::service::service_fn(move |req| handle(state.clone(), caller.clone(), req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        debug!(error = %e, "admin connection ended");
+                    }
+                }
+                _ = stop_rx.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+        // Reap finished connections so the set does not grow.
+        while conns.try_join_next().is_some() {}
+    }
+    let _ = stop_tx.send(true);
+    while conns.join_next().await.is_some() {}
+}
+
+/// Stable endpoint codes for audit entries.
+fn endpoint(method: &Method, path: &str) -> Code {
+    let c = match (method, path) {
+        (&Method::GET, api::STATUS) => "status",
+        (&Method::POST, api::CUSTOMERS_LIST) => "customers.list",
+        (&Method::POST, api::CUSTOMERS_SHOW) => "customers.show",
+        (&Method::POST, api::CUSTOMERS_EXPORT) => "customers.export",
+        (&Method::POST, api::CUSTOMERS_FORGET) => "customers.forget",
+        (&Method::POST, api::CUSTOMERS_PAUSE) => "customers.pause",
+        (&Method::POST, api::CUSTOMERS_RESUME) => "customers.resume",
+        (&Method::POST, api::AUDIT_SHOW) => "audit.show",
+        (&Method::POST, api::AUDIT_VERIFY) => "audit.verify",
+        (&Method::POST, api::AUDIT_EXPORT) => "audit.export",
+        (&Method::POST, api::RETENTION_RUN) => "retention.run",
+        (&Method::POST, api::STATS) => "stats",
+        _ => "unknown",
+    };
+    Code::new(c)
+}
+
+fn json_response(
+    status: StatusCode,
+    v: &impl serde::Serialize,
+    rid: RequestId,
+) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("x-request-id", rid.to_string())
+        .body(Full::new(Bytes::from(
+            serde_json::to_vec(v).expect("replies serialise"),
+        )))
+        .expect("valid response")
+}
+
+fn error_response(status: u16, message: String, rid: RequestId) -> Response<Full<Bytes>> {
+    json_response(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &api::ErrorReply { error: message },
+        rid,
+    )
+}
+
+async fn handle(
+    state: Arc<AdminState>,
+    caller: Arc<Caller>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let rid = RequestId::random();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let ep = endpoint(&method, &path);
+
+    if !caller.is_authorised(state.admin_gid()) {
+        let group = state.config().service.admin_group.clone();
+        let entry = NewEntry::new(caller.actor(), AuditEvent::AdminDenied { endpoint: ep })
+            .outcome(Outcome::denied("not_admin"))
+            .request(rid);
+        let audit = state.audit.clone();
+        let _ = tokio::task::spawn_blocking(move || audit.append(entry)).await;
+        warn!(
+            uid = caller.uid,
+            endpoint = ep.as_str(),
+            "admin request denied"
+        );
+        return Ok(error_response(
+            403,
+            format!(
+                "permission denied: uid {} is neither root nor a member of group {group}",
+                caller.uid
+            ),
+            rid,
+        ));
+    }
+
+    let body = match Limited::new(req.into_body(), MAX_REQUEST_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return Ok(error_response(413, "request body too large".into(), rid)),
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        let ctx = Ctx {
+            state: &state,
+            caller: &caller,
+            request_id: rid,
+        };
+        let r = dispatch(&ctx, &method, &path, &body);
+        if let Err(e) = &r {
+            if e.status == 400 || e.status == 405 {
+                // Requests that reached no operation are audited here; operations audit
+                // themselves.
+                let _ = state.audit.append(
+                    NewEntry::new(caller.actor(), AuditEvent::AdminDenied { endpoint: ep })
+                        .outcome(Outcome::error("bad_request"))
+                        .request(rid),
+                );
+            }
+        }
+        r
+    })
+    .await;
+    Ok(match result {
+        Ok(Ok(Reply::Json(v))) => json_response(StatusCode::OK, &v, rid),
+        Ok(Ok(Reply::Bytes(b, ctype))) => Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", ctype)
+            .header("x-request-id", rid.to_string())
+            .body(Full::new(Bytes::from(b)))
+            .expect("valid response"),
+        Ok(Err(e)) => error_response(e.status, e.message, rid),
+        Err(_) => error_response(500, "internal error".into(), rid),
+    })
+}
+
+fn parse<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, OpError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    parse_required(body)
+}
+
+fn parse_required<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, OpError> {
+    // serde's message names the field and position, never the value.
+    serde_json::from_slice(body).map_err(|e| OpError::new(400, format!("bad request body: {e}")))
+}
+
+fn dispatch(ctx: &Ctx, method: &Method, path: &str, body: &[u8]) -> Result<Reply, OpError> {
+    match (method, path) {
+        (&Method::GET, api::STATUS) => ops::status(ctx),
+        (&Method::POST, api::CUSTOMERS_LIST) => ops::customers_list(ctx, parse(body)?),
+        (&Method::POST, api::CUSTOMERS_SHOW) => ops::customers_show(ctx, parse_required(body)?),
+        (&Method::POST, api::CUSTOMERS_EXPORT) => ops::customers_export(ctx, parse_required(body)?),
+        (&Method::POST, api::CUSTOMERS_FORGET) => ops::customers_forget(ctx, parse_required(body)?),
+        (&Method::POST, api::CUSTOMERS_PAUSE) => {
+            ops::customers_set_mode(ctx, parse_required(body)?, true)
+        }
+        (&Method::POST, api::CUSTOMERS_RESUME) => {
+            ops::customers_set_mode(ctx, parse_required(body)?, false)
+        }
+        (&Method::POST, api::AUDIT_SHOW) => ops::audit_show(ctx, parse(body)?),
+        (&Method::POST, api::AUDIT_VERIFY) => ops::audit_verify(ctx, parse(body)?),
+        (&Method::POST, api::AUDIT_EXPORT) => ops::audit_export(ctx, parse_required(body)?),
+        (&Method::POST, api::RETENTION_RUN) => ops::retention(ctx, parse(body)?),
+        (&Method::POST, api::STATS) => ops::stats(ctx, parse(body)?),
+        _ => Err(OpError::new(405, format!("no endpoint {method} {path}"))),
+    }
+}

@@ -1,0 +1,118 @@
+//! The journald copy of the audit log: every entry is sent with `SYSLOG_IDENTIFIER=frontdesk-audit`
+//! and structured `FRONTDESK_*` fields (the whole entry in `FRONTDESK_AUDIT_ENTRY`), and the
+//! verifier reads the last one back to detect a truncated store.
+//!
+//! journald keeps its own files, outside the store, so someone who rewinds or truncates the
+//! store's audit keyspace leaves the journal ahead of it. The unit should exempt the service from
+//! journald's rate limit (`LogRateLimitIntervalSec=0`), or a burst could drop copies.
+
+use std::path::Path;
+
+use super::{AuditRecord, Hash, Head};
+
+/// The identifier of audit entries in the journal.
+pub const SYSLOG_IDENTIFIER: &str = "frontdesk-audit";
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// Sends entries to journald when there is one.
+pub struct JournalSink {
+    enabled: bool,
+}
+
+impl JournalSink {
+    /// Enabled when the journal socket exists.
+    pub fn detect() -> JournalSink {
+        JournalSink {
+            enabled: Path::new(JOURNAL_SOCKET).exists(),
+        }
+    }
+
+    pub fn disabled() -> JournalSink {
+        JournalSink { enabled: false }
+    }
+
+    pub fn send(&self, rec: &AuditRecord) {
+        if !self.enabled {
+            return;
+        }
+        let fields = fields(rec);
+        let refs: Vec<&str> = fields.iter().map(String::as_str).collect();
+        if let Err(e) = systemd::journal::send(&refs) {
+            tracing::warn!(error = %e, seq = rec.seq, "could not send the audit entry to the journal");
+        }
+    }
+}
+
+/// The journal fields of an entry.
+pub fn fields(rec: &AuditRecord) -> Vec<String> {
+    let priority = match rec.outcome {
+        super::Status::Ok => 6,
+        super::Status::Denied | super::Status::Error => 4,
+    };
+    let mut f = vec![
+        format!(
+            "MESSAGE=audit #{} {} {} by {}{}",
+            rec.seq,
+            rec.action,
+            rec.outcome.code(),
+            rec.actor.label(),
+            rec.subject
+                .as_ref()
+                .map(|s| format!(" about {s}"))
+                .unwrap_or_default()
+        ),
+        format!("PRIORITY={priority}"),
+        format!("SYSLOG_IDENTIFIER={SYSLOG_IDENTIFIER}"),
+        format!("FRONTDESK_AUDIT_SEQ={}", rec.seq),
+        format!("FRONTDESK_AUDIT_HASH={}", rec.hash),
+        format!("FRONTDESK_AUDIT_PREV={}", rec.prev),
+        format!("FRONTDESK_ACTION={}", rec.action),
+        format!("FRONTDESK_OUTCOME={}", rec.outcome.code()),
+        format!("FRONTDESK_ACTOR={}", rec.actor.label()),
+        format!("FRONTDESK_PURPOSE={}", rec.purpose.code()),
+        format!(
+            "FRONTDESK_AUDIT_ENTRY={}",
+            String::from_utf8(rec.to_json()).expect("JSON is UTF-8")
+        ),
+    ];
+    if let Some(r) = &rec.reason {
+        f.push(format!("FRONTDESK_REASON={r}"));
+    }
+    if let Some(s) = &rec.subject {
+        f.push(format!("FRONTDESK_SUBJECT={s}"));
+    }
+    if let Some(r) = &rec.request_id {
+        f.push(format!("FRONTDESK_REQUEST_ID={r}"));
+    }
+    f
+}
+
+/// The sequence number and hash of the last audit entry in the journal, or why it cannot be read.
+pub fn last_head() -> Result<Head, String> {
+    if !Path::new("/run/systemd/journal").exists() && !Path::new("/var/log/journal").exists() {
+        return Err("no systemd journal on this machine".into());
+    }
+    let mut j = systemd::journal::OpenOptions::default()
+        .local_only(true)
+        .open()
+        .map_err(|e| format!("cannot open the journal: {e}"))?;
+    j.match_add("SYSLOG_IDENTIFIER", SYSLOG_IDENTIFIER)
+        .map_err(|e| format!("journal match: {e}"))?;
+    j.seek_tail().map_err(|e| format!("journal seek: {e}"))?;
+    let entry = j
+        .previous_entry()
+        .map_err(|e| format!("journal read: {e}"))?
+        .ok_or_else(|| {
+            "no audit entries in the journal (is this user in the systemd-journal or adm group?)"
+                .to_string()
+        })?;
+    let seq = entry
+        .get("FRONTDESK_AUDIT_SEQ")
+        .and_then(|s| s.parse().ok())
+        .ok_or("the journal's last audit entry has no sequence number")?;
+    let hash = entry
+        .get("FRONTDESK_AUDIT_HASH")
+        .and_then(|s| Hash::from_hex(s))
+        .ok_or("the journal's last audit entry has no hash")?;
+    Ok(Head { seq, hash })
+}

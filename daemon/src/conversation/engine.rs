@@ -1,0 +1,1659 @@
+//! The conversation engine: turns one inbound burst of a contact into the assistant's reply,
+//! the updated customer record, booking calls and staff alerts.
+//!
+//! [`Engine::handle`] runs blocking (model and booking calls) and in this order:
+//! 1. Load the customer (or start a new one) and read the inbound texts.
+//! 2. Opt-out keywords are checked before anything else, deterministically ([`is_opt_out`]).
+//!    An opted-out contact gets [`StudioConfig::opt_out_reply`] once; a further opt-out message
+//!    is recorded in silence; any later message that is *not* an opt-out means the contact wrote
+//!    again on their own and reactivates the bot (GDPR and WhatsApp policy allow answering
+//!    someone who writes to us).
+//! 3. Paused and handed-over (escalated) contacts get no reply; their messages are still recorded
+//!    so staff see them. An opt-out from them is recorded only: staff are in charge there.
+//! 4. If free alternatives were offered after a taken slot and the message picks one ("der
+//!    zweite", "Mittwoch um 18 Uhr"), that one is booked without asking the model.
+//! 5. Otherwise the model gets the persona prompt and the last `history_messages` messages and
+//!    returns reply, profile facts, intent and wished date. Profile facts are merged
+//!    ([`super::reply::merge_profile`]); the stage advances (first name → "Name bekannt").
+//! 6. The intent decides: hand-over (complaint, cancellation, contract question → escalated,
+//!    staff alert, [`StudioConfig::handover_text`]), opt-out, or a booking when first name,
+//!    last name and e-mail are known and the wished date parses to a concrete start. The booking's
+//!    outcome replaces the model's reply with a fixed text from `replies.toml`.
+//! 7. The first reply to a contact always carries the AI disclosure (EU AI Act Art. 50): if the
+//!    model's reply does not say so, the configured sentence is put in front of it.
+//! 8. Everything — customer, inbound messages, replies and whatever the caller's `finish` adds
+//!    (outbox row, inbox entry done) — is committed in one durable write. The model call and the
+//!    booking happen before it; the booker is idempotent per request id, so a crash between
+//!    booking and commit only repeats an already-recorded booking.
+//!
+//! The engine never sends anything itself: [`Turn::replies`] is what the caller sends.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::{Timestamp, Zoned};
+
+use super::booking::{Booker, BookingFailure, BookingOutcome, BookingRequest};
+use super::prompts::Prompts;
+use super::reply::{self, Intent, ModelReply};
+use super::when::{self, berlin_tz};
+use crate::config::{ConversationConfig, StudioConfig};
+use crate::llm::{ChatMessage, LanguageModel, LlmError, Role};
+use crate::store::crypto::Pseudonym;
+use crate::store::customers::{BotMode, Customer, Stage};
+use crate::store::messages::{Direction, Message};
+use crate::store::{self, Store, StoreError};
+
+/// Offered alternatives older than this are no longer read as picks.
+const OFFER_TTL_SECS: i64 = 24 * 3600;
+/// Key in [`crate::store::customers::ConversationState::extra`]: when alternatives were offered
+/// (unix seconds).
+const OFFERED_AT: &str = "offered_at";
+/// Longest stored WhatsApp profile name.
+const MAX_CONTACT_NAME_CHARS: usize = 100;
+
+/// One inbound burst of a contact: messages that arrived within the burst window, in order.
+#[derive(Clone, PartialEq)]
+pub struct Inbound {
+    pub phone: String,
+    /// The WhatsApp profile name, when the webhook carried one.
+    pub contact_name: Option<String>,
+    pub texts: Vec<String>,
+    /// WhatsApp message ids, parallel to `texts` (may be shorter).
+    pub wamids: Vec<String>,
+}
+
+impl std::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Inbound{{{} texts}}", self.texts.len())
+    }
+}
+
+/// Why staff must look at a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AlertKind {
+    Complaint,
+    Cancellation,
+    ContractQuestion,
+    /// A booking could not be made and a person has to follow up.
+    BookingFailed,
+    /// A booked trial was moved to a new slot: staff cancel the old appointment in MagicLine
+    /// (the booking interface has no cancellation).
+    Rescheduled,
+}
+
+/// A notice for staff; carries no personal data (they look the customer up by pseudonym).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaffAlert {
+    pub kind: AlertKind,
+    pub pseudonym: Pseudonym,
+}
+
+/// Token accounting of the model call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GenerationStats {
+    pub prompt_tokens: u32,
+    pub evaluated_prompt_tokens: u32,
+    pub generated_tokens: u32,
+}
+
+/// What one call of [`Engine::handle`] decided.
+#[derive(Clone, PartialEq)]
+pub struct Turn {
+    pub pseudonym: Pseudonym,
+    /// The contact was not in the store before this message.
+    pub new_contact: bool,
+    /// Texts to send, in order (usually one; empty means silence).
+    pub replies: Vec<String>,
+    pub alerts: Vec<StaffAlert>,
+    /// Funnel moves in this turn, in order (NewLead → NameKnown → TrialBooked may both happen).
+    pub stage_changes: Vec<(Stage, Stage)>,
+    /// Bot mode changes in this turn (hand-over, opt-out, reactivation).
+    pub mode_changes: Vec<(BotMode, BotMode)>,
+    /// The model's reading of the message, when the model was asked and answered usably.
+    pub intent: Option<Intent>,
+    pub booking: Option<BookingOutcome>,
+    pub generated: Option<GenerationStats>,
+}
+
+impl Turn {
+    fn new(pseudonym: Pseudonym, new_contact: bool) -> Turn {
+        Turn {
+            pseudonym,
+            new_contact,
+            replies: Vec::new(),
+            alerts: Vec::new(),
+            stage_changes: Vec::new(),
+            mode_changes: Vec::new(),
+            intent: None,
+            booking: None,
+            generated: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Turn {
+    // Reply texts are personal data: counts only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Turn")
+            .field("pseudonym", &self.pseudonym)
+            .field("new_contact", &self.new_contact)
+            .field("replies", &self.replies.len())
+            .field("alerts", &self.alerts)
+            .field("stage_changes", &self.stage_changes)
+            .field("mode_changes", &self.mode_changes)
+            .field("intent", &self.intent)
+            .field("booking", &self.booking.as_ref().map(outcome_kind))
+            .field("generated", &self.generated)
+            .finish()
+    }
+}
+
+/// Why a message could not be handled. Nothing was committed; the caller may retry later.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("language model: {0}")]
+    Model(#[from] LlmError),
+}
+
+/// Adds rows to the engine's commit (outbox entry, inbox entry done). Runs inside the customer's
+/// write lock; an error aborts the whole commit.
+pub type Finish<'a> =
+    dyn FnMut(&mut fjall::OwnedWriteBatch, &Store, &Turn) -> store::Result<()> + 'a;
+
+/// The conversation engine. Cheap to share behind an `Arc`; [`Engine::handle`] is blocking.
+pub struct Engine {
+    store: Arc<Store>,
+    model: Arc<dyn LanguageModel>,
+    prompts: Arc<Prompts>,
+    studio: StudioConfig,
+    conv: ConversationConfig,
+    booker: Option<Arc<dyn Booker>>,
+    schema: serde_json::Value,
+}
+
+impl Engine {
+    pub fn new(
+        store: Arc<Store>,
+        model: Arc<dyn LanguageModel>,
+        prompts: Arc<Prompts>,
+        studio: StudioConfig,
+        conv: ConversationConfig,
+        booker: Option<Arc<dyn Booker>>,
+    ) -> Engine {
+        Engine {
+            store,
+            model,
+            prompts,
+            studio,
+            conv,
+            booker,
+            schema: reply::schema(),
+        }
+    }
+
+    /// The store the engine writes to.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Handles one inbound burst; see the module doc for the steps. `now` is the time of the
+    /// burst (any time zone; dates are read in Europe/Berlin). `finish` adds the caller's rows to
+    /// the single durable commit.
+    pub fn handle(
+        &self,
+        inbound: &Inbound,
+        now: &Zoned,
+        finish: &mut Finish<'_>,
+    ) -> Result<Turn, EngineError> {
+        let now = now.with_time_zone(berlin_tz());
+        let ts = now.timestamp();
+        let p = self.store.pseudonym(&inbound.phone);
+        let existing = self.store.customer(&p)?;
+        let new_contact = existing.is_none();
+        let mut c = existing.unwrap_or_else(|| Customer::new(p, &inbound.phone, ts));
+        let mode_before = c.meta.mode;
+        let disclosed_before = c.body.conversation.disclosed_ai;
+        if let Some(name) = inbound.contact_name.as_deref().map(str::trim) {
+            if !name.is_empty() {
+                c.body.contact_name = Some(cap_chars(name, MAX_CONTACT_NAME_CHARS));
+            }
+        }
+        // (index into inbound.texts, trimmed text) of every non-empty message.
+        let texts: Vec<(usize, &str)> = inbound
+            .texts
+            .iter()
+            .map(|t| t.trim())
+            .enumerate()
+            .filter(|(_, t)| !t.is_empty())
+            .collect();
+        let plain: Vec<&str> = texts.iter().map(|(_, t)| *t).collect();
+
+        let mut turn = Turn::new(p, new_contact);
+        if !plain.is_empty() {
+            let opt_out = plain.iter().any(|t| is_opt_out(t));
+            match c.meta.mode {
+                BotMode::Paused | BotMode::Escalated => {}
+                BotMode::OptedOut if opt_out => {}
+                BotMode::Active if opt_out => self.opt_out(&mut c, &mut turn),
+                BotMode::OptedOut | BotMode::Active => {
+                    if c.meta.mode == BotMode::OptedOut {
+                        set_mode(&mut c, &mut turn, BotMode::Active);
+                    }
+                    self.converse(&mut c, &plain, &now, &mut turn)?;
+                }
+            }
+        }
+        self.ensure_disclosure(&mut c, &mut turn);
+
+        let changed_mode = c.meta.mode != mode_before;
+        let (_, turn) = self
+            .store
+            .update_customer(&inbound.phone, ts, |fresh, batch, store| {
+                let mut turn = turn;
+                if fresh.meta.mode != mode_before && !changed_mode {
+                    // An admin paused or resumed this contact while the model was thinking: their
+                    // decision stands, and a contact who must not be answered is not.
+                    c.meta.mode = fresh.meta.mode;
+                    if !c.meta.mode.answers() {
+                        turn.replies.clear();
+                        c.body.conversation.disclosed_ai = disclosed_before;
+                    }
+                }
+                fresh.body = c.body;
+                fresh.meta.stage = c.meta.stage;
+                fresh.meta.mode = c.meta.mode;
+                fresh.meta.ever_booked |= c.meta.ever_booked;
+                fresh.meta.last_contact = ts;
+                if !texts.is_empty() {
+                    fresh.meta.last_inbound = Some(ts);
+                }
+                for (i, text) in &texts {
+                    let msg = Message {
+                        direction: Direction::Inbound,
+                        text: text.to_string(),
+                        at: ts,
+                        wamid: inbound.wamids.get(*i).cloned(),
+                    };
+                    store.append_message(fresh, &msg, batch)?;
+                }
+                for text in &turn.replies {
+                    let msg = Message {
+                        direction: Direction::Outbound,
+                        text: text.clone(),
+                        at: ts,
+                        wamid: None,
+                    };
+                    store.append_message(fresh, &msg, batch)?;
+                }
+                finish(batch, store, &turn)?;
+                Ok(turn)
+            })?;
+        tracing::info!(
+            customer = %p,
+            replies = turn.replies.len(),
+            intent = turn.intent.map(Intent::as_str),
+            stage_changes = turn.stage_changes.len(),
+            booking = turn.booking.as_ref().map(outcome_kind),
+            alerts = turn.alerts.len(),
+            "conversation turn"
+        );
+        Ok(turn)
+    }
+
+    /// Steps 4–6 of the module doc for an active contact.
+    fn converse(
+        &self,
+        c: &mut Customer,
+        texts: &[&str],
+        now: &Zoned,
+        turn: &mut Turn,
+    ) -> Result<(), EngineError> {
+        let joined = texts.join("\n");
+        expire_offers(c, now.timestamp());
+        if let Some(slot) = self.picked_offer(c, &joined, now) {
+            self.book(c, slot, now, turn);
+            return Ok(());
+        }
+
+        let history = self.history(c, texts)?;
+        let prompt = self.prompts.render(c, now, history);
+        let generation = match self.model.generate(&prompt, &self.schema) {
+            Ok(g) => g,
+            Err(e @ (LlmError::PromptTooLong { .. } | LlmError::Schema(_))) => {
+                // Deterministic for this prompt: retrying would fail the same way.
+                tracing::warn!(customer = %c.pseudonym, error = error_kind(&e), "model failed; sent the fallback reply");
+                turn.replies.push(self.prompts.replies().model_error());
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        turn.generated = Some(GenerationStats {
+            prompt_tokens: generation.prompt_tokens,
+            evaluated_prompt_tokens: generation.evaluated_prompt_tokens,
+            generated_tokens: generation.generated_tokens,
+        });
+        let answer = match reply::parse(&generation.text) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(customer = %c.pseudonym, error = %e, "model output unusable; sent the fallback reply");
+                turn.replies.push(self.prompts.replies().model_error());
+                return Ok(());
+            }
+        };
+        turn.intent = Some(answer.intent);
+        let changed = reply::merge_profile(&mut c.body.profile, &answer.profil);
+        if !changed.is_empty() {
+            tracing::debug!(customer = %c.pseudonym, fields = ?changed, "profile updated");
+        }
+        if c.meta.stage == Stage::NewLead && c.body.profile.vorname.is_some() {
+            set_stage(c, turn, Stage::NameKnown);
+        }
+
+        match answer.intent {
+            Intent::OptOut => self.opt_out(c, turn),
+            Intent::Complaint => self.hand_over(c, AlertKind::Complaint, turn),
+            Intent::CancelAppointment => self.hand_over(c, AlertKind::Cancellation, turn),
+            Intent::ContractQuestion => self.hand_over(c, AlertKind::ContractQuestion, turn),
+            Intent::BookTrial | Intent::Reschedule => match booking_start(c, &answer, &joined, now)
+            {
+                Some(start) => self.book(c, start, now, turn),
+                None => turn.replies.push(answer.reply),
+            },
+            Intent::None | Intent::Question => turn.replies.push(answer.reply),
+        }
+        Ok(())
+    }
+
+    /// The last `history_messages` messages including the new ones, oldest first.
+    fn history(&self, c: &Customer, texts: &[&str]) -> Result<Vec<ChatMessage>, EngineError> {
+        let n = self.conv.history_messages.max(1);
+        let stored = n.saturating_sub(texts.len());
+        let mut out: Vec<ChatMessage> = if stored == 0 {
+            Vec::new()
+        } else {
+            self.store
+                .recent_messages(&c.pseudonym, stored)?
+                .into_iter()
+                .map(|m| ChatMessage {
+                    role: match m.direction {
+                        Direction::Inbound => Role::User,
+                        Direction::Outbound => Role::Assistant,
+                    },
+                    content: m.text,
+                })
+                .collect()
+        };
+        out.extend(texts.iter().map(|t| ChatMessage {
+            role: Role::User,
+            content: t.to_string(),
+        }));
+        let excess = out.len().saturating_sub(n);
+        out.drain(..excess);
+        Ok(out)
+    }
+
+    /// The offered alternative the message picks, if any (and the booking data is complete).
+    fn picked_offer(&self, c: &Customer, text: &str, now: &Zoned) -> Option<Zoned> {
+        let offered: Vec<Zoned> = c
+            .body
+            .conversation
+            .offered_slots
+            .iter()
+            .filter_map(|s| s.parse::<Zoned>().ok())
+            .collect();
+        if offered.is_empty() || !has_booking_data(c) {
+            return None;
+        }
+        if let Some(i) = when::choice(text, offered.len()) {
+            return offered.get(i).cloned();
+        }
+        let wish = when::parse(text, now)?;
+        if wish.date.is_none() && wish.time.is_none() {
+            return None;
+        }
+        let hits: Vec<&Zoned> = offered
+            .iter()
+            .filter(|slot| {
+                let s = slot.with_time_zone(berlin_tz());
+                wish.date.is_none_or(|d| d == s.date())
+                    && wish
+                        .time
+                        .is_none_or(|t| t.hour() == s.hour() && t.minute() == s.minute())
+            })
+            .collect();
+        match hits.as_slice() {
+            [one] => Some((*one).clone()),
+            _ => None,
+        }
+    }
+
+    /// Calls the booker for `start` and turns the outcome into the reply.
+    fn book(&self, c: &mut Customer, start: Zoned, now: &Zoned, turn: &mut Turn) {
+        let profile = &c.body.profile;
+        let req = BookingRequest {
+            request_id: self.request_id(&c.pseudonym, &start),
+            pseudonym: c.pseudonym,
+            firstname: profile.vorname.clone().unwrap_or_default(),
+            lastname: profile.nachname.clone().unwrap_or_default(),
+            email: profile.email.clone().unwrap_or_default(),
+            magicline_customer_id: profile.magicline_customer_id,
+            start: start.clone(),
+        };
+        let outcome = match &self.booker {
+            Some(b) => b.book_trial(&req),
+            None => BookingOutcome::Failed(BookingFailure::NotConfigured),
+        };
+        tracing::info!(customer = %c.pseudonym, request = %req.request_id, outcome = outcome_kind(&outcome), "trial booking");
+        let replies = self.prompts.replies();
+        let conv = &mut c.body.conversation;
+        conv.offered_slots.clear();
+        conv.extra.remove(OFFERED_AT);
+        match &outcome {
+            BookingOutcome::Booked {
+                start: booked,
+                magicline_customer_id,
+                confirmation_pending,
+                ..
+            } => {
+                let previous = c
+                    .body
+                    .profile
+                    .probetraining_datum
+                    .replace(booked.to_string());
+                if c.meta.stage == Stage::TrialBooked
+                    && previous.is_some_and(|p| p != booked.to_string())
+                {
+                    turn.alerts.push(StaffAlert {
+                        kind: AlertKind::Rescheduled,
+                        pseudonym: c.pseudonym,
+                    });
+                }
+                c.body.profile.magicline_customer_id = Some(*magicline_customer_id);
+                c.meta.ever_booked = true;
+                if c.meta.stage != Stage::TrialBooked {
+                    if c.meta.stage == Stage::NewLead {
+                        set_stage(c, turn, Stage::NameKnown);
+                    }
+                    set_stage(c, turn, Stage::TrialBooked);
+                }
+                turn.replies
+                    .push(replies.booked(&req.firstname, booked, *confirmation_pending));
+            }
+            BookingOutcome::SlotTaken { alternatives } => {
+                let offered: Vec<Zoned> = alternatives.iter().take(3).cloned().collect();
+                if !offered.is_empty() {
+                    conv.offered_slots = offered.iter().map(Zoned::to_string).collect();
+                    conv.extra
+                        .insert(OFFERED_AT.to_string(), now.timestamp().as_second().into());
+                }
+                turn.replies.push(replies.slot_taken(&start, &offered));
+            }
+            BookingOutcome::Failed(failure) => {
+                if matches!(
+                    failure,
+                    BookingFailure::Unavailable
+                        | BookingFailure::NotConfigured
+                        | BookingFailure::LimitReached
+                ) {
+                    turn.alerts.push(StaffAlert {
+                        kind: AlertKind::BookingFailed,
+                        pseudonym: c.pseudonym,
+                    });
+                }
+                turn.replies.push(replies.failure(failure, &start));
+            }
+        }
+        turn.booking = Some(outcome);
+    }
+
+    /// Stable across retries and restarts for the same customer and slot.
+    fn request_id(&self, p: &Pseudonym, start: &Zoned) -> String {
+        let token = format!("{}|{}", p.to_hex(), start.timestamp().as_second());
+        format!(
+            "trial-{}",
+            hex::encode(self.store.token_hash("trial-booking", &token))
+        )
+    }
+
+    fn hand_over(&self, c: &mut Customer, kind: AlertKind, turn: &mut Turn) {
+        set_mode(c, turn, BotMode::Escalated);
+        turn.alerts.push(StaffAlert {
+            kind,
+            pseudonym: c.pseudonym,
+        });
+        turn.replies.clear();
+        turn.replies.push(self.studio.handover_text.clone());
+    }
+
+    fn opt_out(&self, c: &mut Customer, turn: &mut Turn) {
+        set_mode(c, turn, BotMode::OptedOut);
+        c.body.conversation.offered_slots.clear();
+        c.body.conversation.extra.remove(OFFERED_AT);
+        turn.replies.clear();
+        turn.replies.push(self.studio.opt_out_reply.clone());
+    }
+
+    /// Step 7 of the module doc. A reply in which the model claims to be human is replaced by
+    /// the disclosure sentence, whenever it happens.
+    fn ensure_disclosure(&self, c: &mut Customer, turn: &mut Turn) {
+        for reply in &mut turn.replies {
+            if denies_ai(reply) {
+                tracing::warn!(customer = %c.pseudonym, "the model denied being an AI; reply replaced");
+                *reply = self.prompts.replies().disclosure();
+            }
+        }
+        if c.body.conversation.disclosed_ai {
+            return;
+        }
+        let Some(first) = turn.replies.first_mut() else {
+            return;
+        };
+        if !mentions_ai(first) {
+            *first = format!("{}\n{}", self.prompts.replies().disclosure(), first);
+        }
+        c.body.conversation.disclosed_ai = true;
+    }
+}
+
+fn set_stage(c: &mut Customer, turn: &mut Turn, to: Stage) {
+    if c.meta.stage != to {
+        turn.stage_changes.push((c.meta.stage, to));
+        c.meta.stage = to;
+    }
+}
+
+fn set_mode(c: &mut Customer, turn: &mut Turn, to: BotMode) {
+    if c.meta.mode != to {
+        turn.mode_changes.push((c.meta.mode, to));
+        c.meta.mode = to;
+    }
+}
+
+fn has_booking_data(c: &Customer) -> bool {
+    let p = &c.body.profile;
+    p.vorname.is_some() && p.nachname.is_some() && p.email.is_some()
+}
+
+/// The concrete start to book: from the model's wished date in words, else from the message.
+fn booking_start(c: &Customer, answer: &ModelReply, text: &str, now: &Zoned) -> Option<Zoned> {
+    if !has_booking_data(c) {
+        return None;
+    }
+    answer
+        .wunschtermin
+        .as_deref()
+        .and_then(|w| when::parse(w, now))
+        .and_then(|w| w.start(now))
+        .or_else(|| when::parse(text, now).and_then(|w| w.start(now)))
+}
+
+fn expire_offers(c: &mut Customer, now: Timestamp) {
+    let conv = &mut c.body.conversation;
+    if conv.offered_slots.is_empty() {
+        return;
+    }
+    let offered_at = conv.extra.get(OFFERED_AT).and_then(|v| v.as_i64());
+    if offered_at.is_none_or(|at| now.as_second() - at > OFFER_TTL_SECS) {
+        conv.offered_slots.clear();
+        conv.extra.remove(OFFERED_AT);
+    }
+}
+
+fn outcome_kind(o: &BookingOutcome) -> &'static str {
+    match o {
+        BookingOutcome::Booked { .. } => "booked",
+        BookingOutcome::SlotTaken { .. } => "slot_taken",
+        BookingOutcome::Failed(_) => "failed",
+    }
+}
+
+fn error_kind(e: &LlmError) -> &'static str {
+    match e {
+        LlmError::Load { .. } => "load",
+        LlmError::PromptTooLong { .. } => "prompt_too_long",
+        LlmError::Inference(_) => "inference",
+        LlmError::Http(_) => "http",
+        LlmError::Schema(_) => "schema",
+        LlmError::Busy => "busy",
+        LlmError::Stopped => "stopped",
+    }
+}
+
+fn cap_chars(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+/// Lowercase words of `text` with umlauts folded and everything but letters and digits as
+/// separators.
+fn words(text: &str) -> Vec<String> {
+    text.to_lowercase()
+        .replace('ä', "ae")
+        .replace('ö', "oe")
+        .replace('ü', "ue")
+        .replace('ß', "ss")
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Commands that are an opt-out on their own.
+const OPT_OUT_COMMANDS: &[&str] = &[
+    "stop",
+    "stopp",
+    "abmelden",
+    "abmeldung",
+    "abbestellen",
+    "austragen",
+    "unsubscribe",
+    "optout",
+];
+
+/// Words that may surround an opt-out command without changing its meaning ("bitte abmelden",
+/// "ich will mich hier abmelden"). Anything else ("vom Vertrag abmelden") is left to the model.
+const OPT_OUT_FILLER: &[&str] = &[
+    "bitte",
+    "ich",
+    "mich",
+    "will",
+    "moechte",
+    "mochte",
+    "wuerde",
+    "gerne",
+    "gern",
+    "hier",
+    "jetzt",
+    "sofort",
+    "danke",
+    "von",
+    "vom",
+    "den",
+    "dem",
+    "diesem",
+    "chat",
+    "whatsapp",
+    "newsletter",
+    "nachrichten",
+    "opt",
+    "out",
+    "hallo",
+    "hi",
+    "ok",
+    "okay",
+    "alles",
+    "und",
+];
+
+/// Phrases that are an opt-out anywhere in a message.
+const OPT_OUT_PHRASES: &[&[&str]] = &[
+    &["keine", "nachrichten", "mehr"],
+    &["keine", "whatsapp", "mehr"],
+    &["keine", "whatsapps", "mehr"],
+    &["keine", "werbung", "mehr"],
+    &["nicht", "mehr", "schreiben"],
+    &["nicht", "mehr", "anschreiben"],
+    &["nicht", "mehr", "kontaktieren"],
+    &["schreibt", "mir", "nicht", "mehr"],
+    &["schreib", "mir", "nicht", "mehr"],
+    &["schreiben", "sie", "mir", "nicht", "mehr"],
+    &["lasst", "mich", "in", "ruhe"],
+    &["lass", "mich", "in", "ruhe"],
+    &["hoert", "auf", "mir", "zu", "schreiben"],
+];
+
+/// Whether a message asks to receive no more messages. Deterministic and deliberately narrow:
+/// a command word alone or with filler words ("STOP", "Bitte abmelden"), or an unmistakable
+/// phrase ("keine Nachrichten mehr"). "Kann ich mich vom Vertrag abmelden?" is not an opt-out;
+/// the model reads it as a contract question.
+pub fn is_opt_out(text: &str) -> bool {
+    let w = words(text);
+    if w.is_empty() {
+        return false;
+    }
+    let has_command = w.iter().any(|x| OPT_OUT_COMMANDS.contains(&x.as_str()));
+    if has_command
+        && w.iter()
+            .all(|x| OPT_OUT_COMMANDS.contains(&x.as_str()) || OPT_OUT_FILLER.contains(&x.as_str()))
+    {
+        return true;
+    }
+    OPT_OUT_PHRASES.iter().any(|phrase| {
+        w.windows(phrase.len())
+            .any(|win| win.iter().zip(phrase.iter()).all(|(a, b)| a == b))
+    })
+}
+
+/// Whether a reply already tells the reader that an AI answers.
+pub fn mentions_ai(text: &str) -> bool {
+    if denies_ai(text) {
+        return false;
+    }
+    let w = words(text);
+    let has = |x: &str| w.iter().any(|y| y == x);
+    has("ki")
+        || has("bot")
+        || has("chatbot")
+        || w.iter()
+            .any(|y| y.starts_with("ki") && y.ends_with("assistent"))
+        || (w.iter().any(|y| y.starts_with("digital"))
+            && w.iter().any(|y| y.starts_with("assistent")))
+        || text.to_lowercase().contains("künstliche intelligenz")
+}
+
+/// First-person claims to be human ("ich bin kein Bot", "ich bin ein echter Mensch").
+const DENIALS: &[&[&str]] = &[
+    &["bin", "kein", "bot"],
+    &["bin", "kein", "chatbot"],
+    &["bin", "kein", "roboter"],
+    &["bin", "keine", "ki"],
+    &["bin", "keine", "maschine"],
+    &["bin", "kein", "programm"],
+    &["bin", "ein", "mensch"],
+    &["bin", "ein", "echter", "mensch"],
+    &["bin", "eine", "echte", "person"],
+    &["bin", "echt", "kein", "bot"],
+    &["bin", "wirklich", "ein", "mensch"],
+];
+
+/// Whether a reply claims that a human writes it.
+pub fn denies_ai(text: &str) -> bool {
+    let w = words(text);
+    DENIALS.iter().any(|phrase| {
+        w.windows(phrase.len())
+            .any(|win| win.iter().zip(phrase.iter()).all(|(a, b)| a == b))
+    })
+}
+
+/// When a burst of messages from one contact is answered: `window` after the latest message,
+/// but no later than four windows after the first, so someone who keeps typing still gets an
+/// answer. Pure, for the dispatcher's timer.
+pub fn burst_deadline(first: Instant, latest: Instant, window: Duration) -> Instant {
+    (latest + window).min(first + window * 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::llm::{Generation, Prompt};
+    use crate::store::crypto::StoreIdentity;
+
+    const PHONE: &str = "+49 151 12345678";
+
+    /// A model that answers from a script and remembers every prompt.
+    #[derive(Default)]
+    struct ScriptedModel {
+        answers: Mutex<VecDeque<Result<String, LlmError>>>,
+        prompts: Mutex<Vec<Prompt>>,
+        /// Runs inside `generate` (to change the store while the model "thinks").
+        during: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    }
+
+    impl ScriptedModel {
+        fn push(&self, answer: Value) {
+            self.answers
+                .lock()
+                .unwrap()
+                .push_back(Ok(answer.to_string()));
+        }
+        fn push_raw(&self, answer: Result<String, LlmError>) {
+            self.answers.lock().unwrap().push_back(answer);
+        }
+        fn calls(&self) -> usize {
+            self.prompts.lock().unwrap().len()
+        }
+        fn last_prompt(&self) -> Prompt {
+            self.prompts.lock().unwrap().last().cloned().unwrap()
+        }
+    }
+
+    impl LanguageModel for ScriptedModel {
+        fn generate(&self, prompt: &Prompt, schema: &Value) -> Result<Generation, LlmError> {
+            assert_eq!(schema, &reply::schema());
+            self.prompts.lock().unwrap().push(prompt.clone());
+            if let Some(f) = self.during.lock().unwrap().take() {
+                f();
+            }
+            let text = self
+                .answers
+                .lock()
+                .unwrap()
+                .pop_front()
+                .expect("the model was called but no answer is scripted")?;
+            Ok(Generation {
+                text,
+                prompt_tokens: 900,
+                evaluated_prompt_tokens: 120,
+                generated_tokens: 40,
+            })
+        }
+        fn describe(&self) -> String {
+            "scripted".into()
+        }
+    }
+
+    /// A booker that answers from a script and remembers every request.
+    #[derive(Default)]
+    struct ScriptedBooker {
+        outcomes: Mutex<VecDeque<BookingOutcome>>,
+        requests: Mutex<Vec<BookingRequest>>,
+    }
+
+    impl Booker for ScriptedBooker {
+        fn book_trial(&self, req: &BookingRequest) -> BookingOutcome {
+            self.requests.lock().unwrap().push(req.clone());
+            self.outcomes
+                .lock()
+                .unwrap()
+                .pop_front()
+                .expect("the booker was called but no outcome is scripted")
+        }
+    }
+
+    fn answer(intent: &str, profil: Value, reply: &str, wunsch: Option<&str>) -> Value {
+        json!({"intent": intent, "profil": profil, "reply": reply, "wunschtermin": wunsch})
+    }
+
+    fn berlin(s: &str) -> Zoned {
+        s.parse::<jiff::civil::DateTime>()
+            .unwrap()
+            .to_zoned(berlin_tz())
+            .unwrap()
+    }
+
+    /// Monday, 19 January 2026, 10:00 in Berlin.
+    fn monday() -> Zoned {
+        berlin("2026-01-19T10:00")
+    }
+
+    struct Harness {
+        _dir: tempfile::TempDir,
+        store: Arc<Store>,
+        model: Arc<ScriptedModel>,
+        booker: Arc<ScriptedBooker>,
+        engine: Engine,
+    }
+
+    fn harness() -> Harness {
+        harness_with(12)
+    }
+
+    fn harness_with(history_messages: usize) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), StoreIdentity::generate()).unwrap());
+        let model = Arc::new(ScriptedModel::default());
+        let booker = Arc::new(ScriptedBooker::default());
+        let studio = crate::conversation::prompts::tests::studio();
+        let prompts = Prompts::load_from(
+            &crate::conversation::prompts::tests::shipped_dir(),
+            None,
+            &studio,
+        )
+        .unwrap();
+        let engine = Engine::new(
+            store.clone(),
+            model.clone(),
+            Arc::new(prompts),
+            studio,
+            ConversationConfig {
+                history_messages,
+                ..ConversationConfig::default()
+            },
+            Some(booker.clone()),
+        );
+        Harness {
+            _dir: dir,
+            store,
+            model,
+            booker,
+            engine,
+        }
+    }
+
+    impl Harness {
+        fn send_at(&self, text: &str, now: &Zoned) -> Turn {
+            self.send_many(&[text], now)
+        }
+        fn send(&self, text: &str) -> Turn {
+            self.send_at(text, &monday())
+        }
+        fn send_many(&self, texts: &[&str], now: &Zoned) -> Turn {
+            let inbound = Inbound {
+                phone: PHONE.into(),
+                contact_name: Some("Lenchen".into()),
+                texts: texts.iter().map(|t| t.to_string()).collect(),
+                wamids: (0..texts.len()).map(|i| format!("wamid.{i}")).collect(),
+            };
+            self.engine
+                .handle(&inbound, now, &mut |_, _, _| Ok(()))
+                .unwrap()
+        }
+        fn customer(&self) -> Customer {
+            self.store
+                .customer(&self.store.pseudonym(PHONE))
+                .unwrap()
+                .unwrap()
+        }
+        fn history(&self) -> Vec<Message> {
+            self.store
+                .recent_messages(&self.store.pseudonym(PHONE), 1000)
+                .unwrap()
+        }
+        /// A contact who has told first name, last name and e-mail and already got the disclosure.
+        fn known_contact(&self) {
+            self.model.push(answer(
+                "none",
+                json!({"vorname": "Lena", "nachname": "Schmidt", "email": "lena@example.de"}),
+                "Hi Lena, ich bin Max, der digitale Assistent (KI) von FitBox! Wann passt es dir?",
+                None,
+            ));
+            self.send("Hi, Lena Schmidt hier, lena@example.de");
+        }
+    }
+
+    const DISCLOSED: &str =
+        "Hey! 👋 Ich bin Max, der digitale Assistent (KI) von FitBox. Wie heißt du?";
+
+    #[test]
+    fn stages_move_with_the_profile_and_the_booking() {
+        let h = harness();
+        h.model.push(answer("none", json!({}), DISCLOSED, None));
+        let t = h.send("Hallo!");
+        assert!(t.new_contact);
+        assert_eq!(t.replies, vec![DISCLOSED.to_string()]);
+        assert!(t.stage_changes.is_empty());
+        assert_eq!(
+            t.generated,
+            Some(GenerationStats {
+                prompt_tokens: 900,
+                evaluated_prompt_tokens: 120,
+                generated_tokens: 40
+            })
+        );
+        let c = h.customer();
+        assert_eq!(c.meta.stage, Stage::NewLead);
+        assert_eq!(c.body.contact_name.as_deref(), Some("Lenchen"));
+        assert!(c.body.conversation.disclosed_ai);
+
+        h.model.push(answer(
+            "none",
+            json!({"vorname": "Lena", "fitness_ziel": "fitter werden"}),
+            "Hi Lena! Magst du ein Probetraining machen? 💪",
+            None,
+        ));
+        let t = h.send("Ich bin Lena und will fitter werden");
+        assert!(!t.new_contact);
+        assert_eq!(t.stage_changes, vec![(Stage::NewLead, Stage::NameKnown)]);
+        assert_eq!(
+            t.replies,
+            vec!["Hi Lena! Magst du ein Probetraining machen? 💪"]
+        );
+        let c = h.customer();
+        assert_eq!(c.meta.stage, Stage::NameKnown);
+        assert_eq!(
+            c.body.profile.fitness_ziel.as_deref(),
+            Some("fitter werden")
+        );
+        assert!(!c.meta.ever_booked);
+        // The rule file follows the stage.
+        assert!(h
+            .model
+            .last_prompt()
+            .dynamic_system
+            .contains("Status: neuer Interessent"));
+
+        h.model.push(answer(
+            "book_trial",
+            json!({"nachname": "Schmidt", "email": "lena@example.de"}),
+            "Ich schau mal!",
+            Some("nächsten Dienstag um 18 Uhr"),
+        ));
+        let start = berlin("2026-01-20T18:00");
+        h.booker
+            .outcomes
+            .lock()
+            .unwrap()
+            .push_back(BookingOutcome::Booked {
+                booking_id: 77,
+                start: start.clone(),
+                magicline_customer_id: 4711,
+                confirmation_pending: false,
+            });
+        let t = h.send("Schmidt, lena@example.de – nächsten Dienstag um 18 Uhr?");
+        assert_eq!(
+            t.stage_changes,
+            vec![(Stage::NameKnown, Stage::TrialBooked)]
+        );
+        assert_eq!(t.replies.len(), 1);
+        assert!(
+            t.replies[0].contains("Dienstag, 20.01. um 18:00 Uhr"),
+            "{}",
+            t.replies[0]
+        );
+        assert!(t.replies[0].contains("Lena"));
+        let c = h.customer();
+        assert_eq!(c.meta.stage, Stage::TrialBooked);
+        assert!(c.meta.ever_booked);
+        assert_eq!(c.body.profile.magicline_customer_id, Some(4711));
+        assert_eq!(
+            c.body.profile.probetraining_datum.as_deref(),
+            Some(start.to_string().as_str())
+        );
+        // Booked customers get the "no selling" rules.
+        h.model.push(answer(
+            "question",
+            json!({}),
+            "Bring Sportschuhe mit! 👟",
+            None,
+        ));
+        let t = h.send("Was soll ich mitbringen?");
+        assert!(t.stage_changes.is_empty());
+        let d = h.model.last_prompt().dynamic_system;
+        assert!(d.contains("Status: Probetraining gebucht"));
+        assert!(d.contains("gebucht am Dienstag, 20.01. um 18:00 Uhr"));
+        assert!(d.contains("Verkauf ihm nichts"));
+    }
+
+    #[test]
+    fn booking_calls_the_booker_once_with_the_parsed_start() {
+        let h = harness();
+        h.known_contact();
+        h.model.push(answer(
+            "book_trial",
+            json!({}),
+            "Moment, ich schau nach.",
+            Some("nächsten Dienstag um 18 Uhr"),
+        ));
+        let start = berlin("2026-01-20T18:00");
+        h.booker
+            .outcomes
+            .lock()
+            .unwrap()
+            .push_back(BookingOutcome::Booked {
+                booking_id: 1,
+                start: start.clone(),
+                magicline_customer_id: 9,
+                confirmation_pending: true,
+            });
+        let t = h.send("Passt nächster Dienstag um 18 Uhr?");
+        let reqs = h.booker.requests.lock().unwrap().clone();
+        assert_eq!(reqs.len(), 1);
+        let r = &reqs[0];
+        assert_eq!(r.start, start);
+        assert_eq!(r.firstname, "Lena");
+        assert_eq!(r.lastname, "Schmidt");
+        assert_eq!(r.email, "lena@example.de");
+        assert_eq!(r.pseudonym, h.store.pseudonym(PHONE));
+        assert!(r.request_id.starts_with("trial-"));
+        // Stable for the same customer and slot (the booker's idempotency key).
+        assert_eq!(
+            r.request_id,
+            h.engine.request_id(&h.store.pseudonym(PHONE), &start)
+        );
+        assert_ne!(
+            r.request_id,
+            h.engine
+                .request_id(&h.store.pseudonym(PHONE), &berlin("2026-01-20T19:00"))
+        );
+        assert!(
+            t.replies[0].contains("bestätigt den Termin noch"),
+            "{}",
+            t.replies[0]
+        );
+        assert!(matches!(t.booking, Some(BookingOutcome::Booked { .. })));
+        assert!(t.alerts.is_empty());
+
+        // Moving the booked trial books the new slot and tells staff to cancel the old one.
+        h.model.push(answer(
+            "reschedule",
+            json!({}),
+            "Klar!",
+            Some("Mittwoch um 19 Uhr"),
+        ));
+        let moved = berlin("2026-01-21T19:00");
+        h.booker
+            .outcomes
+            .lock()
+            .unwrap()
+            .push_back(BookingOutcome::Booked {
+                booking_id: 2,
+                start: moved.clone(),
+                magicline_customer_id: 9,
+                confirmation_pending: false,
+            });
+        let t = h.send("Kann ich auf Mittwoch 19 Uhr verschieben?");
+        assert_eq!(h.booker.requests.lock().unwrap()[1].start, moved);
+        assert_eq!(t.alerts[0].kind, AlertKind::Rescheduled);
+        assert!(t.stage_changes.is_empty());
+        assert_eq!(
+            h.customer().body.profile.probetraining_datum,
+            Some(moved.to_string())
+        );
+    }
+
+    #[test]
+    fn the_message_text_is_used_when_the_model_gives_no_date() {
+        let h = harness();
+        h.known_contact();
+        h.model
+            .push(answer("book_trial", json!({}), "Ich schau nach.", None));
+        h.booker
+            .outcomes
+            .lock()
+            .unwrap()
+            .push_back(BookingOutcome::Failed(BookingFailure::StudioClosed));
+        let t = h.send("Mittwoch um 7 Uhr morgens");
+        let reqs = h.booker.requests.lock().unwrap().clone();
+        assert_eq!(reqs[0].start, berlin("2026-01-21T07:00"));
+        assert!(t.replies[0].contains("geschlossen"));
+        assert!(t.alerts.is_empty());
+    }
+
+    #[test]
+    fn no_booking_without_email_or_concrete_time() {
+        let h = harness();
+        h.model.push(answer(
+            "book_trial",
+            json!({"vorname": "Lena", "nachname": "Schmidt"}),
+            "Gern! Wie lautet deine E-Mail-Adresse? 😊",
+            Some("nächsten Dienstag um 18 Uhr"),
+        ));
+        let t = h.send("Lena Schmidt, nächsten Dienstag um 18 Uhr");
+        assert!(h.booker.requests.lock().unwrap().is_empty());
+        assert!(t.booking.is_none());
+        assert!(t.replies[0].ends_with("Wie lautet deine E-Mail-Adresse? 😊"));
+        // All data, but only a vague wish: no booking, the model asks.
+        h.model.push(answer(
+            "book_trial",
+            json!({"email": "lena@example.de"}),
+            "Welcher Tag und welche Uhrzeit passen dir?",
+            Some("nächste Woche"),
+        ));
+        let t = h.send("lena@example.de, irgendwann nächste Woche");
+        assert!(h.booker.requests.lock().unwrap().is_empty());
+        assert_eq!(
+            t.replies,
+            vec!["Welcher Tag und welche Uhrzeit passen dir?"]
+        );
+    }
+
+    #[test]
+    fn taken_slot_offers_alternatives_and_a_pick_books_it() {
+        let h = harness();
+        h.known_contact();
+        h.model.push(answer(
+            "book_trial",
+            json!({}),
+            "Ich schau nach.",
+            Some("Dienstag um 18 Uhr"),
+        ));
+        let alts = vec![
+            berlin("2026-01-20T17:00"),
+            berlin("2026-01-20T19:00"),
+            berlin("2026-01-21T18:00"),
+            berlin("2026-01-22T18:00"),
+        ];
+        h.booker
+            .outcomes
+            .lock()
+            .unwrap()
+            .push_back(BookingOutcome::SlotTaken {
+                alternatives: alts.clone(),
+            });
+        let t = h.send("Dienstag um 18 Uhr");
+        let text = &t.replies[0];
+        assert!(text.contains("1. Dienstag, 20.01. um 17:00 Uhr"), "{text}");
+        assert!(text.contains("3. Mittwoch, 21.01. um 18:00 Uhr"), "{text}");
+        assert!(
+            !text.contains("22.01."),
+            "at most three alternatives: {text}"
+        );
+        let c = h.customer();
+        assert_eq!(c.body.conversation.offered_slots.len(), 3);
+        assert_eq!(c.meta.stage, Stage::NameKnown);
+        // The offer is part of the next prompt.
+        let calls = h.model.calls();
+
+        h.booker
+            .outcomes
+            .lock()
+            .unwrap()
+            .push_back(BookingOutcome::Booked {
+                booking_id: 2,
+                start: alts[1].clone(),
+                magicline_customer_id: 9,
+                confirmation_pending: false,
+            });
+        let t = h.send("Dann der zweite bitte");
+        assert_eq!(h.model.calls(), calls, "a pick needs no model call");
+        let reqs = h.booker.requests.lock().unwrap().clone();
+        assert_eq!(reqs.len(), 2);
+        assert_eq!(reqs[1].start, alts[1]);
+        assert!(t.replies[0].contains("19:00 Uhr"));
+        let c = h.customer();
+        assert!(c.body.conversation.offered_slots.is_empty());
+        assert_eq!(c.meta.stage, Stage::TrialBooked);
+    }
+
+    #[test]
+    fn a_time_matching_one_offer_picks_it() {
+        let h = harness();
+        h.known_contact();
+        h.model.push(answer(
+            "book_trial",
+            json!({}),
+            "x",
+            Some("Dienstag 18 Uhr"),
+        ));
+        let alts = vec![berlin("2026-01-20T17:00"), berlin("2026-01-21T18:00")];
+        h.booker
+            .outcomes
+            .lock()
+            .unwrap()
+            .push_back(BookingOutcome::SlotTaken {
+                alternatives: alts.clone(),
+            });
+        h.send("Dienstag 18 Uhr");
+        let d = {
+            h.model
+                .push(answer("none", json!({}), "Welcher passt dir?", None));
+            h.send("hmm");
+            h.model.last_prompt().dynamic_system
+        };
+        assert!(
+            d.contains("angeboten wurden: 1. Dienstag, 20.01. um 17:00 Uhr"),
+            "{d}"
+        );
+        h.booker
+            .outcomes
+            .lock()
+            .unwrap()
+            .push_back(BookingOutcome::Failed(BookingFailure::Unavailable));
+        let t = h.send("Mittwoch passt");
+        let reqs = h.booker.requests.lock().unwrap().clone();
+        assert_eq!(reqs.last().unwrap().start, alts[1]);
+        assert_eq!(t.alerts[0].kind, AlertKind::BookingFailed);
+        assert!(t.replies[0].contains("Team Bescheid"));
+        // After a day the offer is stale: "1" goes to the model instead.
+        h.booker
+            .outcomes
+            .lock()
+            .unwrap()
+            .push_back(BookingOutcome::SlotTaken {
+                alternatives: alts.clone(),
+            });
+        h.model.push(answer(
+            "book_trial",
+            json!({}),
+            "x",
+            Some("Dienstag 18 Uhr"),
+        ));
+        h.send("Dienstag 18 Uhr");
+        h.model
+            .push(answer("none", json!({}), "Was meinst du mit 1?", None));
+        let calls = h.model.calls();
+        let t = h.send_at("1", &berlin("2026-01-20T11:00"));
+        assert_eq!(h.model.calls(), calls + 1);
+        assert_eq!(t.replies, vec!["Was meinst du mit 1?"]);
+    }
+
+    #[test]
+    fn hand_over_escalates_alerts_and_silences() {
+        for (intent, kind) in [
+            ("complaint", AlertKind::Complaint),
+            ("cancel_appointment", AlertKind::Cancellation),
+            ("contract_question", AlertKind::ContractQuestion),
+        ] {
+            let h = harness();
+            h.known_contact();
+            h.model.push(answer(
+                intent,
+                json!({}),
+                "Oh nein, das tut mir leid!",
+                None,
+            ));
+            let t = h.send("Das ist echt ärgerlich mit euch");
+            assert_eq!(t.mode_changes, vec![(BotMode::Active, BotMode::Escalated)]);
+            assert_eq!(
+                t.alerts,
+                vec![StaffAlert {
+                    kind,
+                    pseudonym: h.store.pseudonym(PHONE)
+                }]
+            );
+            assert_eq!(t.replies, vec![StudioConfig::default().handover_text]);
+            assert_eq!(h.customer().meta.mode, BotMode::Escalated);
+            let calls = h.model.calls();
+            let before = h.history().len();
+            let t = h.send("Hallo? Meldet sich jemand?");
+            assert!(t.replies.is_empty());
+            assert!(t.alerts.is_empty());
+            assert_eq!(h.model.calls(), calls);
+            let hist = h.history();
+            assert_eq!(hist.len(), before + 1);
+            assert_eq!(hist.last().unwrap().direction, Direction::Inbound);
+            // An opt-out from an escalated contact is recorded; staff stay in charge.
+            let t = h.send("STOP");
+            assert!(t.replies.is_empty());
+            assert_eq!(h.customer().meta.mode, BotMode::Escalated);
+        }
+    }
+
+    #[test]
+    fn opt_out_confirms_once_then_silence_until_they_write_again() {
+        let h = harness();
+        h.known_contact();
+        let calls = h.model.calls();
+        let t = h.send("STOP");
+        assert_eq!(
+            h.model.calls(),
+            calls,
+            "opt-out is decided without the model"
+        );
+        assert_eq!(t.replies, vec![StudioConfig::default().opt_out_reply]);
+        assert_eq!(t.mode_changes, vec![(BotMode::Active, BotMode::OptedOut)]);
+        assert_eq!(h.customer().meta.mode, BotMode::OptedOut);
+        let t = h.send("Stopp!");
+        assert!(t.replies.is_empty());
+        assert!(t.mode_changes.is_empty());
+        // Any later message that is not an opt-out: they wrote again on their own.
+        h.model
+            .push(answer("question", json!({}), "Klar, frag ruhig! 😊", None));
+        let t = h.send("Hallo, ich hab doch noch eine Frage");
+        assert_eq!(t.mode_changes, vec![(BotMode::OptedOut, BotMode::Active)]);
+        assert_eq!(t.replies, vec!["Klar, frag ruhig! 😊"]);
+        assert_eq!(h.customer().meta.mode, BotMode::Active);
+        // The model may also recognise an opt-out the keywords miss.
+        h.model.push(answer("opt_out", json!({}), "Schade!", None));
+        let t = h.send("Ihr nervt, ich will nix mehr von euch hören");
+        assert_eq!(t.replies, vec![StudioConfig::default().opt_out_reply]);
+        assert_eq!(h.customer().meta.mode, BotMode::OptedOut);
+    }
+
+    #[test]
+    fn paused_contact_gets_no_reply_but_history_is_kept() {
+        let h = harness();
+        h.known_contact();
+        h.store
+            .update_existing(&h.store.pseudonym(PHONE), |c, _, _| {
+                c.meta.mode = BotMode::Paused;
+                Ok(())
+            })
+            .unwrap();
+        let calls = h.model.calls();
+        let t = h.send("Hallo?");
+        assert!(t.replies.is_empty());
+        assert_eq!(h.model.calls(), calls);
+        let hist = h.history();
+        assert_eq!(hist.last().unwrap().text, "Hallo?");
+        assert_eq!(hist.last().unwrap().wamid.as_deref(), Some("wamid.0"));
+        assert_eq!(h.customer().meta.mode, BotMode::Paused);
+    }
+
+    #[test]
+    fn a_pause_during_the_model_call_wins() {
+        let h = harness();
+        h.known_contact();
+        let store = h.store.clone();
+        *h.model.during.lock().unwrap() = Some(Box::new(move || {
+            store
+                .update_existing(&store.pseudonym(PHONE), |c, _, _| {
+                    c.meta.mode = BotMode::Paused;
+                    Ok(())
+                })
+                .unwrap();
+        }));
+        h.model.push(answer("none", json!({}), "Hi!", None));
+        let t = h.send("Hallo?");
+        assert!(t.replies.is_empty());
+        assert_eq!(h.customer().meta.mode, BotMode::Paused);
+        assert_eq!(h.history().last().unwrap().direction, Direction::Inbound);
+    }
+
+    #[test]
+    fn disclosure_is_added_to_the_first_reply_only() {
+        let h = harness();
+        h.model.push(answer(
+            "none",
+            json!({}),
+            "Hey, schön dass du schreibst! 😊",
+            None,
+        ));
+        let t = h.send("Hallo");
+        assert_eq!(
+            t.replies,
+            vec!["Hi, ich bin Max, der digitale Assistent (KI) von FitBox Braunschweig. 🤖\nHey, schön dass du schreibst! 😊"]
+        );
+        assert!(h
+            .model
+            .last_prompt()
+            .dynamic_system
+            .contains("erste Nachricht dieses Kontakts"));
+        assert!(h.customer().body.conversation.disclosed_ai);
+        h.model
+            .push(answer("none", json!({}), "Was ist dein Ziel?", None));
+        let t = h.send("Ich will trainieren");
+        assert_eq!(t.replies, vec!["Was ist dein Ziel?"]);
+        assert!(!h
+            .model
+            .last_prompt()
+            .dynamic_system
+            .contains("erste Nachricht dieses Kontakts"));
+        // Stored history holds what was sent.
+        assert!(h.history()[1].text.starts_with("Hi, ich bin Max"));
+    }
+
+    #[test]
+    fn disclosure_also_precedes_fixed_replies_to_a_new_contact() {
+        let h = harness();
+        let t = h.send("stop");
+        assert_eq!(t.replies.len(), 1);
+        assert!(t.replies[0].starts_with("Hi, ich bin Max, der digitale Assistent (KI)"));
+        assert!(t.replies[0].ends_with(&StudioConfig::default().opt_out_reply));
+        assert!(h.customer().body.conversation.disclosed_ai);
+    }
+
+    #[test]
+    fn history_window_holds_exactly_the_last_messages() {
+        let h = harness();
+        for i in 0..7 {
+            h.model
+                .push(answer("none", json!({}), &format!("KI-Antwort {i}"), None));
+            h.send(&format!("Nachricht {i}"));
+        }
+        assert_eq!(h.history().len(), 14);
+        h.model
+            .push(answer("none", json!({}), "KI-Antwort 7", None));
+        h.send("Nachricht 7");
+        let hist = h.model.last_prompt().history;
+        assert_eq!(hist.len(), 12);
+        // 15 messages existed when the model was asked; the first three are outside the window.
+        assert_eq!(hist[0].role, Role::Assistant);
+        assert_eq!(hist[0].content, "KI-Antwort 1");
+        assert_eq!(hist[1].content, "Nachricht 2");
+        assert_eq!(hist[11].role, Role::User);
+        assert_eq!(hist[11].content, "Nachricht 7");
+        // The window follows the configuration.
+        let h = harness_with(3);
+        for i in 0..3 {
+            h.model
+                .push(answer("none", json!({}), &format!("KI {i}"), None));
+            h.send(&format!("N {i}"));
+        }
+        let hist = h.model.last_prompt().history;
+        let contents: Vec<&str> = hist.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(contents, vec!["N 1", "KI 1", "N 2"]);
+    }
+
+    #[test]
+    fn a_burst_is_one_turn_with_every_message_recorded() {
+        let h = harness();
+        h.model.push(answer("none", json!({}), DISCLOSED, None));
+        let t = h.send_many(&["Hi", "  ", "ich bin Lena"], &monday());
+        assert_eq!(t.replies.len(), 1);
+        assert_eq!(h.model.calls(), 1);
+        let hist = h.model.last_prompt().history;
+        let contents: Vec<&str> = hist.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(contents, vec!["Hi", "ich bin Lena"]);
+        let stored = h.history();
+        assert_eq!(stored.len(), 3);
+        assert_eq!(stored[1].wamid.as_deref(), Some("wamid.2"));
+        assert_eq!(stored[2].direction, Direction::Outbound);
+    }
+
+    #[test]
+    fn unusable_model_output_sends_the_fallback() {
+        let h = harness();
+        h.known_contact();
+        h.model.push_raw(Ok("Ich bin kein JSON".into()));
+        let t = h.send("Hallo?");
+        assert_eq!(t.replies.len(), 1);
+        assert!(t.replies[0].contains("nochmal schreiben"));
+        assert_eq!(t.intent, None);
+        // A transient model failure commits nothing; the caller retries the message later.
+        let before = h.history().len();
+        h.model.push_raw(Err(LlmError::Busy));
+        let inbound = Inbound {
+            phone: PHONE.into(),
+            contact_name: None,
+            texts: vec!["Noch da?".into()],
+            wamids: vec![],
+        };
+        let err = h
+            .engine
+            .handle(&inbound, &monday(), &mut |_, _, _| Ok(()))
+            .unwrap_err();
+        assert!(matches!(err, EngineError::Model(LlmError::Busy)));
+        assert_eq!(h.history().len(), before);
+    }
+
+    #[test]
+    fn finish_rows_are_part_of_the_same_commit() {
+        let h = harness();
+        h.model.push(answer("none", json!({}), DISCLOSED, None));
+        let inbound = Inbound {
+            phone: PHONE.into(),
+            contact_name: None,
+            texts: vec!["Hallo".into()],
+            wamids: vec!["wamid.A".into()],
+        };
+        let mut seen_replies = 0;
+        let t = h
+            .engine
+            .handle(&inbound, &monday(), &mut |batch, store, turn| {
+                seen_replies = turn.replies.len();
+                batch.insert(&store.keyspaces().outbox, b"out-1", b"x".to_vec());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(seen_replies, 1);
+        assert_eq!(t.replies.len(), 1);
+        assert!(h.store.keyspaces().outbox.contains_key(b"out-1").unwrap());
+
+        // A failing finish aborts everything: no customer, no history.
+        let other = Inbound {
+            phone: "+49 160 7654321".into(),
+            ..inbound
+        };
+        h.model.push(answer("none", json!({}), DISCLOSED, None));
+        let err = h
+            .engine
+            .handle(&other, &monday(), &mut |_, _, _| {
+                Err(StoreError::Format("outbox full".into()))
+            })
+            .unwrap_err();
+        assert!(matches!(err, EngineError::Store(_)));
+        let p = h.store.pseudonym("+49 160 7654321");
+        assert!(h.store.customer(&p).unwrap().is_none());
+        assert!(h.store.recent_messages(&p, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn opt_out_keywords() {
+        for yes in [
+            "STOP",
+            "Stopp!",
+            "stop.",
+            "Bitte abmelden",
+            "Ich möchte mich abmelden",
+            "abbestellen",
+            "Keine Nachrichten mehr bitte",
+            "Bitte schreibt mir nicht mehr.",
+            "unsubscribe",
+            "Lasst mich in Ruhe!",
+        ] {
+            assert!(is_opt_out(yes), "{yes}");
+        }
+        for no in [
+            "Kann ich mich vom Vertrag abmelden?",
+            "Wie kann ich meine Mitgliedschaft abmelden",
+            "Stoppuhr",
+            "Ich will nicht aufhören zu trainieren",
+            "Hallo",
+            "",
+            "Stop-and-go Training, gibt es das?",
+        ] {
+            assert!(!is_opt_out(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn disclosure_detection() {
+        for yes in [
+            "Ich bin Max, der digitale Assistent (KI) von FitBox",
+            "Ich bin ein KI-Assistent",
+            "Hi! Ich bin die KI von FitBox",
+            "Ich bin ein Chatbot",
+            "Ich bin ein digitaler Assistent",
+            "Ich bin eine künstliche Intelligenz",
+        ] {
+            assert!(mentions_ai(yes), "{yes}");
+        }
+        for no in [
+            "Hi, ich bin Max vom Team!",
+            "Kiste",
+            "Bottrop ist schön",
+            "Ich bin kein Bot 😄",
+        ] {
+            assert!(!mentions_ai(no), "{no}");
+        }
+        assert!(denies_ai("Haha, nein, ich bin ein echter Mensch!"));
+        assert!(denies_ai("Ich bin keine KI."));
+        assert!(!denies_ai(
+            "Bei Vertragsfragen meldet sich ein echter Mensch aus dem Team."
+        ));
+    }
+
+    #[test]
+    fn a_reply_claiming_to_be_human_is_replaced() {
+        let h = harness();
+        h.known_contact();
+        h.model.push(answer(
+            "question",
+            json!({}),
+            "Haha nein, ich bin ein echter Mensch! 😄",
+            None,
+        ));
+        let t = h.send("Bist du ein Bot?");
+        assert_eq!(
+            t.replies,
+            vec!["Hi, ich bin Max, der digitale Assistent (KI) von FitBox Braunschweig. 🤖"]
+        );
+    }
+
+    #[test]
+    fn burst_deadline_is_capped() {
+        let t0 = Instant::now();
+        let w = Duration::from_secs(3);
+        assert_eq!(burst_deadline(t0, t0, w), t0 + w);
+        assert_eq!(burst_deadline(t0, t0 + w, w), t0 + 2 * w);
+        assert_eq!(burst_deadline(t0, t0 + 10 * w, w), t0 + 4 * w);
+    }
+}

@@ -1,0 +1,273 @@
+//! Lead-funnel counters: per-day counts of funnel events in the `stats` keyspace, so that
+//! `frontdesk stats` reports the funnel without opening any sealed customer data.
+//!
+//! Key: `YYYY-MM-DD/<event>` (the studio's calendar day, Europe/Berlin); value: u64 big-endian.
+//! The engine calls [`record`] when a contact's status changes, inside the batch that changes it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Result, Store};
+
+/// Days are counted in the studio's time zone.
+const STUDIO_TZ: &str = "Europe/Berlin";
+
+/// Something that moves a contact through the funnel.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FunnelEvent {
+    /// A number wrote for the first time.
+    NewContact,
+    /// The contact's first name became known.
+    NameKnown,
+    /// A trial training was booked.
+    TrialBooked,
+    /// The conversation was handed over to staff.
+    Handover,
+    /// The contact opted out.
+    OptOut,
+}
+
+impl FunnelEvent {
+    pub const ALL: [FunnelEvent; 5] = [
+        FunnelEvent::NewContact,
+        FunnelEvent::NameKnown,
+        FunnelEvent::TrialBooked,
+        FunnelEvent::Handover,
+        FunnelEvent::OptOut,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FunnelEvent::NewContact => "new_contact",
+            FunnelEvent::NameKnown => "name_known",
+            FunnelEvent::TrialBooked => "trial_booked",
+            FunnelEvent::Handover => "handover",
+            FunnelEvent::OptOut => "opt_out",
+        }
+    }
+
+    fn parse(s: &str) -> Option<FunnelEvent> {
+        Self::ALL.into_iter().find(|e| e.name() == s)
+    }
+}
+
+fn studio_tz() -> TimeZone {
+    TimeZone::get(STUDIO_TZ).expect("the bundled tz database has Europe/Berlin")
+}
+
+/// The studio's calendar day of `at`.
+pub fn studio_day(at: Timestamp) -> Date {
+    at.to_zoned(studio_tz()).date()
+}
+
+fn key(day: Date, event: FunnelEvent) -> String {
+    format!("{day}/{}", event.name())
+}
+
+/// Counter values written to batches that may not be committed yet, so two increments before a
+/// commit do not both read the old value. Keyed by store path and counter key.
+static PENDING: Mutex<Option<HashMap<(PathBuf, String), u64>>> = Mutex::new(None);
+
+/// Adds one `event` at `at` to `batch`. Increments of the same counter are serialised; if a batch
+/// is dropped without being committed, the next increment of that counter counts it anyway (the
+/// funnel may then overcount by one, it never loses a count).
+pub fn record(
+    store: &Store,
+    batch: &mut fjall::OwnedWriteBatch,
+    event: FunnelEvent,
+    at: Timestamp,
+) -> Result<()> {
+    let k = key(studio_day(at), event);
+    let mut guard = PENDING.lock().expect("stats lock poisoned");
+    let pending = guard.get_or_insert_with(HashMap::new);
+    if pending.len() > 4096 {
+        // Only the newest days see increments; older cached values are committed long since.
+        pending.clear();
+    }
+    let stored = store
+        .keyspaces()
+        .stats
+        .get(&k)?
+        .and_then(|v| <[u8; 8]>::try_from(&*v).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0);
+    let slot = pending
+        .entry((store.path().to_path_buf(), k.clone()))
+        .or_insert(0);
+    let next = stored.max(*slot) + 1;
+    *slot = next;
+    batch.insert(
+        &store.keyspaces().stats,
+        k.into_bytes(),
+        next.to_be_bytes().to_vec(),
+    );
+    Ok(())
+}
+
+/// Records one event durably on its own (outside any other write).
+pub fn record_now(store: &Store, event: FunnelEvent, at: Timestamp) -> Result<()> {
+    let mut batch = store.batch();
+    record(store, &mut batch, event, at)?;
+    store.commit_durable(batch)
+}
+
+/// How the report groups days.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    Day,
+    #[default]
+    Week,
+    Month,
+}
+
+/// Funnel figures of one period.
+#[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize)]
+pub struct FunnelRow {
+    /// `2026-11-26`, `2026-W48` or `2026-11`; `total` for the sum.
+    pub period: String,
+    pub new_contacts: u64,
+    pub name_known: u64,
+    pub trial_booked: u64,
+    pub handovers: u64,
+    pub opt_outs: u64,
+    /// Trials booked per new contact, in percent (none without new contacts).
+    pub conversion_pct: Option<f64>,
+}
+
+impl FunnelRow {
+    fn add(&mut self, e: FunnelEvent, n: u64) {
+        match e {
+            FunnelEvent::NewContact => self.new_contacts += n,
+            FunnelEvent::NameKnown => self.name_known += n,
+            FunnelEvent::TrialBooked => self.trial_booked += n,
+            FunnelEvent::Handover => self.handovers += n,
+            FunnelEvent::OptOut => self.opt_outs += n,
+        }
+    }
+
+    fn finish(&mut self) {
+        self.conversion_pct = (self.new_contacts > 0)
+            .then(|| (self.trial_booked as f64 * 1000.0 / self.new_contacts as f64).round() / 10.0);
+    }
+}
+
+/// The funnel report: one row per period plus the total.
+#[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize)]
+pub struct FunnelReport {
+    pub by: Period,
+    pub since: Option<Date>,
+    pub rows: Vec<FunnelRow>,
+    pub total: FunnelRow,
+}
+
+fn period_label(day: Date, by: Period) -> String {
+    match by {
+        Period::Day => day.to_string(),
+        Period::Week => {
+            let w = day.iso_week_date();
+            format!("{}-W{:02}", w.year(), w.week())
+        }
+        Period::Month => format!("{:04}-{:02}", day.year(), day.month()),
+    }
+}
+
+/// Sums the counters from `since` (a studio day, inclusive) on, grouped by `by`.
+pub fn report(store: &Store, since: Option<Date>, by: Period) -> Result<FunnelReport> {
+    let mut rows: BTreeMap<String, FunnelRow> = BTreeMap::new();
+    let mut total = FunnelRow {
+        period: "total".into(),
+        ..FunnelRow::default()
+    };
+    let start = since.map(|d| d.to_string()).unwrap_or_default();
+    for g in store.keyspaces().stats.range(start.as_bytes()..) {
+        let (k, v) = g.into_inner()?;
+        let Some((day, event)) = std::str::from_utf8(&k).ok().and_then(|s| s.split_once('/'))
+        else {
+            continue;
+        };
+        let (Ok(day), Some(event)) = (day.parse::<Date>(), FunnelEvent::parse(event)) else {
+            continue;
+        };
+        let Ok(n) = <[u8; 8]>::try_from(&*v).map(u64::from_be_bytes) else {
+            continue;
+        };
+        let label = period_label(day, by);
+        rows.entry(label.clone())
+            .or_insert_with(|| FunnelRow {
+                period: label,
+                ..FunnelRow::default()
+            })
+            .add(event, n);
+        total.add(event, n);
+    }
+    let mut rows: Vec<FunnelRow> = rows.into_values().collect();
+    rows.iter_mut().for_each(FunnelRow::finish);
+    total.finish();
+    Ok(FunnelReport {
+        by,
+        since,
+        rows,
+        total,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::crypto::StoreIdentity;
+
+    #[test]
+    fn counts_by_week_and_month_with_conversion() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreIdentity::generate()).unwrap();
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        // Two increments in one batch before it commits must both count.
+        let mut batch = store.batch();
+        record(
+            &store,
+            &mut batch,
+            FunnelEvent::NewContact,
+            t("2026-11-02T09:00:00Z"),
+        )
+        .unwrap();
+        record(
+            &store,
+            &mut batch,
+            FunnelEvent::NewContact,
+            t("2026-11-02T10:00:00Z"),
+        )
+        .unwrap();
+        store.commit_durable(batch).unwrap();
+        for _ in 0..2 {
+            record_now(&store, FunnelEvent::NewContact, t("2026-11-03T09:00:00Z")).unwrap();
+        }
+        record_now(&store, FunnelEvent::NameKnown, t("2026-11-03T09:00:00Z")).unwrap();
+        record_now(&store, FunnelEvent::TrialBooked, t("2026-11-04T09:00:00Z")).unwrap();
+        record_now(&store, FunnelEvent::OptOut, t("2026-12-01T09:00:00Z")).unwrap();
+        // 23:30 UTC on 30 November is already 1 December in Berlin.
+        record_now(&store, FunnelEvent::Handover, t("2026-11-30T23:30:00Z")).unwrap();
+
+        let r = report(&store, None, Period::Month).unwrap();
+        assert_eq!(r.rows.len(), 2);
+        assert_eq!(r.rows[0].period, "2026-11");
+        assert_eq!(r.rows[0].new_contacts, 4);
+        assert_eq!(r.rows[0].trial_booked, 1);
+        assert_eq!(r.rows[0].conversion_pct, Some(25.0));
+        assert_eq!(r.rows[1].handovers, 1);
+        assert_eq!(r.rows[1].opt_outs, 1);
+        assert_eq!(r.rows[1].conversion_pct, None);
+        assert_eq!(r.total.new_contacts, 4);
+
+        let w = report(&store, Some("2026-11-03".parse().unwrap()), Period::Week).unwrap();
+        assert_eq!(w.total.new_contacts, 2);
+        assert_eq!(w.rows[0].period, "2026-W45");
+    }
+}

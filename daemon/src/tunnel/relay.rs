@@ -1,0 +1,866 @@
+//! `frontdesk relay`: the public half of the tunnel. It terminates public HTTPS, accepts boxes on
+//! a second TLS listener (authenticated by token hash), and forwards `https://<box host>/webhook…`
+//! to the box that serves that host, as an HTTP/2 request over the box's own outbound connection.
+//! Nothing else is forwarded. It owns the relay's configuration file format ([`RelayConfig`]).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ServerConfig;
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
+
+use super::proto::{self, Hello, PemError, TunnelTimings};
+
+/// The relay's configuration file (TOML). It holds no secret that could impersonate a box: only
+/// the SHA-256 of each box's token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Public HTTPS listener (WhatsApp's webhook calls arrive here), e.g. `0.0.0.0:443`.
+    pub public_listen: SocketAddr,
+    /// Listener the boxes dial, e.g. `0.0.0.0:7443`.
+    pub tunnel_listen: SocketAddr,
+    /// PEM certificate chain, covering every box host name and the name boxes dial.
+    pub cert_file: PathBuf,
+    /// PEM private key of `cert_file`.
+    pub key_file: PathBuf,
+    /// Larger request bodies get 413; larger box answers 502.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// More concurrent requests for one box get 503.
+    #[serde(default = "default_max_concurrent_per_box")]
+    pub max_concurrent_per_box: usize,
+    /// A box that takes longer to answer gets its caller a 504.
+    #[serde(default = "default_request_timeout_secs")]
+    pub request_timeout_secs: u64,
+    /// One entry per box.
+    #[serde(default, rename = "box")]
+    pub boxes: Vec<BoxEntry>,
+    /// Tunnel timeouts and PINGs (not part of the file).
+    #[serde(skip)]
+    pub timings: TunnelTimings,
+}
+
+/// `[[box]]`: one box and the public host name it serves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoxEntry {
+    /// Public host name, e.g. `studio-mitte.relay.example.com`.
+    pub host: String,
+    /// Lowercase hex SHA-256 of the box's tunnel token (`frontdesk relay` prints it when it
+    /// generates a token).
+    pub token_sha256: String,
+}
+
+/// Tunnel connections allowed to be in TLS or hello at once.
+const MAX_PENDING_HANDSHAKES: usize = 256;
+
+fn default_max_body_bytes() -> usize {
+    // WhatsApp webhook payloads are a few KiB; media arrive by reference, not inline.
+    1024 * 1024
+}
+fn default_max_concurrent_per_box() -> usize {
+    32
+}
+fn default_request_timeout_secs() -> u64 {
+    30
+}
+
+/// A relay problem: configuration, TLS material, or a listener that cannot bind.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: PathBuf, message: String },
+    #[error("relay config: key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+    #[error(transparent)]
+    Pem(#[from] PemError),
+    #[error("TLS certificate/key: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> RelayError {
+    RelayError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// Whether `host` is a plausible lowercase DNS name (what `Host` headers are matched against).
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+impl RelayConfig {
+    /// Loads and validates a relay configuration file.
+    pub fn load(path: &Path) -> Result<RelayConfig, RelayError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RelayError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        RelayConfig::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<RelayConfig, RelayError> {
+        let cfg: RelayConfig = toml::from_str(text).map_err(|e| RelayError::Parse {
+            file: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', " | "),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values serde cannot: host names, hashes, limits, duplicates.
+    pub fn validate(&self) -> Result<(), RelayError> {
+        // Port 0 (any free port) on both is fine: the kernel hands out two different ones.
+        if self.public_listen == self.tunnel_listen && self.public_listen.port() != 0 {
+            return Err(invalid("tunnel_listen", "must differ from public_listen"));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(invalid("max_body_bytes", "must be at least 1024"));
+        }
+        if self.max_concurrent_per_box == 0 {
+            return Err(invalid("max_concurrent_per_box", "must be at least 1"));
+        }
+        if self.request_timeout_secs == 0 {
+            return Err(invalid("request_timeout_secs", "must be at least 1"));
+        }
+        let mut hosts = std::collections::HashSet::new();
+        let mut hashes = std::collections::HashSet::new();
+        for (i, b) in self.boxes.iter().enumerate() {
+            if !valid_host(&b.host) {
+                return Err(invalid(
+                    format!("box[{i}].host"),
+                    "must be a lowercase DNS name",
+                ));
+            }
+            if !hosts.insert(b.host.as_str()) {
+                return Err(invalid(format!("box[{i}].host"), "appears twice"));
+            }
+            let Some(hash) = proto::parse_hash(&b.token_sha256) else {
+                return Err(invalid(
+                    format!("box[{i}].token_sha256"),
+                    "must be 64 hex digits (the SHA-256 of the token, not the token)",
+                ));
+            };
+            // The token alone identifies a box, so two boxes may not share one.
+            if !hashes.insert(hash) {
+                return Err(invalid(
+                    format!("box[{i}].token_sha256"),
+                    "is used by another box",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Builds the TLS config of one listener from the configured PEM files.
+fn server_tls(
+    cfg: &RelayConfig,
+    alpn: &[&[u8]],
+    tls13_only: bool,
+) -> Result<Arc<ServerConfig>, RelayError> {
+    let certs = proto::load_certs(&cfg.cert_file)?;
+    let key = proto::load_key(&cfg.key_file)?;
+    let builder = ServerConfig::builder_with_provider(proto::provider());
+    let builder = if tls13_only {
+        builder.with_protocol_versions(&[&rustls::version::TLS13])?
+    } else {
+        builder.with_safe_default_protocol_versions()?
+    };
+    let mut tls = builder.with_no_client_auth().with_single_cert(certs, key)?;
+    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(tls))
+}
+
+struct TlsConfigs {
+    public: Arc<ServerConfig>,
+    tunnel: Arc<ServerConfig>,
+}
+
+fn load_tls(cfg: &RelayConfig) -> Result<TlsConfigs, RelayError> {
+    Ok(TlsConfigs {
+        public: server_tls(cfg, &[b"h2", b"http/1.1"], false)?,
+        tunnel: server_tls(cfg, &[proto::ALPN], true)?,
+    })
+}
+
+/// A box's live tunnel.
+struct Live {
+    generation: u64,
+    sender: SendRequest<Full<Bytes>>,
+    /// Dropping it ends the connection task (replacement or shutdown).
+    _kill: oneshot::Sender<()>,
+}
+
+struct Known {
+    host: String,
+    token_hash: [u8; 32],
+    limit: Arc<Semaphore>,
+}
+
+struct Shared {
+    cfg: RelayConfig,
+    boxes: Vec<Known>,
+    by_host: HashMap<String, usize>,
+    live: Mutex<HashMap<String, Live>>,
+    tls: RwLock<TlsConfigs>,
+    next_generation: AtomicU64,
+    /// Counts accepted tunnel connections (authenticated or not); lets tests and metrics see
+    /// how often boxes dial.
+    tunnel_accepts: AtomicU64,
+    /// Bumped at every box registration and deregistration.
+    changes: watch::Sender<u64>,
+    /// Caps connections still in TLS or hello, so that a flood of idle sockets cannot use up
+    /// memory while they wait for their handshake timeout.
+    handshakes: Arc<Semaphore>,
+}
+
+impl Shared {
+    fn find_by_token(&self, token: &str) -> Option<usize> {
+        // Every entry is compared, so the time taken does not depend on which entry matched.
+        let mut found = None;
+        for (i, b) in self.boxes.iter().enumerate() {
+            if proto::token_matches(token, &b.token_hash) {
+                found = Some(i);
+            }
+        }
+        found
+    }
+
+    fn bump(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+}
+
+/// A running relay. Dropping it stops the listeners and closes every connection.
+pub struct RelayHandle {
+    shared: Arc<Shared>,
+    public_addr: SocketAddr,
+    tunnel_addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Binds both listeners and starts serving. Returns once both are bound.
+pub async fn start_relay(cfg: RelayConfig) -> Result<RelayHandle, RelayError> {
+    cfg.validate()?;
+    let tls = load_tls(&cfg)?;
+    let public = TcpListener::bind(cfg.public_listen)
+        .await
+        .map_err(|source| RelayError::Bind {
+            addr: cfg.public_listen,
+            source,
+        })?;
+    let tunnel = TcpListener::bind(cfg.tunnel_listen)
+        .await
+        .map_err(|source| RelayError::Bind {
+            addr: cfg.tunnel_listen,
+            source,
+        })?;
+    let local = |l: &TcpListener, addr| {
+        l.local_addr()
+            .map_err(|source| RelayError::Bind { addr, source })
+    };
+    let public_addr = local(&public, cfg.public_listen)?;
+    let tunnel_addr = local(&tunnel, cfg.tunnel_listen)?;
+    let boxes: Vec<Known> = cfg
+        .boxes
+        .iter()
+        .map(|b| Known {
+            host: b.host.clone(),
+            token_hash: proto::parse_hash(&b.token_sha256).expect("validated"),
+            limit: Arc::new(Semaphore::new(cfg.max_concurrent_per_box)),
+        })
+        .collect();
+    let by_host = boxes
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.host.clone(), i))
+        .collect();
+    let shared = Arc::new(Shared {
+        cfg,
+        boxes,
+        by_host,
+        live: Mutex::new(HashMap::new()),
+        tls: RwLock::new(tls),
+        next_generation: AtomicU64::new(1),
+        tunnel_accepts: AtomicU64::new(0),
+        changes: watch::channel(0).0,
+        handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
+    });
+    tracing::info!(public = %public_addr, tunnel = %tunnel_addr, boxes = shared.boxes.len(), "relay listening");
+    let tasks = vec![
+        tokio::spawn(accept_public(shared.clone(), public)),
+        tokio::spawn(accept_tunnels(shared.clone(), tunnel)),
+    ];
+    Ok(RelayHandle {
+        shared,
+        public_addr,
+        tunnel_addr,
+        tasks,
+    })
+}
+
+impl RelayHandle {
+    /// Address of the public HTTPS listener (useful when configured with port 0).
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public_addr
+    }
+
+    /// Address of the tunnel listener.
+    pub fn tunnel_addr(&self) -> SocketAddr {
+        self.tunnel_addr
+    }
+
+    /// Re-reads the certificate and key files (on SIGHUP). New connections use them; existing
+    /// ones keep theirs. On error the old certificate stays in use.
+    pub fn reload(&self) -> Result<(), RelayError> {
+        let fresh = load_tls(&self.shared.cfg)?;
+        *self.shared.tls.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        tracing::info!("relay: certificate reloaded");
+        Ok(())
+    }
+
+    /// Host names of the boxes connected now.
+    pub fn connected_boxes(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = lock(&self.shared.live).keys().cloned().collect();
+        hosts.sort();
+        hosts
+    }
+
+    /// How many connections the tunnel listener has accepted.
+    pub fn tunnel_accepts(&self) -> u64 {
+        self.shared.tunnel_accepts.load(Ordering::Relaxed)
+    }
+
+    /// A receiver that changes whenever a box registers or goes away.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.shared.changes.subscribe()
+    }
+
+    /// Stops both listeners and closes every public and tunnel connection; returns once the
+    /// listening sockets are closed (so the ports can be bound again at once).
+    pub async fn shutdown(mut self) {
+        self.stop_all();
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+    }
+
+    fn stop_all(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        lock(&self.shared.live).clear();
+    }
+}
+
+impl Drop for RelayHandle {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Accepts public connections. The connection tasks live in a JoinSet owned by this task, so
+/// aborting it closes them all.
+async fn accept_public(shared: Arc<Shared>, listener: TcpListener) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    conns.spawn(serve_public(shared.clone(), tcp, peer));
+                }
+                Err(e) => {
+                    // Out of descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "relay: public accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+async fn serve_public(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let acceptor = TlsAcceptor::from(
+        shared
+            .tls
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .public
+            .clone(),
+    );
+    let tls = match tokio::time::timeout(shared.cfg.timings.handshake_timeout, acceptor.accept(tcp))
+        .await
+    {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "relay: public TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let svc = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(handle_public(&shared, req, peer).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    builder.http2().timer(TokioTimer::new());
+    if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
+        tracing::debug!(%peer, error = %e, "relay: public connection ended with an error");
+    }
+}
+
+/// Accepts box connections; each is authenticated and registered in its own task.
+async fn accept_tunnels(shared: Arc<Shared>, listener: TcpListener) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    shared.tunnel_accepts.fetch_add(1, Ordering::Relaxed);
+                    match shared.handshakes.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            conns.spawn(serve_tunnel(shared.clone(), tcp, peer, permit));
+                        }
+                        Err(_) => tracing::warn!(%peer, "relay: too many pending tunnel handshakes; connection dropped"),
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay: tunnel accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+async fn serve_tunnel(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    handshake_permit: OwnedSemaphorePermit,
+) {
+    let timings = shared.cfg.timings.clone();
+    let _ = tcp.set_nodelay(true);
+    proto::set_tcp_keepalive(&tcp, timings.tcp_keepalive);
+    let acceptor = TlsAcceptor::from(
+        shared
+            .tls
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .tunnel
+            .clone(),
+    );
+    let handshake = async {
+        let mut tls = acceptor
+            .accept(tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let line = proto::read_line(&mut tls)
+            .await
+            .map_err(|e| format!("hello: {e}"))?;
+        let verdict = match proto::parse_hello(&line) {
+            Hello::Token(token) => shared.find_by_token(token).ok_or(proto::ERR_UNAUTHORIZED),
+            Hello::Unsupported => Err("unsupported-protocol"),
+            Hello::Malformed => Err(proto::ERR_PROTOCOL),
+        };
+        match verdict {
+            Ok(index) => {
+                tls.write_all(b"OK\n")
+                    .await
+                    .map_err(|e| format!("reply: {e}"))?;
+                tls.flush().await.map_err(|e| format!("reply: {e}"))?;
+                Ok((tls, index))
+            }
+            Err(reason) => {
+                let _ = tls.write_all(format!("ERR {reason}\n").as_bytes()).await;
+                let _ = tls.shutdown().await;
+                Err(format!("refused: {reason}"))
+            }
+        }
+    };
+    let (tls, index) = match tokio::time::timeout(timings.handshake_timeout, handshake).await {
+        Ok(Ok(ok)) => ok,
+        Ok(Err(reason)) => {
+            tracing::warn!(%peer, %reason, "relay: tunnel connection rejected");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "relay: tunnel handshake timed out");
+            return;
+        }
+    };
+    drop(handshake_permit);
+    let host = shared.boxes[index].host.clone();
+
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive_interval(timings.ping_interval)
+        .keep_alive_timeout(timings.ping_timeout)
+        .keep_alive_while_idle(true);
+    let (sender, conn) = match builder.handshake(TokioIo::new(tls)).await {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(%peer, %host, error = %e, "relay: HTTP/2 handshake with box failed");
+            return;
+        }
+    };
+    let generation = shared.next_generation.fetch_add(1, Ordering::Relaxed);
+    let (kill_tx, kill_rx) = oneshot::channel();
+    let replaced = lock(&shared.live).insert(
+        host.clone(),
+        Live {
+            generation,
+            sender,
+            _kill: kill_tx,
+        },
+    );
+    if replaced.is_some() {
+        tracing::warn!(%host, "relay: box connected again; replacing its previous connection");
+    }
+    // Dropping the old entry (its SendRequest and kill switch) closes the old connection now.
+    drop(replaced);
+    shared.bump();
+    tracing::info!(%peer, %host, "relay: box connected");
+
+    let reason = tokio::select! {
+        res = conn => match res {
+            Ok(()) => "closed".to_owned(),
+            Err(e) => e.to_string(),
+        },
+        _ = kill_rx => "replaced or relay stopping".to_owned(),
+    };
+    {
+        let mut live = lock(&shared.live);
+        if live.get(&host).is_some_and(|l| l.generation == generation) {
+            live.remove(&host);
+        }
+    }
+    shared.bump();
+    tracing::info!(%peer, %host, %reason, "relay: box disconnected");
+}
+
+/// Headers that describe one hop, never forwarded (HTTP/2 forbids most of them anyway).
+fn hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::TE
+        || name == header::HOST
+        || name == header::PROXY_AUTHORIZATION
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (name, value) in from {
+        if !hop_by_hop(name) {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// The request's host name: `:authority` for HTTP/2, `Host` for HTTP/1.1, without port,
+/// lowercased.
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.host().to_owned(),
+        None => {
+            let h = req.headers().get(header::HOST)?.to_str().ok()?;
+            match h.rsplit_once(':') {
+                Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name.to_owned(),
+                _ => h.to_owned(),
+            }
+        }
+    };
+    let host = raw.trim_end_matches('.').to_ascii_lowercase();
+    valid_host(&host).then_some(host)
+}
+
+/// Only `/webhook` and paths below it travel through the tunnel.
+fn is_webhook_path(path: &str) -> bool {
+    path == "/webhook" || path.starts_with("/webhook/")
+}
+
+/// The path for the access log: query keys stay, their values (which may be tokens, such as
+/// `hub.verify_token`) are dropped; long paths are cut.
+fn loggable_path(path: &str, query: Option<&str>) -> String {
+    let mut out: String = path.chars().take(200).collect();
+    if let Some(q) = query {
+        out.push('?');
+        let keys: Vec<&str> = q
+            .split('&')
+            .map(|pair| pair.split('=').next().unwrap_or(""))
+            .take(20)
+            .collect();
+        out.push_str(&keys.join("=&"));
+        out.push('=');
+    }
+    out
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    resp
+}
+
+async fn handle_public(
+    shared: &Shared,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let host = request_host(&req);
+    let path = loggable_path(req.uri().path(), req.uri().query());
+    let resp = route(shared, req, host.as_deref(), peer).await;
+    tracing::info!(
+        target: "frontdesk::relay::access",
+        %method,
+        host = %host.as_deref().unwrap_or("-"),
+        %path,
+        status = resp.status().as_u16(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    resp
+}
+
+async fn route(
+    shared: &Shared,
+    req: Request<Incoming>,
+    host: Option<&str>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    let Some(index) = host.and_then(|h| shared.by_host.get(h).copied()) else {
+        return plain(StatusCode::NOT_FOUND, "not found\n");
+    };
+    if !is_webhook_path(req.uri().path()) {
+        return plain(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if req.method() != Method::GET && req.method() != Method::POST {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    let known = &shared.boxes[index];
+    let max = shared.cfg.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return plain(StatusCode::PAYLOAD_TOO_LARGE, "payload too large\n");
+    }
+    let Some(sender) = lock(&shared.live)
+        .get(&known.host)
+        .map(|l| l.sender.clone())
+    else {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "box not connected\n");
+    };
+    let Ok(_permit) = known.limit.clone().try_acquire_owned() else {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "box busy\n");
+    };
+    let timeout = Duration::from_secs(shared.cfg.request_timeout_secs);
+    let (parts, body) = req.into_parts();
+    let body = match tokio::time::timeout(timeout, Limited::new(body, max).collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return plain(StatusCode::PAYLOAD_TOO_LARGE, "payload too large\n");
+        }
+        Ok(Err(_)) => return plain(StatusCode::BAD_REQUEST, "bad request body\n"),
+        Err(_) => return plain(StatusCode::REQUEST_TIMEOUT, "request body too slow\n"),
+    };
+
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let uri = match format!("https://{}{}", known.host, path_and_query).parse::<hyper::Uri>() {
+        Ok(uri) => uri,
+        Err(_) => return plain(StatusCode::BAD_REQUEST, "bad request target\n"),
+    };
+    let mut out = Request::new(Full::new(body));
+    *out.method_mut() = parts.method;
+    *out.uri_mut() = uri;
+    copy_headers(&parts.headers, out.headers_mut());
+    if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+        out.headers_mut().insert("x-forwarded-for", v);
+    }
+    out.headers_mut()
+        .insert("x-forwarded-proto", HeaderValue::from_static("https"));
+
+    let mut sender = sender;
+    let exchange = async {
+        let resp = sender.send_request(out).await.map_err(|e| {
+            tracing::debug!(host = %known.host, error = %e, "relay: forwarding failed");
+        })?;
+        let (parts, body) = resp.into_parts();
+        let body = Limited::new(body, max).collect().await.map_err(|e| {
+            tracing::debug!(host = %known.host, error = %e, "relay: box answer unreadable or too large");
+        })?;
+        Ok::<_, ()>((parts, body.to_bytes()))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok((parts, body))) => {
+            let mut resp = Response::new(Full::new(body));
+            *resp.status_mut() = parts.status;
+            copy_headers(&parts.headers, resp.headers_mut());
+            resp.headers_mut().remove(header::CONTENT_LENGTH);
+            resp
+        }
+        // The box went away mid-request: WhatsApp will retry, as for a box that is away.
+        Ok(Err(())) => plain(StatusCode::BAD_GATEWAY, "box connection failed\n"),
+        Err(_) => plain(StatusCode::GATEWAY_TIMEOUT, "box did not answer in time\n"),
+    }
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+
+    const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    fn parse(text: &str) -> Result<RelayConfig, RelayError> {
+        RelayConfig::parse(text, Path::new("relay.toml"))
+    }
+
+    const BASE: &str = r#"
+public_listen = "0.0.0.0:443"
+tunnel_listen = "0.0.0.0:7443"
+cert_file = "/etc/frontdesk-relay/cert.pem"
+key_file = "/etc/frontdesk-relay/key.pem"
+"#;
+
+    #[test]
+    fn config_parses_with_defaults_and_boxes() {
+        let cfg = parse(&format!(
+            "{BASE}\n[[box]]\nhost = \"studio-a.relay.example\"\ntoken_sha256 = \"{HASH}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.boxes.len(), 1);
+        assert_eq!(cfg.max_body_bytes, 1024 * 1024);
+        assert_eq!(cfg.max_concurrent_per_box, 32);
+        assert_eq!(cfg.boxes[0].host, "studio-a.relay.example");
+    }
+
+    #[test]
+    fn config_rejects_mistakes() {
+        let unknown = parse(&format!("{BASE}\nmax_bodybytes = 5\n")).unwrap_err();
+        assert!(unknown.to_string().contains("max_bodybytes"), "{unknown}");
+        let raw_token = parse(&format!(
+            "{BASE}\n[[box]]\nhost = \"a.example\"\ntoken_sha256 = \"my-secret-token\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            raw_token.to_string().contains("box[0].token_sha256"),
+            "{raw_token}"
+        );
+        let upper = parse(&format!(
+            "{BASE}\n[[box]]\nhost = \"A.example\"\ntoken_sha256 = \"{HASH}\"\n"
+        ))
+        .unwrap_err();
+        assert!(upper.to_string().contains("box[0].host"), "{upper}");
+        let twice = parse(&format!(
+            "{BASE}\n[[box]]\nhost = \"a.example\"\ntoken_sha256 = \"{HASH}\"\n\
+             [[box]]\nhost = \"b.example\"\ntoken_sha256 = \"{HASH}\"\n"
+        ))
+        .unwrap_err();
+        assert!(twice.to_string().contains("used by another box"), "{twice}");
+        let small = parse(&format!("{BASE}\nmax_body_bytes = 10\n")).unwrap_err();
+        assert!(small.to_string().contains("max_body_bytes"), "{small}");
+    }
+
+    #[test]
+    fn access_log_path_drops_query_values() {
+        assert_eq!(
+            loggable_path(
+                "/webhook",
+                Some("hub.mode=subscribe&hub.verify_token=s3cret&hub.challenge=42")
+            ),
+            "/webhook?hub.mode=&hub.verify_token=&hub.challenge="
+        );
+        assert_eq!(loggable_path("/webhook", None), "/webhook");
+    }
+
+    #[test]
+    fn only_webhook_paths_are_forwarded() {
+        assert!(is_webhook_path("/webhook"));
+        assert!(is_webhook_path("/webhook/whatsapp"));
+        assert!(!is_webhook_path("/webhooks"));
+        assert!(!is_webhook_path("/metrics"));
+        assert!(!is_webhook_path("/admin/webhook"));
+    }
+
+    #[test]
+    fn host_names_are_validated() {
+        assert!(valid_host("studio-1.relay.example"));
+        assert!(!valid_host("Studio.example"));
+        assert!(!valid_host("a..b"));
+        assert!(!valid_host("-a.example"));
+        assert!(!valid_host("a b"));
+    }
+}
