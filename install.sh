@@ -70,7 +70,7 @@ dev_credentials() {
     mkdir -p "$DEV/credentials" "$DEV/state"
     chmod 0700 "$DEV/credentials" "$DEV/state"
     local c="$DEV/credentials"
-    [[ -s $c/store-identity ]] || target/release/frontdesk store new-identity > "$c/store-identity"
+    [[ -s $c/store-identity ]] || target/release/frontdesk store new-identity > "$c/store-identity" 2>/dev/null
     for name in whatsapp-app-secret whatsapp-token whatsapp-verify-token magicline-api-key tunnel-token; do
         [[ -s $c/$name ]] || head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$c/$name"
     done
@@ -98,7 +98,7 @@ build_deb() {
     "$out/frontdesk" completions bash > "$out/completions/frontdesk.bash"
     "$out/frontdesk" completions zsh > "$out/completions/_frontdesk"
     "$out/frontdesk" completions fish > "$out/completions/frontdesk.fish"
-    cargo deb -p frontdesk --no-build
+    cargo deb -p frontdesk --no-build --strip
 }
 
 case "${1:-}" in

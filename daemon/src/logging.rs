@@ -23,9 +23,11 @@ pub fn init(level: &str, prefer_journal: bool) -> LogSink {
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let journal = if prefer_journal {
-        tracing_journald::layer()
-            .ok()
-            .map(|l| l.with_syslog_identifier("frontdesk".into()))
+        tracing_journald::layer().ok().map(|l| {
+            // Plain field names (FRONTDESK_EVENT=…, CUSTOMER=…) so admins can match on them.
+            l.with_syslog_identifier("frontdesk".into())
+                .with_field_prefix(None)
+        })
     } else {
         None
     };

@@ -24,7 +24,7 @@ fn audit_log(store: Store) -> anyhow::Result<(std::sync::Arc<Store>, AuditLog)> 
 
 #[derive(Subcommand, Debug)]
 pub enum StoreCommand {
-    /// Print a new age identity (AGE-SECRET-KEY-1…) for the store-identity credential.
+    /// Print a new age identity (one AGE-SECRET-KEY-1… line; the public key goes to stderr).
     NewIdentity,
     /// Show the store's path, size, customer count and recipient.
     Info,
@@ -66,9 +66,11 @@ fn read_identity_file(path: &PathBuf) -> anyhow::Result<StoreIdentity> {
 
 pub fn run(cli: &Cli, cmd: &StoreCommand) -> anyhow::Result<u8> {
     if let StoreCommand::NewIdentity = cmd {
+        // Exactly one line on stdout, so scripts can pipe it into `systemd-creds encrypt`;
+        // the public half goes to stderr for the admin.
         let id = StoreIdentity::generate();
+        eprintln!("# public key: {}", id.recipient());
         let mut out = std::io::stdout().lock();
-        writeln!(out, "# public key: {}", id.recipient())?;
         writeln!(out, "{}", *id.to_secret_line())?;
         return Ok(exit::OK);
     }

@@ -1,0 +1,125 @@
+//! Webhook load benchmark: the real daemon with the engine replaced by an instant fixed reply,
+//! 64 concurrent signed senders over loopback. Prints acknowledged requests per second, the
+//! acknowledgement latency (p50, p99) and whether every message got exactly one reply.
+//!
+//! Usage: webhook-bench [--senders N] [--messages N]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use frontdesk::sandbox::whatsapp::{self as sim, PayloadBuilder, SIM_APP_SECRET};
+use frontdesk::whatsapp::signature;
+use frontdesk_tests::harness::{Daemon, DaemonSpec};
+use http_body_util::Full;
+use hyper::Request;
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() -> anyhow::Result<()> {
+    let senders = arg("--senders", 64);
+    let messages = arg("--messages", 20_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let graph = sim::start().await;
+        let daemon = Daemon::start(DaemonSpec::with_graph(graph.base_url()));
+        let addr = daemon.webhook;
+        let p = PayloadBuilder::default();
+        let ts = jiff::Timestamp::now().as_second();
+        // Pre-sign every body so the load generator measures the daemon, not itself.
+        let bodies: Arc<Vec<(Bytes, String)>> = Arc::new(
+            (0..messages)
+                .map(|i| {
+                    let body = p
+                        .text_message(&format!("4917300{:05}", i % 1000), &format!("wamid.bench.{i}"), "Hallo", ts)
+                        .to_string();
+                    let sig = signature::sign(SIM_APP_SECRET.as_bytes(), body.as_bytes());
+                    (Bytes::from(body), sig)
+                })
+                .collect(),
+        );
+        let next = Arc::new(AtomicUsize::new(0));
+        let start = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..senders {
+            let bodies = bodies.clone();
+            let next = next.clone();
+            tasks.spawn(async move {
+                let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                stream.set_nodelay(true).unwrap();
+                let (mut send, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await
+                        .unwrap();
+                tokio::spawn(conn);
+                let mut latencies = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((body, sig)) = bodies.get(i) else { break };
+                    let req = Request::post("/webhook")
+                        .header("host", addr.to_string())
+                        .header("content-type", "application/json")
+                        .header(signature::HEADER, sig)
+                        .body(Full::new(body.clone()))
+                        .unwrap();
+                    let t = Instant::now();
+                    let resp = send.send_request(req).await.unwrap();
+                    assert_eq!(resp.status(), 200);
+                    latencies.push(t.elapsed());
+                }
+                latencies
+            });
+        }
+        let mut latencies: Vec<Duration> = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            latencies.extend(r.unwrap());
+        }
+        let elapsed = start.elapsed();
+        latencies.sort();
+        let pct = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+        println!(
+            "webhook, {senders} signed senders: {} acknowledged in {:.2} s = {:.0} req/s; ack latency p50 {:.2} ms, p99 {:.2} ms",
+            latencies.len(),
+            elapsed.as_secs_f64(),
+            latencies.len() as f64 / elapsed.as_secs_f64(),
+            pct(0.5).as_secs_f64() * 1e3,
+            pct(0.99).as_secs_f64() * 1e3,
+        );
+        // Every acknowledged message is answered exactly once.
+        let drained = Instant::now();
+        loop {
+            let mut counts: HashMap<String, usize> = HashMap::new();
+            for r in graph.sent() {
+                if let sim::SentMessageKind::Text { body, .. } = &r.message {
+                    for id in body.trim_start_matches("Danke! ").split(',') {
+                        *counts.entry(id.to_string()).or_default() += 1;
+                    }
+                }
+            }
+            if counts.len() >= messages {
+                let once = counts.values().filter(|c| **c == 1).count();
+                println!(
+                    "replies: {} of {messages} messages answered, {:.1} % exactly once; all replies sent {:.2} s after the last acknowledgement",
+                    counts.len(),
+                    100.0 * once as f64 / messages as f64,
+                    drained.elapsed().as_secs_f64()
+                );
+                break;
+            }
+            let _ = graph.wait_for_sent(graph.sent().len() + 1, Duration::from_secs(60)).await;
+        }
+        drop(daemon);
+        anyhow::Ok(())
+    })
+}
