@@ -19,11 +19,11 @@ pub const VERIFY_TOKEN: &str = "harness-verify-token";
 /// Path of the `frontdesk` binary built alongside the tests.
 pub fn frontdesk_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/frontdesk
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
+    // Tests run from target/<profile>/deps/, benchmark binaries from target/<profile>/.
+    let mut dir = exe.parent().expect("target directory");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target directory");
+    }
     let bin = dir.join("frontdesk");
     assert!(
         bin.exists(),

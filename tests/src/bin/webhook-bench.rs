@@ -99,8 +99,9 @@ fn main() -> anyhow::Result<()> {
         // Every acknowledged message is answered exactly once.
         let drained = Instant::now();
         loop {
+            let sent = graph.sent();
             let mut counts: HashMap<String, usize> = HashMap::new();
-            for r in graph.sent() {
+            for r in &sent {
                 if let sim::SentMessageKind::Text { body, .. } = &r.message {
                     for id in body.trim_start_matches("Danke! ").split(',') {
                         *counts.entry(id.to_string()).or_default() += 1;
@@ -117,7 +118,7 @@ fn main() -> anyhow::Result<()> {
                 );
                 break;
             }
-            let _ = graph.wait_for_sent(graph.sent().len() + 1, Duration::from_secs(60)).await;
+            let _ = graph.wait_for_sent(sent.len() + 1, Duration::from_secs(60)).await;
         }
         drop(daemon);
         anyhow::Ok(())
