@@ -413,6 +413,7 @@ async fn start_channel(
         }
     };
     let wake = Arc::new(tokio::sync::Notify::new());
+    core.admin.set_outbox(queues.clone(), wake.clone());
     let dispatcher = Dispatcher::new(
         store.clone(),
         queues.clone(),

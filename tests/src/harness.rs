@@ -51,6 +51,8 @@ pub struct DaemonSpec {
     pub max_body_bytes: usize,
     /// Extra TOML appended to the generated configuration.
     pub extra_toml: String,
+    /// Extra credential files (name, content).
+    pub extra_credentials: Vec<(String, String)>,
 }
 
 impl DaemonSpec {
@@ -61,6 +63,7 @@ impl DaemonSpec {
             burst_window_ms: 0,
             max_body_bytes: 1024 * 1024,
             extra_toml: String::new(),
+            extra_credentials: Vec::new(),
         }
     }
 }
@@ -87,6 +90,9 @@ impl Daemon {
         std::fs::write(creds.join("whatsapp-app-secret"), SIM_APP_SECRET).unwrap();
         std::fs::write(creds.join("whatsapp-token"), SIM_TOKEN).unwrap();
         std::fs::write(creds.join("whatsapp-verify-token"), VERIFY_TOKEN).unwrap();
+        for (name, value) in &spec.extra_credentials {
+            std::fs::write(creds.join(name), value).unwrap();
+        }
         let webhook: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = dir.path().join("frontdesk.toml");

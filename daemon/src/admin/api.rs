@@ -26,6 +26,7 @@ pub const AUDIT_VERIFY: &str = "/v1/audit/verify";
 pub const AUDIT_EXPORT: &str = "/v1/audit/export";
 pub const RETENTION_RUN: &str = "/v1/retention/run";
 pub const STATS: &str = "/v1/stats";
+pub const SEND: &str = "/v1/send";
 
 /// The last retention run (kept in the store's meta keyspace).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -171,6 +172,29 @@ pub struct RetentionRequest {
 pub struct StatsRequest {
     pub since: Option<Date>,
     pub by: Period,
+}
+
+/// `send`: start a chat with an approved message template (queued for the daemon's sender).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SendRequest {
+    /// Phone number in any notation.
+    pub phone: String,
+    /// Name of a template approved in WhatsApp Manager.
+    pub template: String,
+    /// Template language (`de`, `en_US`); absent: `whatsapp.template_language`.
+    #[serde(default)]
+    pub language: Option<String>,
+    /// Body parameters `{{1}}`, `{{2}}`, … in order.
+    #[serde(default)]
+    pub params: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SendReply {
+    pub pseudonym: String,
+    /// The phone number was not known before.
+    pub new_customer: bool,
+    pub audit_seq: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

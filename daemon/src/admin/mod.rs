@@ -5,6 +5,9 @@
 //!
 //! Submodules: [`api`] (paths and JSON shapes, shared with the CLI), [`peer`] (caller identity
 //! and the access rule), [`ops`] (the operations), [`client`] (the CLI's blocking client).
+//!
+//! `send` needs the WhatsApp outbox: the daemon hands it over with [`AdminState::set_outbox`]
+//! once the channel runs; until then `send` answers 503.
 
 pub mod api;
 pub mod client;
@@ -31,6 +34,7 @@ use tracing::{debug, warn};
 use crate::audit::{AuditEvent, AuditLog, Code, NewEntry, Outcome, RequestId};
 use crate::config::Config;
 use crate::store::Store;
+use crate::whatsapp::queue::Queues;
 use ops::{Ctx, OpError, Reply};
 use peer::Caller;
 
@@ -84,6 +88,15 @@ pub struct AdminState {
     admin_gid: RwLock<Option<u32>>,
     pub started: Timestamp,
     pub board: StatusBoard,
+    outbox: RwLock<Option<OutboxHandle>>,
+}
+
+/// The WhatsApp outbox and the wake-up of its sender, for `send`. Absent while the WhatsApp
+/// channel is not running.
+#[derive(Clone)]
+pub struct OutboxHandle {
+    pub queues: Arc<Queues>,
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 impl AdminState {
@@ -96,7 +109,18 @@ impl AdminState {
             admin_gid: RwLock::new(gid),
             started: Timestamp::now(),
             board: StatusBoard::default(),
+            outbox: RwLock::new(None),
         }
+    }
+
+    /// Lets `send` queue messages: `queues` is the channel's outbox, `wake` the sender's
+    /// wake-up. Call once the WhatsApp channel runs.
+    pub fn set_outbox(&self, queues: Arc<Queues>, wake: Arc<tokio::sync::Notify>) {
+        *self.outbox.write().expect("outbox lock poisoned") = Some(OutboxHandle { queues, wake });
+    }
+
+    pub fn outbox(&self) -> Option<OutboxHandle> {
+        self.outbox.read().expect("outbox lock poisoned").clone()
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -223,6 +247,7 @@ fn endpoint(method: &Method, path: &str) -> Code {
         (&Method::POST, api::AUDIT_EXPORT) => "audit.export",
         (&Method::POST, api::RETENTION_RUN) => "retention.run",
         (&Method::POST, api::STATS) => "stats",
+        (&Method::POST, api::SEND) => "send",
         _ => "unknown",
     };
     Code::new(c)
@@ -354,6 +379,7 @@ fn dispatch(ctx: &Ctx, method: &Method, path: &str, body: &[u8]) -> Result<Reply
         (&Method::POST, api::AUDIT_EXPORT) => ops::audit_export(ctx, parse_required(body)?),
         (&Method::POST, api::RETENTION_RUN) => ops::retention(ctx, parse(body)?),
         (&Method::POST, api::STATS) => ops::stats(ctx, parse(body)?),
+        (&Method::POST, api::SEND) => ops::send(ctx, parse_required(body)?),
         _ => Err(OpError::new(405, format!("no endpoint {method} {path}"))),
     }
 }

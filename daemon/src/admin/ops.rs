@@ -542,3 +542,138 @@ pub fn stats(ctx: &Ctx, req: StatsRequest) -> OpResult {
     ctx.audit(ctx.entry(AuditEvent::StatsRead))?;
     to_json(report)
 }
+
+/// WhatsApp allows at most this many body parameters in practice; more is a typo.
+const MAX_TEMPLATE_PARAMS: usize = 20;
+/// Longest body parameter WhatsApp accepts.
+const MAX_PARAM_CHARS: usize = 1024;
+
+fn valid_template_name(s: &str) -> bool {
+    (1..=512).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+fn valid_language(s: &str) -> bool {
+    (2..=15).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_')
+}
+
+/// Checks a send request; the message never repeats the values (they may be personal data).
+fn check_send(req: &SendRequest, language: &str) -> Result<String, OpError> {
+    let to = crypto::normalise_phone(&req.phone);
+    if !(8..=15).contains(&to.len()) {
+        return Err(OpError::new(
+            400,
+            "not a phone number: give it in international form, e.g. +49 151 2345678",
+        ));
+    }
+    if !valid_template_name(&req.template) {
+        return Err(OpError::new(
+            400,
+            "template names are lowercase letters, digits and underscores, as approved in WhatsApp Manager",
+        ));
+    }
+    if !valid_language(language) {
+        return Err(OpError::new(
+            400,
+            "language must be a WhatsApp language code such as de or en_US",
+        ));
+    }
+    if req.params.len() > MAX_TEMPLATE_PARAMS {
+        return Err(OpError::new(
+            400,
+            format!("at most {MAX_TEMPLATE_PARAMS} template parameters"),
+        ));
+    }
+    if req
+        .params
+        .iter()
+        .any(|p| p.trim().is_empty() || p.chars().count() > MAX_PARAM_CHARS)
+    {
+        return Err(OpError::new(
+            400,
+            format!(
+                "template parameters must be non-empty and at most {MAX_PARAM_CHARS} characters"
+            ),
+        ));
+    }
+    Ok(to)
+}
+
+/// Starts a chat with an approved template: the outbound history message, the outbox row and
+/// the audit entry commit in one batch, then the sender is woken.
+pub fn send(ctx: &Ctx, req: SendRequest) -> OpResult {
+    const KIND: Code = Code::new("template");
+    let language = req
+        .language
+        .clone()
+        .unwrap_or_else(|| ctx.state.config().whatsapp.template_language.clone());
+    let to = check_send(&req, &language)?;
+    let p = ctx.store().pseudonym(&to);
+    let event = AuditEvent::MessageSent { kind: KIND };
+    let Some(outbox) = ctx.state.outbox() else {
+        let _ = ctx.audit(
+            ctx.entry(event)
+                .about(&p)
+                .outcome(Outcome::error("whatsapp_not_configured")),
+        );
+        return Err(OpError::new(
+            503,
+            "the WhatsApp channel is not running, nothing can be sent (see `frontdesk doctor`)",
+        ));
+    };
+    let known = ctx.store().customer_meta(&p)?;
+    if known.is_some_and(|m| m.mode == BotMode::OptedOut) {
+        let _ = ctx.audit(
+            ctx.entry(event)
+                .about(&p)
+                .outcome(Outcome::denied("opted_out")),
+        );
+        return Err(OpError::new(
+            409,
+            "this customer opted out of messages; nothing was sent",
+        ));
+    }
+    let audit: &AuditLog = &ctx.state.audit;
+    let entry = ctx.entry(event).about(&p);
+    let now = Timestamp::now();
+    let (_, (seq, pending)) = ctx.store().update_customer(&to, now, |c, batch, st| {
+        st.append_message(
+            c,
+            &crate::store::messages::Message {
+                direction: crate::store::messages::Direction::Outbound,
+                text: format!("[Vorlage {}]", req.template),
+                at: now,
+                wamid: None,
+            },
+            batch,
+        )?;
+        c.meta.last_contact = now;
+        outbox.queues.push_outbox(
+            st,
+            batch,
+            &c.pseudonym,
+            &crate::whatsapp::queue::OutboxEntry {
+                to: to.clone(),
+                kind: crate::whatsapp::queue::OutboundKind::Template {
+                    name: req.template.clone(),
+                    language: language.clone(),
+                    params: req.params.clone(),
+                },
+                created: now,
+            },
+        );
+        // The queued message and its entry become durable together.
+        let pending = audit
+            .append_in(batch, entry)
+            .map_err(|e| StoreError::Format(e.to_string()))?;
+        Ok((pending.record().seq, pending))
+    })?;
+    drop(pending);
+    outbox.wake.notify_one();
+    to_json(SendReply {
+        pseudonym: p.short(),
+        new_customer: known.is_none(),
+        audit_seq: seq,
+    })
+}

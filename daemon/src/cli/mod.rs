@@ -5,7 +5,9 @@
 mod admin_cmd;
 mod chat_cmd;
 mod demo_cmd;
+mod doctor_cmd;
 mod relay_cmd;
+mod send_cmd;
 mod store_cmd;
 
 use std::path::PathBuf;
@@ -59,6 +61,11 @@ pub enum Command {
     Audit(admin_cmd::AuditCommand),
     /// The lead funnel: new contacts, names known, trials booked, conversion, hand-overs, opt-outs.
     Stats(admin_cmd::StatsArgs),
+    /// Check the installation: configuration, credentials, store, model, prompts, the running
+    /// daemon, and the WhatsApp, MagicLine and tunnel connections.
+    Doctor(doctor_cmd::DoctorArgs),
+    /// Start a WhatsApp chat with an approved template (through the daemon; audited).
+    Send(send_cmd::SendArgs),
     /// Store maintenance: identities, backups, restores (stop the service first).
     #[command(subcommand)]
     Store(store_cmd::StoreCommand),
@@ -155,6 +162,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let cfg = load_config(&cli)?;
             chat_cmd::run(&cfg, phone.clone())
         }
+        Command::Doctor(args) => doctor_cmd::run(&cli.config, args),
+        Command::Send(args) => send_cmd::run(&cli, args),
         Command::Demo { model } => demo_cmd::run(model.as_deref()),
         Command::Relay(cmd) => relay_cmd::run(cmd),
         Command::Man { out } => {

@@ -428,6 +428,20 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
             )
         }
     };
+    if parts.method == Method::GET {
+        if let Some(phone_number_id) = phone_number_path(parts.uri.path()) {
+            if !bearer_ok(shared, &parts.headers) {
+                return reject(shared, 401, invalid_token());
+            }
+            return json_response(
+                200,
+                &json!({
+                    "display_phone_number": SIM_DISPLAY_PHONE_NUMBER,
+                    "id": phone_number_id,
+                }),
+            );
+        }
+    }
     let Some((version, phone_number_id)) = messages_path(parts.uri.path()) else {
         return reject(
             shared,
@@ -446,19 +460,8 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
             graph_error(100, "Unsupported get request", None),
         );
     }
-    let authorized = parts
-        .headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| t == shared.token);
-    if !authorized {
-        let error = graph_error(
-            190,
-            "Invalid OAuth access token - Cannot parse access token",
-            None,
-        );
-        return reject(shared, 401, error);
+    if !bearer_ok(shared, &parts.headers) {
+        return reject(shared, 401, invalid_token());
     }
     let request = match serde_json::from_slice::<Value>(&body)
         .map_err(|_| "(#100) Invalid JSON body")
@@ -530,6 +533,39 @@ fn reject(shared: &Shared, status: u16, body: Value) -> Response<Full<Bytes>> {
         status,
     });
     json_response(status, &body)
+}
+
+fn bearer_ok(shared: &Shared, headers: &hyper::HeaderMap) -> bool {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| t == shared.token)
+}
+
+fn invalid_token() -> Value {
+    graph_error(
+        190,
+        "Invalid OAuth access token - Cannot parse access token",
+        None,
+    )
+}
+
+fn graph_version_ok(version: &str) -> bool {
+    let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    version
+        .strip_prefix('v')
+        .and_then(|v| v.split_once('.'))
+        .is_some_and(|(major, minor)| numeric(major) && numeric(minor))
+}
+
+/// `/{version}/{phone_number_id}`: the phone number node (a read, e.g. `?fields=…`).
+fn phone_number_path(path: &str) -> Option<&str> {
+    let mut segments = path.strip_prefix('/')?.split('/');
+    let (version, phone_number_id) = (segments.next()?, segments.next()?);
+    let numeric =
+        !phone_number_id.is_empty() && phone_number_id.bytes().all(|b| b.is_ascii_digit());
+    (segments.next().is_none() && graph_version_ok(version) && numeric).then_some(phone_number_id)
 }
 
 /// `/{version}/{phone_number_id}/messages` with `version` like `v23.0`.

@@ -228,10 +228,22 @@ fn main() -> anyhow::Result<()> {
     // Random customers of all 100k (most data keys must be unwrapped first), then a working set
     // of 1,000 recent contacts (keys cached, as in a running studio).
     for writers in [1, 16, 64] {
-        append_phase(&store, "any customer", writers, (2000 / writers).max(50), customers);
+        append_phase(
+            &store,
+            "any customer",
+            writers,
+            (2000 / writers).max(50),
+            customers,
+        );
     }
     for writers in [1, 16, 64] {
-        append_phase(&store, "active 1,000", writers, (4000 / writers).max(50), customers.min(1000));
+        append_phase(
+            &store,
+            "active 1,000",
+            writers,
+            (4000 / writers).max(50),
+            customers.min(1000),
+        );
     }
     read_phase(&store, customers)?;
     Ok(())

@@ -1,0 +1,837 @@
+//! `frontdesk doctor`: checks an installation end to end and says how to fix what is wrong.
+//! One line per check (✓ passed, ✗ failed, – not configured), each failure with a hint; the exit
+//! code is 1 when anything failed. Secrets are read to be tried, never printed.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::exit;
+use crate::admin::api::{StatusReply, STATUS};
+use crate::admin::client::{AdminClient, ClientError};
+use crate::config::{Config, LlmBackend};
+use crate::secrets::{names, Credentials, Secret};
+
+/// Timeout of every network check.
+const NET_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `frontdesk doctor`.
+#[derive(Args, Debug, Default, Clone)]
+pub struct DoctorArgs {
+    /// Do not load the model (loading takes seconds and much memory).
+    #[arg(long)]
+    pub skip_model: bool,
+}
+
+/// The result of one check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mark {
+    Pass,
+    Fail,
+    /// Not configured, so not checked.
+    Skipped,
+}
+
+impl Mark {
+    fn symbol(self) -> &'static str {
+        match self {
+            Mark::Pass => "✓",
+            Mark::Fail => "✗",
+            Mark::Skipped => "–",
+        }
+    }
+}
+
+/// One line of the report.
+#[derive(Clone, Debug)]
+pub struct Check {
+    /// Stable name (`config`, `credentials`, `webhook`, …).
+    pub name: &'static str,
+    pub mark: Mark,
+    pub detail: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {:<12} {}",
+            self.mark.symbol(),
+            self.name,
+            self.detail
+        )?;
+        if let Some(h) = &self.hint {
+            write!(f, "\n    → {h}")?;
+        }
+        Ok(())
+    }
+}
+
+fn pass(name: &'static str, detail: impl Into<String>) -> Check {
+    Check {
+        name,
+        mark: Mark::Pass,
+        detail: detail.into(),
+        hint: None,
+    }
+}
+
+fn fail(name: &'static str, detail: impl Into<String>, hint: impl Into<String>) -> Check {
+    Check {
+        name,
+        mark: Mark::Fail,
+        detail: detail.into(),
+        hint: Some(hint.into()),
+    }
+}
+
+fn skipped(name: &'static str, detail: impl Into<String>) -> Check {
+    Check {
+        name,
+        mark: Mark::Skipped,
+        detail: detail.into(),
+        hint: None,
+    }
+}
+
+/// All checks of one run.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    #[cfg(test)]
+    fn get(&self, name: &str) -> Option<&Check> {
+        self.checks.iter().find(|c| c.name == name)
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        if self.checks.iter().any(|c| c.mark == Mark::Fail) {
+            exit::FAILURE
+        } else {
+            exit::OK
+        }
+    }
+}
+
+/// Runs every check against the configuration at `cli_config_path` and prints the report.
+pub fn run(cli_config_path: &Path, args: &DoctorArgs) -> anyhow::Result<u8> {
+    let report = diagnose(cli_config_path, args, None, &mut |c| println!("{c}"));
+    Ok(report.exit_code())
+}
+
+/// The checks; `credentials` overrides discovery (tests). `each` sees every check as soon as it
+/// is done, so slow checks do not hold back the ones before them.
+pub fn diagnose(
+    path: &Path,
+    args: &DoctorArgs,
+    credentials: Option<Credentials>,
+    each: &mut dyn FnMut(&Check),
+) -> Report {
+    let mut report = Report::default();
+    let mut add = |c: Check| {
+        each(&c);
+        report.checks.push(c);
+    };
+    let cfg = match Config::load(path) {
+        Ok(cfg) => {
+            add(pass("config", format!("{} is valid", path.display())));
+            cfg
+        }
+        Err(e) => {
+            add(fail(
+                "config",
+                e.to_string(),
+                format!(
+                    "fix {} (see the commented example shipped with frontdesk)",
+                    path.display()
+                ),
+            ));
+            return report;
+        }
+    };
+    let creds = credentials
+        .unwrap_or_else(|| Credentials::discover(cfg.service.credentials_dir.as_deref()));
+    let secrets = Secrets::read(&cfg, &creds);
+    add(secrets.check());
+    add(check_identity(&secrets));
+    add(check_state_dir(&cfg.service.state_dir));
+    add(check_model(&cfg, args));
+    add(check_prompts(&cfg));
+    add(check_webhook(&cfg, &secrets));
+    add(check_metrics(cfg.metrics.listen));
+    add(check_graph(&cfg, &secrets));
+    add(check_magicline(&cfg, &secrets));
+    add(check_tunnel(&cfg));
+    report
+}
+
+/// What the credentials look like: each name with its value, or why there is none.
+struct Secrets {
+    rows: Vec<(String, Need, Result<Option<Secret>, String>)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Required,
+    Optional,
+}
+
+impl Secrets {
+    fn read(cfg: &Config, creds: &Credentials) -> Secrets {
+        let whatsapp = !cfg.whatsapp.phone_number_id.is_empty();
+        let tunnel = cfg.tunnel.as_ref().map(|t| t.credential.clone());
+        let mut names_used: Vec<String> = names::ALL.iter().map(|n| n.to_string()).collect();
+        if let Some(t) = &tunnel {
+            if !names_used.contains(t) {
+                names_used.push(t.clone());
+            }
+        }
+        let rows = names_used
+            .into_iter()
+            .map(|name| {
+                let required = name == names::STORE_IDENTITY
+                    || (whatsapp && name.starts_with("whatsapp-"))
+                    || (name == names::MAGICLINE_API_KEY && !cfg.magicline.base_url.is_empty())
+                    || tunnel.as_deref() == Some(name.as_str());
+                let need = if required {
+                    Need::Required
+                } else {
+                    Need::Optional
+                };
+                let value = creds.get(&name).map_err(|e| e.to_string());
+                (name, need, value)
+            })
+            .collect();
+        Secrets { rows }
+    }
+
+    fn get(&self, name: &str) -> Option<&Secret> {
+        self.rows
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .and_then(|(_, _, v)| v.as_ref().ok())
+            .and_then(Option::as_ref)
+    }
+
+    fn check(&self) -> Check {
+        let mut problems = Vec::new();
+        let mut present = Vec::new();
+        for (name, need, value) in &self.rows {
+            match value {
+                Ok(Some(_)) => present.push(name.as_str()),
+                Ok(None) if *need == Need::Required => problems.push(format!("{name} missing")),
+                Ok(None) => {}
+                // Unreadable or empty: wrong even when optional.
+                Err(e) => problems.push(e.clone()),
+            }
+        }
+        if problems.is_empty() {
+            pass(
+                "credentials",
+                format!("present and readable: {}", present.join(", ")),
+            )
+        } else {
+            fail(
+                "credentials",
+                problems.join("; "),
+                "provide each as a systemd credential (systemd-creds encrypt --name=NAME, \
+                 LoadCredentialEncrypted= in frontdesk.service), readable by the caller",
+            )
+        }
+    }
+}
+
+fn check_identity(secrets: &Secrets) -> Check {
+    const NAME: &str = "identity";
+    let Some(s) = secrets.get(names::STORE_IDENTITY) else {
+        return fail(
+            NAME,
+            "store-identity credential not available",
+            "create one with `frontdesk store init` and install it as the credential store-identity",
+        );
+    };
+    let parsed = s
+        .expose_str()
+        .map_err(|e| e.to_string())
+        .and_then(|t| crate::store::crypto::StoreIdentity::parse(t).map_err(|e| e.to_string()));
+    match parsed {
+        Ok(_) => pass(NAME, "store identity parses"),
+        // The error names the problem, never the key.
+        Err(e) => fail(
+            NAME,
+            format!("store identity does not parse: {e}"),
+            "the credential must hold one AGE-SECRET-KEY-1… line (as written by `frontdesk store init`)",
+        ),
+    }
+}
+
+fn check_state_dir(dir: &Path) -> Check {
+    use std::os::unix::fs::MetadataExt;
+    const NAME: &str = "state dir";
+    let md = match std::fs::metadata(dir) {
+        Ok(md) if md.is_dir() => md,
+        Ok(_) => {
+            return fail(
+                NAME,
+                format!("{} is not a directory", dir.display()),
+                "set service.state_dir to a directory",
+            )
+        }
+        Err(e) => {
+            return fail(
+                NAME,
+                format!("{}: {e}", dir.display()),
+                format!("mkdir -m 0700 {}", dir.display()),
+            )
+        }
+    };
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let mode = md.mode() & 0o777;
+    // root runs doctor on behalf of the service user, whose directory it is.
+    if md.uid() != me && me != 0 {
+        return fail(
+            NAME,
+            format!(
+                "{} is owned by uid {}, not by uid {me}",
+                dir.display(),
+                md.uid()
+            ),
+            format!(
+                "chown the directory to the service user: chown USER {}",
+                dir.display()
+            ),
+        );
+    }
+    if mode & 0o077 != 0 {
+        return fail(
+            NAME,
+            format!("{} has mode {mode:04o}: others can read it", dir.display()),
+            format!("chmod 0700 {}", dir.display()),
+        );
+    }
+    pass(
+        NAME,
+        format!("{} (mode {mode:04o}, uid {})", dir.display(), md.uid()),
+    )
+}
+
+fn check_model(cfg: &Config, args: &DoctorArgs) -> Check {
+    const NAME: &str = "model";
+    match cfg.llm.backend {
+        LlmBackend::Openai => {
+            return skipped(
+                NAME,
+                format!(
+                    "OpenAI-compatible server at {} (not checked)",
+                    cfg.llm.openai_base_url
+                ),
+            )
+        }
+        LlmBackend::Llama => {}
+    }
+    let path = &cfg.llm.model_path;
+    if !path.is_file() {
+        return fail(
+            NAME,
+            format!("model file {} not found", path.display()),
+            "download the GGUF model there or point llm.model_path at it",
+        );
+    }
+    if args.skip_model {
+        return skipped(NAME, format!("{} exists (loading skipped)", path.display()));
+    }
+    match crate::llm::from_config(&cfg.llm) {
+        Ok(m) => pass(NAME, format!("loads: {}", m.describe())),
+        Err(e) => fail(
+            NAME,
+            e.to_string(),
+            "check that the file is a complete GGUF model and that llm.context_size fits the memory",
+        ),
+    }
+}
+
+fn check_prompts(cfg: &Config) -> Check {
+    match crate::conversation::prompts::Prompts::load(&cfg.service, &cfg.studio) {
+        Ok(_) => pass(
+            "prompts",
+            format!(
+                "load from {} (overrides {})",
+                cfg.service.prompts_dir.display(),
+                cfg.service.prompts_override_dir.display()
+            ),
+        ),
+        Err(e) => fail(
+            "prompts",
+            e.to_string(),
+            "fix the named file (or remove the override to fall back to the shipped prompt)",
+        ),
+    }
+}
+
+/// A listen address as something to connect to (`0.0.0.0` → loopback).
+fn local(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v) if v.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v) if v.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port())
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(NET_TIMEOUT))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .user_agent(concat!("frontdesk-doctor/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .new_agent()
+}
+
+fn check_webhook(cfg: &Config, secrets: &Secrets) -> Check {
+    const NAME: &str = "webhook";
+    if cfg.whatsapp.phone_number_id.is_empty() {
+        return skipped(NAME, "WhatsApp not configured (whatsapp.phone_number_id)");
+    }
+    let Some(token) = secrets.get(names::WHATSAPP_VERIFY_TOKEN) else {
+        return fail(
+            NAME,
+            "cannot check without the whatsapp-verify-token credential",
+            "install the credential whatsapp-verify-token",
+        );
+    };
+    let Ok(token) = token.expose_str() else {
+        return fail(
+            NAME,
+            "whatsapp-verify-token is not text",
+            "store the verify token as plain text",
+        );
+    };
+    let challenge = format!("{:016x}", rand::random::<u64>());
+    let addr = local(cfg.webhook.listen);
+    let res = agent()
+        .get(format!("http://{addr}/webhook"))
+        .query("hub.mode", "subscribe")
+        .query("hub.verify_token", token)
+        .query("hub.challenge", &challenge)
+        .call();
+    match res {
+        Ok(mut r) if r.status() == 200 => {
+            let body = r.body_mut().read_to_string().unwrap_or_default();
+            if body.trim() == challenge {
+                pass(NAME, format!("answers the verification on {addr}"))
+            } else {
+                fail(
+                    NAME,
+                    format!("{addr} answered 200 but without the challenge"),
+                    "something else listens on webhook.listen; stop it or change the address",
+                )
+            }
+        }
+        Ok(r) if r.status() == 403 => fail(
+            NAME,
+            format!("{addr} refuses the verify token (HTTP 403)"),
+            "restart frontdesk after changing the whatsapp-verify-token credential",
+        ),
+        Ok(r) => fail(
+            NAME,
+            format!("{addr} answered HTTP {}", r.status().as_u16()),
+            "check `journalctl -u frontdesk`",
+        ),
+        Err(e) => fail(
+            NAME,
+            format!("nothing answers on {addr} ({})", net_error(&e)),
+            "systemctl start frontdesk",
+        ),
+    }
+}
+
+fn check_metrics(listen: SocketAddr) -> Check {
+    const NAME: &str = "health";
+    let addr = local(listen);
+    match agent().get(format!("http://{addr}/healthz")).call() {
+        Ok(r) if r.status() == 200 => pass(NAME, format!("/healthz on {addr} answers 200")),
+        Ok(r) => fail(
+            NAME,
+            format!("/healthz on {addr} answered HTTP {}", r.status().as_u16()),
+            "the pipeline is stalled; see `journalctl -u frontdesk`",
+        ),
+        Err(e) => fail(
+            NAME,
+            format!("nothing answers on {addr} ({})", net_error(&e)),
+            "systemctl start frontdesk",
+        ),
+    }
+}
+
+/// A transport error without anything a server sent back.
+fn net_error(e: &ureq::Error) -> String {
+    match e {
+        ureq::Error::Io(io) => io.kind().to_string(),
+        ureq::Error::Timeout(_) => "timed out".into(),
+        ureq::Error::HostNotFound => "host not found".into(),
+        ureq::Error::ConnectionFailed => "connection failed".into(),
+        other => other.to_string(),
+    }
+}
+
+fn check_graph(cfg: &Config, secrets: &Secrets) -> Check {
+    const NAME: &str = "graph api";
+    let w = &cfg.whatsapp;
+    if w.phone_number_id.is_empty() {
+        return skipped(NAME, "WhatsApp not configured (whatsapp.phone_number_id)");
+    }
+    let Some(token) = secrets
+        .get(names::WHATSAPP_TOKEN)
+        .and_then(|t| t.expose_str().ok())
+    else {
+        return fail(
+            NAME,
+            "cannot check without the whatsapp-token credential",
+            "install the credential whatsapp-token (a system user's permanent token)",
+        );
+    };
+    let base = w.graph_base.trim_end_matches('/');
+    let url = format!("{base}/{}/{}", w.api_version, w.phone_number_id);
+    let res = agent()
+        .get(&url)
+        .query("fields", "display_phone_number")
+        .header("authorization", &format!("Bearer {token}"))
+        .call();
+    let mut r = match res {
+        Ok(r) => r,
+        Err(e) => {
+            return fail(
+                NAME,
+                format!("cannot reach {base} ({})", net_error(&e)),
+                "check the network, DNS and whatsapp.graph_base",
+            )
+        }
+    };
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.body_mut().read_json().unwrap_or_default();
+    let code = body["error"]["code"].as_i64();
+    match (status, code) {
+        (200, _) => pass(
+            NAME,
+            format!(
+                "token valid; phone number {} ({})",
+                w.phone_number_id,
+                body["display_phone_number"].as_str().unwrap_or("?")
+            ),
+        ),
+        (401, _) | (_, Some(190)) => fail(
+            NAME,
+            "token invalid or expired",
+            "create a new permanent token for the system user in Meta Business Settings and \
+             replace the credential whatsapp-token",
+        ),
+        _ => fail(
+            NAME,
+            format!(
+                "Graph API answered HTTP {status}{}",
+                code.map(|c| format!(" (error code {c})"))
+                    .unwrap_or_default()
+            ),
+            "check whatsapp.phone_number_id and whatsapp.api_version, and the token's permissions \
+             (whatsapp_business_messaging)",
+        ),
+    }
+}
+
+fn check_magicline(cfg: &Config, secrets: &Secrets) -> Check {
+    use crate::magicline::client::{Client, Error};
+    const NAME: &str = "magicline";
+    let base = &cfg.magicline.base_url;
+    if base.is_empty() {
+        return skipped(NAME, "booking not configured (magicline.base_url)");
+    }
+    let Some(key) = secrets
+        .get(names::MAGICLINE_API_KEY)
+        .and_then(|k| k.expose_str().ok())
+    else {
+        return fail(
+            NAME,
+            "cannot check without the magicline-api-key credential",
+            "install the credential magicline-api-key",
+        );
+    };
+    let client = Client::new(base, key.trim().to_string(), NET_TIMEOUT);
+    match client.trial_offer_appointments() {
+        Ok(offers) => pass(
+            NAME,
+            format!("API key accepted; {} bookable trial offer(s)", offers.len()),
+        ),
+        Err(Error::Api {
+            status: 401 | 403, ..
+        }) => fail(
+            NAME,
+            "API key rejected",
+            "ask MagicLine for the studio's Open API key and replace the credential magicline-api-key",
+        ),
+        Err(e @ (Error::Transport { .. } | Error::Timeout)) => fail(
+            NAME,
+            format!("cannot reach {base} ({e})"),
+            "check the network and magicline.base_url",
+        ),
+        Err(e) => fail(NAME, e.to_string(), "check magicline.base_url"),
+    }
+}
+
+fn check_tunnel(cfg: &Config) -> Check {
+    const NAME: &str = "tunnel";
+    let Some(t) = &cfg.tunnel else {
+        return skipped(NAME, "no [tunnel] configured");
+    };
+    let answer = AdminClient::new(&cfg.service.admin_socket)
+        .get(STATUS)
+        .and_then(|a| a.json::<StatusReply>());
+    let status = match answer {
+        Ok(s) => s,
+        Err(ClientError::Unreachable { .. }) => {
+            return fail(
+                NAME,
+                "the daemon is not running",
+                "systemctl start frontdesk",
+            )
+        }
+        Err(e) => {
+            return fail(
+                NAME,
+                format!("cannot ask the daemon: {e}"),
+                "run doctor as root or as a member of the admin group",
+            )
+        }
+    };
+    let state = status
+        .components
+        .get("tunnel")
+        .and_then(|v| v.as_str())
+        .unwrap_or("unknown")
+        .to_string();
+    if state.starts_with("connected") {
+        pass(NAME, format!("to {}: {state}", t.relay))
+    } else {
+        fail(
+            NAME,
+            format!("to {}: {state}", t.relay),
+            "check tunnel.relay, tunnel.server_name, the tunnel credential and the relay's log",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::magicline::SimConfig;
+    use crate::sandbox::whatsapp::{
+        SIM_DISPLAY_PHONE_NUMBER, SIM_GRAPH_VERSION, SIM_PHONE_NUMBER_ID, SIM_TOKEN,
+    };
+
+    /// A free loopback port nobody listens on (bound, then released).
+    fn free_addr() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }
+
+    struct Setup {
+        dir: tempfile::TempDir,
+        config: std::path::PathBuf,
+        creds: std::path::PathBuf,
+    }
+
+    fn setup(graph_base: &str, magicline_base: &str, magicline_key: &str) -> Setup {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let creds = dir.path().join("creds");
+        std::fs::create_dir(&creds).unwrap();
+        let identity = crate::store::crypto::StoreIdentity::generate();
+        std::fs::write(
+            creds.join(names::STORE_IDENTITY),
+            format!("{}\n", &*identity.to_secret_line()),
+        )
+        .unwrap();
+        std::fs::write(creds.join(names::WHATSAPP_TOKEN), SIM_TOKEN).unwrap();
+        std::fs::write(creds.join(names::WHATSAPP_APP_SECRET), "s3cr3t-app-value").unwrap();
+        std::fs::write(creds.join(names::WHATSAPP_VERIFY_TOKEN), "verify me&=?").unwrap();
+        std::fs::write(creds.join(names::MAGICLINE_API_KEY), magicline_key).unwrap();
+        let prompts = concat!(env!("CARGO_MANIFEST_DIR"), "/../prompts");
+        let text = format!(
+            r#"
+[service]
+state_dir = "{state}"
+admin_socket = "{socket}"
+credentials_dir = "{creds}"
+prompts_dir = "{prompts}"
+prompts_override_dir = "{overrides}"
+
+[webhook]
+listen = "{webhook}"
+
+[metrics]
+listen = "{metrics}"
+
+[whatsapp]
+graph_base = "{graph_base}"
+api_version = "{SIM_GRAPH_VERSION}"
+phone_number_id = "{SIM_PHONE_NUMBER_ID}"
+
+[magicline]
+base_url = "{magicline_base}"
+
+[llm]
+backend = "llama"
+model_path = "{model}"
+"#,
+            state = state.display(),
+            socket = dir.path().join("admin.sock").display(),
+            creds = creds.display(),
+            overrides = dir.path().join("no-overrides").display(),
+            webhook = free_addr(),
+            metrics = free_addr(),
+            model = dir.path().join("model.gguf").display(),
+        );
+        std::fs::write(dir.path().join("model.gguf"), b"GGUF").unwrap();
+        let config = dir.path().join("frontdesk.toml");
+        std::fs::write(&config, text).unwrap();
+        Setup { dir, config, creds }
+    }
+
+    fn diagnose_quietly(s: &Setup) -> (Report, String) {
+        let mut printed = String::new();
+        let report = diagnose(
+            &s.config,
+            &DoctorArgs { skip_model: true },
+            Some(Credentials::in_dir(&s.creds)),
+            &mut |c| printed.push_str(&format!("{c}\n")),
+        );
+        (report, printed)
+    }
+
+    #[test]
+    fn healthy_services_pass_and_a_stopped_daemon_fails() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let graph = rt.block_on(crate::sandbox::whatsapp::start());
+        let ml = rt.block_on(crate::sandbox::magicline::start(SimConfig::default()));
+        let s = setup(&graph.base_url(), &ml.base_url(), &ml.api_key());
+        let (report, printed) = diagnose_quietly(&s);
+
+        for name in [
+            "config",
+            "credentials",
+            "identity",
+            "state dir",
+            "prompts",
+            "graph api",
+            "magicline",
+        ] {
+            let c = report.get(name).unwrap();
+            assert_eq!(c.mark, Mark::Pass, "{name}: {printed}");
+        }
+        assert!(report
+            .get("graph api")
+            .unwrap()
+            .detail
+            .contains(SIM_DISPLAY_PHONE_NUMBER));
+        assert_eq!(report.get("model").unwrap().mark, Mark::Skipped);
+        assert_eq!(report.get("tunnel").unwrap().mark, Mark::Skipped);
+        let webhook = report.get("webhook").unwrap();
+        assert_eq!(webhook.mark, Mark::Fail, "{printed}");
+        assert_eq!(webhook.hint.as_deref(), Some("systemctl start frontdesk"));
+        assert_eq!(report.get("health").unwrap().mark, Mark::Fail);
+        assert_eq!(report.exit_code(), exit::FAILURE);
+        // Nothing secret is printed.
+        for secret in [
+            SIM_TOKEN,
+            "verify me",
+            "s3cr3t-app-value",
+            &ml.api_key(),
+            "AGE-SECRET-KEY",
+        ] {
+            assert!(!printed.contains(secret), "{secret} printed: {printed}");
+        }
+        assert!(
+            printed.lines().any(|l| l.starts_with("✓ config")),
+            "{printed}"
+        );
+        assert!(
+            printed.lines().any(|l| l.starts_with("✗ webhook")),
+            "{printed}"
+        );
+        drop(s.dir);
+    }
+
+    #[test]
+    fn wrong_tokens_and_unreachable_services_fail() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let graph = rt.block_on(crate::sandbox::whatsapp::GraphSim::start_with_token(
+            "another-token",
+        ));
+        let ml = rt.block_on(crate::sandbox::magicline::start(SimConfig::default()));
+        let s = setup(&graph.base_url(), &ml.base_url(), "wrong-key");
+        let (report, printed) = diagnose_quietly(&s);
+        let g = report.get("graph api").unwrap();
+        assert_eq!(g.mark, Mark::Fail, "{printed}");
+        assert_eq!(g.detail, "token invalid or expired");
+        let m = report.get("magicline").unwrap();
+        assert_eq!(m.mark, Mark::Fail, "{printed}");
+        assert_eq!(m.detail, "API key rejected");
+        assert!(!printed.contains("wrong-key") && !printed.contains(SIM_TOKEN));
+
+        // Nothing listening at the Graph base: a network failure, not a token problem.
+        let gone = format!("http://{}", free_addr());
+        let s = setup(&gone, &ml.base_url(), &ml.api_key());
+        let (report, printed) = diagnose_quietly(&s);
+        let g = report.get("graph api").unwrap();
+        assert_eq!(g.mark, Mark::Fail, "{printed}");
+        assert!(g.detail.starts_with("cannot reach"), "{printed}");
+    }
+
+    #[test]
+    fn missing_identity_and_open_state_dir_fail_with_hints() {
+        use std::os::unix::fs::PermissionsExt;
+        let s = setup("http://127.0.0.1:9", "", "");
+        std::fs::remove_file(s.creds.join(names::STORE_IDENTITY)).unwrap();
+        std::fs::remove_file(s.creds.join(names::MAGICLINE_API_KEY)).unwrap();
+        let state = s.dir.path().join("state");
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (report, printed) = diagnose_quietly(&s);
+        let c = report.get("credentials").unwrap();
+        assert_eq!(c.mark, Mark::Fail, "{printed}");
+        assert!(c.detail.contains("store-identity missing"), "{printed}");
+        // MagicLine is not configured: its key is optional.
+        assert!(!c.detail.contains("magicline"), "{printed}");
+        assert_eq!(report.get("magicline").unwrap().mark, Mark::Skipped);
+        assert_eq!(report.get("identity").unwrap().mark, Mark::Fail);
+        let d = report.get("state dir").unwrap();
+        assert_eq!(d.mark, Mark::Fail);
+        assert_eq!(
+            d.hint.as_deref(),
+            Some(format!("chmod 0700 {}", state.display()).as_str())
+        );
+
+        // A broken config stops after the first line.
+        std::fs::write(&s.config, "[webhook]\nbogus = 1\n").unwrap();
+        let (report, _) = diagnose_quietly(&s);
+        assert_eq!(report.checks.len(), 1);
+        assert_eq!(report.checks[0].mark, Mark::Fail);
+    }
+}
