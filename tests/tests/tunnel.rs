@@ -1,0 +1,161 @@
+//! The tunnel end to end with the real daemon: a signed WhatsApp-style POST to the relay's public
+//! HTTPS listener travels over the box's outbound tunnel to the daemon's webhook, is answered
+//! 200, and the reply reaches the Graph API simulator. Paths other than the webhook never reach
+//! the box.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use frontdesk::sandbox::whatsapp::{self as sim, PayloadBuilder, SIM_APP_SECRET};
+use frontdesk::tunnel::{start_relay, RelayConfig, TunnelToken};
+use frontdesk::whatsapp::signature;
+use frontdesk_tests::harness::{Daemon, DaemonSpec};
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+const BOX_HOST: &str = "studio.test";
+
+fn pki(dir: &Path) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["relay.test".into(), BOX_HOST.into()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+}
+
+async fn https_post(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    path: &str,
+    body: Bytes,
+    sig: &str,
+) -> u16 {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from(BOX_HOST).unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post(path)
+        .header("host", BOX_HOST)
+        .header("content-type", "application/json")
+        .header(signature::HEADER, sig)
+        .body(Full::new(body))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let _ = resp.into_body().collect().await;
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_through_relay_and_tunnel_reaches_the_daemon() {
+    let certs = tempfile::tempdir().unwrap();
+    pki(certs.path());
+    let token = TunnelToken::generate();
+    let relay_cfg = RelayConfig::parse(
+        &format!(
+            r#"public_listen = "127.0.0.1:0"
+tunnel_listen = "127.0.0.1:0"
+cert_file = "{d}/cert.pem"
+key_file = "{d}/key.pem"
+[[box]]
+host = "{BOX_HOST}"
+token_sha256 = "{hash}"
+"#,
+            d = certs.path().display(),
+            hash = token.sha256_hex()
+        ),
+        Path::new("relay.toml"),
+    )
+    .unwrap();
+    let relay = start_relay(relay_cfg).await.unwrap();
+    let mut changes = relay.changes();
+
+    let graph = sim::start().await;
+    let mut spec = DaemonSpec::with_graph(graph.base_url());
+    spec.extra_toml = format!(
+        "[tunnel]\nrelay = \"{}\"\nserver_name = \"relay.test\"\nca_file = \"{}\"\n",
+        relay.tunnel_addr(),
+        certs.path().join("ca.pem").display()
+    );
+    spec.extra_credentials = vec![("tunnel-token".into(), token.expose().to_string())];
+    let _daemon = Daemon::start(spec);
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !relay.connected_boxes().contains(&BOX_HOST.to_string()) {
+            changes.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the box did not connect to the relay");
+
+    let ts = jiff::Timestamp::now().as_second();
+    let body = PayloadBuilder::default()
+        .text_message(
+            "491760000001",
+            "wamid.tunnel.1",
+            "Hallo über den Tunnel",
+            ts,
+        )
+        .to_string();
+    let sig = signature::sign(SIM_APP_SECRET.as_bytes(), body.as_bytes());
+    let ca = certs.path().join("ca.pem");
+    assert_eq!(
+        https_post(
+            relay.public_addr(),
+            &ca,
+            "/webhook",
+            Bytes::from(body.clone()),
+            &sig
+        )
+        .await,
+        200
+    );
+    let sent = graph
+        .wait_for_sent(1, Duration::from_secs(60))
+        .await
+        .expect("no reply after a webhook through the tunnel");
+    assert_eq!(sent[0].recipient, "491760000001");
+    // Unsigned posts are refused by the daemon behind the tunnel; admin-like paths never pass.
+    assert_eq!(
+        https_post(
+            relay.public_addr(),
+            &ca,
+            "/webhook",
+            Bytes::from(body),
+            "sha256=00"
+        )
+        .await,
+        401
+    );
+    assert_eq!(
+        https_post(relay.public_addr(), &ca, "/metrics", Bytes::new(), "").await,
+        404
+    );
+    relay.shutdown().await;
+}
