@@ -18,7 +18,7 @@ MODEL_FILE="SmolLM2-135M-Instruct.Q4_1.gguf"
 DEV="$ROOT/dev-state"
 
 SYSTEM_PACKAGES=(build-essential pkg-config cmake libclang-dev libsystemd-dev python3-pip
-                 debootstrap systemd-container lintian wrk)
+                 debootstrap systemd-container lintian)
 
 say() { printf '==> %s\n' "$*"; }
 
