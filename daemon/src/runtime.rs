@@ -26,7 +26,7 @@ use crate::whatsapp::dispatch::{Finish, Inbound, Responder};
 
 /// The engine behind the dispatcher's [`Responder`] interface.
 pub struct EngineResponder {
-    engine: Engine,
+    engine: Arc<Engine>,
     audit: Arc<AuditLog>,
 }
 
@@ -171,6 +171,15 @@ pub fn booker(
     Ok(Some(Arc::new(booker)))
 }
 
+/// The assembled conversation runtime.
+pub struct Conversation {
+    /// What the dispatcher calls.
+    pub responder: Arc<dyn Responder>,
+    pub model: Arc<dyn LanguageModel>,
+    /// For reloads of prompts and studio facts.
+    pub engine: Arc<Engine>,
+}
+
 /// Builds the engine-backed responder: loads prompts (a broken template fails here, at start)
 /// and the model (loaded once).
 pub fn responder(
@@ -178,19 +187,26 @@ pub fn responder(
     creds: &Credentials,
     store: Arc<Store>,
     audit: Arc<AuditLog>,
-) -> anyhow::Result<(Arc<dyn Responder>, Arc<dyn LanguageModel>)> {
+) -> anyhow::Result<Conversation> {
     let prompts =
         Arc::new(Prompts::load(&cfg.service, &cfg.studio).context("cannot load the prompts")?);
     let model = crate::llm::from_config(&cfg.llm).context("cannot load the language model")?;
     info!(model = %model.describe(), "language model ready");
     let booker = booker(cfg, creds, store.clone(), audit.clone())?;
-    let engine = Engine::new(
+    let engine = Arc::new(Engine::new(
         store,
         model.clone(),
         prompts,
         cfg.studio.clone(),
         cfg.conversation.clone(),
         booker,
-    );
-    Ok((Arc::new(EngineResponder { engine, audit }), model))
+    ));
+    Ok(Conversation {
+        responder: Arc::new(EngineResponder {
+            engine: engine.clone(),
+            audit,
+        }),
+        model,
+        engine,
+    })
 }

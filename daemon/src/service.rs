@@ -253,6 +253,10 @@ pub async fn serve_until(
             None
         }
     };
+    let reloader = tokio::spawn(reload_on_sighup(
+        Arc::new(core),
+        channel.as_ref().and_then(|c| c.engine.clone()),
+    ));
 
     let watchdog = watchdog_interval().map(|every| {
         let store = store.clone();
@@ -293,6 +297,7 @@ pub async fn serve_until(
     );
 
     shutdown.await;
+    reloader.abort();
     notify(&[("STOPPING", "1"), ("STATUS", "stopping")]);
     let _ = stop_tx.send(true);
     sweeper.abort();
@@ -352,6 +357,7 @@ struct Channel {
     sender_task: tokio::task::JoinHandle<()>,
     tunnel_task: Option<tokio::task::JoinHandle<()>>,
     dispatcher: Arc<Dispatcher>,
+    engine: Option<Arc<crate::conversation::engine::Engine>>,
 }
 
 impl Channel {
@@ -398,18 +404,20 @@ async fn start_channel(
         creds.token.expose_str()?.to_string(),
         Duration::from_secs(cfg.whatsapp.send_timeout_secs),
     );
+    let mut engine = None;
     let responder: Arc<dyn Responder> = match &opts.fixed_reply {
         Some(text) => Arc::new(FixedResponder {
             store: store.clone(),
             reply: text.clone(),
         }),
         None => {
-            let (responder, model) =
+            let conv =
                 crate::runtime::responder(cfg, &core.creds, store.clone(), core.audit.clone())?;
             core.admin
                 .board
-                .set_value("model", serde_json::Value::String(model.describe()));
-            responder
+                .set_value("model", serde_json::Value::String(conv.model.describe()));
+            engine = Some(conv.engine);
+            conv.responder
         }
     };
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -490,6 +498,7 @@ async fn start_channel(
         sender_task,
         tunnel_task,
         dispatcher,
+        engine,
     })
 }
 
@@ -578,17 +587,56 @@ async fn serve_webhook(
 async fn wait_for_stop() {
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => {
-                notify(&[("RELOADING", "1")]);
-                info!("reload requested");
-                notify(&[("READY", "1")]);
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Reloads configuration and prompts on SIGHUP (`systemctl reload`): the new files are
+/// validated first; on any error the running configuration stays and the error is reported.
+/// Prompts, studio facts and admin settings take effect at once; listener addresses, model and
+/// credentials need a restart.
+async fn reload_on_sighup(
+    core: Arc<Core>,
+    engine: Option<Arc<crate::conversation::engine::Engine>>,
+) {
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        notify(&[("RELOADING", "1")]);
+        let (c, e) = (core.clone(), engine.clone());
+        let result = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let cfg = Config::load(&c.cfg.source)?;
+            let prompts = crate::conversation::prompts::Prompts::load(&cfg.service, &cfg.studio)?;
+            if let Some(engine) = &e {
+                engine.reload(Arc::new(prompts), cfg.studio.clone());
             }
+            c.admin.set_config(Arc::new(cfg));
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("reload task failed: {e}")));
+        let ok = result.is_ok();
+        match &result {
+            Ok(()) => info!(
+                FRONTDESK_EVENT = "config.reloaded",
+                "configuration and prompts reloaded"
+            ),
+            Err(e) => error!(error = %e, "reload failed; keeping the running configuration"),
         }
+        append_audit(
+            &core.audit,
+            NewEntry::new(Actor::System, AuditEvent::ConfigReloaded { ok }),
+        )
+        .await;
+        let status = if ok {
+            "running (reloaded)".to_string()
+        } else {
+            "running (reload failed, see journal)".to_string()
+        };
+        notify(&[("READY", "1"), ("STATUS", &status)]);
     }
 }
 

@@ -163,12 +163,18 @@ pub enum EngineError {
 pub type Finish<'a> =
     dyn FnMut(&mut fjall::OwnedWriteBatch, &Store, &Turn) -> store::Result<()> + 'a;
 
+/// What a reload replaces together.
+struct Persona {
+    prompts: Arc<Prompts>,
+    studio: StudioConfig,
+}
+
 /// The conversation engine. Cheap to share behind an `Arc`; [`Engine::handle`] is blocking.
 pub struct Engine {
     store: Arc<Store>,
     model: Arc<dyn LanguageModel>,
-    prompts: Arc<Prompts>,
-    studio: StudioConfig,
+    /// Prompts and studio facts; replaced as a whole on reload (SIGHUP).
+    persona: std::sync::RwLock<Arc<Persona>>,
     conv: ConversationConfig,
     booker: Option<Arc<dyn Booker>>,
     schema: serde_json::Value,
@@ -186,12 +192,22 @@ impl Engine {
         Engine {
             store,
             model,
-            prompts,
-            studio,
+            persona: std::sync::RwLock::new(Arc::new(Persona { prompts, studio })),
             conv,
             booker,
             schema: reply::schema(),
         }
+    }
+
+    /// Replaces prompts and studio facts (a reload); turns already running finish with the old
+    /// ones.
+    pub fn reload(&self, prompts: Arc<Prompts>, studio: StudioConfig) {
+        *self.persona.write().expect("persona lock poisoned") =
+            Arc::new(Persona { prompts, studio });
+    }
+
+    fn persona(&self) -> Arc<Persona> {
+        self.persona.read().expect("persona lock poisoned").clone()
     }
 
     /// The store the engine writes to.
@@ -319,13 +335,14 @@ impl Engine {
         }
 
         let history = self.history(c, texts)?;
-        let prompt = self.prompts.render(c, now, history);
+        let prompt = self.persona().prompts.render(c, now, history);
         let generation = match self.model.generate(&prompt, &self.schema) {
             Ok(g) => g,
             Err(e @ (LlmError::PromptTooLong { .. } | LlmError::Schema(_))) => {
                 // Deterministic for this prompt: retrying would fail the same way.
                 tracing::warn!(customer = %c.pseudonym, error = error_kind(&e), "model failed; sent the fallback reply");
-                turn.replies.push(self.prompts.replies().model_error());
+                turn.replies
+                    .push(self.persona().prompts.replies().model_error());
                 return Ok(());
             }
             Err(e) => return Err(e.into()),
@@ -339,7 +356,8 @@ impl Engine {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(customer = %c.pseudonym, error = %e, "model output unusable; sent the fallback reply");
-                turn.replies.push(self.prompts.replies().model_error());
+                turn.replies
+                    .push(self.persona().prompts.replies().model_error());
                 return Ok(());
             }
         };
@@ -447,7 +465,8 @@ impl Engine {
             None => BookingOutcome::Failed(BookingFailure::NotConfigured),
         };
         tracing::info!(customer = %c.pseudonym, request = %req.request_id, outcome = outcome_kind(&outcome), "trial booking");
-        let replies = self.prompts.replies();
+        let persona = self.persona();
+        let replies = persona.prompts.replies();
         let conv = &mut c.body.conversation;
         conv.offered_slots.clear();
         conv.extra.remove(OFFERED_AT);
@@ -525,7 +544,8 @@ impl Engine {
             pseudonym: c.pseudonym,
         });
         turn.replies.clear();
-        turn.replies.push(self.studio.handover_text.clone());
+        turn.replies
+            .push(self.persona().studio.handover_text.clone());
     }
 
     fn opt_out(&self, c: &mut Customer, turn: &mut Turn) {
@@ -533,7 +553,8 @@ impl Engine {
         c.body.conversation.offered_slots.clear();
         c.body.conversation.extra.remove(OFFERED_AT);
         turn.replies.clear();
-        turn.replies.push(self.studio.opt_out_reply.clone());
+        turn.replies
+            .push(self.persona().studio.opt_out_reply.clone());
     }
 
     /// Step 7 of the module doc. A reply in which the model claims to be human is replaced by
@@ -542,7 +563,7 @@ impl Engine {
         for reply in &mut turn.replies {
             if denies_ai(reply) {
                 tracing::warn!(customer = %c.pseudonym, "the model denied being an AI; reply replaced");
-                *reply = self.prompts.replies().disclosure();
+                *reply = self.persona().prompts.replies().disclosure();
             }
         }
         if c.body.conversation.disclosed_ai {
@@ -552,7 +573,11 @@ impl Engine {
             return;
         };
         if !mentions_ai(first) {
-            *first = format!("{}\n{}", self.prompts.replies().disclosure(), first);
+            *first = format!(
+                "{}\n{}",
+                self.persona().prompts.replies().disclosure(),
+                first
+            );
         }
         c.body.conversation.disclosed_ai = true;
     }
