@@ -253,7 +253,10 @@ pub async fn serve_until(
             None
         }
     };
+    // Registered before READY, so a reload right after start is never the default SIGHUP action.
+    let hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let reloader = tokio::spawn(reload_on_sighup(
+        hup,
         Arc::new(core),
         channel.as_ref().and_then(|c| c.engine.clone()),
     ));
@@ -598,12 +601,10 @@ async fn wait_for_stop() {
 /// Prompts, studio facts and admin settings take effect at once; listener addresses, model and
 /// credentials need a restart.
 async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
     core: Arc<Core>,
     engine: Option<Arc<crate::conversation::engine::Engine>>,
 ) {
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
     while hup.recv().await.is_some() {
         notify(&[("RELOADING", "1")]);
         let (c, e) = (core.clone(), engine.clone());

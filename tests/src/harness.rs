@@ -77,6 +77,7 @@ pub struct Daemon {
     pub identity: String,
     spec: DaemonSpec,
     child: Option<Child>,
+    notify: Option<UnixDatagram>,
 }
 
 impl Daemon {
@@ -148,6 +149,7 @@ burst_window_ms = {burst}
             identity,
             spec,
             child: None,
+            notify: None,
         };
         d.restart();
         d
@@ -184,16 +186,31 @@ burst_window_ms = {burst}
             .spawn()
             .expect("start frontdesk");
         self.child = Some(child);
+        self.notify = Some(sock);
+        self.wait_notify("READY=1");
+    }
+
+    /// Waits for the daemon's next sd_notify message containing the line `line`; returns that
+    /// whole message (e.g. with its STATUS=).
+    pub fn wait_notify(&self, line: &str) -> String {
+        let sock = self.notify.as_ref().expect("daemon not started");
         let mut buf = [0u8; 4096];
         loop {
             let n = sock
                 .recv(&mut buf)
-                .expect("daemon did not report READY=1 within 120 s");
-            let msg = String::from_utf8_lossy(&buf[..n]);
-            if msg.lines().any(|l| l == "READY=1") {
-                break;
+                .unwrap_or_else(|_| panic!("daemon did not report {line} within 120 s"));
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if msg.lines().any(|l| l == line) {
+                return msg;
             }
         }
+    }
+
+    /// Sends SIGHUP (what `systemctl reload` does).
+    pub fn reload(&self) {
+        let pid = self.pid().expect("daemon not running");
+        // SAFETY: kill(2) on our own child process.
+        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
     }
 
     /// SIGKILLs the daemon (no cleanup of any kind).

@@ -26,9 +26,14 @@ fn answered_ids(text: &str) -> Vec<String> {
 }
 
 fn all_answered(graph: &sim::GraphSim) -> Vec<String> {
-    graph
-        .sent()
-        .iter()
+    answered_in(&graph.sent())
+}
+
+/// Message ids answered by these sends. Loops that wait for more replies take one snapshot per
+/// round and wait for `snapshot.len() + 1`, so a reply arriving between the check and the wait
+/// cannot be missed.
+fn answered_in(sent: &[sim::SentRecord]) -> Vec<String> {
+    sent.iter()
         .filter_map(|r| match &r.message {
             sim::SentMessageKind::Text { body, .. } => Some(answered_ids(body)),
             _ => None,
@@ -164,11 +169,11 @@ async fn webhook_contract_inbound_types_statuses_and_duplicates() {
         .await
         .delivered());
     let texts = loop {
+        let n = graph.sent().len();
         let texts = graph.texts_to(phone);
         if texts.iter().any(|t| t.contains("wamid.t12")) {
             break texts;
         }
-        let n = graph.sent().len();
         await_sends(&graph, n + 1).await;
     };
     let answered: Vec<String> = texts.iter().flat_map(|t| answered_ids(t)).collect();
@@ -293,11 +298,11 @@ async fn order_per_customer_and_concurrency_across_customers() {
         r.unwrap();
     }
     loop {
-        let answered = all_answered(&graph);
-        if answered.len() >= 100 {
+        let sent = graph.sent();
+        if answered_in(&sent).len() >= 100 {
             break;
         }
-        await_sends(&graph, graph.sent().len() + 1).await;
+        await_sends(&graph, sent.len() + 1).await;
     }
     for phone in &phones {
         let ids: Vec<String> = graph
@@ -381,11 +386,23 @@ async fn sigkill_loses_no_acknowledged_message_and_replies_once() {
     // Every acknowledged message is answered; duplicates only from the documented window
     // (a kill between a send and its record), at most one per reply in flight per kill.
     loop {
-        let answered: HashSet<String> = all_answered(&graph).into_iter().collect();
+        let sent = graph.sent();
+        let answered: HashSet<String> = answered_in(&sent).into_iter().collect();
         if acked.is_subset(&answered) {
             break;
         }
-        await_sends(&graph, graph.sent().len() + 1).await;
+        if graph.wait_for_sent(sent.len() + 1, WAIT).await.is_err() {
+            let missing: Vec<_> = acked.difference(&answered).cloned().collect();
+            daemon.stop();
+            let store = daemon.open_store();
+            let q = Queues::new(&store).unwrap();
+            let seen: Vec<bool> = missing.iter().map(|m| q.seen(&store, m).unwrap()).collect();
+            panic!(
+                "unanswered: {missing:?}; seen: {seen:?}; inbox {} rows, outbox {} rows",
+                q.inbox(&store).unwrap().len(),
+                q.outbox(&store).unwrap().len()
+            );
+        }
     }
     let mut counts: HashMap<String, usize> = HashMap::new();
     for id in all_answered(&graph) {
@@ -406,4 +423,47 @@ async fn sigkill_loses_no_acknowledged_message_and_replies_once() {
     let store = daemon.open_store();
     let q = Queues::new(&store).unwrap();
     assert!(q.inbox(&store).unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_running_on_a_broken_config_and_applies_a_good_one() {
+    let graph = sim::start().await;
+    let mut daemon = Daemon::start(DaemonSpec::with_graph(graph.base_url()));
+    let good = std::fs::read_to_string(&daemon.config).unwrap();
+
+    // A broken file: the daemon keeps its configuration and says so.
+    std::fs::write(&daemon.config, format!("{good}\n[webhook]\nbogus = 1\n")).unwrap();
+    daemon.reload();
+    daemon.wait_notify("RELOADING=1");
+    let msg = daemon.wait_notify("READY=1");
+    assert!(msg.contains("reload failed"), "{msg}");
+    let driver = WebhookDriver::new(&daemon.webhook_url(), SIM_APP_SECRET).unwrap();
+    let ts = jiff::Timestamp::now().as_second();
+    assert!(driver
+        .deliver(&PayloadBuilder::default().text_message("491790000001", "wamid.r1", "Hallo", ts))
+        .await
+        .delivered());
+    await_sends(&graph, 1).await;
+
+    // A valid change is applied.
+    std::fs::write(
+        &daemon.config,
+        good.replace("log_level = \"warn\"", "log_level = \"error\""),
+    )
+    .unwrap();
+    daemon.reload();
+    daemon.wait_notify("RELOADING=1");
+    let msg = daemon.wait_notify("READY=1");
+    assert!(msg.contains("reloaded"), "{msg}");
+
+    daemon.stop();
+    let store = daemon.open_store();
+    let reloads: Vec<String> = store
+        .keyspaces()
+        .audit
+        .iter()
+        .map(|g| String::from_utf8_lossy(&g.into_inner().unwrap().1).into_owned())
+        .filter(|e| e.contains("config.reloaded"))
+        .collect();
+    assert_eq!(reloads.len(), 2, "{reloads:?}");
 }
