@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-use frontdesk::admin::{bind_admin_socket, serve_admin, AdminState};
+use frontdesk::admin::{AdminServerThread, AdminState};
 use frontdesk::audit::{AuditLog, AuditRecord};
 use frontdesk::config::Config;
 use frontdesk::store::crypto::StoreIdentity;
@@ -40,15 +40,7 @@ struct Env {
     config: PathBuf,
     socket: PathBuf,
     store: Arc<Store>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.thread.take().unwrap().join().unwrap();
-    }
+    _server: AdminServerThread,
 }
 
 fn start(group: &str) -> Env {
@@ -72,33 +64,13 @@ fn start(group: &str) -> Env {
     let store = Arc::new(Store::open(&cfg.store_dir(), StoreIdentity::generate()).unwrap());
     let audit = Arc::new(AuditLog::open(store.clone()).unwrap().without_journal());
     let state = Arc::new(AdminState::new(store.clone(), audit, Arc::new(cfg)));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let path = socket.clone();
-    let group = group.to_string();
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = bind_admin_socket(&path, &group).unwrap();
-            ready_tx.send(()).unwrap();
-            serve_admin(listener, state, async {
-                let _ = stopped.await;
-            })
-            .await;
-        });
-    });
-    ready_rx.recv().unwrap();
+    let server = AdminServerThread::start(state, &socket, group);
     Env {
         dir,
         config,
         socket,
         store,
-        stop: Some(stop),
-        thread: Some(thread),
+        _server: server,
     }
 }
 

@@ -383,3 +383,61 @@ fn dispatch(ctx: &Ctx, method: &Method, path: &str, body: &[u8]) -> Result<Reply
         _ => Err(OpError::new(405, format!("no endpoint {method} {path}"))),
     }
 }
+
+/// The admin server on its own runtime thread, bound to `socket`, until dropped. For tests and
+/// tools that drive the admin API without a whole daemon.
+pub struct AdminServerThread {
+    pub socket: std::path::PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AdminServerThread {
+    /// Binds `socket` (with `group` as its group, when that group exists) and serves `state`.
+    pub fn start(state: Arc<AdminState>, socket: &Path, group: &str) -> AdminServerThread {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (path, group) = (socket.to_path_buf(), group.to_string());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("admin server runtime");
+            rt.block_on(async move {
+                match bind_admin_socket(&path, &group) {
+                    Ok(listener) => {
+                        let _ = ready_tx.send(Ok(()));
+                        serve_admin(listener, state, async {
+                            let _ = stopped.await;
+                        })
+                        .await;
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                    }
+                }
+            });
+        });
+        ready_rx
+            .recv()
+            .expect("admin server thread")
+            .expect("admin socket binds");
+        AdminServerThread {
+            socket: socket.to_path_buf(),
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for AdminServerThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

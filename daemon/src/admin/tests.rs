@@ -104,50 +104,21 @@ fn root() -> Caller {
     }
 }
 
-/// Runs the server on a temporary socket on its own runtime thread.
+/// The admin server on a temporary socket.
 struct Server {
-    socket: std::path::PathBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    inner: crate::admin::AdminServerThread,
     _dir: tempfile::TempDir,
 }
 
 impl Server {
     fn start(state: Arc<AdminState>) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("admin.sock");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let path = socket.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = bind_admin_socket(&path, "no-such-group-frontdesk").unwrap();
-                ready_tx.send(()).unwrap();
-                serve_admin(listener, state, async {
-                    let _ = stopped.await;
-                })
-                .await;
-            });
-        });
-        ready_rx.recv().unwrap();
-        Server {
-            socket,
-            stop: Some(stop),
-            thread: Some(thread),
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.thread.take().unwrap().join().unwrap();
+        let inner = crate::admin::AdminServerThread::start(
+            state,
+            &dir.path().join("admin.sock"),
+            "no-such-group-frontdesk",
+        );
+        Server { inner, _dir: dir }
     }
 }
 
@@ -176,14 +147,14 @@ fn every_endpoint_end_to_end_over_the_socket() {
         .set_value("model", serde_json::json!("SmolLM2-135M (test)"));
     let server = Server::start(f.state.clone());
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&server.socket)
+    let mode = std::fs::metadata(&server.inner.socket)
         .unwrap()
         .permissions()
         .mode()
         & 0o777;
     // The group does not exist: owner only.
     assert_eq!(mode, 0o600);
-    let c = AdminClient::new(&server.socket);
+    let c = AdminClient::new(&server.inner.socket);
 
     let s: StatusReply = c.get(STATUS).unwrap().json().unwrap();
     assert_eq!(s.customers, 2);

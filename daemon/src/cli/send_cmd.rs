@@ -91,56 +91,12 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::admin::{bind_admin_socket, serve_admin, AdminState};
+    use crate::admin::AdminState;
     use crate::audit::{Actor, AuditLog, AuditRecord, Status};
     use crate::store::crypto::StoreIdentity;
     use crate::store::messages::Direction;
     use crate::store::Store;
     use crate::whatsapp::queue::{OutboundKind, Queues};
-
-    /// The admin server on a temporary socket, on its own runtime thread.
-    struct Server {
-        socket: std::path::PathBuf,
-        stop: Option<tokio::sync::oneshot::Sender<()>>,
-        thread: Option<std::thread::JoinHandle<()>>,
-    }
-
-    impl Server {
-        fn start(state: Arc<AdminState>, dir: &std::path::Path) -> Server {
-            let socket = dir.join("admin.sock");
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-            let path = socket.clone();
-            let thread = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async move {
-                    let listener = bind_admin_socket(&path, "no-such-group-frontdesk").unwrap();
-                    ready_tx.send(()).unwrap();
-                    serve_admin(listener, state, async {
-                        let _ = stopped.await;
-                    })
-                    .await;
-                });
-            });
-            ready_rx.recv().unwrap();
-            Server {
-                socket,
-                stop: Some(stop),
-                thread: Some(thread),
-            }
-        }
-    }
-
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.stop.take().unwrap().send(());
-            self.thread.take().unwrap().join().unwrap();
-        }
-    }
 
     fn args(phone: &str) -> SendArgs {
         SendArgs {
@@ -172,7 +128,11 @@ mod tests {
             audit,
             Arc::new(Config::default()),
         ));
-        let server = Server::start(state.clone(), dir.path());
+        let server = crate::admin::AdminServerThread::start(
+            state.clone(),
+            &dir.path().join("admin.sock"),
+            "no-such-group-frontdesk",
+        );
         let client = AdminClient::new(&server.socket);
         let phone = "+49 151 2345678";
 
