@@ -17,4 +17,5 @@ pub mod service;
 pub mod stats;
 pub mod store;
 pub mod tunnel;
+pub mod turn;
 pub mod whatsapp;

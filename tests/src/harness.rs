@@ -18,13 +18,18 @@ pub const VERIFY_TOKEN: &str = "harness-verify-token";
 
 /// Path of the `frontdesk` binary built alongside the tests.
 pub fn frontdesk_bin() -> PathBuf {
+    built_bin("frontdesk")
+}
+
+/// Path of a binary of the workspace, built alongside the tests.
+fn built_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // Tests run from target/<profile>/deps/, benchmark binaries from target/<profile>/.
     let mut dir = exe.parent().expect("target directory");
     if dir.ends_with("deps") {
         dir = dir.parent().expect("target directory");
     }
-    let bin = dir.join("frontdesk");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
         "{} is missing: build it first (`cargo build --release --workspace --bins`)",
@@ -33,19 +38,12 @@ pub fn frontdesk_bin() -> PathBuf {
     bin
 }
 
-/// A free loopback port (bound and released; good enough for tests on one machine).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Settings of a harness daemon.
 #[derive(Clone, Debug)]
 pub struct DaemonSpec {
     pub graph_base: String,
+    /// Run `frontdesk-fixed` (the engine replaced by this instant reply) instead of the
+    /// shipped daemon with its engine.
     pub fixed_reply: Option<String>,
     pub burst_window_ms: u64,
     pub max_body_bytes: usize,
@@ -68,7 +66,8 @@ impl DaemonSpec {
     }
 }
 
-/// A daemon's directory, configuration and (while running) process.
+/// A daemon's directory, configuration and (while running) process. The first start binds port
+/// 0 and learns the ports from READY=1; restarts bind the same ports again.
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
@@ -94,8 +93,8 @@ impl Daemon {
         for (name, value) in &spec.extra_credentials {
             std::fs::write(creds.join(name), value).unwrap();
         }
-        let webhook: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // Port 0: the daemon binds free ports and reports them with READY=1.
+        let unbound: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let config = dir.path().join("frontdesk.toml");
         let prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../prompts");
         std::fs::write(
@@ -130,8 +129,8 @@ burst_window_ms = {burst}
                 dir = dir.path().display(),
                 creds = creds.display(),
                 prompts = prompts.display(),
-                webhook = webhook,
-                metrics = metrics,
+                webhook = unbound,
+                metrics = unbound,
                 max_body = spec.max_body_bytes,
                 graph = spec.graph_base,
                 version = SIM_GRAPH_VERSION,
@@ -144,8 +143,8 @@ burst_window_ms = {burst}
         let mut d = Daemon {
             dir,
             config,
-            webhook,
-            metrics,
+            webhook: unbound,
+            metrics: unbound,
             identity,
             spec,
             child: None,
@@ -173,11 +172,21 @@ burst_window_ms = {burst}
         let sock = UnixDatagram::bind(&sock_path).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(120)))
             .unwrap();
-        let mut cmd = Command::new(frontdesk_bin());
-        cmd.arg("--config").arg(&self.config).arg("serve");
-        if let Some(r) = &self.spec.fixed_reply {
-            cmd.arg("--fixed-reply").arg(r);
-        }
+        let mut cmd = match &self.spec.fixed_reply {
+            Some(reply) => {
+                let mut cmd = Command::new(built_bin("frontdesk-fixed"));
+                cmd.arg("--config")
+                    .arg(&self.config)
+                    .arg("--reply")
+                    .arg(reply);
+                cmd
+            }
+            None => {
+                let mut cmd = Command::new(frontdesk_bin());
+                cmd.arg("--config").arg(&self.config).arg("serve");
+                cmd
+            }
+        };
         let child = cmd
             .env("NOTIFY_SOCKET", &sock_path)
             .env_remove("CREDENTIALS_DIRECTORY")
@@ -187,7 +196,33 @@ burst_window_ms = {burst}
             .expect("start frontdesk");
         self.child = Some(child);
         self.notify = Some(sock);
-        self.wait_notify("READY=1");
+        let ready = self.wait_notify("READY=1");
+        let addr = |var: &str| -> SocketAddr {
+            ready
+                .lines()
+                .find_map(|l| l.strip_prefix(var))
+                .unwrap_or_else(|| panic!("READY=1 without {var}: {ready}"))
+                .parse()
+                .unwrap()
+        };
+        let (webhook, metrics) = (addr("X_FRONTDESK_WEBHOOK="), addr("X_FRONTDESK_METRICS="));
+        if self.webhook.port() == 0 {
+            // Later restarts keep these ports, so drivers made before a restart still reach it.
+            let text = std::fs::read_to_string(&self.config).unwrap();
+            let text = text
+                .replacen(
+                    "listen = \"127.0.0.1:0\"",
+                    &format!("listen = \"{webhook}\""),
+                    1,
+                )
+                .replacen(
+                    "listen = \"127.0.0.1:0\"",
+                    &format!("listen = \"{metrics}\""),
+                    1,
+                );
+            std::fs::write(&self.config, text).unwrap();
+        }
+        (self.webhook, self.metrics) = (webhook, metrics);
     }
 
     /// Waits for the daemon's next sd_notify message containing the line `line`; returns that

@@ -486,6 +486,10 @@ pub enum AuditEvent {
     /// A webhook request was rejected (bad signature, too large, malformed …).
     #[serde(rename = "webhook.rejected")]
     WebhookRejected { reason: Code },
+    /// Inbound messages were dropped without an answer or a customer record (`reason`:
+    /// `invalid_sender` for an address that is neither a phone number nor a WhatsApp user id).
+    #[serde(rename = "message.dropped")]
+    MessageDropped { reason: Code, messages: u64 },
     /// A WhatsApp message was sent (`kind`: text, template, …).
     #[serde(rename = "message.sent")]
     MessageSent { kind: Code },
@@ -585,6 +589,7 @@ impl AuditEvent {
             BookingAttempt { .. } | BookingBooked { .. } | BookingFailed { .. } => Purpose::Booking,
             RetentionPurge { .. } | AuditCheckpoint { .. } => Purpose::Retention,
             WebhookRejected { .. }
+            | MessageDropped { .. }
             | AdminDenied { .. }
             | AuditVerify { .. }
             | AuditRead { .. }

@@ -15,11 +15,12 @@ use anyhow::Context;
 use super::exit;
 use crate::config::Config;
 use crate::conversation::booking::{Booker, BookingOutcome, BookingRequest};
-use crate::conversation::engine::{Engine, Inbound, Turn};
+use crate::conversation::engine::{Engine, Turn};
 use crate::conversation::prompts::{describe_start, Prompts};
 use crate::conversation::when::berlin_now;
 use crate::store::crypto::StoreIdentity;
 use crate::store::Store;
+use crate::turn::{Burst, Part, PartKind};
 
 /// The phone number used when none is given (a number no one has).
 const DEFAULT_PHONE: &str = "+49 000 0000000";
@@ -79,6 +80,7 @@ pub fn chat_loop(
         }
     };
     prompt();
+    let mut n = 0u64;
     for line in input.lines() {
         let line = line?;
         let text = line.trim();
@@ -89,13 +91,23 @@ pub fn chat_loop(
             prompt();
             continue;
         }
-        let inbound = Inbound {
-            phone: phone.to_string(),
+        n += 1;
+        let now = berlin_now();
+        let burst = Burst {
+            address: phone.to_string(),
             contact_name: None,
-            texts: vec![text.to_string()],
-            wamids: Vec::new(),
+            parts: vec![Part {
+                id: format!("chat.{n}"),
+                at: now.timestamp(),
+                kind: PartKind::Text(text.to_string()),
+            }],
         };
-        match engine.handle(&inbound, &berlin_now(), &mut |_, _, _| Ok(())) {
+        let decided = engine.decide_at(&burst, &now).map_err(anyhow::Error::from);
+        let committed = decided.and_then(|mut turn| {
+            turn.effects = crate::turn::commit(engine.store(), turn.effects, &(), None)?;
+            Ok(turn)
+        });
+        match committed {
             Ok(turn) => print_turn(&mut out, assistant_name, &turn)?,
             Err(e) => writeln!(out, "[error: {e}]")?,
         }

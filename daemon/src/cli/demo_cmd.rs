@@ -51,12 +51,6 @@ fn find_prompts() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("prompts"))
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// Runs the demo; lines come from stdin (a terminal or a pipe).
 pub fn run(model: Option<&Path>) -> anyhow::Result<u8> {
     let model = find_model(model)?;
@@ -102,8 +96,11 @@ fn run_in(dir: &Path, model: &Path) -> anyhow::Result<u8> {
         cfg.studio.opening_hours = vec!["Mo–Fr 8:00–21:00".into(), "Sa 9:00–14:00".into()];
         cfg.studio.offers = vec!["EMS-Training 1×/Woche: 49 € im Monat".into()];
         cfg.studio.trial_info = "20 Minuten EMS mit Trainer, kostenlos".into();
-        cfg.webhook.listen = format!("127.0.0.1:{}", free_port()?).parse()?;
-        cfg.metrics.listen = format!("127.0.0.1:{}", free_port()?).parse()?;
+        // Port 0: the system picks free ports, read back from the bound listeners.
+        cfg.webhook.listen = "127.0.0.1:0".parse()?;
+        cfg.metrics.listen = "127.0.0.1:0".parse()?;
+        let listeners = crate::service::Listeners::bind(&cfg).await?;
+        let webhook_url = format!("http://{}/webhook", listeners.webhook.local_addr()?);
         cfg.whatsapp.graph_base = graph.base_url();
         cfg.whatsapp.api_version = SIM_GRAPH_VERSION.into();
         cfg.whatsapp.phone_number_id = SIM_PHONE_NUMBER_ID.into();
@@ -121,8 +118,7 @@ fn run_in(dir: &Path, model: &Path) -> anyhow::Result<u8> {
             ready: Some(ready.clone()),
             ..Default::default()
         };
-        let webhook_url = format!("http://{}/webhook", cfg.webhook.listen);
-        let daemon = tokio::spawn(crate::service::serve_until(cfg, opts, async {
+        let daemon = tokio::spawn(crate::service::run(cfg, listeners, opts, async {
             let _ = stop_rx.await;
         }));
         tokio::select! {

@@ -42,11 +42,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the daemon (what frontdesk.service starts).
-    Serve {
-        /// Load tests only: answer every message with this text instead of the model.
-        #[arg(long, hide = true)]
-        fixed_reply: Option<String>,
-    },
+    Serve,
     /// Show the running daemon's state: version, uptime, model, tunnel, queues, store, retention.
     Status {
         /// Print JSON.
@@ -133,12 +129,9 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match &cli.command {
-        Command::Serve { fixed_reply } => {
+        Command::Serve => {
             let cfg = load_config(&cli)?;
-            let opts = crate::service::ServeOptions {
-                fixed_reply: fixed_reply.clone(),
-                ..Default::default()
-            };
+            let opts = crate::service::ServeOptions::default();
             crate::logging::init(
                 &cfg.service.log_level,
                 crate::logging::running_under_journald(),

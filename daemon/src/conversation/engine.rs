@@ -1,35 +1,41 @@
-//! The conversation engine: turns one inbound burst of a contact into the assistant's reply,
-//! the updated customer record, booking calls and staff alerts.
+//! The conversation engine: decides what one burst of a contact's messages leads to — the
+//! reply, the updated customer record, booking calls, staff alerts, audit entries and funnel
+//! counters — and returns it as [`Effects`]; it writes nothing itself.
 //!
-//! [`Engine::handle`] runs blocking (model and booking calls) and in this order:
-//! 1. Load the customer (or start a new one) and read the inbound texts.
-//! 2. Opt-out keywords are checked before anything else, deterministically ([`is_opt_out`]).
+//! [`Engine::decide_at`] runs blocking (model and booking calls) and in this order:
+//! 1. An address that is neither a phone number nor a WhatsApp user id is dropped: no record,
+//!    no reply, an audit entry (`message.dropped`). Bursts of only reactions or WhatsApp system
+//!    notices (`user_changed_number`, …) change nothing and are never answered.
+//! 2. Load the customer (or start a new one). Every text and non-text part goes into the
+//!    history with WhatsApp's timestamp; non-text parts as `[voice]`, `[image]` ….
+//! 3. Opt-out keywords are checked before anything else, deterministically ([`is_opt_out`]).
 //!    An opted-out contact gets [`StudioConfig::opt_out_reply`] once; a further opt-out message
-//!    is recorded in silence; any later message that is *not* an opt-out means the contact wrote
+//!    is recorded in silence; any later text that is *not* an opt-out means the contact wrote
 //!    again on their own and reactivates the bot (GDPR and WhatsApp policy allow answering
 //!    someone who writes to us).
-//! 3. Paused and handed-over (escalated) contacts get no reply; their messages are still recorded
-//!    so staff see them. An opt-out from them is recorded only: staff are in charge there.
-//! 4. If free alternatives were offered after a taken slot and the message picks one ("der
+//! 4. Paused and handed-over (escalated) contacts get no reply; their messages are still recorded
+//!    so staff see them. An opt-out from them is recorded only: staff are in charge there. A
+//!    burst without text (voice note, picture …) gets [`StudioConfig::non_text_reply`].
+//! 5. If free alternatives were offered after a taken slot and the message picks one ("der
 //!    zweite", "Mittwoch um 18 Uhr"), that one is booked without asking the model.
-//! 5. Otherwise the model gets the persona prompt and the last `history_messages` messages and
+//! 6. Otherwise the model gets the persona prompt and the last `history_messages` messages and
 //!    returns reply, profile facts, intent and wished date. Profile facts are merged
 //!    ([`super::reply::merge_profile`]); the stage advances (first name → "Name bekannt").
-//! 6. The intent decides: hand-over (complaint, cancellation, contract question → escalated,
+//! 7. The intent decides: hand-over (complaint, cancellation, contract question → escalated,
 //!    staff alert, [`StudioConfig::handover_text`]), opt-out, or a booking when first name,
 //!    last name and e-mail are known and the wished date parses to a concrete start. The booking's
 //!    outcome replaces the model's reply with a fixed text from `replies.toml`.
-//! 7. The first reply to a contact always carries the AI disclosure (EU AI Act Art. 50): if the
-//!    model's reply does not say so, the configured sentence is put in front of it.
-//! 8. Everything — customer, inbound messages, replies and whatever the caller's `finish` adds
-//!    (outbox row, inbox entry done) — is committed in one durable write. The model call and the
-//!    booking happen before it; the booker is idempotent per request id, so a crash between
-//!    booking and commit only repeats an already-recorded booking.
+//! 8. The first reply to a contact always carries the AI disclosure (EU AI Act Art. 50), whatever
+//!    produced it (model, fixed text, non-text reply): if the reply does not say so, the
+//!    configured sentence is put in front of it.
+//! 9. Funnel counters (new contact, name known, trial booked, hand-over, opt-out) and audit
+//!    entries (alerts, opt-out) are derived from what changed.
 //!
-//! The engine never sends anything itself: [`Turn::replies`] is what the caller sends.
+//! The booking happens before the commit; the booker is idempotent per request id, so a crash
+//! between booking and commit only repeats an already-recorded booking. The engine never sends
+//! anything: [`Effects::replies`] is what the channel sends once the turn is committed.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use jiff::{Timestamp, Zoned};
 
@@ -37,12 +43,18 @@ use super::booking::{Booker, BookingFailure, BookingOutcome, BookingRequest};
 use super::prompts::Prompts;
 use super::reply::{self, Intent, ModelReply};
 use super::when::{self, berlin_tz};
+use crate::audit::{Actor, AuditEvent, Code, NewEntry};
 use crate::config::{ConversationConfig, StudioConfig};
 use crate::llm::{ChatMessage, LanguageModel, LlmError, Role};
+use crate::stats::FunnelEvent;
 use crate::store::crypto::Pseudonym;
 use crate::store::customers::{BotMode, Customer, Stage};
 use crate::store::messages::{Direction, Message};
-use crate::store::{self, Store, StoreError};
+use crate::store::{Store, StoreError};
+use crate::turn::{
+    is_valid_address, AlertKind, Burst, Decide, Effects, PartKind, RecordUpdate, StaffAlert,
+    TurnOutcome,
+};
 
 /// Offered alternatives older than this are no longer read as picks.
 const OFFER_TTL_SECS: i64 = 24 * 3600;
@@ -52,43 +64,6 @@ const OFFERED_AT: &str = "offered_at";
 /// Longest stored WhatsApp profile name.
 const MAX_CONTACT_NAME_CHARS: usize = 100;
 
-/// One inbound burst of a contact: messages that arrived within the burst window, in order.
-#[derive(Clone, PartialEq)]
-pub struct Inbound {
-    pub phone: String,
-    /// The WhatsApp profile name, when the webhook carried one.
-    pub contact_name: Option<String>,
-    pub texts: Vec<String>,
-    /// WhatsApp message ids, parallel to `texts` (may be shorter).
-    pub wamids: Vec<String>,
-}
-
-impl std::fmt::Debug for Inbound {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Inbound{{{} texts}}", self.texts.len())
-    }
-}
-
-/// Why staff must look at a conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AlertKind {
-    Complaint,
-    Cancellation,
-    ContractQuestion,
-    /// A booking could not be made and a person has to follow up.
-    BookingFailed,
-    /// A booked trial was moved to a new slot: staff cancel the old appointment in MagicLine
-    /// (the booking interface has no cancellation).
-    Rescheduled,
-}
-
-/// A notice for staff; carries no personal data (they look the customer up by pseudonym).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StaffAlert {
-    pub kind: AlertKind,
-    pub pseudonym: Pseudonym,
-}
-
 /// Token accounting of the model call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct GenerationStats {
@@ -97,15 +72,11 @@ pub struct GenerationStats {
     pub generated_tokens: u32,
 }
 
-/// What one call of [`Engine::handle`] decided.
-#[derive(Clone, PartialEq)]
+/// What one call of [`Engine::decide_at`] decided: the [`Effects`] to commit, and how the
+/// engine got there (for tests and the log).
+#[derive(Clone)]
 pub struct Turn {
-    pub pseudonym: Pseudonym,
-    /// The contact was not in the store before this message.
-    pub new_contact: bool,
-    /// Texts to send, in order (usually one; empty means silence).
-    pub replies: Vec<String>,
-    pub alerts: Vec<StaffAlert>,
+    pub effects: Effects,
     /// Funnel moves in this turn, in order (NewLead → NameKnown → TrialBooked may both happen).
     pub stage_changes: Vec<(Stage, Stage)>,
     /// Bot mode changes in this turn (hand-over, opt-out, reactivation).
@@ -117,12 +88,9 @@ pub struct Turn {
 }
 
 impl Turn {
-    fn new(pseudonym: Pseudonym, new_contact: bool) -> Turn {
+    fn new(effects: Effects) -> Turn {
         Turn {
-            pseudonym,
-            new_contact,
-            replies: Vec::new(),
-            alerts: Vec::new(),
+            effects,
             stage_changes: Vec::new(),
             mode_changes: Vec::new(),
             intent: None,
@@ -132,14 +100,24 @@ impl Turn {
     }
 }
 
+impl std::ops::Deref for Turn {
+    type Target = Effects;
+    fn deref(&self) -> &Effects {
+        &self.effects
+    }
+}
+
+impl std::ops::DerefMut for Turn {
+    fn deref_mut(&mut self) -> &mut Effects {
+        &mut self.effects
+    }
+}
+
 impl std::fmt::Debug for Turn {
-    // Reply texts are personal data: counts only.
+    // Reply texts are personal data: the effects print counts only.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Turn")
-            .field("pseudonym", &self.pseudonym)
-            .field("new_contact", &self.new_contact)
-            .field("replies", &self.replies.len())
-            .field("alerts", &self.alerts)
+            .field("effects", &self.effects)
             .field("stage_changes", &self.stage_changes)
             .field("mode_changes", &self.mode_changes)
             .field("intent", &self.intent)
@@ -157,11 +135,6 @@ pub enum EngineError {
     #[error("language model: {0}")]
     Model(#[from] LlmError),
 }
-
-/// Adds rows to the engine's commit (outbox entry, inbox entry done). Runs inside the customer's
-/// write lock; an error aborts the whole commit.
-pub type Finish<'a> =
-    dyn FnMut(&mut fjall::OwnedWriteBatch, &Store, &Turn) -> store::Result<()> + 'a;
 
 /// What a reload replaces together.
 struct Persona {
@@ -215,98 +188,107 @@ impl Engine {
         &self.store
     }
 
-    /// Handles one inbound burst; see the module doc for the steps. `now` is the time of the
-    /// burst (any time zone; dates are read in Europe/Berlin). `finish` adds the caller's rows to
-    /// the single durable commit.
-    pub fn handle(
-        &self,
-        inbound: &Inbound,
-        now: &Zoned,
-        finish: &mut Finish<'_>,
-    ) -> Result<Turn, EngineError> {
+    /// Decides one burst; see the module doc for the steps. `now` is the time of the turn (any
+    /// time zone; dates are read in Europe/Berlin). Reads the store, calls the model and the
+    /// booker, writes nothing: the caller commits the effects ([`crate::turn::commit`]).
+    pub fn decide_at(&self, burst: &Burst, now: &Zoned) -> Result<Turn, EngineError> {
         let now = now.with_time_zone(berlin_tz());
         let ts = now.timestamp();
-        let p = self.store.pseudonym(&inbound.phone);
+        let p = self.store.pseudonym(&burst.address);
+        if is_valid_address(&burst.address).is_none() {
+            tracing::warn!(parts = burst.parts.len(), "message from an address that is neither a phone number nor a WhatsApp user id dropped");
+            let mut effects = Effects::nothing(p, &burst.address, ts, TurnOutcome::InvalidSender);
+            effects.audit.push(NewEntry::new(
+                Actor::System,
+                AuditEvent::MessageDropped {
+                    reason: Code::new("invalid_sender"),
+                    messages: burst.parts.len() as u64,
+                },
+            ));
+            return Ok(Turn::new(effects));
+        }
+        // (text, index of the part) of every non-empty text; labels of non-text parts.
+        let texts: Vec<&str> = burst
+            .parts
+            .iter()
+            .filter_map(|part| match &part.kind {
+                PartKind::Text(t) if !t.trim().is_empty() => Some(t.trim()),
+                _ => None,
+            })
+            .collect();
+        let inbound: Vec<Message> = burst
+            .parts
+            .iter()
+            .filter_map(|part| {
+                let text = match &part.kind {
+                    PartKind::Text(t) if !t.trim().is_empty() => t.trim().to_string(),
+                    PartKind::NonText(label) => format!("[{label}]"),
+                    PartKind::Text(_) | PartKind::Reaction | PartKind::System => return None,
+                };
+                Some(Message {
+                    direction: Direction::Inbound,
+                    text,
+                    at: part.at,
+                    wamid: Some(part.id.clone()),
+                })
+            })
+            .collect();
+        if inbound.is_empty() {
+            // Reactions and WhatsApp's system notices: nothing the contact wrote to us.
+            let only_system = burst.parts.iter().all(|part| part.kind == PartKind::System);
+            let outcome = if only_system {
+                TurnOutcome::System
+            } else {
+                TurnOutcome::Ignored
+            };
+            return Ok(Turn::new(Effects::nothing(p, &burst.address, ts, outcome)));
+        }
+
         let existing = self.store.customer(&p)?;
         let new_contact = existing.is_none();
-        let mut c = existing.unwrap_or_else(|| Customer::new(p, &inbound.phone, ts));
+        let mut c = existing.unwrap_or_else(|| Customer::new(p, &burst.address, ts));
         let mode_before = c.meta.mode;
         let disclosed_before = c.body.conversation.disclosed_ai;
-        if let Some(name) = inbound.contact_name.as_deref().map(str::trim) {
+        if let Some(name) = burst.contact_name.as_deref().map(str::trim) {
             if !name.is_empty() {
                 c.body.contact_name = Some(cap_chars(name, MAX_CONTACT_NAME_CHARS));
             }
         }
-        // (index into inbound.texts, trimmed text) of every non-empty message.
-        let texts: Vec<(usize, &str)> = inbound
-            .texts
-            .iter()
-            .map(|t| t.trim())
-            .enumerate()
-            .filter(|(_, t)| !t.is_empty())
-            .collect();
-        let plain: Vec<&str> = texts.iter().map(|(_, t)| *t).collect();
-
-        let mut turn = Turn::new(p, new_contact);
-        if !plain.is_empty() {
-            let opt_out = plain.iter().any(|t| is_opt_out(t));
-            match c.meta.mode {
-                BotMode::Paused | BotMode::Escalated => {}
-                BotMode::OptedOut if opt_out => {}
-                BotMode::Active if opt_out => self.opt_out(&mut c, &mut turn),
-                BotMode::OptedOut | BotMode::Active => {
-                    if c.meta.mode == BotMode::OptedOut {
-                        set_mode(&mut c, &mut turn, BotMode::Active);
-                    }
-                    self.converse(&mut c, &plain, &now, &mut turn)?;
+        let outcome = if texts.is_empty() {
+            TurnOutcome::NonText
+        } else {
+            TurnOutcome::Conversed
+        };
+        let mut effects = Effects::nothing(p, &burst.address, ts, outcome);
+        effects.new_contact = new_contact;
+        let mut turn = Turn::new(effects);
+        let opt_out = texts.iter().any(|t| is_opt_out(t));
+        match c.meta.mode {
+            BotMode::Paused | BotMode::Escalated => {}
+            // Someone who opted out is answered again only when they write text on their own.
+            BotMode::OptedOut if opt_out || texts.is_empty() => {}
+            BotMode::Active if opt_out => self.opt_out(&mut c, &mut turn),
+            BotMode::OptedOut | BotMode::Active => {
+                if c.meta.mode == BotMode::OptedOut {
+                    set_mode(&mut c, &mut turn, BotMode::Active);
+                }
+                if texts.is_empty() {
+                    turn.replies
+                        .push(self.persona().studio.non_text_reply.clone());
+                } else {
+                    self.converse(&mut c, &texts, &now, &mut turn)?;
                 }
             }
         }
         self.ensure_disclosure(&mut c, &mut turn);
-
-        let changed_mode = c.meta.mode != mode_before;
-        let (_, turn) = self
-            .store
-            .update_customer(&inbound.phone, ts, |fresh, batch, store| {
-                let mut turn = turn;
-                if fresh.meta.mode != mode_before && !changed_mode {
-                    // An admin paused or resumed this contact while the model was thinking: their
-                    // decision stands, and a contact who must not be answered is not.
-                    c.meta.mode = fresh.meta.mode;
-                    if !c.meta.mode.answers() {
-                        turn.replies.clear();
-                        c.body.conversation.disclosed_ai = disclosed_before;
-                    }
-                }
-                fresh.body = c.body;
-                fresh.meta.stage = c.meta.stage;
-                fresh.meta.mode = c.meta.mode;
-                fresh.meta.ever_booked |= c.meta.ever_booked;
-                fresh.meta.last_contact = ts;
-                if !texts.is_empty() {
-                    fresh.meta.last_inbound = Some(ts);
-                }
-                for (i, text) in &texts {
-                    let msg = Message {
-                        direction: Direction::Inbound,
-                        text: text.to_string(),
-                        at: ts,
-                        wamid: inbound.wamids.get(*i).cloned(),
-                    };
-                    store.append_message(fresh, &msg, batch)?;
-                }
-                for text in &turn.replies {
-                    let msg = Message {
-                        direction: Direction::Outbound,
-                        text: text.clone(),
-                        at: ts,
-                        wamid: None,
-                    };
-                    store.append_message(fresh, &msg, batch)?;
-                }
-                finish(batch, store, &turn)?;
-                Ok(turn)
-            })?;
+        turn.effects.funnel = funnel_events(&turn);
+        turn.effects.audit = audit_entries(&turn);
+        turn.effects.record = Some(RecordUpdate {
+            customer: c,
+            mode_before,
+            disclosed_before,
+            inbound,
+        });
         tracing::info!(
             customer = %p,
             replies = turn.replies.len(),
@@ -319,7 +301,7 @@ impl Engine {
         Ok(turn)
     }
 
-    /// Steps 4–6 of the module doc for an active contact.
+    /// Steps 5–7 of the module doc for an active contact who wrote text.
     fn converse(
         &self,
         c: &mut Customer,
@@ -583,6 +565,63 @@ impl Engine {
     }
 }
 
+impl Decide for Engine {
+    fn decide(&self, burst: &Burst) -> anyhow::Result<Effects> {
+        let now = Timestamp::now().in_tz(when::TZ_NAME)?;
+        Ok(self.decide_at(burst, &now)?.effects)
+    }
+}
+
+/// The funnel counters a turn moves.
+fn funnel_events(turn: &Turn) -> Vec<FunnelEvent> {
+    let mut out = Vec::new();
+    if turn.new_contact {
+        out.push(FunnelEvent::NewContact);
+    }
+    for (_, to) in &turn.stage_changes {
+        match to {
+            Stage::NameKnown => out.push(FunnelEvent::NameKnown),
+            Stage::TrialBooked => out.push(FunnelEvent::TrialBooked),
+            Stage::NewLead => {}
+        }
+    }
+    for (_, to) in &turn.mode_changes {
+        match to {
+            BotMode::Escalated => out.push(FunnelEvent::Handover),
+            BotMode::OptedOut => out.push(FunnelEvent::OptOut),
+            BotMode::Active | BotMode::Paused => {}
+        }
+    }
+    out
+}
+
+/// The audit entries of a turn: staff alerts (hand-overs, failed bookings, moved trials) and
+/// opt-outs. Codes and pseudonyms only.
+fn audit_entries(turn: &Turn) -> Vec<NewEntry> {
+    let p = turn.pseudonym;
+    let mut out: Vec<NewEntry> = turn
+        .alerts
+        .iter()
+        .map(|alert| {
+            NewEntry::new(
+                Actor::customer(&p),
+                AuditEvent::CustomerEscalate {
+                    reason: Code::new(alert.kind.code()),
+                },
+            )
+            .about(&p)
+        })
+        .collect();
+    if turn
+        .mode_changes
+        .iter()
+        .any(|(_, to)| *to == BotMode::OptedOut)
+    {
+        out.push(NewEntry::new(Actor::customer(&p), AuditEvent::CustomerOptOut).about(&p));
+    }
+    out
+}
+
 fn set_stage(c: &mut Customer, turn: &mut Turn, to: Stage) {
     if c.meta.stage != to {
         turn.stage_changes.push((c.meta.stage, to));
@@ -792,13 +831,6 @@ pub fn denies_ai(text: &str) -> bool {
     })
 }
 
-/// When a burst of messages from one contact is answered: `window` after the latest message,
-/// but no later than four windows after the first, so someone who keeps typing still gets an
-/// answer. Pure, for the dispatcher's timer.
-pub fn burst_deadline(first: Instant, latest: Instant, window: Duration) -> Instant {
-    (latest + window).min(first + window * 4)
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
@@ -808,6 +840,7 @@ mod tests {
 
     use super::*;
     use crate::llm::{Generation, Prompt};
+    use crate::turn::Part;
     use crate::store::crypto::StoreIdentity;
 
     const PHONE: &str = "+49 151 12345678";
@@ -882,6 +915,30 @@ mod tests {
         }
     }
 
+    fn text_part(id: &str, text: &str, now: &Zoned) -> Part {
+        Part {
+            id: id.into(),
+            at: now.timestamp(),
+            kind: PartKind::Text(text.into()),
+        }
+    }
+
+    fn part(id: &str, kind: PartKind) -> Part {
+        Part {
+            id: id.into(),
+            at: monday().timestamp(),
+            kind,
+        }
+    }
+
+    fn burst(parts: Vec<Part>) -> Burst {
+        Burst {
+            address: PHONE.into(),
+            contact_name: None,
+            parts,
+        }
+    }
+
     fn answer(intent: &str, profil: Value, reply: &str, wunsch: Option<&str>) -> Value {
         json!({"intent": intent, "profil": profil, "reply": reply, "wunschtermin": wunsch})
     }
@@ -950,15 +1007,23 @@ mod tests {
             self.send_at(text, &monday())
         }
         fn send_many(&self, texts: &[&str], now: &Zoned) -> Turn {
-            let inbound = Inbound {
-                phone: PHONE.into(),
+            let parts = texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| text_part(&format!("wamid.{i}"), t, now))
+                .collect();
+            self.send_parts(PHONE, parts, now)
+        }
+        /// Decides and commits a burst (no queue rows), as the dispatcher does.
+        fn send_parts(&self, address: &str, parts: Vec<Part>, now: &Zoned) -> Turn {
+            let burst = Burst {
+                address: address.into(),
                 contact_name: Some("Lenchen".into()),
-                texts: texts.iter().map(|t| t.to_string()).collect(),
-                wamids: (0..texts.len()).map(|i| format!("wamid.{i}")).collect(),
+                parts,
             };
-            self.engine
-                .handle(&inbound, now, &mut |_, _, _| Ok(()))
-                .unwrap()
+            let mut turn = self.engine.decide_at(&burst, now).unwrap();
+            turn.effects = crate::turn::commit(&self.store, turn.effects, &(), None).unwrap();
+            turn
         }
         fn customer(&self) -> Customer {
             self.store
@@ -1545,59 +1610,204 @@ mod tests {
         // A transient model failure commits nothing; the caller retries the message later.
         let before = h.history().len();
         h.model.push_raw(Err(LlmError::Busy));
-        let inbound = Inbound {
-            phone: PHONE.into(),
-            contact_name: None,
-            texts: vec!["Noch da?".into()],
-            wamids: vec![],
-        };
         let err = h
             .engine
-            .handle(&inbound, &monday(), &mut |_, _, _| Ok(()))
+            .decide_at(
+                &burst(vec![part("wamid.x", PartKind::Text("Noch da?".into()))]),
+                &monday(),
+            )
             .unwrap_err();
         assert!(matches!(err, EngineError::Model(LlmError::Busy)));
         assert_eq!(h.history().len(), before);
     }
 
+    /// Queue rows that write a marker, or fail.
+    struct MarkerRows(Result<(), ()>);
+
+    impl crate::turn::QueueRows for MarkerRows {
+        fn add(
+            &self,
+            batch: &mut fjall::OwnedWriteBatch,
+            store: &Store,
+            _: &Pseudonym,
+            replies: &[String],
+        ) -> crate::store::Result<()> {
+            self.0
+                .map_err(|()| StoreError::Format("outbox full".into()))?;
+            batch.insert(
+                &store.keyspaces().outbox,
+                b"out-1",
+                replies.len().to_string().into_bytes(),
+            );
+            Ok(())
+        }
+    }
+
     #[test]
-    fn finish_rows_are_part_of_the_same_commit() {
+    fn queue_rows_are_part_of_the_same_commit() {
         let h = harness();
         h.model.push(answer("none", json!({}), DISCLOSED, None));
-        let inbound = Inbound {
-            phone: PHONE.into(),
-            contact_name: None,
-            texts: vec!["Hallo".into()],
-            wamids: vec!["wamid.A".into()],
-        };
-        let mut seen_replies = 0;
-        let t = h
-            .engine
-            .handle(&inbound, &monday(), &mut |batch, store, turn| {
-                seen_replies = turn.replies.len();
-                batch.insert(&store.keyspaces().outbox, b"out-1", b"x".to_vec());
-                Ok(())
-            })
-            .unwrap();
-        assert_eq!(seen_replies, 1);
+        let b = burst(vec![part("wamid.A", PartKind::Text("Hallo".into()))]);
+        let decided = h.engine.decide_at(&b, &monday()).unwrap();
+        // Deciding writes nothing.
+        let p = h.store.pseudonym(PHONE);
+        assert!(h.store.customer(&p).unwrap().is_none());
+        let t = crate::turn::commit(&h.store, decided.effects, &MarkerRows(Ok(())), None).unwrap();
         assert_eq!(t.replies.len(), 1);
-        assert!(h.store.keyspaces().outbox.contains_key(b"out-1").unwrap());
+        assert_eq!(
+            h.store.keyspaces().outbox.get(b"out-1").unwrap().as_deref(),
+            Some(&b"1"[..])
+        );
+        assert_eq!(h.history().len(), 2);
 
-        // A failing finish aborts everything: no customer, no history.
-        let other = Inbound {
-            phone: "+49 160 7654321".into(),
-            ..inbound
+        // Failing queue rows abort everything: no customer, no history, no counters.
+        let other = Burst {
+            address: "+49 160 7654321".into(),
+            ..b
         };
         h.model.push(answer("none", json!({}), DISCLOSED, None));
-        let err = h
-            .engine
-            .handle(&other, &monday(), &mut |_, _, _| {
-                Err(StoreError::Format("outbox full".into()))
-            })
-            .unwrap_err();
-        assert!(matches!(err, EngineError::Store(_)));
+        let decided = h.engine.decide_at(&other, &monday()).unwrap();
+        assert!(
+            crate::turn::commit(&h.store, decided.effects, &MarkerRows(Err(())), None).is_err()
+        );
         let p = h.store.pseudonym("+49 160 7654321");
         assert!(h.store.customer(&p).unwrap().is_none());
         assert!(h.store.recent_messages(&p, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_voice_note_first_gets_the_disclosure_and_counts_as_a_new_contact() {
+        let h = harness();
+        let t = h.send_parts(
+            PHONE,
+            vec![part("wamid.v", PartKind::NonText("voice"))],
+            &monday(),
+        );
+        assert_eq!(h.model.calls(), 0, "a voice note never reaches the model");
+        assert_eq!(t.outcome, TurnOutcome::NonText);
+        assert!(t.new_contact);
+        assert_eq!(t.funnel, vec![FunnelEvent::NewContact]);
+        assert_eq!(t.replies.len(), 1);
+        assert!(mentions_ai(&t.replies[0]), "{}", t.replies[0]);
+        assert!(
+            t.replies[0].contains(&crate::conversation::prompts::tests::studio().non_text_reply)
+        );
+        let history = h.history();
+        assert_eq!(history.len(), 2);
+        assert_eq!(history[0].text, "[voice]");
+        assert_eq!(history[0].wamid.as_deref(), Some("wamid.v"));
+        assert!(h.customer().body.conversation.disclosed_ai);
+
+        // A second voice note: the plain non-text reply, no second disclosure, no new contact.
+        let t = h.send_parts(
+            PHONE,
+            vec![part("wamid.w", PartKind::NonText("image"))],
+            &monday(),
+        );
+        assert!(!t.new_contact);
+        assert!(t.funnel.is_empty());
+        assert_eq!(
+            t.replies,
+            vec![crate::conversation::prompts::tests::studio().non_text_reply]
+        );
+    }
+
+    #[test]
+    fn text_and_voice_in_one_burst_are_one_turn_in_order() {
+        let h = harness();
+        h.model.push(answer("none", json!({}), DISCLOSED, None));
+        let t = h.send_parts(
+            PHONE,
+            vec![
+                part("wamid.1", PartKind::Text("Hallo".into())),
+                part("wamid.2", PartKind::NonText("voice")),
+                part("wamid.3", PartKind::Reaction),
+            ],
+            &monday(),
+        );
+        assert_eq!(t.outcome, TurnOutcome::Conversed);
+        assert_eq!(h.model.calls(), 1);
+        let texts: Vec<String> = h.history().into_iter().map(|m| m.text).collect();
+        assert_eq!(
+            texts,
+            vec!["Hallo".to_string(), "[voice]".into(), DISCLOSED.into()]
+        );
+    }
+
+    #[test]
+    fn system_notices_and_reactions_are_never_answered_nor_stored() {
+        let h = harness();
+        for (parts, outcome) in [
+            (vec![part("wamid.s", PartKind::System)], TurnOutcome::System),
+            (
+                vec![part("wamid.r", PartKind::Reaction)],
+                TurnOutcome::Ignored,
+            ),
+            (
+                vec![
+                    part("wamid.s2", PartKind::System),
+                    part("wamid.r2", PartKind::Reaction),
+                ],
+                TurnOutcome::Ignored,
+            ),
+        ] {
+            let t = h.send_parts(PHONE, parts, &monday());
+            assert_eq!(t.outcome, outcome);
+            assert!(t.replies.is_empty());
+            assert!(t.funnel.is_empty());
+            assert!(t.record.is_none());
+        }
+        assert_eq!(h.model.calls(), 0);
+        assert!(h
+            .store
+            .customer(&h.store.pseudonym(PHONE))
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn an_invalid_sender_is_dropped_and_audited_but_never_stored() {
+        let h = harness();
+        for address in ["../../etc/passwd", "", "DE.12/34"] {
+            let t = h.send_parts(
+                address,
+                vec![part("wamid.x", PartKind::Text("Hallo".into()))],
+                &monday(),
+            );
+            assert_eq!(t.outcome, TurnOutcome::InvalidSender);
+            assert!(t.replies.is_empty());
+            assert!(t.record.is_none());
+            assert!(t.funnel.is_empty());
+            assert_eq!(t.audit.len(), 1);
+            assert_eq!(t.audit[0].event.action(), "message.dropped");
+            assert!(t.audit[0].subject.is_none());
+            assert!(h
+                .store
+                .customer(&h.store.pseudonym(address))
+                .unwrap()
+                .is_none());
+        }
+        assert_eq!(h.model.calls(), 0);
+        assert_eq!(h.store.customer_count(), 0);
+    }
+
+    #[test]
+    fn hand_over_and_opt_out_carry_their_audit_entries_and_counters() {
+        let h = harness();
+        h.known_contact();
+        h.model
+            .push(answer("complaint", json!({}), "Oh nein", None));
+        let t = h.send("Das Training war eine Frechheit");
+        let actions: Vec<String> = t.audit.iter().map(|e| e.event.action()).collect();
+        assert_eq!(actions, vec!["customer.escalate"]);
+        assert_eq!(t.funnel, vec![FunnelEvent::Handover]);
+
+        let h = harness();
+        h.known_contact();
+        let t = h.send("STOP");
+        let actions: Vec<String> = t.audit.iter().map(|e| e.event.action()).collect();
+        assert_eq!(actions, vec!["customer.opt_out"]);
+        assert_eq!(t.funnel, vec![FunnelEvent::OptOut]);
     }
 
     #[test]
@@ -1671,14 +1881,5 @@ mod tests {
             t.replies,
             vec!["Hi, ich bin Max, der digitale Assistent (KI) von FitBox Braunschweig. 🤖"]
         );
-    }
-
-    #[test]
-    fn burst_deadline_is_capped() {
-        let t0 = Instant::now();
-        let w = Duration::from_secs(3);
-        assert_eq!(burst_deadline(t0, t0, w), t0 + w);
-        assert_eq!(burst_deadline(t0, t0 + w, w), t0 + 2 * w);
-        assert_eq!(burst_deadline(t0, t0 + 10 * w, w), t0 + 4 * w);
     }
 }

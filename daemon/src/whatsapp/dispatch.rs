@@ -1,16 +1,22 @@
-//! The dispatcher: drains the inbox into replies in the outbox.
+//! The dispatcher: drains the inbox into committed turns.
 //!
-//! - Every inbox row is processed exactly once: the reply rows, the seen marks of the message
-//!   ids and the removal of the inbox rows are committed in the same durable batch as the
-//!   customer's updated record and history (the [`Responder`] receives a `finish` callback that
-//!   adds them). A crash before that commit leaves the rows in the inbox, and they are processed
-//!   again at start-up; a crash after it leaves nothing to redo.
-//! - Messages WhatsApp delivers twice (also across restarts) are dropped by message id.
 //! - One customer's messages are handled in arrival order, one burst at a time; different
 //!   customers run concurrently up to a bound. Messages of one customer that arrive within the
-//!   burst window are answered together.
+//!   burst window are one burst, but a burst is closed after [`BURST_CAP_WINDOWS`] windows or
+//!   [`MAX_BURST_MESSAGES`] messages, so someone who keeps typing is still answered. A
+//!   concurrency permit is taken only once the burst is closed: a contact who is still typing
+//!   holds no slot.
+//! - Every part of a burst — text, voice note, picture, reaction, system notice — goes to the
+//!   engine ([`Decide`]) as one [`Burst`]; the engine decides what each means.
+//! - Every inbox row is processed exactly once: the turn's effects, the reply rows, the seen
+//!   marks of the message ids and the removal of the inbox rows are committed in one durable
+//!   batch ([`crate::turn::commit`] with this module's [`QueueRows`]). A crash before that commit
+//!   leaves the rows in the inbox, and they are processed again at start-up; a crash after it
+//!   leaves nothing to redo.
+//! - Messages WhatsApp delivers twice (also across restarts) are dropped by message id; delivery
+//!   statuses update the outbox's delivery records.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,112 +26,83 @@ use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, error, warn};
 
 use super::graph::GraphClient;
-use super::payload::{Content, InboundMessage};
+use super::payload::{Content, DeliveryStatus, InboundMessage};
 use super::queue::{DeliveryState, InboxEntry, OutboundKind, OutboxEntry, Queued, Queues};
+use crate::audit::AuditLog;
 use crate::metrics::{Metrics, Outcome};
 use crate::store::crypto::Pseudonym;
-use crate::store::messages::{Direction, Message};
 use crate::store::{self, Store};
+use crate::turn::{self, Burst, Decide, Part, PartKind, TurnOutcome};
 
-/// One burst of messages from one contact, handed to the responder.
-#[derive(Clone)]
-pub struct Inbound {
-    /// Address to answer (phone number or WhatsApp user id).
-    pub phone: String,
-    pub contact_name: Option<String>,
-    /// The texts, in order (several when messages arrived within the burst window).
-    pub texts: Vec<String>,
-    pub wamids: Vec<String>,
-    pub received: Timestamp,
+/// A burst is closed at the latest this many burst windows after its first message.
+pub const BURST_CAP_WINDOWS: u32 = 4;
+/// A burst is closed once it holds this many messages.
+pub const MAX_BURST_MESSAGES: usize = 20;
+
+/// When a burst of messages from one contact is answered: `window` after the latest message,
+/// but no later than [`BURST_CAP_WINDOWS`] windows after the first, so someone who keeps typing
+/// still gets an answer.
+pub fn burst_deadline(first: Instant, latest: Instant, window: Duration) -> Instant {
+    (latest + window).min(first + window * BURST_CAP_WINDOWS)
 }
 
-impl std::fmt::Debug for Inbound {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Inbound{{{} texts, {:?}}}",
-            self.texts.len(),
-            self.wamids
-        )
+/// The channel's rows of a turn: one outbox row per reply part, the seen marks and the removal
+/// of the burst's inbox rows.
+struct Retirement {
+    to: String,
+    seen: Vec<String>,
+    inbox_keys: Vec<Vec<u8>>,
+    queues: Arc<Queues>,
+    at: Timestamp,
+}
+
+impl turn::QueueRows for Retirement {
+    fn add(
+        &self,
+        batch: &mut OwnedWriteBatch,
+        store: &Store,
+        pseudonym: &Pseudonym,
+        replies: &[String],
+    ) -> store::Result<()> {
+        for reply in replies {
+            for part in super::graph::split_text(reply, super::graph::MAX_TEXT_CHARS) {
+                self.queues.push_outbox(
+                    store,
+                    batch,
+                    pseudonym,
+                    &OutboxEntry {
+                        to: self.to.clone(),
+                        kind: OutboundKind::Text(part),
+                        created: Timestamp::now(),
+                    },
+                );
+            }
+        }
+        for id in &self.seen {
+            self.queues.mark_seen(store, batch, id, self.at);
+        }
+        for k in &self.inbox_keys {
+            self.queues.remove_inbox(store, batch, k);
+        }
+        Ok(())
     }
 }
 
-/// The callback a responder calls inside its final durable write: it adds the reply rows and
-/// retires the inbox rows in the same batch.
-pub type Finish<'a> =
-    dyn FnMut(&mut OwnedWriteBatch, &Store, &Pseudonym, &[String]) -> store::Result<()> + 'a;
-
-/// Produces the replies to a burst (the conversation engine in the daemon; a fixed reply in
-/// load tests). Blocking.
-pub trait Responder: Send + Sync {
-    /// Handles `inbound`, and calls `finish` exactly once with the replies (possibly none) inside
-    /// the durable write that records the turn.
-    fn respond(&self, inbound: &Inbound, finish: &mut Finish<'_>) -> anyhow::Result<()>;
-}
-
-/// Answers every message with the same text (load tests and benchmarks: the engine replaced by
-/// an instant reply), recording the turn in the customer's history like the engine does. The
-/// placeholder `{ids}` in the text is replaced by the answered message ids, so a test can tell
-/// which messages a reply answers.
-pub struct FixedResponder {
-    pub store: Arc<Store>,
-    pub reply: String,
-}
-
-impl Responder for FixedResponder {
-    fn respond(&self, inbound: &Inbound, finish: &mut Finish<'_>) -> anyhow::Result<()> {
-        let reply = self.reply.replace("{ids}", &inbound.wamids.join(","));
-        record_turn(&self.store, inbound, Some(&reply), finish)
+/// The engine's view of an inbound message.
+fn part_of(m: &InboundMessage) -> Part {
+    let kind = match &m.content {
+        Content::Reaction { .. } => PartKind::Reaction,
+        Content::System { .. } => PartKind::System,
+        content => match content.as_engine_text() {
+            Some(text) => PartKind::Text(text.to_string()),
+            None => PartKind::NonText(content.kind()),
+        },
+    };
+    Part {
+        id: m.id.clone(),
+        at: Timestamp::from_second(m.timestamp).unwrap_or_else(|_| Timestamp::now()),
+        kind,
     }
-}
-
-/// Records a turn with a fixed reply (or silence) through the store: the inbound texts and the
-/// reply go into the history, `finish` adds the queue rows.
-pub fn record_turn(
-    store_ref: &Store,
-    inbound: &Inbound,
-    reply: Option<&str>,
-    finish: &mut Finish<'_>,
-) -> anyhow::Result<()> {
-    let now = Timestamp::now();
-    store_ref.update_customer(&inbound.phone, now, |c, batch, st| {
-        c.meta.last_contact = now;
-        c.meta.last_inbound = Some(inbound.received);
-        if c.body.contact_name.is_none() {
-            c.body.contact_name = inbound.contact_name.clone();
-        }
-        for (text, id) in inbound.texts.iter().zip(&inbound.wamids) {
-            st.append_message(
-                c,
-                &Message {
-                    direction: Direction::Inbound,
-                    text: text.clone(),
-                    at: inbound.received,
-                    wamid: Some(id.clone()),
-                },
-                batch,
-            )?;
-        }
-        let answers = reply.is_some() && c.meta.mode.answers();
-        let replies: Vec<String> = if answers {
-            let r = reply.unwrap_or_default().to_string();
-            st.append_message(
-                c,
-                &Message {
-                    direction: Direction::Outbound,
-                    text: r.clone(),
-                    at: now,
-                    wamid: None,
-                },
-                batch,
-            )?;
-            vec![r]
-        } else {
-            Vec::new()
-        };
-        finish(batch, st, &c.pseudonym, &replies)
-    })?;
-    Ok(())
 }
 
 /// Dispatcher settings.
@@ -133,13 +110,13 @@ pub fn record_turn(
 pub struct DispatchConfig {
     pub burst_window: Duration,
     pub max_concurrent: usize,
-    /// Answer to voice messages, pictures and other non-text messages.
-    pub non_text_reply: String,
 }
 
 #[derive(Default)]
 struct CustomerQueue {
     keys: VecDeque<Vec<u8>>,
+    /// Arrival of the first message of the open burst.
+    first_arrival: Option<Instant>,
     last_arrival: Option<Instant>,
     running: bool,
 }
@@ -148,7 +125,8 @@ struct CustomerQueue {
 pub struct Dispatcher {
     store: Arc<Store>,
     queues: Arc<Queues>,
-    responder: Arc<dyn Responder>,
+    engine: Arc<dyn Decide>,
+    audit: Option<Arc<AuditLog>>,
     /// Marks messages read (with typing indicator) when work on them starts; best effort.
     reader: Option<GraphClient>,
     cfg: DispatchConfig,
@@ -163,7 +141,8 @@ impl Dispatcher {
     pub fn new(
         store: Arc<Store>,
         queues: Arc<Queues>,
-        responder: Arc<dyn Responder>,
+        engine: Arc<dyn Decide>,
+        audit: Option<Arc<AuditLog>>,
         reader: Option<GraphClient>,
         cfg: DispatchConfig,
         metrics: Arc<Metrics>,
@@ -173,7 +152,8 @@ impl Dispatcher {
             permits: Arc::new(Semaphore::new(cfg.max_concurrent.max(1))),
             store,
             queues,
-            responder,
+            engine,
+            audit,
             reader,
             cfg,
             metrics,
@@ -200,6 +180,9 @@ impl Dispatcher {
             let mut pending = self.pending.lock().expect("dispatcher lock poisoned");
             for (key, p) in rows {
                 let q = pending.entry(p).or_default();
+                if q.keys.is_empty() {
+                    q.first_arrival = Some(now);
+                }
                 q.keys.push_back(key);
                 q.last_arrival = Some(now);
                 if !q.running {
@@ -231,15 +214,21 @@ impl Dispatcher {
     }
 
     async fn run_customer(self: Arc<Self>, p: Pseudonym) {
-        let _permit = self.permits.clone().acquire_owned().await;
         loop {
-            // Wait until the customer has been quiet for the burst window.
+            // Wait until the customer has been quiet for the burst window, or the burst is full
+            // or has lasted long enough.
             loop {
                 let wait = {
                     let pending = self.pending.lock().expect("dispatcher lock poisoned");
-                    let last = pending.get(&p).and_then(|q| q.last_arrival);
-                    last.map(|t| {
-                        (t + self.cfg.burst_window).saturating_duration_since(Instant::now())
+                    pending.get(&p).and_then(|q| {
+                        let (first, last) = (q.first_arrival?, q.last_arrival?);
+                        if q.keys.len() >= MAX_BURST_MESSAGES {
+                            return None;
+                        }
+                        Some(
+                            burst_deadline(first, last, self.cfg.burst_window)
+                                .saturating_duration_since(Instant::now()),
+                        )
                     })
                 };
                 match wait {
@@ -250,8 +239,17 @@ impl Dispatcher {
             let keys: Vec<Vec<u8>> = {
                 let mut pending = self.pending.lock().expect("dispatcher lock poisoned");
                 let q = pending.get_mut(&p).expect("running customer has a queue");
-                q.keys.drain(..).collect()
+                q.first_arrival = None;
+                let n = q.keys.len().min(MAX_BURST_MESSAGES);
+                let keys: Vec<Vec<u8>> = q.keys.drain(..n).collect();
+                if !q.keys.is_empty() {
+                    // The rest opens the next burst.
+                    q.first_arrival = Some(Instant::now());
+                }
+                keys
             };
+            // Taken after the quiet period: a contact still typing holds no slot.
+            let permit = self.permits.clone().acquire_owned().await;
             if !keys.is_empty() {
                 let this = self.clone();
                 let res = tokio::task::spawn_blocking(move || this.process(&keys)).await;
@@ -271,6 +269,7 @@ impl Dispatcher {
                 self.metrics.heartbeat();
                 self.sender_wake.notify_one();
             }
+            drop(permit);
             let mut pending = self.pending.lock().expect("dispatcher lock poisoned");
             let q = pending.get_mut(&p).expect("running customer has a queue");
             if q.keys.is_empty() {
@@ -296,15 +295,15 @@ impl Dispatcher {
         let mut retire = self.store.batch();
         let mut retire_only = false;
         let mut messages: Vec<(Vec<u8>, InboundMessage)> = Vec::new();
-        let mut seen_in_burst = std::collections::HashSet::new();
+        let mut seen_in_burst = HashSet::new();
         for row in rows {
             match row.entry {
                 InboxEntry::Status(s) => {
                     let state = match s.status {
-                        super::payload::DeliveryStatus::Sent => Some(DeliveryState::Sent),
-                        super::payload::DeliveryStatus::Delivered => Some(DeliveryState::Delivered),
-                        super::payload::DeliveryStatus::Read => Some(DeliveryState::Read),
-                        super::payload::DeliveryStatus::Failed => Some(DeliveryState::Failed),
+                        DeliveryStatus::Sent => Some(DeliveryState::Sent),
+                        DeliveryStatus::Delivered => Some(DeliveryState::Delivered),
+                        DeliveryStatus::Read => Some(DeliveryState::Read),
+                        DeliveryStatus::Failed => Some(DeliveryState::Failed),
                         _ => None,
                     };
                     if let Some(state) = state {
@@ -344,120 +343,47 @@ impl Dispatcher {
             return Ok(());
         }
 
-        // Reactions are recorded as seen and otherwise ignored.
-        let (reactions, messages): (Vec<_>, Vec<_>) = messages
-            .into_iter()
-            .partition(|(_, m)| matches!(m.content, Content::Reaction { .. }));
-        if !reactions.is_empty() {
-            let mut b = store.batch();
-            for (k, m) in &reactions {
-                self.queues.mark_seen(store, &mut b, &m.id, now);
-                self.queues.remove_inbox(store, &mut b, k);
-            }
-            store.commit_durable(b)?;
-            self.metrics
-                .messages_processed
-                .get_or_create(&Outcome::of("silent"))
-                .inc_by(reactions.len() as u64);
-        }
-        if messages.is_empty() {
-            return Ok(());
-        }
-
         let last = &messages.last().expect("non-empty").1;
-        if let Some(reader) = &self.reader {
-            if let Err(e) = reader.mark_read(&last.id, true) {
-                debug!(error = %e, "mark-as-read failed");
-            }
-        }
-        let received = Timestamp::from_second(last.timestamp).unwrap_or(now);
-        let texts: Vec<String> = messages
-            .iter()
-            .filter_map(|(_, m)| m.content.as_engine_text().map(str::to_string))
-            .collect();
-        let inbound = Inbound {
-            phone: last.from.clone(),
+        let burst = Burst {
+            address: last.from.clone(),
             contact_name: last.contact_name.clone(),
-            wamids: messages
-                .iter()
-                .filter(|(_, m)| m.content.as_engine_text().is_some())
-                .map(|(_, m)| m.id.clone())
-                .collect(),
-            texts,
-            received,
+            parts: messages.iter().map(|(_, m)| part_of(m)).collect(),
         };
-        let all_ids: Vec<String> = messages.iter().map(|(_, m)| m.id.clone()).collect();
-        let all_keys: Vec<Vec<u8>> = messages.iter().map(|(k, _)| k.clone()).collect();
-        let to = last.from.clone();
-        let queues = self.queues.clone();
-        let mut finished = false;
-        let mut replied = 0usize;
-        let mut finish = |batch: &mut OwnedWriteBatch,
-                          st: &Store,
-                          p: &Pseudonym,
-                          replies: &[String]|
-         -> store::Result<()> {
-            for r in replies {
-                for part in super::graph::split_text(r, super::graph::MAX_TEXT_CHARS) {
-                    queues.push_outbox(
-                        st,
-                        batch,
-                        p,
-                        &OutboxEntry {
-                            to: to.clone(),
-                            kind: OutboundKind::Text(part),
-                            created: Timestamp::now(),
-                        },
-                    );
+        let answerable = turn::is_valid_address(&burst.address).is_some()
+            && burst
+                .parts
+                .iter()
+                .any(|part| matches!(part.kind, PartKind::Text(_) | PartKind::NonText(_)));
+        if answerable {
+            if let Some(reader) = &self.reader {
+                if let Err(e) = reader.mark_read(&last.id, true) {
+                    debug!(error = %e, "mark-as-read failed");
                 }
             }
-            for id in &all_ids {
-                queues.mark_seen(st, batch, id, now);
-            }
-            for k in &all_keys {
-                queues.remove_inbox(st, batch, k);
-            }
-            finished = true;
-            replied = replies.len();
-            Ok(())
-        };
+        }
 
         let started = Instant::now();
-        if inbound.texts.is_empty() {
-            // Only voice notes, pictures, locations …: the configured friendly answer.
-            record_turn(
-                store,
-                &inbound_for_fallback(&inbound, &messages),
-                Some(&self.cfg.non_text_reply),
-                &mut finish,
-            )?;
-            self.metrics
-                .messages_processed
-                .get_or_create(&Outcome::of("fallback"))
-                .inc();
-        } else {
-            self.responder.respond(&inbound, &mut finish)?;
-        }
-        anyhow::ensure!(finished, "the responder did not record the turn");
+        let effects = self.engine.decide(&burst)?;
+        let rows = Retirement {
+            to: burst.address.clone(),
+            seen: messages.iter().map(|(_, m)| m.id.clone()).collect(),
+            inbox_keys: messages.iter().map(|(k, _)| k.clone()).collect(),
+            queues: self.queues.clone(),
+            at: now,
+        };
+        let committed = turn::commit(store, effects, &rows, self.audit.as_deref())?;
         self.metrics
             .processing_seconds
             .observe(started.elapsed().as_secs_f64());
+        let label = match committed.outcome {
+            _ if !committed.replies.is_empty() => "replied",
+            TurnOutcome::Conversed | TurnOutcome::NonText => "silent",
+            other => other.label(),
+        };
         self.metrics
             .messages_processed
-            .get_or_create(&Outcome::of(if replied > 0 { "replied" } else { "silent" }))
+            .get_or_create(&Outcome::of(label))
             .inc();
         Ok(())
-    }
-}
-
-/// For a burst of non-text messages: record placeholders (the media itself is never stored).
-fn inbound_for_fallback(inbound: &Inbound, messages: &[(Vec<u8>, InboundMessage)]) -> Inbound {
-    Inbound {
-        texts: messages
-            .iter()
-            .map(|(_, m)| format!("[{}]", m.content.kind()))
-            .collect(),
-        wamids: messages.iter().map(|(_, m)| m.id.clone()).collect(),
-        ..inbound.clone()
     }
 }

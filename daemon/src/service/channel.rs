@@ -1,0 +1,253 @@
+//! The WhatsApp channel of the running daemon: the engine (or its replacement), dispatcher,
+//! sender, webhook listener and tunnel, started together when the channel's credentials are
+//! there and stopped in order (stop taking requests, finish the turns, let the sender record
+//! what it sent).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tracing::{error, info, warn};
+
+use super::{until_stopped, Core, ServeOptions};
+use crate::audit::{Actor, AuditEvent, AuditLog, Code, NewEntry};
+use crate::config::Config;
+use crate::secrets::{names, Credentials};
+use crate::tunnel::{run_tunnel, TunnelClientConfig, TunnelState, TunnelToken};
+use crate::turn::Decide;
+use crate::whatsapp::dispatch::{DispatchConfig, Dispatcher};
+use crate::whatsapp::graph::GraphClient;
+use crate::whatsapp::sender::{Sender, SenderConfig};
+use crate::whatsapp::webhook::{self, RejectionSink, WebhookState};
+
+pub(super) struct ChannelCredentials {
+    app_secret: crate::secrets::Secret,
+    verify_token: crate::secrets::Secret,
+    token: crate::secrets::Secret,
+    tunnel_token: Option<crate::secrets::Secret>,
+}
+
+pub(super) fn credentials(creds: &Credentials, cfg: &Config) -> Result<ChannelCredentials, String> {
+    let get = |name: &str| match creds.get(name) {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => Err(format!("credential {name} missing")),
+        Err(e) => Err(e.to_string()),
+    };
+    if cfg.whatsapp.phone_number_id.is_empty() {
+        return Err("whatsapp.phone_number_id not set".into());
+    }
+    let tunnel_token = match &cfg.tunnel {
+        Some(t) => Some(get(&t.credential)?),
+        None => None,
+    };
+    Ok(ChannelCredentials {
+        app_secret: get(names::WHATSAPP_APP_SECRET)?,
+        verify_token: get(names::WHATSAPP_VERIFY_TOKEN)?,
+        token: get(names::WHATSAPP_TOKEN)?,
+        tunnel_token,
+    })
+}
+
+/// The running WhatsApp pipeline.
+pub(super) struct Channel {
+    listener_task: tokio::task::JoinHandle<()>,
+    sender_task: tokio::task::JoinHandle<()>,
+    tunnel_task: Option<tokio::task::JoinHandle<()>>,
+    dispatcher: Arc<Dispatcher>,
+    pub(super) engine: Option<Arc<crate::conversation::engine::Engine>>,
+}
+
+impl Channel {
+    /// Stops taking requests, lets the dispatcher finish what it started, then the sender.
+    pub(super) async fn stop(self) {
+        if let Some(t) = self.tunnel_task {
+            // GOAWAY to the relay; requests in flight finish.
+            let _ = t.await;
+        }
+        let _ = self.listener_task.await;
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.dispatcher.wait_idle()).await;
+        let _ = self.sender_task.await;
+    }
+}
+
+/// Rejected webhook requests into the audit log (off the async threads: an append fsyncs).
+struct AuditRejections(Arc<AuditLog>);
+
+impl RejectionSink for AuditRejections {
+    fn rejected(&self, status: u16, reason: &'static str) {
+        warn!(status, reason, "webhook request rejected");
+        let audit = self.0.clone();
+        let code = Code::new(reason);
+        tokio::task::spawn_blocking(move || {
+            let entry = NewEntry::new(Actor::Relay, AuditEvent::WebhookRejected { reason: code })
+                .outcome(crate::audit::Outcome::Denied(code));
+            if let Err(e) = audit.append(entry) {
+                error!(error = %e, "audit append failed");
+            }
+        });
+    }
+}
+
+/// Accepts webhook connections (HTTP/1.1) until `stopped` resolves.
+async fn serve_webhook(
+    listener: tokio::net::TcpListener,
+    state: Arc<WebhookState>,
+    stopped: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stopped);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => { warn!(error = %e, "accept failed"); continue }
+            },
+            _ = &mut stopped => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let svc = hyper::service::service_fn(move |req| webhook::handle(state.clone(), req));
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+}
+
+pub(super) async fn start(
+    core: &Core,
+    opts: &ServeOptions,
+    listener: tokio::net::TcpListener,
+    creds: ChannelCredentials,
+    stop: tokio::sync::watch::Receiver<bool>,
+    tunnel_state: tokio::sync::watch::Sender<TunnelState>,
+) -> anyhow::Result<Channel> {
+    let (cfg, store, queues, metrics) = (
+        &core.cfg,
+        core.store.clone(),
+        core.queues.clone(),
+        core.metrics.clone(),
+    );
+    let graph = GraphClient::new(
+        &cfg.whatsapp.graph_base,
+        &cfg.whatsapp.api_version,
+        &cfg.whatsapp.phone_number_id,
+        creds.token.expose_str()?.to_string(),
+        Duration::from_secs(cfg.whatsapp.send_timeout_secs),
+    );
+    let mut engine = None;
+    let decider: Arc<dyn Decide> = match &opts.engine {
+        Some(factory) => factory(store.clone()),
+        None => {
+            let conv =
+                crate::runtime::conversation(cfg, &core.creds, store.clone(), core.audit.clone())?;
+            core.admin
+                .board
+                .set_value("model", serde_json::Value::String(conv.model.describe()));
+            engine = Some(conv.engine.clone());
+            conv.engine
+        }
+    };
+    let wake = Arc::new(tokio::sync::Notify::new());
+    core.admin.set_outbox(queues.clone(), wake.clone());
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        queues.clone(),
+        decider,
+        Some(core.audit.clone()),
+        Some(graph.clone()),
+        DispatchConfig {
+            burst_window: Duration::from_millis(cfg.conversation.burst_window_ms),
+            max_concurrent: cfg.whatsapp.max_concurrent_conversations,
+        },
+        metrics.clone(),
+        wake.clone(),
+    );
+    let recovered = {
+        let d = dispatcher.clone();
+        tokio::task::spawn_blocking(move || d.recover()).await??
+    };
+    if recovered > 0 {
+        info!(
+            entries = recovered,
+            "resuming inbox entries acknowledged before the last stop"
+        );
+    }
+    let mut sender_cfg = SenderConfig {
+        reopen_template: cfg.whatsapp.reopen_template.clone(),
+        template_language: cfg.whatsapp.template_language.clone(),
+        max_concurrent: cfg.whatsapp.max_concurrent_conversations,
+        ..SenderConfig::default()
+    };
+    if let Some(b) = opts.sender_backoff {
+        sender_cfg.backoff_base = b;
+    }
+    let sender = Sender::new(
+        store.clone(),
+        queues.clone(),
+        graph,
+        sender_cfg,
+        metrics.clone(),
+        wake,
+    );
+    let sender_task = tokio::spawn(sender.run(until_stopped(stop.clone())));
+
+    let state = WebhookState::new(
+        store,
+        queues,
+        dispatcher.clone(),
+        creds.app_secret,
+        creds.verify_token,
+        cfg.webhook.max_body_bytes,
+        metrics,
+        Arc::new(AuditRejections(core.audit.clone())),
+        cfg.webhook.audit_rejections_per_minute,
+    );
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "webhook listening");
+    }
+    let tunnel_task = match &cfg.tunnel {
+        Some(t) => Some(start_tunnel(
+            t,
+            creds.tunnel_token,
+            state.clone(),
+            tunnel_state,
+            until_stopped(stop.clone()),
+        )?),
+        None => {
+            tunnel_state.send_replace(TunnelState::Disabled);
+            None
+        }
+    };
+    let listener_task = tokio::spawn(serve_webhook(listener, state, until_stopped(stop)));
+    Ok(Channel {
+        listener_task,
+        sender_task,
+        tunnel_task,
+        dispatcher,
+        engine,
+    })
+}
+
+/// Dials out to the relay and serves the webhook (and nothing else) over the tunnel.
+fn start_tunnel(
+    t: &crate::config::TunnelConfig,
+    token: Option<crate::secrets::Secret>,
+    state: Arc<WebhookState>,
+    tunnel_state: tokio::sync::watch::Sender<TunnelState>,
+    stopped: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let token = token.context("tunnel credential missing")?;
+    let token = TunnelToken::new(token.expose_str()?)
+        .map_err(|e| anyhow::anyhow!("tunnel credential {}: {e}", t.credential))?;
+    let svc = hyper::service::service_fn(move |req| webhook::handle(state.clone(), req));
+    let cfg = TunnelClientConfig::from_config(t);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = run_tunnel(cfg, token, svc, tunnel_state, stopped).await {
+            error!(error = %e, "tunnel stopped");
+        }
+    }))
+}

@@ -1,0 +1,116 @@
+//! The one place a decided turn is written: customer record, history, funnel counters, audit
+//! entries and the channel's queue rows in one durable batch, under the customer's lock.
+
+use tracing::warn;
+
+use super::Effects;
+use crate::audit::AuditLog;
+use crate::stats;
+use crate::store::crypto::Pseudonym;
+use crate::store::customers::Customer;
+use crate::store::messages::{Direction, Message};
+use crate::store::{self, Store};
+
+/// Rows the channel adds to a turn's batch: the replies' outbox rows, the seen marks of the
+/// message ids and the removal of the inbox rows. Called once, under the customer's lock, with
+/// the replies that survived the merge.
+pub trait QueueRows {
+    /// Adds the rows to `batch`.
+    fn add(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        store: &Store,
+        pseudonym: &Pseudonym,
+        replies: &[String],
+    ) -> store::Result<()>;
+}
+
+/// No queue rows (unit tests of the engine, the terminal chat).
+impl QueueRows for () {
+    fn add(
+        &self,
+        _: &mut fjall::OwnedWriteBatch,
+        _: &Store,
+        _: &Pseudonym,
+        _: &[String],
+    ) -> store::Result<()> {
+        Ok(())
+    }
+}
+
+/// Why a turn could not be committed. Nothing of it was written; the inbox rows stay.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::audit::AuditError),
+}
+
+/// Writes `effects` and `rows` in one durable batch and returns the effects as committed.
+///
+/// The record is merged into the customer as it is now, not as the engine read it: when an
+/// admin paused or resumed the contact while the model was thinking and the turn itself did not
+/// change the mode, the admin's decision stands, and a contact who must not be answered gets no
+/// reply (the disclosure then counts as not sent). The audit entries join the same batch, so a
+/// hand-over or opt-out and its audit entry become durable together or not at all.
+pub fn commit(
+    store: &Store,
+    mut effects: Effects,
+    rows: &dyn QueueRows,
+    audit: Option<&AuditLog>,
+) -> Result<Effects, CommitError> {
+    let p = effects.pseudonym;
+    let guard = store.lock_customer(&p);
+    let mut batch = store.batch();
+    if let Some(update) = &effects.record {
+        let mut fresh = match store.customer(&p)? {
+            Some(c) => c,
+            None => Customer::new(p, &effects.address, effects.at),
+        };
+        let mut decided = update.customer.clone();
+        let engine_changed_mode = decided.meta.mode != update.mode_before;
+        if fresh.meta.mode != update.mode_before && !engine_changed_mode {
+            decided.meta.mode = fresh.meta.mode;
+            if !decided.meta.mode.answers() {
+                effects.replies.clear();
+                decided.body.conversation.disclosed_ai = update.disclosed_before;
+            }
+        }
+        fresh.body = decided.body;
+        fresh.meta.stage = decided.meta.stage;
+        fresh.meta.mode = decided.meta.mode;
+        fresh.meta.ever_booked |= decided.meta.ever_booked;
+        fresh.meta.last_contact = effects.at;
+        if let Some(last) = update.inbound.last() {
+            fresh.meta.last_inbound = Some(last.at.max(fresh.meta.last_inbound.unwrap_or(last.at)));
+        }
+        for msg in &update.inbound {
+            store.append_message(&mut fresh, msg, &mut batch)?;
+        }
+        for text in &effects.replies {
+            let msg = Message {
+                direction: Direction::Outbound,
+                text: text.clone(),
+                at: effects.at,
+                wamid: None,
+            };
+            store.append_message(&mut fresh, &msg, &mut batch)?;
+        }
+        store.put_customer(&fresh, &mut batch)?;
+    }
+    for event in &effects.funnel {
+        stats::record(store, &mut batch, *event, effects.at)?;
+    }
+    rows.add(&mut batch, store, &p, &effects.replies)?;
+    store.commit_durable(batch)?;
+    if let Some(log) = audit.filter(|_| !effects.audit.is_empty()) {
+        log.append_many(effects.audit.iter().cloned())?;
+    }
+    drop(guard);
+    for alert in &effects.alerts {
+        // Staff see alerts in the journal and in the audit log (no message content).
+        warn!(customer = %alert.pseudonym, reason = alert.kind.code(), FRONTDESK_EVENT = "staff.alert", "staff attention needed");
+    }
+    Ok(effects)
+}

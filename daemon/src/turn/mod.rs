@@ -1,0 +1,234 @@
+//! The turn: the contract between the channel and the conversation engine.
+//!
+//! A turn starts with a [`Burst`] — every message one contact sent within the burst window,
+//! text and non-text parts alike, with WhatsApp's timestamps — and ends with [`Effects`]: what
+//! the engine decided, as data. Nothing is written while the engine decides (model and booking
+//! calls take seconds); [`commit`] then writes the effects under the customer's lock in one
+//! durable batch, together with the rows the channel adds ([`QueueRows`]: outbox rows, seen
+//! message ids, removal of the inbox rows).
+//!
+//! This module depends only on the store, the audit log and the funnel counters, so both the
+//! channel (`whatsapp`) and the engine (`conversation`) can use it without knowing each other.
+
+mod address;
+mod commit;
+
+use jiff::Timestamp;
+
+pub use address::{is_valid_address, AddressKind};
+pub use commit::{commit, CommitError, QueueRows};
+
+use crate::audit::NewEntry;
+use crate::stats::FunnelEvent;
+use crate::store::crypto::Pseudonym;
+use crate::store::customers::{BotMode, Customer};
+use crate::store::messages::Message;
+
+/// Every message one contact sent within the burst window, in arrival order.
+#[derive(Clone, PartialEq)]
+pub struct Burst {
+    /// Where replies go: the sender's phone number or WhatsApp user id, as the webhook named it.
+    /// Not validated yet: the engine decides what to do with an address that is neither.
+    pub address: String,
+    /// The WhatsApp profile name, when the webhook carried one.
+    pub contact_name: Option<String>,
+    pub parts: Vec<Part>,
+}
+
+impl std::fmt::Debug for Burst {
+    // Texts and addresses are personal data: kinds only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kinds: Vec<&str> = self.parts.iter().map(|p| p.kind.label()).collect();
+        write!(f, "Burst{kinds:?}")
+    }
+}
+
+/// One message of a burst.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Part {
+    /// The WhatsApp message id (`wamid.…`).
+    pub id: String,
+    /// When WhatsApp received the message.
+    pub at: Timestamp,
+    pub kind: PartKind,
+}
+
+/// What a message of a burst is, reduced to what the engine acts on.
+#[derive(Clone, PartialEq)]
+pub enum PartKind {
+    /// Text to answer: a message, or the title of a button the contact tapped.
+    Text(String),
+    /// A voice note, picture, location …: recorded as `[label]`, answered with the friendly
+    /// non-text reply when nothing else in the burst is text.
+    NonText(&'static str),
+    /// A reaction to one of our messages: recorded as seen, otherwise ignored.
+    Reaction,
+    /// A notice from WhatsApp (`user_changed_number`, …), not something the contact wrote:
+    /// never answered, never shown to the model.
+    System,
+}
+
+impl PartKind {
+    /// Stable label for logs (never the content).
+    pub fn label(&self) -> &'static str {
+        match self {
+            PartKind::Text(_) => "text",
+            PartKind::NonText(kind) => kind,
+            PartKind::Reaction => "reaction",
+            PartKind::System => "system",
+        }
+    }
+}
+
+impl std::fmt::Debug for PartKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// Why staff must look at a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AlertKind {
+    Complaint,
+    Cancellation,
+    ContractQuestion,
+    /// A booking could not be made and a person has to follow up.
+    BookingFailed,
+    /// A booked trial was moved to a new slot: staff cancel the old appointment in MagicLine
+    /// (the booking interface has no cancellation).
+    Rescheduled,
+}
+
+impl AlertKind {
+    /// The reason code used in the journal and the audit log.
+    pub fn code(self) -> &'static str {
+        match self {
+            AlertKind::Complaint => "complaint",
+            AlertKind::Cancellation => "cancellation",
+            AlertKind::ContractQuestion => "contract_question",
+            AlertKind::BookingFailed => "booking_failed",
+            AlertKind::Rescheduled => "rescheduled",
+        }
+    }
+}
+
+/// A notice for staff; carries no personal data (they look the customer up by pseudonym).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaffAlert {
+    pub kind: AlertKind,
+    pub pseudonym: Pseudonym,
+}
+
+/// How a turn ended, for the `messages_processed` metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnOutcome {
+    /// The engine handled text (model, booking, opt-out or hand-over).
+    Conversed,
+    /// Only non-text messages: the friendly non-text reply (or silence for a contact who is not
+    /// answered).
+    NonText,
+    /// Nothing the contact wrote: only reactions.
+    Ignored,
+    /// Only WhatsApp system notices: never answered.
+    System,
+    /// The sender address is neither a phone number nor a WhatsApp user id: dropped, nothing
+    /// stored, nothing answered.
+    InvalidSender,
+}
+
+impl TurnOutcome {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            TurnOutcome::Conversed => "conversed",
+            TurnOutcome::NonText => "non_text",
+            TurnOutcome::Ignored => "ignored",
+            TurnOutcome::System => "system",
+            TurnOutcome::InvalidSender => "invalid_sender",
+        }
+    }
+}
+
+/// The customer record as the engine decided it, with what it started from, so [`commit`] can
+/// tell the engine's changes from an admin's made meanwhile.
+#[derive(Clone, PartialEq)]
+pub struct RecordUpdate {
+    /// The record after the turn.
+    pub customer: Customer,
+    /// The bot mode the engine read before deciding.
+    pub mode_before: BotMode,
+    /// Whether the AI disclosure had been sent before this turn.
+    pub disclosed_before: bool,
+    /// The contact's messages of this burst, in order, for the history.
+    pub inbound: Vec<Message>,
+}
+
+/// Everything one turn changes, decided before anything is written.
+#[derive(Clone)]
+pub struct Effects {
+    pub pseudonym: Pseudonym,
+    /// Where replies go (valid whenever `replies` is not empty).
+    pub address: String,
+    /// The time of the turn (history rows of replies, funnel day, last contact).
+    pub at: Timestamp,
+    /// The contact was not in the store before this turn.
+    pub new_contact: bool,
+    /// `None` when the turn stores nothing about the contact (system notices, reactions, an
+    /// invalid sender).
+    pub record: Option<RecordUpdate>,
+    /// Texts to send, in order (usually one; empty means silence).
+    pub replies: Vec<String>,
+    pub alerts: Vec<StaffAlert>,
+    /// Audit entries, committed with the turn.
+    pub audit: Vec<NewEntry>,
+    /// Funnel counters the turn moves.
+    pub funnel: Vec<FunnelEvent>,
+    pub outcome: TurnOutcome,
+}
+
+impl Effects {
+    /// A turn that changes nothing but what the channel retires (reactions, system notices, a
+    /// dropped sender).
+    pub fn nothing(
+        pseudonym: Pseudonym,
+        address: &str,
+        at: Timestamp,
+        outcome: TurnOutcome,
+    ) -> Effects {
+        Effects {
+            pseudonym,
+            address: address.to_string(),
+            at,
+            new_contact: false,
+            record: None,
+            replies: Vec::new(),
+            alerts: Vec::new(),
+            audit: Vec::new(),
+            funnel: Vec::new(),
+            outcome,
+        }
+    }
+}
+
+impl std::fmt::Debug for Effects {
+    // Reply texts are personal data: counts only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Effects")
+            .field("pseudonym", &self.pseudonym)
+            .field("new_contact", &self.new_contact)
+            .field("record", &self.record.is_some())
+            .field("replies", &self.replies.len())
+            .field("alerts", &self.alerts)
+            .field("audit", &self.audit.len())
+            .field("funnel", &self.funnel)
+            .field("outcome", &self.outcome)
+            .finish()
+    }
+}
+
+/// Decides a turn (the conversation engine in the daemon). Blocking: may call the model and
+/// MagicLine. Writes nothing; an error means the burst stays in the inbox for a later try.
+pub trait Decide: Send + Sync {
+    /// The effects of answering `burst` now.
+    fn decide(&self, burst: &Burst) -> anyhow::Result<Effects>;
+}

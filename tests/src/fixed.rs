@@ -1,0 +1,89 @@
+//! An instant stand-in for the conversation engine, for load tests and benchmarks of the
+//! channel: every burst with text is answered with one fixed text, in which `{ids}` becomes the
+//! answered message ids, so a test can tell which messages a reply answers. Bursts without text
+//! get the studio's non-text reply. It records history like the engine, through the same commit.
+
+use std::sync::Arc;
+
+use frontdesk::store::customers::Customer;
+use frontdesk::store::messages::{Direction, Message};
+use frontdesk::store::Store;
+use frontdesk::turn::{
+    is_valid_address, Burst, Decide, Effects, PartKind, RecordUpdate, TurnOutcome,
+};
+use jiff::Timestamp;
+
+/// See the module doc.
+pub struct FixedReply {
+    pub store: Arc<Store>,
+    /// The reply; `{ids}` is replaced by the comma-separated ids of the answered text messages.
+    pub text: String,
+    /// The reply to bursts of only voice notes, pictures and the like.
+    pub non_text_reply: String,
+}
+
+impl Decide for FixedReply {
+    fn decide(&self, burst: &Burst) -> anyhow::Result<Effects> {
+        let now = Timestamp::now();
+        let p = self.store.pseudonym(&burst.address);
+        if is_valid_address(&burst.address).is_none() {
+            return Ok(Effects::nothing(
+                p,
+                &burst.address,
+                now,
+                TurnOutcome::InvalidSender,
+            ));
+        }
+        let mut text_ids = Vec::new();
+        let mut inbound = Vec::new();
+        for part in &burst.parts {
+            let text = match &part.kind {
+                PartKind::Text(t) => {
+                    text_ids.push(part.id.as_str());
+                    t.clone()
+                }
+                PartKind::NonText(label) => format!("[{label}]"),
+                PartKind::Reaction | PartKind::System => continue,
+            };
+            inbound.push(Message {
+                direction: Direction::Inbound,
+                text,
+                at: part.at,
+                wamid: Some(part.id.clone()),
+            });
+        }
+        if inbound.is_empty() {
+            return Ok(Effects::nothing(
+                p,
+                &burst.address,
+                now,
+                TurnOutcome::Ignored,
+            ));
+        }
+        let existing = self.store.customer(&p)?;
+        let customer = existing
+            .clone()
+            .unwrap_or_else(|| Customer::new(p, &burst.address, now));
+        let outcome = if text_ids.is_empty() {
+            TurnOutcome::NonText
+        } else {
+            TurnOutcome::Conversed
+        };
+        let mut effects = Effects::nothing(p, &burst.address, now, outcome);
+        effects.new_contact = existing.is_none();
+        if customer.meta.mode.answers() {
+            effects.replies.push(if text_ids.is_empty() {
+                self.non_text_reply.clone()
+            } else {
+                self.text.replace("{ids}", &text_ids.join(","))
+            });
+        }
+        effects.record = Some(RecordUpdate {
+            mode_before: customer.meta.mode,
+            disclosed_before: customer.body.conversation.disclosed_ai,
+            customer,
+            inbound,
+        });
+        Ok(effects)
+    }
+}
