@@ -4,10 +4,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use jiff::Timestamp;
+use sha2::{Digest as _, Sha256};
 
 use super::*;
 use crate::store::crypto::StoreIdentity;
 use crate::store::customers::BotMode;
+use crate::store::Store;
 
 fn open_store(dir: &std::path::Path) -> Arc<Store> {
     Arc::new(Store::open(dir, StoreIdentity::generate()).unwrap())
