@@ -292,19 +292,53 @@ pub enum AuditEvent {
     /// The customer opted out of messages.
     #[serde(rename = "customer.opt_out")]
     CustomerOptOut,
-    /// A MagicLine booking call is about to be made (`flow`: `member` or `lead`).
+    /// A booking request started or resumed; MagicLine calls follow.
+    ///
+    /// `flow`, here and in the other `booking.*` events that have it: `member` when the person's
+    /// MagicLine customer id is known at this step (a member, a customer matched by id or e-mail,
+    /// or a lead created earlier), `lead` while it is not.
     #[serde(rename = "booking.attempt")]
     BookingAttempt { flow: Code },
-    /// MagicLine confirmed a booking.
+    /// A lead (prospect) was created in MagicLine for the person.
+    #[serde(rename = "booking.lead_created")]
+    BookingLeadCreated { flow: Code },
+    /// The person was recognised as an existing MagicLine customer (by id, by e-mail or as the
+    /// lead of an earlier request).
+    #[serde(rename = "booking.customer_matched")]
+    BookingCustomerMatched { flow: Code },
+    /// MagicLine holds the booking (possibly awaiting confirmation, see `booking.confirmed`).
     #[serde(rename = "booking.booked")]
     BookingBooked {
         flow: Code,
         #[serde(skip_serializing_if = "Option::is_none")]
         booking_id: Option<u64>,
     },
-    /// A booking call failed (reason code in the outcome).
+    /// A booking that awaited confirmation was confirmed.
+    #[serde(rename = "booking.confirmed")]
+    BookingConfirmed {
+        flow: Code,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        booking_id: Option<u64>,
+    },
+    /// The wished slot was not free and alternatives were offered. This is MagicLine's answer,
+    /// not a fault, so the outcome is ok.
+    #[serde(rename = "booking.slot_taken")]
+    BookingSlotTaken { flow: Code },
+    /// A booking request failed (reason code in the outcome).
     #[serde(rename = "booking.failed")]
     BookingFailed { flow: Code },
+    /// A booking was cancelled in MagicLine.
+    #[serde(rename = "booking.canceled")]
+    BookingCanceled {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        booking_id: Option<u64>,
+    },
+    /// Cancelling a booking failed (reason code in the outcome).
+    #[serde(rename = "booking.cancel_failed")]
+    BookingCancelFailed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        booking_id: Option<u64>,
+    },
     /// A webhook request was rejected (bad signature, too large, malformed …).
     #[serde(rename = "webhook.rejected")]
     WebhookRejected { reason: Code },
@@ -404,7 +438,15 @@ impl AuditEvent {
             | CustomerResume
             | CustomerEscalate { .. }
             | CustomerOptOut => Purpose::Support,
-            BookingAttempt { .. } | BookingBooked { .. } | BookingFailed { .. } => Purpose::Booking,
+            BookingAttempt { .. }
+            | BookingLeadCreated { .. }
+            | BookingCustomerMatched { .. }
+            | BookingBooked { .. }
+            | BookingConfirmed { .. }
+            | BookingSlotTaken { .. }
+            | BookingFailed { .. }
+            | BookingCanceled { .. }
+            | BookingCancelFailed { .. } => Purpose::Booking,
             RetentionPurge { .. } | AuditCheckpoint { .. } => Purpose::Retention,
             WebhookRejected { .. }
             | AdminDenied { .. }

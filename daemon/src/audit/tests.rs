@@ -487,9 +487,26 @@ fn every_event_serialises_to_flat_details() {
             flow: Code::new("member"),
             booking_id: Some(5),
         },
+        AuditEvent::BookingLeadCreated {
+            flow: Code::new("member"),
+        },
+        AuditEvent::BookingCustomerMatched {
+            flow: Code::new("member"),
+        },
+        AuditEvent::BookingConfirmed {
+            flow: Code::new("member"),
+            booking_id: Some(5),
+        },
+        AuditEvent::BookingSlotTaken {
+            flow: Code::new("lead"),
+        },
         AuditEvent::BookingFailed {
             flow: Code::new("lead"),
         },
+        AuditEvent::BookingCanceled {
+            booking_id: Some(5),
+        },
+        AuditEvent::BookingCancelFailed { booking_id: None },
         AuditEvent::WebhookRejected {
             reason: Code::new("bad_signature"),
         },
