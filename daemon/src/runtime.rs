@@ -7,50 +7,16 @@ use std::time::Duration;
 use anyhow::Context;
 use tracing::{info, warn};
 
-use crate::audit::{Actor, AuditEvent, AuditLog, Code, NewEntry, Outcome};
+use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::conversation::booking::Booker;
 use crate::conversation::engine::Engine;
 use crate::conversation::prompts::Prompts;
 use crate::llm::LanguageModel;
-use crate::magicline::booking::{
-    action, BookerConfig, BookingAudit, BookingEvent, MagicLineBooker,
-};
+use crate::magicline::audit::AuditBookings;
+use crate::magicline::booking::{BookerConfig, MagicLineBooker};
 use crate::secrets::{names, Credentials};
 use crate::store::Store;
-
-/// Booking events into the audit log.
-pub struct AuditBookings(pub Arc<AuditLog>);
-
-impl BookingAudit for AuditBookings {
-    fn record(&self, ev: BookingEvent) {
-        let flow = Code::new(if ev.magicline_customer_id.is_some() {
-            "known"
-        } else {
-            "lead"
-        });
-        let (event, outcome) = match ev.action {
-            action::BOOKED | action::CONFIRMED => (
-                AuditEvent::BookingBooked {
-                    flow,
-                    booking_id: ev.booking_id.map(|b| b as u64),
-                },
-                Outcome::Ok,
-            ),
-            action::FAILED | action::SLOT_TAKEN => (
-                AuditEvent::BookingFailed { flow },
-                Outcome::error(ev.reason.unwrap_or("failed")),
-            ),
-            _ => (AuditEvent::BookingAttempt { flow }, Outcome::Ok),
-        };
-        let entry = NewEntry::new(Actor::System, event)
-            .about(&ev.pseudonym)
-            .outcome(outcome);
-        if let Err(e) = self.0.append(entry) {
-            warn!(error = %e, "audit append failed");
-        }
-    }
-}
 
 /// Builds the MagicLine booker when `[magicline]` and its credential are configured.
 pub fn booker(

@@ -4,10 +4,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use jiff::Timestamp;
+use sha2::{Digest as _, Sha256};
 
 use super::*;
 use crate::store::crypto::StoreIdentity;
 use crate::store::customers::BotMode;
+use crate::store::Store;
 
 fn open_store(dir: &std::path::Path) -> Arc<Store> {
     Arc::new(Store::open(dir, StoreIdentity::generate()).unwrap())
@@ -485,9 +487,26 @@ fn every_event_serialises_to_flat_details() {
             flow: Code::new("member"),
             booking_id: Some(5),
         },
+        AuditEvent::BookingLeadCreated {
+            flow: Code::new("member"),
+        },
+        AuditEvent::BookingCustomerMatched {
+            flow: Code::new("member"),
+        },
+        AuditEvent::BookingConfirmed {
+            flow: Code::new("member"),
+            booking_id: Some(5),
+        },
+        AuditEvent::BookingSlotTaken {
+            flow: Code::new("lead"),
+        },
         AuditEvent::BookingFailed {
             flow: Code::new("lead"),
         },
+        AuditEvent::BookingCanceled {
+            booking_id: Some(5),
+        },
+        AuditEvent::BookingCancelFailed { booking_id: None },
         AuditEvent::WebhookRejected {
             reason: Code::new("bad_signature"),
         },

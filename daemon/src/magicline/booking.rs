@@ -40,27 +40,45 @@ use crate::conversation::booking::{Booker, BookingFailure, BookingOutcome, Booki
 use crate::store::crypto::Pseudonym;
 use crate::store::{ks, Store, StoreError};
 
-/// Audit action names used by the booker.
-pub mod action {
+/// The steps and outcomes of a booking the booker reports (see [`BookingAudit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BookingStep {
     /// A booking request started or resumed.
-    pub const ATTEMPT: &str = "booking.attempt";
+    Attempt,
     /// A lead was created in MagicLine for the person.
-    pub const LEAD_CREATED: &str = "booking.lead_created";
+    LeadCreated,
     /// The person was recognised as an existing MagicLine customer (id, e-mail match or a lead of
     /// an earlier request).
-    pub const CUSTOMER_MATCHED: &str = "booking.customer_matched";
+    CustomerMatched,
     /// MagicLine holds the booking (possibly awaiting confirmation).
-    pub const BOOKED: &str = "booking.booked";
+    Booked,
     /// A booking awaiting confirmation was confirmed.
-    pub const CONFIRMED: &str = "booking.confirmed";
+    Confirmed,
     /// The wished slot is not free; alternatives were offered.
-    pub const SLOT_TAKEN: &str = "booking.slot_taken";
+    SlotTaken,
     /// The request failed (`reason` says why); `unavailable` and `not_configured` can be resumed.
-    pub const FAILED: &str = "booking.failed";
+    Failed,
     /// A booking was cancelled.
-    pub const CANCELED: &str = "booking.canceled";
+    Canceled,
     /// Cancelling a booking failed.
-    pub const CANCEL_FAILED: &str = "booking.cancel_failed";
+    CancelFailed,
+}
+
+impl BookingStep {
+    /// The stable dotted name of the step (`booking.attempt`, …), as in the audit log.
+    pub fn code(self) -> &'static str {
+        match self {
+            BookingStep::Attempt => "booking.attempt",
+            BookingStep::LeadCreated => "booking.lead_created",
+            BookingStep::CustomerMatched => "booking.customer_matched",
+            BookingStep::Booked => "booking.booked",
+            BookingStep::Confirmed => "booking.confirmed",
+            BookingStep::SlotTaken => "booking.slot_taken",
+            BookingStep::Failed => "booking.failed",
+            BookingStep::Canceled => "booking.canceled",
+            BookingStep::CancelFailed => "booking.cancel_failed",
+        }
+    }
 }
 
 /// One auditable booking step. Holds no personal data: the pseudonym, the engine's request id
@@ -69,8 +87,7 @@ pub mod action {
 pub struct BookingEvent {
     pub pseudonym: Pseudonym,
     pub request_id: String,
-    /// One of [`action`].
-    pub action: &'static str,
+    pub step: BookingStep,
     pub magicline_customer_id: Option<i64>,
     pub booking_id: Option<i64>,
     /// Machine-readable reason of failures (`slot_taken`, `past_start`, `unavailable`, ...).
@@ -506,7 +523,13 @@ impl MagicLineBooker {
                 Ok(true) => {}
                 Ok(false) => {
                     let alternatives = self.alternatives(&probe, kind).unwrap_or_default();
-                    self.emit(&req, action::SLOT_TAKEN, Some(id), None, Some("slot_taken"));
+                    self.emit(
+                        &req,
+                        BookingStep::SlotTaken,
+                        Some(id),
+                        None,
+                        Some("slot_taken"),
+                    );
                     return BookingOutcome::SlotTaken { alternatives };
                 }
                 Err(e) => return self.not_now(&req, Some(id), &e),
@@ -547,7 +570,13 @@ impl MagicLineBooker {
         if let Some(outcome) = rec.final_outcome() {
             return outcome;
         }
-        self.emit(req, action::ATTEMPT, rec.customer_id, rec.booking_id, None);
+        self.emit(
+            req,
+            BookingStep::Attempt,
+            rec.customer_id,
+            rec.booking_id,
+            None,
+        );
         // A step found in the record (not reached in this call) may have sent its call already.
         let mut sess = Session {
             check_create: true,
@@ -572,7 +601,7 @@ impl MagicLineBooker {
         };
         tracing::warn!(customer = %req.pseudonym, request = %req.request_id, error = %e,
             "booking could not be completed now");
-        self.emit(req, action::FAILED, customer_id, None, Some(reason));
+        self.emit(req, BookingStep::Failed, customer_id, None, Some(reason));
         BookingOutcome::Failed(failure)
     }
 
@@ -670,7 +699,7 @@ impl MagicLineBooker {
                     rec.lead_created = true;
                     rec.step = Step::CustomerKnown;
                     self.save(&req.pseudonym, key, rec)?;
-                    self.emit(req, action::LEAD_CREATED, Some(id), None, None);
+                    self.emit(req, BookingStep::LeadCreated, Some(id), None, None);
                     return Ok(None);
                 }
                 Err(e) => match e.api_code() {
@@ -797,7 +826,7 @@ impl MagicLineBooker {
                     self.save(&req.pseudonym, key, rec)?;
                     self.emit(
                         req,
-                        action::CONFIRMED,
+                        BookingStep::Confirmed,
                         rec.customer_id,
                         Some(booking_id),
                         None,
@@ -834,7 +863,7 @@ impl MagicLineBooker {
         rec.kind = Some(kind);
         rec.step = Step::CustomerKnown;
         self.save(&req.pseudonym, key, rec)?;
-        self.emit(req, action::CUSTOMER_MATCHED, Some(id), None, None);
+        self.emit(req, BookingStep::CustomerMatched, Some(id), None, None);
         Ok(())
     }
 
@@ -869,7 +898,7 @@ impl MagicLineBooker {
         self.save(&req.pseudonym, key, rec)?;
         self.emit(
             req,
-            action::BOOKED,
+            BookingStep::Booked,
             rec.customer_id,
             Some(made.booking_id),
             None,
@@ -899,7 +928,7 @@ impl MagicLineBooker {
         self.save(&req.pseudonym, key, rec)?;
         self.emit(
             req,
-            action::SLOT_TAKEN,
+            BookingStep::SlotTaken,
             rec.customer_id,
             None,
             Some("slot_taken"),
@@ -919,7 +948,7 @@ impl MagicLineBooker {
         self.save(&req.pseudonym, key, rec)?;
         self.emit(
             req,
-            action::FAILED,
+            BookingStep::Failed,
             rec.customer_id,
             rec.booking_id,
             Some(failure.reason()),
@@ -943,10 +972,10 @@ impl MagicLineBooker {
             .map(|(_, r)| r.request_id.clone())
             .unwrap_or_default();
         let customer_id = row.as_ref().and_then(|(_, r)| r.customer_id);
-        let event = |action, reason| BookingEvent {
+        let event = |step, reason| BookingEvent {
             pseudonym: *p,
             request_id: request_id.clone(),
-            action,
+            step,
             magicline_customer_id: customer_id,
             booking_id: Some(booking_id),
             reason,
@@ -961,7 +990,7 @@ impl MagicLineBooker {
                 Err(ApiError::Api { status: 404, .. }) if maybe_done => break,
                 Err(ApiError::Api { status: 404, .. }) => {
                     self.audit
-                        .record(event(action::CANCEL_FAILED, Some("not_found")));
+                        .record(event(BookingStep::CancelFailed, Some("not_found")));
                     return Err(CancelError::NotFound);
                 }
                 Err(e) if retryable(&e) && attempt < self.cfg.attempts => {
@@ -971,7 +1000,7 @@ impl MagicLineBooker {
                 Err(e) => {
                     tracing::warn!(customer = %p, booking_id, error = %e, "cancel failed");
                     self.audit
-                        .record(event(action::CANCEL_FAILED, Some("unavailable")));
+                        .record(event(BookingStep::CancelFailed, Some("unavailable")));
                     return Err(CancelError::Unavailable);
                 }
             }
@@ -982,7 +1011,7 @@ impl MagicLineBooker {
                 tracing::warn!(customer = %p, error = %e, "cancellation not recorded locally");
             }
         }
-        self.audit.record(event(action::CANCELED, None));
+        self.audit.record(event(BookingStep::Canceled, None));
         tracing::info!(customer = %p, booking_id, "booking cancelled");
         Ok(())
     }
@@ -1188,7 +1217,7 @@ impl MagicLineBooker {
     fn emit(
         &self,
         req: &BookingRequest,
-        action: &'static str,
+        step: BookingStep,
         magicline_customer_id: Option<i64>,
         booking_id: Option<i64>,
         reason: Option<&'static str>,
@@ -1196,7 +1225,7 @@ impl MagicLineBooker {
         self.audit.record(BookingEvent {
             pseudonym: req.pseudonym,
             request_id: req.request_id.clone(),
-            action,
+            step,
             magicline_customer_id,
             booking_id,
             reason,
@@ -1285,7 +1314,7 @@ fn lead_request(req: &BookingRequest, offer: &TrialOffer) -> LeadRequest {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -1312,16 +1341,17 @@ mod tests {
     const MEMBER_BOOK: &str = "/appointments/booking/book";
 
     /// A simulator on its own runtime and a real store on disk; bookers block on test threads.
-    struct Harness {
+    /// Shared with the audit mapping tests.
+    pub(crate) struct Harness {
         rt: tokio::runtime::Runtime,
         sim: Option<MagiclineSim>,
         store: Arc<Store>,
-        audit: Arc<MemoryAudit>,
+        pub(crate) audit: Arc<MemoryAudit>,
         _dir: tempfile::TempDir,
     }
 
     impl Harness {
-        fn new(cfg: SimConfig) -> Harness {
+        pub(crate) fn new(cfg: SimConfig) -> Harness {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -1368,12 +1398,12 @@ mod tests {
             )
         }
 
-        fn booker(&self) -> MagicLineBooker {
+        pub(crate) fn booker(&self) -> MagicLineBooker {
             self.booker_with(Duration::from_secs(2), 3)
         }
 
         /// A customer row in the store (the engine always has one before booking).
-        fn person(&self, phone: &str) -> Pseudonym {
+        pub(crate) fn person(&self, phone: &str) -> Pseudonym {
             self.store
                 .update_customer(phone, monday_nine(), |_, _, _| Ok(()))
                 .unwrap()
@@ -1381,11 +1411,11 @@ mod tests {
                 .pseudonym
         }
 
-        fn actions(&self, request_id: &str) -> Vec<&'static str> {
+        fn steps(&self, request_id: &str) -> Vec<BookingStep> {
             self.audit
                 .events_of(request_id)
                 .into_iter()
-                .map(|e| e.action)
+                .map(|e| e.step)
                 .collect()
         }
     }
@@ -1407,7 +1437,7 @@ mod tests {
             .timestamp()
     }
 
-    fn sim_cfg() -> SimConfig {
+    pub(crate) fn sim_cfg() -> SimConfig {
         SimConfig {
             now: Some(monday_nine()),
             ..SimConfig::default()
@@ -1415,7 +1445,7 @@ mod tests {
     }
 
     /// Berlin wall-clock time `days` after Monday 2030-06-03.
-    fn at(days: i64, hour: i8, minute: i8) -> Zoned {
+    pub(crate) fn at(days: i64, hour: i8, minute: i8) -> Zoned {
         date(2030, 6, 3)
             .checked_add(days.days())
             .unwrap()
@@ -1424,7 +1454,7 @@ mod tests {
             .unwrap()
     }
 
-    fn request(
+    pub(crate) fn request(
         id: &str,
         p: Pseudonym,
         email: &str,
@@ -1480,8 +1510,12 @@ mod tests {
         assert!(made[0].trial);
         assert_eq!(made[0].state, SimBookingState::Booked);
         assert_eq!(
-            h.actions("r-1"),
-            vec![action::ATTEMPT, action::LEAD_CREATED, action::BOOKED]
+            h.steps("r-1"),
+            vec![
+                BookingStep::Attempt,
+                BookingStep::LeadCreated,
+                BookingStep::Booked
+            ]
         );
         let booked_event = h.audit.events_of("r-1").pop().unwrap();
         assert_eq!(booked_event.pseudonym, p);
@@ -1531,8 +1565,12 @@ mod tests {
         assert_eq!(h.sim().request_count("/trial-offers/lead"), 0);
         assert_eq!(h.sim().request_count(MEMBER_BOOK), 1);
         assert_eq!(
-            h.actions("r-erika"),
-            vec![action::ATTEMPT, action::CUSTOMER_MATCHED, action::BOOKED]
+            h.steps("r-erika"),
+            vec![
+                BookingStep::Attempt,
+                BookingStep::CustomerMatched,
+                BookingStep::Booked
+            ]
         );
     }
 
@@ -1611,7 +1649,10 @@ mod tests {
             let outcome = booker.book_trial(&req);
             assert_eq!(outcome, BookingOutcome::Failed(failure), "{status:?}");
             let last = h.audit.events_of(&id).pop().unwrap();
-            assert_eq!((last.action, last.reason), (action::FAILED, Some(reason)));
+            assert_eq!(
+                (last.step, last.reason),
+                (BookingStep::Failed, Some(reason))
+            );
             // Final: asking again changes nothing and calls nothing.
             let calls = h.sim().total_requests();
             assert_eq!(booker.book_trial(&req), outcome);
@@ -1738,7 +1779,7 @@ mod tests {
         let (booking_id, lead, pending) = booked(&booker.book_trial(&req));
         assert!(!pending);
         assert_eq!(h.sim().bookings_of(lead)[0].state, SimBookingState::Booked);
-        assert!(h.actions("r-c1").contains(&action::CONFIRMED));
+        assert!(h.steps("r-c1").contains(&BookingStep::Confirmed));
 
         // Confirmation unreachable: booked, pending; asking again confirms.
         let q = h.person("+49 151 0000010");
@@ -1852,8 +1893,8 @@ mod tests {
         assert_eq!(h.sim().leads().len(), 1);
         let last = h.audit.events_of("r-restart").pop().unwrap();
         assert_eq!(
-            (last.action, last.reason),
-            (action::FAILED, Some("unavailable"))
+            (last.step, last.reason),
+            (BookingStep::Failed, Some("unavailable"))
         );
         drop(first);
 
@@ -1864,13 +1905,13 @@ mod tests {
         assert_eq!(h.sim().leads()[0].customer_id, lead);
         assert_eq!(h.sim().request_count(LEAD_CREATE), 1);
         assert_eq!(
-            h.actions("r-restart"),
+            h.steps("r-restart"),
             vec![
-                action::ATTEMPT,
-                action::LEAD_CREATED,
-                action::FAILED,
-                action::ATTEMPT,
-                action::BOOKED
+                BookingStep::Attempt,
+                BookingStep::LeadCreated,
+                BookingStep::Failed,
+                BookingStep::Attempt,
+                BookingStep::Booked
             ]
         );
     }
@@ -1959,7 +2000,7 @@ mod tests {
             .audit
             .events()
             .into_iter()
-            .filter(|e| e.action == action::CANCELED)
+            .filter(|e| e.step == BookingStep::Canceled)
             .collect();
         assert_eq!(canceled.len(), 2);
         assert_eq!(canceled[1].booking_id, Some(new_id));
@@ -2214,20 +2255,23 @@ mod tests {
         // Every request audited, ending in its final event.
         for (c, o) in plan.iter().zip(&outcomes) {
             let events = h.audit.events_of(&c.req.request_id);
-            assert_eq!(events.first().map(|e| e.action), Some(action::ATTEMPT));
+            assert_eq!(events.first().map(|e| e.step), Some(BookingStep::Attempt));
             let last = events.last().unwrap();
             match o {
                 BookingOutcome::Booked { booking_id, .. } => {
                     let booked_event = events
                         .iter()
                         .rev()
-                        .find(|e| e.action == action::BOOKED)
+                        .find(|e| e.step == BookingStep::Booked)
                         .expect("booked event");
                     assert_eq!(booked_event.booking_id, Some(*booking_id));
-                    assert!(matches!(last.action, action::BOOKED | action::CONFIRMED));
+                    assert!(matches!(
+                        last.step,
+                        BookingStep::Booked | BookingStep::Confirmed
+                    ));
                 }
-                BookingOutcome::SlotTaken { .. } => assert_eq!(last.action, action::SLOT_TAKEN),
-                BookingOutcome::Failed(_) => assert_eq!(last.action, action::FAILED),
+                BookingOutcome::SlotTaken { .. } => assert_eq!(last.step, BookingStep::SlotTaken),
+                BookingOutcome::Failed(_) => assert_eq!(last.step, BookingStep::Failed),
             }
             assert!(events.iter().all(|e| e.pseudonym == c.req.pseudonym));
         }

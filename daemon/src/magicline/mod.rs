@@ -1,11 +1,13 @@
 //! MagicLine Open API (v1) integration: wire types ([`api`]), the blocking HTTP client used from
 //! `spawn_blocking` ([`client`]), MagicLine's zoned date-time format ([`datetime`]) and the
-//! idempotent trial booking built on them ([`booking`]).
+//! idempotent trial booking built on them ([`booking`]) and the audit entries of its steps
+//! ([`audit`]).
 //!
 //! The client only speaks the API. Deciding whether a failed booking call may be repeated, and
 //! recording bookings locally, is the job of [`booking`].
 
 pub mod api;
+pub mod audit;
 pub mod booking;
 pub mod client;
 pub mod datetime;

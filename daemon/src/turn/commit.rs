@@ -103,9 +103,11 @@ pub fn commit(
         stats::record(store, &mut batch, *event, effects.at)?;
     }
     rows.add(&mut batch, store, &p, &effects.replies)?;
-    store.commit_durable(batch)?;
-    if let Some(log) = audit.filter(|_| !effects.audit.is_empty()) {
-        log.append_many(effects.audit.iter().cloned())?;
+    match audit {
+        Some(log) if !effects.audit.is_empty() => {
+            log.append_many_with(batch, effects.audit.iter().cloned())?;
+        }
+        _ => store.commit_durable(batch)?,
     }
     drop(guard);
     for alert in &effects.alerts {

@@ -1,0 +1,570 @@
+//! What an entry can say: who acted ([`Actor`]), what happened ([`AuditEvent`] and its
+//! [`Detail`]s), why ([`Purpose`]), with what result ([`Outcome`], [`Status`], [`Code`]) and about
+//! whom ([`ShortPseudonym`]), gathered in a [`NewEntry`] before it is chained.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::{AuditError, Hash, Result};
+use crate::store::crypto::Pseudonym;
+
+/// The action of checkpoint entries written when old entries are pruned.
+pub const CHECKPOINT_ACTION: &str = "audit.checkpoint";
+
+/// A customer pseudonym in its short form (`c-` + 12 hex digits). Only a [`Pseudonym`] (or a
+/// stored entry, validated) makes one, so no other text can stand in an entry's subject.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize)]
+#[serde(transparent)]
+pub struct ShortPseudonym(pub(super) String);
+
+impl ShortPseudonym {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn valid(s: &str) -> bool {
+        s.len() == 14
+            && s.starts_with("c-")
+            && s[2..]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    }
+}
+
+impl From<&Pseudonym> for ShortPseudonym {
+    fn from(p: &Pseudonym) -> Self {
+        ShortPseudonym(p.short())
+    }
+}
+
+impl<'de> Deserialize<'de> for ShortPseudonym {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if ShortPseudonym::valid(&s) {
+            Ok(ShortPseudonym(s))
+        } else {
+            Err(serde::de::Error::custom("not a short pseudonym"))
+        }
+    }
+}
+
+impl fmt::Display for ShortPseudonym {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Who acted.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Actor {
+    /// A person at the admin socket or running an offline verb: Unix uid and user name.
+    Admin { uid: u32, name: String },
+    /// The daemon on its own (retention, start-up, tunnel).
+    System,
+    /// A customer, through their WhatsApp messages.
+    Customer { pseudonym: ShortPseudonym },
+    /// The relay (webhook deliveries arriving through the tunnel).
+    Relay,
+}
+
+impl Actor {
+    pub fn customer(p: &Pseudonym) -> Actor {
+        Actor::Customer {
+            pseudonym: p.into(),
+        }
+    }
+
+    /// The admin running this process (offline verbs).
+    pub fn current_user() -> Actor {
+        // SAFETY: getuid cannot fail.
+        let uid = unsafe { libc::getuid() };
+        Actor::Admin {
+            uid,
+            name: user_name(uid).unwrap_or_else(|| format!("uid{uid}")),
+        }
+    }
+
+    /// `admin:UID:NAME`, `system`, `customer:c-…` or `relay` (journal field, CSV, filters).
+    pub fn label(&self) -> String {
+        match self {
+            Actor::Admin { uid, name } => format!("admin:{uid}:{name}"),
+            Actor::System => "system".into(),
+            Actor::Customer { pseudonym } => format!("customer:{pseudonym}"),
+            Actor::Relay => "relay".into(),
+        }
+    }
+
+    /// Matches an `--actor` filter: `system`, `relay`, `customer`, `admin`, a uid, a user name,
+    /// a short pseudonym or a whole label.
+    pub fn matches(&self, filter: &str) -> bool {
+        let label = self.label();
+        if label == filter {
+            return true;
+        }
+        match self {
+            Actor::Admin { uid, name } => {
+                filter == "admin" || filter == uid.to_string() || filter == name
+            }
+            Actor::Customer { pseudonym } => filter == "customer" || filter == pseudonym.as_str(),
+            Actor::System => filter == "system",
+            Actor::Relay => filter == "relay",
+        }
+    }
+}
+
+/// The user name of a uid from the password database.
+pub fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer refers to live, correctly sized storage; the name is copied out
+    // before `buf` is dropped.
+    let rc =
+        unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut out) };
+    if rc != 0 || out.is_null() {
+        return None;
+    }
+    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+/// Why it was done (the legal basis an auditor asks for).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Purpose {
+    /// A data-subject request under the GDPR (access, erasure, portability).
+    DsgvoRequest,
+    /// Staff helping a customer.
+    Support,
+    /// Booking a trial training.
+    Booking,
+    /// Deletion by age.
+    Retention,
+    /// Access control, verification, rejected requests.
+    Security,
+    /// Running the service.
+    Operations,
+}
+
+impl Purpose {
+    pub fn code(self) -> &'static str {
+        match self {
+            Purpose::DsgvoRequest => "dsgvo-request",
+            Purpose::Support => "support",
+            Purpose::Booking => "booking",
+            Purpose::Retention => "retention",
+            Purpose::Security => "security",
+            Purpose::Operations => "operations",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Purpose> {
+        [
+            Purpose::DsgvoRequest,
+            Purpose::Support,
+            Purpose::Booking,
+            Purpose::Retention,
+            Purpose::Security,
+            Purpose::Operations,
+        ]
+        .into_iter()
+        .find(|p| p.code() == s)
+    }
+}
+
+/// Whether it worked.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Denied,
+    Error,
+}
+
+impl Status {
+    pub fn code(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Denied => "denied",
+            Status::Error => "error",
+        }
+    }
+}
+
+/// A reason code: a string literal from the source (`not_admin`, `bad_signature`, …), never
+/// runtime text.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Code(&'static str);
+
+impl Code {
+    /// Codes are lowercase ASCII letters, digits, `_`, `-` and `.`.
+    pub const fn new(code: &'static str) -> Code {
+        let b = code.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            let c = b[i];
+            assert!(
+                c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-' || c == b'.',
+                "audit codes are lowercase ASCII"
+            );
+            i += 1;
+        }
+        Code(code)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+impl Serialize for Code {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.0)
+    }
+}
+
+/// Outcome of the audited action.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Outcome {
+    Ok,
+    Denied(Code),
+    Error(Code),
+}
+
+impl Outcome {
+    pub fn denied(code: &'static str) -> Outcome {
+        Outcome::Denied(Code::new(code))
+    }
+
+    pub fn error(code: &'static str) -> Outcome {
+        Outcome::Error(Code::new(code))
+    }
+}
+
+/// Why a customer was forgotten. The free text an admin types stays out of the log.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForgetReason {
+    /// An erasure request under Art. 17 GDPR.
+    DsgvoRequest,
+    /// The customer asked informally.
+    CustomerRequest,
+    /// Anything else (the admin keeps their own note).
+    Other,
+}
+
+/// What happened. One variant per kind of audited action; the serde name is the stable dotted
+/// action name and the fields are the entry's details (counts, flags and codes only).
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "action")]
+pub enum AuditEvent {
+    /// An admin read one customer's record (`customers show`).
+    #[serde(rename = "customer.read")]
+    CustomerRead { messages: u64 },
+    /// An admin listed customers without names.
+    #[serde(rename = "customer.list")]
+    CustomerList { count: u64 },
+    /// An admin listed customers with their names (a read of personal data).
+    #[serde(rename = "customer.list_names")]
+    CustomerListNames { count: u64 },
+    /// A customer's data left the box as an encrypted export (written before the bytes leave).
+    #[serde(rename = "customer.export")]
+    CustomerExport {
+        messages: u64,
+        bookings: u64,
+        audit_entries: u64,
+    },
+    /// A customer was forgotten (rows deleted, key crypto-shredded).
+    #[serde(rename = "customer.forget")]
+    CustomerForget { reason: ForgetReason, existed: bool },
+    /// The bot was paused for one customer.
+    #[serde(rename = "customer.pause")]
+    CustomerPause,
+    /// The bot was resumed for one customer.
+    #[serde(rename = "customer.resume")]
+    CustomerResume,
+    /// The conversation was handed over to staff (complaint, cancellation).
+    #[serde(rename = "customer.escalate")]
+    CustomerEscalate { reason: Code },
+    /// The customer opted out of messages.
+    #[serde(rename = "customer.opt_out")]
+    CustomerOptOut,
+    /// A booking request started or resumed; MagicLine calls follow.
+    ///
+    /// `flow`, here and in the other `booking.*` events that have it: `member` when the person's
+    /// MagicLine customer id is known at this step (a member, a customer matched by id or e-mail,
+    /// or a lead created earlier), `lead` while it is not.
+    #[serde(rename = "booking.attempt")]
+    BookingAttempt { flow: Code },
+    /// A lead (prospect) was created in MagicLine for the person.
+    #[serde(rename = "booking.lead_created")]
+    BookingLeadCreated { flow: Code },
+    /// The person was recognised as an existing MagicLine customer (by id, by e-mail or as the
+    /// lead of an earlier request).
+    #[serde(rename = "booking.customer_matched")]
+    BookingCustomerMatched { flow: Code },
+    /// MagicLine holds the booking (possibly awaiting confirmation, see `booking.confirmed`).
+    #[serde(rename = "booking.booked")]
+    BookingBooked {
+        flow: Code,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        booking_id: Option<u64>,
+    },
+    /// A booking that awaited confirmation was confirmed.
+    #[serde(rename = "booking.confirmed")]
+    BookingConfirmed {
+        flow: Code,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        booking_id: Option<u64>,
+    },
+    /// The wished slot was not free and alternatives were offered. This is MagicLine's answer,
+    /// not a fault, so the outcome is ok.
+    #[serde(rename = "booking.slot_taken")]
+    BookingSlotTaken { flow: Code },
+    /// A booking request failed (reason code in the outcome).
+    #[serde(rename = "booking.failed")]
+    BookingFailed { flow: Code },
+    /// A booking was cancelled in MagicLine.
+    #[serde(rename = "booking.canceled")]
+    BookingCanceled {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        booking_id: Option<u64>,
+    },
+    /// Cancelling a booking failed (reason code in the outcome).
+    #[serde(rename = "booking.cancel_failed")]
+    BookingCancelFailed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        booking_id: Option<u64>,
+    },
+    /// A webhook request was rejected (bad signature, too large, malformed …).
+    #[serde(rename = "webhook.rejected")]
+    WebhookRejected { reason: Code },
+    /// Inbound messages were dropped without an answer or a customer record (`reason`:
+    /// `invalid_sender` for an address that is neither a phone number nor a WhatsApp user id).
+    #[serde(rename = "message.dropped")]
+    MessageDropped { reason: Code, messages: u64 },
+    /// A WhatsApp message was sent (`kind`: text, template, …).
+    #[serde(rename = "message.sent")]
+    MessageSent { kind: Code },
+    /// A WhatsApp message could not be sent (Graph API error code when known).
+    #[serde(rename = "message.failed")]
+    MessageFailed {
+        kind: Code,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        api_code: Option<u64>,
+    },
+    /// A retention run (counts of what it deleted or, in a dry run, would delete).
+    #[serde(rename = "retention.purge")]
+    RetentionPurge {
+        messages_deleted: u64,
+        customers_forgotten: u64,
+        seen_ids_deleted: u64,
+        audit_entries_pruned: u64,
+        dry_run: bool,
+    },
+    /// Old audit entries were pruned; the chain continues from the last pruned entry.
+    #[serde(rename = "audit.checkpoint")]
+    AuditCheckpoint {
+        last_pruned_seq: u64,
+        last_pruned_hash: Hash,
+        pruned: u64,
+    },
+    /// The audit log was read (`audit show`).
+    #[serde(rename = "audit.read")]
+    AuditRead { entries: u64 },
+    /// The audit log was exported (`format`: jsonl or csv).
+    #[serde(rename = "audit.export")]
+    AuditExport { entries: u64, format: Code },
+    /// The audit chain was verified (`intact` tells the result).
+    #[serde(rename = "audit.verify")]
+    AuditVerify { entries: u64, intact: bool },
+    /// The lead-funnel statistics were read.
+    #[serde(rename = "stats.read")]
+    StatsRead,
+    /// The service status was read.
+    #[serde(rename = "admin.status")]
+    AdminStatus,
+    /// A caller outside root and the admin group was turned away.
+    #[serde(rename = "admin.denied")]
+    AdminDenied { endpoint: Code },
+    /// A backup of the whole store was written.
+    #[serde(rename = "store.backup")]
+    StoreBackup { records: u64, bytes: u64 },
+    /// The store was replaced by a backup; `replaced_*` name the head of the log it replaced.
+    #[serde(rename = "store.restore")]
+    StoreRestore {
+        records: u64,
+        erasures_reapplied: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        replaced_head_seq: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        replaced_head_hash: Option<Hash>,
+    },
+    /// Every data key was re-wrapped to a new store identity.
+    #[serde(rename = "store.identity_rotated")]
+    IdentityRotated { keys: u64 },
+    /// The configuration was loaded at start.
+    #[serde(rename = "config.loaded")]
+    ConfigLoaded,
+    /// The configuration was reloaded (SIGHUP).
+    #[serde(rename = "config.reloaded")]
+    ConfigReloaded { ok: bool },
+    /// The service started.
+    #[serde(rename = "service.started")]
+    ServiceStarted { version: Code },
+    /// The service stopped.
+    #[serde(rename = "service.stopped")]
+    ServiceStopped,
+    /// The tunnel to the relay is up.
+    #[serde(rename = "tunnel.connected")]
+    TunnelConnected,
+    /// The tunnel to the relay was lost.
+    #[serde(rename = "tunnel.lost")]
+    TunnelLost { reason: Code },
+    /// The relay refused this box's token.
+    #[serde(rename = "tunnel.auth_failed")]
+    TunnelAuthFailed,
+}
+
+impl AuditEvent {
+    /// The purpose an event has unless the caller says otherwise.
+    pub fn default_purpose(&self) -> Purpose {
+        use AuditEvent::*;
+        match self {
+            CustomerExport { .. } | CustomerForget { .. } => Purpose::DsgvoRequest,
+            CustomerRead { .. }
+            | CustomerList { .. }
+            | CustomerListNames { .. }
+            | CustomerPause
+            | CustomerResume
+            | CustomerEscalate { .. }
+            | CustomerOptOut => Purpose::Support,
+            BookingAttempt { .. }
+            | BookingLeadCreated { .. }
+            | BookingCustomerMatched { .. }
+            | BookingBooked { .. }
+            | BookingConfirmed { .. }
+            | BookingSlotTaken { .. }
+            | BookingFailed { .. }
+            | BookingCanceled { .. }
+            | BookingCancelFailed { .. } => Purpose::Booking,
+            RetentionPurge { .. } | AuditCheckpoint { .. } => Purpose::Retention,
+            WebhookRejected { .. }
+            | MessageDropped { .. }
+            | AdminDenied { .. }
+            | AuditVerify { .. }
+            | AuditRead { .. }
+            | AuditExport { .. }
+            | IdentityRotated { .. }
+            | TunnelAuthFailed => Purpose::Security,
+            _ => Purpose::Operations,
+        }
+    }
+
+    /// The action name and the details, as stored.
+    pub(super) fn split(&self) -> Result<(String, BTreeMap<String, Detail>)> {
+        let value = serde_json::to_value(self).expect("audit events serialise");
+        let serde_json::Value::Object(map) = value else {
+            unreachable!("internally tagged enums serialise to objects")
+        };
+        let mut action = String::new();
+        let mut details = BTreeMap::new();
+        for (k, v) in map {
+            if k == "action" {
+                action = v.as_str().unwrap_or_default().to_string();
+                continue;
+            }
+            let d = match v {
+                serde_json::Value::Bool(b) => Detail::Flag(b),
+                serde_json::Value::Number(n) => {
+                    Detail::Count(n.as_u64().ok_or_else(|| AuditError::BadDetail(k.clone()))?)
+                }
+                serde_json::Value::String(s) => Detail::Code(s),
+                serde_json::Value::Null => continue,
+                _ => return Err(AuditError::BadDetail(k)),
+            };
+            details.insert(k, d);
+        }
+        Ok((action, details))
+    }
+
+    /// The stable dotted action name (`customer.forget`, …).
+    pub fn action(&self) -> String {
+        self.split().map(|(a, _)| a).unwrap_or_default()
+    }
+}
+
+/// One detail value of a stored entry.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Detail {
+    Count(u64),
+    Flag(bool),
+    Code(String),
+}
+
+/// A new entry before it gets its place in the chain.
+#[derive(Clone, Debug)]
+pub struct NewEntry {
+    pub actor: Actor,
+    pub event: AuditEvent,
+    pub subject: Option<Pseudonym>,
+    pub purpose: Purpose,
+    pub outcome: Outcome,
+    pub request_id: Option<RequestId>,
+}
+
+impl NewEntry {
+    /// An entry with the event's default purpose, no subject and outcome ok.
+    pub fn new(actor: Actor, event: AuditEvent) -> NewEntry {
+        let purpose = event.default_purpose();
+        NewEntry {
+            actor,
+            event,
+            subject: None,
+            purpose,
+            outcome: Outcome::Ok,
+            request_id: None,
+        }
+    }
+
+    /// The customer the action concerns.
+    pub fn about(mut self, p: &Pseudonym) -> Self {
+        self.subject = Some(*p);
+        self
+    }
+
+    pub fn purpose(mut self, purpose: Purpose) -> Self {
+        self.purpose = purpose;
+        self
+    }
+
+    pub fn outcome(mut self, outcome: Outcome) -> Self {
+        self.outcome = outcome;
+        self
+    }
+
+    pub fn request(mut self, id: RequestId) -> Self {
+        self.request_id = Some(id);
+        self
+    }
+}
+
+/// A request id (random 64 bits, 16 hex digits) tying an entry to an admin call or a webhook.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct RequestId(pub u64);
+
+impl RequestId {
+    pub fn random() -> RequestId {
+        RequestId(rand::random())
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
