@@ -16,6 +16,7 @@ pub mod secrets;
 pub mod service;
 pub mod stats;
 pub mod store;
+pub mod sys;
 pub mod tunnel;
 pub mod turn;
 pub mod whatsapp;

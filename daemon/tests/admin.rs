@@ -19,7 +19,7 @@ const MEMBER: &str = "fdtest-member";
 const OUTSIDER: &str = "fdtest-outsider";
 
 fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
+    frontdesk::sys::euid() == 0
 }
 
 fn sh(cmd: &str, args: &[&str]) {
@@ -307,7 +307,7 @@ fn every_verb_end_to_end() {
         .into_iter()
         .find(|e| e.action == "customer.forget")
         .unwrap();
-    let me = unsafe { libc::getuid() };
+    let me = frontdesk::sys::uid();
     assert!(matches!(forget.actor, frontdesk::audit::Actor::Admin { uid, .. } if uid == me));
     let (code, _, _) = run(frontdesk(&env, &["customers", "show", anna.0]));
     assert_eq!(code, 1);

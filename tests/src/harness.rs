@@ -244,15 +244,14 @@ burst_window_ms = {burst}
     /// Sends SIGHUP (what `systemctl reload` does).
     pub fn reload(&self) {
         let pid = self.pid().expect("daemon not running");
-        // SAFETY: kill(2) on our own child process.
-        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+        frontdesk::sys::kill(pid, libc::SIGHUP).expect("SIGHUP to the daemon");
     }
 
     /// SIGKILLs the daemon (no cleanup of any kind).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on our own child process.
-            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+            // The child may have exited already; wait() reaps it either way.
+            let _ = frontdesk::sys::kill(c.id(), libc::SIGKILL);
             c.wait().unwrap();
         }
     }
@@ -260,8 +259,7 @@ burst_window_ms = {burst}
     /// SIGTERMs the daemon and waits for it to exit; returns its exit status.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         self.child.take().map(|mut c| {
-            // SAFETY: kill(2) on our own child process.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = frontdesk::sys::kill(c.id(), libc::SIGTERM);
             c.wait().unwrap()
         })
     }

@@ -40,8 +40,7 @@ fn sigkill_never_loses_a_durable_write() {
             acknowledged.insert(n);
             max_seen = max_seen.max(n);
         }
-        // SAFETY: plain kill(2) on the child we spawned.
-        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        frontdesk::sys::kill(child.id(), libc::SIGKILL).unwrap();
         child.wait().unwrap();
         // Numbers reported between our last read and the kill are durable too.
         for line in lines.map_while(Result::ok) {

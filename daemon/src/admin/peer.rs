@@ -63,44 +63,12 @@ fn proc_groups(pid: i32) -> Option<Vec<u32>> {
 
 /// The groups of user `name` from the group database (getgrouplist).
 fn group_list(name: &str, gid: u32) -> Vec<u32> {
-    let Ok(cname) = std::ffi::CString::new(name) else {
-        return Vec::new();
-    };
-    let mut n: libc::c_int = 64;
-    loop {
-        let mut buf: Vec<libc::gid_t> = vec![0; n as usize];
-        let mut count = n;
-        // SAFETY: `buf` has room for `count` entries; getgrouplist writes at most that many and
-        // sets `count` to the number it needs when they do not fit.
-        let rc = unsafe { libc::getgrouplist(cname.as_ptr(), gid, buf.as_mut_ptr(), &mut count) };
-        if rc >= 0 {
-            buf.truncate(count.max(0) as usize);
-            return buf;
-        }
-        if count <= n || n > 65_536 {
-            return Vec::new();
-        }
-        n = count;
-    }
+    crate::sys::group_list(name, gid)
 }
 
 /// The gid of group `name`, if it exists.
 pub fn group_gid(name: &str) -> Option<u32> {
-    let cname = std::ffi::CString::new(name).ok()?;
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut out: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: all pointers refer to live storage of the stated sizes; only gr_gid is read.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            cname.as_ptr(),
-            &mut grp,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut out,
-        )
-    };
-    (rc == 0 && !out.is_null()).then_some(grp.gr_gid)
+    crate::sys::group_gid(name)
 }
 
 #[cfg(test)]
@@ -127,11 +95,11 @@ mod tests {
     #[test]
     fn own_process_groups_are_read_from_proc() {
         let me = Caller::resolve(
-            unsafe { libc::getuid() },
-            unsafe { libc::getgid() },
+            crate::sys::uid(),
+            crate::sys::gid(),
             Some(std::process::id() as i32),
         );
-        assert!(me.groups.contains(&unsafe { libc::getgid() }));
+        assert!(me.groups.contains(&crate::sys::gid()));
         assert_eq!(group_gid("root"), Some(0));
         assert_eq!(group_gid("no-such-group-frontdesk"), None);
     }

@@ -359,7 +359,7 @@ fn every_endpoint_end_to_end_over_the_socket() {
         .unwrap();
     assert_eq!(r.audit_seq, forget.seq);
     assert!(
-        matches!(forget.actor, crate::audit::Actor::Admin { uid, .. } if uid == unsafe { libc::getuid() })
+        matches!(forget.actor, crate::audit::Actor::Admin { uid, .. } if uid == crate::sys::uid())
     );
 
     // Retention and stats.

@@ -79,8 +79,7 @@ impl Actor {
 
     /// The admin running this process (offline verbs).
     pub fn current_user() -> Actor {
-        // SAFETY: getuid cannot fail.
-        let uid = unsafe { libc::getuid() };
+        let uid = crate::sys::uid();
         Actor::Admin {
             uid,
             name: user_name(uid).unwrap_or_else(|| format!("uid{uid}")),
@@ -117,18 +116,7 @@ impl Actor {
 
 /// The user name of a uid from the password database.
 pub fn user_name(uid: u32) -> Option<String> {
-    let mut buf = vec![0u8; 4096];
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut out: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer refers to live, correctly sized storage; the name is copied out
-    // before `buf` is dropped.
-    let rc =
-        unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut out) };
-    if rc != 0 || out.is_null() {
-        return None;
-    }
-    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
-    Some(name.to_string_lossy().into_owned())
+    crate::sys::user_name(uid)
 }
 
 /// Why it was done (the legal basis an auditor asks for).

@@ -291,8 +291,7 @@ fn check_state_dir(dir: &Path) -> Check {
             )
         }
     };
-    // SAFETY: geteuid cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = crate::sys::euid();
     let mode = md.mode() & 0o777;
     // root runs doctor on behalf of the service user, whose directory it is.
     if md.uid() != me && me != 0 {

@@ -840,8 +840,8 @@ mod tests {
 
     use super::*;
     use crate::llm::{Generation, Prompt};
-    use crate::turn::Part;
     use crate::store::crypto::StoreIdentity;
+    use crate::turn::Part;
 
     const PHONE: &str = "+49 151 12345678";
 

@@ -150,12 +150,7 @@ impl KeyDir {
     /// Flushes every key file written without `durable` (one `syncfs` of the file system).
     pub fn sync_all(&self) -> std::io::Result<()> {
         let dir = File::open(&self.root)?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: syncfs only reads the descriptor, which `dir` keeps open for the call.
-        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
+        crate::sys::syncfs(&dir)
     }
 }
 

@@ -138,6 +138,10 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each is a distinct shared service of the daemon; a struct would only rename them"
+    )]
     pub fn new(
         store: Arc<Store>,
         queues: Arc<Queues>,

@@ -70,13 +70,7 @@ fn appends(base: &std::path::Path, writers: u64) -> anyhow::Result<f64> {
 
 /// CPU time consumed by the calling thread so far.
 fn thread_cpu_secs() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+    frontdesk::sys::thread_cpu_nanos() as f64 / 1e9
 }
 
 fn main() -> anyhow::Result<()> {
