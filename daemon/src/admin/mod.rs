@@ -386,12 +386,14 @@ fn dispatch(ctx: &Ctx, method: &Method, path: &str, body: &[u8]) -> Result<Reply
 
 /// The admin server on its own runtime thread, bound to `socket`, until dropped. For tests and
 /// tools that drive the admin API without a whole daemon.
+#[cfg(any(test, feature = "testkit"))]
 pub struct AdminServerThread {
     pub socket: std::path::PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+#[cfg(any(test, feature = "testkit"))]
 impl AdminServerThread {
     /// Binds `socket` (with `group` as its group, when that group exists) and serves `state`.
     pub fn start(state: Arc<AdminState>, socket: &Path, group: &str) -> AdminServerThread {
@@ -431,6 +433,7 @@ impl AdminServerThread {
     }
 }
 
+#[cfg(any(test, feature = "testkit"))]
 impl Drop for AdminServerThread {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {

@@ -114,12 +114,14 @@ impl AuditLog {
     }
 
     /// Replaces the clock (tests; the log keeps time monotonic regardless).
+    #[cfg(test)]
     pub fn with_clock(mut self, clock: impl Fn() -> Timestamp + Send + Sync + 'static) -> Self {
         self.clock = Box::new(clock);
         self
     }
 
     /// Disables the journald copy (tests and benchmarks on machines that have a journal).
+    #[cfg(any(test, feature = "testkit"))]
     pub fn without_journal(mut self) -> Self {
         self.journal = journal::JournalSink::disabled();
         self

@@ -99,12 +99,14 @@ pub trait BookingAudit: Send + Sync {
     fn record(&self, event: BookingEvent);
 }
 
-/// Keeps events in memory (tests, demo).
+/// Keeps events in memory (unit tests of the booker).
+#[cfg(test)]
 #[derive(Debug, Default)]
 pub struct MemoryAudit {
     events: Mutex<Vec<BookingEvent>>,
 }
 
+#[cfg(test)]
 impl MemoryAudit {
     pub fn new() -> Self {
         Self::default()
@@ -127,6 +129,7 @@ impl MemoryAudit {
     }
 }
 
+#[cfg(test)]
 impl BookingAudit for MemoryAudit {
     fn record(&self, event: BookingEvent) {
         self.events

@@ -75,7 +75,7 @@ fn start(group: &str) -> Env {
 }
 
 fn frontdesk(env: &Env, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_frontdesk"));
+    let mut c = Command::new(frontdesk_tests::harness::frontdesk_bin());
     c.arg("--config").arg(&env.config).args(args);
     c.env_remove("FRONTDESK_CONFIG");
     c
@@ -196,7 +196,7 @@ fn only_root_and_the_admin_group_get_in_and_refusals_are_audited() {
     let (code, out, err) = run({
         let mut c = Command::new("runuser");
         c.args(["-u", MEMBER, "--"])
-            .arg(env!("CARGO_BIN_EXE_frontdesk"))
+            .arg(frontdesk_tests::harness::frontdesk_bin())
             .arg("--config")
             .arg(&env.config)
             .args(["status", "--json"]);
@@ -371,7 +371,7 @@ fn a_stopped_daemon_gives_exit_3() {
         vec!["customers", "list"],
         vec!["audit", "verify"],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_frontdesk"))
+        let out = Command::new(frontdesk_tests::harness::frontdesk_bin())
             .arg("--config")
             .arg(&config)
             .args(&args)
