@@ -1488,6 +1488,55 @@ mod tests {
     }
 
     #[test]
+    fn a_forget_during_the_model_call_stands() {
+        let h = harness();
+        h.known_contact();
+        let p = h.store.pseudonym(PHONE);
+        let store = h.store.clone();
+        *h.model.during.lock().unwrap() = Some(Box::new(move || {
+            store.forget(&[p], Timestamp::now()).unwrap();
+        }));
+        h.model.push(answer(
+            "none",
+            json!({"vorname": "Lena", "email": "neu@example.de"}),
+            "Hi!",
+            None,
+        ));
+        let t = h.send("Hallo?");
+        assert!(
+            t.replies.is_empty(),
+            "nothing is sent to a forgotten person"
+        );
+        assert!(t.record.is_none());
+        assert!(
+            h.store.customer(&p).unwrap().is_none(),
+            "the profile is not written back"
+        );
+        assert!(h.store.recent_messages(&p, 10).unwrap().is_empty());
+        assert!(
+            h.store.data_key(&p).unwrap().is_none(),
+            "no new key was made"
+        );
+
+        // Someone forgotten who writes again afterwards is a new contact.
+        h.model.push(answer("none", json!({}), DISCLOSED, None));
+        // A message written after the forget (WhatsApp's timestamp).
+        let later = Timestamp::now() + jiff::SignedDuration::from_hours(1);
+        let t = h.send_parts(
+            PHONE,
+            vec![Part {
+                id: "wamid.again".into(),
+                at: later,
+                kind: PartKind::Text("Hallo, ich bin es wieder".into()),
+            }],
+            &monday(),
+        );
+        assert!(t.new_contact);
+        assert_eq!(t.replies.len(), 1);
+        assert!(h.store.customer(&p).unwrap().is_some());
+    }
+
+    #[test]
     fn a_pause_during_the_model_call_wins() {
         let h = harness();
         h.known_contact();

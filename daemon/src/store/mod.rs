@@ -590,6 +590,18 @@ impl Store {
         Ok(())
     }
 
+    /// When `p` was last forgotten, from the forget ledger. Read under the customer's lock, it
+    /// tells a write that was decided before a forget from one about a person who wrote again.
+    pub fn forgotten_at(&self, p: &Pseudonym) -> Result<Option<Timestamp>> {
+        let mut ledger_key = LEDGER_PREFIX.to_vec();
+        ledger_key.extend_from_slice(p.to_hex().as_bytes());
+        Ok(self
+            .ks
+            .meta
+            .get(ledger_key)?
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()))
+    }
+
     /// Pseudonyms in the forget ledger (hex form) with the time they were forgotten.
     pub fn forget_ledger(&self) -> Result<Vec<(Pseudonym, String)>> {
         let mut out = Vec::new();

@@ -38,6 +38,22 @@ impl QueueRows for () {
     }
 }
 
+/// Whether the person was forgotten after the newest message of this turn was written: then the
+/// turn is about data that no longer exists. A forget before that message means they wrote again
+/// on their own and are a new contact.
+fn forgotten_meanwhile(store: &Store, effects: &Effects) -> store::Result<bool> {
+    let Some(newest) = effects
+        .record
+        .as_ref()
+        .and_then(|r| r.inbound.iter().map(|m| m.at).max())
+    else {
+        return Ok(false);
+    };
+    Ok(store
+        .forgotten_at(&effects.pseudonym)?
+        .is_some_and(|forgotten| forgotten >= newest))
+}
+
 /// Why a turn could not be committed. Nothing of it was written; the inbox rows stay.
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
@@ -63,6 +79,15 @@ pub fn commit(
     let p = effects.pseudonym;
     let guard = store.lock_customer(&p);
     let mut batch = store.batch();
+    if forgotten_meanwhile(store, &effects)? {
+        // Staff forgot this person while the turn was being decided: the forget stands. Only
+        // the channel's retirement of the burst is written; nothing is sent.
+        tracing::info!(customer = %p, "customer forgotten during the turn; its effects are discarded");
+        let discarded = Effects::nothing(p, &effects.address, effects.at, effects.outcome);
+        rows.add(&mut batch, store, &p, &[])?;
+        store.commit_durable(batch)?;
+        return Ok(discarded);
+    }
     if let Some(update) = &effects.record {
         let mut fresh = match store.customer(&p)? {
             Some(c) => c,
