@@ -224,7 +224,11 @@ pub fn customers_show(ctx: &Ctx, req: PhoneRequest) -> OpResult {
         pseudonym: p.short(),
         status: status_code(&c).into(),
         status_label: c.status_label().into(),
-        phone: c.body.phone.clone(),
+        // A contact known only by WhatsApp user id is shown by that id.
+        phone: match (&c.body.user_id, c.body.phone.is_empty()) {
+            (Some(user_id), true) => user_id.clone(),
+            _ => c.body.phone.clone(),
+        },
         contact_name: c.body.contact_name.clone(),
         first_contact: c.meta.first_contact,
         last_contact: c.meta.last_contact,

@@ -266,13 +266,21 @@ impl Pseudonymizer {
         Pseudonymizer { key }
     }
 
-    /// The pseudonym of a phone number in any common notation (`+49 151 …`, `0049151…`, `49151…`).
-    pub fn of_phone(&self, phone: &str) -> Pseudonym {
-        let normalised = normalise_phone(phone);
+    /// The pseudonym of a contact address: a WhatsApp user id exactly as written (its own
+    /// domain), otherwise a phone number in any common notation (`+49 151 …`, `0049151…`,
+    /// `49151…`).
+    pub fn of_address(&self, address: &str) -> Pseudonym {
+        if super::address::is_valid_address(address) == Some(super::address::AddressKind::UserId) {
+            return self.of_domain(b"frontdesk/bsuid/v1\0", address.as_bytes());
+        }
+        self.of_domain(b"frontdesk/phone/v1\0", normalise_phone(address).as_bytes())
+    }
+
+    fn of_domain(&self, domain: &[u8], value: &[u8]) -> Pseudonym {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key.0)
             .expect("HMAC accepts keys of any length");
-        mac.update(b"frontdesk/phone/v1\0");
-        mac.update(normalised.as_bytes());
+        mac.update(domain);
+        mac.update(value);
         let out = mac.finalize().into_bytes();
         Pseudonym(out[..PSEUDONYM_LEN].try_into().expect("digest is 32 bytes"))
     }
@@ -357,13 +365,34 @@ mod tests {
     #[test]
     fn pseudonyms_are_stable_across_notations() {
         let p = Pseudonymizer::new(DataKey::generate());
-        let a = p.of_phone("+49 151 2345678");
-        assert_eq!(a, p.of_phone("0049 151 2345678"));
-        assert_eq!(a, p.of_phone("491512345678"));
-        assert_ne!(a, p.of_phone("491512345679"));
+        let a = p.of_address("+49 151 2345678");
+        assert_eq!(a, p.of_address("0049 151 2345678"));
+        assert_eq!(a, p.of_address("491512345678"));
+        assert_ne!(a, p.of_address("491512345679"));
         assert!(a.short().starts_with("c-") && a.short().len() == 14);
         assert_eq!(Pseudonym::from_hex(&a.to_hex()), Some(a));
         let q = Pseudonymizer::new(DataKey::generate());
-        assert_ne!(a, q.of_phone("+49 151 2345678"));
+        assert_ne!(a, q.of_address("+49 151 2345678"));
+    }
+
+    #[test]
+    fn user_ids_are_never_folded_into_digits() {
+        let p = Pseudonymizer::new(DataKey::generate());
+        let ids = [
+            p.of_address("491701234567"),
+            p.of_address("DE.491701234567"),
+            p.of_address("US.491701234567"),
+            p.of_address("DE.ENT.491701234567"),
+            p.of_address("DE.AB12"),
+            p.of_address("DE.XY12"),
+            p.of_address("DE.ab12"),
+        ];
+        for (i, a) in ids.iter().enumerate() {
+            for b in &ids[i + 1..] {
+                assert_ne!(a, b, "two identities share a pseudonym");
+            }
+        }
+        // The same user id is always the same person.
+        assert_eq!(ids[1], p.of_address("DE.491701234567"));
     }
 }

@@ -151,8 +151,12 @@ pub struct CustomerMeta {
 #[derive(Serialize, Deserialize, Clone, Default, PartialEq)]
 #[serde(default)]
 pub struct CustomerBody {
-    /// Normalised phone number (digits, international form): needed to answer.
+    /// Normalised phone number (digits, international form): needed to answer. Empty for a
+    /// contact known only by WhatsApp user id.
     pub phone: String,
+    /// The contact's WhatsApp business-scoped user id (`DE.…`), when they wrote with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
     /// The WhatsApp profile name, as sent by WhatsApp.
     pub contact_name: Option<String>,
     pub profile: Profile,
@@ -174,8 +178,11 @@ pub struct Customer {
 }
 
 impl Customer {
-    /// A fresh record for a first contact at `now`.
-    pub fn new(pseudonym: Pseudonym, phone: &str, now: Timestamp) -> Customer {
+    /// A fresh record for a first contact at `now`; `address` is a phone number or a WhatsApp
+    /// user id.
+    pub fn new(pseudonym: Pseudonym, address: &str, now: Timestamp) -> Customer {
+        let user_id =
+            super::address::is_valid_address(address) == Some(super::address::AddressKind::UserId);
         Customer {
             pseudonym,
             meta: CustomerMeta {
@@ -188,7 +195,12 @@ impl Customer {
                 next_message_seq: 0,
             },
             body: CustomerBody {
-                phone: super::crypto::normalise_phone(phone),
+                phone: if user_id {
+                    String::new()
+                } else {
+                    super::crypto::normalise_phone(address)
+                },
+                user_id: user_id.then(|| address.to_string()),
                 ..CustomerBody::default()
             },
         }

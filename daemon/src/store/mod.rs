@@ -12,6 +12,7 @@
 //! commit), [`customers`] (record types), [`messages`] (history rows), [`retention`] (the
 //! sweeper), [`backup`] (backup, restore, identity rotation).
 
+pub mod address;
 pub mod backup;
 pub mod commit;
 pub mod crypto;
@@ -279,9 +280,9 @@ impl Store {
         &self.identity
     }
 
-    /// The pseudonym of a phone number in this store.
-    pub fn pseudonym(&self, phone: &str) -> Pseudonym {
-        self.pseudonyms.of_phone(phone)
+    /// The pseudonym of a contact address (phone number or WhatsApp user id) in this store.
+    pub fn pseudonym(&self, address: &str) -> Pseudonym {
+        self.pseudonyms.of_address(address)
     }
 
     /// A keyed 16-byte hash for non-phone identifiers (message ids).

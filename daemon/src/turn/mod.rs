@@ -10,12 +10,11 @@
 //! This module depends only on the store, the audit log and the funnel counters, so both the
 //! channel (`whatsapp`) and the engine (`conversation`) can use it without knowing each other.
 
-mod address;
 mod commit;
 
 use jiff::Timestamp;
 
-pub use address::{is_valid_address, AddressKind};
+pub use crate::store::address::{is_valid_address, AddressKind};
 pub use commit::{commit, CommitError, QueueRows};
 
 use crate::audit::NewEntry;

@@ -1,4 +1,6 @@
-//! Which sender addresses are answered: a phone number or a WhatsApp business-scoped user id.
+//! The two forms of a contact's address — a phone number or a WhatsApp business-scoped user id
+//! (BSUID) — and which strings are neither. Pseudonyms are derived from the typed form, so a
+//! BSUID and a phone number made of the same digits are different people.
 //!
 //! The webhook's signature proves that Meta sent a payload, not that every field in it is sane;
 //! an address that is neither form (`../../etc/passwd`, an empty string, a URL) is never stored
