@@ -15,18 +15,31 @@ pub const DEFAULT_PATH: &str = "/etc/frontdesk/frontdesk.toml";
 /// A configuration problem.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file cannot be read.
     #[error("{file}: cannot read: {source}")]
     Read {
+        /// The configuration file.
         file: PathBuf,
+        /// Why reading failed.
         #[source]
         source: std::io::Error,
     },
+    /// The file is not TOML of the expected shape (syntax, unknown key, wrong type).
     #[error("{file}: {message}")]
-    Parse { file: PathBuf, message: String },
+    Parse {
+        /// The configuration file.
+        file: PathBuf,
+        /// What the TOML parser reported.
+        message: String,
+    },
+    /// A key has a value frontdesk cannot work with.
     #[error("{file}: key `{key}`: {message}")]
     Invalid {
+        /// The configuration file.
         file: PathBuf,
+        /// The key, with its section (`retention.seen_ids_days`).
         key: String,
+        /// What is wrong with the value.
         message: String,
     },
 }
@@ -35,15 +48,25 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// `[service]`.
     pub service: ServiceConfig,
+    /// `[studio]`.
     pub studio: StudioConfig,
+    /// `[webhook]`.
     pub webhook: WebhookConfig,
+    /// `[metrics]`.
     pub metrics: MetricsConfig,
+    /// `[whatsapp]`.
     pub whatsapp: WhatsAppConfig,
+    /// `[llm]`.
     pub llm: LlmConfig,
+    /// `[conversation]`.
     pub conversation: ConversationConfig,
+    /// `[magicline]`.
     pub magicline: MagicLineConfig,
+    /// `[retention]`: how long data is kept.
     pub retention: RetentionPolicy,
+    /// `[tunnel]`; absent: WhatsApp reaches the webhook listener some other way.
     pub tunnel: Option<TunnelConfig>,
     /// Where the file was loaded from (not part of the file).
     #[serde(skip)]
@@ -66,6 +89,7 @@ pub struct ServiceConfig {
     pub credentials_dir: Option<PathBuf>,
     /// Shipped prompts; files in `prompts_override_dir` win.
     pub prompts_dir: PathBuf,
+    /// The studio's own prompt files, which override those of the same name in `prompts_dir`.
     pub prompts_override_dir: PathBuf,
     /// Watchdog pings require the pipeline to have turned over within this many seconds.
     pub watchdog_stall_secs: u64,
@@ -90,10 +114,15 @@ impl Default for ServiceConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StudioConfig {
+    /// The studio's name, as the assistant says it.
     pub name: String,
+    /// The assistant's first name (the persona).
     pub assistant_name: String,
+    /// Postal address of the studio.
     pub address: String,
+    /// The studio's phone number for callers.
     pub phone: String,
+    /// The studio's website.
     pub website: String,
     /// Opening hours as people read them, one line per day group.
     pub opening_hours: Vec<String>,
@@ -137,7 +166,9 @@ impl Default for StudioConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookConfig {
+    /// Address of the local listener (reached through the tunnel or a reverse proxy).
     pub listen: SocketAddr,
+    /// Larger request bodies are refused with 413.
     pub max_body_bytes: usize,
     /// Rejected requests audited per minute at most (the rest are counted in metrics only).
     pub audit_rejections_per_minute: u32,
@@ -157,6 +188,7 @@ impl Default for WebhookConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
+    /// Address of `/metrics` and `/healthz`; must be a loopback address.
     pub listen: SocketAddr,
 }
 
@@ -172,12 +204,17 @@ impl Default for MetricsConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WhatsAppConfig {
+    /// Graph API base URL.
     pub graph_base: String,
+    /// Graph API version (`v21.0`).
     pub api_version: String,
+    /// The WhatsApp Business phone number id (from Meta's app dashboard).
     pub phone_number_id: String,
     /// Template used when the 24-hour window is closed (error 131047); none → no message.
     pub reopen_template: Option<String>,
+    /// Language of the reopen template, and of `frontdesk send` when none is given (`de`, `en_US`).
     pub template_language: String,
+    /// Timeout of one Graph API call, in seconds.
     pub send_timeout_secs: u64,
     /// Concurrent conversations processed at once.
     pub max_concurrent_conversations: usize,
@@ -211,21 +248,35 @@ pub enum LlmBackend {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LlmConfig {
+    /// llama.cpp inside the daemon or an OpenAI-compatible server.
     pub backend: LlmBackend,
+    /// The GGUF model file (`llama` backend).
     pub model_path: PathBuf,
     /// Built-in chat template name when the GGUF has none (e.g. "chatml", "llama3").
     pub chat_template: Option<String>,
+    /// Layers offloaded to the GPU (needs the CUDA build); 0: CPU only.
     pub gpu_layers: u32,
+    /// CPU threads; 0: one per core.
     pub threads: u32,
+    /// Context window in tokens.
     pub context_size: u32,
+    /// Sampling temperature.
     pub temperature: f32,
+    /// Nucleus sampling: smallest token set with at least this probability.
     pub top_p: f32,
+    /// Penalty on tokens already in the context.
     pub repeat_penalty: f32,
+    /// Longest reply, in tokens.
     pub max_tokens: u32,
+    /// Sampler seed; 0: random.
     pub seed: u32,
+    /// Requests waiting for the model at most; more are delayed, never dropped.
     pub queue_depth: usize,
+    /// Base URL of the OpenAI-compatible server (`openai` backend).
     pub openai_base_url: String,
+    /// Model name sent to that server.
     pub openai_model: String,
+    /// Timeout of one request to that server, in seconds.
     pub request_timeout_secs: u64,
 }
 
@@ -255,7 +306,9 @@ impl Default for LlmConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConversationConfig {
+    /// Messages of history given to the model with each new message.
     pub history_messages: usize,
+    /// Messages of one contact arriving within this many milliseconds get one combined reply.
     pub burst_window_ms: u64,
 }
 
@@ -274,6 +327,7 @@ impl Default for ConversationConfig {
 pub struct MagicLineConfig {
     /// `https://<tenant>.open-api.magicline.com/v1`; empty disables booking.
     pub base_url: String,
+    /// Timeout of one MagicLine call, in seconds.
     pub timeout_secs: u64,
     /// How many days ahead free slots are searched.
     pub days_ahead: u32,

@@ -12,7 +12,9 @@ use tracing_subscriber::{EnvFilter, Layer};
 /// Where log lines went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogSink {
+    /// To journald, with structured fields.
     Journald,
+    /// To stderr, as readable lines.
     Stderr,
 }
 

@@ -14,10 +14,12 @@ use prometheus_client::registry::Registry;
 /// A single `outcome` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
+    /// The label's value (`ok`, `bad_signature`, …).
     pub outcome: String,
 }
 
 impl Outcome {
+    /// The label `outcome=s`.
     pub fn of(s: &str) -> Outcome {
         Outcome { outcome: s.into() }
     }
@@ -26,18 +28,29 @@ impl Outcome {
 /// Every metric of the daemon.
 pub struct Metrics {
     registry: Registry,
+    /// `frontdesk_webhook_requests_total`: webhook requests by outcome.
     pub webhook_requests: Family<Outcome, Counter>,
+    /// `frontdesk_messages_processed_total`: inbound messages processed, by outcome.
     pub messages_processed: Family<Outcome, Counter>,
+    /// `frontdesk_sends_total`: Graph API sends by outcome.
     pub sends: Family<Outcome, Counter>,
+    /// `frontdesk_processing_seconds`: from a message's arrival in the inbox to its reply in the
+    /// outbox.
     pub processing_seconds: Histogram,
+    /// `frontdesk_inbox_depth`: entries waiting in the inbox.
     pub inbox_depth: Gauge,
+    /// `frontdesk_outbox_depth`: replies waiting in the outbox.
     pub outbox_depth: Gauge,
+    /// `frontdesk_llm_queue_depth`: requests waiting for the language model.
     pub llm_queue_depth: Gauge,
+    /// `frontdesk_llm_tokens_per_second`: decode speed of the last reply.
     pub llm_tokens_per_second: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// `frontdesk_tunnel_connected`: 1 while the tunnel to the relay is up.
     pub tunnel_connected: Gauge,
     /// Unix seconds of the last completed pipeline turn (dispatcher or sender loop), for the
     /// watchdog and /healthz.
     pub last_heartbeat: AtomicI64,
+    /// Unix seconds at which the metrics were created (about when the daemon started).
     pub started: AtomicU64,
 }
 
@@ -48,6 +61,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every metric registered, counters at zero and the heartbeat set to now.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("frontdesk");
         let webhook_requests = Family::<Outcome, Counter>::default();

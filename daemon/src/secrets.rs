@@ -11,12 +11,19 @@ use zeroize::Zeroizing;
 
 /// Names of the credentials frontdesk reads.
 pub mod names {
+    /// The age identity that unwraps the store's keys.
     pub const STORE_IDENTITY: &str = "store-identity";
+    /// The Meta app secret that signs webhook requests.
     pub const WHATSAPP_APP_SECRET: &str = "whatsapp-app-secret";
+    /// The Graph API access token (a system user's permanent token).
     pub const WHATSAPP_TOKEN: &str = "whatsapp-token";
+    /// The token Meta must send when it subscribes the webhook.
     pub const WHATSAPP_VERIFY_TOKEN: &str = "whatsapp-verify-token";
+    /// The MagicLine Open API key.
     pub const MAGICLINE_API_KEY: &str = "magicline-api-key";
+    /// The token this box shows the relay.
     pub const TUNNEL_TOKEN: &str = "tunnel-token";
+    /// Every credential name (`frontdesk doctor` checks them all).
     pub const ALL: [&str; 6] = [
         STORE_IDENTITY,
         WHATSAPP_APP_SECRET,
@@ -32,6 +39,7 @@ pub mod names {
 pub struct Secret(Zeroizing<Vec<u8>>);
 
 impl Secret {
+    /// Wraps `bytes`; they are zeroized when the secret is dropped.
     pub fn new(bytes: Vec<u8>) -> Secret {
         Secret(Zeroizing::new(bytes))
     }
@@ -64,19 +72,32 @@ impl fmt::Display for Secret {
 /// Why a credential could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
+    /// The credential file does not exist.
     #[error("credential {name:?} is missing: expected the file {path} (provide it with systemd-creds, see `frontdesk doctor`)")]
-    Missing { name: String, path: PathBuf },
+    Missing {
+        /// The credential's name.
+        name: String,
+        /// Where the file was expected.
+        path: PathBuf,
+    },
+    /// Neither `$CREDENTIALS_DIRECTORY` nor `service.credentials_dir` names a directory.
     #[error("no credentials directory: $CREDENTIALS_DIRECTORY is unset and service.credentials_dir is not configured")]
     NoDirectory,
+    /// The file exists but cannot be read.
     #[error("credential {name:?} at {path} cannot be read: {source}")]
     Unreadable {
+        /// The credential's name.
         name: String,
+        /// The credential file.
         path: PathBuf,
+        /// Why reading failed.
         #[source]
         source: std::io::Error,
     },
+    /// The file holds only whitespace; the credential's name.
     #[error("credential {0:?} is empty")]
     Empty(String),
+    /// The value is not UTF-8 text.
     #[error("credential is not valid UTF-8 text")]
     NotText,
 }
@@ -103,6 +124,7 @@ impl Credentials {
         }
     }
 
+    /// The directory credentials are read from, if there is one.
     pub fn dir(&self) -> Option<&Path> {
         self.dir.as_deref()
     }

@@ -35,6 +35,7 @@ pub enum FunnelEvent {
 }
 
 impl FunnelEvent {
+    /// Every event, in funnel order.
     pub const ALL: [FunnelEvent; 5] = [
         FunnelEvent::NewContact,
         FunnelEvent::NameKnown,
@@ -43,6 +44,7 @@ impl FunnelEvent {
         FunnelEvent::OptOut,
     ];
 
+    /// The name in counter keys and reports (`new_contact`, …).
     pub fn name(self) -> &'static str {
         match self {
             FunnelEvent::NewContact => "new_contact",
@@ -122,9 +124,12 @@ pub fn record_now(store: &Store, event: FunnelEvent, at: Timestamp) -> Result<()
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Period {
+    /// One row per studio day (`2026-11-26`).
     Day,
+    /// One row per ISO week (`2026-W48`).
     #[default]
     Week,
+    /// One row per month (`2026-11`).
     Month,
 }
 
@@ -133,10 +138,15 @@ pub enum Period {
 pub struct FunnelRow {
     /// `2026-11-26`, `2026-W48` or `2026-11`; `total` for the sum.
     pub period: String,
+    /// Numbers that wrote for the first time.
     pub new_contacts: u64,
+    /// Contacts whose first name became known.
     pub name_known: u64,
+    /// Trial trainings booked.
     pub trial_booked: u64,
+    /// Conversations handed over to staff.
     pub handovers: u64,
+    /// Contacts who opted out.
     pub opt_outs: u64,
     /// Trials booked per new contact, in percent (none without new contacts).
     pub conversion_pct: Option<f64>,
@@ -162,9 +172,13 @@ impl FunnelRow {
 /// The funnel report: one row per period plus the total.
 #[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize)]
 pub struct FunnelReport {
+    /// How the days are grouped.
     pub by: Period,
+    /// First day counted, if the report was limited.
     pub since: Option<Date>,
+    /// One row per period that has counts, oldest first.
     pub rows: Vec<FunnelRow>,
+    /// The sum of all rows.
     pub total: FunnelRow,
 }
 

@@ -10,38 +10,54 @@ use hyper_util::rt::TokioIo;
 /// Why a call did not produce an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The socket is missing or nobody listens on it.
     #[error("the frontdesk daemon is not running (cannot connect to {path}: {source}); start it with `systemctl start frontdesk`")]
     Unreachable {
+        /// The admin socket.
         path: PathBuf,
+        /// Why the connection failed.
         #[source]
         source: std::io::Error,
     },
+    /// The caller may not use the admin API (not root and not in the admin group).
     #[error("{0}")]
     Denied(String),
+    /// The daemon refused or failed the request.
     #[error("{message} (HTTP {status})")]
-    Failed { status: u16, message: String },
+    Failed {
+        /// HTTP status code of the answer.
+        status: u16,
+        /// The daemon's error message.
+        message: String,
+    },
+    /// The answer was not what the admin API sends (broken connection, bad JSON, …).
     #[error("admin socket: {0}")]
     Protocol(String),
 }
 
 /// A successful answer.
 pub struct Answer {
+    /// The answer's `content-type`.
     pub content_type: String,
+    /// The answer's body (JSON, or an export's bytes).
     pub body: Vec<u8>,
 }
 
 impl Answer {
+    /// Parses the body as JSON of type `T`.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, ClientError> {
         serde_json::from_slice(&self.body)
             .map_err(|e| ClientError::Protocol(format!("unexpected answer: {e}")))
     }
 }
 
+/// Calls the daemon's admin API over its unix socket, one connection per call.
 pub struct AdminClient {
     socket: PathBuf,
 }
 
 impl AdminClient {
+    /// A client for the admin socket at `socket`; nothing is connected yet.
     pub fn new(socket: &Path) -> AdminClient {
         AdminClient {
             socket: socket.to_path_buf(),

@@ -68,6 +68,7 @@ impl StatusBoard {
         self.set_source(name, move || v.clone());
     }
 
+    /// Calls every source and returns their current values by name.
     pub fn snapshot(&self) -> BTreeMap<String, serde_json::Value> {
         let sources: Vec<(String, StatusSource)> = self
             .sources
@@ -82,11 +83,15 @@ impl StatusBoard {
 
 /// Everything the admin API works with.
 pub struct AdminState {
+    /// The encrypted customer store.
     pub store: Arc<Store>,
+    /// The audit log every request is recorded in.
     pub audit: Arc<AuditLog>,
     config: RwLock<Arc<Config>>,
     admin_gid: RwLock<Option<u32>>,
+    /// When the daemon started (for `status`).
     pub started: Timestamp,
+    /// Live figures of the other components.
     pub board: StatusBoard,
     outbox: RwLock<Option<OutboxHandle>>,
 }
@@ -95,11 +100,14 @@ pub struct AdminState {
 /// channel is not running.
 #[derive(Clone)]
 pub struct OutboxHandle {
+    /// The WhatsApp queues; `send` pushes to the outbox.
     pub queues: Arc<Queues>,
+    /// Wakes the sender once a message is queued.
     pub wake: Arc<tokio::sync::Notify>,
 }
 
 impl AdminState {
+    /// State over `store`, `audit` and `config`, with the admin group looked up from `config`.
     pub fn new(store: Arc<Store>, audit: Arc<AuditLog>, config: Arc<Config>) -> AdminState {
         let gid = peer::group_gid(&config.service.admin_group);
         AdminState {
@@ -119,10 +127,12 @@ impl AdminState {
         *self.outbox.write().expect("outbox lock poisoned") = Some(OutboxHandle { queues, wake });
     }
 
+    /// The WhatsApp outbox, once the channel runs.
     pub fn outbox(&self) -> Option<OutboxHandle> {
         self.outbox.read().expect("outbox lock poisoned").clone()
     }
 
+    /// The current configuration.
     pub fn config(&self) -> Arc<Config> {
         self.config.read().expect("config lock poisoned").clone()
     }
@@ -134,6 +144,7 @@ impl AdminState {
         *self.config.write().expect("config lock poisoned") = config;
     }
 
+    /// The gid of the configured admin group, if the group exists.
     pub fn admin_gid(&self) -> Option<u32> {
         *self.admin_gid.read().expect("gid lock poisoned")
     }
@@ -388,6 +399,7 @@ fn dispatch(ctx: &Ctx, method: &Method, path: &str, body: &[u8]) -> Result<Reply
 /// tools that drive the admin API without a whole daemon.
 #[cfg(any(test, feature = "testkit"))]
 pub struct AdminServerThread {
+    /// The socket the server listens on.
     pub socket: std::path::PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,

@@ -26,11 +26,14 @@ pub const META_LAST_RETENTION: &[u8] = b"retention/last";
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct OpError {
+    /// HTTP status code of the answer.
     pub status: u16,
+    /// What went wrong, without personal data.
     pub message: String,
 }
 
 impl OpError {
+    /// An error answered with `status` and `message`.
     pub fn new(status: u16, message: impl Into<String>) -> OpError {
         OpError {
             status,
@@ -57,6 +60,7 @@ impl From<AuditError> for OpError {
 
 /// What an operation answers.
 pub enum Reply {
+    /// A JSON document.
     Json(serde_json::Value),
     /// Bytes with a content type (exports).
     Bytes(Vec<u8>, &'static str),
@@ -72,8 +76,11 @@ fn to_json(v: impl serde::Serialize) -> OpResult {
 
 /// The context of one request.
 pub struct Ctx<'a> {
+    /// The daemon's state.
     pub state: &'a AdminState,
+    /// Who is calling (for the access rule and the audit entry).
     pub caller: &'a Caller,
+    /// Identifies the request; its audit entries carry it.
     pub request_id: RequestId,
 }
 
@@ -137,6 +144,7 @@ fn display_name(c: &Customer) -> Option<String> {
     }
 }
 
+/// `status`: the daemon's figures and the live figures of its components.
 pub fn status(ctx: &Ctx) -> OpResult {
     let state = ctx.state;
     ctx.audit(
@@ -164,6 +172,7 @@ pub fn status(ctx: &Ctx) -> OpResult {
     })
 }
 
+/// `customers list`: customers by status and last contact; reading names is audited first.
 pub fn customers_list(ctx: &Ctx, req: ListRequest) -> OpResult {
     if let Some(s) = &req.status {
         if !STATUS_CODES.contains(&s.as_str()) {
@@ -208,6 +217,7 @@ pub fn customers_list(ctx: &Ctx, req: ListRequest) -> OpResult {
     to_json(rows.into_iter().map(|(_, r)| r).collect::<Vec<_>>())
 }
 
+/// `customers show`: one customer's record and last 20 messages, audited as a read.
 pub fn customers_show(ctx: &Ctx, req: PhoneRequest) -> OpResult {
     let p = ctx.store().pseudonym(&req.phone);
     let Some(c) = ctx.store().customer(&p)? else {
@@ -305,6 +315,8 @@ fn export_document(ctx: &Ctx, c: &Customer) -> Result<(serde_json::Value, [u64; 
     Ok((doc, counts))
 }
 
+/// `customers export`: the customer's record, messages, bookings and audit entries as one JSON
+/// document, encrypted to the request's age recipient. The export is audited before it is returned.
 pub fn customers_export(ctx: &Ctx, req: ExportRequest) -> OpResult {
     let recipient =
         crypto::parse_recipient(&req.recipient).map_err(|e| OpError::new(400, e.to_string()))?;
@@ -339,6 +351,7 @@ pub fn customers_export(ctx: &Ctx, req: ExportRequest) -> OpResult {
     Ok(Reply::Bytes(out, "application/octet-stream"))
 }
 
+/// `customers forget`: crypto-shreds the customer and audits it, also when nothing was known.
 pub fn customers_forget(ctx: &Ctx, req: ForgetRequest) -> OpResult {
     let p = ctx.store().pseudonym(&req.phone);
     match ctx.store().forget(&[p], Timestamp::now()) {
@@ -370,6 +383,8 @@ pub fn customers_forget(ctx: &Ctx, req: ForgetRequest) -> OpResult {
     }
 }
 
+/// `customers pause` (`pause`) or `customers resume`: sets the bot mode; the change and its audit
+/// entry commit together.
 pub fn customers_set_mode(ctx: &Ctx, req: PhoneRequest, pause: bool) -> OpResult {
     let p = ctx.store().pseudonym(&req.phone);
     let (event, mode) = if pause {
@@ -396,6 +411,7 @@ pub fn customers_set_mode(ctx: &Ctx, req: PhoneRequest, pause: bool) -> OpResult
     })
 }
 
+/// `audit show`: the entries matching the filter; the read itself is audited.
 pub fn audit_show(ctx: &Ctx, req: AuditShowRequest) -> OpResult {
     let mut filter = req.filter;
     if let Some(phone) = &req.customer_phone {
@@ -408,6 +424,7 @@ pub fn audit_show(ctx: &Ctx, req: AuditShowRequest) -> OpResult {
     to_json(records)
 }
 
+/// `audit verify`: checks the chain and audits the result.
 pub fn audit_verify(ctx: &Ctx, req: VerifyRequest) -> OpResult {
     let report: VerifyReport = ctx.state.audit.verify(&VerifyOptions {
         expected_head: req.expected_head,
@@ -429,6 +446,7 @@ pub fn audit_verify(ctx: &Ctx, req: VerifyRequest) -> OpResult {
     to_json(report)
 }
 
+/// `audit export`: the entries in the given time range as JSON lines or CSV.
 pub fn audit_export(ctx: &Ctx, req: AuditExportRequest) -> OpResult {
     let filter = AuditFilter {
         since: req.since,
@@ -527,6 +545,7 @@ pub fn run_retention(
     Ok(run)
 }
 
+/// `retention run`: [`run_retention`] with the configured policy.
 pub fn retention(ctx: &Ctx, req: RetentionRequest) -> OpResult {
     let policy = ctx.state.config().retention;
     let run = run_retention(
@@ -541,6 +560,7 @@ pub fn retention(ctx: &Ctx, req: RetentionRequest) -> OpResult {
     to_json(run)
 }
 
+/// `stats`: lead-funnel figures per period, audited as a read of statistics.
 pub fn stats(ctx: &Ctx, req: StatsRequest) -> OpResult {
     let report = crate::stats::report(ctx.store(), req.since, req.by)?;
     ctx.audit(ctx.entry(AuditEvent::StatsRead))?;

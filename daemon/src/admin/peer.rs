@@ -6,9 +6,13 @@ use crate::audit::{user_name, Actor};
 /// The process at the other end of an admin connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
+    /// User id of the peer process.
     pub uid: u32,
+    /// Primary group id of the peer process.
     pub gid: u32,
+    /// Process id, when the kernel reports one.
     pub pid: Option<i32>,
+    /// User name, or `uid<N>` when the user has none.
     pub name: String,
     /// Primary and supplementary groups.
     pub groups: Vec<u32>,
@@ -42,6 +46,7 @@ impl Caller {
         self.uid == 0 || admin_gid.is_some_and(|g| self.groups.contains(&g))
     }
 
+    /// The caller as the actor of audit entries.
     pub fn actor(&self) -> Actor {
         Actor::Admin {
             uid: self.uid,

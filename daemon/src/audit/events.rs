@@ -20,6 +20,7 @@ pub const CHECKPOINT_ACTION: &str = "audit.checkpoint";
 pub struct ShortPseudonym(pub(super) String);
 
 impl ShortPseudonym {
+    /// The text, `c-` and 12 hex digits.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -61,16 +62,25 @@ impl fmt::Display for ShortPseudonym {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Actor {
     /// A person at the admin socket or running an offline verb: Unix uid and user name.
-    Admin { uid: u32, name: String },
+    Admin {
+        /// Unix user id.
+        uid: u32,
+        /// User name from the password database (`uid<N>` when there is none).
+        name: String,
+    },
     /// The daemon on its own (retention, start-up, tunnel).
     System,
     /// A customer, through their WhatsApp messages.
-    Customer { pseudonym: ShortPseudonym },
+    Customer {
+        /// Whose messages they were.
+        pseudonym: ShortPseudonym,
+    },
     /// The relay (webhook deliveries arriving through the tunnel).
     Relay,
 }
 
 impl Actor {
+    /// The customer with pseudonym `p`.
     pub fn customer(p: &Pseudonym) -> Actor {
         Actor::Customer {
             pseudonym: p.into(),
@@ -138,6 +148,7 @@ pub enum Purpose {
 }
 
 impl Purpose {
+    /// The stored name (`dsgvo-request`, `support`, …).
     pub fn code(self) -> &'static str {
         match self {
             Purpose::DsgvoRequest => "dsgvo-request",
@@ -149,6 +160,7 @@ impl Purpose {
         }
     }
 
+    /// The purpose with stored name `s`, if there is one.
     pub fn parse(s: &str) -> Option<Purpose> {
         [
             Purpose::DsgvoRequest,
@@ -167,12 +179,16 @@ impl Purpose {
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// The action was done.
     Ok,
+    /// The action was refused (access rule, opt-out, …).
     Denied,
+    /// The action failed.
     Error,
 }
 
 impl Status {
+    /// The stored name: `ok`, `denied` or `error`.
     pub fn code(self) -> &'static str {
         match self {
             Status::Ok => "ok",
@@ -203,6 +219,7 @@ impl Code {
         Code(code)
     }
 
+    /// The code as stored.
     pub fn as_str(self) -> &'static str {
         self.0
     }
@@ -217,16 +234,21 @@ impl Serialize for Code {
 /// Outcome of the audited action.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Outcome {
+    /// The action was done.
     Ok,
+    /// The action was refused, for the reason in the code.
     Denied(Code),
+    /// The action failed, for the reason in the code.
     Error(Code),
 }
 
 impl Outcome {
+    /// Refused for reason `code` (a literal; panics unless lowercase ASCII).
     pub fn denied(code: &'static str) -> Outcome {
         Outcome::Denied(Code::new(code))
     }
 
+    /// Failed for reason `code` (a literal; panics unless lowercase ASCII).
     pub fn error(code: &'static str) -> Outcome {
         Outcome::Error(Code::new(code))
     }
@@ -251,23 +273,40 @@ pub enum ForgetReason {
 pub enum AuditEvent {
     /// An admin read one customer's record (`customers show`).
     #[serde(rename = "customer.read")]
-    CustomerRead { messages: u64 },
+    CustomerRead {
+        /// Messages shown.
+        messages: u64,
+    },
     /// An admin listed customers without names.
     #[serde(rename = "customer.list")]
-    CustomerList { count: u64 },
+    CustomerList {
+        /// Customers listed.
+        count: u64,
+    },
     /// An admin listed customers with their names (a read of personal data).
     #[serde(rename = "customer.list_names")]
-    CustomerListNames { count: u64 },
+    CustomerListNames {
+        /// Customers listed.
+        count: u64,
+    },
     /// A customer's data left the box as an encrypted export (written before the bytes leave).
     #[serde(rename = "customer.export")]
     CustomerExport {
+        /// Messages in the export.
         messages: u64,
+        /// Booking rows in the export.
         bookings: u64,
+        /// Audit entries about the customer in the export.
         audit_entries: u64,
     },
     /// A customer was forgotten (rows deleted, key crypto-shredded).
     #[serde(rename = "customer.forget")]
-    CustomerForget { reason: ForgetReason, existed: bool },
+    CustomerForget {
+        /// Why, as the admin gave it.
+        reason: ForgetReason,
+        /// There was data to delete.
+        existed: bool,
+    },
     /// The bot was paused for one customer.
     #[serde(rename = "customer.pause")]
     CustomerPause,
@@ -276,7 +315,10 @@ pub enum AuditEvent {
     CustomerResume,
     /// The conversation was handed over to staff (complaint, cancellation).
     #[serde(rename = "customer.escalate")]
-    CustomerEscalate { reason: Code },
+    CustomerEscalate {
+        /// Why (`complaint`, `cancellation`, …).
+        reason: Code,
+    },
     /// The customer opted out of messages.
     #[serde(rename = "customer.opt_out")]
     CustomerOptOut,
@@ -286,89 +328,144 @@ pub enum AuditEvent {
     /// MagicLine customer id is known at this step (a member, a customer matched by id or e-mail,
     /// or a lead created earlier), `lead` while it is not.
     #[serde(rename = "booking.attempt")]
-    BookingAttempt { flow: Code },
+    BookingAttempt {
+        /// `member` or `lead`.
+        flow: Code,
+    },
     /// A lead (prospect) was created in MagicLine for the person.
     #[serde(rename = "booking.lead_created")]
-    BookingLeadCreated { flow: Code },
+    BookingLeadCreated {
+        /// `member` or `lead`.
+        flow: Code,
+    },
     /// The person was recognised as an existing MagicLine customer (by id, by e-mail or as the
     /// lead of an earlier request).
     #[serde(rename = "booking.customer_matched")]
-    BookingCustomerMatched { flow: Code },
+    BookingCustomerMatched {
+        /// `member` or `lead`.
+        flow: Code,
+    },
     /// MagicLine holds the booking (possibly awaiting confirmation, see `booking.confirmed`).
     #[serde(rename = "booking.booked")]
     BookingBooked {
+        /// `member` or `lead`.
         flow: Code,
+        /// MagicLine's id of the booking, when it sent one.
         #[serde(skip_serializing_if = "Option::is_none")]
         booking_id: Option<u64>,
     },
     /// A booking that awaited confirmation was confirmed.
     #[serde(rename = "booking.confirmed")]
     BookingConfirmed {
+        /// `member` or `lead`.
         flow: Code,
+        /// MagicLine's id of the booking, when it sent one.
         #[serde(skip_serializing_if = "Option::is_none")]
         booking_id: Option<u64>,
     },
     /// The wished slot was not free and alternatives were offered. This is MagicLine's answer,
     /// not a fault, so the outcome is ok.
     #[serde(rename = "booking.slot_taken")]
-    BookingSlotTaken { flow: Code },
+    BookingSlotTaken {
+        /// `member` or `lead`.
+        flow: Code,
+    },
     /// A booking request failed (reason code in the outcome).
     #[serde(rename = "booking.failed")]
-    BookingFailed { flow: Code },
+    BookingFailed {
+        /// `member` or `lead`.
+        flow: Code,
+    },
     /// A booking was cancelled in MagicLine.
     #[serde(rename = "booking.canceled")]
     BookingCanceled {
+        /// MagicLine's id of the booking, when known.
         #[serde(skip_serializing_if = "Option::is_none")]
         booking_id: Option<u64>,
     },
     /// Cancelling a booking failed (reason code in the outcome).
     #[serde(rename = "booking.cancel_failed")]
     BookingCancelFailed {
+        /// MagicLine's id of the booking, when known.
         #[serde(skip_serializing_if = "Option::is_none")]
         booking_id: Option<u64>,
     },
     /// A webhook request was rejected (bad signature, too large, malformed …).
     #[serde(rename = "webhook.rejected")]
-    WebhookRejected { reason: Code },
+    WebhookRejected {
+        /// Why (`bad_signature`, `too_large`, …).
+        reason: Code,
+    },
     /// Inbound messages were dropped without an answer or a customer record (`reason`:
     /// `invalid_sender` for an address that is neither a phone number nor a WhatsApp user id).
     #[serde(rename = "message.dropped")]
-    MessageDropped { reason: Code, messages: u64 },
+    MessageDropped {
+        /// Why they were dropped.
+        reason: Code,
+        /// How many were dropped.
+        messages: u64,
+    },
     /// A WhatsApp message was sent (`kind`: text, template, …).
     #[serde(rename = "message.sent")]
-    MessageSent { kind: Code },
+    MessageSent {
+        /// What was sent (`text`, `template`, …).
+        kind: Code,
+    },
     /// A WhatsApp message could not be sent (Graph API error code when known).
     #[serde(rename = "message.failed")]
     MessageFailed {
+        /// What was to be sent (`text`, `template`, …).
         kind: Code,
+        /// The Graph API's error code.
         #[serde(skip_serializing_if = "Option::is_none")]
         api_code: Option<u64>,
     },
     /// A retention run (counts of what it deleted or, in a dry run, would delete).
     #[serde(rename = "retention.purge")]
     RetentionPurge {
+        /// Messages past their retention period.
         messages_deleted: u64,
+        /// Customers inactive past their retention period, crypto-shredded.
         customers_forgotten: u64,
+        /// Remembered WhatsApp message ids (for de-duplication) past their time.
         seen_ids_deleted: u64,
+        /// Audit entries past their retention period.
         audit_entries_pruned: u64,
+        /// Nothing was deleted; the counts say what would have been.
         dry_run: bool,
     },
     /// Old audit entries were pruned; the chain continues from the last pruned entry.
     #[serde(rename = "audit.checkpoint")]
     AuditCheckpoint {
+        /// Sequence number of the last pruned entry.
         last_pruned_seq: u64,
+        /// Hash of the last pruned entry, which the next entry chains to.
         last_pruned_hash: Hash,
+        /// How many entries were pruned.
         pruned: u64,
     },
     /// The audit log was read (`audit show`).
     #[serde(rename = "audit.read")]
-    AuditRead { entries: u64 },
+    AuditRead {
+        /// Entries shown.
+        entries: u64,
+    },
     /// The audit log was exported (`format`: jsonl or csv).
     #[serde(rename = "audit.export")]
-    AuditExport { entries: u64, format: Code },
+    AuditExport {
+        /// Entries exported.
+        entries: u64,
+        /// `jsonl` or `csv`.
+        format: Code,
+    },
     /// The audit chain was verified (`intact` tells the result).
     #[serde(rename = "audit.verify")]
-    AuditVerify { entries: u64, intact: bool },
+    AuditVerify {
+        /// Entries checked (0 when the chain is broken).
+        entries: u64,
+        /// The chain is unbroken.
+        intact: bool,
+    },
     /// The lead-funnel statistics were read.
     #[serde(rename = "stats.read")]
     StatsRead,
@@ -377,32 +474,53 @@ pub enum AuditEvent {
     AdminStatus,
     /// A caller outside root and the admin group was turned away.
     #[serde(rename = "admin.denied")]
-    AdminDenied { endpoint: Code },
+    AdminDenied {
+        /// The endpoint asked for (`customers.show`, …).
+        endpoint: Code,
+    },
     /// A backup of the whole store was written.
     #[serde(rename = "store.backup")]
-    StoreBackup { records: u64, bytes: u64 },
+    StoreBackup {
+        /// Records written.
+        records: u64,
+        /// Size before encryption.
+        bytes: u64,
+    },
     /// The store was replaced by a backup; `replaced_*` name the head of the log it replaced.
     #[serde(rename = "store.restore")]
     StoreRestore {
+        /// Records restored.
         records: u64,
+        /// Erasures from the forget ledger applied again after the restore.
         erasures_reapplied: u64,
+        /// Sequence number of the replaced log's last entry.
         #[serde(skip_serializing_if = "Option::is_none")]
         replaced_head_seq: Option<u64>,
+        /// Hash of the replaced log's last entry.
         #[serde(skip_serializing_if = "Option::is_none")]
         replaced_head_hash: Option<Hash>,
     },
     /// Every data key was re-wrapped to a new store identity.
     #[serde(rename = "store.identity_rotated")]
-    IdentityRotated { keys: u64 },
+    IdentityRotated {
+        /// Data keys re-wrapped.
+        keys: u64,
+    },
     /// The configuration was loaded at start.
     #[serde(rename = "config.loaded")]
     ConfigLoaded,
     /// The configuration was reloaded (SIGHUP).
     #[serde(rename = "config.reloaded")]
-    ConfigReloaded { ok: bool },
+    ConfigReloaded {
+        /// The new configuration was valid and is in use.
+        ok: bool,
+    },
     /// The service started.
     #[serde(rename = "service.started")]
-    ServiceStarted { version: Code },
+    ServiceStarted {
+        /// The daemon's version.
+        version: Code,
+    },
     /// The service stopped.
     #[serde(rename = "service.stopped")]
     ServiceStopped,
@@ -411,7 +529,10 @@ pub enum AuditEvent {
     TunnelConnected,
     /// The tunnel to the relay was lost.
     #[serde(rename = "tunnel.lost")]
-    TunnelLost { reason: Code },
+    TunnelLost {
+        /// Why the connection ended.
+        reason: Code,
+    },
     /// The relay refused this box's token.
     #[serde(rename = "tunnel.auth_failed")]
     TunnelAuthFailed,
@@ -489,19 +610,28 @@ impl AuditEvent {
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Detail {
+    /// A number (messages, entries, ids).
     Count(u64),
+    /// A yes/no fact.
     Flag(bool),
+    /// A code or short name (reason, format, flow).
     Code(String),
 }
 
 /// A new entry before it gets its place in the chain.
 #[derive(Clone, Debug)]
 pub struct NewEntry {
+    /// Who acted.
     pub actor: Actor,
+    /// What happened.
     pub event: AuditEvent,
+    /// The customer it concerns; stored as the short pseudonym.
     pub subject: Option<Pseudonym>,
+    /// Why it was done.
     pub purpose: Purpose,
+    /// Whether it worked.
     pub outcome: Outcome,
+    /// The admin call or webhook it belongs to.
     pub request_id: Option<RequestId>,
 }
 
@@ -525,16 +655,19 @@ impl NewEntry {
         self
     }
 
+    /// Another purpose than the event's default.
     pub fn purpose(mut self, purpose: Purpose) -> Self {
         self.purpose = purpose;
         self
     }
 
+    /// The outcome, if not ok.
     pub fn outcome(mut self, outcome: Outcome) -> Self {
         self.outcome = outcome;
         self
     }
 
+    /// Ties the entry to the request `id`.
     pub fn request(mut self, id: RequestId) -> Self {
         self.request_id = Some(id);
         self
@@ -546,6 +679,7 @@ impl NewEntry {
 pub struct RequestId(pub u64);
 
 impl RequestId {
+    /// A fresh id for a new request.
     pub fn random() -> RequestId {
         RequestId(rand::random())
     }

@@ -27,10 +27,13 @@ impl JournalSink {
         }
     }
 
+    /// A sink that sends nothing (no journal, or tests).
     pub fn disabled() -> JournalSink {
         JournalSink { enabled: false }
     }
 
+    /// Sends `rec` with its journal fields; a failure is logged, not returned, since the store copy
+    /// is the record.
     pub fn send(&self, rec: &AuditRecord) {
         if !self.enabled {
             return;

@@ -32,7 +32,9 @@ pub struct PruneReport {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AuditFilter {
+    /// Only entries at or after this time.
     pub since: Option<Timestamp>,
+    /// Only entries before this time.
     pub until: Option<Timestamp>,
     /// See [`Actor::matches`].
     pub actor: Option<String>,
@@ -45,6 +47,7 @@ pub struct AuditFilter {
 }
 
 impl AuditFilter {
+    /// Whether `r` passes every part of the filter that is set.
     pub fn matches(&self, r: &AuditRecord) -> bool {
         self.since.is_none_or(|t| r.time >= t)
             && self.until.is_none_or(|t| r.time < t)
@@ -127,6 +130,7 @@ impl AuditLog {
         self
     }
 
+    /// The store the log lives in.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
@@ -387,6 +391,7 @@ pub struct PendingEntry<'a> {
 }
 
 impl PendingEntry<'_> {
+    /// The entry as it will be stored once the batch commits.
     pub fn record(&self) -> &AuditRecord {
         &self.record
     }

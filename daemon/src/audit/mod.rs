@@ -9,7 +9,8 @@
 //! # No personal data by construction
 //!
 //! An entry names a customer only by the short form of their pseudonym (`c-` + 12 hex digits,
-//! [`ShortPseudonym`], which can only be built from a [`Pseudonym`]). The event details are
+//! [`ShortPseudonym`], which can only be built from a
+//! [`Pseudonym`](crate::store::crypto::Pseudonym)). The event details are
 //! unsigned integers, booleans and codes; the write-side types hold codes as `&'static str`, so
 //! only string literals from the source code can end up in an entry, never runtime text such as a
 //! phone number, a name, an e-mail address or a message. The only free-form string is an admin's
@@ -80,14 +81,19 @@ pub use verify::{verify_chain, AnchorCheck, Verification, VerifyOptions, VerifyR
 /// Errors of the audit log. None carries personal data.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The storage engine failed.
     #[error("storage engine: {0}")]
     Engine(#[from] fjall::Error),
+    /// An event field is not a count, a flag or a code (a bug in the event type).
     #[error("audit event detail `{0}` is not an unsigned integer, a boolean or a code")]
     BadDetail(String),
+    /// A stored entry does not parse or is inconsistent: its sequence number and what is wrong.
     #[error("audit entry {0} is corrupt: {1}")]
     Corrupt(u64, &'static str),
 }
 
+/// Results of the audit log.
 pub type Result<T, E = AuditError> = std::result::Result<T, E>;

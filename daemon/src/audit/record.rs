@@ -18,8 +18,10 @@ const DOMAIN_TAG: &[u8] = b"frontdesk-audit-v1\0";
 pub struct Hash(pub [u8; 32]);
 
 impl Hash {
+    /// The `prev` of the first entry.
     pub const ZERO: Hash = Hash([0; 32]);
 
+    /// Lowercase hex, the only text form.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
@@ -62,7 +64,9 @@ impl<'de> Deserialize<'de> for Hash {
 /// The end of the chain: the last sequence number and its hash (`0` and zero for an empty log).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 pub struct Head {
+    /// Sequence number of the last entry.
     pub seq: u64,
+    /// Hash of the last entry.
     pub hash: Hash,
 }
 
@@ -110,17 +114,29 @@ impl FromStr for Head {
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditRecord {
+    /// Position in the chain: one more than the previous entry's, starting at 1.
     pub seq: u64,
+    /// When the entry was written.
     pub time: Timestamp,
+    /// Who acted.
     pub actor: Actor,
+    /// The stable dotted action name (`customer.forget`, …).
     pub action: String,
+    /// The customer it concerns, by short pseudonym.
     pub subject: Option<ShortPseudonym>,
+    /// Why it was done.
     pub purpose: Purpose,
+    /// Whether it worked.
     pub outcome: Status,
+    /// The outcome's reason code, when it was denied or failed.
     pub reason: Option<String>,
+    /// The admin call or webhook it belongs to (16 hex digits).
     pub request_id: Option<String>,
+    /// Counts, flags and codes of the event, by name.
     pub details: BTreeMap<String, Detail>,
+    /// Hash of the previous entry (zero before the first).
     pub prev: Hash,
+    /// SHA-256 of this entry's canonical encoding.
     pub hash: Hash,
 }
 

@@ -13,9 +13,19 @@ use super::{CHECKPOINT_ACTION, META_HEAD};
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Verification {
     /// Every entry checks out; `head` is the last one.
-    Ok { entries: u64, head: Head },
+    Ok {
+        /// Entries checked.
+        entries: u64,
+        /// The last entry.
+        head: Head,
+    },
     /// The first entry that does not check out, and why.
-    Broken { first_bad_seq: u64, reason: String },
+    Broken {
+        /// Sequence number of the first bad entry (or where the missing part starts).
+        first_bad_seq: u64,
+        /// What is wrong, in words.
+        reason: String,
+    },
 }
 
 /// What the tail was compared with beyond the store itself.
@@ -23,21 +33,33 @@ pub enum Verification {
 #[serde(tag = "anchor", rename_all = "snake_case")]
 pub enum AnchorCheck {
     /// Compared with a head the verifier was given.
-    Given { head: Head },
+    Given {
+        /// The head given to the verifier.
+        head: Head,
+    },
     /// Compared with the journal's last audit entry.
-    Journal { head: Head },
+    Journal {
+        /// The head of the journal's last audit entry.
+        head: Head,
+    },
     /// The journal could not be consulted (why); only the store was checked.
-    JournalUnavailable { why: String },
+    JournalUnavailable {
+        /// Why the journal could not be read.
+        why: String,
+    },
 }
 
 /// Verification result plus the anchors used.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct VerifyReport {
+    /// The chain walk, with the comparisons with the anchors folded in.
     pub verification: Verification,
+    /// The heads from outside the store that were consulted, and a journal that could not be.
     pub anchors: Vec<AnchorCheck>,
 }
 
 impl VerifyReport {
+    /// The chain checks out and its tail agrees with every anchor.
     pub fn is_ok(&self) -> bool {
         matches!(self.verification, Verification::Ok { .. })
     }

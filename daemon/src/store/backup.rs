@@ -27,7 +27,9 @@ const STORE_KEY_NAMES: [&str; 2] = [super::PSEUDONYM_KEY, super::QUEUE_KEY];
 /// Counts of a finished backup or restore.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct BackupSummary {
+    /// Records written or read: the store keys, the customer keys and every row.
     pub records: u64,
+    /// Bytes of the records' keys and values, before framing and encryption.
     pub bytes: u64,
     /// Erasures from the ledger re-applied after a restore.
     pub erasures_reapplied: u64,

@@ -71,8 +71,10 @@ impl GroupCommit {
 /// Why a write could not be made durable.
 #[derive(Debug, thiserror::Error)]
 pub enum GroupCommitError<E> {
+    /// The fsync of this write failed.
     #[error("fsync failed: {0}")]
     Sync(E),
+    /// An fsync that covered this write, started by another writer, failed.
     #[error("the fsync that covered this write failed")]
     CoveredByFailedSync,
 }

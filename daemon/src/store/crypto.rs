@@ -23,18 +23,25 @@ const NONCE_LEN: usize = 24;
 /// Failures of sealing, opening or key handling. None of them carries key material or plaintext.
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {
+    /// Opening failed: wrong key, wrong row, or the bytes were changed.
     #[error("sealed value is damaged or belongs to another row (authentication failed)")]
     OpenFailed,
+    /// The envelope's format version is not one this build reads.
     #[error("sealed value has an unknown format version {0}")]
     UnknownVersion(u8),
+    /// Shorter than the version byte, nonce and tag.
     #[error("sealed value is truncated")]
     Truncated,
+    /// The store identity did not wrap this key.
     #[error("the store identity cannot unwrap this key: wrong identity for this store?")]
     WrongIdentity,
+    /// age encryption failed (wrapping a key, a backup, an export).
     #[error("age encryption failed: {0}")]
     Wrap(String),
+    /// The text is not an age X25519 identity (`AGE-SECRET-KEY-1…`).
     #[error("invalid age identity: {0}")]
     BadIdentity(String),
+    /// The text is not an age X25519 recipient (`age1…`).
     #[error("invalid age recipient: {0}")]
     BadRecipient(String),
 }
@@ -262,6 +269,7 @@ pub struct Pseudonymizer {
 }
 
 impl Pseudonymizer {
+    /// A pseudonymizer with the store's pseudonym key.
     pub fn new(key: DataKey) -> Self {
         Pseudonymizer { key }
     }

@@ -34,6 +34,7 @@ impl Stage {
         }
     }
 
+    /// The stage from its code (`new_lead`, …) or its German label.
     pub fn parse(s: &str) -> Option<Stage> {
         match s {
             "new_lead" | "neuer Interessent" => Some(Stage::NewLead),
@@ -60,6 +61,7 @@ pub enum BotMode {
 }
 
 impl BotMode {
+    /// The assistant may answer (only in [`BotMode::Active`]).
     pub fn answers(self) -> bool {
         matches!(self, BotMode::Active)
     }
@@ -69,40 +71,58 @@ impl BotMode {
 #[derive(Serialize, Deserialize, Clone, Default, PartialEq)]
 #[serde(default)]
 pub struct Profile {
+    /// First name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vorname: Option<String>,
+    /// Surname.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nachname: Option<String>,
+    /// E-mail address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+    /// Age in years.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alter: Option<u8>,
+    /// Gender.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub geschlecht: Option<String>,
+    /// Where the person lives.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wohnort: Option<String>,
+    /// Occupation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub beruf: Option<String>,
+    /// What the person wants to achieve (lose weight, get fit, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fitness_ziel: Option<String>,
+    /// How fit the person says they are.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fitness_level: Option<String>,
+    /// How often the person trains, or wants to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trainingsfrequenz: Option<String>,
+    /// Health restrictions the trainer should know about.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gesundheitliche_einschraenkungen: Option<String>,
+    /// Whether price matters much to the person.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget_bewusst: Option<String>,
+    /// When the person can train (days, times of day).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zeitfenster: Option<String>,
+    /// How soon the person wants to start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dringlichkeit: Option<String>,
+    /// How the person found the studio.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wie_gefunden: Option<String>,
+    /// How interested the person seems.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interesse_level: Option<String>,
+    /// Date of the booked trial training.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probetraining_datum: Option<String>,
+    /// The person's customer id in MagicLine, once known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub magicline_customer_id: Option<i64>,
 }
@@ -134,9 +154,13 @@ pub struct ConversationState {
 /// Clear header of a customer row: no personal data, enough for retention and statistics.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
 pub struct CustomerMeta {
+    /// Where the contact stands in the lead funnel.
     pub stage: Stage,
+    /// Whether the bot answers.
     pub mode: BotMode,
+    /// First message from or to the contact.
     pub first_contact: Timestamp,
+    /// Last message from or to the contact.
     pub last_contact: Timestamp,
     /// Last message *from* the contact (WhatsApp's 24-hour window starts there).
     pub last_inbound: Option<Timestamp>,
@@ -159,7 +183,9 @@ pub struct CustomerBody {
     pub user_id: Option<String>,
     /// The WhatsApp profile name, as sent by WhatsApp.
     pub contact_name: Option<String>,
+    /// What the model learned about the person.
     pub profile: Profile,
+    /// Where the conversation stands.
     pub conversation: ConversationState,
 }
 
@@ -172,8 +198,11 @@ impl fmt::Debug for CustomerBody {
 /// A whole customer as the rest of the daemon sees it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Customer {
+    /// The row key: the pseudonym of the phone number.
     pub pseudonym: Pseudonym,
+    /// The clear header.
     pub meta: CustomerMeta,
+    /// The sealed body.
     pub body: CustomerBody,
 }
 

@@ -45,6 +45,7 @@ impl KeyDir {
         }
     }
 
+    /// Whether `p` has a wrapped key (false once the customer is forgotten).
     pub fn contains(&self, p: &Pseudonym) -> bool {
         self.path(p).exists()
     }

@@ -21,8 +21,11 @@ pub enum Direction {
 /// One message of a conversation.
 #[derive(Serialize, Deserialize, Clone, PartialEq)]
 pub struct Message {
+    /// Who wrote it.
     pub direction: Direction,
+    /// The message text.
     pub text: String,
+    /// When it was received or sent.
     pub at: Timestamp,
     /// WhatsApp message id, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]

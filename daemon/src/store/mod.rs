@@ -38,15 +38,25 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 /// Names of the keyspaces. They are also part of every sealed value's associated data.
 pub mod ks {
+    /// Customer rows: clear header and sealed body, keyed by pseudonym.
     pub const CUSTOMERS: &str = "customers";
+    /// Conversation history, keyed by pseudonym and sequence number.
     pub const MESSAGES: &str = "messages";
+    /// Incoming WhatsApp webhook contents waiting to be processed.
     pub const INBOX: &str = "inbox";
+    /// Replies waiting to be sent, and the delivery state of sent messages.
     pub const OUTBOX: &str = "outbox";
+    /// Keyed hashes of processed WhatsApp message ids, to drop redelivered ones.
     pub const SEEN: &str = "seen";
+    /// MagicLine booking requests and their state, per customer.
     pub const BOOKINGS: &str = "bookings";
+    /// The audit log's entries.
     pub const AUDIT: &str = "audit";
+    /// Lead-funnel counters per studio day.
     pub const STATS: &str = "stats";
+    /// Schema version, store recipient, chain head and other store-wide values.
     pub const META: &str = "meta";
+    /// Every keyspace name, in the order of [`Keyspaces::all`](super::Keyspaces::all).
     pub const ALL: [&str; 9] = [
         CUSTOMERS, MESSAGES, INBOX, OUTBOX, SEEN, BOOKINGS, AUDIT, STATS, META,
     ];
@@ -67,52 +77,79 @@ const LOCK_STRIPES: usize = 256;
 /// Errors of the store. Messages name what failed and never contain personal data.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database could not be opened.
     #[error("store at {path}: {source}")]
     Open {
+        /// The store directory.
         path: PathBuf,
+        /// What the storage engine reported.
         #[source]
         source: fjall::Error,
     },
+    /// Another process holds the store's lock.
     #[error("store at {0} is locked by another process (is the frontdesk service running? stop it or use the admin socket)")]
     Locked(PathBuf),
+    /// The store was written by a newer frontdesk.
     #[error("store at {path} has schema version {found}, this frontdesk understands up to {supported}: upgrade frontdesk")]
     SchemaTooNew {
+        /// The store directory.
         path: PathBuf,
+        /// The schema version the store has.
         found: u32,
+        /// The newest schema version this build reads.
         supported: u32,
     },
+    /// The store identity's recipient is not the one the store was created for.
     #[error("the store identity does not belong to the store at {0} (its recipient differs): check the store-identity credential")]
     WrongIdentity(PathBuf),
+    /// The storage engine failed.
     #[error("storage engine: {0}")]
     Engine(#[from] fjall::Error),
+    /// Sealing or opening failed.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    /// A row does not have the expected layout.
     #[error("corrupt {keyspace} row: {what}")]
     Corrupt {
+        /// The keyspace of the row.
         keyspace: &'static str,
+        /// What is wrong with it.
         what: &'static str,
     },
+    /// A write could not be made durable (its fsync failed).
     #[error("could not make the write durable: {0}")]
     Durability(String),
+    /// Reading or writing a file failed (key directory, backups).
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A backup or a stored document is malformed, or a caller's step inside a write failed.
     #[error("{0}")]
     Format(String),
 }
 
+/// Results of the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Handles to every keyspace.
 #[derive(Clone)]
 pub struct Keyspaces {
+    /// See [`ks::CUSTOMERS`].
     pub customers: Keyspace,
+    /// See [`ks::MESSAGES`].
     pub messages: Keyspace,
+    /// See [`ks::INBOX`].
     pub inbox: Keyspace,
+    /// See [`ks::OUTBOX`].
     pub outbox: Keyspace,
+    /// See [`ks::SEEN`].
     pub seen: Keyspace,
+    /// See [`ks::BOOKINGS`].
     pub bookings: Keyspace,
+    /// See [`ks::AUDIT`].
     pub audit: Keyspace,
+    /// See [`ks::STATS`].
     pub stats: Keyspace,
+    /// See [`ks::META`].
     pub meta: Keyspace,
 }
 
@@ -147,6 +184,7 @@ impl Keyspaces {
         ]
     }
 
+    /// The keyspace called `name`, if there is one.
     pub fn by_name(&self, name: &str) -> Option<&Keyspace> {
         self.all()
             .into_iter()
@@ -264,18 +302,22 @@ impl Store {
         Ok((pseudonym_key, queue_key))
     }
 
+    /// The store directory.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Handles to every keyspace.
     pub fn keyspaces(&self) -> &Keyspaces {
         &self.ks
     }
 
+    /// The fjall database (batches, snapshots, persistence).
     pub fn database(&self) -> &Database {
         &self.db
     }
 
+    /// The identity that unwraps the store's keys.
     pub fn identity(&self) -> &StoreIdentity {
         &self.identity
     }
@@ -399,6 +441,7 @@ impl Store {
         self.persist()
     }
 
+    /// The directory of wrapped keys.
     pub fn key_dir(&self) -> &keydir::KeyDir {
         &self.keys
     }

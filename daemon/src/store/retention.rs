@@ -15,9 +15,13 @@ use super::{Result, Store};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionPolicy {
+    /// Days after which history messages are deleted.
     pub history_days: u32,
+    /// Days after their last contact that customers who never booked are forgotten.
     pub inactive_lead_days: u32,
+    /// Days after which seen message ids are deleted (at least 8: WhatsApp retries for 7 days).
     pub seen_ids_days: u32,
+    /// Days after which audit entries are pruned behind a checkpoint.
     pub audit_days: u32,
 }
 
@@ -35,9 +39,13 @@ impl Default for RetentionPolicy {
 /// What one sweep deleted (or would delete, in a dry run).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct RetentionReport {
+    /// History messages deleted.
     pub messages_deleted: u64,
+    /// Customers forgotten (crypto-shredded).
     pub customers_forgotten: u64,
+    /// Seen message ids deleted.
     pub seen_ids_deleted: u64,
+    /// Nothing was deleted; the counts say what would have been.
     pub dry_run: bool,
 }
 

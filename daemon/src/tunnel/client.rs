@@ -35,7 +35,9 @@ pub struct TunnelClientConfig {
     pub server_name: String,
     /// CA that signed the relay's certificate; `None`: the bundled public roots (webpki-roots).
     pub ca_file: Option<PathBuf>,
+    /// Timeouts and keep-alive of a session.
     pub timings: TunnelTimings,
+    /// When to dial again after a failure.
     pub backoff: BackoffPolicy,
 }
 
@@ -57,7 +59,9 @@ impl TunnelClientConfig {
 /// cut off by one relay restart do not return in lockstep.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackoffPolicy {
+    /// Ceiling of the delay after the first failure.
     pub initial: Duration,
+    /// Highest ceiling, however many failures.
     pub max: Duration,
     /// A session that stayed up this long resets the schedule to `initial`.
     pub stable_after: Duration,
@@ -103,25 +107,47 @@ pub enum TunnelState {
     /// No `[tunnel]` section.
     Disabled,
     /// Dialling; `attempt` counts since the last working session.
-    Connecting { attempt: u32 },
+    Connecting {
+        /// Dial attempts since the last working session, this one included.
+        attempt: u32,
+    },
     /// Serving; `session` counts the sessions since the daemon started.
-    Connected { since: SystemTime, session: u64 },
+    Connected {
+        /// When this session was established.
+        since: SystemTime,
+        /// Sessions since the daemon started, this one included.
+        session: u64,
+    },
     /// Waiting to retry after an ordinary failure.
     Backoff {
+        /// When the next dial starts.
         until: SystemTime,
+        /// Consecutive failures the backoff counts (a session that stays up resets them).
         attempt: u32,
+        /// Why the last attempt or session failed.
         last_error: String,
     },
     /// The relay refused the token; retried rarely until someone fixes the token or the relay.
-    AuthFailed { until: SystemTime, attempts: u32 },
+    AuthFailed {
+        /// When the next dial starts.
+        until: SystemTime,
+        /// Attempts in a row that failed on the token or on TLS.
+        attempts: u32,
+    },
     /// The relay's certificate was not trusted (or TLS failed otherwise); retried rarely.
     TlsFailed {
+        /// When the next dial starts.
         until: SystemTime,
+        /// Attempts in a row that failed on the token or on TLS.
         attempts: u32,
+        /// What TLS reported.
         error: String,
     },
     /// Not started: the configuration cannot work (CA file, server name).
-    ConfigError { error: String },
+    ConfigError {
+        /// What is wrong with the configuration.
+        error: String,
+    },
     /// Shut down.
     Stopped,
 }
@@ -184,14 +210,19 @@ impl fmt::Display for TunnelState {
 /// Errors that stop the tunnel client before it dials at all.
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
+    /// The CA file cannot be read or parsed.
     #[error("tunnel.ca_file: {0}")]
     CaFile(#[from] PemError),
+    /// rustls refused a certificate of the CA file.
     #[error("tunnel.ca_file: certificate rejected: {0}")]
     BadCa(rustls::Error),
+    /// No CA certificate to trust.
     #[error("tunnel.ca_file: no usable CA certificate")]
     NoRoots,
+    /// `tunnel.server_name` is neither a DNS name nor an IP address.
     #[error("tunnel.server_name {0:?} is not a valid DNS name or IP address")]
     ServerName(String),
+    /// The TLS client configuration could not be built.
     #[error("TLS setup: {0}")]
     Tls(rustls::Error),
 }

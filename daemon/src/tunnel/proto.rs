@@ -77,10 +77,13 @@ pub struct TunnelToken(Zeroizing<String>);
 /// Why a token cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
+    /// Nothing but whitespace.
     #[error("the tunnel token is empty")]
     Empty,
+    /// Longer than 256 characters.
     #[error("the tunnel token is longer than 256 characters")]
     TooLong,
+    /// Contains a space, a control character or non-ASCII text.
     #[error("the tunnel token may only contain visible ASCII characters without spaces")]
     BadCharacter,
 }
@@ -213,16 +216,29 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
 /// Why certificates or keys could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum PemError {
+    /// The file cannot be read.
     #[error("{file}: cannot read: {source}")]
     Read {
+        /// The file's path.
         file: String,
+        /// Why reading failed.
         #[source]
         source: io::Error,
     },
+    /// The file is not valid PEM.
     #[error("{file}: not valid PEM: {message}")]
-    Parse { file: String, message: String },
+    Parse {
+        /// The file's path.
+        file: String,
+        /// What the PEM parser reported.
+        message: String,
+    },
+    /// The file holds no certificate.
     #[error("{file}: contains no certificate")]
-    NoCertificate { file: String },
+    NoCertificate {
+        /// The file's path.
+        file: String,
+    },
 }
 
 fn read_pem_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, PemError> {

@@ -86,23 +86,43 @@ fn default_request_timeout_secs() -> u64 {
 /// A relay problem: configuration, TLS material, or a listener that cannot bind.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
+    /// The configuration file cannot be read.
     #[error("{file}: cannot read: {source}")]
     Read {
+        /// The configuration file.
         file: PathBuf,
+        /// Why reading failed.
         #[source]
         source: std::io::Error,
     },
+    /// The configuration file is not valid TOML of the expected shape.
     #[error("{file}: {message}")]
-    Parse { file: PathBuf, message: String },
+    Parse {
+        /// The configuration file.
+        file: PathBuf,
+        /// What the TOML parser reported.
+        message: String,
+    },
+    /// A setting has a value the relay cannot work with.
     #[error("relay config: key `{key}`: {message}")]
-    Invalid { key: String, message: String },
+    Invalid {
+        /// The setting's name.
+        key: String,
+        /// What is wrong with its value.
+        message: String,
+    },
+    /// The certificate chain or key file cannot be loaded.
     #[error(transparent)]
     Pem(#[from] PemError),
+    /// rustls refused the certificate or the key.
     #[error("TLS certificate/key: {0}")]
     Tls(#[from] rustls::Error),
+    /// A listener cannot bind its address.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The address to listen on.
         addr: SocketAddr,
+        /// Why binding failed.
         #[source]
         source: std::io::Error,
     },

@@ -10,7 +10,8 @@
 //!   engine ([`Decide`]) as one [`Burst`]; the engine decides what each means.
 //! - Every inbox row is processed exactly once: the turn's effects, the reply rows, the seen
 //!   marks of the message ids and the removal of the inbox rows are committed in one durable
-//!   batch ([`crate::turn::commit`] with this module's [`QueueRows`]). A crash before that commit
+//!   batch ([`crate::turn::commit`] with this module's
+//!   [`QueueRows`](crate::turn::QueueRows) implementation). A crash before that commit
 //!   leaves the rows in the inbox, and they are processed again at start-up; a crash after it
 //!   leaves nothing to redo.
 //! - Messages WhatsApp delivers twice (also across restarts) are dropped by message id; delivery
@@ -108,7 +109,9 @@ fn part_of(m: &InboundMessage) -> Part {
 /// Dispatcher settings.
 #[derive(Clone, Debug)]
 pub struct DispatchConfig {
+    /// How long to wait after a customer's message for more before the burst is answered.
     pub burst_window: Duration,
+    /// Most customers whose bursts are handled at the same time.
     pub max_concurrent: usize,
 }
 
@@ -138,6 +141,8 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// A dispatcher over the shared services; nothing runs until rows are queued with
+    /// [`Dispatcher::enqueue`] or [`Dispatcher::recover`].
     #[expect(
         clippy::too_many_arguments,
         reason = "each is a distinct shared service of the daemon; a struct would only rename them"

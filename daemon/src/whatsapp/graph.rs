@@ -50,8 +50,11 @@ pub enum SendError {
     /// The Graph API answered with an error object.
     #[error("Graph API error code {code}{} (HTTP {status})", subcode.map(|s| format!("/{s}")).unwrap_or_default())]
     Api {
+        /// HTTP status of the answer.
         status: u16,
+        /// Graph error code (e.g. 131047 for a closed 24-hour window).
         code: i64,
+        /// Graph `error_subcode`, when given.
         subcode: Option<i64>,
         /// Graph `type`, e.g. `OAuthException`.
         kind: Option<String>,
@@ -59,12 +62,17 @@ pub enum SendError {
         message: String,
         /// `error_data.details`, Meta's explanation.
         details: Option<String>,
+        /// Meta's hint that the same request may succeed later.
         is_transient: bool,
+        /// Meta's trace id, for support requests to Meta.
         fbtrace_id: Option<String>,
     },
     /// An error status without a parseable Graph error body (proxy pages, gateway errors).
     #[error("Graph API answered HTTP {status} without an error object")]
-    Http { status: u16 },
+    Http {
+        /// HTTP status of the answer.
+        status: u16,
+    },
     /// The request did not complete within the configured timeout. Meta may still have accepted
     /// the message; a retry can duplicate it, which is the lesser evil than losing an answer.
     #[error("Graph API request timed out")]

@@ -27,8 +27,11 @@ pub enum PayloadError {
     /// Not JSON, or JSON of the wrong shape at envelope level.
     #[error("invalid webhook JSON ({category} at line {line}, column {column})")]
     Json {
+        /// `io`, `syntax`, `data` or `eof`, as serde_json classifies the error.
         category: &'static str,
+        /// Line of the error in the body.
         line: usize,
+        /// Column of the error in the body.
         column: usize,
     },
     /// Valid JSON, but `object` is not `whatsapp_business_account`.
@@ -69,7 +72,9 @@ impl PayloadError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Event {
+    /// A message a user sent.
     Message(InboundMessage),
+    /// A delivery status of a message we sent.
     Status(StatusUpdate),
     /// An error about the business account or app (`value.errors[]`), not tied to a message.
     Error(WebhookError),
@@ -96,6 +101,7 @@ pub struct InboundMessage {
     /// Id of the message this one replies to (quoted reply, button tap on a message).
     #[serde(default)]
     pub reply_to: Option<String>,
+    /// What the message contains.
     pub content: Content,
 }
 
@@ -106,36 +112,54 @@ pub struct InboundMessage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Content {
+    /// A plain text message: its body.
     Text(String),
     /// Tap on a reply button of an interactive message.
     ButtonReply {
+        /// The button id set when the message was sent.
         id: String,
+        /// The button label the user saw.
         title: String,
     },
     /// Choice from an interactive list message.
     ListReply {
+        /// The row id set when the list was sent.
         id: String,
+        /// The row title the user saw.
         title: String,
+        /// The row description, if the row had one.
         description: Option<String>,
     },
     /// Tap on a quick-reply button of a template message.
     TemplateButton {
+        /// The payload set in the template.
         payload: String,
+        /// The button label the user saw.
         text: String,
     },
     /// A reaction to one of our messages; `emoji` is `None` when the user removed it.
     Reaction {
+        /// The `wamid.…` of the message reacted to.
         message_id: String,
+        /// The emoji, or `None` when the reaction was removed.
         emoji: Option<String>,
     },
+    /// An image, audio file, voice note, video, document or sticker.
     Media {
+        /// Which kind of media.
         kind: MediaKind,
+        /// The caption the user wrote, if any.
         caption: Option<String>,
+        /// The file's MIME type as WhatsApp reports it.
         mime_type: Option<String>,
+        /// The Graph API id of the media file.
         media_id: Option<String>,
     },
+    /// A shared location (coordinates are not kept).
     Location,
+    /// Shared contact cards (the cards are not kept).
     Contacts {
+        /// How many contacts were shared.
         count: usize,
     },
     /// A message type this module does not model (`order`, `request_welcome`, `unsupported`, new
@@ -143,7 +167,9 @@ pub enum Content {
     Unsupported(String),
     /// A system notice, e.g. `user_changed_number` (then `new_wa_id` is the new number).
     System {
+        /// The notice type (`user_changed_number`, …).
         kind: String,
+        /// The sender's new number after `user_changed_number`.
         new_wa_id: Option<String>,
     },
 }
@@ -152,15 +178,22 @@ pub enum Content {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MediaKind {
+    /// An audio file.
     Audio,
+    /// A voice note (`audio` with `voice: true`).
     Voice,
+    /// A picture.
     Image,
+    /// A video.
     Video,
+    /// A document (PDF and the like).
     Document,
+    /// A sticker.
     Sticker,
 }
 
 impl MediaKind {
+    /// The lowercase name used in logs and metrics.
     pub fn as_str(&self) -> &'static str {
         match self {
             MediaKind::Audio => "audio",
@@ -220,10 +253,13 @@ impl Content {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryStatus {
+    /// Accepted by WhatsApp's servers.
     Sent,
+    /// Delivered to the recipient's phone.
     Delivered,
     /// May arrive without a preceding `Delivered` (read implies delivered).
     Read,
+    /// Could not be delivered; see [`StatusUpdate::errors`].
     Failed,
     /// Statuses this module does not model (`played`, `deleted`, future values).
     Other(String),
@@ -248,10 +284,14 @@ pub struct StatusUpdate {
     pub message_id: String,
     /// The recipient's phone number, or their BSUID when the number is withheld.
     pub recipient: String,
+    /// The recipient's business-scoped user id, when Meta sent one.
     #[serde(default)]
     pub recipient_user_id: Option<String>,
+    /// The new delivery state.
     pub status: DeliveryStatus,
+    /// Unix seconds of the status change.
     pub timestamp: i64,
+    /// The business phone number id the message was sent from.
     pub phone_number_id: String,
     /// Why the message failed (usually only on `Failed`).
     #[serde(default)]
@@ -261,9 +301,13 @@ pub struct StatusUpdate {
 /// An error object as it appears in webhooks (`code`, `title`, `message`, `error_data.details`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiErrorInfo {
+    /// Graph API error code.
     pub code: i64,
+    /// Short error title.
     pub title: String,
+    /// Error message.
     pub message: String,
+    /// Further details (`error_data.details`), when given.
     #[serde(default)]
     pub details: Option<String>,
 }
@@ -271,7 +315,9 @@ pub struct ApiErrorInfo {
 /// An account-level error webhook.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookError {
+    /// The business phone number id the error concerns.
     pub phone_number_id: String,
+    /// The error itself.
     pub error: ApiErrorInfo,
 }
 

@@ -27,17 +27,24 @@ const DELIVERY_PREFIX: u8 = b'd';
 /// An inbox entry.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum InboxEntry {
+    /// An inbound message to answer.
     Message(InboundMessage),
+    /// A delivery status for a message we sent.
     Status(StatusUpdate),
 }
 
 /// What the outbox sends.
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub enum OutboundKind {
+    /// A free-form reply (only inside the 24-hour window).
     Text(String),
+    /// An approved message template (allowed outside the 24-hour window).
     Template {
+        /// Template name as approved in WhatsApp Manager.
         name: String,
+        /// Template language code (`de`, `en_US`).
         language: String,
+        /// Body parameters `{{1}}`, `{{2}}`, … in order.
         params: Vec<String>,
     },
 }
@@ -56,7 +63,9 @@ impl std::fmt::Debug for OutboundKind {
 pub struct OutboxEntry {
     /// Recipient address (phone number or WhatsApp user id).
     pub to: String,
+    /// What to send.
     pub kind: OutboundKind,
+    /// When the entry was queued.
     pub created: Timestamp,
 }
 
@@ -70,10 +79,15 @@ impl std::fmt::Debug for OutboxEntry {
 /// `Failed` always wins.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 pub enum DeliveryState {
+    /// The Graph API accepted the message.
     Accepted,
+    /// WhatsApp reported it sent.
     Sent,
+    /// Delivered to the recipient's phone.
     Delivered,
+    /// The recipient read it.
     Read,
+    /// It could not be delivered.
     Failed,
 }
 
@@ -114,8 +128,11 @@ pub struct Queues {
 /// A queue row read back.
 #[derive(Debug, Clone)]
 pub struct Queued<T> {
+    /// The row key (for removing or rewriting the row).
     pub key: Vec<u8>,
+    /// Whose row it is (stored in clear in front of the sealed entry).
     pub pseudonym: Pseudonym,
+    /// The opened entry.
     pub entry: T,
 }
 
@@ -166,6 +183,7 @@ fn open_row<T: for<'de> Deserialize<'de>>(
 }
 
 impl Queues {
+    /// The queues over `store`, with sequence numbers continuing after the rows already there.
     pub fn new(store: &Store) -> Result<Queues> {
         Ok(Queues {
             inbox_seq: Sequencer::after_last(&store.keyspaces().inbox, b"")?,
@@ -219,6 +237,7 @@ impl Queues {
         }))
     }
 
+    /// Adds the removal of the inbox row at `key` to `batch`.
     pub fn remove_inbox(&self, store: &Store, batch: &mut fjall::OwnedWriteBatch, key: &[u8]) {
         batch.remove(&store.keyspaces().inbox, key.to_vec());
     }
@@ -265,6 +284,7 @@ impl Queues {
         batch.insert(&store.keyspaces().outbox, key.to_vec(), v);
     }
 
+    /// Adds the removal of the outbox row at `key` to `batch`.
     pub fn remove_outbox(&self, store: &Store, batch: &mut fjall::OwnedWriteBatch, key: &[u8]) {
         batch.remove(&store.keyspaces().outbox, key.to_vec());
     }

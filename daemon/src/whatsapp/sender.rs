@@ -36,7 +36,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 pub struct SenderConfig {
     /// Template that reopens a closed 24-hour window; `None` drops such replies.
     pub reopen_template: Option<String>,
+    /// Language of `reopen_template`.
     pub template_language: String,
+    /// Most customers whose replies are sent at the same time.
     pub max_concurrent: usize,
     /// Base of the retry backoff (shortened in tests).
     pub backoff_base: Duration,
@@ -77,6 +79,7 @@ enum GroupResult {
 }
 
 impl Sender {
+    /// A sender over the shared services; it sends nothing until [`Sender::run`].
     pub fn new(
         store: Arc<Store>,
         queues: Arc<Queues>,

@@ -27,6 +27,7 @@ use crate::store::Store;
 
 /// Receives rejected requests (reason codes only; never bodies).
 pub trait RejectionSink: Send + Sync {
+    /// Called for each rejected request with the HTTP status and the reason code.
     fn rejected(&self, status: u16, reason: &'static str);
 }
 
@@ -41,19 +42,29 @@ impl RejectionSink for LogRejections {
 
 /// Everything the webhook handler needs.
 pub struct WebhookState {
+    /// The store the inbox lives in.
     pub store: Arc<Store>,
+    /// The inbox the request's events are written to before it is answered.
     pub queues: Arc<Queues>,
+    /// Gets the inbox rows once they are durable.
     pub dispatcher: Arc<Dispatcher>,
+    /// The Meta app secret, key of the `X-Hub-Signature-256` HMAC over every body.
     pub app_secret: Secret,
+    /// The token Meta must send in the subscription handshake (`hub.verify_token`).
     pub verify_token: Secret,
+    /// Larger bodies are rejected with 413.
     pub max_body_bytes: usize,
+    /// Request counters by outcome.
     pub metrics: Arc<Metrics>,
+    /// Where rejected requests are reported.
     pub rejections: Arc<dyn RejectionSink>,
+    /// Most rejections reported per minute; the rest are only counted.
     pub audit_per_minute: u32,
     limiter: RateWindow,
 }
 
 impl WebhookState {
+    /// The handler's state; the rejection rate limit starts empty.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<Store>,
