@@ -206,7 +206,7 @@ impl Default for MetricsConfig {
 pub struct WhatsAppConfig {
     /// Graph API base URL.
     pub graph_base: String,
-    /// Graph API version (`v21.0`).
+    /// Graph API version (`v25.0`); see [`crate::whatsapp::versions`] for retirement dates.
     pub api_version: String,
     /// The WhatsApp Business phone number id (from Meta's app dashboard).
     pub phone_number_id: String,
@@ -224,7 +224,7 @@ impl Default for WhatsAppConfig {
     fn default() -> Self {
         WhatsAppConfig {
             graph_base: "https://graph.facebook.com".into(),
-            api_version: "v21.0".into(),
+            api_version: crate::whatsapp::versions::DEFAULT_VERSION.into(),
             phone_number_id: String::new(),
             reopen_template: None,
             template_language: "de".into(),

@@ -31,6 +31,8 @@ pub struct DoctorArgs {
 pub enum Mark {
     Pass,
     Fail,
+    /// Works now, but needs the admin's attention soon (does not fail the run).
+    Warn,
     /// Not configured, so not checked.
     Skipped,
 }
@@ -40,6 +42,7 @@ impl Mark {
         match self {
             Mark::Pass => "✓",
             Mark::Fail => "✗",
+            Mark::Warn => "!",
             Mark::Skipped => "–",
         }
     }
@@ -165,6 +168,7 @@ pub fn diagnose(
     add(check_prompts(&cfg));
     add(check_webhook(&cfg, &secrets));
     add(check_metrics(cfg.metrics.listen));
+    add(check_api_version(&cfg, jiff::Zoned::now().date()));
     add(check_graph(&cfg, &secrets));
     add(check_magicline(&cfg, &secrets));
     add(check_tunnel(&cfg));
@@ -478,6 +482,34 @@ fn net_error(e: &ureq::Error) -> String {
         ureq::Error::HostNotFound => "host not found".into(),
         ureq::Error::ConnectionFailed => "connection failed".into(),
         other => other.to_string(),
+    }
+}
+
+/// The configured Graph API version against Meta's retirement dates: a warning from 60 days
+/// before, a failure once it is retired.
+fn check_api_version(cfg: &Config, today: jiff::civil::Date) -> Check {
+    use crate::whatsapp::versions::{self, VersionStatus};
+    const NAME: &str = "api version";
+    let v = &cfg.whatsapp.api_version;
+    let hint = format!(
+        "set whatsapp.api_version = \"{}\" in the configuration, then systemctl restart frontdesk",
+        versions::DEFAULT_VERSION
+    );
+    let detail = versions::warning(v, today).unwrap_or_default();
+    match versions::status(v, today) {
+        VersionStatus::Supported { expires: Some(d) } => {
+            pass(NAME, format!("{v}, served until {d}"))
+        }
+        VersionStatus::Supported { expires: None } => {
+            pass(NAME, format!("{v}, no retirement date announced"))
+        }
+        VersionStatus::ExpiresSoon { .. } | VersionStatus::Unknown => Check {
+            name: NAME,
+            mark: Mark::Warn,
+            detail,
+            hint: Some(hint),
+        },
+        VersionStatus::Expired { .. } => fail(NAME, detail, hint),
     }
 }
 
@@ -832,5 +864,31 @@ model_path = "{model}"
         let (report, _) = diagnose_quietly(&s);
         assert_eq!(report.checks.len(), 1);
         assert_eq!(report.checks[0].mark, Mark::Fail);
+    }
+
+    #[test]
+    fn api_version_warns_before_retirement_and_fails_after() {
+        let mut cfg = Config::default();
+        let today = jiff::civil::date(2026, 12, 1);
+        let c = check_api_version(&cfg, today);
+        assert_eq!(c.mark, Mark::Pass, "{c}");
+        cfg.whatsapp.api_version = "v21.0".into();
+        let c = check_api_version(&cfg, today);
+        assert_eq!(c.mark, Mark::Warn, "{c}");
+        assert!(c.detail.contains("2027-01-21"), "{c}");
+        let c = check_api_version(&cfg, jiff::civil::date(2027, 1, 21));
+        assert_eq!(c.mark, Mark::Fail, "{c}");
+        assert!(
+            c.hint.as_deref().is_some_and(|h| h.contains("v25.0")),
+            "{c}"
+        );
+        let report = Report {
+            checks: vec![check_api_version(&cfg, today)],
+        };
+        assert_ne!(
+            report.exit_code(),
+            exit::FAILURE,
+            "a warning alone does not fail doctor"
+        );
     }
 }

@@ -138,6 +138,18 @@ pub(super) async fn start(
         creds.token.expose_str()?.to_string(),
         Duration::from_secs(cfg.whatsapp.send_timeout_secs),
     );
+    // The Graph API version's retirement, in `frontdesk status` (read at each call, so a box
+    // running for months still warns in time) and in the journal at start.
+    let version = cfg.whatsapp.api_version.clone();
+    if let Some(w) = crate::whatsapp::versions::warning(&version, jiff::Zoned::now().date()) {
+        warn!("{w}");
+    }
+    core.admin.board.set_source("graph api", move || {
+        let today = jiff::Zoned::now().date();
+        let text = crate::whatsapp::versions::warning(&version, today)
+            .unwrap_or_else(|| format!("{version} (supported)"));
+        serde_json::Value::String(text)
+    });
     let mut engine = None;
     let decider: Arc<dyn Decide> = match &opts.engine {
         Some(factory) => factory(store.clone()),

@@ -183,14 +183,6 @@ impl Keyspaces {
             (ks::META, &self.meta),
         ]
     }
-
-    /// The keyspace called `name`, if there is one.
-    pub fn by_name(&self, name: &str) -> Option<&Keyspace> {
-        self.all()
-            .into_iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, k)| k)
-    }
 }
 
 /// The open store. Cheap to share behind an `Arc`; all methods are blocking (call them from
@@ -439,11 +431,6 @@ impl Store {
         self.bulk_load
             .store(false, std::sync::atomic::Ordering::Relaxed);
         self.persist()
-    }
-
-    /// The directory of wrapped keys.
-    pub fn key_dir(&self) -> &keydir::KeyDir {
-        &self.keys
     }
 
     fn forget_cached_key(&self, p: &Pseudonym) {

@@ -14,4 +14,5 @@ pub mod payload;
 pub mod queue;
 pub mod sender;
 pub mod signature;
+pub mod versions;
 pub mod webhook;
