@@ -41,6 +41,8 @@ pub struct Metrics {
     pub inbox_depth: Gauge,
     /// `frontdesk_outbox_depth`: replies waiting in the outbox.
     pub outbox_depth: Gauge,
+    /// `frontdesk_sender_paused`: 1 while WhatsApp rejects the access token and nothing is sent.
+    pub sender_paused: Gauge,
     /// `frontdesk_llm_queue_depth`: requests waiting for the language model.
     pub llm_queue_depth: Gauge,
     /// `frontdesk_llm_tokens_per_second`: decode speed of the last reply.
@@ -100,6 +102,12 @@ impl Metrics {
             "Replies waiting in the outbox",
             outbox_depth.clone(),
         );
+        let sender_paused = Gauge::default();
+        registry.register(
+            "sender_paused",
+            "1 while WhatsApp rejects the access token and replies wait in the outbox",
+            sender_paused.clone(),
+        );
         let llm_queue_depth = Gauge::default();
         registry.register(
             "llm_queue_depth",
@@ -126,6 +134,7 @@ impl Metrics {
             processing_seconds,
             inbox_depth,
             outbox_depth,
+            sender_paused,
             llm_queue_depth,
             llm_tokens_per_second,
             tunnel_connected,

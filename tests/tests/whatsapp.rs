@@ -467,3 +467,57 @@ async fn reload_keeps_running_on_a_broken_config_and_applies_a_good_one() {
         .collect();
     assert_eq!(reloads.len(), 2, "{reloads:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_token_pauses_sending_and_keeps_every_reply() {
+    let graph = sim::start().await;
+    let mut daemon = Daemon::start(DaemonSpec {
+        extra_credentials: vec![("whatsapp-token".into(), "an-expired-token".into())],
+        ..DaemonSpec::with_graph(graph.base_url())
+    });
+    let driver = WebhookDriver::new(&daemon.webhook_url(), SIM_APP_SECRET).unwrap();
+    let ts = jiff::Timestamp::now().as_second();
+    let p = PayloadBuilder::default();
+    for (phone, id) in [
+        ("491790000011", "wamid.tok1"),
+        ("491790000012", "wamid.tok2"),
+    ] {
+        assert!(driver
+            .deliver(&p.text_message(phone, id, "Hallo", ts))
+            .await
+            .delivered());
+    }
+    // Graph answers 401 / code 190: the sender pauses and says so to systemd.
+    daemon.wait_notify(
+        "STATUS=running, SENDING PAUSED: WhatsApp rejected the access token (see journal)",
+    );
+    assert!(
+        graph.sent().is_empty(),
+        "nothing was sent with a rejected token"
+    );
+    let (_, metrics) = http_get(daemon.metrics, "/metrics");
+    assert!(
+        metrics.lines().any(|l| l == "frontdesk_sender_paused 1"),
+        "the pause is a metric"
+    );
+
+    // The admin fixes the credential and reloads: every kept reply goes out, once.
+    std::fs::write(
+        daemon.dir.path().join("credentials/whatsapp-token"),
+        frontdesk::sandbox::whatsapp::SIM_TOKEN,
+    )
+    .unwrap();
+    daemon.reload();
+    daemon.wait_notify("STATUS=running");
+    await_sends(&graph, 2).await;
+    let mut answered = all_answered(&graph);
+    answered.sort();
+    assert_eq!(answered, vec!["wamid.tok1", "wamid.tok2"]);
+    assert!(daemon.stop().is_some_and(|s| s.success()));
+    let store = daemon.open_store();
+    assert_eq!(
+        Queues::new(&store).unwrap().depths(&store).1,
+        0,
+        "the outbox is empty"
+    );
+}

@@ -55,6 +55,8 @@ pub(super) struct Channel {
     tunnel_task: Option<tokio::task::JoinHandle<()>>,
     dispatcher: Arc<Dispatcher>,
     pub(super) engine: Option<Arc<crate::conversation::engine::Engine>>,
+    /// Resumed on reload after a rejected access token.
+    pub(super) sender: Arc<Sender>,
 }
 
 impl Channel {
@@ -131,13 +133,7 @@ pub(super) async fn start(
         core.queues.clone(),
         core.metrics.clone(),
     );
-    let graph = GraphClient::new(
-        &cfg.whatsapp.graph_base,
-        &cfg.whatsapp.api_version,
-        &cfg.whatsapp.phone_number_id,
-        creds.token.expose_str()?.to_string(),
-        Duration::from_secs(cfg.whatsapp.send_timeout_secs),
-    );
+    let graph = graph_client(cfg, &creds.token)?;
     // The Graph API version's retirement, in `frontdesk status` (read at each call, so a box
     // running for months still warns in time) and in the journal at start.
     let version = cfg.whatsapp.api_version.clone();
@@ -205,7 +201,8 @@ pub(super) async fn start(
         metrics.clone(),
         wake,
     );
-    let sender_task = tokio::spawn(sender.run(until_stopped(stop.clone())));
+    let sender_task = tokio::spawn(sender.clone().run(until_stopped(stop.clone())));
+    report_sender_pauses(&sender, &core.admin);
 
     let state = WebhookState::new(
         store,
@@ -241,7 +238,49 @@ pub(super) async fn start(
         tunnel_task,
         dispatcher,
         engine,
+        sender,
     })
+}
+
+/// The Graph API client for the configured number with `token`.
+pub(super) fn graph_client(
+    cfg: &Config,
+    token: &crate::secrets::Secret,
+) -> anyhow::Result<GraphClient> {
+    Ok(GraphClient::new(
+        &cfg.whatsapp.graph_base,
+        &cfg.whatsapp.api_version,
+        &cfg.whatsapp.phone_number_id,
+        token.expose_str()?.to_string(),
+        Duration::from_secs(cfg.whatsapp.send_timeout_secs),
+    ))
+}
+
+/// A paused sender shows in `frontdesk status` and in systemd's `STATUS=` until it resumes.
+fn report_sender_pauses(sender: &Arc<Sender>, admin: &Arc<crate::admin::AdminState>) {
+    let board = sender.paused();
+    admin.board.set_source("sender", move || {
+        serde_json::Value::String(match board.borrow().as_deref() {
+            Some(reason) => format!(
+                "PAUSED: WhatsApp rejected the access token ({reason}); replies wait in the \
+                 outbox. Fix the whatsapp-token credential, then systemctl restart frontdesk"
+            ),
+            None => "sending".into(),
+        })
+    });
+    let mut changes = sender.paused();
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            let text = match changes.borrow_and_update().as_deref() {
+                Some(_) => {
+                    "running, SENDING PAUSED: WhatsApp rejected the access token (see journal)"
+                        .to_string()
+                }
+                None => "running".to_string(),
+            };
+            super::notify(&[("STATUS", &text)]);
+        }
+    });
 }
 
 /// Dials out to the relay and serves the webhook (and nothing else) over the tunnel.

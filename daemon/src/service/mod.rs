@@ -207,7 +207,8 @@ pub async fn run(
     // Registered before READY, so a reload right after start is never the default SIGHUP action.
     let hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let engine = channel.as_ref().and_then(|c| c.engine.clone());
-    let reloader = tokio::spawn(reload::reload_on_sighup(hup, core.clone(), engine));
+    let sender = channel.as_ref().map(|c| c.sender.clone());
+    let reloader = tokio::spawn(reload::reload_on_sighup(hup, core.clone(), engine, sender));
     let watchdog = watchdog_interval().map(|every| {
         timers::watchdog(
             every,

@@ -40,6 +40,9 @@ pub enum Disposition {
     WindowClosed,
     /// WhatsApp cannot deliver to this user (131026: not on WhatsApp, old app, blocked us, …).
     Undeliverable,
+    /// The access token is invalid, expired or lacks permission (190, 200–299, HTTP 401/403):
+    /// no send can succeed until an operator fixes the credential. Nothing is dropped.
+    AuthFailed,
     /// Anything else: retrying the same request will not help.
     Permanent,
 }
@@ -122,6 +125,9 @@ pub mod codes {
 impl SendError {
     /// How the outbox should react to this error.
     pub fn disposition(&self) -> Disposition {
+        if self.is_auth_failure() {
+            return Disposition::AuthFailed;
+        }
         match self {
             SendError::Api {
                 status,
@@ -578,7 +584,9 @@ mod tests {
         assert_eq!(api(503, 100).disposition(), Disposition::RetryLater);
         assert_eq!(api(429, 100).disposition(), Disposition::RetryLater);
         assert_eq!(api(400, 100).disposition(), Disposition::Permanent);
-        assert_eq!(api(401, 190).disposition(), Disposition::Permanent);
+        assert_eq!(api(401, 190).disposition(), Disposition::AuthFailed);
+        assert_eq!(api(400, 190).disposition(), Disposition::AuthFailed);
+        assert_eq!(api(403, 200).disposition(), Disposition::AuthFailed);
         assert_eq!(api(400, 132_001).disposition(), Disposition::Permanent);
         let mut transient = api(400, 12345);
         if let SendError::Api { is_transient, .. } = &mut transient {

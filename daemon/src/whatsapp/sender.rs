@@ -10,6 +10,13 @@
 //! waiting replies into one message; a closed 24-hour window (131047) replaces the reply with
 //! the configured template (or drops it); undeliverable and permanent errors drop the reply.
 //! Every drop is logged with the customer's pseudonym and the error code.
+//!
+//! A rejected access token (expired, revoked, missing permission) pauses the whole sender: the
+//! outbox keeps every reply, `frontdesk status`, systemd's `STATUS=`, the `sender_paused` gauge
+//! and the journal say why; a restart with the fixed credential, or [`Sender::resume`] (on
+//! `systemctl reload`, with the credential read again), starts it once more. A reply still failing after [`MAX_REPLY_AGE`] of retries is
+//! not retried forever: it is dropped with a staff alert, so one stuck row cannot block its
+//! customer for good.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -30,6 +37,8 @@ use crate::store::Store;
 const PAIR_RATE_PAUSE: Duration = Duration::from_secs(6);
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A reply that transient errors kept from going out this long is handed to staff instead.
+pub const MAX_REPLY_AGE: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
 
 /// Sender settings.
 #[derive(Clone, Debug)]
@@ -65,7 +74,10 @@ struct Hold {
 pub struct Sender {
     store: Arc<Store>,
     queues: Arc<Queues>,
-    graph: GraphClient,
+    /// Replaced by [`Sender::resume`] with a client carrying the credential read again.
+    graph: std::sync::RwLock<GraphClient>,
+    /// Why the sender is paused (`None`: it sends); watched by the service for `STATUS=`.
+    paused: tokio::sync::watch::Sender<Option<String>>,
     cfg: SenderConfig,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
@@ -91,7 +103,8 @@ impl Sender {
         Arc::new(Sender {
             store,
             queues,
-            graph,
+            graph: std::sync::RwLock::new(graph),
+            paused: tokio::sync::watch::channel(None).0,
             cfg,
             metrics,
             wake,
@@ -127,12 +140,47 @@ impl Sender {
             .await;
     }
 
+    /// Why the sender is paused, if it is; changes can be awaited.
+    pub fn paused(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.paused.subscribe()
+    }
+
+    /// Starts sending again after a pause, with `graph` (built from the credential as it is now).
+    pub fn resume(&self, graph: GraphClient) {
+        *self.graph.write().expect("sender lock poisoned") = graph;
+        if self.paused.send_replace(None).is_some() {
+            info!(
+                FRONTDESK_EVENT = "sender.resumed",
+                "sender resumed; the outbox is sent again"
+            );
+        }
+        self.metrics.sender_paused.set(0);
+        self.wake.notify_one();
+    }
+
+    fn pause(&self, reason: String) {
+        let already = self.paused.borrow().is_some();
+        if !already {
+            error!(
+                FRONTDESK_EVENT = "sender.paused",
+                reason = %reason,
+                "WhatsApp rejected the access token: sending paused, replies are kept; fix the \
+                 whatsapp-token credential, then `systemctl restart frontdesk`"
+            );
+        }
+        self.paused.send_replace(Some(reason));
+        self.metrics.sender_paused.set(1);
+    }
+
     /// Starts a task for every customer with replies waiting that is neither in flight nor on
     /// hold; returns when the earliest hold ends.
     async fn dispatch_round(
         self: &Arc<Self>,
         permits: &Arc<Semaphore>,
     ) -> anyhow::Result<Option<Duration>> {
+        if self.paused.borrow().is_some() {
+            return Ok(None);
+        }
         let this = self.clone();
         let rows = tokio::task::spawn_blocking(move || this.queues.outbox(&this.store)).await??;
         let mut groups: Vec<(Pseudonym, Vec<Queued<OutboxEntry>>)> = Vec::new();
@@ -225,15 +273,17 @@ impl Sender {
                     return GroupResult::Hold(Duration::from_secs(1));
                 }
             }
+            if self.paused.borrow().is_some() {
+                return GroupResult::Hold(Duration::ZERO);
+            }
+            let graph = self.graph.read().expect("sender lock poisoned").clone();
             let result = match &row.entry.kind {
-                OutboundKind::Text(t) => self.graph.send_text(&row.entry.to, t),
+                OutboundKind::Text(t) => graph.send_text(&row.entry.to, t),
                 OutboundKind::Template {
                     name,
                     language,
                     params,
-                } => self
-                    .graph
-                    .send_template(&row.entry.to, name, language, params),
+                } => graph.send_template(&row.entry.to, name, language, params),
             };
             match result {
                 Ok(sent) => {
@@ -257,6 +307,25 @@ impl Sender {
         err: SendError,
     ) -> GroupResult {
         match err.disposition() {
+            Disposition::AuthFailed => {
+                self.metrics
+                    .sends
+                    .get_or_create(&Outcome::of("auth_failed"))
+                    .inc();
+                self.pause(err.to_string());
+                GroupResult::Hold(Duration::ZERO)
+            }
+            Disposition::RetryLater if expired(&row.entry, Timestamp::now()) => {
+                self.metrics
+                    .sends
+                    .get_or_create(&Outcome::of("expired"))
+                    .inc();
+                warn!(customer = %p, code = ?err.code(), reason = "reply_expired", FRONTDESK_EVENT = "staff.alert", "a reply could not be sent for 24 hours: dropped, staff should contact the customer");
+                if let Err(e) = self.retire(&row.key, None) {
+                    error!(customer = %p, error = %e, "outbox update failed");
+                }
+                GroupResult::Hold(Duration::ZERO)
+            }
             Disposition::RetryLater => {
                 self.metrics
                     .sends
@@ -398,4 +467,8 @@ impl Sender {
             .rewrite_outbox(&self.store, &mut batch, &row.key, &row.pseudonym, &entry);
         self.store.commit_durable(batch)
     }
+}
+/// Whether transient errors have kept `entry` from going out for longer than [`MAX_REPLY_AGE`].
+fn expired(entry: &OutboxEntry, now: Timestamp) -> bool {
+    now.duration_since(entry.created) > MAX_REPLY_AGE
 }
