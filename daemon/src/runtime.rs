@@ -51,6 +51,7 @@ pub fn booker(
 
 /// The assembled conversation runtime.
 pub struct Conversation {
+    /// The loaded model, shared with the engine; its description goes into the status output.
     pub model: Arc<dyn LanguageModel>,
     /// What the dispatcher calls; kept for reloads of prompts and studio facts.
     pub engine: Arc<Engine>,

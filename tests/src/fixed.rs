@@ -15,6 +15,7 @@ use jiff::Timestamp;
 
 /// See the module doc.
 pub struct FixedReply {
+    /// The daemon's store, for pseudonyms and the contact's existing record.
     pub store: Arc<Store>,
     /// The reply; `{ids}` is replaced by the comma-separated ids of the answered text messages.
     pub text: String,

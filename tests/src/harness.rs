@@ -41,11 +41,14 @@ fn built_bin(name: &str) -> PathBuf {
 /// Settings of a harness daemon.
 #[derive(Clone, Debug)]
 pub struct DaemonSpec {
+    /// Graph API base URL the daemon sends to (usually the Graph simulator's).
     pub graph_base: String,
     /// Run `frontdesk-fixed` (the engine replaced by this instant reply) instead of the
     /// shipped daemon with its engine.
     pub fixed_reply: Option<String>,
+    /// `[conversation] burst_window_ms`: how long the daemon waits for more messages of a contact.
     pub burst_window_ms: u64,
+    /// `[webhook] max_body_bytes`: the largest webhook body accepted.
     pub max_body_bytes: usize,
     /// Extra TOML appended to the generated configuration.
     pub extra_toml: String,
@@ -54,6 +57,7 @@ pub struct DaemonSpec {
 }
 
 impl DaemonSpec {
+    /// Defaults for tests: fixed reply `Danke! {ids}`, no burst window, 1 MiB bodies.
     pub fn with_graph(graph_base: String) -> DaemonSpec {
         DaemonSpec {
             graph_base,
@@ -69,10 +73,15 @@ impl DaemonSpec {
 /// A daemon's directory, configuration and (while running) process. The first start binds port
 /// 0 and learns the ports from READY=1; restarts bind the same ports again.
 pub struct Daemon {
+    /// Holds configuration, credentials, state and the admin socket; removed on drop.
     pub dir: tempfile::TempDir,
+    /// The generated configuration file.
     pub config: PathBuf,
+    /// Where the webhook listens (learnt at the first start).
     pub webhook: SocketAddr,
+    /// Where the metrics endpoint listens (learnt at the first start).
     pub metrics: SocketAddr,
+    /// The store identity line, to open the store from the test.
     pub identity: String,
     spec: DaemonSpec,
     child: Option<Child>,
@@ -264,6 +273,7 @@ burst_window_ms = {burst}
         })
     }
 
+    /// Process id while the daemon runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

@@ -1,5 +1,9 @@
 //! End-to-end tests and benchmarks of frontdesk: the harness that runs the real daemon
 //! ([`harness`]); the tests live in `tests/`, the benchmark binaries in `src/bin/`.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test support: a panic is the failing test's report"
+)]
 
 pub mod fixed;
 pub mod harness;

@@ -21,18 +21,18 @@ use rustls::pki_types::{CertificateDer, ServerName};
 const BOX_HOST: &str = "studio.test";
 
 fn pki(dir: &Path) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca.self_signed(&ca_key).expect("self-signed CA");
+    let key = rcgen::KeyPair::generate().expect("leaf key");
     let leaf = rcgen::CertificateParams::new(vec!["relay.test".into(), BOX_HOST.into()])
-        .unwrap()
+        .expect("leaf parameters")
         .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+        .expect("leaf certificate");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write ca.pem");
+    std::fs::write(dir.join("cert.pem"), leaf.pem()).expect("write cert.pem");
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("write key.pem");
 }
 
 async fn https_post(
@@ -43,31 +43,35 @@ async fn https_post(
     sig: &str,
 ) -> u16 {
     let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
+    for c in CertificateDer::pem_file_iter(ca).expect("read the CA file") {
+        roots
+            .add(c.expect("CA certificate"))
+            .expect("add the CA to the roots");
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .unwrap()
+        .expect("default TLS versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from(BOX_HOST).unwrap(), tcp)
+    let tcp = tokio::net::TcpStream::connect(addr)
         .await
-        .unwrap();
+        .expect("connect to the relay");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from(BOX_HOST).expect("server name"), tcp)
+        .await
+        .expect("TLS handshake with the relay");
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
-        .unwrap();
+        .expect("HTTP/1 handshake");
     tokio::spawn(conn);
     let req = Request::post(path)
         .header("host", BOX_HOST)
         .header("content-type", "application/json")
         .header(signature::HEADER, sig)
         .body(Full::new(body))
-        .unwrap();
-    let resp = send.send_request(req).await.unwrap();
+        .expect("request");
+    let resp = send.send_request(req).await.expect("send the request");
     let status = resp.status().as_u16();
     let _ = resp.into_body().collect().await;
     status

@@ -19,10 +19,15 @@ use crate::config::{self, Config};
 
 /// Exit codes shared by every verb.
 pub mod exit {
+    /// The verb did what was asked.
     pub const OK: u8 = 0;
+    /// Any other error (the message says what).
     pub const FAILURE: u8 = 1;
+    /// The verb needs the running daemon and its admin socket did not answer.
     pub const DAEMON_UNREACHABLE: u8 = 3;
+    /// The daemon refused: the user may not use the admin socket, or the request was denied.
     pub const DENIED: u8 = 4;
+    /// `audit verify` found the log altered or incomplete.
     pub const VERIFY_FAILED: u8 = 5;
 }
 
@@ -35,10 +40,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "FRONTDESK_CONFIG", default_value = config::DEFAULT_PATH)]
     pub config: PathBuf,
 
+    /// The verb to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The verbs.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the daemon (what frontdesk.service starts).
@@ -87,16 +94,19 @@ pub enum Command {
     Relay(relay_cmd::RelayCommand),
     /// Write man pages for frontdesk and every verb into a directory.
     Man {
+        /// Directory the pages are written to.
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
     /// Print a shell completion script.
     Completions {
+        /// The shell the script is for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
 }
 
+/// What `frontdesk retention` does.
 #[derive(Subcommand, Debug)]
 pub enum RetentionCommand {
     /// Delete everything that is due now (through the daemon; directly on the store when the

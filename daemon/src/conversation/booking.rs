@@ -10,10 +10,15 @@ use crate::store::crypto::Pseudonym;
 /// twice for the same id.
 #[derive(Clone, PartialEq)]
 pub struct BookingRequest {
+    /// The engine's id of this booking; the same on every retry.
     pub request_id: String,
+    /// The customer, by pseudonym.
     pub pseudonym: Pseudonym,
+    /// First name for a new lead.
     pub firstname: String,
+    /// Last name for a new lead.
     pub lastname: String,
+    /// E-mail address for a new lead; also how an existing one is found.
     pub email: String,
     /// Known MagicLine customer (or lead) id, if any.
     pub magicline_customer_id: Option<i64>,
@@ -53,17 +58,23 @@ pub enum BookingFailure {
 /// The outcome of a booking request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BookingOutcome {
+    /// MagicLine holds the booking.
     Booked {
+        /// MagicLine's id of the booking.
         booking_id: i64,
+        /// When the trial starts (the slot as booked).
         start: Zoned,
+        /// MagicLine's id of the person (existing or newly created lead).
         magicline_customer_id: i64,
         /// MagicLine wants the booking confirmed by the studio.
         confirmation_pending: bool,
     },
     /// The slot is taken; up to three nearby free slots (may be empty).
     SlotTaken {
+        /// Nearby free starts to offer instead.
         alternatives: Vec<Zoned>,
     },
+    /// No booking; the reason decides the reply.
     Failed(BookingFailure),
 }
 

@@ -67,8 +67,11 @@ const MAX_CONTACT_NAME_CHARS: usize = 100;
 /// Token accounting of the model call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct GenerationStats {
+    /// Tokens of the whole rendered prompt.
     pub prompt_tokens: u32,
+    /// Prompt tokens evaluated for this call (the rest came from the cache).
     pub evaluated_prompt_tokens: u32,
+    /// Tokens the model generated.
     pub generated_tokens: u32,
 }
 
@@ -76,6 +79,7 @@ pub struct GenerationStats {
 /// engine got there (for tests and the log).
 #[derive(Clone)]
 pub struct Turn {
+    /// What to commit; the turn derefs to it.
     pub effects: Effects,
     /// Funnel moves in this turn, in order (NewLead → NameKnown → TrialBooked may both happen).
     pub stage_changes: Vec<(Stage, Stage)>,
@@ -83,7 +87,9 @@ pub struct Turn {
     pub mode_changes: Vec<(BotMode, BotMode)>,
     /// The model's reading of the message, when the model was asked and answered usably.
     pub intent: Option<Intent>,
+    /// The booker's answer, when this turn asked for a booking.
     pub booking: Option<BookingOutcome>,
+    /// Token counts, when the model was asked.
     pub generated: Option<GenerationStats>,
 }
 
@@ -130,8 +136,10 @@ impl std::fmt::Debug for Turn {
 /// Why a message could not be handled. Nothing was committed; the caller may retry later.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    /// Reading the customer's record or history failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The model failed or is overloaded.
     #[error("language model: {0}")]
     Model(#[from] LlmError),
 }
@@ -154,6 +162,8 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// An engine over the given store, model and persona. Without a booker a booking wish is
+    /// answered as not configured and staff are alerted.
     pub fn new(
         store: Arc<Store>,
         model: Arc<dyn LanguageModel>,

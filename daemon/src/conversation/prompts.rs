@@ -25,12 +25,19 @@ use crate::config::{ServiceConfig, StudioConfig};
 use crate::llm::{ChatMessage, Prompt};
 use crate::store::customers::{Customer, Stage};
 
+/// The part of the system prompt rendered once at load (persona, studio facts, rules).
 pub const STATIC_FILE: &str = "persona.static.txt";
+/// The part of the system prompt rendered per request (date, customer, status rules).
 pub const DYNAMIC_FILE: &str = "persona.dynamic.txt";
+/// Status rules while the contact's name is not known yet.
 pub const RULE_NEW_LEAD_FILE: &str = "rules/neuer_interessent.txt";
+/// Status rules once the name is known and no trial is booked.
 pub const RULE_NAME_KNOWN_FILE: &str = "rules/name_bekannt.txt";
+/// Status rules once a trial training is booked.
 pub const RULE_TRIAL_BOOKED_FILE: &str = "rules/probetraining_gebucht.txt";
+/// Rules added until the assistant has said it is an AI.
 pub const FIRST_CONTACT_FILE: &str = "rules/erstkontakt.txt";
+/// The fixed German texts the engine sends itself.
 pub const REPLIES_FILE: &str = "replies.toml";
 
 /// Placeholders filled from `[studio]` in the config. Usable in every file.
@@ -67,23 +74,43 @@ const NOT_GIVEN: &str = "nicht hinterlegt";
 /// A problem with the prompt files. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum PromptError {
+    /// The file is in neither the override nor the shipped directory.
     #[error("prompt file {name} not found (looked in {searched})")]
-    Missing { name: String, searched: String },
+    Missing {
+        /// The file name relative to the prompt directory.
+        name: String,
+        /// The paths tried, comma-separated.
+        searched: String,
+    },
+    /// The file exists but could not be read.
     #[error("prompt file {path}: cannot read: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The read error.
         #[source]
         source: std::io::Error,
     },
+    /// A placeholder this file may not use (or that does not exist).
     #[error("prompt file {path}, line {line}: unknown placeholder {{{placeholder}}} (allowed here: {allowed})")]
     UnknownPlaceholder {
+        /// The file.
         path: PathBuf,
+        /// 1-based line of the placeholder.
         line: usize,
+        /// The name between the braces.
         placeholder: String,
+        /// The placeholders this file may use, e.g. `{name} {datum}`.
         allowed: String,
     },
+    /// The file is malformed (e.g. `replies.toml` does not parse or lacks a text).
     #[error("prompt file {path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// One piece of a parsed template.

@@ -46,18 +46,27 @@ const MAX_EMAIL_CHARS: usize = 254;
 /// What the customer wants, as the model reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Intent {
+    /// Anything else (also what an unknown intent reads as).
     #[default]
     None,
+    /// Wants a trial training or names a time for one.
     BookTrial,
+    /// Wants to move a booked trial to another time.
     Reschedule,
+    /// Wants to cancel a booked appointment (handed to staff).
     CancelAppointment,
+    /// Complains or is unhappy (handed to staff).
     Complaint,
+    /// Asks about contract, cancellation of membership, billing or payment (handed to staff).
     ContractQuestion,
+    /// Wants no more messages.
     OptOut,
+    /// Asks about the studio or training.
     Question,
 }
 
 impl Intent {
+    /// Every intent, in the order the schema lists them.
     pub const ALL: [Intent; 8] = [
         Intent::None,
         Intent::BookTrial,
@@ -83,6 +92,7 @@ impl Intent {
         }
     }
 
+    /// The intent with this wire name, if there is one.
     pub fn parse(s: &str) -> Option<Intent> {
         Intent::ALL.into_iter().find(|i| i.as_str() == s)
     }
@@ -125,6 +135,7 @@ pub struct ModelReply {
     pub reply: String,
     /// Profile facts as the model wrote them; see [`merge_profile`].
     pub profil: Map<String, Value>,
+    /// What the customer wants.
     pub intent: Intent,
     /// The wished date in words, if any.
     pub wunschtermin: Option<String>,
@@ -147,8 +158,10 @@ impl std::fmt::Debug for ModelReply {
 /// Why the model's output could not be used.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ReplyError {
+    /// The output does not parse as a JSON object.
     #[error("model output is not a JSON object: {0}")]
     NotJson(String),
+    /// `reply` is missing, not a string, or blank.
     #[error("model output has no usable `reply` text")]
     NoReply,
 }

@@ -94,9 +94,13 @@ pub fn llama_backend() -> Result<&'static LlamaBackend, LlmError> {
 /// Sampling settings of one request.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sampling {
+    /// Softmax temperature; 0 picks the most likely token.
     pub temperature: f32,
+    /// Nucleus sampling: the smallest set of candidates whose probabilities add up to this.
     pub top_p: f32,
+    /// Penalty on tokens that occur among the last 64; 1.0 is none.
     pub repeat_penalty: f32,
+    /// Most tokens generated for one reply.
     pub max_tokens: u32,
     /// 0 picks a random seed per request.
     pub seed: u32,
@@ -105,14 +109,17 @@ pub struct Sampling {
 /// Everything the backend needs, taken from `[llm]` by [`LlamaOptions::from_config`].
 #[derive(Debug, Clone)]
 pub struct LlamaOptions {
+    /// The GGUF model file.
     pub model_path: PathBuf,
     /// Built-in llama.cpp template name used instead of the GGUF's own template.
     pub chat_template: Option<String>,
+    /// Layers offloaded to the GPU; 0 runs on the CPU only.
     pub gpu_layers: u32,
     /// 0: one per available CPU.
     pub threads: u32,
     /// KV cells shared by all sequences (the static prompt is stored once).
     pub context_size: u32,
+    /// Defaults for every request.
     pub sampling: Sampling,
     /// Requests waiting for a slot before [`LlmError::Busy`].
     pub queue_depth: usize,
@@ -121,6 +128,7 @@ pub struct LlamaOptions {
 }
 
 impl LlamaOptions {
+    /// Takes the settings from `[llm]`; the number of parallel slots is [`DEFAULT_PARALLEL`].
     pub fn from_config(cfg: &LlmConfig) -> Self {
         LlamaOptions {
             model_path: cfg.model_path.clone(),

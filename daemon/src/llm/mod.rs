@@ -15,15 +15,20 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Instructions from the studio (persona, facts, rules).
     System,
+    /// The customer.
     User,
+    /// The bot's earlier replies.
     Assistant,
 }
 
 /// One message of the chat given to the model.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
+    /// Who wrote it.
     pub role: Role,
+    /// The message text (personal data: never logged).
     pub content: String,
 }
 
@@ -60,24 +65,42 @@ pub struct Generation {
     pub prompt_tokens: u32,
     /// Prompt tokens actually evaluated for this request (the rest came from the cache).
     pub evaluated_prompt_tokens: u32,
+    /// Tokens the model generated for the reply.
     pub generated_tokens: u32,
 }
 
 /// Model failures.
 #[derive(Debug, thiserror::Error)]
 pub enum LlmError {
+    /// The model (or the llama.cpp backend) could not be loaded.
     #[error("model file {path}: {message}")]
-    Load { path: String, message: String },
+    Load {
+        /// The model file; empty when the backend itself failed.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The rendered prompt is longer than the context window.
     #[error("prompt does not fit the context ({tokens} tokens, context {context})")]
-    PromptTooLong { tokens: usize, context: usize },
+    PromptTooLong {
+        /// Tokens of the rendered prompt.
+        tokens: usize,
+        /// Tokens the context holds.
+        context: usize,
+    },
+    /// The embedded backend failed while running (worker thread, grammar, decoding).
     #[error("inference failed: {0}")]
     Inference(String),
+    /// The HTTP model server could not be reached or answered with an error.
     #[error("model server: {0}")]
     Http(String),
+    /// The output is not complete JSON matching the schema (e.g. the token limit cut it off).
     #[error("model output does not match the reply schema: {0}")]
     Schema(String),
+    /// Too many requests are waiting; the caller should retry later.
     #[error("the model queue is full")]
     Busy,
+    /// The inference worker thread has ended; no further requests are served.
     #[error("the model worker has stopped")]
     Stopped,
 }

@@ -18,12 +18,17 @@ const MAX_RESPONSE_BYTES: u64 = 4 * 1024 * 1024;
 pub struct OpenAiOptions {
     /// Without the `/v1/...` path, e.g. `http://127.0.0.1:8081`.
     pub base_url: String,
+    /// Model name sent with each request (servers with one model ignore it).
     pub model: String,
     /// Sent as a bearer token when set.
     pub api_key: Option<String>,
+    /// Limit for a whole request, connection to last byte.
     pub timeout: Duration,
+    /// Sampling temperature sent to the server.
     pub temperature: f32,
+    /// Nucleus sampling threshold sent to the server.
     pub top_p: f32,
+    /// Most tokens the server may generate for one reply.
     pub max_tokens: u32,
     /// 0: no seed sent.
     pub seed: u32,
@@ -41,6 +46,8 @@ impl std::fmt::Debug for OpenAiOptions {
 }
 
 impl OpenAiOptions {
+    /// Takes the settings from `[llm]`; the API key is passed separately (it is not part of the
+    /// configuration file).
     pub fn from_config(cfg: &LlmConfig, api_key: Option<String>) -> Self {
         OpenAiOptions {
             base_url: cfg.openai_base_url.clone(),
@@ -63,6 +70,7 @@ pub struct OpenAiModel {
 }
 
 impl OpenAiModel {
+    /// Prepares the HTTP client; nothing is contacted until the first request.
     pub fn new(options: OpenAiOptions) -> Self {
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(options.timeout))

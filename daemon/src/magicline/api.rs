@@ -15,7 +15,9 @@ use super::datetime::serde_zoned;
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Page<T> {
+    /// The entries of this slice.
     pub result: Vec<T>,
+    /// Whether another slice follows.
     #[serde(default)]
     pub has_next: bool,
     /// Cursor for the next slice (the last id of this one).
@@ -27,14 +29,18 @@ pub struct Page<T> {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct BookableAppointment {
+    /// MagicLine's id, used in the slot, validate and book calls.
     pub id: i64,
+    /// Name shown to customers.
     #[serde(default)]
     pub title: Option<String>,
     /// Minutes.
     #[serde(default)]
     pub duration: Option<u32>,
+    /// MagicLine's category of the appointment type.
     #[serde(default)]
     pub category: Option<String>,
+    /// Free text the studio entered.
     #[serde(default)]
     pub description: Option<String>,
 }
@@ -43,7 +49,9 @@ pub struct BookableAppointment {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct TrialOfferAppointment {
+    /// The trial offer this appointment belongs to (see [`TrialOfferConfig`]).
     pub trial_offer_config_id: i64,
+    /// The appointment type a lead books with this offer.
     pub trial_offer_bookable_appointment: BookableAppointment,
 }
 
@@ -51,9 +59,13 @@ pub struct TrialOfferAppointment {
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum FieldMode {
+    /// The field is not asked for and must not be sent.
     Inactive,
+    /// The field may be sent.
     Optional,
+    /// The field must be sent.
     Mandatory,
+    /// A mode this client does not know.
     #[serde(other)]
     Unknown,
 }
@@ -62,11 +74,16 @@ pub enum FieldMode {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct LeadDataConfig {
+    /// MagicLine's id of this configuration.
     #[serde(default)]
     pub trial_offer_lead_data_config_id: Option<i64>,
+    /// Whether the lead's gender is asked for.
     pub gender_mode: FieldMode,
+    /// Whether the lead's date of birth is asked for.
     pub date_of_birth_mode: FieldMode,
+    /// Whether the lead's telephone number is asked for.
     pub telephone_mode: FieldMode,
+    /// Whether the lead's postal address is asked for.
     pub address_mode: FieldMode,
 }
 
@@ -74,6 +91,7 @@ pub struct LeadDataConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Term {
+    /// How many units.
     pub value: i64,
     /// `MINUTES`, `HOURS`, `DAY`, `WEEK`, `MONTH` or `YEAR`.
     pub unit: String,
@@ -83,9 +101,12 @@ pub struct Term {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct TrialOfferConfig {
+    /// The trial offer's configuration id.
     pub id: i64,
+    /// Name of the trial offer in MagicLine.
     #[serde(default)]
     pub name: Option<String>,
+    /// How long a lead must wait before booking this trial offer again.
     #[serde(default)]
     pub prevent_multiple_bookings_term: Option<Term>,
     /// How often one lead may book this trial offer.
@@ -94,25 +115,35 @@ pub struct TrialOfferConfig {
     /// Present when bookings must be confirmed within this term.
     #[serde(default)]
     pub confirmation_of_booking_term: Option<Term>,
+    /// Whether leads (not yet customers) may book this trial offer.
     #[serde(default)]
     pub allow_booking_for_leads: Option<bool>,
+    /// Which personal data the lead create call asks for.
     pub lead_data_config: LeadDataConfig,
 }
 
+/// A person's gender as MagicLine records it.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Gender {
+    /// Male.
     Male,
+    /// Female.
     Female,
+    /// Neither or not stated.
     Unisex,
+    /// A value this client does not know.
     #[serde(other)]
     Unknown,
 }
 
+/// A language, optionally with a country (`de` / `DE`).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Language {
+    /// ISO 639-1 code, e.g. `de`.
     pub language_code: String,
+    /// ISO 3166-1 alpha-2 code, e.g. `DE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub country_code: Option<String>,
 }
@@ -127,13 +158,18 @@ impl Language {
     }
 }
 
+/// A postal address.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Address {
+    /// Street name, with or without the house number.
     pub street: String,
+    /// House number when given separately.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub house_number: Option<String>,
+    /// Postal code.
     pub zip_code: String,
+    /// City.
     pub city: String,
 }
 
@@ -141,23 +177,34 @@ pub struct Address {
 #[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct LeadCustomerData {
+    /// The lead's id in another system; frontdesk does not set it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub third_party_id: Option<String>,
+    /// First name.
     pub firstname: String,
+    /// Second first name, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub second_firstname: Option<String>,
+    /// Last name.
     pub lastname: String,
+    /// Second last name, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub second_lastname: Option<String>,
+    /// E-mail address; MagicLine identifies leads by it.
     pub email: String,
+    /// Sent when the trial offer's [`LeadDataConfig::gender_mode`] asks for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gender: Option<Gender>,
+    /// Sent when [`LeadDataConfig::date_of_birth_mode`] asks for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub date_of_birth: Option<Date>,
+    /// Sent when [`LeadDataConfig::telephone_mode`] asks for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telephone: Option<String>,
+    /// Language MagicLine uses to contact the lead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language: Option<Language>,
+    /// Sent when [`LeadDataConfig::address_mode`] asks for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<Address>,
 }
@@ -194,40 +241,56 @@ impl std::fmt::Debug for LeadCustomerData {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct LeadRequest {
+    /// The lead's personal data.
     pub lead_customer_data: LeadCustomerData,
+    /// The trial offer the lead is for.
     pub trial_offer_config_id: i64,
 }
 
+/// Whether a lead can be created from the given data.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum LeadValidationStatus {
+    /// The lead can be created.
     Possible,
+    /// A field is missing or malformed for this trial offer.
     InvalidLeadCustomerData,
+    /// A customer with this data (e.g. the e-mail) exists already.
     DuplicateCustomer,
+    /// A status this client does not know.
     #[serde(other)]
     Unknown,
 }
 
+/// Answer of `POST /trial-offers/lead/validate`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct LeadValidation {
+    /// The verdict.
     pub validation_status: LeadValidationStatus,
 }
 
+/// Answer of `POST /trial-offers/lead/create`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct LeadCreated {
+    /// The new lead's customer id, used for its bookings.
     pub lead_customer_id: i64,
 }
 
+/// A trainer who runs an appointment.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Instructor {
+    /// MagicLine's id of the trainer.
     pub id: i64,
+    /// First name (personal data of staff).
     #[serde(default)]
     pub first_name: Option<String>,
+    /// Last name (personal data of staff).
     #[serde(default)]
     pub last_name: Option<String>,
+    /// The name the studio shows to customers.
     #[serde(default)]
     pub public_name: Option<String>,
 }
@@ -236,10 +299,13 @@ pub struct Instructor {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Slot {
+    /// When the slot begins, in the studio's time zone.
     #[serde(with = "serde_zoned")]
     pub start_date_time: Zoned,
+    /// When the slot ends.
     #[serde(with = "serde_zoned")]
     pub end_date_time: Zoned,
+    /// Trainers available for the slot.
     #[serde(default)]
     pub instructors: Vec<Instructor>,
 }
@@ -247,7 +313,9 @@ pub struct Slot {
 /// Query of the two slot endpoints. All parts are optional on the wire.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SlotQuery {
+    /// Ask for the slots this customer may book (MagicLine checks the customer exists).
     pub customer_id: Option<i64>,
+    /// Days from the window start to look ahead; MagicLine has its own default.
     pub days_ahead: Option<u32>,
     /// First day of the window (`YYYY-MM-DD`); MagicLine defaults to today.
     pub window_start: Option<Date>,
@@ -257,12 +325,17 @@ pub struct SlotQuery {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct BookingRequest {
+    /// The customer or lead who books.
     pub customer_id: i64,
+    /// The appointment type (see [`BookableAppointment::id`]).
     pub bookable_appointment_id: i64,
+    /// Start of the slot, exactly as MagicLine offered it.
     #[serde(with = "serde_zoned")]
     pub start_date_time: Zoned,
+    /// End of the slot, exactly as MagicLine offered it.
     #[serde(with = "serde_zoned")]
     pub end_date_time: Zoned,
+    /// Requested trainers; empty leaves the choice to MagicLine.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub instructor_ids: Vec<i64>,
 }
@@ -284,20 +357,35 @@ impl BookingRequest {
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum BookingValidationStatus {
+    /// The slot has already begun.
     PastStartDateTime,
+    /// The end is not after the start.
     EndDateTimeNotAfterStartDateTime,
+    /// Start and end are not one of the appointment's slots.
     PeriodDoesNotMatch,
+    /// The customer has another booking at that time.
     CustomerInOtherBooking,
+    /// The customer's membership is paused.
     CustomerIdle,
+    /// The customer has used up the bookings this trial offer allows.
     NoContingent,
+    /// The customer does not meet the appointment's restrictions (e.g. contract or age).
     BookableAppointmentRestrictionsNotFulfilled,
+    /// The customer holds as many future bookings as allowed.
     BookingLimitReached,
+    /// The slot is too soon (within the minimum notice).
     DateTimeBeforeEarliestBookingDateTime,
+    /// The slot is too far ahead.
     DateTimeAfterLatestBookingDateTime,
+    /// The studio is closed then.
     StudioClosed,
+    /// A room, device or trainer needed is taken.
     ResourceNotAvailable,
+    /// The slot is full or otherwise not bookable.
     NotAvailable,
+    /// The slot can be booked.
     Available,
+    /// A status this client does not know.
     #[serde(other)]
     Unknown,
 }
@@ -363,38 +451,55 @@ impl BookingValidationStatus {
     }
 }
 
+/// Answer of the booking validate calls.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct BookingValidation {
+    /// The verdict.
     pub validation_status: BookingValidationStatus,
 }
 
+/// State of an appointment booking.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum BookingStatus {
+    /// Booked and confirmed.
     Booked,
+    /// Booked, but only kept if confirmed in time (trial offers with a confirmation term).
     BookedWithConfirmationRequired,
+    /// Cancelled by the customer or the studio.
     Canceled,
+    /// A status this client does not know.
     #[serde(other)]
     Unknown,
 }
 
+/// State of the appointment itself, regardless of this booking.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum AppointmentStatus {
+    /// It will take place.
     Planned,
+    /// The studio called it off.
     Canceled,
+    /// It has taken place.
     Completed,
+    /// A status this client does not know.
     #[serde(other)]
     Unknown,
 }
 
+/// Whether the customer attended (recorded by the studio).
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ParticipantStatus {
+    /// Attended.
     Participating,
+    /// Did not attend.
     NotParticipating,
+    /// Not recorded yet.
     Unset,
+    /// A status this client does not know.
     #[serde(other)]
     Unknown,
 }
@@ -403,22 +508,32 @@ pub enum ParticipantStatus {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Booking {
+    /// MagicLine's id of the booking, used to confirm or cancel it.
     pub booking_id: i64,
+    /// Booked, awaiting confirmation or cancelled.
     pub booking_status: BookingStatus,
+    /// When the appointment begins.
     #[serde(with = "serde_zoned")]
     pub start_date_time: Zoned,
+    /// When the appointment ends.
     #[serde(with = "serde_zoned")]
     pub end_date_time: Zoned,
+    /// Name of the appointment type.
     #[serde(default)]
     pub title: Option<String>,
+    /// Minutes.
     #[serde(default)]
     pub duration: Option<u32>,
+    /// MagicLine's category of the appointment type.
     #[serde(default)]
     pub category: Option<String>,
+    /// Trainers of the appointment.
     #[serde(default)]
     pub instructors: Vec<Instructor>,
+    /// State of the appointment, when MagicLine sends it.
     #[serde(default)]
     pub appointment_status: Option<AppointmentStatus>,
+    /// Attendance, when MagicLine sends it.
     #[serde(default)]
     pub participant_status: Option<ParticipantStatus>,
 }
@@ -433,11 +548,15 @@ impl Booking {
     }
 }
 
+/// Outcome of confirming a trial booking.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ConfirmationStatus {
+    /// The booking is now confirmed.
     Confirmed,
+    /// The confirmation term had passed; the booking is gone.
     Expired,
+    /// A status this client does not know.
     #[serde(other)]
     Unknown,
 }
@@ -446,6 +565,7 @@ pub enum ConfirmationStatus {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Confirmation {
+    /// The outcome.
     pub status: ConfirmationStatus,
 }
 
@@ -453,17 +573,22 @@ pub struct Confirmation {
 #[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct CustomerSearch {
+    /// Match on first name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_name: Option<String>,
+    /// Match on last name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_name: Option<String>,
+    /// Match on e-mail address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+    /// Match on date of birth.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub date_of_birth: Option<Date>,
 }
 
 impl CustomerSearch {
+    /// A search by e-mail address alone (how a lead that may already exist is found).
     pub fn by_email(email: &str) -> Self {
         CustomerSearch {
             email: Some(email.to_string()),
@@ -483,12 +608,17 @@ impl std::fmt::Debug for CustomerSearch {
     }
 }
 
+/// A customer's relationship with the studio.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum CustomerStatus {
+    /// Has a current membership.
     Member,
+    /// A lead or interested person without a membership.
     Prospect,
+    /// Had a membership that has ended.
     FormerMember,
+    /// A status this client does not know.
     #[serde(other)]
     Unknown,
 }
@@ -498,16 +628,23 @@ pub enum CustomerStatus {
 #[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Customer {
+    /// MagicLine's customer id, used for slots and bookings.
     pub id: i64,
+    /// The studio's customer number.
     #[serde(default)]
     pub customer_number: Option<String>,
+    /// First name.
     #[serde(default)]
     pub first_name: Option<String>,
+    /// Last name.
     #[serde(default)]
     pub last_name: Option<String>,
+    /// E-mail address.
     #[serde(default)]
     pub email: Option<String>,
+    /// Member, prospect or former member.
     pub status: CustomerStatus,
+    /// Language the customer chose, if any.
     #[serde(default)]
     pub preferred_language: Option<Language>,
 }
@@ -525,10 +662,13 @@ impl std::fmt::Debug for Customer {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorBody {
+    /// Human-readable text; may echo submitted personal data.
     #[serde(default)]
     pub error_message: Option<String>,
+    /// Machine-readable code, e.g. `NOT_AVAILABLE`.
     #[serde(default)]
     pub error_code: Option<String>,
+    /// MagicLine's id of the request, for their support.
     #[serde(default)]
     pub trace_id: Option<String>,
 }

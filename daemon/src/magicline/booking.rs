@@ -85,10 +85,15 @@ impl BookingStep {
 /// and MagicLine ids only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BookingEvent {
+    /// The customer, by pseudonym.
     pub pseudonym: Pseudonym,
+    /// The engine's id of the booking request.
     pub request_id: String,
+    /// What happened.
     pub step: BookingStep,
+    /// MagicLine's id of the person, once known.
     pub magicline_customer_id: Option<i64>,
+    /// MagicLine's id of the booking, once there is one.
     pub booking_id: Option<i64>,
     /// Machine-readable reason of failures (`slot_taken`, `past_start`, `unavailable`, ...).
     pub reason: Option<&'static str>,
@@ -96,6 +101,7 @@ pub struct BookingEvent {
 
 /// Where booking events go (the audit log in the service, a [`MemoryAudit`] in tests).
 pub trait BookingAudit: Send + Sync {
+    /// Records one event. Nothing is returned: a failed record must not change the booking.
     fn record(&self, event: BookingEvent);
 }
 
@@ -108,6 +114,7 @@ pub struct MemoryAudit {
 
 #[cfg(test)]
 impl MemoryAudit {
+    /// An empty log.
     pub fn new() -> Self {
         Self::default()
     }
@@ -147,6 +154,7 @@ pub struct BookerConfig {
     pub attempts: u32,
     /// Full-jitter backoff between tries: attempt n waits up to `min(max, base * 2^(n-1))`.
     pub backoff_base: Duration,
+    /// Longest wait between tries.
     pub backoff_max: Duration,
     /// How many days after the wished one are searched for alternatives.
     pub alternatives_days: u32,
@@ -185,14 +193,19 @@ impl std::fmt::Debug for BookerConfig {
 /// repeated with the same id and resumes where it stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum BookerError {
+    /// Reading or writing the booking record failed.
     #[error("booking record: {0}")]
     Store(#[from] StoreError),
+    /// The booking record does not decode or lacks a field its step requires.
     #[error("booking record could not be decoded")]
     Corrupt,
+    /// A MagicLine call failed; the request may be repeated.
     #[error(transparent)]
     MagicLine(#[from] ApiError),
+    /// MagicLine lists no trial offer with a bookable appointment.
     #[error("MagicLine offers no bookable trial appointment")]
     NoTrialOffer,
+    /// MagicLine answered something the flow does not allow (e.g. an unknown status).
     #[error("unexpected MagicLine answer: {0}")]
     Unexpected(&'static str),
 }
@@ -200,8 +213,10 @@ pub enum BookerError {
 /// Why a cancellation did not happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CancelError {
+    /// MagicLine knows no booking with this id.
     #[error("MagicLine knows no such booking")]
     NotFound,
+    /// MagicLine could not be reached or refused.
     #[error("MagicLine could not be reached or refused the cancellation")]
     Unavailable,
 }
@@ -465,6 +480,7 @@ impl Booker for MagicLineBooker {
 }
 
 impl MagicLineBooker {
+    /// The trial offer is looked up on the first request and kept.
     pub fn new(
         client: Client,
         store: Arc<Store>,

@@ -40,7 +40,10 @@ pub enum Error {
     Timeout,
     /// HTTP 429: more than the per-endpoint rate limit.
     #[error("MagicLine rate limit reached (HTTP 429)")]
-    RateLimited { retry_after: Option<Duration> },
+    RateLimited {
+        /// MagicLine's `Retry-After`, when it sent one.
+        retry_after: Option<Duration>,
+    },
     /// HTTP 5xx: MagicLine is down or overloaded.
     #[error("MagicLine unavailable (HTTP {0})")]
     Unavailable(u16),
@@ -49,9 +52,13 @@ pub enum Error {
     #[error("MagicLine API error: HTTP {status}, code {}, trace {}",
         code.as_deref().unwrap_or("-"), trace_id.as_deref().unwrap_or("-"))]
     Api {
+        /// The HTTP status.
         status: u16,
+        /// MagicLine's error code, e.g. `NOT_AVAILABLE`.
         code: Option<String>,
+        /// MagicLine's error text; may contain personal data.
         message: Option<String>,
+        /// MagicLine's id of the request, for their support.
         trace_id: Option<String>,
     },
     /// A success status with a body that is not the documented JSON. The request was processed.
@@ -59,7 +66,12 @@ pub enum Error {
     Decode(String),
     /// Connection-level failure. `sent` tells whether the request may have left this machine.
     #[error("MagicLine transport error: {message}")]
-    Transport { message: String, sent: bool },
+    Transport {
+        /// What the HTTP library reported.
+        message: String,
+        /// Whether the request may have reached MagicLine.
+        sent: bool,
+    },
 }
 
 impl Error {
@@ -128,7 +140,9 @@ impl Error {
 pub struct RetryPolicy {
     /// Total tries including the first one; 1 disables retries.
     pub max_attempts: u32,
+    /// Upper bound of the first wait; doubles with each further try.
     pub base_delay: Duration,
+    /// No wait is longer than this, `Retry-After` included.
     pub max_delay: Duration,
 }
 
@@ -231,6 +245,7 @@ impl Client {
         self
     }
 
+    /// The API root requests go to, without a trailing slash.
     pub fn base_url(&self) -> &str {
         &self.base_url
     }

@@ -56,10 +56,12 @@ pub mod serde_zoned {
     use jiff::Zoned;
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// Writes the MagicLine form (see [`super::format`]).
     pub fn serialize<S: Serializer>(value: &Zoned, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&super::format(value))
     }
 
+    /// Reads the MagicLine form, or a plain RFC 3339 date-time (see [`super::parse`]).
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Zoned, D::Error> {
         let raw = String::deserialize(deserializer)?;
         super::parse(&raw).map_err(serde::de::Error::custom)
@@ -72,6 +74,7 @@ pub mod serde_zoned_opt {
     use jiff::Zoned;
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// Writes the MagicLine form, or `null` for `None`.
     pub fn serialize<S: Serializer>(
         value: &Option<Zoned>,
         serializer: S,
@@ -82,6 +85,7 @@ pub mod serde_zoned_opt {
         }
     }
 
+    /// Reads a date-time like [`super::serde_zoned`]; `null` and an empty string are `None`.
     pub fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Option<Zoned>, D::Error> {

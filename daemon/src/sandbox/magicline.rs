@@ -46,35 +46,50 @@ use crate::magicline::datetime;
 /// A bookable appointment type of the simulated studio.
 #[derive(Debug, Clone)]
 pub struct SimAppointment {
+    /// Id used in the API paths.
     pub id: i64,
+    /// Name shown in listings.
     pub title: String,
+    /// Length of one slot; slots start on this grid from opening time.
     pub duration_minutes: i64,
+    /// Category shown in listings.
     pub category: String,
 }
 
 /// Opening hours of one weekday (`close` is exclusive for slot ends beyond it).
 #[derive(Debug, Clone)]
 pub struct OpeningHours {
+    /// The day these hours apply to.
     pub weekday: Weekday,
+    /// First possible slot start.
     pub open: Time,
+    /// Latest slot end.
     pub close: Time,
 }
 
 /// A registered customer seeded into the studio.
 #[derive(Debug, Clone)]
 pub struct SimCustomer {
+    /// MagicLine customer id.
     pub id: i64,
+    /// First name.
     pub first_name: String,
+    /// Last name.
     pub last_name: String,
+    /// E-mail address; searches match it case-insensitively.
     pub email: String,
     /// Idle (paused membership): bookings validate as `CUSTOMER_IDLE`.
     pub idle: bool,
 }
 
+/// A trainer slots and bookings name.
 #[derive(Debug, Clone)]
 pub struct SimInstructor {
+    /// MagicLine id of the trainer.
     pub id: i64,
+    /// First name.
     pub first_name: String,
+    /// Last name.
     pub last_name: String,
 }
 
@@ -85,11 +100,13 @@ pub struct SimConfig {
     pub api_key: String,
     /// IANA zone of the studio; all date-times are answered in it.
     pub time_zone: String,
+    /// Id of the one trial offer the studio has.
     pub trial_offer_config_id: i64,
     /// The appointment type offered as trial training (bookable through both flows).
     pub trial_appointment: SimAppointment,
     /// Appointment types for registered customers (the trial type is listed as well).
     pub member_appointments: Vec<SimAppointment>,
+    /// Days not listed are closed.
     pub opening_hours: Vec<OpeningHours>,
     /// Parallel bookings per slot and appointment type.
     pub slot_capacity: u32,
@@ -107,11 +124,17 @@ pub struct SimConfig {
     pub require_confirmation: bool,
     /// How long a booking awaiting confirmation can be confirmed.
     pub confirmation_window: SignedDuration,
+    /// Whether lead creation asks for the gender.
     pub gender_mode: FieldMode,
+    /// Whether lead creation asks for the date of birth.
     pub date_of_birth_mode: FieldMode,
+    /// Whether lead creation asks for the telephone number.
     pub telephone_mode: FieldMode,
+    /// Whether lead creation asks for the address.
     pub address_mode: FieldMode,
+    /// Registered customers present from the start.
     pub customers: Vec<SimCustomer>,
+    /// Trainers assigned to slots in turn; may be empty.
     pub instructors: Vec<SimInstructor>,
     /// Largest `sliceSize` honoured on paged lists.
     pub max_slice_size: usize,
@@ -235,19 +258,28 @@ pub enum Fault {
 /// State of a booking in the simulator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SimBookingState {
+    /// Held and confirmed.
     Booked,
+    /// Held, waiting for the confirm call.
     AwaitingConfirmation,
+    /// Cancelled; frees the slot.
     Canceled,
 }
 
 /// A booking as the simulator holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SimBooking {
+    /// Booking id.
     pub id: i64,
+    /// Who booked; 0 for bookings made by `occupy_slot`.
     pub customer_id: i64,
+    /// The appointment type.
     pub appointment_id: i64,
+    /// Start in the studio's zone.
     pub start: Zoned,
+    /// End in the studio's zone.
     pub end: Zoned,
+    /// Booked, awaiting confirmation or cancelled.
     pub state: SimBookingState,
     /// Booked through the trial-offer endpoints.
     pub trial: bool,
@@ -258,11 +290,17 @@ pub struct SimBooking {
 /// A lead created through `POST /trial-offers/lead/create`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SimLead {
+    /// The customer id the lead got.
     pub customer_id: i64,
+    /// First name as sent.
     pub firstname: String,
+    /// Last name as sent.
     pub lastname: String,
+    /// E-mail address as sent.
     pub email: String,
+    /// Telephone number, when sent.
     pub telephone: Option<String>,
+    /// The trial offer the lead was created for.
     pub trial_offer_config_id: i64,
 }
 
@@ -329,6 +367,7 @@ impl MagiclineSim {
         format!("http://{}/v1", self.addr)
     }
 
+    /// The socket address the simulator listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -391,6 +430,7 @@ impl MagiclineSim {
         }
     }
 
+    /// Whether trial bookings from now on need the confirm call.
     pub fn set_require_confirmation(&self, on: bool) {
         self.state().cfg.require_confirmation = on;
     }
@@ -406,6 +446,7 @@ impl MagiclineSim {
         st.now().to_zoned(st.tz.clone())
     }
 
+    /// The studio's time zone.
     pub fn time_zone(&self) -> TimeZone {
         self.state().tz.clone()
     }
@@ -442,6 +483,8 @@ impl MagiclineSim {
         st.next_customer_id = st.next_customer_id.max(customer.id + 1);
     }
 
+    /// Pauses or resumes a customer's membership (bookings then validate as `CUSTOMER_IDLE`);
+    /// unknown ids are ignored.
     pub fn set_customer_idle(&self, customer_id: i64, idle: bool) {
         if let Some(c) = self
             .state()

@@ -82,28 +82,40 @@ pub enum Fault {
 pub struct SentRecord {
     /// The `wamid.` id the simulator answered with.
     pub id: String,
+    /// Graph API version from the request path (e.g. `v21.0`).
     pub version: String,
+    /// Business phone number id from the request path.
     pub phone_number_id: String,
     /// `to` (phone number) or `recipient` (BSUID) of the request.
     pub recipient: String,
+    /// What was sent.
     pub message: SentMessageKind,
 }
 
 /// What was sent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SentMessageKind {
+    /// A text message.
     Text {
+        /// The message text.
         body: String,
+        /// Whether a link preview was requested.
         preview_url: bool,
     },
+    /// A template message.
     Template {
+        /// Template name.
         name: String,
+        /// Language code of the template, e.g. `de`.
         language: String,
+        /// Body parameters as text, in order.
         params: Vec<String>,
     },
     /// Any other message type, with its full request body.
     Other {
+        /// The message `type`.
         kind: String,
+        /// The whole request body.
         request: Value,
     },
 }
@@ -111,6 +123,7 @@ pub enum SentMessageKind {
 /// One mark-as-read request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadMark {
+    /// The `wamid.` id marked as read.
     pub message_id: String,
     /// Whether a typing indicator was requested with it.
     pub typing: bool,
@@ -121,7 +134,9 @@ pub struct ReadMark {
 pub struct RequestLog {
     /// `text`, `template`, `read`, another message type, or `invalid`.
     pub kind: String,
+    /// The recipient, when the request named one.
     pub recipient: Option<String>,
+    /// HTTP status answered.
     pub status: u16,
 }
 
@@ -129,7 +144,9 @@ pub struct RequestLog {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[error("timed out waiting for {wanted} records (have {have})")]
 pub struct WaitTimeout {
+    /// Records waited for.
     pub wanted: usize,
+    /// Records there were when the wait ended.
     pub have: usize,
 }
 
@@ -202,6 +219,7 @@ impl GraphSim {
         format!("http://{}", self.addr)
     }
 
+    /// The socket address the simulator listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -777,8 +795,11 @@ fn random_alnum(len: usize) -> String {
 /// Builds Meta-shaped `messages` webhook payloads for one business number.
 #[derive(Debug, Clone)]
 pub struct PayloadBuilder {
+    /// WhatsApp Business Account id put into `entry[].id`.
     pub waba_id: String,
+    /// Business phone number id put into `metadata`.
     pub phone_number_id: String,
+    /// Display number put into `metadata`.
     pub display_phone_number: String,
     /// Profile name put into `contacts[]` for inbound messages; `None` leaves `contacts` out.
     pub contact_name: Option<String>,
@@ -815,6 +836,7 @@ pub fn batch(payloads: &[Value]) -> Value {
 }
 
 impl PayloadBuilder {
+    /// Payloads for another business number (the rest as in [`Default`]).
     pub fn for_number(phone_number_id: &str) -> Self {
         PayloadBuilder {
             phone_number_id: phone_number_id.to_owned(),
@@ -837,10 +859,12 @@ impl PayloadBuilder {
         self.messages_value(from, message)
     }
 
+    /// An inbound text message.
     pub fn text_message(&self, from: &str, id: &str, body: &str, timestamp: i64) -> Value {
         self.message(from, id, timestamp, "text", json!({ "body": body }))
     }
 
+    /// A tap on a reply button of an interactive message.
     pub fn button_reply(
         &self,
         from: &str,
@@ -854,6 +878,7 @@ impl PayloadBuilder {
         self.message(from, id, timestamp, "interactive", object)
     }
 
+    /// A pick from the list of an interactive message.
     pub fn list_reply(
         &self,
         from: &str,
@@ -867,6 +892,7 @@ impl PayloadBuilder {
         self.message(from, id, timestamp, "interactive", object)
     }
 
+    /// A tap on a quick-reply button of a template message.
     pub fn template_button(
         &self,
         from: &str,
@@ -920,11 +946,13 @@ impl PayloadBuilder {
         self.message(from, id, timestamp, wire, object)
     }
 
+    /// A shared location (a fixed place in Berlin).
     pub fn location(&self, from: &str, id: &str, timestamp: i64) -> Value {
         let object = json!({ "latitude": 52.520008, "longitude": 13.404954, "name": "Studio", "address": "Musterstraße 1, Berlin" });
         self.message(from, id, timestamp, "location", object)
     }
 
+    /// A shared contact card (a fixed sample person).
     pub fn contacts(&self, from: &str, id: &str, timestamp: i64) -> Value {
         let mut message = json!({ "from": from, "id": id, "timestamp": timestamp.to_string(), "type": "contacts" });
         message["contacts"] = json!([{
@@ -1032,6 +1060,7 @@ pub struct DeliveryPolicy {
     pub max_attempts: u32,
     /// Delay before the second attempt; doubles per attempt.
     pub initial_backoff: Duration,
+    /// Longest delay between attempts.
     pub max_backoff: Duration,
     /// Limit for one attempt (connect, send, answer).
     pub attempt_timeout: Duration,
@@ -1099,6 +1128,7 @@ impl Delivery {
 /// The webhook URL cannot be used by the driver.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DriverError {
+    /// The URL does not parse, is not `http://` or has no explicit port.
     #[error("webhook URL is not a valid http:// URL with host and port")]
     BadUrl,
 }
@@ -1151,6 +1181,7 @@ impl WebhookDriver {
         })
     }
 
+    /// Replaces the retry policy.
     pub fn with_policy(mut self, policy: DeliveryPolicy) -> Self {
         self.policy = policy;
         self

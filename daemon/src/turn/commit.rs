@@ -57,8 +57,10 @@ fn forgotten_meanwhile(store: &Store, effects: &Effects) -> store::Result<bool> 
 /// Why a turn could not be committed. Nothing of it was written; the inbox rows stay.
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
+    /// Reading the customer or writing the batch failed.
     #[error("store: {0}")]
     Store(#[from] store::StoreError),
+    /// Appending the audit entries, and with them the batch, failed.
     #[error("audit log: {0}")]
     Audit(#[from] crate::audit::AuditError),
 }

@@ -31,6 +31,7 @@ pub struct Burst {
     pub address: String,
     /// The WhatsApp profile name, when the webhook carried one.
     pub contact_name: Option<String>,
+    /// The messages, in arrival order.
     pub parts: Vec<Part>,
 }
 
@@ -49,6 +50,7 @@ pub struct Part {
     pub id: String,
     /// When WhatsApp received the message.
     pub at: Timestamp,
+    /// What the message is.
     pub kind: PartKind,
 }
 
@@ -88,8 +90,11 @@ impl std::fmt::Debug for PartKind {
 /// Why staff must look at a conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AlertKind {
+    /// The contact complained or is unhappy.
     Complaint,
+    /// The contact wants to cancel an appointment.
     Cancellation,
+    /// A question about contract, billing or payment.
     ContractQuestion,
     /// A booking could not be made and a person has to follow up.
     BookingFailed,
@@ -114,7 +119,9 @@ impl AlertKind {
 /// A notice for staff; carries no personal data (they look the customer up by pseudonym).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StaffAlert {
+    /// Why staff should look.
     pub kind: AlertKind,
+    /// The customer, by pseudonym.
     pub pseudonym: Pseudonym,
 }
 
@@ -165,6 +172,7 @@ pub struct RecordUpdate {
 /// Everything one turn changes, decided before anything is written.
 #[derive(Clone)]
 pub struct Effects {
+    /// The contact, by pseudonym.
     pub pseudonym: Pseudonym,
     /// Where replies go (valid whenever `replies` is not empty).
     pub address: String,
@@ -177,11 +185,13 @@ pub struct Effects {
     pub record: Option<RecordUpdate>,
     /// Texts to send, in order (usually one; empty means silence).
     pub replies: Vec<String>,
+    /// Notices for staff.
     pub alerts: Vec<StaffAlert>,
     /// Audit entries, committed with the turn.
     pub audit: Vec<NewEntry>,
     /// Funnel counters the turn moves.
     pub funnel: Vec<FunnelEvent>,
+    /// How the turn ended, for the metric.
     pub outcome: TurnOutcome,
 }
 

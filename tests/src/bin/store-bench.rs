@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use frontdesk::store::crypto::StoreIdentity;
 use frontdesk::store::messages::{Direction, Message};
 use frontdesk::store::Store;
@@ -151,7 +152,7 @@ fn append_phase(
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| h.join().unwrap())
+            .flat_map(|h| h.join().expect("writer thread panicked"))
             .collect()
     });
     let total = start.elapsed();
@@ -216,9 +217,9 @@ fn main() -> anyhow::Result<()> {
     let status = std::process::Command::new(std::env::current_exe()?)
         .args([
             "--open-phase",
-            dir.to_str().unwrap(),
+            dir.to_str().context("store path is not UTF-8")?,
             "--identity",
-            id_file.to_str().unwrap(),
+            id_file.to_str().context("identity path is not UTF-8")?,
         ])
         .args(["--customers", &customers.to_string()])
         .status()?;

@@ -4,6 +4,10 @@
 //!
 //! Usage: `tunnel-bench [sequential-requests] [requests-per-worker]` (defaults 2000 and 200);
 //! figures are printed, nothing is asserted.
+#![expect(
+    clippy::unwrap_used,
+    reason = "a benchmark: a panic is its failure report"
+)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -56,12 +56,14 @@ fn main() -> anyhow::Result<()> {
             let bodies = bodies.clone();
             let next = next.clone();
             tasks.spawn(async move {
-                let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-                stream.set_nodelay(true).unwrap();
+                let stream = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .expect("connect to the webhook");
+                stream.set_nodelay(true).expect("set TCP_NODELAY");
                 let (mut send, conn) =
                     hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                         .await
-                        .unwrap();
+                        .expect("HTTP/1 handshake");
                 tokio::spawn(conn);
                 let mut latencies = Vec::new();
                 loop {
@@ -72,9 +74,9 @@ fn main() -> anyhow::Result<()> {
                         .header("content-type", "application/json")
                         .header(signature::HEADER, sig)
                         .body(Full::new(body.clone()))
-                        .unwrap();
+                        .expect("request");
                     let t = Instant::now();
-                    let resp = send.send_request(req).await.unwrap();
+                    let resp = send.send_request(req).await.expect("send a webhook");
                     assert_eq!(resp.status(), 200);
                     latencies.push(t.elapsed());
                 }
@@ -83,7 +85,7 @@ fn main() -> anyhow::Result<()> {
         }
         let mut latencies: Vec<Duration> = Vec::new();
         while let Some(r) = tasks.join_next().await {
-            latencies.extend(r.unwrap());
+            latencies.extend(r.expect("sender task panicked"));
         }
         let elapsed = start.elapsed();
         latencies.sort();
