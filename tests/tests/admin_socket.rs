@@ -28,10 +28,24 @@ fn sh(cmd: &str, args: &[&str]) {
 }
 
 fn uid_gid(user: &str) -> (u32, u32) {
-    let out = Command::new("id").arg("-u").arg(user).output().unwrap();
-    let uid = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    let out = Command::new("id").arg("-g").arg(user).output().unwrap();
-    let gid = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let out = Command::new("id")
+        .arg("-u")
+        .arg(user)
+        .output()
+        .expect("run id -u");
+    let uid = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("id -u prints a uid");
+    let out = Command::new("id")
+        .arg("-g")
+        .arg(user)
+        .output()
+        .expect("run id -g");
+    let gid = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("id -g prints a gid");
     (uid, gid)
 }
 
@@ -45,9 +59,10 @@ struct Env {
 
 fn start(group: &str) -> Env {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("temporary directory");
     // Other users must reach the socket and read the configuration.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the test directory");
     let socket = dir.path().join("admin.sock");
     let config = dir.path().join("frontdesk.toml");
     std::fs::write(
@@ -58,11 +73,18 @@ fn start(group: &str) -> Env {
             socket.display()
         ),
     )
-    .unwrap();
-    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let cfg = Config::load(&config).unwrap();
-    let store = Arc::new(Store::open(&cfg.store_dir(), StoreIdentity::generate()).unwrap());
-    let audit = Arc::new(AuditLog::open(store.clone()).unwrap().without_journal());
+    .expect("write the test config");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644))
+        .expect("chmod the test config");
+    let cfg = Config::load(&config).expect("the test config loads");
+    let store = Arc::new(
+        Store::open(&cfg.store_dir(), StoreIdentity::generate()).expect("open a fresh store"),
+    );
+    let audit = Arc::new(
+        AuditLog::open(store.clone())
+            .expect("open the audit log")
+            .without_journal(),
+    );
     let state = Arc::new(AdminState::new(store.clone(), audit, Arc::new(cfg)));
     let server = AdminServerThread::start(state, &socket, group);
     Env {
@@ -86,7 +108,7 @@ fn run(mut c: Command) -> (i32, String, String) {
         status,
         stdout,
         stderr,
-    } = c.output().unwrap();
+    } = c.output().expect("run the frontdesk CLI");
     (
         status.code().unwrap_or(-1),
         String::from_utf8_lossy(&stdout).into_owned(),
@@ -99,7 +121,10 @@ fn entries(store: &Store) -> Vec<AuditRecord> {
         .keyspaces()
         .audit
         .iter()
-        .map(|g| serde_json::from_slice(&g.into_inner().unwrap().1).unwrap())
+        .map(|g| {
+            serde_json::from_slice(&g.into_inner().expect("an audit row can be read").1)
+                .expect("an audit row parses")
+        })
         .collect()
 }
 
@@ -122,18 +147,18 @@ fn add_customer(store: &Store, phone: &str, first: &str, email: &str, text: &str
             )?;
             Ok(())
         })
-        .unwrap();
+        .expect("read the audit keyspace");
 }
 
 fn tree_contains(dir: &Path, needle: &[u8]) -> bool {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
+        for e in std::fs::read_dir(&d).expect("list a store directory") {
+            let e = e.expect("read a directory entry");
+            if e.file_type().expect("stat a directory entry").is_dir() {
                 stack.push(e.path());
             } else if std::fs::read(e.path())
-                .unwrap()
+                .expect("read a store file")
                 .windows(needle.len())
                 .any(|w| w == needle)
             {
