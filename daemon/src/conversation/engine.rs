@@ -150,7 +150,7 @@ struct Persona {
     studio: StudioConfig,
 }
 
-/// The conversation engine. Cheap to share behind an `Arc`; [`Engine::handle`] is blocking.
+/// The conversation engine. Cheap to share behind an `Arc`; [`Engine::decide_at`] is blocking.
 pub struct Engine {
     store: Arc<Store>,
     model: Arc<dyn LanguageModel>,

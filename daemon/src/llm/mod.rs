@@ -7,7 +7,6 @@
 
 pub mod llama;
 pub mod openai;
-pub mod scripted;
 
 use serde::{Deserialize, Serialize};
 

@@ -433,22 +433,6 @@ impl BookingValidationStatus {
             Self::Unknown => "UNKNOWN",
         }
     }
-
-    /// Whether another nearby slot might work (the slot is taken or outside bookable times), as
-    /// opposed to a problem with the customer (contingent, limit, idle, other booking).
-    pub fn slot_specific(self) -> bool {
-        matches!(
-            self,
-            Self::NotAvailable
-                | Self::ResourceNotAvailable
-                | Self::StudioClosed
-                | Self::PastStartDateTime
-                | Self::PeriodDoesNotMatch
-                | Self::DateTimeBeforeEarliestBookingDateTime
-                | Self::DateTimeAfterLatestBookingDateTime
-                | Self::CustomerInOtherBooking
-        )
-    }
 }
 
 /// Answer of the booking validate calls.

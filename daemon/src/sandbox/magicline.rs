@@ -394,16 +394,19 @@ impl MagiclineSim {
     // ---- fault injection and behaviour ----
 
     /// The next `times` requests (any path) get `fault`.
+    #[cfg(any(test, feature = "testkit"))]
     pub fn inject(&self, fault: Fault, times: usize) {
         self.push_fault(None, fault, times);
     }
 
     /// The next `times` requests whose path (after `/v1`) starts with `path_prefix` get `fault`,
     /// e.g. `"/trial-offers/appointments/booking/book"`.
+    #[cfg(any(test, feature = "testkit"))]
     pub fn inject_on(&self, path_prefix: &str, fault: Fault, times: usize) {
         self.push_fault(Some(path_prefix.to_string()), fault, times);
     }
 
+    #[cfg(any(test, feature = "testkit"))]
     fn push_fault(&self, prefix: Option<String>, fault: Fault, times: usize) {
         if times > 0 {
             self.state().faults.push(FaultRule {
@@ -415,6 +418,7 @@ impl MagiclineSim {
     }
 
     /// Removes all pending faults and forced statuses.
+    #[cfg(any(test, feature = "testkit"))]
     pub fn clear_faults(&self) {
         let mut st = self.state();
         st.faults.clear();
@@ -481,19 +485,6 @@ impl MagiclineSim {
         let mut st = self.state();
         st.customers.push(CustomerRec::member(&customer));
         st.next_customer_id = st.next_customer_id.max(customer.id + 1);
-    }
-
-    /// Pauses or resumes a customer's membership (bookings then validate as `CUSTOMER_IDLE`);
-    /// unknown ids are ignored.
-    pub fn set_customer_idle(&self, customer_id: i64, idle: bool) {
-        if let Some(c) = self
-            .state()
-            .customers
-            .iter_mut()
-            .find(|c| c.id == customer_id)
-        {
-            c.idle = idle;
-        }
     }
 
     // ---- inspection ----

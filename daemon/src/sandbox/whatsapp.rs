@@ -39,7 +39,7 @@ pub const SIM_TOKEN: &str = "sandbox-graph-token";
 /// App secret the sandbox signs webhooks with by default.
 pub const SIM_APP_SECRET: &str = "sandbox-app-secret";
 /// Graph API version the sandbox uses.
-pub const SIM_GRAPH_VERSION: &str = "v21.0";
+pub const SIM_GRAPH_VERSION: &str = crate::whatsapp::versions::DEFAULT_VERSION;
 /// Business phone number id of the simulated number.
 pub const SIM_PHONE_NUMBER_ID: &str = "100000000000001";
 /// Display number of the simulated business number.
@@ -231,6 +231,7 @@ impl GraphSim {
 
     /// The next `times` sends (to anyone) answer with `fault`. Mark-as-read requests are never
     /// faulted, so injected faults hit exactly the sends a test expects.
+    #[cfg(any(test, feature = "testkit"))]
     pub fn inject(&self, fault: Fault, times: usize) {
         self.shared
             .lock()
@@ -239,6 +240,7 @@ impl GraphSim {
     }
 
     /// The next `times` sends to `recipient` answer with `fault`; checked before global faults.
+    #[cfg(any(test, feature = "testkit"))]
     pub fn inject_for(&self, recipient: &str, fault: Fault, times: usize) {
         self.shared
             .lock()
@@ -249,6 +251,7 @@ impl GraphSim {
     }
 
     /// Drops all faults not yet used.
+    #[cfg(any(test, feature = "testkit"))]
     pub fn clear_faults(&self) {
         let mut state = self.shared.lock();
         state.global_faults.clear();
@@ -836,14 +839,6 @@ pub fn batch(payloads: &[Value]) -> Value {
 }
 
 impl PayloadBuilder {
-    /// Payloads for another business number (the rest as in [`Default`]).
-    pub fn for_number(phone_number_id: &str) -> Self {
-        PayloadBuilder {
-            phone_number_id: phone_number_id.to_owned(),
-            ..Self::default()
-        }
-    }
-
     /// An inbound message of any `type`, with `object` as the type-specific object.
     pub fn message(
         &self,
