@@ -1469,7 +1469,7 @@ mod tests {
         };
         assert_eq!((*status, *code), (401, 190));
         assert!(err.is_auth_failure());
-        assert_eq!(err.disposition(), Disposition::Permanent);
+        assert_eq!(err.disposition(), Disposition::AuthFailed);
         assert!(!format!("{err:?}").contains("not-the-token"));
         assert!(!err.to_string().contains("not-the-token"));
         assert!(sim.sent().is_empty());
