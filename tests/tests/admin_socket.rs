@@ -235,6 +235,10 @@ fn only_root_and_the_admin_group_get_in_and_refusals_are_audited() {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario through every CLI verb, read top to bottom"
+)]
 fn every_verb_end_to_end() {
     let env = start("no-such-group-frontdesk");
     let anna = (

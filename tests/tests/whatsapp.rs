@@ -51,6 +51,10 @@ async fn await_sends(graph: &sim::GraphSim, n: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario through the webhook contract, read top to bottom"
+)]
 async fn webhook_contract_inbound_types_statuses_and_duplicates() {
     let graph = sim::start().await;
     let mut daemon = Daemon::start(DaemonSpec {

@@ -132,6 +132,10 @@ fn audit_entries(store: &Store) -> Vec<AuditRecord> {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario through every endpoint, read top to bottom"
+)]
 fn every_endpoint_end_to_end_over_the_socket() {
     let f = fixture();
     add_person(&f.store, &anna());

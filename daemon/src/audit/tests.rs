@@ -459,6 +459,10 @@ fn canonical_encoding_is_pinned() {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "a table with one row per audit event"
+)]
 fn every_event_serialises_to_flat_details() {
     let h = Hash([1; 32]);
     let events = vec![

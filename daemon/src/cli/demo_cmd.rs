@@ -61,6 +61,10 @@ pub fn run(model: Option<&Path>) -> anyhow::Result<u8> {
     result
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "the demo reads as its script: simulators, configuration, daemon, the chat loop"
+)]
 fn run_in(dir: &Path, model: &Path) -> anyhow::Result<u8> {
     crate::logging::init("warn", false);
     let rt = tokio::runtime::Builder::new_multi_thread()

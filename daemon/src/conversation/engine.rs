@@ -217,32 +217,7 @@ impl Engine {
             ));
             return Ok(Turn::new(effects));
         }
-        // (text, index of the part) of every non-empty text; labels of non-text parts.
-        let texts: Vec<&str> = burst
-            .parts
-            .iter()
-            .filter_map(|part| match &part.kind {
-                PartKind::Text(t) if !t.trim().is_empty() => Some(t.trim()),
-                _ => None,
-            })
-            .collect();
-        let inbound: Vec<Message> = burst
-            .parts
-            .iter()
-            .filter_map(|part| {
-                let text = match &part.kind {
-                    PartKind::Text(t) if !t.trim().is_empty() => t.trim().to_string(),
-                    PartKind::NonText(label) => format!("[{label}]"),
-                    PartKind::Text(_) | PartKind::Reaction | PartKind::System => return None,
-                };
-                Some(Message {
-                    direction: Direction::Inbound,
-                    text,
-                    at: part.at,
-                    wamid: Some(part.id.clone()),
-                })
-            })
-            .collect();
+        let (texts, inbound) = read_burst(burst);
         if inbound.is_empty() {
             // Reactions and WhatsApp's system notices: nothing the contact wrote to us.
             let only_system = burst.parts.iter().all(|part| part.kind == PartKind::System);
@@ -580,6 +555,37 @@ impl Decide for Engine {
         let now = Timestamp::now().in_tz(when::TZ_NAME)?;
         Ok(self.decide_at(burst, &now)?.effects)
     }
+}
+
+/// The non-empty texts of a burst, and the history rows of everything the contact wrote in it
+/// (texts, and `[voice]`, `[image]` … for non-text parts), in order with WhatsApp's timestamps.
+fn read_burst(burst: &Burst) -> (Vec<&str>, Vec<Message>) {
+    let texts = burst
+        .parts
+        .iter()
+        .filter_map(|part| match &part.kind {
+            PartKind::Text(t) if !t.trim().is_empty() => Some(t.trim()),
+            _ => None,
+        })
+        .collect();
+    let inbound = burst
+        .parts
+        .iter()
+        .filter_map(|part| {
+            let text = match &part.kind {
+                PartKind::Text(t) if !t.trim().is_empty() => t.trim().to_string(),
+                PartKind::NonText(label) => format!("[{label}]"),
+                PartKind::Text(_) | PartKind::Reaction | PartKind::System => return None,
+            };
+            Some(Message {
+                direction: Direction::Inbound,
+                text,
+                at: part.at,
+                wamid: Some(part.id.clone()),
+            })
+        })
+        .collect();
+    (texts, inbound)
 }
 
 /// The funnel counters a turn moves.

@@ -726,6 +726,10 @@ impl<'m> Worker<'m> {
 
     /// Prepares a request in a slot: tokenises it, reuses what the KV cache already holds and
     /// leaves the rest of the prompt to the next steps.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "admission is one sequence over a slot (tokenise, reuse what the KV cache holds, leave the rest to the next steps); every step needs the slot and the job"
+    )]
     #[allow(clippy::type_complexity)]
     fn admit(
         &mut self,

@@ -2048,6 +2048,10 @@ pub(super) mod tests {
     const SLOTS: &str = "/trial-offers/bookable-trial-offers/appointments/bookable/1001/slots";
 
     #[test]
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one soak scenario with its fault plan and its checks in one place"
+    )]
     fn soak_conversations_with_injected_faults() {
         const N: usize = 1000;
         const WORKERS: usize = 8;

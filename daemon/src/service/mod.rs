@@ -112,6 +112,10 @@ pub async fn serve_with(cfg: Config, opts: ServeOptions) -> anyhow::Result<()> {
 /// The daemon, in start-up order, until `shutdown` resolves: store, audit log, admin socket,
 /// retention timer, metrics, the WhatsApp channel, reload handler and watchdog; READY; then the
 /// graceful stop in reverse.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the daemon's start-up order is the point of this function: read top to bottom it is the life cycle"
+)]
 pub async fn run(
     cfg: Config,
     listeners: Listeners,

@@ -370,6 +370,10 @@ fn wall_after(d: Duration) -> SystemTime {
 /// found before the first dial (CA file, server name); everything later is retried.
 ///
 /// `state` is updated at every transition; it ends at [`TunnelState::Stopped`].
+#[expect(
+    clippy::too_many_lines,
+    reason = "the reconnect loop with its backoff and state transitions reads as one state machine"
+)]
 pub async fn run_tunnel<S, B, F>(
     cfg: TunnelClientConfig,
     token: TunnelToken,
