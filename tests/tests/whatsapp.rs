@@ -525,3 +525,43 @@ async fn a_rejected_token_pauses_sending_and_keeps_every_reply() {
         "the outbox is empty"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_about_another_business_number_are_dropped_and_audited() {
+    let graph = sim::start().await;
+    let mut daemon = Daemon::start(DaemonSpec::with_graph(graph.base_url()));
+    let driver = WebhookDriver::new(&daemon.webhook_url(), SIM_APP_SECRET).unwrap();
+    let ts = jiff::Timestamp::now().as_second();
+    let foreign = PayloadBuilder::for_number("199999999999999");
+    let delivery = driver
+        .deliver(&foreign.text_message("491790000021", "wamid.foreign1", "Hallo", ts))
+        .await;
+    assert_eq!(delivery.status, Some(200), "Meta must not deliver it again");
+    // Our own number is served as usual (and marks the end of the test's traffic).
+    assert!(driver
+        .deliver(&PayloadBuilder::default().text_message("491790000022", "wamid.own1", "Hallo", ts))
+        .await
+        .delivered());
+    await_sends(&graph, 1).await;
+    assert!(graph.texts_to("491790000021").is_empty());
+    assert!(daemon.stop().is_some_and(|s| s.success()));
+
+    let store = std::sync::Arc::new(daemon.open_store());
+    assert!(store
+        .customer(&store.pseudonym("491790000021"))
+        .unwrap()
+        .is_none());
+    let audit = frontdesk::audit::AuditLog::open(store).unwrap();
+    let rejected = audit
+        .query(&frontdesk::audit::AuditFilter {
+            action: Some("webhook.rejected".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(
+        rejected
+            .iter()
+            .any(|r| r.to_csv_line().contains("foreign_number")),
+        "the foreign event is audited"
+    );
+}

@@ -843,6 +843,14 @@ pub fn batch(payloads: &[Value]) -> Value {
 }
 
 impl PayloadBuilder {
+    /// Payloads about another business number than the simulated one.
+    pub fn for_number(phone_number_id: &str) -> Self {
+        PayloadBuilder {
+            phone_number_id: phone_number_id.to_owned(),
+            ..Self::default()
+        }
+    }
+
     /// An inbound message of any `type`, with `object` as the type-specific object.
     pub fn message(
         &self,

@@ -218,6 +218,7 @@ pub(super) async fn start(
         metrics,
         Arc::new(AuditRejections(core.audit.clone())),
         cfg.webhook.audit_rejections_per_minute,
+        cfg.whatsapp.phone_number_id.clone(),
     );
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "webhook listening");

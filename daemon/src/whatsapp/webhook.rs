@@ -6,7 +6,9 @@
 //! Rejections: 413 (body over the limit), 401 (signature missing or wrong), 400 (signed but
 //! malformed), 403 (wrong verify token), 404 (other paths). Each is counted in metrics and
 //! reported to the [`RejectionSink`] (the audit log), at most `audit_per_minute` times a minute
-//! so a flood cannot fill the audit log.
+//! so a flood cannot fill the audit log. Events about another business number than the
+//! configured one (`metadata.phone_number_id`) are dropped and reported as `foreign_number`;
+//! the request is still answered 200, since Meta would only deliver it again.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -60,6 +62,8 @@ pub struct WebhookState {
     pub rejections: Arc<dyn RejectionSink>,
     /// Most rejections reported per minute; the rest are only counted.
     pub audit_per_minute: u32,
+    /// The configured business number: events about another number are dropped and reported.
+    pub phone_number_id: String,
     limiter: RateWindow,
 }
 
@@ -76,6 +80,7 @@ impl WebhookState {
         metrics: Arc<Metrics>,
         rejections: Arc<dyn RejectionSink>,
         audit_per_minute: u32,
+        phone_number_id: String,
     ) -> Arc<WebhookState> {
         Arc::new(WebhookState {
             store,
@@ -87,6 +92,7 @@ impl WebhookState {
             metrics,
             rejections,
             audit_per_minute,
+            phone_number_id,
             limiter: RateWindow::default(),
         })
     }
@@ -227,7 +233,19 @@ where
         Err(e) => return state.reject(StatusCode::BAD_REQUEST, e.reason()),
     };
     let mut entries = Vec::new();
+    let mut foreign = 0usize;
     for ev in events {
+        let number = match &ev {
+            Event::Message(m) => &m.phone_number_id,
+            Event::Status(s) => &s.phone_number_id,
+            Event::Error(e) => &e.phone_number_id,
+        };
+        if number != &state.phone_number_id {
+            // Signed by our app, but about another business number (an app subscribed to a
+            // shared account): never stored or answered from this box.
+            foreign += 1;
+            continue;
+        }
         match ev {
             Event::Message(m) => {
                 entries.push((state.store.pseudonym(&m.from), InboxEntry::Message(m)))
@@ -238,6 +256,17 @@ where
             Event::Error(e) => {
                 warn!(code = e.error.code, "WhatsApp reported an account error");
             }
+        }
+    }
+    if foreign > 0 {
+        state
+            .metrics
+            .webhook_requests
+            .get_or_create(&Outcome::of("foreign_number"))
+            .inc();
+        if state.limiter.allow(state.audit_per_minute) {
+            // Answered 200 all the same: Meta would only deliver it again.
+            state.rejections.rejected(200, "foreign_number");
         }
     }
     if !entries.is_empty() {
