@@ -25,6 +25,7 @@ use super::queue::{InboxEntry, Queues};
 use super::signature;
 use crate::metrics::{Metrics, Outcome};
 use crate::secrets::Secret;
+use crate::store::crypto::Pseudonym;
 use crate::store::Store;
 
 /// Receives rejected requests (reason codes only; never bodies).
@@ -232,6 +233,48 @@ where
         Ok(ev) => ev,
         Err(e) => return state.reject(StatusCode::BAD_REQUEST, e.reason()),
     };
+    let entries = inbox_entries(&state, events);
+    if !entries.is_empty() {
+        let st = state.clone();
+        let persisted = tokio::task::spawn_blocking(move || {
+            let mut batch = st.store.batch();
+            let keys = st.queues.push_inbox(&st.store, &mut batch, &entries);
+            st.store.commit_durable(batch).map(|()| {
+                keys.into_iter()
+                    .zip(entries.iter().map(|(p, _)| *p))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .await;
+        match persisted {
+            Ok(Ok(rows)) => state.dispatcher.enqueue(rows),
+            Ok(Err(e)) => {
+                // Not acknowledged: WhatsApp retries, nothing is lost.
+                warn!(error = %e, "inbox write failed; answering 503");
+                state
+                    .metrics
+                    .webhook_requests
+                    .get_or_create(&Outcome::of("store_error"))
+                    .inc();
+                return text(StatusCode::SERVICE_UNAVAILABLE, "try again");
+            }
+            Err(e) => {
+                warn!(error = %e, "inbox write task failed");
+                return text(StatusCode::SERVICE_UNAVAILABLE, "try again");
+            }
+        }
+    }
+    state
+        .metrics
+        .webhook_requests
+        .get_or_create(&Outcome::of("ok"))
+        .inc();
+    text(StatusCode::OK, "ok")
+}
+
+/// The events to keep in the inbox, keyed by pseudonym. Account errors are logged; events about
+/// another business number are dropped, counted and reported.
+fn inbox_entries(state: &WebhookState, events: Vec<Event>) -> Vec<(Pseudonym, InboxEntry)> {
     let mut entries = Vec::new();
     let mut foreign = 0usize;
     for ev in events {
@@ -269,40 +312,5 @@ where
             state.rejections.rejected(200, "foreign_number");
         }
     }
-    if !entries.is_empty() {
-        let st = state.clone();
-        let persisted = tokio::task::spawn_blocking(move || {
-            let mut batch = st.store.batch();
-            let keys = st.queues.push_inbox(&st.store, &mut batch, &entries);
-            st.store.commit_durable(batch).map(|()| {
-                keys.into_iter()
-                    .zip(entries.iter().map(|(p, _)| *p))
-                    .collect::<Vec<_>>()
-            })
-        })
-        .await;
-        match persisted {
-            Ok(Ok(rows)) => state.dispatcher.enqueue(rows),
-            Ok(Err(e)) => {
-                // Not acknowledged: WhatsApp retries, nothing is lost.
-                warn!(error = %e, "inbox write failed; answering 503");
-                state
-                    .metrics
-                    .webhook_requests
-                    .get_or_create(&Outcome::of("store_error"))
-                    .inc();
-                return text(StatusCode::SERVICE_UNAVAILABLE, "try again");
-            }
-            Err(e) => {
-                warn!(error = %e, "inbox write task failed");
-                return text(StatusCode::SERVICE_UNAVAILABLE, "try again");
-            }
-        }
-    }
-    state
-        .metrics
-        .webhook_requests
-        .get_or_create(&Outcome::of("ok"))
-        .inc();
-    text(StatusCode::OK, "ok")
+    entries
 }
