@@ -22,6 +22,9 @@ pub struct BookingRequest {
     pub email: String,
     /// Known MagicLine customer (or lead) id, if any.
     pub magicline_customer_id: Option<i64>,
+    /// When the contact asked (their newest message): a forget after it voids the request, so
+    /// its records are not written back under a fresh key.
+    pub requested_at: jiff::Timestamp,
     /// Wished start in Europe/Berlin.
     pub start: Zoned,
 }

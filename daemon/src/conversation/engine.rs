@@ -91,11 +91,14 @@ pub struct Turn {
     pub booking: Option<BookingOutcome>,
     /// Token counts, when the model was asked.
     pub generated: Option<GenerationStats>,
+    /// The newest message's time: when a booking request of this turn was asked.
+    asked_at: Timestamp,
 }
 
 impl Turn {
     fn new(effects: Effects) -> Turn {
         Turn {
+            asked_at: effects.at,
             effects,
             stage_changes: Vec::new(),
             mode_changes: Vec::new(),
@@ -247,6 +250,7 @@ impl Engine {
         let mut effects = Effects::nothing(p, &burst.address, ts, outcome);
         effects.new_contact = new_contact;
         let mut turn = Turn::new(effects);
+        turn.asked_at = inbound.iter().map(|m| m.at).max().unwrap_or(ts);
         let opt_out = texts.iter().any(|t| is_opt_out(t));
         match c.meta.mode {
             BotMode::Paused | BotMode::Escalated => {}
@@ -419,6 +423,7 @@ impl Engine {
     fn book(&self, c: &mut Customer, start: Zoned, now: &Zoned, turn: &mut Turn) {
         let profile = &c.body.profile;
         let req = BookingRequest {
+            requested_at: turn.asked_at,
             request_id: self.request_id(&c.pseudonym, &start),
             pseudonym: c.pseudonym,
             firstname: profile.vorname.clone().unwrap_or_default(),

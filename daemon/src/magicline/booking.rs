@@ -208,6 +208,9 @@ pub enum BookerError {
     /// MagicLine answered something the flow does not allow (e.g. an unknown status).
     #[error("unexpected MagicLine answer: {0}")]
     Unexpected(&'static str),
+    /// The customer was forgotten after asking; nothing is recorded for them any more.
+    #[error("the customer was forgotten meanwhile")]
+    Forgotten,
 }
 
 /// Why a cancellation did not happen.
@@ -574,7 +577,7 @@ impl MagicLineBooker {
             Ok(Some(rec)) => rec,
             Ok(None) => {
                 let rec = Record::new(req, (self.cfg.clock)());
-                if let Err(e) = self.save(&req.pseudonym, &key, &rec) {
+                if let Err(e) = self.save(&req.pseudonym, req.requested_at, &key, &rec) {
                     return self.not_now(req, None, &e);
                 }
                 rec
@@ -616,6 +619,7 @@ impl MagicLineBooker {
     ) -> BookingOutcome {
         let (failure, reason) = match e {
             BookerError::NoTrialOffer => (BookingFailure::NotConfigured, "not_configured"),
+            BookerError::Forgotten => (BookingFailure::Unavailable, "forgotten"),
             _ => (BookingFailure::Unavailable, "unavailable"),
         };
         tracing::warn!(customer = %req.pseudonym, request = %req.request_id, error = %e,
@@ -673,7 +677,7 @@ impl MagicLineBooker {
         match self.safe(|| self.client.validate_lead(&lead))? {
             LeadValidationStatus::Possible => {
                 rec.step = Step::LeadCreateCalled;
-                self.save(&req.pseudonym, key, rec)?;
+                self.save(&req.pseudonym, req.requested_at, key, rec)?;
                 sess.check_create = false;
                 Ok(None)
             }
@@ -717,7 +721,7 @@ impl MagicLineBooker {
                     rec.kind = Some(Kind::Lead);
                     rec.lead_created = true;
                     rec.step = Step::CustomerKnown;
-                    self.save(&req.pseudonym, key, rec)?;
+                    self.save(&req.pseudonym, req.requested_at, key, rec)?;
                     self.emit(req, BookingStep::LeadCreated, Some(id), None, None);
                     return Ok(None);
                 }
@@ -766,10 +770,10 @@ impl MagicLineBooker {
             Verdict::Proceed => {
                 rec.end = Some(booking.end_date_time.clone());
                 rec.step = Step::Validated;
-                self.save(&req.pseudonym, key, rec)?;
+                self.save(&req.pseudonym, req.requested_at, key, rec)?;
                 // The book call follows at once; the record must say so before it leaves.
                 rec.step = Step::BookCalled;
-                self.save(&req.pseudonym, key, rec)?;
+                self.save(&req.pseudonym, req.requested_at, key, rec)?;
                 sess.check_book = false;
                 tracing::debug!(customer = %req.pseudonym, magicline_customer = customer_id,
                     "slot validated, booking");
@@ -842,7 +846,7 @@ impl MagicLineBooker {
             match self.client.confirm_trial_booking(booking_id) {
                 Ok(ConfirmationStatus::Confirmed) => {
                     rec.step = Step::Confirmed;
-                    self.save(&req.pseudonym, key, rec)?;
+                    self.save(&req.pseudonym, req.requested_at, key, rec)?;
                     self.emit(
                         req,
                         BookingStep::Confirmed,
@@ -881,7 +885,7 @@ impl MagicLineBooker {
         rec.customer_id = Some(id);
         rec.kind = Some(kind);
         rec.step = Step::CustomerKnown;
-        self.save(&req.pseudonym, key, rec)?;
+        self.save(&req.pseudonym, req.requested_at, key, rec)?;
         self.emit(req, BookingStep::CustomerMatched, Some(id), None, None);
         Ok(())
     }
@@ -914,7 +918,7 @@ impl MagicLineBooker {
         rec.confirmation_required =
             made.booking_status == BookingStatus::BookedWithConfirmationRequired;
         rec.step = Step::Booked;
-        self.save(&req.pseudonym, key, rec)?;
+        self.save(&req.pseudonym, req.requested_at, key, rec)?;
         self.emit(
             req,
             BookingStep::Booked,
@@ -944,7 +948,7 @@ impl MagicLineBooker {
         });
         rec.alternatives = alternatives.iter().map(datetime::format).collect();
         rec.step = Step::SlotTaken;
-        self.save(&req.pseudonym, key, rec)?;
+        self.save(&req.pseudonym, req.requested_at, key, rec)?;
         self.emit(
             req,
             BookingStep::SlotTaken,
@@ -964,7 +968,7 @@ impl MagicLineBooker {
     ) -> Result<BookingOutcome, BookerError> {
         rec.failure = Some(failure);
         rec.step = Step::Failed;
-        self.save(&req.pseudonym, key, rec)?;
+        self.save(&req.pseudonym, req.requested_at, key, rec)?;
         self.emit(
             req,
             BookingStep::Failed,
@@ -977,6 +981,7 @@ impl MagicLineBooker {
     }
 
     fn cancel_locked(&self, p: &Pseudonym, booking_id: i64) -> Result<(), CancelError> {
+        let started = jiff::Timestamp::now();
         let row = match self.rows_of(p) {
             Ok(rows) => rows
                 .into_iter()
@@ -1026,7 +1031,7 @@ impl MagicLineBooker {
         }
         if let Some((key, mut rec)) = row {
             rec.canceled = true;
-            if let Err(e) = self.save(p, &key, &rec) {
+            if let Err(e) = self.save(p, started, &key, &rec) {
                 tracing::warn!(customer = %p, error = %e, "cancellation not recorded locally");
             }
         }
@@ -1296,12 +1301,23 @@ impl MagicLineBooker {
     }
 
     /// Writes the record durably (fsynced) before returning.
-    fn save(&self, p: &Pseudonym, key: &[u8], rec: &Record) -> Result<(), BookerError> {
+    /// Writes a booking record, unless the customer was forgotten at or after `asked_at` (the
+    /// forget stands: no record and no fresh key for them).
+    fn save(
+        &self,
+        p: &Pseudonym,
+        asked_at: jiff::Timestamp,
+        key: &[u8],
+        rec: &Record,
+    ) -> Result<(), BookerError> {
         let mut rec = rec.clone();
         rec.updated_at = (self.cfg.clock)();
         let plain =
             zeroize::Zeroizing::new(serde_json::to_vec(&rec).expect("booking record serialises"));
         let _guard = self.store.lock_customer(p);
+        if self.store.forgotten_at(p)?.is_some_and(|f| f >= asked_at) {
+            return Err(BookerError::Forgotten);
+        }
         let mut batch = self.store.batch();
         let data_key = self.store.data_key_or_create(p, &mut batch)?;
         let sealed = data_key.seal(ks::BOOKINGS, key, &plain);
@@ -1481,6 +1497,7 @@ pub(super) mod tests {
         start: Zoned,
     ) -> BookingRequest {
         BookingRequest {
+            requested_at: jiff::Timestamp::now(),
             request_id: id.to_string(),
             pseudonym: p,
             firstname: "Max".into(),
@@ -1501,6 +1518,29 @@ pub(super) mod tests {
             } => (*booking_id, *magicline_customer_id, *confirmation_pending),
             other => panic!("expected Booked, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_forget_after_asking_leaves_no_booking_record_and_no_key() {
+        let h = Harness::new(sim_cfg());
+        let p = h.person("+49 151 0000009");
+        let mut req = request("r-forgotten", p, "weg@example.org", None, at(1, 10, 0));
+        req.requested_at = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(5);
+        // Staff forget the person after they asked, before the booker writes anything.
+        h.store.forget(&[p], jiff::Timestamp::now()).unwrap();
+        let outcome = h.booker().book_trial(&req);
+        assert!(matches!(outcome, BookingOutcome::Failed(_)), "{outcome:?}");
+        assert!(h.store.data_key(&p).unwrap().is_none(), "no fresh key");
+        assert_eq!(
+            h.store.keyspaces().bookings.prefix(p.0).count(),
+            0,
+            "no booking record"
+        );
+        let last = h.audit.events_of("r-forgotten").pop().unwrap();
+        assert_eq!(
+            (last.step, last.reason),
+            (BookingStep::Failed, Some("forgotten"))
+        );
     }
 
     #[test]
