@@ -310,6 +310,9 @@ pub struct ConversationConfig {
     pub history_messages: usize,
     /// Messages of one contact arriving within this many milliseconds get one combined reply.
     pub burst_window_ms: u64,
+    /// Replies one contact gets per hour at most; beyond it their messages are recorded for
+    /// staff but not answered, so one flooding sender cannot occupy the model.
+    pub max_replies_per_hour: u32,
 }
 
 impl Default for ConversationConfig {
@@ -317,6 +320,7 @@ impl Default for ConversationConfig {
         ConversationConfig {
             history_messages: 12,
             burst_window_ms: 3000,
+            max_replies_per_hour: 30,
         }
     }
 }
@@ -438,6 +442,9 @@ impl Config {
         }
         if self.llm.context_size < 512 {
             return Err(self.invalid("llm.context_size", "must be at least 512"));
+        }
+        if self.conversation.max_replies_per_hour == 0 {
+            return Err(self.invalid("conversation.max_replies_per_hour", "must be at least 1"));
         }
         if self.conversation.history_messages == 0 || self.conversation.history_messages > 100 {
             return Err(self.invalid("conversation.history_messages", "must be between 1 and 100"));

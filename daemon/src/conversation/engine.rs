@@ -15,7 +15,9 @@
 //!    someone who writes to us).
 //! 4. Paused and handed-over (escalated) contacts get no reply; their messages are still recorded
 //!    so staff see them. An opt-out from them is recorded only: staff are in charge there. A
-//!    burst without text (voice note, picture …) gets [`StudioConfig::non_text_reply`].
+//!    burst without text (voice note, picture …) gets [`StudioConfig::non_text_reply`]. A contact
+//!    who reached `conversation.max_replies_per_hour` is recorded but not answered (an opt-out
+//!    is still confirmed).
 //! 5. If free alternatives were offered after a taken slot and the message picks one ("der
 //!    zweite", "Mittwoch um 18 Uhr"), that one is booked without asking the model.
 //! 6. Otherwise the model gets the persona prompt and the last `history_messages` messages and
@@ -61,6 +63,8 @@ const OFFER_TTL_SECS: i64 = 24 * 3600;
 /// Key in [`crate::store::customers::ConversationState::extra`]: when alternatives were offered
 /// (unix seconds).
 const OFFERED_AT: &str = "offered_at";
+/// Contacts whose recent replies are remembered for the hourly limit.
+const ANSWERED_CONTACTS: usize = 10_000;
 /// Longest stored WhatsApp profile name.
 const MAX_CONTACT_NAME_CHARS: usize = 100;
 
@@ -162,6 +166,9 @@ pub struct Engine {
     conv: ConversationConfig,
     booker: Option<Arc<dyn Booker>>,
     schema: serde_json::Value,
+    /// When each recent contact was last answered (the hour's replies), for the per-contact
+    /// limit; bounded, so a flood of new senders cannot grow it.
+    answered: std::sync::Mutex<lru::LruCache<Pseudonym, std::collections::VecDeque<Timestamp>>>,
 }
 
 impl Engine {
@@ -182,6 +189,9 @@ impl Engine {
             conv,
             booker,
             schema: reply::schema(),
+            answered: std::sync::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(ANSWERED_CONTACTS).expect("a non-zero constant"),
+            )),
         }
     }
 
@@ -257,6 +267,10 @@ impl Engine {
             // Someone who opted out is answered again only when they write text on their own.
             BotMode::OptedOut if opt_out || texts.is_empty() => {}
             BotMode::Active if opt_out => self.opt_out(&mut c, &mut turn),
+            BotMode::OptedOut | BotMode::Active if !self.take_reply(p, ts) => {
+                tracing::warn!(customer = %p, limit = self.conv.max_replies_per_hour, "hourly reply limit reached; message recorded, not answered");
+                turn.effects.outcome = TurnOutcome::RateLimited;
+            }
             BotMode::OptedOut | BotMode::Active => {
                 if c.meta.mode == BotMode::OptedOut {
                     set_mode(&mut c, &mut turn, BotMode::Active);
@@ -288,6 +302,21 @@ impl Engine {
             "conversation turn"
         );
         Ok(turn)
+    }
+
+    /// Whether `p` may get a reply at `now` under the hourly limit; counts it if so.
+    fn take_reply(&self, p: Pseudonym, now: Timestamp) -> bool {
+        let hour_ago = now - jiff::SignedDuration::from_hours(1);
+        let mut answered = self.answered.lock().expect("reply limit lock poisoned");
+        let times = answered.get_or_insert_mut(p, std::collections::VecDeque::new);
+        while times.front().is_some_and(|t| *t <= hour_ago) {
+            times.pop_front();
+        }
+        if times.len() >= self.conv.max_replies_per_hour as usize {
+            return false;
+        }
+        times.push_back(now);
+        true
     }
 
     /// Steps 5–7 of the module doc for an active contact who wrote text.
@@ -989,6 +1018,13 @@ mod tests {
     }
 
     fn harness_with(history_messages: usize) -> Harness {
+        harness_with_conv(ConversationConfig {
+            history_messages,
+            ..ConversationConfig::default()
+        })
+    }
+
+    fn harness_with_conv(conv: ConversationConfig) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path(), StoreIdentity::generate()).unwrap());
         let model = Arc::new(ScriptedModel::default());
@@ -1005,10 +1041,7 @@ mod tests {
             model.clone(),
             Arc::new(prompts),
             studio,
-            ConversationConfig {
-                history_messages,
-                ..ConversationConfig::default()
-            },
+            conv,
             Some(booker.clone()),
         );
         Harness {
@@ -1555,6 +1588,40 @@ mod tests {
         assert!(t.new_contact);
         assert_eq!(t.replies.len(), 1);
         assert!(h.store.customer(&p).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_flooding_contact_is_recorded_but_answered_only_up_to_the_hourly_limit() {
+        let h = harness_with_conv(ConversationConfig {
+            max_replies_per_hour: 2,
+            ..ConversationConfig::default()
+        });
+        for i in 0..2 {
+            h.model.push(answer("none", json!({}), DISCLOSED, None));
+            let t = h.send(&format!("Hallo {i}"));
+            assert_eq!(t.replies.len(), 1);
+        }
+        let t = h.send("Hallo nochmal");
+        assert_eq!(t.outcome, TurnOutcome::RateLimited);
+        assert!(t.replies.is_empty());
+        assert_eq!(
+            h.model.calls(),
+            2,
+            "the limited turn never reaches the model"
+        );
+        assert_eq!(
+            h.history().last().unwrap().text,
+            "Hallo nochmal",
+            "but staff see it"
+        );
+        // An opt-out is confirmed whatever the limit.
+        let t = h.send("STOP");
+        assert_eq!(t.replies.len(), 1);
+        // An hour later the contact is answered again.
+        h.model.push(answer("none", json!({}), "Hi!", None));
+        let later = monday() + jiff::SignedDuration::from_mins(61);
+        let t = h.send_at("Hallo, ich bin es wieder", &later);
+        assert_eq!(t.replies.len(), 1);
     }
 
     #[test]

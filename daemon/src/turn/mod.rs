@@ -137,6 +137,8 @@ pub enum TurnOutcome {
     Ignored,
     /// Only WhatsApp system notices: never answered.
     System,
+    /// The contact reached the hourly reply limit: recorded, not answered.
+    RateLimited,
     /// The sender address is neither a phone number nor a WhatsApp user id: dropped, nothing
     /// stored, nothing answered.
     InvalidSender,
@@ -150,6 +152,7 @@ impl TurnOutcome {
             TurnOutcome::NonText => "non_text",
             TurnOutcome::Ignored => "ignored",
             TurnOutcome::System => "system",
+            TurnOutcome::RateLimited => "rate_limited",
             TurnOutcome::InvalidSender => "invalid_sender",
         }
     }
