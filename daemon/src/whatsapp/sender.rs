@@ -75,7 +75,8 @@ pub struct Sender {
     store: Arc<Store>,
     queues: Arc<Queues>,
     /// Replaced by [`Sender::resume`] with a client carrying the credential read again.
-    graph: std::sync::RwLock<GraphClient>,
+    /// With its generation: a send made with a client replaced since cannot pause the new one.
+    graph: std::sync::RwLock<(u64, GraphClient)>,
     /// Why the sender is paused (`None`: it sends); watched by the service for `STATUS=`.
     paused: tokio::sync::watch::Sender<Option<String>>,
     cfg: SenderConfig,
@@ -103,7 +104,7 @@ impl Sender {
         Arc::new(Sender {
             store,
             queues,
-            graph: std::sync::RwLock::new(graph),
+            graph: std::sync::RwLock::new((0, graph)),
             paused: tokio::sync::watch::channel(None).0,
             cfg,
             metrics,
@@ -147,15 +148,37 @@ impl Sender {
 
     /// Starts sending again after a pause, with `graph` (built from the credential as it is now).
     pub fn resume(&self, graph: GraphClient) {
-        *self.graph.write().expect("sender lock poisoned") = graph;
+        {
+            let mut current = self.graph.write().expect("sender lock poisoned");
+            *current = (current.0 + 1, graph);
+        }
+        self.metrics.sender_paused.set(0);
         if self.paused.send_replace(None).is_some() {
             info!(
                 FRONTDESK_EVENT = "sender.resumed",
                 "sender resumed; the outbox is sent again"
             );
         }
-        self.metrics.sender_paused.set(0);
         self.wake.notify_one();
+    }
+
+    fn generation(&self) -> u64 {
+        self.graph.read().expect("sender lock poisoned").0
+    }
+
+    /// A send with client `generation` was refused for its token: pause, unless the client was
+    /// replaced meanwhile (then the reply is simply tried again with the new one).
+    fn auth_failed(&self, generation: u64, err: &SendError) -> GroupResult {
+        self.metrics
+            .sends
+            .get_or_create(&Outcome::of("auth_failed"))
+            .inc();
+        // Checked and paused under the client's lock, so a resume cannot fall in between.
+        let current = self.graph.read().expect("sender lock poisoned");
+        if current.0 == generation {
+            self.pause(err.to_string());
+        }
+        GroupResult::Hold(Duration::ZERO)
     }
 
     fn pause(&self, reason: String) {
@@ -168,8 +191,9 @@ impl Sender {
                  whatsapp-token credential, then `systemctl restart frontdesk`"
             );
         }
-        self.paused.send_replace(Some(reason));
+        // The gauge first: whoever sees the pause announced finds it in the metrics too.
         self.metrics.sender_paused.set(1);
+        self.paused.send_replace(Some(reason));
     }
 
     /// Starts a task for every customer with replies waiting that is neither in flight nor on
@@ -276,7 +300,7 @@ impl Sender {
             if self.paused.borrow().is_some() {
                 return GroupResult::Hold(Duration::ZERO);
             }
-            let graph = self.graph.read().expect("sender lock poisoned").clone();
+            let (generation, graph) = self.graph.read().expect("sender lock poisoned").clone();
             let result = match &row.entry.kind {
                 OutboundKind::Text(t) => graph.send_text(&row.entry.to, t),
                 OutboundKind::Template {
@@ -293,6 +317,9 @@ impl Sender {
                         return GroupResult::Hold(Duration::from_secs(1));
                     }
                 }
+                Err(err) if err.disposition() == Disposition::AuthFailed => {
+                    return self.auth_failed(generation, &err);
+                }
                 Err(err) => return self.handle_error(p, row, rows.collect(), err),
             }
         }
@@ -307,14 +334,7 @@ impl Sender {
         err: SendError,
     ) -> GroupResult {
         match err.disposition() {
-            Disposition::AuthFailed => {
-                self.metrics
-                    .sends
-                    .get_or_create(&Outcome::of("auth_failed"))
-                    .inc();
-                self.pause(err.to_string());
-                GroupResult::Hold(Duration::ZERO)
-            }
+            Disposition::AuthFailed => self.auth_failed(self.generation(), &err),
             Disposition::RetryLater if expired(&row.entry, Timestamp::now()) => {
                 self.metrics
                     .sends
