@@ -96,6 +96,7 @@ pub fn chat_loop(
         let burst = Burst {
             address: phone.to_string(),
             contact_name: None,
+            user_id: None,
             parts: vec![Part {
                 id: format!("chat.{n}"),
                 at: now.timestamp(),

@@ -54,8 +54,8 @@ use crate::store::customers::{BotMode, Customer, Stage};
 use crate::store::messages::{Direction, Message};
 use crate::store::{Store, StoreError};
 use crate::turn::{
-    is_valid_address, AlertKind, Burst, Decide, Effects, PartKind, RecordUpdate, StaffAlert,
-    TurnOutcome,
+    is_valid_address, AddressKind, AlertKind, Burst, Decide, Effects, PartKind, RecordUpdate,
+    StaffAlert, TurnOutcome,
 };
 
 /// Offered alternatives older than this are no longer read as picks.
@@ -259,6 +259,15 @@ impl Engine {
         };
         let mut effects = Effects::nothing(p, &burst.address, ts, outcome);
         effects.new_contact = new_contact;
+        // A message that names both the number and the user id ties them together.
+        if let Some(user_id) = burst.user_id.as_deref() {
+            if is_valid_address(&burst.address) == Some(AddressKind::Phone)
+                && is_valid_address(user_id) == Some(AddressKind::UserId)
+            {
+                c.body.user_id = Some(user_id.to_string());
+                effects.link_user_id = Some(user_id.to_string());
+            }
+        }
         let mut turn = Turn::new(effects);
         turn.asked_at = inbound.iter().map(|m| m.at).max().unwrap_or(ts);
         let opt_out = texts.iter().any(|t| is_opt_out(t));
@@ -985,6 +994,7 @@ mod tests {
         Burst {
             address: PHONE.into(),
             contact_name: None,
+            user_id: None,
             parts,
         }
     }
@@ -1073,6 +1083,7 @@ mod tests {
             let burst = Burst {
                 address: address.into(),
                 contact_name: Some("Lenchen".into()),
+                user_id: None,
                 parts,
             };
             let mut turn = self.engine.decide_at(&burst, now).unwrap();
@@ -1622,6 +1633,44 @@ mod tests {
         let later = monday() + jiff::SignedDuration::from_mins(61);
         let t = h.send_at("Hallo, ich bin es wieder", &later);
         assert_eq!(t.replies.len(), 1);
+    }
+
+    #[test]
+    fn a_user_id_sent_with_the_number_reaches_the_same_customer_later() {
+        let h = harness();
+        let both = Burst {
+            address: "491701234567".into(),
+            contact_name: None,
+            user_id: Some("DE.1349120865530274".into()),
+            parts: vec![part("wamid.b1", PartKind::Text("Hallo".into()))],
+        };
+        h.model
+            .push(answer("none", json!({"vorname": "Lena"}), DISCLOSED, None));
+        let t = h.engine.decide_at(&both, &monday()).unwrap();
+        crate::turn::commit(&h.store, t.effects, &(), None).unwrap();
+        let by_phone = h.store.pseudonym("491701234567");
+        assert_eq!(h.store.pseudonym("DE.1349120865530274"), by_phone);
+
+        // The user id alone (the number withheld) is the same customer, answered at the id.
+        let alone = Burst {
+            address: "DE.1349120865530274".into(),
+            user_id: None,
+            parts: vec![part("wamid.b2", PartKind::Text("Noch da?".into()))],
+            ..both
+        };
+        h.model.push(answer("none", json!({}), "Ja!", None));
+        let t = h.engine.decide_at(&alone, &monday()).unwrap();
+        assert!(!t.new_contact);
+        assert_eq!(t.address, "DE.1349120865530274");
+        crate::turn::commit(&h.store, t.effects, &(), None).unwrap();
+        let c = h.store.customer(&by_phone).unwrap().unwrap();
+        assert_eq!(c.body.user_id.as_deref(), Some("DE.1349120865530274"));
+        assert_eq!(c.body.profile.vorname.as_deref(), Some("Lena"));
+        assert_eq!(h.store.recent_messages(&by_phone, 10).unwrap().len(), 4);
+
+        // A forget removes the link with the customer.
+        h.store.forget(&[by_phone], Timestamp::now()).unwrap();
+        assert_ne!(h.store.pseudonym("DE.1349120865530274"), by_phone);
     }
 
     #[test]

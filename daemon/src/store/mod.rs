@@ -67,6 +67,8 @@ const META_RECIPIENT: &[u8] = b"recipient";
 const PSEUDONYM_KEY: &str = "pseudonym";
 const QUEUE_KEY: &str = "queue";
 const LEDGER_PREFIX: &[u8] = b"forgotten/";
+/// Meta rows linking a WhatsApp user id's pseudonym to the customer it belongs to.
+const ALIAS_PREFIX: &[u8] = b"alias/";
 
 /// How many unwrapped customer keys stay in memory (about 100 bytes each): unwrapping costs an
 /// X25519 operation, far more than the rest of a message turn.
@@ -314,9 +316,53 @@ impl Store {
         &self.identity
     }
 
-    /// The pseudonym of a contact address (phone number or WhatsApp user id) in this store.
+    /// The pseudonym of a contact address (phone number or WhatsApp user id) in this store. A
+    /// user id that once arrived together with a phone number resolves to that number's
+    /// customer ([`Store::link_user_id`]).
     pub fn pseudonym(&self, address: &str) -> Pseudonym {
-        self.pseudonyms.of_address(address)
+        let own = self.pseudonyms.of_address(address);
+        if address::is_valid_address(address) == Some(address::AddressKind::UserId) {
+            match self.alias_of(&own) {
+                Ok(Some(linked)) => return linked,
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "reading a user id link failed"),
+            }
+        }
+        own
+    }
+
+    /// The pseudonym a user id's own pseudonym is linked to, if any.
+    fn alias_of(&self, own: &Pseudonym) -> Result<Option<Pseudonym>> {
+        let Some(v) = self.ks.meta.get(alias_key(own))? else {
+            return Ok(None);
+        };
+        let bytes: [u8; crypto::PSEUDONYM_LEN] =
+            v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                keyspace: ks::META,
+                what: "user id link",
+            })?;
+        Ok(Some(Pseudonym(bytes)))
+    }
+
+    /// Links WhatsApp user id `user_id` to customer `to` in `batch` (a message carried both the
+    /// number and the user id), so a later message with the user id alone reaches the same
+    /// customer. Does nothing when the user id already has a customer of its own or a link.
+    pub fn link_user_id(
+        &self,
+        user_id: &str,
+        to: &Pseudonym,
+        batch: &mut fjall::OwnedWriteBatch,
+    ) -> Result<bool> {
+        let own = self.pseudonyms.of_address(user_id);
+        if own == *to
+            || address::is_valid_address(user_id) != Some(address::AddressKind::UserId)
+            || self.alias_of(&own)?.is_some()
+            || self.ks.customers.contains_key(own.0)?
+        {
+            return Ok(false);
+        }
+        batch.insert(&self.ks.meta, alias_key(&own), to.0.to_vec());
+        Ok(true)
     }
 
     /// A keyed 16-byte hash for non-phone identifiers (message ids).
@@ -570,6 +616,13 @@ impl Store {
                     }
                 }
             }
+            // Links of user ids to this customer, and this pseudonym's own link.
+            for g in self.ks.meta.prefix(ALIAS_PREFIX) {
+                let (k, v) = g.into_inner()?;
+                if v.as_ref() == &p.0[..] || k.as_ref() == alias_key(p).as_slice() {
+                    batch.remove(&self.ks.meta, k);
+                }
+            }
             let mut ledger_key = LEDGER_PREFIX.to_vec();
             ledger_key.extend_from_slice(p.to_hex().as_bytes());
             batch.insert(&self.ks.meta, ledger_key, now.to_string().into_bytes());
@@ -645,6 +698,13 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// The meta key of a user id's link.
+fn alias_key(own: &Pseudonym) -> Vec<u8> {
+    let mut key = ALIAS_PREFIX.to_vec();
+    key.extend_from_slice(own.to_hex().as_bytes());
+    key
 }
 
 impl Drop for Store {

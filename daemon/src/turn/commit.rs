@@ -125,6 +125,9 @@ pub fn commit(
             store.append_message(&mut fresh, &msg, &mut batch)?;
         }
         store.put_customer(&fresh, &mut batch)?;
+        if let Some(user_id) = &effects.link_user_id {
+            store.link_user_id(user_id, &p, &mut batch)?;
+        }
     }
     for event in &effects.funnel {
         stats::record(store, &mut batch, *event, effects.at)?;

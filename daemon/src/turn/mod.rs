@@ -31,6 +31,9 @@ pub struct Burst {
     pub address: String,
     /// The WhatsApp profile name, when the webhook carried one.
     pub contact_name: Option<String>,
+    /// The sender's WhatsApp user id when the message named their phone number too: the engine
+    /// keeps it and links it to the customer.
+    pub user_id: Option<String>,
     /// The messages, in arrival order.
     pub parts: Vec<Part>,
 }
@@ -194,6 +197,8 @@ pub struct Effects {
     pub audit: Vec<NewEntry>,
     /// Funnel counters the turn moves.
     pub funnel: Vec<FunnelEvent>,
+    /// A WhatsApp user id to link to this customer (see [`crate::store::Store::link_user_id`]).
+    pub link_user_id: Option<String>,
     /// How the turn ended, for the metric.
     pub outcome: TurnOutcome,
 }
@@ -217,6 +222,7 @@ impl Effects {
             alerts: Vec::new(),
             audit: Vec::new(),
             funnel: Vec::new(),
+            link_user_id: None,
             outcome,
         }
     }

@@ -356,6 +356,8 @@ impl Dispatcher {
         let burst = Burst {
             address: last.from.clone(),
             contact_name: last.contact_name.clone(),
+            // Only worth linking when `from` is the phone number (else it is the user id).
+            user_id: last.user_id.clone().filter(|u| *u != last.from),
             parts: messages.iter().map(|(_, m)| part_of(m)).collect(),
         };
         let answerable = turn::is_valid_address(&burst.address).is_some()
