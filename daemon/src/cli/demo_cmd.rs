@@ -122,12 +122,12 @@ fn run_in(dir: &Path, model: &Path) -> anyhow::Result<u8> {
             ready: Some(ready.clone()),
             ..Default::default()
         };
-        let daemon = tokio::spawn(crate::service::run(cfg, listeners, opts, async {
+        let mut daemon = tokio::spawn(crate::service::run(cfg, listeners, opts, async {
             let _ = stop_rx.await;
         }));
         tokio::select! {
             _ = ready.notified() => {}
-            r = daemon => {
+            r = &mut daemon => {
                 return match r {
                     Ok(Err(e)) => Err(e),
                     _ => Err(anyhow::anyhow!("the daemon stopped during start-up")),
@@ -188,6 +188,11 @@ fn run_in(dir: &Path, model: &Path) -> anyhow::Result<u8> {
             }
         }
         let _ = stop_tx.send(());
+        // The daemon's graceful stop (turns finished, store flushed, `service.stopped` audited)
+        // completes before the state directory is deleted.
+        if let Ok(Err(e)) = daemon.await {
+            eprintln!("the daemon stopped with an error: {e:#}");
+        }
         println!("\nDemo finished; its state directory is deleted.");
         anyhow::Ok(exit::OK)
     })
