@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use frontdesk::store::customers::Customer;
-use frontdesk::store::messages::{Direction, Message};
 use frontdesk::store::Store;
 use frontdesk::turn::{
     is_valid_address, Burst, Decide, Effects, PartKind, RecordUpdate, TurnOutcome,
@@ -35,24 +34,13 @@ impl Decide for FixedReply {
                 TurnOutcome::InvalidSender,
             ));
         }
-        let mut text_ids = Vec::new();
-        let mut inbound = Vec::new();
-        for part in &burst.parts {
-            let text = match &part.kind {
-                PartKind::Text(t) => {
-                    text_ids.push(part.id.as_str());
-                    t.clone()
-                }
-                PartKind::NonText(label) => format!("[{label}]"),
-                PartKind::Reaction | PartKind::System => continue,
-            };
-            inbound.push(Message {
-                direction: Direction::Inbound,
-                text,
-                at: part.at,
-                wamid: Some(part.id.clone()),
-            });
-        }
+        let inbound = burst.history();
+        let text_ids: Vec<&str> = burst
+            .parts
+            .iter()
+            .filter(|part| matches!(&part.kind, PartKind::Text(t) if !t.trim().is_empty()))
+            .map(|part| part.id.as_str())
+            .collect();
         if inbound.is_empty() {
             return Ok(Effects::nothing(
                 p,

@@ -51,7 +51,7 @@ use crate::llm::{ChatMessage, LanguageModel, LlmError, Role};
 use crate::stats::FunnelEvent;
 use crate::store::crypto::Pseudonym;
 use crate::store::customers::{BotMode, Customer, Stage};
-use crate::store::messages::{Direction, Message};
+use crate::store::messages::Direction;
 use crate::store::{Store, StoreError};
 use crate::turn::{
     is_valid_address, AddressKind, AlertKind, Burst, Decide, Effects, PartKind, RecordUpdate,
@@ -230,7 +230,7 @@ impl Engine {
             ));
             return Ok(Turn::new(effects));
         }
-        let (texts, inbound) = read_burst(burst);
+        let (texts, inbound) = (burst.texts(), burst.history());
         if inbound.is_empty() {
             // Reactions and WhatsApp's system notices: nothing the contact wrote to us.
             let only_system = burst.parts.iter().all(|part| part.kind == PartKind::System);
@@ -265,7 +265,6 @@ impl Engine {
                 && is_valid_address(user_id) == Some(AddressKind::UserId)
             {
                 c.body.user_id = Some(user_id.to_string());
-                effects.link_user_id = Some(user_id.to_string());
             }
         }
         let mut turn = Turn::new(effects);
@@ -600,37 +599,6 @@ impl Decide for Engine {
     }
 }
 
-/// The non-empty texts of a burst, and the history rows of everything the contact wrote in it
-/// (texts, and `[voice]`, `[image]` … for non-text parts), in order with WhatsApp's timestamps.
-fn read_burst(burst: &Burst) -> (Vec<&str>, Vec<Message>) {
-    let texts = burst
-        .parts
-        .iter()
-        .filter_map(|part| match &part.kind {
-            PartKind::Text(t) if !t.trim().is_empty() => Some(t.trim()),
-            _ => None,
-        })
-        .collect();
-    let inbound = burst
-        .parts
-        .iter()
-        .filter_map(|part| {
-            let text = match &part.kind {
-                PartKind::Text(t) if !t.trim().is_empty() => t.trim().to_string(),
-                PartKind::NonText(label) => format!("[{label}]"),
-                PartKind::Text(_) | PartKind::Reaction | PartKind::System => return None,
-            };
-            Some(Message {
-                direction: Direction::Inbound,
-                text,
-                at: part.at,
-                wamid: Some(part.id.clone()),
-            })
-        })
-        .collect();
-    (texts, inbound)
-}
-
 /// The funnel counters a turn moves.
 fn funnel_events(turn: &Turn) -> Vec<FunnelEvent> {
     let mut out = Vec::new();
@@ -900,6 +868,7 @@ mod tests {
     use super::*;
     use crate::llm::{Generation, Prompt};
     use crate::store::crypto::StoreIdentity;
+    use crate::store::messages::Message;
     use crate::turn::Part;
 
     const PHONE: &str = "+49 151 12345678";
@@ -1815,15 +1784,14 @@ mod tests {
             &self,
             batch: &mut fjall::OwnedWriteBatch,
             store: &Store,
-            _: &Pseudonym,
-            replies: &[String],
+            effects: &Effects,
         ) -> crate::store::Result<()> {
             self.0
                 .map_err(|()| StoreError::Format("outbox full".into()))?;
             batch.insert(
                 &store.keyspaces().outbox,
                 b"out-1",
-                replies.len().to_string().into_bytes(),
+                effects.replies.len().to_string().into_bytes(),
             );
             Ok(())
         }

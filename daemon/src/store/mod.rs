@@ -333,7 +333,7 @@ impl Store {
 
     /// The pseudonym a user id's own pseudonym is linked to, if any.
     fn alias_of(&self, own: &Pseudonym) -> Result<Option<Pseudonym>> {
-        let Some(v) = self.ks.meta.get(alias_key(own))? else {
+        let Some(v) = self.ks.meta.get(meta_key(ALIAS_PREFIX, own))? else {
             return Ok(None);
         };
         let bytes: [u8; crypto::PSEUDONYM_LEN] =
@@ -361,7 +361,7 @@ impl Store {
         {
             return Ok(false);
         }
-        batch.insert(&self.ks.meta, alias_key(&own), to.0.to_vec());
+        batch.insert(&self.ks.meta, meta_key(ALIAS_PREFIX, &own), to.0.to_vec());
         Ok(true)
     }
 
@@ -617,15 +617,18 @@ impl Store {
                 }
             }
             // Links of user ids to this customer, and this pseudonym's own link.
+            let own_link = meta_key(ALIAS_PREFIX, p);
             for g in self.ks.meta.prefix(ALIAS_PREFIX) {
                 let (k, v) = g.into_inner()?;
-                if v.as_ref() == &p.0[..] || k.as_ref() == alias_key(p).as_slice() {
+                if v.as_ref() == &p.0[..] || k.as_ref() == own_link.as_slice() {
                     batch.remove(&self.ks.meta, k);
                 }
             }
-            let mut ledger_key = LEDGER_PREFIX.to_vec();
-            ledger_key.extend_from_slice(p.to_hex().as_bytes());
-            batch.insert(&self.ks.meta, ledger_key, now.to_string().into_bytes());
+            batch.insert(
+                &self.ks.meta,
+                meta_key(LEDGER_PREFIX, p),
+                now.to_string().into_bytes(),
+            );
             // Rows and ledger first: should the process die before the key is gone, the ledger
             // still names the customer and the next sweep removes the key.
             self.commit_durable(batch)?;
@@ -677,12 +680,10 @@ impl Store {
     /// When `p` was last forgotten, from the forget ledger. Read under the customer's lock, it
     /// tells a write that was decided before a forget from one about a person who wrote again.
     pub fn forgotten_at(&self, p: &Pseudonym) -> Result<Option<Timestamp>> {
-        let mut ledger_key = LEDGER_PREFIX.to_vec();
-        ledger_key.extend_from_slice(p.to_hex().as_bytes());
         Ok(self
             .ks
             .meta
-            .get(ledger_key)?
+            .get(meta_key(LEDGER_PREFIX, p))?
             .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()))
     }
 
@@ -700,10 +701,10 @@ impl Store {
     }
 }
 
-/// The meta key of a user id's link.
-fn alias_key(own: &Pseudonym) -> Vec<u8> {
-    let mut key = ALIAS_PREFIX.to_vec();
-    key.extend_from_slice(own.to_hex().as_bytes());
+/// A meta row about one pseudonym: `prefix` followed by the pseudonym in hex.
+fn meta_key(prefix: &[u8], p: &Pseudonym) -> Vec<u8> {
+    let mut key = prefix.to_vec();
+    key.extend_from_slice(p.to_hex().as_bytes());
     key
 }
 

@@ -6,34 +6,26 @@ use tracing::warn;
 use super::Effects;
 use crate::audit::AuditLog;
 use crate::stats;
-use crate::store::crypto::Pseudonym;
 use crate::store::customers::Customer;
 use crate::store::messages::{Direction, Message};
 use crate::store::{self, Store};
 
 /// Rows the channel adds to a turn's batch: the replies' outbox rows, the seen marks of the
 /// message ids and the removal of the inbox rows. Called once, under the customer's lock, with
-/// the replies that survived the merge.
+/// the effects as committed (only the replies that survived the merge).
 pub trait QueueRows {
     /// Adds the rows to `batch`.
     fn add(
         &self,
         batch: &mut fjall::OwnedWriteBatch,
         store: &Store,
-        pseudonym: &Pseudonym,
-        replies: &[String],
+        effects: &Effects,
     ) -> store::Result<()>;
 }
 
 /// No queue rows (unit tests of the engine, the terminal chat).
 impl QueueRows for () {
-    fn add(
-        &self,
-        _: &mut fjall::OwnedWriteBatch,
-        _: &Store,
-        _: &Pseudonym,
-        _: &[String],
-    ) -> store::Result<()> {
+    fn add(&self, _: &mut fjall::OwnedWriteBatch, _: &Store, _: &Effects) -> store::Result<()> {
         Ok(())
     }
 }
@@ -70,7 +62,8 @@ pub enum CommitError {
 /// The record is merged into the customer as it is now, not as the engine read it: when an
 /// admin paused or resumed the contact while the model was thinking and the turn itself did not
 /// change the mode, the admin's decision stands, and a contact who must not be answered gets no
-/// reply (the disclosure then counts as not sent). The audit entries join the same batch, so a
+/// reply (the disclosure then counts as not sent). A WhatsApp user id the record learned is
+/// linked to the customer ([`Store::link_user_id`]). The audit entries join the same batch, so a
 /// hand-over or opt-out and its audit entry become durable together or not at all.
 pub fn commit(
     store: &Store,
@@ -86,7 +79,7 @@ pub fn commit(
         // the channel's retirement of the burst is written; nothing is sent.
         tracing::info!(customer = %p, "customer forgotten during the turn; its effects are discarded");
         let discarded = Effects::nothing(p, &effects.address, effects.at, effects.outcome);
-        rows.add(&mut batch, store, &p, &[])?;
+        rows.add(&mut batch, store, &discarded)?;
         store.commit_durable(batch)?;
         return Ok(discarded);
     }
@@ -104,6 +97,12 @@ pub fn commit(
                 decided.body.conversation.disclosed_ai = update.disclosed_before;
             }
         }
+        // A user id the record did not hold before is linked to this customer.
+        let learned_user_id = decided
+            .body
+            .user_id
+            .clone()
+            .filter(|id| fresh.body.user_id.as_ref() != Some(id));
         fresh.body = decided.body;
         fresh.meta.stage = decided.meta.stage;
         fresh.meta.mode = decided.meta.mode;
@@ -125,14 +124,14 @@ pub fn commit(
             store.append_message(&mut fresh, &msg, &mut batch)?;
         }
         store.put_customer(&fresh, &mut batch)?;
-        if let Some(user_id) = &effects.link_user_id {
+        if let Some(user_id) = &learned_user_id {
             store.link_user_id(user_id, &p, &mut batch)?;
         }
     }
     for event in &effects.funnel {
         stats::record(store, &mut batch, *event, effects.at)?;
     }
-    rows.add(&mut batch, store, &p, &effects.replies)?;
+    rows.add(&mut batch, store, &effects)?;
     match audit {
         Some(log) if !effects.audit.is_empty() => {
             log.append_many_with(batch, effects.audit.iter().cloned())?;

@@ -21,7 +21,7 @@ use crate::audit::NewEntry;
 use crate::stats::FunnelEvent;
 use crate::store::crypto::Pseudonym;
 use crate::store::customers::{BotMode, Customer};
-use crate::store::messages::Message;
+use crate::store::messages::{Direction, Message};
 
 /// Every message one contact sent within the burst window, in arrival order.
 #[derive(Clone, PartialEq)]
@@ -36,6 +36,41 @@ pub struct Burst {
     pub user_id: Option<String>,
     /// The messages, in arrival order.
     pub parts: Vec<Part>,
+}
+
+impl Burst {
+    /// The non-empty texts, trimmed, in order: what the model reads.
+    pub fn texts(&self) -> Vec<&str> {
+        self.parts
+            .iter()
+            .filter_map(|part| match &part.kind {
+                PartKind::Text(t) if !t.trim().is_empty() => Some(t.trim()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The history rows of everything the contact wrote (texts, and `[voice]`, `[image]` … for
+    /// non-text parts), in order, with WhatsApp's timestamps. Reactions and system notices are
+    /// not the contact's words and have none.
+    pub fn history(&self) -> Vec<Message> {
+        self.parts
+            .iter()
+            .filter_map(|part| {
+                let text = match &part.kind {
+                    PartKind::Text(t) if !t.trim().is_empty() => t.trim().to_string(),
+                    PartKind::NonText(label) => format!("[{label}]"),
+                    PartKind::Text(_) | PartKind::Reaction | PartKind::System => return None,
+                };
+                Some(Message {
+                    direction: Direction::Inbound,
+                    text,
+                    at: part.at,
+                    wamid: Some(part.id.clone()),
+                })
+            })
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for Burst {
@@ -197,8 +232,6 @@ pub struct Effects {
     pub audit: Vec<NewEntry>,
     /// Funnel counters the turn moves.
     pub funnel: Vec<FunnelEvent>,
-    /// A WhatsApp user id to link to this customer (see [`crate::store::Store::link_user_id`]).
-    pub link_user_id: Option<String>,
     /// How the turn ended, for the metric.
     pub outcome: TurnOutcome,
 }
@@ -222,7 +255,6 @@ impl Effects {
             alerts: Vec::new(),
             audit: Vec::new(),
             funnel: Vec::new(),
-            link_user_id: None,
             outcome,
         }
     }

@@ -33,7 +33,7 @@ use crate::audit::AuditLog;
 use crate::metrics::{Metrics, Outcome};
 use crate::store::crypto::Pseudonym;
 use crate::store::{self, Store};
-use crate::turn::{self, Burst, Decide, Part, PartKind, TurnOutcome};
+use crate::turn::{self, Burst, Decide, Effects, Part, PartKind, TurnOutcome};
 
 /// A burst is closed at the latest this many burst windows after its first message.
 pub const BURST_CAP_WINDOWS: u32 = 4;
@@ -47,14 +47,12 @@ pub fn burst_deadline(first: Instant, latest: Instant, window: Duration) -> Inst
     (latest + window).min(first + window * BURST_CAP_WINDOWS)
 }
 
-/// The channel's rows of a turn: one outbox row per reply part, the seen marks and the removal
-/// of the burst's inbox rows.
+/// The channel's rows of a turn: one outbox row per reply part (to the turn's address), the
+/// seen marks and the removal of the burst's inbox rows.
 struct Retirement {
-    to: String,
     seen: Vec<String>,
     inbox_keys: Vec<Vec<u8>>,
     queues: Arc<Queues>,
-    at: Timestamp,
 }
 
 impl turn::QueueRows for Retirement {
@@ -62,17 +60,16 @@ impl turn::QueueRows for Retirement {
         &self,
         batch: &mut OwnedWriteBatch,
         store: &Store,
-        pseudonym: &Pseudonym,
-        replies: &[String],
+        effects: &Effects,
     ) -> store::Result<()> {
-        for reply in replies {
+        for reply in &effects.replies {
             for part in super::graph::split_text(reply, super::graph::MAX_TEXT_CHARS) {
                 self.queues.push_outbox(
                     store,
                     batch,
-                    pseudonym,
+                    &effects.pseudonym,
                     &OutboxEntry {
-                        to: self.to.clone(),
+                        to: effects.address.clone(),
                         kind: OutboundKind::Text(part),
                         created: Timestamp::now(),
                     },
@@ -80,7 +77,7 @@ impl turn::QueueRows for Retirement {
             }
         }
         for id in &self.seen {
-            self.queues.mark_seen(store, batch, id, self.at);
+            self.queues.mark_seen(store, batch, id, effects.at);
         }
         for k in &self.inbox_keys {
             self.queues.remove_inbox(store, batch, k);
@@ -376,11 +373,9 @@ impl Dispatcher {
         let started = Instant::now();
         let effects = self.engine.decide(&burst)?;
         let rows = Retirement {
-            to: burst.address.clone(),
             seen: messages.iter().map(|(_, m)| m.id.clone()).collect(),
             inbox_keys: messages.iter().map(|(k, _)| k.clone()).collect(),
             queues: self.queues.clone(),
-            at: now,
         };
         let committed = turn::commit(store, effects, &rows, self.audit.as_deref())?;
         self.metrics

@@ -14,9 +14,9 @@
 //! A rejected access token (expired, revoked, missing permission) pauses the whole sender: the
 //! outbox keeps every reply, `frontdesk status`, systemd's `STATUS=`, the `sender_paused` gauge
 //! and the journal say why; a restart with the fixed credential, or [`Sender::resume`] (on
-//! `systemctl reload`, with the credential read again), starts it once more. A reply still failing after [`MAX_REPLY_AGE`] of retries is
-//! not retried forever: it is dropped with a staff alert, so one stuck row cannot block its
-//! customer for good.
+//! `systemctl reload`, with the credential read again), starts it once more. A reply still
+//! failing after [`MAX_REPLY_AGE`] of retries is not retried forever: it is dropped with a staff
+//! alert, so one stuck row cannot block its customer for good.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -160,10 +160,6 @@ impl Sender {
             );
         }
         self.wake.notify_one();
-    }
-
-    fn generation(&self) -> u64 {
-        self.graph.read().expect("sender lock poisoned").0
     }
 
     /// A send with client `generation` was refused for its token: pause, unless the client was
@@ -317,24 +313,23 @@ impl Sender {
                         return GroupResult::Hold(Duration::from_secs(1));
                     }
                 }
-                Err(err) if err.disposition() == Disposition::AuthFailed => {
-                    return self.auth_failed(generation, &err);
-                }
-                Err(err) => return self.handle_error(p, row, rows.collect(), err),
+                Err(err) => return self.handle_error(p, generation, row, rows.collect(), err),
             }
         }
         GroupResult::Done
     }
 
+    /// `generation`: of the client that made the failed call.
     fn handle_error(
         &self,
         p: &Pseudonym,
+        generation: u64,
         row: Queued<OutboxEntry>,
         rest: Vec<Queued<OutboxEntry>>,
         err: SendError,
     ) -> GroupResult {
         match err.disposition() {
-            Disposition::AuthFailed => self.auth_failed(self.generation(), &err),
+            Disposition::AuthFailed => self.auth_failed(generation, &err),
             Disposition::RetryLater if expired(&row.entry, Timestamp::now()) => {
                 self.metrics
                     .sends
