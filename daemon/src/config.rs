@@ -134,6 +134,9 @@ pub struct StudioConfig {
     pub handover_text: String,
     /// Sent for voice messages, pictures and other non-text messages.
     pub non_text_reply: String,
+    /// Sent when someone opens the chat for the first time without writing (WhatsApp's
+    /// `request_welcome`); the AI disclosure is put in front of it.
+    pub welcome_reply: String,
     /// Sent once after an opt-out.
     pub opt_out_reply: String,
 }
@@ -154,6 +157,9 @@ impl Default for StudioConfig {
                 .into(),
             non_text_reply: "Danke dir! Sprachnachrichten, Bilder und Dateien kann ich leider nicht \
                              öffnen – schreib mir einfach kurz als Text, dann helfe ich dir sofort weiter. 😊"
+                .into(),
+            welcome_reply: "Willkommen! 👋 Schön, dass du dich meldest. Möchtest du ein \
+                            kostenloses Probetraining ausmachen, oder hast du eine Frage zu uns?"
                 .into(),
             opt_out_reply: "Alles klar, du bekommst von uns keine Nachrichten mehr. Wenn du doch \
                             wieder Fragen hast, schreib uns einfach. 👋"

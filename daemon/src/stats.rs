@@ -3,6 +3,14 @@
 //!
 //! Key: `YYYY-MM-DD/<event>` (the studio's calendar day, Europe/Berlin); value: u64 big-endian.
 //! The engine calls [`record`] when a contact's status changes, inside the batch that changes it.
+//!
+//! Lead sources (click-to-WhatsApp ads and posts) are counted beside the funnel:
+//! `YYYY-MM-DD/source/<type>/<id>/<step>` (a contact who came through the source, a trial booked
+//! by one), and `source-label/<type>/<id>` holds the ad's headline for the report. These rows
+//! hold no personal data: the source id and headline name the studio's own ad, not the person
+//! who clicked it; the click id and everything else about the click stay in the sealed customer
+//! body. A count of one on a day says that *someone* came through that ad that day, which the
+//! clear `first_contact` of the customer rows already says without the ad.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -13,6 +21,7 @@ use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::store::customers::LeadSource;
 use crate::store::{Result, Store};
 
 /// Days are counted in the studio's time zone.
@@ -86,7 +95,11 @@ pub fn record(
     event: FunnelEvent,
     at: Timestamp,
 ) -> Result<()> {
-    let k = key(studio_day(at), event);
+    increment(store, batch, key(studio_day(at), event))
+}
+
+/// Adds one to the counter `k` in `batch` (see [`record`] for how pending increments count).
+fn increment(store: &Store, batch: &mut fjall::OwnedWriteBatch, k: String) -> Result<()> {
     let mut guard = PENDING.lock().expect("stats lock poisoned");
     let pending = guard.get_or_insert_with(HashMap::new);
     if pending.len() > 4096 {
@@ -118,6 +131,167 @@ pub fn record_now(store: &Store, event: FunnelEvent, at: Timestamp) -> Result<()
     let mut batch = store.batch();
     record(store, &mut batch, event, at)?;
     store.commit_durable(batch)
+}
+
+/// A step of a lead source's funnel.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceStep {
+    /// A contact came through the source (first message, or first from this source).
+    Contact,
+    /// A contact who came through the source booked a trial.
+    TrialBooked,
+}
+
+impl SourceStep {
+    fn name(self) -> &'static str {
+        match self {
+            SourceStep::Contact => "contact",
+            SourceStep::TrialBooked => "trial_booked",
+        }
+    }
+}
+
+/// One count for a lead source. Holds the source's type, id and headline only.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SourceEvent {
+    /// `ad`, `post`, or `unknown`.
+    pub source_type: String,
+    /// The ad's or post's id, reduced to `[A-Za-z0-9_.-]` (at most 64), or `unknown`.
+    pub source_id: String,
+    /// The ad's headline, for the report's label.
+    pub headline: Option<String>,
+    /// What happened.
+    pub step: SourceStep,
+}
+
+/// Longest headline kept as a label.
+const MAX_LABEL_CHARS: usize = 80;
+const LABEL_PREFIX: &str = "source-label/";
+
+fn key_part(s: Option<&str>, max: usize) -> String {
+    let cleaned: String = s
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        .take(max)
+        .collect();
+    if cleaned.is_empty() {
+        "unknown".to_string()
+    } else {
+        cleaned
+    }
+}
+
+impl SourceEvent {
+    /// The count of `step` for `source`.
+    pub fn new(source: &LeadSource, step: SourceStep) -> SourceEvent {
+        SourceEvent {
+            source_type: key_part(source.source_type.as_deref(), 16),
+            source_id: key_part(source.source_id.as_deref(), 64),
+            headline: source
+                .headline
+                .as_deref()
+                .map(|h| h.trim().chars().take(MAX_LABEL_CHARS).collect::<String>())
+                .filter(|h| !h.is_empty()),
+            step,
+        }
+    }
+
+    /// Whether two sources are the same ad or post.
+    pub fn same_source(a: &LeadSource, b: &LeadSource) -> bool {
+        let (a, b) = (
+            SourceEvent::new(a, SourceStep::Contact),
+            SourceEvent::new(b, SourceStep::Contact),
+        );
+        a.source_type == b.source_type && a.source_id == b.source_id
+    }
+}
+
+/// Adds one lead-source count at `at` to `batch`, and the source's headline as its label.
+pub fn record_source(
+    store: &Store,
+    batch: &mut fjall::OwnedWriteBatch,
+    event: &SourceEvent,
+    at: Timestamp,
+) -> Result<()> {
+    let k = format!(
+        "{}/source/{}/{}/{}",
+        studio_day(at),
+        event.source_type,
+        event.source_id,
+        event.step.name()
+    );
+    increment(store, batch, k)?;
+    if let Some(headline) = &event.headline {
+        batch.insert(
+            &store.keyspaces().stats,
+            format!("{LABEL_PREFIX}{}/{}", event.source_type, event.source_id).into_bytes(),
+            headline.as_bytes().to_vec(),
+        );
+    }
+    Ok(())
+}
+
+/// Lead-source figures over a report's days.
+#[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize)]
+pub struct SourceRow {
+    /// `ad`, `post` or `unknown`.
+    pub source_type: String,
+    /// The ad's or post's id.
+    pub source_id: String,
+    /// The ad's headline, when WhatsApp sent one.
+    pub headline: Option<String>,
+    /// Contacts who came through it.
+    pub contacts: u64,
+    /// Trials booked by them.
+    pub trial_booked: u64,
+}
+
+fn source_rows(store: &Store, since: Option<Date>) -> Result<Vec<SourceRow>> {
+    let mut rows: BTreeMap<(String, String), SourceRow> = BTreeMap::new();
+    let start = since.map(|d| d.to_string()).unwrap_or_default();
+    for g in store.keyspaces().stats.range(start.as_bytes()..) {
+        let (k, v) = g.into_inner()?;
+        let Some(s) = std::str::from_utf8(&k).ok() else {
+            continue;
+        };
+        let Some((day, rest)) = s.split_once('/') else {
+            continue;
+        };
+        let Some(rest) = rest.strip_prefix("source/") else {
+            continue;
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        let ([source_type, source_id, step], Ok(_)) = (parts.as_slice(), day.parse::<Date>())
+        else {
+            continue;
+        };
+        let Ok(n) = <[u8; 8]>::try_from(&*v).map(u64::from_be_bytes) else {
+            continue;
+        };
+        let row = rows
+            .entry((source_type.to_string(), source_id.to_string()))
+            .or_insert_with(|| SourceRow {
+                source_type: source_type.to_string(),
+                source_id: source_id.to_string(),
+                ..SourceRow::default()
+            });
+        match *step {
+            "contact" => row.contacts += n,
+            "trial_booked" => row.trial_booked += n,
+            _ => {}
+        }
+    }
+    for row in rows.values_mut() {
+        let label = format!("{LABEL_PREFIX}{}/{}", row.source_type, row.source_id);
+        row.headline = store
+            .keyspaces()
+            .stats
+            .get(label.as_bytes())?
+            .and_then(|v| String::from_utf8(v.to_vec()).ok());
+    }
+    Ok(rows.into_values().collect())
 }
 
 /// How the report groups days.
@@ -180,6 +354,9 @@ pub struct FunnelReport {
     pub rows: Vec<FunnelRow>,
     /// The sum of all rows.
     pub total: FunnelRow,
+    /// Contacts and trials per click-to-WhatsApp ad or post over the whole report.
+    #[serde(default)]
+    pub sources: Vec<SourceRow>,
 }
 
 fn period_label(day: Date, by: Period) -> String {
@@ -230,6 +407,7 @@ pub fn report(store: &Store, since: Option<Date>, by: Period) -> Result<FunnelRe
         since,
         rows,
         total,
+        sources: source_rows(store, since)?,
     })
 }
 

@@ -662,7 +662,7 @@ pub fn send(ctx: &Ctx, req: SendRequest) -> OpResult {
     let entry = ctx.entry(event).about(&p);
     let now = Timestamp::now();
     let (_, (seq, pending)) = ctx.store().update_customer(&to, now, |c, batch, st| {
-        st.append_message(
+        let row = st.append_message(
             c,
             &crate::store::messages::Message {
                 direction: crate::store::messages::Direction::Outbound,
@@ -685,6 +685,7 @@ pub fn send(ctx: &Ctx, req: SendRequest) -> OpResult {
                     params: req.params.clone(),
                 },
                 created: now,
+                history: vec![row],
             },
         );
         // The queued message and its entry become durable together.

@@ -633,5 +633,22 @@ pub fn stats(cli: &Cli, args: &StatsArgs) -> anyhow::Result<u8> {
     };
     r.rows.iter().for_each(line);
     line(&r.total);
+    if !r.sources.is_empty() {
+        println!();
+        println!(
+            "{:<6} {:<24} {:>8} {:>8}  {}",
+            "SOURCE", "ID", "CONTACTS", "TRIALS", "HEADLINE"
+        );
+        for s in &r.sources {
+            println!(
+                "{:<6} {:<24} {:>8} {:>8}  {}",
+                s.source_type,
+                s.source_id,
+                s.contacts,
+                s.trial_booked,
+                s.headline.as_deref().unwrap_or("-")
+            );
+        }
+    }
     Ok(exit::OK)
 }

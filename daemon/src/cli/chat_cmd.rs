@@ -97,10 +97,13 @@ pub fn chat_loop(
             address: phone.to_string(),
             contact_name: None,
             user_id: None,
+            username: None,
+            referral: None,
             parts: vec![Part {
                 id: format!("chat.{n}"),
                 at: now.timestamp(),
                 kind: PartKind::Text(text.to_string()),
+                quoted: None,
             }],
         };
         let decided = engine.decide_at(&burst, &now).map_err(anyhow::Error::from);

@@ -48,14 +48,14 @@ use super::when::{self, berlin_tz};
 use crate::audit::{Actor, AuditEvent, Code, NewEntry};
 use crate::config::{ConversationConfig, StudioConfig};
 use crate::llm::{ChatMessage, LanguageModel, LlmError, Role};
-use crate::stats::FunnelEvent;
+use crate::stats::{FunnelEvent, SourceEvent, SourceStep};
 use crate::store::crypto::Pseudonym;
 use crate::store::customers::{BotMode, Customer, Stage};
 use crate::store::messages::Direction;
 use crate::store::{Store, StoreError};
 use crate::turn::{
     is_valid_address, AddressKind, AlertKind, Burst, Decide, Effects, PartKind, RecordUpdate,
-    StaffAlert, TurnOutcome,
+    StaffAlert, TurnOutcome, REVOKED_TEXT,
 };
 
 /// Offered alternatives older than this are no longer read as picks.
@@ -67,6 +67,17 @@ const OFFERED_AT: &str = "offered_at";
 const ANSWERED_CONTACTS: usize = 10_000;
 /// Longest stored WhatsApp profile name.
 const MAX_CONTACT_NAME_CHARS: usize = 100;
+/// How far back in a contact's history a quoted message is looked for.
+const QUOTE_LOOKBACK: usize = 200;
+/// Longest quoted text given to the model.
+const MAX_QUOTE_CHARS: usize = 1000;
+/// Words that say yes to a quoted offer ("Ja", "passt", "gerne"): with a quote that names
+/// exactly one offered slot, that slot is booked.
+const AFFIRMATIONS: &[&str] = &[
+    "ja", "jo", "jep", "jup", "yes", "gerne", "gern", "passt", "perfekt", "super", "ok", "okay",
+    "genau", "top", "klar", "den", "nehme", "ich", "bitte", "der", "das", "nehm", "buchen",
+    "gut", "prima", "sehr",
+];
 
 /// Token accounting of the model call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -230,8 +241,14 @@ impl Engine {
             ));
             return Ok(Turn::new(effects));
         }
-        let (texts, inbound) = (burst.texts(), burst.history());
-        if inbound.is_empty() {
+        let (texts, mut inbound, revoked) = (burst.texts(), burst.history(), burst.revoked());
+        // A message deleted in the burst it came in is never stored with its words.
+        for m in &mut inbound {
+            if m.wamid.as_ref().is_some_and(|id| revoked.contains(id)) {
+                m.text = REVOKED_TEXT.to_string();
+            }
+        }
+        if inbound.is_empty() && revoked.is_empty() {
             // Reactions and WhatsApp's system notices: nothing the contact wrote to us.
             let only_system = burst.parts.iter().all(|part| part.kind == PartKind::System);
             let outcome = if only_system {
@@ -243,6 +260,15 @@ impl Engine {
         }
 
         let existing = self.store.customer(&p)?;
+        if inbound.is_empty() && existing.is_none() {
+            // Deletions of messages of someone we hold nothing about.
+            return Ok(Turn::new(Effects::nothing(
+                p,
+                &burst.address,
+                ts,
+                TurnOutcome::Recorded,
+            )));
+        }
         let new_contact = existing.is_none();
         let mut c = existing.unwrap_or_else(|| Customer::new(p, &burst.address, ts));
         let mode_before = c.meta.mode;
@@ -252,10 +278,24 @@ impl Engine {
                 c.body.contact_name = Some(cap_chars(name, MAX_CONTACT_NAME_CHARS));
             }
         }
-        let outcome = if texts.is_empty() {
+        if let Some(username) = burst.username.as_deref().map(str::trim) {
+            if !username.is_empty() {
+                c.body.username = Some(cap_chars(username, MAX_CONTACT_NAME_CHARS));
+            }
+        }
+        let non_text = burst
+            .parts
+            .iter()
+            .any(|part| matches!(part.kind, PartKind::NonText(_)));
+        let welcome = burst.parts.iter().any(|part| part.kind == PartKind::Welcome);
+        // Edits and deletions alone are recorded, never answered.
+        let wants_reply = !texts.is_empty() || non_text || welcome;
+        let outcome = if !texts.is_empty() {
+            TurnOutcome::Conversed
+        } else if wants_reply {
             TurnOutcome::NonText
         } else {
-            TurnOutcome::Conversed
+            TurnOutcome::Recorded
         };
         let mut effects = Effects::nothing(p, &burst.address, ts, outcome);
         effects.new_contact = new_contact;
@@ -269,8 +309,23 @@ impl Engine {
         }
         let mut turn = Turn::new(effects);
         turn.asked_at = inbound.iter().map(|m| m.at).max().unwrap_or(ts);
+        if let Some(source) = &burst.referral {
+            // Counted once per contact and ad: a second message from the same ad is no new lead.
+            let known = c
+                .body
+                .lead_source
+                .as_ref()
+                .is_some_and(|old| SourceEvent::same_source(old, source));
+            if !known {
+                turn.effects
+                    .sources
+                    .push(SourceEvent::new(source, SourceStep::Contact));
+            }
+            c.body.lead_source = Some(source.clone());
+        }
         let opt_out = texts.iter().any(|t| is_opt_out(t));
         match c.meta.mode {
+            _ if !wants_reply => {}
             BotMode::Paused | BotMode::Escalated => {}
             // Someone who opted out is answered again only when they write text on their own.
             BotMode::OptedOut if opt_out || texts.is_empty() => {}
@@ -283,15 +338,35 @@ impl Engine {
                 if c.meta.mode == BotMode::OptedOut {
                     set_mode(&mut c, &mut turn, BotMode::Active);
                 }
-                if texts.is_empty() {
+                if !texts.is_empty() {
+                    let quote = self.quote(&c, burst)?;
+                    let input = ModelInput {
+                        texts: &texts,
+                        model_texts: burst.model_texts(),
+                        quote,
+                    };
+                    self.converse(&mut c, &input, &now, &mut turn)?;
+                } else if non_text {
                     turn.replies
                         .push(self.persona().studio.non_text_reply.clone());
                 } else {
-                    self.converse(&mut c, &texts, &now, &mut turn)?;
+                    turn.replies
+                        .push(self.persona().studio.welcome_reply.clone());
                 }
             }
         }
         self.ensure_disclosure(&mut c, &mut turn);
+        if let Some(source) = &c.body.lead_source {
+            if turn
+                .stage_changes
+                .iter()
+                .any(|(_, to)| *to == Stage::TrialBooked)
+            {
+                turn.effects
+                    .sources
+                    .push(SourceEvent::new(source, SourceStep::TrialBooked));
+            }
+        }
         turn.effects.funnel = funnel_events(&turn);
         turn.effects.audit = audit_entries(&turn);
         turn.effects.record = Some(RecordUpdate {
@@ -299,6 +374,7 @@ impl Engine {
             mode_before,
             disclosed_before,
             inbound,
+            revoked,
         });
         tracing::info!(
             customer = %p,
@@ -327,22 +403,47 @@ impl Engine {
         true
     }
 
+    /// The message the burst's newest quoting text part quotes, from the contact's history:
+    /// one of our replies or their own earlier message. `None` when nothing is quoted or the
+    /// quoted message is not (or no longer) in the recent history.
+    fn quote(&self, c: &Customer, burst: &Burst) -> Result<Option<Quote>, EngineError> {
+        let Some(wamid) = burst.parts.iter().rev().find_map(|part| match part.kind {
+            PartKind::Text(_) | PartKind::Captioned { .. } => part.quoted.as_deref(),
+            _ => None,
+        }) else {
+            return Ok(None);
+        };
+        let found = self
+            .store
+            .find_message(&c.pseudonym, wamid, QUOTE_LOOKBACK)?
+            .filter(|m| m.text != REVOKED_TEXT);
+        Ok(found.map(|m| Quote {
+            ours: m.direction == Direction::Outbound,
+            text: cap_chars(&m.text, MAX_QUOTE_CHARS),
+        }))
+    }
+
     /// Steps 5–7 of the module doc for an active contact who wrote text.
     fn converse(
         &self,
         c: &mut Customer,
-        texts: &[&str],
+        input: &ModelInput<'_>,
         now: &Zoned,
         turn: &mut Turn,
     ) -> Result<(), EngineError> {
-        let joined = texts.join("\n");
+        let joined = input.texts.join("\n");
         expire_offers(c, now.timestamp());
-        if let Some(slot) = self.picked_offer(c, &joined, now) {
+        let quoted_offer = input
+            .quote
+            .as_ref()
+            .filter(|q| q.ours && is_affirmation(&joined))
+            .map(|q| q.text.as_str());
+        if let Some(slot) = self.picked_offer(c, &joined, quoted_offer, now) {
             self.book(c, slot, now, turn);
             return Ok(());
         }
 
-        let history = self.history(c, texts)?;
+        let history = self.history(c, input)?;
         let prompt = self.persona().prompts.render(c, now, history);
         let generation = match self.model.generate(&prompt, &self.schema) {
             Ok(g) => g,
@@ -393,8 +494,10 @@ impl Engine {
         Ok(())
     }
 
-    /// The last `history_messages` messages including the new ones, oldest first.
-    fn history(&self, c: &Customer, texts: &[&str]) -> Result<Vec<ChatMessage>, EngineError> {
+    /// The last `history_messages` messages including the new ones, oldest first. A quoted
+    /// message comes right before the new ones as a note, not as the contact's words.
+    fn history(&self, c: &Customer, input: &ModelInput<'_>) -> Result<Vec<ChatMessage>, EngineError> {
+        let texts = &input.model_texts;
         let n = self.conv.history_messages.max(1);
         let stored = n.saturating_sub(texts.len());
         let mut out: Vec<ChatMessage> = if stored == 0 {
@@ -412,17 +515,36 @@ impl Engine {
                 })
                 .collect()
         };
+        let excess = (out.len() + texts.len()).saturating_sub(n);
+        out.drain(..excess.min(out.len()));
+        if let Some(quote) = &input.quote {
+            let who = if quote.ours {
+                "Der Kunde antwortet auf diese Nachricht von dir"
+            } else {
+                "Der Kunde bezieht sich auf seine eigene frühere Nachricht"
+            };
+            out.push(ChatMessage {
+                role: Role::System,
+                content: format!("{who}: «{}»", quote.text),
+            });
+        }
         out.extend(texts.iter().map(|t| ChatMessage {
             role: Role::User,
-            content: t.to_string(),
+            content: t.clone(),
         }));
-        let excess = out.len().saturating_sub(n);
-        out.drain(..excess);
         Ok(out)
     }
 
     /// The offered alternative the message picks, if any (and the booking data is complete).
-    fn picked_offer(&self, c: &Customer, text: &str, now: &Zoned) -> Option<Zoned> {
+    /// `quoted_offer`: the text of our message the contact said yes to by quoting it; it picks
+    /// a slot when it names exactly one of the offered ones.
+    fn picked_offer(
+        &self,
+        c: &Customer,
+        text: &str,
+        quoted_offer: Option<&str>,
+        now: &Zoned,
+    ) -> Option<Zoned> {
         let offered: Vec<Zoned> = c
             .body
             .conversation
@@ -432,6 +554,15 @@ impl Engine {
             .collect();
         if offered.is_empty() || !has_booking_data(c) {
             return None;
+        }
+        if let Some(quoted) = quoted_offer {
+            let named: Vec<&Zoned> = offered
+                .iter()
+                .filter(|slot| quoted.contains(&super::prompts::describe_start(slot)))
+                .collect();
+            if let [one] = named.as_slice() {
+                return Some((*one).clone());
+            }
         }
         if let Some(i) = when::choice(text, offered.len()) {
             return offered.get(i).cloned();
@@ -590,6 +721,33 @@ impl Engine {
         }
         c.body.conversation.disclosed_ai = true;
     }
+}
+
+/// The new messages of a turn as the model gets them.
+struct ModelInput<'a> {
+    /// The contact's words (texts and captions): for offers and dates.
+    texts: &'a [&'a str],
+    /// The same as the model reads them (`[image] caption`).
+    model_texts: Vec<String>,
+    /// The message the contact quoted, when found.
+    quote: Option<Quote>,
+}
+
+/// A message the contact quoted.
+struct Quote {
+    /// One of our replies (else the contact's own message).
+    ours: bool,
+    /// Its text.
+    text: String,
+}
+
+/// Whether a message is only a yes ("Ja", "passt, den nehme ich"): every word says yes.
+fn is_affirmation(text: &str) -> bool {
+    let words = words(text);
+    !words.is_empty()
+        && words.len() <= 6
+        && words.iter().any(|w| matches!(w.as_str(), "ja" | "jo" | "jep" | "jup" | "yes" | "gerne" | "gern" | "passt" | "ok" | "okay" | "genau" | "perfekt"))
+        && words.iter().all(|w| AFFIRMATIONS.contains(&w.as_str()))
 }
 
 impl Decide for Engine {

@@ -171,6 +171,52 @@ pub struct CustomerMeta {
     pub next_message_seq: u64,
 }
 
+/// Where a lead came from: the `referral` of a click-to-WhatsApp ad or post, as WhatsApp sent it.
+/// Kept sealed like the rest of the body: the click id and the time of the click are about the
+/// person. Only the source's kind and id reach the clear counters (`stats`).
+#[derive(Serialize, Deserialize, Clone, Default, PartialEq, Eq)]
+#[serde(default)]
+pub struct LeadSource {
+    /// `ad` or `post`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_type: Option<String>,
+    /// The ad's or post's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_id: Option<String>,
+    /// Where the ad or post leads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_url: Option<String>,
+    /// The ad's headline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headline: Option<String>,
+    /// The ad's text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Meta's click id (`ctwa_clid`), for reporting the conversion back to Meta.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ctwa_clid: Option<String>,
+    /// `image` or `video`, when the ad showed one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    /// The ad's image or video.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_url: Option<String>,
+    /// The video's thumbnail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thumbnail_url: Option<String>,
+}
+
+impl fmt::Debug for LeadSource {
+    // The click id is about the person: kind and id only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "LeadSource{{{:?} {:?}}}",
+            self.source_type, self.source_id
+        )
+    }
+}
+
 /// Sealed part of a customer row.
 #[derive(Serialize, Deserialize, Clone, Default, PartialEq)]
 #[serde(default)]
@@ -183,6 +229,12 @@ pub struct CustomerBody {
     pub user_id: Option<String>,
     /// The WhatsApp profile name, as sent by WhatsApp.
     pub contact_name: Option<String>,
+    /// The contact's WhatsApp `@username`, when they have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The click-to-WhatsApp ad or post the contact came from (the latest one they came through).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lead_source: Option<LeadSource>,
     /// What the model learned about the person.
     pub profile: Profile,
     /// Where the conversation stands.

@@ -92,6 +92,100 @@ impl Store {
         Ok(out)
     }
 
+    /// The newest of the last `lookback` messages of a customer with the WhatsApp id `wamid`
+    /// (a quoted message), or `None`.
+    pub fn find_message(
+        &self,
+        p: &Pseudonym,
+        wamid: &str,
+        lookback: usize,
+    ) -> Result<Option<Message>> {
+        let Some(key) = self.data_key(p)? else {
+            return Ok(None);
+        };
+        for g in self.ks.messages.prefix(p.0).rev().take(lookback) {
+            let (k, v) = g.into_inner()?;
+            let msg = open_message(&key, &k, &v)?;
+            if msg.wamid.as_deref() == Some(wamid) {
+                return Ok(Some(msg));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Replaces the text of the contact's messages with the given WhatsApp ids (within the last
+    /// `lookback`) by `replacement`, in `batch`: a message the contact deleted for everyone keeps
+    /// its place and time, not its words. Only inbound rows: a contact cannot delete our words.
+    /// Returns how many rows were changed. Use under the customer's lock.
+    pub fn redact_messages(
+        &self,
+        p: &Pseudonym,
+        wamids: &[String],
+        replacement: &str,
+        lookback: usize,
+        batch: &mut fjall::OwnedWriteBatch,
+    ) -> Result<usize> {
+        if wamids.is_empty() {
+            return Ok(0);
+        }
+        let Some(key) = self.data_key(p)? else {
+            return Ok(0);
+        };
+        let mut changed = 0;
+        for g in self.ks.messages.prefix(p.0).rev().take(lookback) {
+            let (k, v) = g.into_inner()?;
+            let mut msg = open_message(&key, &k, &v)?;
+            let hit = msg.direction == Direction::Inbound
+                && msg.wamid.as_ref().is_some_and(|id| wamids.contains(id))
+                && msg.text != replacement;
+            if hit {
+                msg.text = replacement.to_string();
+                let body = serde_json::to_vec(&msg).expect("message serialises");
+                let mut value = v[..8].to_vec();
+                value.extend_from_slice(&key.seal(ks::MESSAGES, &k, &body));
+                batch.insert(&self.ks.messages, k.to_vec(), value);
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Records `wamid` on our own history rows `seqs` of customer `p` that have none yet: the id
+    /// WhatsApp gave the reply once it was sent, so a contact's quote of it can be found
+    /// ([`Store::find_message`]). Durable on its own, under the customer's lock; a customer
+    /// forgotten meanwhile (no data key) gets nothing written.
+    pub fn tag_sent(&self, p: &Pseudonym, seqs: &[u64], wamid: &str) -> Result<usize> {
+        if seqs.is_empty() {
+            return Ok(0);
+        }
+        let _guard = self.lock_customer(p);
+        let Some(key) = self.data_key(p)? else {
+            return Ok(0);
+        };
+        let mut batch = self.batch();
+        let mut changed = 0;
+        for seq in seqs {
+            let rk = row_key(p, *seq);
+            let Some(v) = self.ks.messages.get(rk)? else {
+                continue;
+            };
+            let mut msg = open_message(&key, &rk, &v)?;
+            if msg.direction != Direction::Outbound || msg.wamid.is_some() {
+                continue;
+            }
+            msg.wamid = Some(wamid.to_string());
+            let body = serde_json::to_vec(&msg).expect("message serialises");
+            let mut value = v[..8].to_vec();
+            value.extend_from_slice(&key.seal(ks::MESSAGES, &rk, &body));
+            batch.insert(&self.ks.messages, rk, value);
+            changed += 1;
+        }
+        if changed > 0 {
+            self.commit_durable(batch)?;
+        }
+        Ok(changed)
+    }
+
     /// Every message of a customer, oldest first, one at a time (exports).
     pub fn all_messages<'a>(
         &'a self,

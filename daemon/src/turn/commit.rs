@@ -10,6 +10,12 @@ use crate::store::customers::Customer;
 use crate::store::messages::{Direction, Message};
 use crate::store::{self, Store};
 
+/// What a deleted message's history row says instead of its text.
+pub const REVOKED_TEXT: &str = "[deleted]";
+/// How far back in a contact's history a deleted message is looked for (WhatsApp allows
+/// deleting for two days).
+const REVOKE_LOOKBACK: usize = 200;
+
 /// Rows the channel adds to a turn's batch: the replies' outbox rows, the seen marks of the
 /// message ids and the removal of the inbox rows. Called once, under the customer's lock, with
 /// the effects as committed (only the replies that survived the merge).
@@ -114,6 +120,15 @@ pub fn commit(
         for msg in &update.inbound {
             store.append_message(&mut fresh, msg, &mut batch)?;
         }
+        // A message deleted for everyone keeps its place in the history, not its words.
+        store.redact_messages(
+            &p,
+            &update.revoked,
+            REVOKED_TEXT,
+            REVOKE_LOOKBACK,
+            &mut batch,
+        )?;
+        effects.reply_rows.clear();
         for text in &effects.replies {
             let msg = Message {
                 direction: Direction::Outbound,
@@ -121,7 +136,8 @@ pub fn commit(
                 at: effects.at,
                 wamid: None,
             };
-            store.append_message(&mut fresh, &msg, &mut batch)?;
+            let seq = store.append_message(&mut fresh, &msg, &mut batch)?;
+            effects.reply_rows.push(seq);
         }
         store.put_customer(&fresh, &mut batch)?;
         if let Some(user_id) = &learned_user_id {
@@ -130,6 +146,9 @@ pub fn commit(
     }
     for event in &effects.funnel {
         stats::record(store, &mut batch, *event, effects.at)?;
+    }
+    for event in &effects.sources {
+        stats::record_source(store, &mut batch, event, effects.at)?;
     }
     rows.add(&mut batch, store, &effects)?;
     match audit {

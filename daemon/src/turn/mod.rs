@@ -15,12 +15,12 @@ mod commit;
 use jiff::Timestamp;
 
 pub use crate::store::address::{is_valid_address, AddressKind};
-pub use commit::{commit, CommitError, QueueRows};
+pub use commit::{commit, CommitError, QueueRows, REVOKED_TEXT};
 
 use crate::audit::NewEntry;
-use crate::stats::FunnelEvent;
+use crate::stats::{FunnelEvent, SourceEvent};
 use crate::store::crypto::Pseudonym;
-use crate::store::customers::{BotMode, Customer};
+use crate::store::customers::{BotMode, Customer, LeadSource};
 use crate::store::messages::{Direction, Message};
 
 /// Every message one contact sent within the burst window, in arrival order.
@@ -34,33 +34,81 @@ pub struct Burst {
     /// The sender's WhatsApp user id when the message named their phone number too: the engine
     /// keeps it and links it to the customer.
     pub user_id: Option<String>,
+    /// The sender's WhatsApp `@username`, when the webhook carried one.
+    pub username: Option<String>,
+    /// The click-to-WhatsApp ad or post the contact came from, when a message of the burst
+    /// carried a referral (the last one).
+    pub referral: Option<LeadSource>,
     /// The messages, in arrival order.
     pub parts: Vec<Part>,
 }
 
 impl Burst {
-    /// The non-empty texts, trimmed, in order: what the model reads.
+    /// The contact's own words, trimmed, in order: message texts and media captions. Opt-out
+    /// keywords and dates are read from these.
     pub fn texts(&self) -> Vec<&str> {
         self.parts
             .iter()
             .filter_map(|part| match &part.kind {
-                PartKind::Text(t) if !t.trim().is_empty() => Some(t.trim()),
+                PartKind::Text(t) | PartKind::Captioned { caption: t, .. }
+                    if !t.trim().is_empty() =>
+                {
+                    Some(t.trim())
+                }
                 _ => None,
             })
             .collect()
     }
 
-    /// The history rows of everything the contact wrote (texts, and `[voice]`, `[image]` … for
-    /// non-text parts), in order, with WhatsApp's timestamps. Reactions and system notices are
-    /// not the contact's words and have none.
+    /// The new messages as the model reads them, in order: a text as written, a caption with
+    /// its media label in front (`[image] geht das?`), so the model knows what it cannot see.
+    pub fn model_texts(&self) -> Vec<String> {
+        self.parts
+            .iter()
+            .filter_map(|part| match &part.kind {
+                PartKind::Text(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+                PartKind::Captioned { media, caption } if !caption.trim().is_empty() => {
+                    Some(format!("[{media}] {}", caption.trim()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The message ids the contact deleted for everyone in this burst.
+    pub fn revoked(&self) -> Vec<String> {
+        self.parts
+            .iter()
+            .filter_map(|part| match &part.kind {
+                PartKind::Revoke { original } if !original.is_empty() => Some(original.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The history rows of everything the contact wrote (texts, `[image] caption`, `[voice]` …
+    /// for non-text parts, `[edited] new text` for an edit, `[chat opened]` for a first
+    /// opening), in order, with WhatsApp's timestamps. Reactions, revokes (they mark the
+    /// deleted row instead) and system notices are not the contact's words and have none.
     pub fn history(&self) -> Vec<Message> {
         self.parts
             .iter()
             .filter_map(|part| {
                 let text = match &part.kind {
                     PartKind::Text(t) if !t.trim().is_empty() => t.trim().to_string(),
+                    PartKind::Captioned { media, caption } => {
+                        format!("[{media}] {}", caption.trim())
+                    }
                     PartKind::NonText(label) => format!("[{label}]"),
-                    PartKind::Text(_) | PartKind::Reaction | PartKind::System => return None,
+                    PartKind::Welcome => "[chat opened]".to_string(),
+                    PartKind::Edit { text, .. } => match text.as_deref().map(str::trim) {
+                        Some(t) if !t.is_empty() => format!("[edited] {t}"),
+                        _ => "[edited]".to_string(),
+                    },
+                    PartKind::Text(_)
+                    | PartKind::Revoke { .. }
+                    | PartKind::Reaction
+                    | PartKind::System => return None,
                 };
                 Some(Message {
                     direction: Direction::Inbound,
@@ -90,16 +138,42 @@ pub struct Part {
     pub at: Timestamp,
     /// What the message is.
     pub kind: PartKind,
+    /// The `wamid.…` of the message this one quotes (a swipe-reply), when it quotes one.
+    pub quoted: Option<String>,
 }
 
 /// What a message of a burst is, reduced to what the engine acts on.
 #[derive(Clone, PartialEq)]
 pub enum PartKind {
-    /// Text to answer: a message, or the title of a button the contact tapped.
+    /// Text to answer: a message, the title of a button the contact tapped, a submitted form's
+    /// answers.
     Text(String),
+    /// A picture, video or document with a caption: the caption is answered like text.
+    Captioned {
+        /// The media's label (`image`, `video`, …).
+        media: &'static str,
+        /// What the contact wrote under it.
+        caption: String,
+    },
     /// A voice note, picture, location …: recorded as `[label]`, answered with the friendly
     /// non-text reply when nothing else in the burst is text.
     NonText(&'static str),
+    /// The contact opened the chat for the first time without writing: answered with the
+    /// greeting (and the AI disclosure).
+    Welcome,
+    /// The contact edited an earlier message: recorded, never answered.
+    Edit {
+        /// The edited message's `wamid.…`.
+        original: String,
+        /// The new text, when the edit carries one.
+        text: Option<String>,
+    },
+    /// The contact deleted an earlier message for everyone: its text is removed from the
+    /// history; never answered.
+    Revoke {
+        /// The deleted message's `wamid.…`.
+        original: String,
+    },
     /// A reaction to one of our messages: recorded as seen, otherwise ignored.
     Reaction,
     /// A notice from WhatsApp (`user_changed_number`, …), not something the contact wrote:
@@ -112,7 +186,11 @@ impl PartKind {
     pub fn label(&self) -> &'static str {
         match self {
             PartKind::Text(_) => "text",
+            PartKind::Captioned { .. } => "captioned",
             PartKind::NonText(kind) => kind,
+            PartKind::Welcome => "welcome",
+            PartKind::Edit { .. } => "edit",
+            PartKind::Revoke { .. } => "revoke",
             PartKind::Reaction => "reaction",
             PartKind::System => "system",
         }
@@ -175,6 +253,8 @@ pub enum TurnOutcome {
     Ignored,
     /// Only WhatsApp system notices: never answered.
     System,
+    /// Only edits or deletions of earlier messages: recorded, never answered.
+    Recorded,
     /// The contact reached the hourly reply limit: recorded, not answered.
     RateLimited,
     /// The sender address is neither a phone number nor a WhatsApp user id: dropped, nothing
@@ -190,6 +270,7 @@ impl TurnOutcome {
             TurnOutcome::NonText => "non_text",
             TurnOutcome::Ignored => "ignored",
             TurnOutcome::System => "system",
+            TurnOutcome::Recorded => "recorded",
             TurnOutcome::RateLimited => "rate_limited",
             TurnOutcome::InvalidSender => "invalid_sender",
         }
@@ -208,6 +289,8 @@ pub struct RecordUpdate {
     pub disclosed_before: bool,
     /// The contact's messages of this burst, in order, for the history.
     pub inbound: Vec<Message>,
+    /// Message ids the contact deleted for everyone: their history rows lose their text.
+    pub revoked: Vec<String>,
 }
 
 /// Everything one turn changes, decided before anything is written.
@@ -226,12 +309,17 @@ pub struct Effects {
     pub record: Option<RecordUpdate>,
     /// Texts to send, in order (usually one; empty means silence).
     pub replies: Vec<String>,
+    /// The history sequence numbers of `replies`, in the same order: set by [`commit`] when it
+    /// writes them, so the channel can record WhatsApp's id of each sent reply on its row.
+    pub reply_rows: Vec<u64>,
     /// Notices for staff.
     pub alerts: Vec<StaffAlert>,
     /// Audit entries, committed with the turn.
     pub audit: Vec<NewEntry>,
     /// Funnel counters the turn moves.
     pub funnel: Vec<FunnelEvent>,
+    /// Lead-source counters the turn moves (a contact from an ad, a trial booked by one).
+    pub sources: Vec<SourceEvent>,
     /// How the turn ended, for the metric.
     pub outcome: TurnOutcome,
 }
@@ -252,9 +340,11 @@ impl Effects {
             new_contact: false,
             record: None,
             replies: Vec::new(),
+            reply_rows: Vec::new(),
             alerts: Vec::new(),
             audit: Vec::new(),
             funnel: Vec::new(),
+            sources: Vec::new(),
             outcome,
         }
     }

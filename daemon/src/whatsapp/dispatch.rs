@@ -62,7 +62,8 @@ impl turn::QueueRows for Retirement {
         store: &Store,
         effects: &Effects,
     ) -> store::Result<()> {
-        for reply in &effects.replies {
+        for (i, reply) in effects.replies.iter().enumerate() {
+            let history: Vec<u64> = effects.reply_rows.get(i).copied().into_iter().collect();
             for part in super::graph::split_text(reply, super::graph::MAX_TEXT_CHARS) {
                 self.queues.push_outbox(
                     store,
@@ -72,6 +73,7 @@ impl turn::QueueRows for Retirement {
                         to: effects.address.clone(),
                         kind: OutboundKind::Text(part),
                         created: Timestamp::now(),
+                        history: history.clone(),
                     },
                 );
             }
@@ -91,6 +93,22 @@ fn part_of(m: &InboundMessage) -> Part {
     let kind = match &m.content {
         Content::Reaction { .. } => PartKind::Reaction,
         Content::System { .. } => PartKind::System,
+        Content::Welcome => PartKind::Welcome,
+        Content::Edit { original_id, text } => PartKind::Edit {
+            original: original_id.clone(),
+            text: text.clone(),
+        },
+        Content::Revoke { original_id } => PartKind::Revoke {
+            original: original_id.clone(),
+        },
+        Content::Media {
+            kind,
+            caption: Some(caption),
+            ..
+        } if !caption.trim().is_empty() => PartKind::Captioned {
+            media: kind.as_str(),
+            caption: caption.clone(),
+        },
         content => match content.as_engine_text() {
             Some(text) => PartKind::Text(text.to_string()),
             None => PartKind::NonText(content.kind()),
@@ -100,6 +118,7 @@ fn part_of(m: &InboundMessage) -> Part {
         id: m.id.clone(),
         at: Timestamp::from_second(m.timestamp).unwrap_or_else(|_| Timestamp::now()),
         kind,
+        quoted: m.reply_to.clone(),
     }
 }
 
@@ -355,13 +374,17 @@ impl Dispatcher {
             contact_name: last.contact_name.clone(),
             // Only worth linking when `from` is the phone number (else it is the user id).
             user_id: last.user_id.clone().filter(|u| *u != last.from),
+            username: messages.iter().rev().find_map(|(_, m)| m.username.clone()),
+            referral: messages.iter().rev().find_map(|(_, m)| m.referral.clone()),
             parts: messages.iter().map(|(_, m)| part_of(m)).collect(),
         };
         let answerable = turn::is_valid_address(&burst.address).is_some()
-            && burst
-                .parts
-                .iter()
-                .any(|part| matches!(part.kind, PartKind::Text(_) | PartKind::NonText(_)));
+            && burst.parts.iter().any(|part| {
+                matches!(
+                    part.kind,
+                    PartKind::Text(_) | PartKind::Captioned { .. } | PartKind::NonText(_)
+                )
+            });
         if answerable {
             if let Some(reader) = &self.reader {
                 if let Err(e) = reader.mark_read(&last.id, true) {

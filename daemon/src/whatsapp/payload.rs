@@ -10,11 +10,18 @@
 //!
 //! Since 2026 a sender may hide their phone number behind a username; such messages carry only a
 //! business-scoped user id (BSUID, `from_user_id`). [`InboundMessage::from`] is then the BSUID,
-//! which the Graph API accepts as a `recipient` (see `graph`).
+//! which the Graph API accepts as a `recipient` (see `graph`). Their `@username`, when the contact
+//! entry carries one, is kept in [`InboundMessage::username`].
+//!
+//! A message from a click-to-WhatsApp ad carries `referral` (the ad's id, headline, click id …),
+//! kept as [`InboundMessage::referral`]. Coexistence numbers (the WhatsApp Business app and the
+//! Cloud API on one number) also receive `edit` and `revoke` messages about earlier ones.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use thiserror::Error;
+
+pub use crate::store::customers::LeadSource;
 
 /// The `object` value of every WhatsApp Business Account webhook.
 pub const OBJECT_WHATSAPP: &str = "whatsapp_business_account";
@@ -101,6 +108,12 @@ pub struct InboundMessage {
     /// Id of the message this one replies to (quoted reply, button tap on a message).
     #[serde(default)]
     pub reply_to: Option<String>,
+    /// The sender's WhatsApp `@username`, when the contact entry carried one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The click-to-WhatsApp ad or post the contact came from (`referral`), when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referral: Option<LeadSource>,
     /// What the message contains.
     pub content: Content,
 }
@@ -162,8 +175,29 @@ pub enum Content {
         /// How many contacts were shared.
         count: usize,
     },
-    /// A message type this module does not model (`order`, `request_welcome`, `unsupported`, new
-    /// types, interactive replies other than button/list, …). Holds the type name.
+    /// The contact opened the chat for the first time (`request_welcome`); nothing was written.
+    Welcome,
+    /// A WhatsApp Flow was submitted (`interactive.nfm_reply`): the form's answers as text lines.
+    FlowReply {
+        /// The flow's name (`flow`, or what the business set), when given.
+        name: Option<String>,
+        /// The answers, one `field: value` line each, sorted by field name.
+        text: String,
+    },
+    /// The contact edited an earlier message (Coexistence numbers only).
+    Edit {
+        /// The `wamid.…` of the edited message.
+        original_id: String,
+        /// The new text (text body or caption), when the edit carries one.
+        text: Option<String>,
+    },
+    /// The contact deleted an earlier message for everyone (Coexistence numbers only).
+    Revoke {
+        /// The `wamid.…` of the deleted message.
+        original_id: String,
+    },
+    /// A message type this module does not model (`order`, `unsupported`, new types,
+    /// interactive replies other than button/list/flow, …). Holds the type name.
     Unsupported(String),
     /// A system notice, e.g. `user_changed_number` (then `new_wa_id` is the new number).
     System {
@@ -207,12 +241,17 @@ impl MediaKind {
 }
 
 impl Content {
-    /// Text the assistant should answer: the message text, or what the user tapped (button or
-    /// list title, template button text, else its payload). `None` for everything else and for
-    /// blank text.
+    /// Text the assistant should answer: the message text, what the user tapped (button or
+    /// list title, template button text, else its payload), a media caption or a submitted
+    /// form's answers. `None` for everything else and for blank text.
     pub fn as_engine_text(&self) -> Option<&str> {
         let text = match self {
             Content::Text(body) => body.as_str(),
+            Content::Media {
+                caption: Some(caption),
+                ..
+            } => caption.as_str(),
+            Content::FlowReply { text, .. } => text.as_str(),
             Content::ButtonReply { title, .. } | Content::ListReply { title, .. } => title.as_str(),
             Content::TemplateButton { payload, text } => {
                 if text.trim().is_empty() {
@@ -227,9 +266,13 @@ impl Content {
     }
 
     /// Whether the message deserves the friendly "I can only read text" answer: it is neither
-    /// something to answer with the engine nor a reaction (reactions are silently recorded).
+    /// something to answer with the engine nor a reaction, edit or revoke (recorded silently)
+    /// nor the opening of a chat (answered with the greeting).
     pub fn needs_fallback_answer(&self) -> bool {
-        !matches!(self, Content::Reaction { .. }) && self.as_engine_text().is_none()
+        !matches!(
+            self,
+            Content::Reaction { .. } | Content::Edit { .. } | Content::Revoke { .. } | Content::Welcome
+        ) && self.as_engine_text().is_none()
     }
 
     /// Stable type label for logs and metrics (never the content itself).
@@ -243,6 +286,10 @@ impl Content {
             Content::Media { kind, .. } => kind.as_str(),
             Content::Location => "location",
             Content::Contacts { .. } => "contacts",
+            Content::Welcome => "request_welcome",
+            Content::FlowReply { .. } => "flow_reply",
+            Content::Edit { .. } => "edit",
+            Content::Revoke { .. } => "revoke",
             Content::Unsupported(_) => "unsupported",
             Content::System { .. } => "system",
         }
@@ -379,6 +426,8 @@ struct RawContact {
 struct RawProfile {
     #[serde(default)]
     name: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -395,6 +444,8 @@ struct RawMessage {
     kind: Option<String>,
     #[serde(default)]
     context: Option<RawContext>,
+    #[serde(default)]
+    referral: Option<Value>,
     /// Type-specific objects (`text`, `image`, `interactive`, …), read by [`content_of`].
     #[serde(flatten)]
     rest: Map<String, Value>,
@@ -515,12 +566,19 @@ fn inbound_message(
         .as_ref()
         .and_then(Timestamp::seconds)
         .ok_or(PayloadError::Malformed("message timestamp missing"))?;
-    let contact_name = contact_for(contacts, phone.as_deref(), user_id.as_deref())
-        .and_then(|c| c.profile.as_ref())
+    let profile =
+        contact_for(contacts, phone.as_deref(), user_id.as_deref()).and_then(|c| c.profile.as_ref());
+    let contact_name = profile
         .and_then(|p| p.name.clone())
         .filter(|n| !n.trim().is_empty());
+    let username = profile
+        .and_then(|p| p.username.as_deref())
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| truncate(n, MAX_USERNAME_CHARS));
     let kind = msg.kind.as_deref().unwrap_or("unknown");
     let content = content_of(kind, &msg.rest);
+    let referral = msg.referral.as_ref().and_then(lead_source);
     Ok(InboundMessage {
         id,
         from,
@@ -529,8 +587,39 @@ fn inbound_message(
         phone_number_id: phone_number_id.to_owned(),
         contact_name,
         reply_to: msg.context.and_then(|c| non_empty(c.id)),
+        username,
+        referral,
         content,
     })
+}
+
+/// Longest kept `@username` (WhatsApp allows far fewer characters; this bounds a bad payload).
+const MAX_USERNAME_CHARS: usize = 64;
+/// Longest kept referral text field (headline, body, URLs).
+const MAX_REFERRAL_CHARS: usize = 500;
+/// Longest kept answer of a submitted form, and most answers kept.
+const MAX_FLOW_VALUE_CHARS: usize = 500;
+const MAX_FLOW_FIELDS: usize = 30;
+
+/// The ad or post a click-to-WhatsApp message came from; `None` when the object names nothing.
+fn lead_source(v: &Value) -> Option<LeadSource> {
+    let field = |name: &str| {
+        str_at(v, name)
+            .map(|s| truncate(s.trim(), MAX_REFERRAL_CHARS))
+            .filter(|s| !s.is_empty())
+    };
+    let source = LeadSource {
+        source_type: field("source_type"),
+        source_id: field("source_id"),
+        source_url: field("source_url"),
+        headline: field("headline"),
+        body: field("body"),
+        ctwa_clid: field("ctwa_clid"),
+        media_type: field("media_type"),
+        media_url: field("image_url").or_else(|| field("video_url")),
+        thumbnail_url: field("thumbnail_url"),
+    };
+    (source != LeadSource::default()).then_some(source)
 }
 
 /// The contact entry describing the sender; with a single entry (the normal case) that one.
@@ -591,6 +680,21 @@ fn content_of(kind: &str, rest: &Map<String, Value>) -> Content {
                 .and_then(Value::as_array)
                 .map_or(0, Vec::len),
         },
+        "request_welcome" => Content::Welcome,
+        "edit" => {
+            let original_id = field("original_message_id").unwrap_or_default();
+            // The new version is a message object of its own (`text` or media with caption).
+            let edited = obj.and_then(|o| o.get("message"));
+            let text = edited.and_then(|m| {
+                let kind = str_at(m, "type")?;
+                let inner = m.as_object()?;
+                content_of(&kind, inner).as_engine_text().map(str::to_owned)
+            });
+            Content::Edit { original_id, text }
+        }
+        "revoke" => Content::Revoke {
+            original_id: field("original_message_id").unwrap_or_default(),
+        },
         "system" => Content::System {
             kind: field("type")
                 .map(|t| truncate(&t, 64))
@@ -618,7 +722,57 @@ fn interactive(obj: Option<&Value>) -> Content {
             title: field("title").unwrap_or_default(),
             description: field("description").filter(|d| !d.is_empty()),
         },
+        "nfm_reply" => flow_reply(reply),
         other => Content::Unsupported(truncate(&format!("interactive.{other}"), 64)),
+    }
+}
+
+/// A submitted WhatsApp Flow: `response_json` is a JSON object *in a string*; its answers become
+/// `field: value` lines (the `flow_token` is ours, not an answer). A form whose JSON does not
+/// parse keeps its `body` text, so nothing the contact sent is silently dropped.
+fn flow_reply(reply: Option<&Value>) -> Content {
+    let name = reply
+        .and_then(|r| str_at(r, "name"))
+        .filter(|n| !n.trim().is_empty());
+    let answers: Option<Map<String, Value>> = reply
+        .and_then(|r| str_at(r, "response_json"))
+        .and_then(|j| serde_json::from_str(&j).ok());
+    let mut lines: Vec<String> = answers
+        .iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() != "flow_token")
+        .filter_map(|(k, v)| {
+            let value = match v {
+                Value::String(s) => s.trim().to_owned(),
+                Value::Null => return None,
+                Value::Array(items) => items
+                    .iter()
+                    .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                other => other.to_string(),
+            };
+            (!value.is_empty()).then(|| {
+                format!(
+                    "{}: {}",
+                    truncate(k, 64),
+                    truncate(&value, MAX_FLOW_VALUE_CHARS)
+                )
+            })
+        })
+        .take(MAX_FLOW_FIELDS)
+        .collect();
+    if lines.is_empty() {
+        if let Some(body) = reply
+            .and_then(|r| str_at(r, "body"))
+            .filter(|b| !b.trim().is_empty())
+        {
+            lines.push(truncate(body.trim(), MAX_FLOW_VALUE_CHARS));
+        }
+    }
+    Content::FlowReply {
+        name,
+        text: lines.join("\n"),
     }
 }
 

@@ -67,6 +67,11 @@ pub struct OutboxEntry {
     pub kind: OutboundKind,
     /// When the entry was queued.
     pub created: Timestamp,
+    /// The customer's history rows this message carries (the reply's own row; several after
+    /// replies were combined): once sent, WhatsApp's id is recorded on them, so a contact's
+    /// quote of the message can be read back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<u64>,
 }
 
 impl std::fmt::Debug for OutboxEntry {
@@ -407,6 +412,7 @@ mod tests {
                     to: "491701234567".into(),
                     kind: OutboundKind::Text("Hi!".into()),
                     created: Timestamp::now(),
+                    history: Vec::new(),
                 },
             );
             store.commit_durable(b).unwrap();

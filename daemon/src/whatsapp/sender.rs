@@ -312,6 +312,11 @@ impl Sender {
                         error!(customer = %p, error = %e, "recording a sent reply failed");
                         return GroupResult::Hold(Duration::from_secs(1));
                     }
+                    // After the retirement, on its own: losing it only means a quote of this
+                    // reply is not found.
+                    if let Err(e) = self.store.tag_sent(p, &row.entry.history, &sent.id) {
+                        warn!(customer = %p, error = %e, "recording the sent reply's id in the history failed");
+                    }
                 }
                 Err(err) => return self.handle_error(p, generation, row, rows.collect(), err),
             }
@@ -434,6 +439,7 @@ impl Sender {
             return Ok(());
         }
         let mut combined = head.clone();
+        let mut history = first.entry.history.clone();
         let mut merged = Vec::new();
         for r in texts {
             if let OutboundKind::Text(t) = &r.entry.kind {
@@ -442,6 +448,7 @@ impl Sender {
                 }
                 combined.push_str("\n\n");
                 combined.push_str(t);
+                history.extend_from_slice(&r.entry.history);
                 merged.push(r);
             }
         }
@@ -451,6 +458,7 @@ impl Sender {
         }
         let sealed_first = OutboxEntry {
             kind: OutboundKind::Text(combined),
+            history,
             ..first.entry.clone()
         };
         // Rewrite the first row in place (same key keeps the order).
