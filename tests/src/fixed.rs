@@ -72,6 +72,7 @@ impl Decide for FixedReply {
             disclosed_before: customer.body.conversation.disclosed_ai,
             customer,
             inbound,
+            revoked: Vec::new(),
         });
         Ok(effects)
     }

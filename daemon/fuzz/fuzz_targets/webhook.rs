@@ -18,10 +18,17 @@ fn check_parse(body: &[u8]) {
         assert_eq!(back, events);
         for event in &events {
             if let payload::Event::Message(m) = event {
-                // Exactly one of: answer with the engine, fallback answer, or a silent reaction.
+                // Exactly one of: answer with the engine, fallback answer, the greeting, or a
+                // silent record (reaction, edit, revoke).
                 let engine = m.content.as_engine_text().is_some();
-                let reaction = matches!(m.content, payload::Content::Reaction { .. });
-                assert_eq!(m.content.needs_fallback_answer(), !engine && !reaction);
+                let silent_or_greeted = matches!(
+                    m.content,
+                    payload::Content::Reaction { .. }
+                        | payload::Content::Edit { .. }
+                        | payload::Content::Revoke { .. }
+                        | payload::Content::Welcome
+                );
+                assert_eq!(m.content.needs_fallback_answer(), !engine && !silent_or_greeted);
             }
         }
     }

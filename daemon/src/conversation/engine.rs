@@ -241,13 +241,24 @@ impl Engine {
             ));
             return Ok(Turn::new(effects));
         }
-        let (texts, mut inbound, revoked) = (burst.texts(), burst.history(), burst.revoked());
-        // A message deleted in the burst it came in is never stored with its words.
-        for m in &mut inbound {
-            if m.wamid.as_ref().is_some_and(|id| revoked.contains(id)) {
-                m.text = REVOKED_TEXT.to_string();
-            }
-        }
+        let revoked = burst.revoked();
+        // A message deleted in the burst it came in is neither read nor stored.
+        let pruned;
+        let burst = if burst.parts.iter().any(|part| revoked.contains(&part.id)) {
+            pruned = Burst {
+                parts: burst
+                    .parts
+                    .iter()
+                    .filter(|part| !revoked.contains(&part.id))
+                    .cloned()
+                    .collect(),
+                ..burst.clone()
+            };
+            &pruned
+        } else {
+            burst
+        };
+        let (texts, inbound) = (burst.texts(), burst.history());
         if inbound.is_empty() && revoked.is_empty() {
             // Reactions and WhatsApp's system notices: nothing the contact wrote to us.
             let only_system = burst.parts.iter().all(|part| part.kind == PartKind::System);
@@ -1106,6 +1117,7 @@ mod tests {
             id: id.into(),
             at: now.timestamp(),
             kind: PartKind::Text(text.into()),
+            quoted: None,
         }
     }
 
@@ -1114,6 +1126,7 @@ mod tests {
             id: id.into(),
             at: monday().timestamp(),
             kind,
+            quoted: None,
         }
     }
 
@@ -1122,6 +1135,8 @@ mod tests {
             address: PHONE.into(),
             contact_name: None,
             user_id: None,
+            username: None,
+            referral: None,
             parts,
         }
     }
@@ -1211,6 +1226,8 @@ mod tests {
                 address: address.into(),
                 contact_name: Some("Lenchen".into()),
                 user_id: None,
+                username: None,
+                referral: None,
                 parts,
             };
             let mut turn = self.engine.decide_at(&burst, now).unwrap();
@@ -1720,6 +1737,7 @@ mod tests {
                 id: "wamid.again".into(),
                 at: later,
                 kind: PartKind::Text("Hallo, ich bin es wieder".into()),
+                quoted: None,
             }],
             &monday(),
         );
@@ -1769,6 +1787,8 @@ mod tests {
             address: "491701234567".into(),
             contact_name: None,
             user_id: Some("DE.1349120865530274".into()),
+            username: None,
+            referral: None,
             parts: vec![part("wamid.b1", PartKind::Text("Hallo".into()))],
         };
         h.model
@@ -1985,6 +2005,368 @@ mod tests {
         let p = h.store.pseudonym("+49 160 7654321");
         assert!(h.store.customer(&p).unwrap().is_none());
         assert!(h.store.recent_messages(&p, 10).unwrap().is_empty());
+    }
+
+    fn quoting(id: &str, text: &str, quoted: &str) -> Part {
+        Part {
+            quoted: Some(quoted.into()),
+            ..part(id, PartKind::Text(text.into()))
+        }
+    }
+
+    /// Records WhatsApp's id of the replies of `t` as the sender does once they are sent.
+    fn sent_as(h: &Harness, t: &Turn, wamid: &str) {
+        assert_eq!(t.reply_rows.len(), t.replies.len());
+        let tagged = h
+            .store
+            .tag_sent(&h.store.pseudonym(PHONE), &t.reply_rows, wamid)
+            .unwrap();
+        assert_eq!(tagged, t.replies.len());
+    }
+
+    #[test]
+    fn a_caption_is_read_as_the_contacts_text() {
+        let h = harness();
+        h.model
+            .push(answer("question", json!({}), DISCLOSED, None));
+        let t = h.send_parts(
+            PHONE,
+            vec![part(
+                "wamid.pic",
+                PartKind::Captioned {
+                    media: "image",
+                    caption: " geht das? ".into(),
+                },
+            )],
+            &monday(),
+        );
+        assert_eq!(h.model.calls(), 1, "a caption reaches the model");
+        assert_eq!(t.outcome, TurnOutcome::Conversed);
+        let prompt = h.model.last_prompt();
+        let last = prompt.history.last().unwrap();
+        assert_eq!(last.role, Role::User);
+        assert_eq!(last.content, "[image] geht das?");
+        assert_eq!(t.replies, vec![DISCLOSED.to_string()]);
+        let non_text = crate::conversation::prompts::tests::studio().non_text_reply;
+        assert!(!t.replies[0].contains(&non_text));
+        assert_eq!(h.history()[0].text, "[image] geht das?");
+        assert_eq!(h.history()[0].wamid.as_deref(), Some("wamid.pic"));
+    }
+
+    #[test]
+    fn a_quoted_ja_gives_the_model_the_quoted_offer() {
+        let h = harness();
+        h.model.push(answer(
+            "question",
+            json!({}),
+            "Hi, ich bin Max (KI). Wie wäre Dienstag um 18 Uhr?",
+            None,
+        ));
+        let t = h.send_parts(PHONE, vec![part("wamid.in1", PartKind::Text("Hallo".into()))], &monday());
+        sent_as(&h, &t, "wamid.OFFER1");
+        h.model
+            .push(answer("question", json!({}), "Oder lieber Mittwoch um 10 Uhr?", None));
+        let t = h.send_parts(PHONE, vec![part("wamid.in2", PartKind::Text("Hm".into()))], &monday());
+        sent_as(&h, &t, "wamid.OFFER2");
+
+        h.model.push(answer("none", json!({}), "Super!", None));
+        h.send_parts(PHONE, vec![quoting("wamid.in3", "Ja", "wamid.OFFER1")], &monday());
+        let history = h.model.last_prompt().history;
+        let n = history.len();
+        assert_eq!(history[n - 1].role, Role::User);
+        assert_eq!(history[n - 1].content, "Ja", "the contact's own words stay theirs");
+        assert_eq!(history[n - 2].role, Role::System);
+        assert_eq!(
+            history[n - 2].content,
+            "Der Kunde antwortet auf diese Nachricht von dir: «Hi, ich bin Max (KI). Wie wäre Dienstag um 18 Uhr?»"
+        );
+
+        // A quote of the contact's own message is marked as theirs; an unknown id adds nothing.
+        h.model.push(answer("none", json!({}), "Ok!", None));
+        h.send_parts(PHONE, vec![quoting("wamid.in4", "Wie gesagt", "wamid.in2")], &monday());
+        let history = h.model.last_prompt().history;
+        assert_eq!(
+            history[history.len() - 2].content,
+            "Der Kunde bezieht sich auf seine eigene frühere Nachricht: «Hm»"
+        );
+        h.model.push(answer("none", json!({}), "Ok!", None));
+        h.send_parts(PHONE, vec![quoting("wamid.in5", "Ja", "wamid.UNKNOWN")], &monday());
+        let history = h.model.last_prompt().history;
+        assert!(history.iter().all(|m| m.role != Role::System));
+    }
+
+    #[test]
+    fn a_ja_quoting_one_offered_slot_books_that_slot() {
+        let h = harness();
+        h.known_contact();
+        h.model.push(answer(
+            "book_trial",
+            json!({}),
+            "Ich schau nach.",
+            Some("Dienstag um 18 Uhr"),
+        ));
+        let alts = vec![
+            berlin("2026-01-20T17:00"),
+            berlin("2026-01-20T19:00"),
+            berlin("2026-01-21T18:00"),
+        ];
+        h.booker
+            .outcomes
+            .lock()
+            .unwrap()
+            .push_back(BookingOutcome::SlotTaken {
+                alternatives: alts.clone(),
+            });
+        let list = h.send("Dienstag um 18 Uhr");
+        sent_as(&h, &list, "wamid.LIST");
+        h.model.push(answer(
+            "question",
+            json!({}),
+            "Soll ich dich für Mittwoch, 21.01. um 18:00 Uhr eintragen?",
+            None,
+        ));
+        let single = h.send("Hm, weiß nicht");
+        sent_as(&h, &single, "wamid.SINGLE");
+
+        // "Ja" to the whole list picks nothing by itself: the model reads it with the quote.
+        let calls = h.model.calls();
+        h.model
+            .push(answer("none", json!({}), "Welcher der drei?", None));
+        h.send_parts(PHONE, vec![quoting("wamid.j1", "Ja", "wamid.LIST")], &monday());
+        assert_eq!(h.model.calls(), calls + 1);
+        assert_eq!(h.booker.requests.lock().unwrap().len(), 1);
+
+        // "Ja, passt" to the message that names one offered slot books that one.
+        h.booker
+            .outcomes
+            .lock()
+            .unwrap()
+            .push_back(BookingOutcome::Booked {
+                booking_id: 3,
+                start: alts[2].clone(),
+                magicline_customer_id: 9,
+                confirmation_pending: false,
+            });
+        let t = h.send_parts(PHONE, vec![quoting("wamid.j2", "Ja, passt", "wamid.SINGLE")], &monday());
+        assert_eq!(h.model.calls(), calls + 1, "the pick needs no model call");
+        let reqs = h.booker.requests.lock().unwrap().clone();
+        assert_eq!(reqs.len(), 2);
+        assert_eq!(reqs[1].start, alts[2]);
+        assert_eq!(t.booking.as_ref().map(outcome_kind), Some("booked"));
+    }
+
+    #[test]
+    fn a_no_quoting_an_offer_books_nothing() {
+        assert!(is_affirmation("Ja"));
+        assert!(is_affirmation("Ja, passt!"));
+        assert!(is_affirmation("ok den nehme ich"));
+        assert!(!is_affirmation("Nein"));
+        assert!(!is_affirmation("Ja, aber lieber Freitag"));
+        assert!(!is_affirmation("passt nicht"));
+        assert!(!is_affirmation(""));
+    }
+
+    #[test]
+    fn an_ad_referral_is_kept_on_the_customer_and_counted_by_source() {
+        let h = harness();
+        let source = crate::store::customers::LeadSource {
+            source_type: Some("ad".into()),
+            source_id: Some("120212345678901234".into()),
+            headline: Some("EMS-Probetraining gratis".into()),
+            ctwa_clid: Some("ARAkLkA8rmlFe".into()),
+            ..Default::default()
+        };
+        let from_ad = |id: &str, text: &str| Burst {
+            address: PHONE.into(),
+            contact_name: None,
+            user_id: None,
+            username: Some("@lena.fit".into()),
+            referral: Some(source.clone()),
+            parts: vec![part(id, PartKind::Text(text.into()))],
+        };
+        h.model.push(answer("question", json!({}), DISCLOSED, None));
+        let t = h
+            .engine
+            .decide_at(&from_ad("wamid.ad1", "Ist das Angebot noch gültig?"), &monday())
+            .unwrap();
+        assert_eq!(h.model.calls(), 1, "the ad's message reaches the model");
+        assert_eq!(
+            h.model.last_prompt().history.last().unwrap().content,
+            "Ist das Angebot noch gültig?"
+        );
+        assert_eq!(
+            t.sources,
+            vec![SourceEvent {
+                source_type: "ad".into(),
+                source_id: "120212345678901234".into(),
+                headline: Some("EMS-Probetraining gratis".into()),
+                step: SourceStep::Contact,
+            }]
+        );
+        crate::turn::commit(&h.store, t.effects, &(), None).unwrap();
+        let c = h.customer();
+        assert_eq!(c.body.lead_source.as_ref(), Some(&source));
+        assert_eq!(c.body.username.as_deref(), Some("@lena.fit"));
+
+        // Another message through the same ad is not another lead.
+        h.model.push(answer("none", json!({}), "Ja!", None));
+        let t = h
+            .engine
+            .decide_at(&from_ad("wamid.ad2", "Und wann?"), &monday())
+            .unwrap();
+        assert!(t.sources.is_empty());
+        crate::turn::commit(&h.store, t.effects, &(), None).unwrap();
+
+        let report = crate::stats::report(&h.store, None, crate::stats::Period::Day).unwrap();
+        assert_eq!(
+            report.sources,
+            vec![crate::stats::SourceRow {
+                source_type: "ad".into(),
+                source_id: "120212345678901234".into(),
+                headline: Some("EMS-Probetraining gratis".into()),
+                contacts: 1,
+                trial_booked: 0,
+            }]
+        );
+        assert_eq!(report.total.new_contacts, 1);
+        // The click id is sealed: no clear stats row holds it.
+        for g in h.store.keyspaces().stats.iter() {
+            let (k, v) = g.into_inner().unwrap();
+            assert!(!String::from_utf8_lossy(&k).contains("ARAk"));
+            assert!(!String::from_utf8_lossy(&v).contains("ARAk"));
+        }
+    }
+
+    #[test]
+    fn a_trial_booked_by_an_ad_lead_is_counted_for_the_ad() {
+        let h = harness();
+        h.known_contact();
+        let mut c = h.customer();
+        c.body.lead_source = Some(crate::store::customers::LeadSource {
+            source_type: Some("ad".into()),
+            source_id: Some("777".into()),
+            ..Default::default()
+        });
+        let mut b = h.store.batch();
+        h.store.put_customer(&c, &mut b).unwrap();
+        h.store.commit_durable(b).unwrap();
+        h.model.push(answer(
+            "book_trial",
+            json!({}),
+            "Ich buche.",
+            Some("Dienstag um 18 Uhr"),
+        ));
+        h.booker
+            .outcomes
+            .lock()
+            .unwrap()
+            .push_back(BookingOutcome::Booked {
+                booking_id: 1,
+                start: berlin("2026-01-20T18:00"),
+                magicline_customer_id: 9,
+                confirmation_pending: false,
+            });
+        let t = h.send("Dienstag um 18 Uhr");
+        assert_eq!(
+            t.sources.iter().map(|e| e.step).collect::<Vec<_>>(),
+            vec![SourceStep::TrialBooked]
+        );
+        let report = crate::stats::report(&h.store, None, crate::stats::Period::Day).unwrap();
+        assert_eq!(report.sources[0].source_id, "777");
+        assert_eq!(report.sources[0].trial_booked, 1);
+    }
+
+    #[test]
+    fn a_first_opening_of_the_chat_gets_the_greeting_with_the_disclosure() {
+        let h = harness();
+        let t = h.send_parts(PHONE, vec![part("wamid.welcome", PartKind::Welcome)], &monday());
+        assert_eq!(h.model.calls(), 0);
+        assert_eq!(t.outcome, TurnOutcome::NonText);
+        assert!(t.new_contact);
+        assert_eq!(t.funnel, vec![FunnelEvent::NewContact]);
+        assert_eq!(t.replies.len(), 1);
+        let studio = crate::conversation::prompts::tests::studio();
+        assert!(mentions_ai(&t.replies[0]), "{}", t.replies[0]);
+        assert!(t.replies[0].contains(&studio.welcome_reply));
+        assert!(!t.replies[0].contains(&studio.non_text_reply));
+        assert_eq!(h.history()[0].text, "[chat opened]");
+        assert!(h.customer().body.conversation.disclosed_ai);
+    }
+
+    #[test]
+    fn edits_and_revokes_are_recorded_never_answered() {
+        let h = harness();
+        h.model.push(answer("none", json!({}), DISCLOSED, None));
+        h.send_parts(
+            PHONE,
+            vec![part("wamid.secret", PartKind::Text("Meine IBAN ist DE02 1203".into()))],
+            &monday(),
+        );
+        let before = h.history().len();
+
+        let t = h.send_parts(
+            PHONE,
+            vec![part(
+                "wamid.e1",
+                PartKind::Edit {
+                    original: "wamid.secret".into(),
+                    text: Some("Meine IBAN ist DE02 1204".into()),
+                },
+            )],
+            &monday(),
+        );
+        assert_eq!(t.outcome, TurnOutcome::Recorded);
+        assert!(t.replies.is_empty());
+        assert_eq!(h.model.calls(), 1);
+        let history = h.history();
+        assert_eq!(history.len(), before + 1);
+        assert_eq!(history.last().unwrap().text, "[edited] Meine IBAN ist DE02 1204");
+
+        let t = h.send_parts(
+            PHONE,
+            vec![part(
+                "wamid.r1",
+                PartKind::Revoke {
+                    original: "wamid.secret".into(),
+                },
+            )],
+            &monday(),
+        );
+        assert_eq!(t.outcome, TurnOutcome::Recorded);
+        assert!(t.replies.is_empty());
+        assert_eq!(h.model.calls(), 1, "never shown to the model");
+        let history = h.history();
+        assert_eq!(history.len(), before + 1, "a revoke adds no row");
+        let revoked = history
+            .iter()
+            .find(|m| m.wamid.as_deref() == Some("wamid.secret"))
+            .unwrap();
+        assert_eq!(revoked.text, crate::turn::REVOKED_TEXT);
+        assert!(history.iter().all(|m| !m.text.contains("DE02 1203")));
+
+        // Sent and deleted within one burst: neither read, stored nor answered.
+        let t = h.send_parts(
+            PHONE,
+            vec![
+                part("wamid.oops", PartKind::Text("Falscher Chat, sorry".into())),
+                part("wamid.r2", PartKind::Revoke { original: "wamid.oops".into() }),
+            ],
+            &monday(),
+        );
+        assert!(h.history().iter().all(|m| !m.text.contains("Falscher Chat")));
+        assert_eq!(t.outcome, TurnOutcome::Recorded);
+        assert!(t.replies.is_empty());
+        assert_eq!(h.model.calls(), 1);
+
+        // A revoke from someone we hold nothing about stores nothing.
+        let stranger = "+49 160 1111111";
+        let t = h.send_parts(
+            stranger,
+            vec![part("wamid.r3", PartKind::Revoke { original: "wamid.x".into() })],
+            &monday(),
+        );
+        assert!(t.record.is_none());
+        assert!(h.store.customer(&h.store.pseudonym(stranger)).unwrap().is_none());
     }
 
     #[test]

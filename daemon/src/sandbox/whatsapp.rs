@@ -810,6 +810,8 @@ pub struct PayloadBuilder {
     pub display_phone_number: String,
     /// Profile name put into `contacts[]` for inbound messages; `None` leaves `contacts` out.
     pub contact_name: Option<String>,
+    /// `@username` put into `contacts[].profile` beside the name, when set.
+    pub username: Option<String>,
 }
 
 impl Default for PayloadBuilder {
@@ -819,6 +821,7 @@ impl Default for PayloadBuilder {
             phone_number_id: SIM_PHONE_NUMBER_ID.to_owned(),
             display_phone_number: SIM_DISPLAY_PHONE_NUMBER.to_owned(),
             contact_name: Some("Alex Beispiel".to_owned()),
+            username: None,
         }
     }
 }
@@ -953,6 +956,84 @@ impl PayloadBuilder {
         self.message(from, id, timestamp, wire, object)
     }
 
+    /// A picture, video or document with a caption.
+    pub fn media_with_caption(
+        &self,
+        from: &str,
+        id: &str,
+        kind: MediaKind,
+        caption: &str,
+        timestamp: i64,
+    ) -> Value {
+        let mut payload = self.media(from, id, kind, timestamp);
+        let wire = payload["entry"][0]["changes"][0]["value"]["messages"][0]["type"]
+            .as_str()
+            .unwrap_or("image")
+            .to_owned();
+        payload["entry"][0]["changes"][0]["value"]["messages"][0][wire.as_str()]["caption"] =
+            json!(caption);
+        payload
+    }
+
+    /// `payload`'s message as a swipe-reply quoting `quoted_id` (`context`, as WhatsApp sends
+    /// it for a quote of one of our messages).
+    pub fn quoting(&self, mut payload: Value, quoted_id: &str) -> Value {
+        payload["entry"][0]["changes"][0]["value"]["messages"][0]["context"] =
+            json!({ "from": self.display_phone_number, "id": quoted_id });
+        payload
+    }
+
+    /// `payload`'s message as sent from a click-to-WhatsApp ad (`referral`, every field Meta
+    /// documents for an image ad).
+    pub fn from_ad(&self, mut payload: Value, source_id: &str, headline: &str) -> Value {
+        payload["entry"][0]["changes"][0]["value"]["messages"][0]["referral"] = json!({
+            "source_url": format!("https://fb.me/{source_id}"),
+            "source_id": source_id,
+            "source_type": "ad",
+            "headline": headline,
+            "body": "Jetzt kostenloses Probetraining sichern!",
+            "media_type": "image",
+            "image_url": "https://scontent.xx.fbcdn.net/ad.jpg",
+            "ctwa_clid": format!("ARA{}", random_alnum(40)),
+            "welcome_message": { "text": "Hallo! Wie können wir helfen?" }
+        });
+        payload
+    }
+
+    /// A first opening of the chat without a message (`request_welcome`).
+    pub fn welcome_request(&self, from: &str, id: &str, timestamp: i64) -> Value {
+        let message = json!({
+            "from": from, "id": id, "timestamp": timestamp.to_string(), "type": "request_welcome"
+        });
+        self.messages_value(from, message)
+    }
+
+    /// A submitted WhatsApp Flow: `answers` (a JSON object) sent as the `response_json` string.
+    pub fn flow_reply(&self, from: &str, id: &str, answers: &Value, timestamp: i64) -> Value {
+        let mut response = answers.clone();
+        response["flow_token"] = json!(random_alnum(16));
+        let object = json!({
+            "type": "nfm_reply",
+            "nfm_reply": { "name": "flow", "body": "Sent", "response_json": response.to_string() }
+        });
+        self.message(from, id, timestamp, "interactive", object)
+    }
+
+    /// The contact edited their message `original_id` to `text` (Coexistence numbers).
+    pub fn edit(&self, from: &str, id: &str, original_id: &str, text: &str, timestamp: i64) -> Value {
+        let object = json!({
+            "original_message_id": original_id,
+            "message": { "type": "text", "text": { "body": text } }
+        });
+        self.message(from, id, timestamp, "edit", object)
+    }
+
+    /// The contact deleted their message `original_id` for everyone (Coexistence numbers).
+    pub fn revoke(&self, from: &str, id: &str, original_id: &str, timestamp: i64) -> Value {
+        let object = json!({ "original_message_id": original_id });
+        self.message(from, id, timestamp, "revoke", object)
+    }
+
     /// A shared location (a fixed place in Berlin).
     pub fn location(&self, from: &str, id: &str, timestamp: i64) -> Value {
         let object = json!({ "latitude": 52.520008, "longitude": 13.404954, "name": "Studio", "address": "Musterstraße 1, Berlin" });
@@ -1036,6 +1117,9 @@ impl PayloadBuilder {
         let mut value = json!({ "messaging_product": "whatsapp", "metadata": self.metadata(), "messages": [message] });
         if let Some(name) = &self.contact_name {
             value["contacts"] = json!([{ "profile": { "name": name }, "wa_id": from }]);
+            if let Some(username) = &self.username {
+                value["contacts"][0]["profile"]["username"] = json!(username);
+            }
         }
         self.envelope(value)
     }

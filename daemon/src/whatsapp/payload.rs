@@ -958,6 +958,7 @@ mod tests {
         assert_eq!(m.from, "DE.99887766");
         assert_eq!(m.user_id.as_deref(), Some("DE.99887766"));
         assert_eq!(m.contact_name.as_deref(), Some("Jo"));
+        assert_eq!(m.username.as_deref(), Some("@jo"));
     }
 
     #[test]
@@ -999,13 +1000,175 @@ mod tests {
         let m = only_message(json!({
             "from": "16505551234", "id": "wamid.I3", "timestamp": "1749416383",
             "type": "interactive",
-            "interactive": { "type": "nfm_reply", "nfm_reply": { "response_json": "{}", "body": "Sent" } }
+            "interactive": { "type": "call_permission_reply", "call_permission_reply": { "response": "accept" } }
         }));
         assert_eq!(
             m.content,
-            Content::Unsupported("interactive.nfm_reply".into())
+            Content::Unsupported("interactive.call_permission_reply".into())
         );
         assert!(m.content.needs_fallback_answer());
+    }
+
+    #[test]
+    fn flow_reply_answers_are_read_as_text_fields() {
+        let m = only_message(json!({
+            "context": { "from": "15550783881", "id": "wamid.FLOWSENT" },
+            "from": "16505551234", "id": "wamid.F1", "timestamp": "1749416383",
+            "type": "interactive",
+            "interactive": {
+                "type": "nfm_reply",
+                "nfm_reply": {
+                    "name": "flow",
+                    "body": "Sent",
+                    "response_json": "{\"flow_token\": \"AQAAAAACS5FpgQ_cAAAAAD0QI3s.\", \"vorname\": \"Lena\", \"email\": \"lena@example.org\", \"ziele\": [\"abnehmen\", \"ruecken\"], \"alter\": 34, \"notiz\": null}"
+                }
+            }
+        }));
+        let Content::FlowReply { name, text } = &m.content else {
+            panic!("expected a flow reply, got {:?}", m.content)
+        };
+        assert_eq!(name.as_deref(), Some("flow"));
+        assert_eq!(
+            text,
+            "alter: 34\nemail: lena@example.org\nvorname: Lena\nziele: abnehmen, ruecken"
+        );
+        assert!(!text.contains("flow_token") && !text.contains("AQAAAA"));
+        assert_eq!(m.content.as_engine_text(), Some(text.as_str()));
+        assert!(!m.content.needs_fallback_answer());
+        assert_eq!(m.content.kind(), "flow_reply");
+        assert_eq!(m.reply_to.as_deref(), Some("wamid.FLOWSENT"));
+
+        // A form whose JSON does not parse still says what the contact sent.
+        let m = only_message(json!({
+            "from": "16505551234", "id": "wamid.F2", "timestamp": "1749416383",
+            "type": "interactive",
+            "interactive": { "type": "nfm_reply", "nfm_reply": { "response_json": "{not json", "body": "Termin: Montag" } }
+        }));
+        assert_eq!(m.content.as_engine_text(), Some("Termin: Montag"));
+        // Nothing at all: the fallback answer, as for any message without text.
+        let m = only_message(json!({
+            "from": "16505551234", "id": "wamid.F3", "timestamp": "1749416383",
+            "type": "interactive",
+            "interactive": { "type": "nfm_reply", "nfm_reply": { "response_json": "{\"flow_token\": \"x\"}" } }
+        }));
+        assert_eq!(m.content.as_engine_text(), None);
+        assert!(m.content.needs_fallback_answer());
+    }
+
+    #[test]
+    fn request_welcome_is_a_welcome_not_a_fallback() {
+        let m = only_message(json!({
+            "from": "16505551234", "id": "wamid.W", "timestamp": "1749416383", "type": "request_welcome"
+        }));
+        assert_eq!(m.content, Content::Welcome);
+        assert_eq!(m.content.as_engine_text(), None);
+        assert!(!m.content.needs_fallback_answer());
+        assert_eq!(m.content.kind(), "request_welcome");
+    }
+
+    #[test]
+    fn edit_and_revoke_name_the_original_message() {
+        let m = only_message(json!({
+            "from": "16505551234", "id": "wamid.E1", "timestamp": "1749416383", "type": "edit",
+            "edit": {
+                "original_message_id": "wamid.ORIG",
+                "message": {
+                    "context": { "id": "wamid.QUOTED" },
+                    "type": "text",
+                    "text": { "body": "Doch lieber Dienstag" }
+                }
+            }
+        }));
+        assert_eq!(
+            m.content,
+            Content::Edit {
+                original_id: "wamid.ORIG".into(),
+                text: Some("Doch lieber Dienstag".into())
+            }
+        );
+        assert!(!m.content.needs_fallback_answer());
+        assert_eq!(m.content.as_engine_text(), None);
+
+        let m = only_message(json!({
+            "from": "16505551234", "id": "wamid.E2", "timestamp": "1749416383", "type": "edit",
+            "edit": {
+                "original_message_id": "wamid.PIC",
+                "message": { "type": "image", "image": { "id": "1", "mime_type": "image/jpeg", "caption": "Neuer Text" } }
+            }
+        }));
+        assert_eq!(
+            m.content,
+            Content::Edit {
+                original_id: "wamid.PIC".into(),
+                text: Some("Neuer Text".into())
+            }
+        );
+
+        let m = only_message(json!({
+            "from": "16505551234", "id": "wamid.R", "timestamp": "1749416383", "type": "revoke",
+            "revoke": { "original_message_id": "wamid.ORIG" }
+        }));
+        assert_eq!(
+            m.content,
+            Content::Revoke {
+                original_id: "wamid.ORIG".into()
+            }
+        );
+        assert!(!m.content.needs_fallback_answer());
+        assert_eq!(m.content.kind(), "revoke");
+    }
+
+    #[test]
+    fn click_to_whatsapp_referral_is_kept() {
+        let m = only_message(json!({
+            "from": "16505551234", "id": "wamid.AD", "timestamp": "1749416383",
+            "type": "text", "text": { "body": "Hallo, ich interessiere mich für ein Probetraining" },
+            "referral": {
+                "source_url": "https://fb.me/2YxLq0iAB",
+                "source_id": "120212345678901234",
+                "source_type": "ad",
+                "body": "Jetzt 4 Wochen testen",
+                "headline": "EMS-Probetraining gratis",
+                "media_type": "video",
+                "video_url": "https://video.xx.fbcdn.net/ad.mp4",
+                "thumbnail_url": "https://scontent.xx.fbcdn.net/thumb.jpg",
+                "ctwa_clid": "ARAkLkA8rmlFeiCktEJQ-QTwRiyYHAFDLMNDBH0CD3qpjd0HR4irJ6LEkR7JwFF4XvnO2E4Nx0-eM-GABDLOPaOdRMv-_zfUQ2a",
+                "welcome_message": { "text": "Hi! Wie können wir helfen?" }
+            }
+        }));
+        assert_eq!(
+            m.referral,
+            Some(LeadSource {
+                source_type: Some("ad".into()),
+                source_id: Some("120212345678901234".into()),
+                source_url: Some("https://fb.me/2YxLq0iAB".into()),
+                headline: Some("EMS-Probetraining gratis".into()),
+                body: Some("Jetzt 4 Wochen testen".into()),
+                ctwa_clid: Some("ARAkLkA8rmlFeiCktEJQ-QTwRiyYHAFDLMNDBH0CD3qpjd0HR4irJ6LEkR7JwFF4XvnO2E4Nx0-eM-GABDLOPaOdRMv-_zfUQ2a".into()),
+                media_type: Some("video".into()),
+                media_url: Some("https://video.xx.fbcdn.net/ad.mp4".into()),
+                thumbnail_url: Some("https://scontent.xx.fbcdn.net/thumb.jpg".into()),
+            })
+        );
+        // The message itself is answered as usual.
+        assert_eq!(
+            m.content.as_engine_text(),
+            Some("Hallo, ich interessiere mich für ein Probetraining")
+        );
+        // Debug output never shows the click id.
+        assert!(!format!("{m:?}").contains("ARAkLk"));
+
+        // An empty or malformed referral is no lead source.
+        let m = only_message(json!({
+            "from": "16505551234", "id": "wamid.AD2", "timestamp": "1749416383",
+            "type": "text", "text": { "body": "Hi" }, "referral": { "source_type": "" }
+        }));
+        assert_eq!(m.referral, None);
+        let m = only_message(json!({
+            "from": "16505551234", "id": "wamid.AD3", "timestamp": "1749416383",
+            "type": "text", "text": { "body": "Hi" }, "referral": "not an object"
+        }));
+        assert_eq!(m.referral, None);
     }
 
     #[test]
@@ -1114,8 +1277,14 @@ mod tests {
             assert_eq!(*got, expected);
             assert!(media_id.is_some());
             assert!(mime_type.is_some());
-            assert!(m.content.needs_fallback_answer(), "{kind}");
-            assert_eq!(m.content.as_engine_text(), None);
+            if kind == "image" {
+                // The first case carries a caption: that is text to answer.
+                assert_eq!(m.content.as_engine_text(), Some("Mein Trainingsplan"));
+                assert!(!m.content.needs_fallback_answer());
+            } else {
+                assert!(m.content.needs_fallback_answer(), "{kind}");
+                assert_eq!(m.content.as_engine_text(), None);
+            }
         }
         let m = only_message(json!({
             "from": "16505551234", "id": "wamid.M", "timestamp": "1749416383", "type": "image",
@@ -1125,6 +1294,13 @@ mod tests {
             matches!(&m.content, Content::Media { caption: Some(c), .. } if c == "Mein Trainingsplan")
         );
         assert_eq!(m.content.kind(), "image");
+        assert_eq!(m.content.as_engine_text(), Some("Mein Trainingsplan"));
+        // A blank caption is no text.
+        let m = only_message(json!({
+            "from": "16505551234", "id": "wamid.M", "timestamp": "1749416383", "type": "image",
+            "image": { "caption": "  ", "id": "1" }
+        }));
+        assert!(m.content.needs_fallback_answer());
     }
 
     #[test]
@@ -1402,7 +1578,13 @@ mod tests {
                 timestamp: 1,
                 phone_number_id: PNID.into(),
                 contact_name: None,
-                reply_to: None,
+                reply_to: Some("wamid.Q".into()),
+                username: Some("@alex".into()),
+                referral: Some(LeadSource {
+                    source_type: Some("ad".into()),
+                    source_id: Some("1".into()),
+                    ..LeadSource::default()
+                }),
                 content: Content::Media {
                     kind: MediaKind::Voice,
                     caption: None,

@@ -381,6 +381,8 @@ mod tests {
             phone_number_id: "123".into(),
             contact_name: Some("Dora".into()),
             reply_to: None,
+            username: None,
+            referral: None,
             content: Content::Text(text.into()),
         }
     }
