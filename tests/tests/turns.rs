@@ -117,3 +117,130 @@ async fn voice_notes_system_notices_and_invalid_senders_take_the_engines_branche
         "no customer subject for a dropped sender"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn welcome_caption_ad_quote_edit_and_revoke_through_the_daemon() {
+    let graph = sim::start().await;
+    let model = test_model();
+    assert!(
+        model.is_file(),
+        "{} missing: run ./install.sh --dev",
+        model.display()
+    );
+    let mut daemon = Daemon::start(DaemonSpec {
+        fixed_reply: None,
+        extra_toml: format!(
+            "[llm]\nmodel_path = \"{}\"\nchat_template = \"chatml\"\ncontext_size = 4096\nmax_tokens = 120\n",
+            model.display()
+        ),
+        ..DaemonSpec::with_graph(graph.base_url())
+    });
+    let driver = WebhookDriver::new(&daemon.webhook_url(), SIM_APP_SECRET).unwrap();
+    let p = PayloadBuilder {
+        username: Some("@lena.fit".into()),
+        ..PayloadBuilder::default()
+    };
+    let ts = jiff::Timestamp::now().as_second();
+    let wait = std::time::Duration::from_secs(120);
+
+    // Someone opens the chat without writing: the greeting, with the AI disclosure in front.
+    let opener = "491700000200";
+    assert!(driver
+        .deliver(&p.welcome_request(opener, "wamid.w1", ts))
+        .await
+        .delivered());
+    graph.wait_for_sent(1, wait).await.expect("no greeting");
+    let greeting = graph.texts_to(opener);
+    assert_eq!(greeting.len(), 1, "{greeting:?}");
+    assert!(greeting[0].contains("KI"), "{}", greeting[0]);
+    assert!(greeting[0].contains("Willkommen"), "{}", greeting[0]);
+    assert!(
+        !greeting[0].contains("Sprachnachrichten"),
+        "{}",
+        greeting[0]
+    );
+
+    // A picture with a caption, from an ad: the caption is answered like text.
+    let lead = "491700000201";
+    let pic = p.media_with_caption(
+        lead,
+        "wamid.c1",
+        MediaKind::Image,
+        "Geht das auch für Anfänger?",
+        ts,
+    );
+    assert!(driver
+        .deliver(&p.from_ad(pic, "120212345678901234", "EMS-Probetraining gratis"))
+        .await
+        .delivered());
+    graph
+        .wait_for_sent(2, wait)
+        .await
+        .expect("caption not answered");
+    let first = graph
+        .sent()
+        .into_iter()
+        .find(|s| s.recipient == lead)
+        .unwrap();
+    assert!(
+        !graph.texts_to(lead)[0].contains("Sprachnachrichten"),
+        "a caption is no non-text message: {:?}",
+        graph.texts_to(lead)
+    );
+
+    // The contact edits and deletes the caption message (recorded, never answered), then says
+    // yes to our reply by quoting it.
+    for payload in [
+        p.edit(
+            lead,
+            "wamid.c2",
+            "wamid.c1",
+            "Geht das auch für Einsteiger?",
+            ts + 1,
+        ),
+        p.revoke(lead, "wamid.c3", "wamid.c1", ts + 2),
+        p.quoting(p.text_message(lead, "wamid.c4", "Ja", ts + 3), &first.id),
+    ] {
+        assert!(driver.deliver(&payload).await.delivered());
+    }
+    graph
+        .wait_for_sent(3, wait)
+        .await
+        .expect("the quote was not answered");
+    assert_eq!(
+        graph.texts_to(lead).len(),
+        2,
+        "edit and revoke are not answered"
+    );
+
+    assert!(daemon.stop().is_some_and(|s| s.success()));
+    let store = daemon.open_store();
+    let opened = store.recent_messages(&store.pseudonym(opener), 10).unwrap();
+    assert_eq!(opened[0].text, "[chat opened]");
+
+    let who = store.pseudonym(lead);
+    let customer = store.customer(&who).unwrap().unwrap();
+    let source = customer.body.lead_source.expect("the ad is kept");
+    assert_eq!(source.source_id.as_deref(), Some("120212345678901234"));
+    assert!(source.ctwa_clid.is_some());
+    assert_eq!(customer.body.username.as_deref(), Some("@lena.fit"));
+    let history = store.recent_messages(&who, 20).unwrap();
+    let texts: Vec<&str> = history.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts[0], "[deleted]", "{texts:?}");
+    assert!(
+        texts.contains(&"[edited] Geht das auch für Einsteiger?"),
+        "{texts:?}"
+    );
+    assert!(texts.iter().all(|t| !t.contains("Anfänger")), "{texts:?}");
+    // Our reply carries WhatsApp's id, so the quote could be found.
+    assert_eq!(history[1].wamid.as_deref(), Some(first.id.as_str()));
+
+    let stats = frontdesk::stats::report(&store, None, Default::default()).unwrap();
+    assert_eq!(stats.total.new_contacts, 2);
+    assert_eq!(stats.sources.len(), 1);
+    assert_eq!(stats.sources[0].contacts, 1);
+    assert_eq!(
+        stats.sources[0].headline.as_deref(),
+        Some("EMS-Probetraining gratis")
+    );
+}

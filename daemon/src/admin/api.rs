@@ -136,6 +136,12 @@ pub struct CustomerDetail {
     pub phone: String,
     /// The name the customer's WhatsApp profile shows.
     pub contact_name: Option<String>,
+    /// The customer's WhatsApp `@username`, when they use one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The click-to-WhatsApp ad or post the customer came from: `type id "headline"`.
+    #[serde(default)]
+    pub lead_source: Option<String>,
     /// First message from or to this customer.
     pub first_contact: Timestamp,
     /// Last message from or to this customer.

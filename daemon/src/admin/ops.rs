@@ -240,6 +240,15 @@ pub fn customers_show(ctx: &Ctx, req: PhoneRequest) -> OpResult {
             _ => c.body.phone.clone(),
         },
         contact_name: c.body.contact_name.clone(),
+        username: c.body.username.clone(),
+        lead_source: c.body.lead_source.as_ref().map(|s| {
+            format!(
+                "{} {} \"{}\"",
+                s.source_type.as_deref().unwrap_or("?"),
+                s.source_id.as_deref().unwrap_or("?"),
+                s.headline.as_deref().unwrap_or_default()
+            )
+        }),
         first_contact: c.meta.first_contact,
         last_contact: c.meta.last_contact,
         last_inbound: c.meta.last_inbound,

@@ -322,6 +322,12 @@ pub fn customers(cli: &Cli, cmd: &CustomersCommand) -> anyhow::Result<u8> {
                 if let Some(n) = &d.contact_name {
                     println!("whatsapp name: {n}");
                 }
+                if let Some(u) = &d.username {
+                    println!("username:      {u}");
+                }
+                if let Some(s) = &d.lead_source {
+                    println!("came from ad:  {s}");
+                }
                 println!("first contact: {}", d.first_contact);
                 println!("last contact:  {}", d.last_contact);
                 println!("ever booked:   {}", d.ever_booked);

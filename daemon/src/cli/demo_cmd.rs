@@ -51,6 +51,63 @@ fn find_prompts() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("prompts"))
 }
 
+/// The other WhatsApp message types a line can send.
+const DEMO_COMMANDS: &str = "Other message types: /welcome (open the chat without writing), \
+/image TEXT (a picture with a caption), /ad TEXT (a message from a click-to-WhatsApp ad), \
+/quote TEXT (a swipe-reply to the studio's last message), /form (a submitted WhatsApp Flow), \
+/edit TEXT (edit your last message), /delete (delete your last message).";
+
+/// The webhook payload for one typed line, and whether WhatsApp's contact expects an answer to
+/// it. `last_reply`: the id of the studio's last message; `own`: the id of the contact's last
+/// message.
+fn demo_payload(
+    p: &PayloadBuilder,
+    line: &str,
+    id: &str,
+    ts: i64,
+    last_reply: Option<&str>,
+    own: Option<&str>,
+) -> (serde_json::Value, bool) {
+    let (command, rest) = line
+        .trim()
+        .split_once(' ')
+        .map_or((line.trim(), ""), |(c, r)| (c, r.trim()));
+    let text = |t: &str| p.text_message(DEMO_PHONE, id, t, ts);
+    match (command, own) {
+        ("/welcome", _) => (p.welcome_request(DEMO_PHONE, id, ts), true),
+        ("/image", _) => (
+            p.media_with_caption(
+                DEMO_PHONE,
+                id,
+                crate::whatsapp::payload::MediaKind::Image,
+                rest,
+                ts,
+            ),
+            true,
+        ),
+        ("/ad", _) => (
+            p.from_ad(text(rest), "120200000000000001", "Probetraining gratis"),
+            true,
+        ),
+        ("/quote", _) => match last_reply {
+            Some(quoted) => (p.quoting(text(rest), quoted), true),
+            None => (text(rest), true),
+        },
+        ("/form", _) => (
+            p.flow_reply(
+                DEMO_PHONE,
+                id,
+                &serde_json::json!({ "vorname": "Alex", "nachname": "Beispiel", "email": "alex@example.org" }),
+                ts,
+            ),
+            true,
+        ),
+        ("/edit", Some(own)) => (p.edit(DEMO_PHONE, id, own, rest, ts), false),
+        ("/delete", Some(own)) => (p.revoke(DEMO_PHONE, id, own, ts), false),
+        _ => (text(line), true),
+    }
+}
+
 /// Runs the demo; lines come from stdin (a terminal or a pipe).
 pub fn run(model: Option<&Path>) -> anyhow::Result<u8> {
     let model = find_model(model)?;
@@ -137,7 +194,7 @@ fn run_in(dir: &Path, model: &Path) -> anyhow::Result<u8> {
         println!(
             "Ready. You write as the customer +{DEMO_PHONE}; each line goes through the signed \
              webhook, the encrypted store, the model and the Graph API simulator. Empty line or \
-             Ctrl-D ends the demo.\n"
+             Ctrl-D ends the demo.\n{DEMO_COMMANDS}\n"
         );
 
         let driver = WebhookDriver::new(&webhook_url, SIM_APP_SECRET)?;
@@ -162,11 +219,28 @@ fn run_in(dir: &Path, model: &Path) -> anyhow::Result<u8> {
             n += 1;
             let id = format!("wamid.demo.{n}");
             let ts = jiff::Timestamp::now().as_second();
-            let delivery = driver
-                .deliver(&payloads.text_message(DEMO_PHONE, &id, &line, ts))
-                .await;
+            let last_reply = graph
+                .sent()
+                .into_iter()
+                .rev()
+                .find(|s| s.recipient == DEMO_PHONE)
+                .map(|s| s.id);
+            let own = (n > 1).then(|| format!("wamid.demo.{}", n - 1));
+            let (payload, expects_reply) = demo_payload(
+                &payloads,
+                &line,
+                &id,
+                ts,
+                last_reply.as_deref(),
+                own.as_deref(),
+            );
+            let delivery = driver.deliver(&payload).await;
             if !delivery.delivered() {
                 println!("(webhook answered {:?})", delivery.status);
+                continue;
+            }
+            if !expects_reply {
+                println!("(recorded; WhatsApp never answers an edit or a deletion)");
                 continue;
             }
             let bookings_before = magicline.bookings().len();

@@ -7,7 +7,12 @@
 //!    no reply, an audit entry (`message.dropped`). Bursts of only reactions or WhatsApp system
 //!    notices (`user_changed_number`, …) change nothing and are never answered.
 //! 2. Load the customer (or start a new one). Every text and non-text part goes into the
-//!    history with WhatsApp's timestamp; non-text parts as `[voice]`, `[image]` ….
+//!    history with WhatsApp's timestamp; non-text parts as `[voice]`, `[image]` …, a caption as
+//!    `[image] caption`, an edit as `[edited] new text`. A revoke (the contact deleted a message
+//!    for everyone) replaces the deleted row's text with [`REVOKED_TEXT`]; a message deleted in
+//!    its own burst is neither read nor stored. Bursts of only edits and revokes are recorded and
+//!    never answered. The WhatsApp `@username` and the click-to-WhatsApp ad the contact came
+//!    from are kept in the sealed body; a contact's first message from an ad counts for that ad.
 //! 3. Opt-out keywords are checked before anything else, deterministically ([`is_opt_out`]).
 //!    An opted-out contact gets [`StudioConfig::opt_out_reply`] once; a further opt-out message
 //!    is recorded in silence; any later text that is *not* an opt-out means the contact wrote
@@ -17,10 +22,15 @@
 //!    so staff see them. An opt-out from them is recorded only: staff are in charge there. A
 //!    burst without text (voice note, picture …) gets [`StudioConfig::non_text_reply`]. A contact
 //!    who reached `conversation.max_replies_per_hour` is recorded but not answered (an opt-out
-//!    is still confirmed).
+//!    is still confirmed). A burst that only opens the chat (`request_welcome`) gets
+//!    [`StudioConfig::welcome_reply`].
 //! 5. If free alternatives were offered after a taken slot and the message picks one ("der
 //!    zweite", "Mittwoch um 18 Uhr"), that one is booked without asking the model.
-//! 6. Otherwise the model gets the persona prompt and the last `history_messages` messages and
+//!    A short yes ("Ja, passt") quoting one of our messages that names exactly one offered slot
+//!    books that slot.
+//! 6. Otherwise the model gets the persona prompt and the last `history_messages` messages (a
+//!    caption as `[image] caption`; a quoted message, found in the history by its WhatsApp id,
+//!    as a system note right before the new messages, never as the contact's words) and
 //!    returns reply, profile facts, intent and wished date. Profile facts are merged
 //!    ([`super::reply::merge_profile`]); the stage advances (first name → "Name bekannt").
 //! 7. The intent decides: hand-over (complaint, cancellation, contract question → escalated,
@@ -75,8 +85,8 @@ const MAX_QUOTE_CHARS: usize = 1000;
 /// exactly one offered slot, that slot is booked.
 const AFFIRMATIONS: &[&str] = &[
     "ja", "jo", "jep", "jup", "yes", "gerne", "gern", "passt", "perfekt", "super", "ok", "okay",
-    "genau", "top", "klar", "den", "nehme", "ich", "bitte", "der", "das", "nehm", "buchen",
-    "gut", "prima", "sehr",
+    "genau", "top", "klar", "den", "nehme", "ich", "bitte", "der", "das", "nehm", "buchen", "gut",
+    "prima", "sehr",
 ];
 
 /// Token accounting of the model call.
@@ -298,7 +308,10 @@ impl Engine {
             .parts
             .iter()
             .any(|part| matches!(part.kind, PartKind::NonText(_)));
-        let welcome = burst.parts.iter().any(|part| part.kind == PartKind::Welcome);
+        let welcome = burst
+            .parts
+            .iter()
+            .any(|part| part.kind == PartKind::Welcome);
         // Edits and deletions alone are recorded, never answered.
         let wants_reply = !texts.is_empty() || non_text || welcome;
         let outcome = if !texts.is_empty() {
@@ -507,7 +520,11 @@ impl Engine {
 
     /// The last `history_messages` messages including the new ones, oldest first. A quoted
     /// message comes right before the new ones as a note, not as the contact's words.
-    fn history(&self, c: &Customer, input: &ModelInput<'_>) -> Result<Vec<ChatMessage>, EngineError> {
+    fn history(
+        &self,
+        c: &Customer,
+        input: &ModelInput<'_>,
+    ) -> Result<Vec<ChatMessage>, EngineError> {
         let texts = &input.model_texts;
         let n = self.conv.history_messages.max(1);
         let stored = n.saturating_sub(texts.len());
@@ -757,7 +774,22 @@ fn is_affirmation(text: &str) -> bool {
     let words = words(text);
     !words.is_empty()
         && words.len() <= 6
-        && words.iter().any(|w| matches!(w.as_str(), "ja" | "jo" | "jep" | "jup" | "yes" | "gerne" | "gern" | "passt" | "ok" | "okay" | "genau" | "perfekt"))
+        && words.iter().any(|w| {
+            matches!(
+                w.as_str(),
+                "ja" | "jo"
+                    | "jep"
+                    | "jup"
+                    | "yes"
+                    | "gerne"
+                    | "gern"
+                    | "passt"
+                    | "ok"
+                    | "okay"
+                    | "genau"
+                    | "perfekt"
+            )
+        })
         && words.iter().all(|w| AFFIRMATIONS.contains(&w.as_str()))
 }
 
@@ -2027,8 +2059,7 @@ mod tests {
     #[test]
     fn a_caption_is_read_as_the_contacts_text() {
         let h = harness();
-        h.model
-            .push(answer("question", json!({}), DISCLOSED, None));
+        h.model.push(answer("question", json!({}), DISCLOSED, None));
         let t = h.send_parts(
             PHONE,
             vec![part(
@@ -2062,19 +2093,39 @@ mod tests {
             "Hi, ich bin Max (KI). Wie wäre Dienstag um 18 Uhr?",
             None,
         ));
-        let t = h.send_parts(PHONE, vec![part("wamid.in1", PartKind::Text("Hallo".into()))], &monday());
+        let t = h.send_parts(
+            PHONE,
+            vec![part("wamid.in1", PartKind::Text("Hallo".into()))],
+            &monday(),
+        );
         sent_as(&h, &t, "wamid.OFFER1");
-        h.model
-            .push(answer("question", json!({}), "Oder lieber Mittwoch um 10 Uhr?", None));
-        let t = h.send_parts(PHONE, vec![part("wamid.in2", PartKind::Text("Hm".into()))], &monday());
+        h.model.push(answer(
+            "question",
+            json!({}),
+            "Oder lieber Mittwoch um 10 Uhr?",
+            None,
+        ));
+        let t = h.send_parts(
+            PHONE,
+            vec![part("wamid.in2", PartKind::Text("Hm".into()))],
+            &monday(),
+        );
         sent_as(&h, &t, "wamid.OFFER2");
 
         h.model.push(answer("none", json!({}), "Super!", None));
-        h.send_parts(PHONE, vec![quoting("wamid.in3", "Ja", "wamid.OFFER1")], &monday());
+        h.send_parts(
+            PHONE,
+            vec![quoting("wamid.in3", "Ja", "wamid.OFFER1")],
+            &monday(),
+        );
         let history = h.model.last_prompt().history;
         let n = history.len();
         assert_eq!(history[n - 1].role, Role::User);
-        assert_eq!(history[n - 1].content, "Ja", "the contact's own words stay theirs");
+        assert_eq!(
+            history[n - 1].content,
+            "Ja",
+            "the contact's own words stay theirs"
+        );
         assert_eq!(history[n - 2].role, Role::System);
         assert_eq!(
             history[n - 2].content,
@@ -2083,14 +2134,22 @@ mod tests {
 
         // A quote of the contact's own message is marked as theirs; an unknown id adds nothing.
         h.model.push(answer("none", json!({}), "Ok!", None));
-        h.send_parts(PHONE, vec![quoting("wamid.in4", "Wie gesagt", "wamid.in2")], &monday());
+        h.send_parts(
+            PHONE,
+            vec![quoting("wamid.in4", "Wie gesagt", "wamid.in2")],
+            &monday(),
+        );
         let history = h.model.last_prompt().history;
         assert_eq!(
             history[history.len() - 2].content,
             "Der Kunde bezieht sich auf seine eigene frühere Nachricht: «Hm»"
         );
         h.model.push(answer("none", json!({}), "Ok!", None));
-        h.send_parts(PHONE, vec![quoting("wamid.in5", "Ja", "wamid.UNKNOWN")], &monday());
+        h.send_parts(
+            PHONE,
+            vec![quoting("wamid.in5", "Ja", "wamid.UNKNOWN")],
+            &monday(),
+        );
         let history = h.model.last_prompt().history;
         assert!(history.iter().all(|m| m.role != Role::System));
     }
@@ -2132,7 +2191,11 @@ mod tests {
         let calls = h.model.calls();
         h.model
             .push(answer("none", json!({}), "Welcher der drei?", None));
-        h.send_parts(PHONE, vec![quoting("wamid.j1", "Ja", "wamid.LIST")], &monday());
+        h.send_parts(
+            PHONE,
+            vec![quoting("wamid.j1", "Ja", "wamid.LIST")],
+            &monday(),
+        );
         assert_eq!(h.model.calls(), calls + 1);
         assert_eq!(h.booker.requests.lock().unwrap().len(), 1);
 
@@ -2147,7 +2210,11 @@ mod tests {
                 magicline_customer_id: 9,
                 confirmation_pending: false,
             });
-        let t = h.send_parts(PHONE, vec![quoting("wamid.j2", "Ja, passt", "wamid.SINGLE")], &monday());
+        let t = h.send_parts(
+            PHONE,
+            vec![quoting("wamid.j2", "Ja, passt", "wamid.SINGLE")],
+            &monday(),
+        );
         assert_eq!(h.model.calls(), calls + 1, "the pick needs no model call");
         let reqs = h.booker.requests.lock().unwrap().clone();
         assert_eq!(reqs.len(), 2);
@@ -2187,7 +2254,10 @@ mod tests {
         h.model.push(answer("question", json!({}), DISCLOSED, None));
         let t = h
             .engine
-            .decide_at(&from_ad("wamid.ad1", "Ist das Angebot noch gültig?"), &monday())
+            .decide_at(
+                &from_ad("wamid.ad1", "Ist das Angebot noch gültig?"),
+                &monday(),
+            )
             .unwrap();
         assert_eq!(h.model.calls(), 1, "the ad's message reaches the model");
         assert_eq!(
@@ -2279,7 +2349,11 @@ mod tests {
     #[test]
     fn a_first_opening_of_the_chat_gets_the_greeting_with_the_disclosure() {
         let h = harness();
-        let t = h.send_parts(PHONE, vec![part("wamid.welcome", PartKind::Welcome)], &monday());
+        let t = h.send_parts(
+            PHONE,
+            vec![part("wamid.welcome", PartKind::Welcome)],
+            &monday(),
+        );
         assert_eq!(h.model.calls(), 0);
         assert_eq!(t.outcome, TurnOutcome::NonText);
         assert!(t.new_contact);
@@ -2299,7 +2373,10 @@ mod tests {
         h.model.push(answer("none", json!({}), DISCLOSED, None));
         h.send_parts(
             PHONE,
-            vec![part("wamid.secret", PartKind::Text("Meine IBAN ist DE02 1203".into()))],
+            vec![part(
+                "wamid.secret",
+                PartKind::Text("Meine IBAN ist DE02 1203".into()),
+            )],
             &monday(),
         );
         let before = h.history().len();
@@ -2320,7 +2397,10 @@ mod tests {
         assert_eq!(h.model.calls(), 1);
         let history = h.history();
         assert_eq!(history.len(), before + 1);
-        assert_eq!(history.last().unwrap().text, "[edited] Meine IBAN ist DE02 1204");
+        assert_eq!(
+            history.last().unwrap().text,
+            "[edited] Meine IBAN ist DE02 1204"
+        );
 
         let t = h.send_parts(
             PHONE,
@@ -2349,11 +2429,19 @@ mod tests {
             PHONE,
             vec![
                 part("wamid.oops", PartKind::Text("Falscher Chat, sorry".into())),
-                part("wamid.r2", PartKind::Revoke { original: "wamid.oops".into() }),
+                part(
+                    "wamid.r2",
+                    PartKind::Revoke {
+                        original: "wamid.oops".into(),
+                    },
+                ),
             ],
             &monday(),
         );
-        assert!(h.history().iter().all(|m| !m.text.contains("Falscher Chat")));
+        assert!(h
+            .history()
+            .iter()
+            .all(|m| !m.text.contains("Falscher Chat")));
         assert_eq!(t.outcome, TurnOutcome::Recorded);
         assert!(t.replies.is_empty());
         assert_eq!(h.model.calls(), 1);
@@ -2362,11 +2450,20 @@ mod tests {
         let stranger = "+49 160 1111111";
         let t = h.send_parts(
             stranger,
-            vec![part("wamid.r3", PartKind::Revoke { original: "wamid.x".into() })],
+            vec![part(
+                "wamid.r3",
+                PartKind::Revoke {
+                    original: "wamid.x".into(),
+                },
+            )],
             &monday(),
         );
         assert!(t.record.is_none());
-        assert!(h.store.customer(&h.store.pseudonym(stranger)).unwrap().is_none());
+        assert!(h
+            .store
+            .customer(&h.store.pseudonym(stranger))
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -1020,7 +1020,14 @@ impl PayloadBuilder {
     }
 
     /// The contact edited their message `original_id` to `text` (Coexistence numbers).
-    pub fn edit(&self, from: &str, id: &str, original_id: &str, text: &str, timestamp: i64) -> Value {
+    pub fn edit(
+        &self,
+        from: &str,
+        id: &str,
+        original_id: &str,
+        text: &str,
+        timestamp: i64,
+    ) -> Value {
         let object = json!({
             "original_message_id": original_id,
             "message": { "type": "text", "text": { "body": text } }

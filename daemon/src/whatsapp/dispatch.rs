@@ -416,3 +416,87 @@ impl Dispatcher {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::whatsapp::PayloadBuilder;
+    use crate::whatsapp::payload::{self, Event, MediaKind};
+
+    fn parsed(payload: &serde_json::Value) -> InboundMessage {
+        let events = payload::parse(&serde_json::to_vec(payload).unwrap()).unwrap();
+        match events.into_iter().next() {
+            Some(Event::Message(m)) => m,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_inbound_type_becomes_the_part_the_engine_answers_right() {
+        let p = PayloadBuilder::default();
+        let from = "491701234567";
+
+        let caption = part_of(&parsed(&p.media_with_caption(
+            from,
+            "wamid.1",
+            MediaKind::Image,
+            "geht das?",
+            1,
+        )));
+        assert_eq!(
+            caption.kind,
+            PartKind::Captioned {
+                media: "image",
+                caption: "geht das?".into()
+            }
+        );
+        let bare = part_of(&parsed(&p.media(from, "wamid.2", MediaKind::Image, 1)));
+        assert_eq!(bare.kind, PartKind::NonText("image"));
+
+        let quote = part_of(&parsed(
+            &p.quoting(p.text_message(from, "wamid.3", "Ja", 1), "wamid.OURS"),
+        ));
+        assert_eq!(quote.kind, PartKind::Text("Ja".into()));
+        assert_eq!(quote.quoted.as_deref(), Some("wamid.OURS"));
+
+        let welcome = part_of(&parsed(&p.welcome_request(from, "wamid.4", 1)));
+        assert_eq!(welcome.kind, PartKind::Welcome);
+
+        let form = part_of(&parsed(&p.flow_reply(
+            from,
+            "wamid.5",
+            &serde_json::json!({ "vorname": "Alex" }),
+            1,
+        )));
+        assert_eq!(form.kind, PartKind::Text("vorname: Alex".into()));
+
+        let edit = part_of(&parsed(&p.edit(from, "wamid.6", "wamid.3", "Nein", 1)));
+        assert_eq!(
+            edit.kind,
+            PartKind::Edit {
+                original: "wamid.3".into(),
+                text: Some("Nein".into())
+            }
+        );
+        let revoke = part_of(&parsed(&p.revoke(from, "wamid.7", "wamid.3", 1)));
+        assert_eq!(
+            revoke.kind,
+            PartKind::Revoke {
+                original: "wamid.3".into()
+            }
+        );
+
+        let ad = parsed(&p.from_ad(p.text_message(from, "wamid.8", "Hi", 1), "42", "Gratis"));
+        let source = ad.referral.expect("the referral is parsed");
+        assert_eq!(source.source_id.as_deref(), Some("42"));
+        assert_eq!(source.headline.as_deref(), Some("Gratis"));
+        assert!(source.ctwa_clid.is_some());
+
+        let named = PayloadBuilder {
+            username: Some("@alex".into()),
+            ..PayloadBuilder::default()
+        };
+        let m = parsed(&named.text_message(from, "wamid.9", "Hi", 1));
+        assert_eq!(m.username.as_deref(), Some("@alex"));
+    }
+}

@@ -271,7 +271,10 @@ impl Content {
     pub fn needs_fallback_answer(&self) -> bool {
         !matches!(
             self,
-            Content::Reaction { .. } | Content::Edit { .. } | Content::Revoke { .. } | Content::Welcome
+            Content::Reaction { .. }
+                | Content::Edit { .. }
+                | Content::Revoke { .. }
+                | Content::Welcome
         ) && self.as_engine_text().is_none()
     }
 
@@ -566,8 +569,8 @@ fn inbound_message(
         .as_ref()
         .and_then(Timestamp::seconds)
         .ok_or(PayloadError::Malformed("message timestamp missing"))?;
-    let profile =
-        contact_for(contacts, phone.as_deref(), user_id.as_deref()).and_then(|c| c.profile.as_ref());
+    let profile = contact_for(contacts, phone.as_deref(), user_id.as_deref())
+        .and_then(|c| c.profile.as_ref());
     let contact_name = profile
         .and_then(|p| p.name.clone())
         .filter(|n| !n.trim().is_empty());
