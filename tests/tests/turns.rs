@@ -118,23 +118,28 @@ async fn voice_notes_system_notices_and_invalid_senders_take_the_engines_branche
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn welcome_caption_ad_quote_edit_and_revoke_through_the_daemon() {
-    let graph = sim::start().await;
+/// The shipped daemon with its engine and the small test model, sending to `graph`.
+fn daemon_with_model(graph: &sim::GraphSim) -> Daemon {
     let model = test_model();
     assert!(
         model.is_file(),
         "{} missing: run ./install.sh --dev",
         model.display()
     );
-    let mut daemon = Daemon::start(DaemonSpec {
+    Daemon::start(DaemonSpec {
         fixed_reply: None,
         extra_toml: format!(
             "[llm]\nmodel_path = \"{}\"\nchat_template = \"chatml\"\ncontext_size = 4096\nmax_tokens = 120\n",
             model.display()
         ),
         ..DaemonSpec::with_graph(graph.base_url())
-    });
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn welcome_caption_ad_quote_edit_and_revoke_through_the_daemon() {
+    let graph = sim::start().await;
+    let mut daemon = daemon_with_model(&graph);
     let driver = WebhookDriver::new(&daemon.webhook_url(), SIM_APP_SECRET).unwrap();
     let p = PayloadBuilder {
         username: Some("@lena.fit".into()),

@@ -642,8 +642,8 @@ pub fn stats(cli: &Cli, args: &StatsArgs) -> anyhow::Result<u8> {
     if !r.sources.is_empty() {
         println!();
         println!(
-            "{:<6} {:<24} {:>8} {:>8}  {}",
-            "SOURCE", "ID", "CONTACTS", "TRIALS", "HEADLINE"
+            "{:<6} {:<24} {:>8} {:>8}  HEADLINE",
+            "SOURCE", "ID", "CONTACTS", "TRIALS"
         );
         for s in &r.sources {
             println!(

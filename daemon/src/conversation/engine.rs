@@ -252,22 +252,8 @@ impl Engine {
             return Ok(Turn::new(effects));
         }
         let revoked = burst.revoked();
-        // A message deleted in the burst it came in is neither read nor stored.
-        let pruned;
-        let burst = if burst.parts.iter().any(|part| revoked.contains(&part.id)) {
-            pruned = Burst {
-                parts: burst
-                    .parts
-                    .iter()
-                    .filter(|part| !revoked.contains(&part.id))
-                    .cloned()
-                    .collect(),
-                ..burst.clone()
-            };
-            &pruned
-        } else {
-            burst
-        };
+        let pruned = without_revoked(burst, &revoked);
+        let burst = pruned.as_ref().unwrap_or(burst);
         let (texts, inbound) = (burst.texts(), burst.history());
         if inbound.is_empty() && revoked.is_empty() {
             // Reactions and WhatsApp's system notices: nothing the contact wrote to us.
@@ -294,32 +280,12 @@ impl Engine {
         let mut c = existing.unwrap_or_else(|| Customer::new(p, &burst.address, ts));
         let mode_before = c.meta.mode;
         let disclosed_before = c.body.conversation.disclosed_ai;
-        if let Some(name) = burst.contact_name.as_deref().map(str::trim) {
-            if !name.is_empty() {
-                c.body.contact_name = Some(cap_chars(name, MAX_CONTACT_NAME_CHARS));
-            }
-        }
-        if let Some(username) = burst.username.as_deref().map(str::trim) {
-            if !username.is_empty() {
-                c.body.username = Some(cap_chars(username, MAX_CONTACT_NAME_CHARS));
-            }
-        }
-        let non_text = burst
-            .parts
-            .iter()
-            .any(|part| matches!(part.kind, PartKind::NonText(_)));
-        let welcome = burst
-            .parts
-            .iter()
-            .any(|part| part.kind == PartKind::Welcome);
-        // Edits and deletions alone are recorded, never answered.
-        let wants_reply = !texts.is_empty() || non_text || welcome;
-        let outcome = if !texts.is_empty() {
-            TurnOutcome::Conversed
-        } else if wants_reply {
-            TurnOutcome::NonText
-        } else {
-            TurnOutcome::Recorded
+        keep_names(&mut c, burst);
+        let asks = Asks::of(burst, &texts);
+        let outcome = match asks {
+            Asks::Conversation => TurnOutcome::Conversed,
+            Asks::NonTextReply | Asks::Greeting => TurnOutcome::NonText,
+            Asks::Nothing => TurnOutcome::Recorded,
         };
         let mut effects = Effects::nothing(p, &burst.address, ts, outcome);
         effects.new_contact = new_contact;
@@ -333,23 +299,10 @@ impl Engine {
         }
         let mut turn = Turn::new(effects);
         turn.asked_at = inbound.iter().map(|m| m.at).max().unwrap_or(ts);
-        if let Some(source) = &burst.referral {
-            // Counted once per contact and ad: a second message from the same ad is no new lead.
-            let known = c
-                .body
-                .lead_source
-                .as_ref()
-                .is_some_and(|old| SourceEvent::same_source(old, source));
-            if !known {
-                turn.effects
-                    .sources
-                    .push(SourceEvent::new(source, SourceStep::Contact));
-            }
-            c.body.lead_source = Some(source.clone());
-        }
+        note_lead_source(&mut c, burst, &mut turn);
         let opt_out = texts.iter().any(|t| is_opt_out(t));
         match c.meta.mode {
-            _ if !wants_reply => {}
+            _ if asks == Asks::Nothing => {}
             BotMode::Paused | BotMode::Escalated => {}
             // Someone who opted out is answered again only when they write text on their own.
             BotMode::OptedOut if opt_out || texts.is_empty() => {}
@@ -362,34 +315,12 @@ impl Engine {
                 if c.meta.mode == BotMode::OptedOut {
                     set_mode(&mut c, &mut turn, BotMode::Active);
                 }
-                if !texts.is_empty() {
-                    let quote = self.quote(&c, burst)?;
-                    let input = ModelInput {
-                        texts: &texts,
-                        model_texts: burst.model_texts(),
-                        quote,
-                    };
-                    self.converse(&mut c, &input, &now, &mut turn)?;
-                } else if non_text {
-                    turn.replies
-                        .push(self.persona().studio.non_text_reply.clone());
-                } else {
-                    turn.replies
-                        .push(self.persona().studio.welcome_reply.clone());
-                }
+                self.answer(asks, &mut c, burst, &texts, &now, &mut turn)?;
             }
         }
         self.ensure_disclosure(&mut c, &mut turn);
-        if let Some(source) = &c.body.lead_source {
-            if turn
-                .stage_changes
-                .iter()
-                .any(|(_, to)| *to == Stage::TrialBooked)
-            {
-                turn.effects
-                    .sources
-                    .push(SourceEvent::new(source, SourceStep::TrialBooked));
-            }
+        if let Some(event) = booked_by_source(&c, &turn) {
+            turn.effects.sources.push(event);
         }
         turn.effects.funnel = funnel_events(&turn);
         turn.effects.audit = audit_entries(&turn);
@@ -410,6 +341,25 @@ impl Engine {
             "conversation turn"
         );
         Ok(turn)
+    }
+
+    /// The reply to an active contact: a conversation turn, the non-text reply or the greeting.
+    fn answer(
+        &self,
+        asks: Asks,
+        c: &mut Customer,
+        burst: &Burst,
+        texts: &[&str],
+        now: &Zoned,
+        turn: &mut Turn,
+    ) -> Result<(), EngineError> {
+        let studio = &self.persona().studio;
+        match asks {
+            Asks::Conversation => return self.converse(c, burst, texts, now, turn),
+            Asks::NonTextReply => turn.replies.push(studio.non_text_reply.clone()),
+            Asks::Greeting | Asks::Nothing => turn.replies.push(studio.welcome_reply.clone()),
+        }
+        Ok(())
     }
 
     /// Whether `p` may get a reply at `now` under the hourly limit; counts it if so.
@@ -447,15 +397,21 @@ impl Engine {
         }))
     }
 
-    /// Steps 5–7 of the module doc for an active contact who wrote text.
+    /// Steps 5–7 of the module doc for an active contact who wrote text (`texts`: the
+    /// contact's words in `burst`).
     fn converse(
         &self,
         c: &mut Customer,
-        input: &ModelInput<'_>,
+        burst: &Burst,
+        texts: &[&str],
         now: &Zoned,
         turn: &mut Turn,
     ) -> Result<(), EngineError> {
-        let joined = input.texts.join("\n");
+        let input = ModelInput {
+            model_texts: burst.model_texts(),
+            quote: self.quote(c, burst)?,
+        };
+        let joined = texts.join("\n");
         expire_offers(c, now.timestamp());
         let quoted_offer = input
             .quote
@@ -467,7 +423,7 @@ impl Engine {
             return Ok(());
         }
 
-        let history = self.history(c, input)?;
+        let history = self.history(c, &input)?;
         let prompt = self.persona().prompts.render(c, now, history);
         let generation = match self.model.generate(&prompt, &self.schema) {
             Ok(g) => g,
@@ -520,11 +476,7 @@ impl Engine {
 
     /// The last `history_messages` messages including the new ones, oldest first. A quoted
     /// message comes right before the new ones as a note, not as the contact's words.
-    fn history(
-        &self,
-        c: &Customer,
-        input: &ModelInput<'_>,
-    ) -> Result<Vec<ChatMessage>, EngineError> {
+    fn history(&self, c: &Customer, input: &ModelInput) -> Result<Vec<ChatMessage>, EngineError> {
         let texts = &input.model_texts;
         let n = self.conv.history_messages.max(1);
         let stored = n.saturating_sub(texts.len());
@@ -752,10 +704,8 @@ impl Engine {
 }
 
 /// The new messages of a turn as the model gets them.
-struct ModelInput<'a> {
-    /// The contact's words (texts and captions): for offers and dates.
-    texts: &'a [&'a str],
-    /// The same as the model reads them (`[image] caption`).
+struct ModelInput {
+    /// The contact's words as the model reads them (`[image] caption`).
     model_texts: Vec<String>,
     /// The message the contact quoted, when found.
     quote: Option<Quote>,
@@ -767,6 +717,92 @@ struct Quote {
     ours: bool,
     /// Its text.
     text: String,
+}
+
+/// What a burst asks of the assistant.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Asks {
+    /// Text or a caption: a conversation turn.
+    Conversation,
+    /// Only a voice note, a picture without caption …: the non-text reply.
+    NonTextReply,
+    /// Only the first opening of the chat: the greeting.
+    Greeting,
+    /// Only edits and deletions: recorded, never answered.
+    Nothing,
+}
+
+impl Asks {
+    fn of(burst: &Burst, texts: &[&str]) -> Asks {
+        let has = |f: fn(&PartKind) -> bool| burst.parts.iter().any(|part| f(&part.kind));
+        if !texts.is_empty() {
+            Asks::Conversation
+        } else if has(|k| matches!(k, PartKind::NonText(_))) {
+            Asks::NonTextReply
+        } else if has(|k| *k == PartKind::Welcome) {
+            Asks::Greeting
+        } else {
+            Asks::Nothing
+        }
+    }
+}
+
+/// `burst` without the messages it also deletes (a message deleted in the burst it came in is
+/// neither read nor stored); `None` when it deletes none of its own.
+fn without_revoked(burst: &Burst, revoked: &[String]) -> Option<Burst> {
+    burst
+        .parts
+        .iter()
+        .any(|part| revoked.contains(&part.id))
+        .then(|| Burst {
+            parts: burst
+                .parts
+                .iter()
+                .filter(|part| !revoked.contains(&part.id))
+                .cloned()
+                .collect(),
+            ..burst.clone()
+        })
+}
+
+/// Keeps the WhatsApp profile name and `@username` the burst carried.
+fn keep_names(c: &mut Customer, burst: &Burst) {
+    for (from, to) in [
+        (&burst.contact_name, &mut c.body.contact_name),
+        (&burst.username, &mut c.body.username),
+    ] {
+        if let Some(name) = from.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
+            *to = Some(cap_chars(name, MAX_CONTACT_NAME_CHARS));
+        }
+    }
+}
+
+/// The ad's count of a trial booked in this turn by a contact who came through an ad.
+fn booked_by_source(c: &Customer, turn: &Turn) -> Option<SourceEvent> {
+    let source = c.body.lead_source.as_ref()?;
+    turn.stage_changes
+        .iter()
+        .any(|(_, to)| *to == Stage::TrialBooked)
+        .then(|| SourceEvent::new(source, SourceStep::TrialBooked))
+}
+
+/// Keeps the ad the contact came through; a contact's first message from an ad counts for it
+/// (a second message from the same ad is no new lead).
+fn note_lead_source(c: &mut Customer, burst: &Burst, turn: &mut Turn) {
+    let Some(source) = &burst.referral else {
+        return;
+    };
+    let known = c
+        .body
+        .lead_source
+        .as_ref()
+        .is_some_and(|old| SourceEvent::same_source(old, source));
+    if !known {
+        turn.effects
+            .sources
+            .push(SourceEvent::new(source, SourceStep::Contact));
+    }
+    c.body.lead_source = Some(source.clone());
 }
 
 /// Whether a message is only a yes ("Ja", "passt, den nehme ich"): every word says yes.

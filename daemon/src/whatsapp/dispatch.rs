@@ -122,6 +122,23 @@ fn part_of(m: &InboundMessage) -> Part {
     }
 }
 
+/// The burst of `messages` (non-empty, one contact's, in order): addressed as the last one.
+fn burst_of(messages: &[(Vec<u8>, InboundMessage)]) -> Burst {
+    let last = &messages.last().expect("non-empty").1;
+    Burst {
+        address: last.from.clone(),
+        contact_name: last.contact_name.clone(),
+        // Only worth linking when `from` is the phone number (else it is the user id).
+        user_id: last.user_id.clone().filter(|u| *u != last.from),
+        username: messages.iter().rev().find_map(|(_, m)| m.username.clone()),
+        referral: messages
+            .iter()
+            .rev()
+            .find_map(|(_, m)| m.referral.as_deref().cloned()),
+        parts: messages.iter().map(|(_, m)| part_of(m)).collect(),
+    }
+}
+
 /// Dispatcher settings.
 #[derive(Clone, Debug)]
 pub struct DispatchConfig {
@@ -369,15 +386,7 @@ impl Dispatcher {
         }
 
         let last = &messages.last().expect("non-empty").1;
-        let burst = Burst {
-            address: last.from.clone(),
-            contact_name: last.contact_name.clone(),
-            // Only worth linking when `from` is the phone number (else it is the user id).
-            user_id: last.user_id.clone().filter(|u| *u != last.from),
-            username: messages.iter().rev().find_map(|(_, m)| m.username.clone()),
-            referral: messages.iter().rev().find_map(|(_, m)| m.referral.clone()),
-            parts: messages.iter().map(|(_, m)| part_of(m)).collect(),
-        };
+        let burst = burst_of(&messages);
         let answerable = turn::is_valid_address(&burst.address).is_some()
             && burst.parts.iter().any(|part| {
                 matches!(

@@ -111,9 +111,10 @@ pub struct InboundMessage {
     /// The sender's WhatsApp `@username`, when the contact entry carried one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
-    /// The click-to-WhatsApp ad or post the contact came from (`referral`), when present.
+    /// The click-to-WhatsApp ad or post the contact came from (`referral`), when present
+    /// (boxed: most messages have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub referral: Option<LeadSource>,
+    pub referral: Option<Box<LeadSource>>,
     /// What the message contains.
     pub content: Content,
 }
@@ -581,7 +582,7 @@ fn inbound_message(
         .map(|n| truncate(n, MAX_USERNAME_CHARS));
     let kind = msg.kind.as_deref().unwrap_or("unknown");
     let content = content_of(kind, &msg.rest);
-    let referral = msg.referral.as_ref().and_then(lead_source);
+    let referral = msg.referral.as_ref().and_then(lead_source).map(Box::new);
     Ok(InboundMessage {
         id,
         from,
@@ -1140,8 +1141,8 @@ mod tests {
             }
         }));
         assert_eq!(
-            m.referral,
-            Some(LeadSource {
+            m.referral.as_deref(),
+            Some(&LeadSource {
                 source_type: Some("ad".into()),
                 source_id: Some("120212345678901234".into()),
                 source_url: Some("https://fb.me/2YxLq0iAB".into()),
@@ -1583,11 +1584,11 @@ mod tests {
                 contact_name: None,
                 reply_to: Some("wamid.Q".into()),
                 username: Some("@alex".into()),
-                referral: Some(LeadSource {
+                referral: Some(Box::new(LeadSource {
                     source_type: Some("ad".into()),
                     source_id: Some("1".into()),
                     ..LeadSource::default()
-                }),
+                })),
                 content: Content::Media {
                     kind: MediaKind::Voice,
                     caption: None,
