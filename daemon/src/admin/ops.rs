@@ -562,7 +562,8 @@ pub fn retention(ctx: &Ctx, req: RetentionRequest) -> OpResult {
 
 /// `stats`: lead-funnel figures per period, audited as a read of statistics.
 pub fn stats(ctx: &Ctx, req: StatsRequest) -> OpResult {
-    let report = crate::stats::report(ctx.store(), req.since, req.by)?;
+    let rates = ctx.state.config().whatsapp.pricing.rates();
+    let report = crate::stats::report(ctx.store(), req.since, req.by, &rates)?;
     ctx.audit(ctx.entry(AuditEvent::StatsRead))?;
     to_json(report)
 }
