@@ -696,9 +696,22 @@ pub fn send(ctx: &Ctx, req: SendRequest) -> OpResult {
     })?;
     drop(pending);
     outbox.wake.notify_one();
+    let config = ctx.state.config();
+    let category = crate::whatsapp::templates::TemplateCategories::new(
+        config.whatsapp.template_categories.clone(),
+    )
+    .lookup(ctx.store(), &req.template, &language)?;
+    let price = config
+        .whatsapp
+        .pricing
+        .rates()
+        .micro_eur(category.category.pricing());
     to_json(SendReply {
         pseudonym: p.short(),
         new_customer: known.is_none(),
         audit_seq: seq,
+        category: Some(category.category),
+        category_source: Some(category.source),
+        price_eur: Some(price as f64 / 1_000_000.0),
     })
 }
