@@ -585,6 +585,11 @@ mod tests {
         let cfg = Config::parse(text, Path::new("frontdesk.toml")).unwrap();
         assert_eq!(cfg.conversation.history_messages, 12);
         assert_eq!(cfg.retention, RetentionPolicy::default());
+        // The example ships the same rates as the built-in defaults.
+        assert_eq!(
+            cfg.whatsapp.pricing.rates(),
+            PricingConfig::default().rates()
+        );
     }
 
     #[test]

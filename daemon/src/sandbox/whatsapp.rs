@@ -599,7 +599,12 @@ fn marketing_only(shared: &Shared, request: &GraphRequest) -> Result<(), Value> 
             Some("Message must be a template message."),
         ));
     };
-    match shared.lock().template_categories.get(name).map(String::as_str) {
+    match shared
+        .lock()
+        .template_categories
+        .get(name)
+        .map(String::as_str)
+    {
         Some("MARKETING") => Ok(()),
         _ => Err(graph_error(
             131_055,
@@ -666,8 +671,11 @@ fn messages_path(path: &str) -> Option<(&str, &str, Endpoint)> {
     }
     let (major, minor) = version.strip_prefix('v')?.split_once('.')?;
     let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    (numeric(major) && numeric(minor) && numeric(phone_number_id))
-        .then_some((version, phone_number_id, endpoint))
+    (numeric(major) && numeric(minor) && numeric(phone_number_id)).then_some((
+        version,
+        phone_number_id,
+        endpoint,
+    ))
 }
 
 fn parse_request(v: &Value) -> Result<GraphRequest, &'static str> {
