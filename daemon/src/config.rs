@@ -512,6 +512,38 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        self.validate_costs()?;
+        let r = &self.retention;
+        for (key, days) in [
+            ("retention.history_days", r.history_days),
+            ("retention.inactive_lead_days", r.inactive_lead_days),
+            ("retention.seen_ids_days", r.seen_ids_days),
+            ("retention.audit_days", r.audit_days),
+        ] {
+            if days == 0 {
+                return Err(self.invalid(key, "must be at least 1 day"));
+            }
+        }
+        if r.seen_ids_days < 8 {
+            // WhatsApp retries a webhook for up to 7 days; forgetting ids sooner re-answers them.
+            return Err(self.invalid(
+                "retention.seen_ids_days",
+                "must be at least 8 (WhatsApp retries deliveries for up to 7 days)",
+            ));
+        }
+        if let Some(t) = &self.tunnel {
+            if !t.relay.contains(':') {
+                return Err(self.invalid("tunnel.relay", "must be host:port"));
+            }
+            if t.server_name.is_empty() {
+                return Err(self.invalid("tunnel.server_name", "must not be empty"));
+            }
+        }
+        Ok(())
+    }
+
+    /// `[whatsapp.pricing]` and `[whatsapp.template_categories]`.
+    fn validate_costs(&self) -> Result<(), ConfigError> {
         let p = &self.whatsapp.pricing;
         for (key, eur) in [
             ("whatsapp.pricing.service", p.service),
@@ -539,32 +571,6 @@ impl Config {
                 &format!("whatsapp.template_categories.{name}"),
                 "template names are lowercase letters, digits and underscores",
             ));
-        }
-        let r = &self.retention;
-        for (key, days) in [
-            ("retention.history_days", r.history_days),
-            ("retention.inactive_lead_days", r.inactive_lead_days),
-            ("retention.seen_ids_days", r.seen_ids_days),
-            ("retention.audit_days", r.audit_days),
-        ] {
-            if days == 0 {
-                return Err(self.invalid(key, "must be at least 1 day"));
-            }
-        }
-        if r.seen_ids_days < 8 {
-            // WhatsApp retries a webhook for up to 7 days; forgetting ids sooner re-answers them.
-            return Err(self.invalid(
-                "retention.seen_ids_days",
-                "must be at least 8 (WhatsApp retries deliveries for up to 7 days)",
-            ));
-        }
-        if let Some(t) = &self.tunnel {
-            if !t.relay.contains(':') {
-                return Err(self.invalid("tunnel.relay", "must be host:port"));
-            }
-            if t.server_name.is_empty() {
-                return Err(self.invalid("tunnel.server_name", "must not be empty"));
-            }
         }
         Ok(())
     }

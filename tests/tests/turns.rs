@@ -101,7 +101,8 @@ async fn voice_notes_system_notices_and_invalid_senders_take_the_engines_branche
     }
     let history = store.recent_messages(&store.pseudonym(voice), 10).unwrap();
     assert_eq!(history.first().map(|m| m.text.as_str()), Some("[voice]"));
-    let stats = frontdesk::stats::report(&store, None, Default::default()).unwrap();
+    let stats =
+        frontdesk::stats::report(&store, None, Default::default(), &Default::default()).unwrap();
     assert_eq!(stats.total.new_contacts, 1);
 
     let audit = AuditLog::open(store.clone()).unwrap();
