@@ -11,6 +11,10 @@
 //! the configured template (or drops it); undeliverable and permanent errors drop the reply.
 //! Every drop is logged with the customer's pseudonym and the error code.
 //!
+//! Templates go through the endpoint their category needs (marketing: `/marketing_messages`, see
+//! [`super::templates`]). Every message the Graph API accepted is counted by pricing category
+//! (`stats`) in the write that retires it, so retries and restarts never count it twice.
+//!
 //! A rejected access token (expired, revoked, missing permission) pauses the whole sender: the
 //! outbox keeps every reply, `frontdesk status`, systemd's `STATUS=`, the `sender_paused` gauge
 //! and the journal say why; a restart with the fixed credential, or [`Sender::resume`] (on
