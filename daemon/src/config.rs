@@ -2,12 +2,14 @@
 //! validated afterwards. Every error names the file, the key and what is wrong. Secrets are never
 //! part of it (see [`crate::secrets`]). `packaging/frontdesk.toml` documents every key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 pub use crate::store::retention::RetentionPolicy;
+use crate::whatsapp::templates::TemplateCategory;
 
 /// Default location of the configuration file.
 pub const DEFAULT_PATH: &str = "/etc/frontdesk/frontdesk.toml";
@@ -224,6 +226,59 @@ pub struct WhatsAppConfig {
     pub send_timeout_secs: u64,
     /// Concurrent conversations processed at once.
     pub max_concurrent_conversations: usize,
+    /// `[whatsapp.template_categories]`: Meta's category of each template this box sends
+    /// (name → `marketing`, `utility` or `authentication`). Marketing templates go through
+    /// `/marketing_messages`; `template_category_update` webhooks override these.
+    pub template_categories: BTreeMap<String, TemplateCategory>,
+    /// `[whatsapp.pricing]`: what a message costs, for `frontdesk stats`.
+    pub pricing: PricingConfig,
+}
+
+/// `[whatsapp.pricing]`: EUR per delivered message and pricing category, as on Meta's rate card
+/// for the recipients' country. The studio maintains them; they only feed the estimate in
+/// `frontdesk stats`, never what is sent.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PricingConfig {
+    /// The day the rates were read from Meta's rate card (`YYYY-MM-DD`).
+    pub as_of: String,
+    /// A free-form message (service), bot replies included.
+    pub service: f64,
+    /// A utility template.
+    pub utility: f64,
+    /// A marketing template.
+    pub marketing: f64,
+    /// An authentication template.
+    pub authentication: f64,
+}
+
+impl Default for PricingConfig {
+    /// Meta's rates for Germany in EUR. Marketing, utility and authentication are the rate card
+    /// of 1 July 2025. Meta had published no German rate for service messages when this was
+    /// written; the utility rate stands in for it until the studio enters Meta's figure.
+    fn default() -> Self {
+        PricingConfig {
+            as_of: "2025-07-01".into(),
+            service: 0.0456,
+            utility: 0.0456,
+            marketing: 0.1365,
+            authentication: 0.0636,
+        }
+    }
+}
+
+impl PricingConfig {
+    /// The rates in millionths of a euro, as the stats report uses them.
+    pub fn rates(&self) -> crate::stats::Rates {
+        let micro = |eur: f64| (eur * 1_000_000.0).round() as u64;
+        crate::stats::Rates {
+            service_micro_eur: micro(self.service),
+            utility_micro_eur: micro(self.utility),
+            marketing_micro_eur: micro(self.marketing),
+            authentication_micro_eur: micro(self.authentication),
+            as_of: self.as_of.parse().ok(),
+        }
+    }
 }
 
 impl Default for WhatsAppConfig {
@@ -236,6 +291,8 @@ impl Default for WhatsAppConfig {
             template_language: "de".into(),
             send_timeout_secs: 15,
             max_concurrent_conversations: 8,
+            template_categories: BTreeMap::new(),
+            pricing: PricingConfig::default(),
         }
     }
 }
@@ -461,6 +518,7 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        self.validate_costs()?;
         let r = &self.retention;
         for (key, days) in [
             ("retention.history_days", r.history_days),
@@ -490,6 +548,39 @@ impl Config {
         Ok(())
     }
 
+    /// `[whatsapp.pricing]` and `[whatsapp.template_categories]`.
+    fn validate_costs(&self) -> Result<(), ConfigError> {
+        let p = &self.whatsapp.pricing;
+        for (key, eur) in [
+            ("whatsapp.pricing.service", p.service),
+            ("whatsapp.pricing.utility", p.utility),
+            ("whatsapp.pricing.marketing", p.marketing),
+            ("whatsapp.pricing.authentication", p.authentication),
+        ] {
+            // A rate is cents, never euros: 10 € a message is a typo (a missing decimal point).
+            if !eur.is_finite() || !(0.0..10.0).contains(&eur) {
+                return Err(
+                    self.invalid(key, "must be EUR per message between 0 and 10, e.g. 0.1365")
+                );
+            }
+        }
+        if p.as_of.parse::<jiff::civil::Date>().is_err() {
+            return Err(self.invalid("whatsapp.pricing.as_of", "must be a date, YYYY-MM-DD"));
+        }
+        if let Some(name) = self.whatsapp.template_categories.keys().find(|n| {
+            n.is_empty()
+                || !n
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        }) {
+            return Err(self.invalid(
+                &format!("whatsapp.template_categories.{name}"),
+                "template names are lowercase letters, digits and underscores",
+            ));
+        }
+        Ok(())
+    }
+
     /// The store directory inside the state directory.
     pub fn store_dir(&self) -> PathBuf {
         self.service.state_dir.join("store")
@@ -506,6 +597,11 @@ mod tests {
         let cfg = Config::parse(text, Path::new("frontdesk.toml")).unwrap();
         assert_eq!(cfg.conversation.history_messages, 12);
         assert_eq!(cfg.retention, RetentionPolicy::default());
+        // The example ships the same rates as the built-in defaults.
+        assert_eq!(
+            cfg.whatsapp.pricing.rates(),
+            PricingConfig::default().rates()
+        );
     }
 
     #[test]
@@ -536,6 +632,55 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("retention.seen_ids_days"), "{err}");
+    }
+
+    #[test]
+    fn pricing_and_template_categories() {
+        let cfg = Config::parse(
+            "[whatsapp.template_categories]\nangebot = \"marketing\"\n\
+             [whatsapp.pricing]\nas_of = \"2026-10-01\"\nservice = 0.01\nmarketing = 0.2\n",
+            Path::new("f.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.whatsapp.template_categories["angebot"],
+            TemplateCategory::Marketing
+        );
+        let rates = cfg.whatsapp.pricing.rates();
+        assert_eq!(rates.service_micro_eur, 10_000);
+        assert_eq!(rates.marketing_micro_eur, 200_000);
+        // Unset rates keep the shipped ones.
+        assert_eq!(rates.utility_micro_eur, 45_600);
+        assert_eq!(rates.as_of, Some("2026-10-01".parse().unwrap()));
+
+        for (text, key) in [
+            (
+                "[whatsapp.pricing]\nmarketing = 13.65\n",
+                "whatsapp.pricing.marketing",
+            ),
+            (
+                "[whatsapp.pricing]\nservice = -0.01\n",
+                "whatsapp.pricing.service",
+            ),
+            (
+                "[whatsapp.pricing]\nas_of = \"July\"\n",
+                "whatsapp.pricing.as_of",
+            ),
+            (
+                "[whatsapp.template_categories]\nAngebot = \"marketing\"\n",
+                "whatsapp.template_categories.Angebot",
+            ),
+        ] {
+            let err = Config::parse(text, Path::new("f.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        let err = Config::parse(
+            "[whatsapp.template_categories]\nangebot = \"service\"\n",
+            Path::new("f.toml"),
+        );
+        assert!(err.is_err(), "service is no template category");
     }
 
     #[test]

@@ -25,6 +25,20 @@ impl Outcome {
     }
 }
 
+/// A single `category` label (a message's pricing category).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Category {
+    /// `service`, `utility`, `marketing` or `authentication`.
+    pub category: String,
+}
+
+impl Category {
+    /// The label `category=s`.
+    pub fn of(s: &str) -> Category {
+        Category { category: s.into() }
+    }
+}
+
 /// Every metric of the daemon.
 pub struct Metrics {
     registry: Registry,
@@ -34,6 +48,8 @@ pub struct Metrics {
     pub messages_processed: Family<Outcome, Counter>,
     /// `frontdesk_sends_total`: Graph API sends by outcome.
     pub sends: Family<Outcome, Counter>,
+    /// `frontdesk_messages_sent_total`: messages the Graph API accepted, by pricing category.
+    pub messages_sent: Family<Category, Counter>,
     /// `frontdesk_processing_seconds`: from a message's arrival in the inbox to its reply in the
     /// outbox.
     pub processing_seconds: Histogram,
@@ -84,6 +100,16 @@ impl Metrics {
             "Graph API sends by outcome (ok, retry, pair_rate_limited, window_closed, undeliverable, failed)",
             sends.clone(),
         );
+        let messages_sent = Family::<Category, Counter>::default();
+        registry.register(
+            "messages_sent",
+            "Messages the Graph API accepted, by pricing category (service, utility, marketing, authentication)",
+            messages_sent.clone(),
+        );
+        // Every category shows, at zero until its first message.
+        for c in crate::stats::PricingCategory::ALL {
+            let _ = messages_sent.get_or_create(&Category::of(c.name()));
+        }
         let processing_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 14));
         registry.register(
             "processing_seconds",
@@ -131,6 +157,7 @@ impl Metrics {
             webhook_requests,
             messages_processed,
             sends,
+            messages_sent,
             processing_seconds,
             inbox_depth,
             outbox_depth,

@@ -1,8 +1,11 @@
-//! Lead-funnel counters: per-day counts of funnel events in the `stats` keyspace, so that
-//! `frontdesk stats` reports the funnel without opening any sealed customer data.
+//! Lead-funnel and message counters: per-day counts of funnel events and of outbound WhatsApp
+//! messages by pricing category in the `stats` keyspace, so that `frontdesk stats` reports the
+//! funnel and what the messages cost without opening any sealed customer data.
 //!
 //! Key: `YYYY-MM-DD/<event>` (the studio's calendar day, Europe/Berlin); value: u64 big-endian.
-//! The engine calls [`record`] when a contact's status changes, inside the batch that changes it.
+//! The engine calls [`record`] when a contact's status changes, inside the batch that changes it;
+//! the sender calls [`record_sent`] in the batch that retires a reply the Graph API accepted, so a
+//! message is counted exactly once however often its send was retried.
 //!
 //! Lead sources (click-to-WhatsApp ads and posts) are counted beside the funnel:
 //! `YYYY-MM-DD/source/<type>/<id>/<step>` (a contact who came through the source, a trial booked
@@ -69,6 +72,130 @@ impl FunnelEvent {
     }
 }
 
+/// What Meta bills an outbound message as: a free-form reply is `service`, a template is
+/// billed by its category. The names are those of `pricing.category` in status webhooks.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PricingCategory {
+    /// A free-form message inside the customer-service window (bot replies included).
+    Service,
+    /// A utility template (confirmations, reminders about something the customer asked for).
+    Utility,
+    /// A marketing template (offers, re-engagement).
+    Marketing,
+    /// An authentication template (one-time codes).
+    Authentication,
+}
+
+impl PricingCategory {
+    /// Every category, in report order.
+    pub const ALL: [PricingCategory; 4] = [
+        PricingCategory::Service,
+        PricingCategory::Utility,
+        PricingCategory::Marketing,
+        PricingCategory::Authentication,
+    ];
+
+    /// `service`, `utility`, `marketing` or `authentication` (metric labels, reports).
+    pub fn name(self) -> &'static str {
+        match self {
+            PricingCategory::Service => "service",
+            PricingCategory::Utility => "utility",
+            PricingCategory::Marketing => "marketing",
+            PricingCategory::Authentication => "authentication",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            PricingCategory::Service => "sent_service",
+            PricingCategory::Utility => "sent_utility",
+            PricingCategory::Marketing => "sent_marketing",
+            PricingCategory::Authentication => "sent_authentication",
+        }
+    }
+
+    fn from_key(s: &str) -> Option<PricingCategory> {
+        Self::ALL.into_iter().find(|c| c.key() == s)
+    }
+}
+
+/// The price of one message per category, in millionths of a euro, so that sums are exact.
+/// Built from `[whatsapp.pricing]`; an estimate, not Meta's invoice.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct Rates {
+    /// A free-form (service) message.
+    pub service_micro_eur: u64,
+    /// A utility template.
+    pub utility_micro_eur: u64,
+    /// A marketing template.
+    pub marketing_micro_eur: u64,
+    /// An authentication template.
+    pub authentication_micro_eur: u64,
+    /// The day the rates were taken from Meta's rate card, as configured.
+    #[serde(default)]
+    pub as_of: Option<Date>,
+}
+
+impl Rates {
+    /// The price of one message of `category`, in millionths of a euro.
+    pub fn micro_eur(&self, category: PricingCategory) -> u64 {
+        match category {
+            PricingCategory::Service => self.service_micro_eur,
+            PricingCategory::Utility => self.utility_micro_eur,
+            PricingCategory::Marketing => self.marketing_micro_eur,
+            PricingCategory::Authentication => self.authentication_micro_eur,
+        }
+    }
+}
+
+/// Outbound messages of one period by pricing category.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct MessageCounts {
+    /// Free-form replies.
+    pub service: u64,
+    /// Utility templates.
+    pub utility: u64,
+    /// Marketing templates.
+    pub marketing: u64,
+    /// Authentication templates.
+    pub authentication: u64,
+}
+
+impl MessageCounts {
+    /// The count of `category`.
+    pub fn get(&self, category: PricingCategory) -> u64 {
+        match category {
+            PricingCategory::Service => self.service,
+            PricingCategory::Utility => self.utility,
+            PricingCategory::Marketing => self.marketing,
+            PricingCategory::Authentication => self.authentication,
+        }
+    }
+
+    fn add(&mut self, category: PricingCategory, n: u64) {
+        match category {
+            PricingCategory::Service => self.service += n,
+            PricingCategory::Utility => self.utility += n,
+            PricingCategory::Marketing => self.marketing += n,
+            PricingCategory::Authentication => self.authentication += n,
+        }
+    }
+
+    /// All messages, whatever their category.
+    pub fn total(&self) -> u64 {
+        PricingCategory::ALL.into_iter().map(|c| self.get(c)).sum()
+    }
+
+    /// Their estimated price at `rates`, in millionths of a euro.
+    pub fn cost_micro_eur(&self, rates: &Rates) -> u64 {
+        PricingCategory::ALL
+            .into_iter()
+            .map(|c| self.get(c).saturating_mul(rates.micro_eur(c)))
+            .fold(0, u64::saturating_add)
+    }
+}
+
 fn studio_tz() -> TimeZone {
     TimeZone::get(STUDIO_TZ).expect("the bundled tz database has Europe/Berlin")
 }
@@ -96,6 +223,20 @@ pub fn record(
     at: Timestamp,
 ) -> Result<()> {
     increment(store, batch, key(studio_day(at), event))
+}
+
+/// Adds one outbound message of `category`, accepted by the Graph API at `at`, to `batch`.
+pub fn record_sent(
+    store: &Store,
+    batch: &mut fjall::OwnedWriteBatch,
+    category: PricingCategory,
+    at: Timestamp,
+) -> Result<()> {
+    increment(
+        store,
+        batch,
+        format!("{}/{}", studio_day(at), category.key()),
+    )
 }
 
 /// Adds one to the counter `k` in `batch` (see [`record`] for how pending increments count).
@@ -324,6 +465,21 @@ pub struct FunnelRow {
     pub opt_outs: u64,
     /// Trials booked per new contact, in percent (none without new contacts).
     pub conversion_pct: Option<f64>,
+    /// Outbound messages the Graph API accepted, by pricing category.
+    #[serde(default)]
+    pub messages: MessageCounts,
+    /// Their estimated cost at the configured rates, in millionths of a euro.
+    #[serde(default)]
+    pub cost_micro_eur: u64,
+    /// The same in euros.
+    #[serde(default)]
+    pub cost_eur: f64,
+    /// Estimated message cost per booked trial, in millionths of a euro (none without trials).
+    #[serde(default)]
+    pub cost_per_trial_micro_eur: Option<u64>,
+    /// The same in euros.
+    #[serde(default)]
+    pub cost_per_trial_eur: Option<f64>,
 }
 
 impl FunnelRow {
@@ -337,9 +493,41 @@ impl FunnelRow {
         }
     }
 
-    fn finish(&mut self) {
+    fn finish(&mut self, rates: &Rates) {
         self.conversion_pct = (self.new_contacts > 0)
             .then(|| (self.trial_booked as f64 * 1000.0 / self.new_contacts as f64).round() / 10.0);
+        self.cost_micro_eur = self.messages.cost_micro_eur(rates);
+        self.cost_eur = micro_to_eur(self.cost_micro_eur);
+        self.cost_per_trial_micro_eur = (self.trial_booked > 0).then(|| {
+            // Rounded half up to the millionth.
+            (self.cost_micro_eur + self.trial_booked / 2) / self.trial_booked
+        });
+        self.cost_per_trial_eur = self.cost_per_trial_micro_eur.map(micro_to_eur);
+    }
+}
+
+fn micro_to_eur(micro: u64) -> f64 {
+    micro as f64 / 1_000_000.0
+}
+
+/// What one counter key counts.
+enum Counted {
+    Funnel(FunnelEvent),
+    Sent(PricingCategory),
+}
+
+impl Counted {
+    fn parse(s: &str) -> Option<Counted> {
+        FunnelEvent::parse(s)
+            .map(Counted::Funnel)
+            .or_else(|| PricingCategory::from_key(s).map(Counted::Sent))
+    }
+
+    fn add_to(&self, row: &mut FunnelRow, n: u64) {
+        match self {
+            Counted::Funnel(e) => row.add(*e, n),
+            Counted::Sent(c) => row.messages.add(*c, n),
+        }
     }
 }
 
@@ -357,6 +545,9 @@ pub struct FunnelReport {
     /// Contacts and trials per click-to-WhatsApp ad or post over the whole report.
     #[serde(default)]
     pub sources: Vec<SourceRow>,
+    /// The rates the costs were estimated with.
+    #[serde(default)]
+    pub rates: Rates,
 }
 
 fn period_label(day: Date, by: Period) -> String {
@@ -370,8 +561,14 @@ fn period_label(day: Date, by: Period) -> String {
     }
 }
 
-/// Sums the counters from `since` (a studio day, inclusive) on, grouped by `by`.
-pub fn report(store: &Store, since: Option<Date>, by: Period) -> Result<FunnelReport> {
+/// Sums the counters from `since` (a studio day, inclusive) on, grouped by `by`, and estimates
+/// the cost of the messages at `rates`.
+pub fn report(
+    store: &Store,
+    since: Option<Date>,
+    by: Period,
+    rates: &Rates,
+) -> Result<FunnelReport> {
     let mut rows: BTreeMap<String, FunnelRow> = BTreeMap::new();
     let mut total = FunnelRow {
         period: "total".into(),
@@ -384,30 +581,30 @@ pub fn report(store: &Store, since: Option<Date>, by: Period) -> Result<FunnelRe
         else {
             continue;
         };
-        let (Ok(day), Some(event)) = (day.parse::<Date>(), FunnelEvent::parse(event)) else {
+        let (Ok(day), Some(counted)) = (day.parse::<Date>(), Counted::parse(event)) else {
             continue;
         };
         let Ok(n) = <[u8; 8]>::try_from(&*v).map(u64::from_be_bytes) else {
             continue;
         };
         let label = period_label(day, by);
-        rows.entry(label.clone())
-            .or_insert_with(|| FunnelRow {
-                period: label,
-                ..FunnelRow::default()
-            })
-            .add(event, n);
-        total.add(event, n);
+        let row = rows.entry(label.clone()).or_insert_with(|| FunnelRow {
+            period: label,
+            ..FunnelRow::default()
+        });
+        counted.add_to(row, n);
+        counted.add_to(&mut total, n);
     }
     let mut rows: Vec<FunnelRow> = rows.into_values().collect();
-    rows.iter_mut().for_each(FunnelRow::finish);
-    total.finish();
+    rows.iter_mut().for_each(|r| r.finish(rates));
+    total.finish(rates);
     Ok(FunnelReport {
         by,
         since,
         rows,
         total,
         sources: source_rows(store, since)?,
+        rates: *rates,
     })
 }
 
@@ -447,7 +644,7 @@ mod tests {
         // 23:30 UTC on 30 November is already 1 December in Berlin.
         record_now(&store, FunnelEvent::Handover, t("2026-11-30T23:30:00Z")).unwrap();
 
-        let r = report(&store, None, Period::Month).unwrap();
+        let r = report(&store, None, Period::Month, &Rates::default()).unwrap();
         assert_eq!(r.rows.len(), 2);
         assert_eq!(r.rows[0].period, "2026-11");
         assert_eq!(r.rows[0].new_contacts, 4);
@@ -458,8 +655,99 @@ mod tests {
         assert_eq!(r.rows[1].conversion_pct, None);
         assert_eq!(r.total.new_contacts, 4);
 
-        let w = report(&store, Some("2026-11-03".parse().unwrap()), Period::Week).unwrap();
+        let w = report(
+            &store,
+            Some("2026-11-03".parse().unwrap()),
+            Period::Week,
+            &Rates::default(),
+        )
+        .unwrap();
         assert_eq!(w.total.new_contacts, 2);
         assert_eq!(w.rows[0].period, "2026-W45");
+    }
+
+    #[test]
+    fn message_costs_by_week_and_month_against_hand_computed_totals() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreIdentity::generate()).unwrap();
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        let sent = |c: PricingCategory, at: &str, n: usize| {
+            for _ in 0..n {
+                let mut batch = store.batch();
+                record_sent(&store, &mut batch, c, t(at)).unwrap();
+                store.commit_durable(batch).unwrap();
+            }
+        };
+        // Week 45 (Mon 2 – Sun 8 November 2026): 10 replies, 2 utility, 1 marketing, 1 trial.
+        sent(PricingCategory::Service, "2026-11-02T09:00:00Z", 10);
+        sent(PricingCategory::Utility, "2026-11-04T09:00:00Z", 2);
+        sent(PricingCategory::Marketing, "2026-11-08T09:00:00Z", 1);
+        record_now(&store, FunnelEvent::TrialBooked, t("2026-11-05T09:00:00Z")).unwrap();
+        // Week 48 (23 – 29 November): 4 replies, 1 authentication, 2 trials.
+        sent(PricingCategory::Service, "2026-11-23T09:00:00Z", 4);
+        sent(PricingCategory::Authentication, "2026-11-29T09:00:00Z", 1);
+        record_now(&store, FunnelEvent::TrialBooked, t("2026-11-24T09:00:00Z")).unwrap();
+        record_now(&store, FunnelEvent::TrialBooked, t("2026-11-25T09:00:00Z")).unwrap();
+        // 23:30 UTC on 30 November is 1 December in Berlin: week 49, December. No trials.
+        sent(PricingCategory::Service, "2026-11-30T23:30:00Z", 3);
+
+        // The shipped German rates: service 0.0456, utility 0.0456, marketing 0.1365,
+        // authentication 0.0636 EUR.
+        let rates = Rates {
+            service_micro_eur: 45_600,
+            utility_micro_eur: 45_600,
+            marketing_micro_eur: 136_500,
+            authentication_micro_eur: 63_600,
+            as_of: None,
+        };
+        let w = report(&store, None, Period::Week, &rates).unwrap();
+        let periods: Vec<&str> = w.rows.iter().map(|r| r.period.as_str()).collect();
+        assert_eq!(periods, ["2026-W45", "2026-W48", "2026-W49"]);
+        // W45: 12 × 0.0456 + 0.1365 = 0.5472 + 0.1365 = 0.6837 EUR, one trial.
+        assert_eq!(w.rows[0].messages.total(), 13);
+        assert_eq!(w.rows[0].messages.service, 10);
+        assert_eq!(w.rows[0].cost_micro_eur, 683_700);
+        assert_eq!(w.rows[0].cost_per_trial_micro_eur, Some(683_700));
+        assert!((w.rows[0].cost_eur - 0.6837).abs() < 1e-9);
+        // W48: 4 × 0.0456 + 0.0636 = 0.1824 + 0.0636 = 0.2460 EUR, two trials: 0.1230 each.
+        assert_eq!(w.rows[1].cost_micro_eur, 246_000);
+        assert_eq!(w.rows[1].cost_per_trial_micro_eur, Some(123_000));
+        // W49: 3 × 0.0456 = 0.1368 EUR, no trial: no cost per trial.
+        assert_eq!(w.rows[2].cost_micro_eur, 136_800);
+        assert_eq!(w.rows[2].cost_per_trial_micro_eur, None);
+        // Total: 0.6837 + 0.2460 + 0.1368 = 1.0665 EUR over 3 trials = 0.3555 EUR a trial.
+        assert_eq!(w.total.messages.total(), 21);
+        assert_eq!(w.total.cost_micro_eur, 1_066_500);
+        assert_eq!(w.total.cost_per_trial_micro_eur, Some(355_500));
+        assert_eq!(w.total.cost_per_trial_eur, Some(0.3555));
+        assert_eq!(w.rates, rates);
+
+        let m = report(&store, None, Period::Month, &rates).unwrap();
+        assert_eq!(m.rows.len(), 2);
+        // November: 0.6837 + 0.2460 = 0.9297 EUR over 3 trials = 0.3099 EUR a trial.
+        assert_eq!(m.rows[0].period, "2026-11");
+        assert_eq!(m.rows[0].messages.marketing, 1);
+        assert_eq!(m.rows[0].messages.authentication, 1);
+        assert_eq!(m.rows[0].cost_micro_eur, 929_700);
+        assert_eq!(m.rows[0].cost_per_trial_micro_eur, Some(309_900));
+        assert_eq!(m.rows[1].period, "2026-12");
+        assert_eq!(m.rows[1].cost_micro_eur, 136_800);
+        // Funnel counters and message counters do not mix.
+        assert_eq!(m.total.new_contacts, 0);
+        assert_eq!(m.total.trial_booked, 3);
+    }
+
+    #[test]
+    fn two_sends_in_one_uncommitted_batch_both_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreIdentity::generate()).unwrap();
+        let at = "2026-11-02T09:00:00Z".parse::<Timestamp>().unwrap();
+        let mut batch = store.batch();
+        record_sent(&store, &mut batch, PricingCategory::Service, at).unwrap();
+        record_sent(&store, &mut batch, PricingCategory::Service, at).unwrap();
+        store.commit_durable(batch).unwrap();
+        let r = report(&store, None, Period::Day, &Rates::default()).unwrap();
+        assert_eq!(r.total.messages.service, 2);
+        assert_eq!(r.total.cost_micro_eur, 0);
     }
 }

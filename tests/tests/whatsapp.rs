@@ -565,3 +565,112 @@ async fn events_about_another_business_number_are_dropped_and_audited() {
         "the foreign event is audited"
     );
 }
+
+/// Templates go to the endpoint their current category needs (the reopen template here), a
+/// `template_category_update` webhook changes that, and every accepted message is counted once
+/// at its pricing category.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_categories_route_sends_and_every_message_is_counted() {
+    let graph = sim::start().await;
+    graph.set_template_category("wieder_da", "UTILITY");
+    let mut daemon = Daemon::start(DaemonSpec {
+        whatsapp_toml: "reopen_template = \"wieder_da\"\n\
+                        [whatsapp.template_categories]\nwieder_da = \"utility\"\n"
+            .into(),
+        ..DaemonSpec::with_graph(graph.base_url())
+    });
+    let driver = WebhookDriver::new(&daemon.webhook_url(), SIM_APP_SECRET).unwrap();
+    let ts = jiff::Timestamp::now().as_second();
+    let p = PayloadBuilder::default();
+    // Each customer's window is closed: the reply becomes the reopen template.
+    let closed = |phone: &str| graph.inject_for(phone, sim::Fault::WindowClosed, 1);
+    let template_endpoints = |graph: &sim::GraphSim| -> Vec<sim::Endpoint> {
+        graph
+            .sent()
+            .iter()
+            .filter(|r| matches!(&r.message, sim::SentMessageKind::Template { name, .. } if name == "wieder_da"))
+            .map(|r| r.endpoint)
+            .collect()
+    };
+
+    // Configured as utility: through /messages.
+    closed("491790000031");
+    assert!(driver
+        .deliver(&p.text_message("491790000031", "wamid.cat1", "Hallo", ts))
+        .await
+        .delivered());
+    await_sends(&graph, 1).await;
+    assert_eq!(template_endpoints(&graph), [sim::Endpoint::Messages]);
+
+    // WhatsApp recategorises it as marketing and says so: from now on /marketing_messages.
+    graph.set_template_category("wieder_da", "MARKETING");
+    let update = p.template_category_update(4711, "wieder_da", "de", "UTILITY", "MARKETING");
+    assert!(driver.deliver(&update).await.delivered());
+    closed("491790000032");
+    assert!(driver
+        .deliver(&p.text_message("491790000032", "wamid.cat2", "Hallo", ts))
+        .await
+        .delivered());
+    await_sends(&graph, 2).await;
+    assert_eq!(
+        template_endpoints(&graph),
+        [sim::Endpoint::Messages, sim::Endpoint::MarketingMessages]
+    );
+
+    // An impending change is only announced; WhatsApp then changes it back without a completed
+    // notification reaching us: /marketing_messages refuses it (131055) and the same send goes
+    // through /messages.
+    let impending =
+        p.template_category_impending(4711, "wieder_da", "de", "MARKETING", "UTILITY", ts + 86_400);
+    assert!(driver.deliver(&impending).await.delivered());
+    graph.set_template_category("wieder_da", "UTILITY");
+    closed("491790000033");
+    assert!(driver
+        .deliver(&p.text_message("491790000033", "wamid.cat3", "Hallo", ts))
+        .await
+        .delivered());
+    await_sends(&graph, 3).await;
+    assert_eq!(
+        template_endpoints(&graph),
+        [
+            sim::Endpoint::Messages,
+            sim::Endpoint::MarketingMessages,
+            sim::Endpoint::Messages
+        ]
+    );
+    assert!(
+        graph.requests().iter().any(|r| r.status == 400),
+        "the refused marketing send is on the simulator's record"
+    );
+
+    // A plain reply inside the window is a service message.
+    assert!(driver
+        .deliver(&p.text_message("491790000034", "wamid.cat4", "Hallo", ts))
+        .await
+        .delivered());
+    await_sends(&graph, 4).await;
+    assert_eq!(graph.texts_to("491790000034").len(), 1);
+    let (_, metrics) = http_get(daemon.metrics, "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "frontdesk_messages_sent_total{category=\"authentication\"} 0"),
+        "every category is a metric: {metrics}"
+    );
+
+    // A graceful stop finishes sends in flight, so every count is on disk.
+    assert!(daemon.stop().is_some_and(|s| s.success()));
+    let store = daemon.open_store();
+    let rates = frontdesk::config::PricingConfig::default().rates();
+    let report =
+        frontdesk::stats::report(&store, None, frontdesk::stats::Period::Month, &rates).unwrap();
+    let m = report.total.messages;
+    // The three failed text attempts (window closed) and the refused marketing send are not
+    // messages anyone is billed for.
+    assert_eq!(
+        (m.service, m.utility, m.marketing, m.authentication),
+        (1, 2, 1, 0)
+    );
+    // 3 × 0.0456 (service, utility, utility) + 0.1365 (marketing) = 0.2733 EUR.
+    assert_eq!(report.total.cost_micro_eur, 273_300);
+}

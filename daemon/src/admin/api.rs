@@ -282,6 +282,16 @@ pub struct SendReply {
     pub new_customer: bool,
     /// Sequence number of the audit entry that records the message.
     pub audit_seq: u64,
+    /// Meta's category of the template as frontdesk knows it; a marketing template goes
+    /// through `/marketing_messages` and is billed at the marketing rate.
+    #[serde(default)]
+    pub category: Option<crate::whatsapp::templates::TemplateCategory>,
+    /// Where the category came from (webhook, configuration, or assumed).
+    #[serde(default)]
+    pub category_source: Option<crate::whatsapp::templates::CategorySource>,
+    /// The configured price of one message of that category, in EUR.
+    #[serde(default)]
+    pub price_eur: Option<f64>,
 }
 
 /// The body of every error answer.

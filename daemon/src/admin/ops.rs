@@ -571,7 +571,8 @@ pub fn retention(ctx: &Ctx, req: RetentionRequest) -> OpResult {
 
 /// `stats`: lead-funnel figures per period, audited as a read of statistics.
 pub fn stats(ctx: &Ctx, req: StatsRequest) -> OpResult {
-    let report = crate::stats::report(ctx.store(), req.since, req.by)?;
+    let rates = ctx.state.config().whatsapp.pricing.rates();
+    let report = crate::stats::report(ctx.store(), req.since, req.by, &rates)?;
     ctx.audit(ctx.entry(AuditEvent::StatsRead))?;
     to_json(report)
 }
@@ -705,9 +706,22 @@ pub fn send(ctx: &Ctx, req: SendRequest) -> OpResult {
     })?;
     drop(pending);
     outbox.wake.notify_one();
+    let config = ctx.state.config();
+    let category = crate::whatsapp::templates::TemplateCategories::new(
+        config.whatsapp.template_categories.clone(),
+    )
+    .lookup(ctx.store(), &req.template, &language)?;
+    let price = config
+        .whatsapp
+        .pricing
+        .rates()
+        .micro_eur(category.category.pricing());
     to_json(SendReply {
         pseudonym: p.short(),
         new_customer: known.is_none(),
         audit_seq: seq,
+        category: Some(category.category),
+        category_source: Some(category.source),
+        price_eur: Some(price as f64 / 1_000_000.0),
     })
 }

@@ -656,5 +656,44 @@ pub fn stats(cli: &Cli, args: &StatsArgs) -> anyhow::Result<u8> {
             );
         }
     }
+    println!();
+    print_costs(&r);
     Ok(exit::OK)
+}
+
+/// The messages of each period by pricing category and what they cost at the configured rates.
+fn print_costs(r: &FunnelReport) {
+    println!(
+        "{:<10} {:>8} {:>8} {:>9} {:>8} {:>8} {:>10} {:>10}",
+        "PERIOD", "SERVICE", "UTILITY", "MARKETING", "AUTH", "MESSAGES", "COST EUR", "EUR/TRIAL"
+    );
+    let line = |row: &FunnelRow| {
+        let m = &row.messages;
+        println!(
+            "{:<10} {:>8} {:>8} {:>9} {:>8} {:>8} {:>10.2} {:>10}",
+            row.period,
+            m.service,
+            m.utility,
+            m.marketing,
+            m.authentication,
+            m.total(),
+            row.cost_eur,
+            row.cost_per_trial_eur
+                .map(|c| format!("{c:.2}"))
+                .unwrap_or_else(|| "-".into()),
+        )
+    };
+    r.rows.iter().for_each(line);
+    line(&r.total);
+    let micro = |m: u64| m as f64 / 1_000_000.0;
+    println!(
+        "estimated at [whatsapp.pricing] (EUR a message: service {:.4}, utility {:.4}, marketing {:.4}, authentication {:.4}; as of {}); Meta's invoice is what counts",
+        micro(r.rates.service_micro_eur),
+        micro(r.rates.utility_micro_eur),
+        micro(r.rates.marketing_micro_eur),
+        micro(r.rates.authentication_micro_eur),
+        r.rates
+            .as_of
+            .map_or_else(|| "unknown".to_string(), |d| d.to_string()),
+    );
 }

@@ -10,6 +10,7 @@ use super::{exit, Cli};
 use crate::admin::api::{SendReply, SendRequest, SEND};
 use crate::admin::client::{AdminClient, ClientError};
 use crate::config::{Config, ServiceConfig};
+use crate::whatsapp::templates::{CategorySource, TemplateCategory};
 
 /// `frontdesk send PHONE --template NAME [--param P]... [--language de]`.
 #[derive(Args, Debug, Clone)]
@@ -74,7 +75,35 @@ fn send(client: &AdminClient, args: &SendArgs, out: &mut dyn Write) -> anyhow::R
             ""
         }
     )?;
+    if let Some(line) = category_line(&reply) {
+        writeln!(out, "{line}")?;
+    }
     Ok(exit::OK)
+}
+
+/// What the template's category means for the send: its endpoint and its price.
+fn category_line(reply: &SendReply) -> Option<String> {
+    let category = reply.category?;
+    let price = reply
+        .price_eur
+        .map(|p| format!(", about {p:.4} EUR"))
+        .unwrap_or_default();
+    Some(match (category, reply.category_source) {
+        (_, Some(CategorySource::Assumed)) => format!(
+            "category unknown: sent as utility{price}; add the template to \
+             [whatsapp.template_categories]"
+        ),
+        (TemplateCategory::Marketing, source) => format!(
+            "this is a MARKETING template{}: sent through marketing_messages, billed at the \
+             marketing rate{price}",
+            if source == Some(CategorySource::Webhook) {
+                " (WhatsApp recategorised it)"
+            } else {
+                ""
+            }
+        ),
+        (other, _) => format!("category {other}{price}"),
+    })
 }
 
 fn fail(e: ClientError) -> u8 {
@@ -118,6 +147,10 @@ mod tests {
     }
 
     #[test]
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one scenario: send, what is filed, audited and said, then a recategorised template"
+    )]
     fn send_queues_the_template_files_it_and_audits_it() {
         let dir = tempfile::tempdir().unwrap();
         let store =
@@ -155,6 +188,8 @@ mod tests {
         assert!(printed.contains(&p.short()), "{printed}");
         assert!(printed.contains("new customer"), "{printed}");
         assert!(!printed.contains("2345678"), "{printed}");
+        // Not configured and never recategorised: the category is an assumption, and said so.
+        assert!(printed.contains("category unknown"), "{printed}");
 
         let rows = queues.outbox(&store).unwrap();
         assert_eq!(rows.len(), 1);
@@ -204,6 +239,23 @@ mod tests {
             "{all}"
         );
 
+        // WhatsApp recategorised the English version as marketing.
+        let mut batch = store.batch();
+        crate::whatsapp::templates::record_update(
+            &store,
+            &mut batch,
+            &crate::whatsapp::payload::TemplateCategoryUpdate {
+                template_id: Some("42".into()),
+                name: "probetraining_erinnerung".into(),
+                language: "en_US".into(),
+                previous_category: Some("UTILITY".into()),
+                new_category: "MARKETING".into(),
+                correct_category: None,
+            },
+            jiff::Timestamp::now(),
+        );
+        store.commit_durable(batch).unwrap();
+
         // A second template to the same person: same customer, second row.
         let mut a = args("0049 151 2345678");
         a.language = Some("en_US".into());
@@ -213,6 +265,14 @@ mod tests {
         let reply: SendReply = serde_json::from_slice(&out).unwrap();
         assert!(!reply.new_customer);
         assert_eq!(reply.pseudonym, p.short());
+        assert_eq!(reply.category, Some(TemplateCategory::Marketing));
+        assert_eq!(reply.category_source, Some(CategorySource::Webhook));
+        assert_eq!(reply.price_eur, Some(0.1365));
+        let line = category_line(&reply).unwrap();
+        assert!(
+            line.contains("MARKETING") && line.contains("marketing_messages"),
+            "{line}"
+        );
         assert_eq!(queues.outbox(&store).unwrap().len(), 2);
 
         // Bad input is refused before anything is written.

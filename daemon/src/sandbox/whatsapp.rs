@@ -3,7 +3,10 @@
 //! * [`GraphSim`]: a Graph API simulator for `POST /{version}/{phone_number_id}/messages` with
 //!   bearer-token check, Meta-shaped answers and errors, a record of every text, template and
 //!   read mark, and fault injection (throttling, pair rate limit, closed window, undeliverable,
-//!   server errors, slow answers) per recipient or for all sends.
+//!   server errors, slow answers) per recipient or for all sends. It also serves
+//!   `…/marketing_messages` (Meta's Marketing Messages API), which takes only templates whose
+//!   category is marketing ([`GraphSim::set_template_category`]), and records which endpoint
+//!   each send used.
 //! * [`WebhookDriver`]: plays Meta's webhook delivery against our webhook endpoint: builds
 //!   Meta-shaped payloads ([`PayloadBuilder`]), signs them with the app secret, POSTs them and
 //!   retries answers other than 200 with bounded backoff, as Meta does (with short delays).
@@ -77,11 +80,22 @@ pub enum Fault {
     Slow(Duration),
 }
 
+/// The endpoint a send was posted to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/{version}/{phone_number_id}/messages`.
+    Messages,
+    /// `/{version}/{phone_number_id}/marketing_messages`: marketing templates only.
+    MarketingMessages,
+}
+
 /// One accepted send.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SentRecord {
     /// The `wamid.` id the simulator answered with.
     pub id: String,
+    /// The endpoint it was posted to.
+    pub endpoint: Endpoint,
     /// Graph API version from the request path (e.g. `v21.0`).
     pub version: String,
     /// Business phone number id from the request path.
@@ -157,6 +171,8 @@ struct SimState {
     log: Vec<RequestLog>,
     global_faults: VecDeque<Fault>,
     recipient_faults: HashMap<String, VecDeque<Fault>>,
+    /// Template name → Meta's category (`MARKETING`, `UTILITY`, `AUTHENTICATION`).
+    template_categories: HashMap<String, String>,
 }
 
 struct Shared {
@@ -256,6 +272,17 @@ impl GraphSim {
         let mut state = self.shared.lock();
         state.global_faults.clear();
         state.recipient_faults.clear();
+    }
+
+    /// Sets the category of template `name` as Meta's template API would report it
+    /// (`MARKETING`, `UTILITY`, `AUTHENTICATION`): only `MARKETING` templates are accepted on
+    /// `/marketing_messages`. To tell the daemon, deliver
+    /// [`PayloadBuilder::template_category_update`].
+    pub fn set_template_category(&self, name: &str, category: &str) {
+        self.shared
+            .lock()
+            .template_categories
+            .insert(name.to_owned(), category.to_ascii_uppercase());
     }
 
     /// Every accepted send, in order.
@@ -467,7 +494,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
             );
         }
     }
-    let Some((version, phone_number_id)) = messages_path(parts.uri.path()) else {
+    let Some((version, phone_number_id, endpoint)) = messages_path(parts.uri.path()) else {
         return reject(
             shared,
             400,
@@ -501,6 +528,11 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
             )
         }
     };
+    if endpoint == Endpoint::MarketingMessages {
+        if let Err(refusal) = marketing_only(shared, &request) {
+            return reject(shared, 400, refusal);
+        }
+    }
     let kind = request.kind();
     match request {
         GraphRequest::Read(mark) => {
@@ -534,6 +566,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
             let mut state = shared.lock();
             state.sent.push(SentRecord {
                 id,
+                endpoint,
                 version: version.to_owned(),
                 phone_number_id: phone_number_id.to_owned(),
                 recipient: recipient.clone(),
@@ -548,6 +581,36 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
             shared.changed.notify_waiters();
             json_response(200, &answer)
         }
+    }
+}
+
+/// The Marketing Messages API's contract: it sends templates only (anything else: code 100,
+/// "Message must be a template message."), and only marketing templates (a utility or
+/// authentication template: code 131055, "Method not allowed"), as Meta's partners document it.
+fn marketing_only(shared: &Shared, request: &GraphRequest) -> Result<(), Value> {
+    let GraphRequest::Send {
+        message: SentMessageKind::Template { name, .. },
+        ..
+    } = request
+    else {
+        return Err(graph_error(
+            100,
+            "(#100) Invalid parameter",
+            Some("Message must be a template message."),
+        ));
+    };
+    match shared
+        .lock()
+        .template_categories
+        .get(name)
+        .map(String::as_str)
+    {
+        Some("MARKETING") => Ok(()),
+        _ => Err(graph_error(
+            131_055,
+            "(#131055) Method not allowed",
+            Some("Only marketing templates can be sent with the Marketing Messages API."),
+        )),
     }
 }
 
@@ -593,17 +656,26 @@ fn phone_number_path(path: &str) -> Option<&str> {
     (segments.next().is_none() && graph_version_ok(version) && numeric).then_some(phone_number_id)
 }
 
-/// `/{version}/{phone_number_id}/messages` with `version` like `v23.0`.
-fn messages_path(path: &str) -> Option<(&str, &str)> {
+/// `/{version}/{phone_number_id}/messages` or `…/marketing_messages`, with `version` like
+/// `v23.0`.
+fn messages_path(path: &str) -> Option<(&str, &str, Endpoint)> {
     let mut segments = path.strip_prefix('/')?.split('/');
     let (version, phone_number_id, leaf) = (segments.next()?, segments.next()?, segments.next()?);
-    if segments.next().is_some() || leaf != "messages" {
+    let endpoint = match leaf {
+        "messages" => Endpoint::Messages,
+        "marketing_messages" => Endpoint::MarketingMessages,
+        _ => return None,
+    };
+    if segments.next().is_some() {
         return None;
     }
     let (major, minor) = version.strip_prefix('v')?.split_once('.')?;
     let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    (numeric(major) && numeric(minor) && numeric(phone_number_id))
-        .then_some((version, phone_number_id))
+    (numeric(major) && numeric(minor) && numeric(phone_number_id)).then_some((
+        version,
+        phone_number_id,
+        endpoint,
+    ))
 }
 
 fn parse_request(v: &Value) -> Result<GraphRequest, &'static str> {
@@ -1118,6 +1190,64 @@ impl PayloadBuilder {
             "errors": [{ "code": code, "title": title, "message": title, "error_data": { "details": details } }]
         });
         self.envelope(value)
+    }
+
+    /// A completed `template_category_update`: Meta changed the category of a template
+    /// (categories in Meta's spelling, `UTILITY`, `MARKETING`).
+    pub fn template_category_update(
+        &self,
+        template_id: u64,
+        name: &str,
+        language: &str,
+        previous: &str,
+        new: &str,
+    ) -> Value {
+        self.account_change(
+            "template_category_update",
+            json!({
+                "message_template_id": template_id,
+                "message_template_name": name,
+                "message_template_language": language,
+                "previous_category": previous,
+                "new_category": new,
+            }),
+        )
+    }
+
+    /// An impending `template_category_update`: Meta will change the category (to `correct`)
+    /// at `at` (Unix seconds); `current` is still in force.
+    pub fn template_category_impending(
+        &self,
+        template_id: u64,
+        name: &str,
+        language: &str,
+        current: &str,
+        correct: &str,
+        at: i64,
+    ) -> Value {
+        self.account_change(
+            "template_category_update",
+            json!({
+                "message_template_id": template_id,
+                "message_template_name": name,
+                "message_template_language": language,
+                "correct_category": correct,
+                "new_category": current,
+                "category_update_timestamp": at,
+            }),
+        )
+    }
+
+    /// A change of a business-account field (no number metadata), as Meta sends them.
+    fn account_change(&self, field: &str, value: Value) -> Value {
+        json!({
+            "object": "whatsapp_business_account",
+            "entry": [{
+                "id": self.waba_id,
+                "time": jiff::Timestamp::now().as_second(),
+                "changes": [{ "value": value, "field": field }]
+            }]
+        })
     }
 
     fn messages_value(&self, from: &str, message: Value) -> Value {
@@ -1800,6 +1930,109 @@ mod tests {
         );
         assert!(sim.sent().is_empty());
         assert!(sim.read_marks().is_empty());
+    }
+
+    #[tokio::test]
+    async fn marketing_messages_takes_only_marketing_templates() {
+        use crate::whatsapp::graph::TemplateEndpoint;
+        let sim = start().await;
+        sim.set_template_category("sommer_angebot", "MARKETING");
+        sim.set_template_category("probetraining_erinnerung", "UTILITY");
+        let c = client(&sim, SIM_TOKEN, WAIT);
+        let (marketing, utility, plain) = blocking(move || {
+            (
+                c.send_template_to(
+                    TemplateEndpoint::MarketingMessages,
+                    TO,
+                    "sommer_angebot",
+                    "de",
+                    &[],
+                ),
+                c.send_template_to(
+                    TemplateEndpoint::MarketingMessages,
+                    TO,
+                    "probetraining_erinnerung",
+                    "de",
+                    &[],
+                ),
+                c.send_template(TO, "probetraining_erinnerung", "de", &[]),
+            )
+        })
+        .await;
+        assert!(marketing.unwrap().id.starts_with("wamid."));
+        let refused = utility.unwrap_err();
+        assert_eq!(refused.code(), Some(131_055), "{refused:?}");
+        assert_eq!(refused.disposition(), Disposition::Permanent);
+        plain.unwrap();
+        let endpoints: Vec<(Endpoint, String)> = sim
+            .sent()
+            .into_iter()
+            .map(|r| match r.message {
+                SentMessageKind::Template { name, .. } => (r.endpoint, name),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            endpoints,
+            [
+                (Endpoint::MarketingMessages, "sommer_angebot".to_string()),
+                (Endpoint::Messages, "probetraining_erinnerung".to_string()),
+            ]
+        );
+
+        // Free-form messages and read marks have no place on the Marketing Messages API.
+        let url = format!(
+            "{}/{SIM_GRAPH_VERSION}/{SIM_PHONE_NUMBER_ID}/marketing_messages",
+            sim.base_url()
+        );
+        let token = sim.token().to_owned();
+        let answers = blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .proxy(None)
+                .build()
+                .into();
+            let post = |body: Value| {
+                let mut r = agent
+                    .post(&url)
+                    .header("Authorization", format!("Bearer {token}"))
+                    .send_json(body)
+                    .unwrap();
+                let status = r.status().as_u16();
+                let json: Value = r.body_mut().read_json().unwrap();
+                (status, json["error"]["code"].as_i64())
+            };
+            vec![
+                post(json!({ "messaging_product": "whatsapp", "to": TO, "type": "text", "text": { "body": "x" } })),
+                post(json!({ "messaging_product": "whatsapp", "status": "read", "message_id": "wamid.X" })),
+                // A template the account does not have as marketing.
+                post(json!({ "messaging_product": "whatsapp", "to": TO, "type": "template", "template": { "name": "unbekannt", "language": { "code": "de" } } })),
+            ]
+        })
+        .await;
+        assert_eq!(
+            answers,
+            [(400, Some(100)), (400, Some(100)), (400, Some(131_055))]
+        );
+        assert_eq!(sim.sent().len(), 2);
+    }
+
+    #[test]
+    fn template_category_payloads_parse_as_meta_sends_them() {
+        use crate::whatsapp::payload::{parse, Event};
+        let b = PayloadBuilder::default();
+        let done = b.template_category_update(42, "angebot", "de", "UTILITY", "MARKETING");
+        assert_eq!(done["entry"][0]["id"], SIM_WABA_ID);
+        let soon = b.template_category_impending(42, "angebot", "de", "UTILITY", "MARKETING", 9);
+        let events = parse(&serde_json::to_vec(&batch(&[done, soon])).unwrap()).unwrap();
+        let [Event::TemplateCategory(done), Event::TemplateCategory(soon)] = events.as_slice()
+        else {
+            panic!("{events:?}")
+        };
+        assert_eq!(done.previous_category.as_deref(), Some("UTILITY"));
+        assert_eq!(done.new_category, "MARKETING");
+        assert_eq!(soon.correct_category.as_deref(), Some("MARKETING"));
+        assert_eq!(soon.new_category, "UTILITY");
     }
 
     #[tokio::test]

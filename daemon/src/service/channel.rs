@@ -18,6 +18,7 @@ use crate::turn::Decide;
 use crate::whatsapp::dispatch::{DispatchConfig, Dispatcher};
 use crate::whatsapp::graph::GraphClient;
 use crate::whatsapp::sender::{Sender, SenderConfig};
+use crate::whatsapp::templates::TemplateCategories;
 use crate::whatsapp::webhook::{self, RejectionSink, WebhookState};
 
 pub(super) struct ChannelCredentials {
@@ -192,6 +193,7 @@ pub(super) async fn start(
         reopen_template: cfg.whatsapp.reopen_template.clone(),
         template_language: cfg.whatsapp.template_language.clone(),
         max_concurrent: cfg.whatsapp.max_concurrent_conversations,
+        template_categories: TemplateCategories::new(cfg.whatsapp.template_categories.clone()),
         ..SenderConfig::default()
     };
     if let Some(b) = opts.sender_backoff {

@@ -1,6 +1,6 @@
 //! Outbound side of the WhatsApp Cloud API: a blocking Graph API client (`POST
 //! /{version}/{phone_number_id}/messages`) for text, templates and mark-as-read with typing
-//! indicator, the mapping of Graph errors to a retry [`Disposition`], and [`split_text`] for
+//! indicator, and `…/marketing_messages` (Meta's Marketing Messages API) for marketing templates, the mapping of Graph errors to a retry [`Disposition`], and [`split_text`] for
 //! answers longer than WhatsApp's 4,096-character limit.
 //!
 //! The client is blocking (ureq) and meant to be called from `spawn_blocking`. It never retries:
@@ -204,7 +204,18 @@ impl fmt::Debug for Token {
 pub struct GraphClient {
     agent: ureq::Agent,
     messages_url: String,
+    /// Meta wants marketing templates here; it refuses everything else (131055, 100).
+    marketing_url: String,
     token: Token,
+}
+
+/// Which Graph endpoint a template goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplateEndpoint {
+    /// `/{phone_number_id}/messages`: utility and authentication templates.
+    Messages,
+    /// `/{phone_number_id}/marketing_messages`: marketing templates.
+    MarketingMessages,
 }
 
 impl GraphClient {
@@ -230,15 +241,16 @@ impl GraphClient {
             config = config.proxy(None);
         }
         let config = config.build();
-        let messages_url = format!(
-            "{}/{}/{}/messages",
+        let number_url = format!(
+            "{}/{}/{}",
             graph_base.trim_end_matches('/'),
             version.trim_matches('/'),
             phone_number_id.trim_matches('/')
         );
         GraphClient {
             agent: ureq::Agent::new_with_config(config),
-            messages_url,
+            messages_url: format!("{number_url}/messages"),
+            marketing_url: format!("{number_url}/marketing_messages"),
             token: Token(token),
         }
     }
@@ -260,9 +272,23 @@ impl GraphClient {
         self.send_message(&request)
     }
 
-    /// Sends an approved template. `params` fill the body variables `{{1}}`, `{{2}}`, … in order.
+    /// Sends an approved template through `/messages`. `params` fill the body variables `{{1}}`,
+    /// `{{2}}`, … in order.
     pub fn send_template(
         &self,
+        to: &str,
+        name: &str,
+        language_code: &str,
+        params: &[String],
+    ) -> Result<SentMessage, SendError> {
+        self.send_template_to(TemplateEndpoint::Messages, to, name, language_code, params)
+    }
+
+    /// Sends an approved template through `endpoint`; a marketing template belongs on
+    /// [`TemplateEndpoint::MarketingMessages`], which takes the same request body.
+    pub fn send_template_to(
+        &self,
+        endpoint: TemplateEndpoint,
         to: &str,
         name: &str,
         language_code: &str,
@@ -284,7 +310,11 @@ impl GraphClient {
         let mut request = addressed(to)?;
         request["type"] = json!("template");
         request["template"] = template;
-        self.send_message(&request)
+        let url = match endpoint {
+            TemplateEndpoint::Messages => &self.messages_url,
+            TemplateEndpoint::MarketingMessages => &self.marketing_url,
+        };
+        self.send_message_to(url, &request)
     }
 
     /// Marks an inbound message (and all earlier ones in the chat) as read; with `typing`, also
@@ -308,7 +338,11 @@ impl GraphClient {
     }
 
     fn send_message(&self, request: &Value) -> Result<SentMessage, SendError> {
-        let body = self.post(request)?;
+        self.send_message_to(&self.messages_url, request)
+    }
+
+    fn send_message_to(&self, url: &str, request: &Value) -> Result<SentMessage, SendError> {
+        let body = self.post_to(url, request)?;
         let id = body
             .get("messages")
             .and_then(Value::as_array)
@@ -320,11 +354,16 @@ impl GraphClient {
         Ok(SentMessage { id: id.to_owned() })
     }
 
-    /// POSTs one request; returns the parsed body of a 2xx answer, or the classified error.
+    /// POSTs one request to `/messages`; returns the parsed body of a 2xx answer, or the
+    /// classified error.
     fn post(&self, request: &Value) -> Result<Value, SendError> {
+        self.post_to(&self.messages_url, request)
+    }
+
+    fn post_to(&self, url: &str, request: &Value) -> Result<Value, SendError> {
         let mut response = self
             .agent
-            .post(&self.messages_url)
+            .post(url)
             .header("Authorization", format!("Bearer {}", self.token.0))
             .send_json(request)
             .map_err(transport_error)?;

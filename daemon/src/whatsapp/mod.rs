@@ -4,7 +4,8 @@
 //! into events), [`graph`] (the Graph API client). The pipeline: [`webhook`] (HTTP endpoint that
 //! persists to the inbox before answering 200) → [`queue`] (durable inbox, outbox, seen ids,
 //! delivery states) → [`dispatch`] (inbox → replies in the outbox, exactly once, in order per
-//! customer) → [`sender`] (outbox → Graph API, with retries and error handling).
+//! customer) → [`sender`] (outbox → Graph API, with retries and error handling). [`templates`]
+//! keeps each template's category (endpoint and price) current.
 //!
 //! Nothing here logs payload content, phone numbers or tokens.
 
@@ -14,5 +15,6 @@ pub mod payload;
 pub mod queue;
 pub mod sender;
 pub mod signature;
+pub mod templates;
 pub mod versions;
 pub mod webhook;

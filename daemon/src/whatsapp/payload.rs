@@ -27,6 +27,8 @@ pub use crate::store::customers::LeadSource;
 pub const OBJECT_WHATSAPP: &str = "whatsapp_business_account";
 /// The webhook field that carries messages, statuses and errors.
 pub const FIELD_MESSAGES: &str = "messages";
+/// The webhook field that announces a template's change of category.
+pub const FIELD_TEMPLATE_CATEGORY: &str = "template_category_update";
 
 /// Why a webhook body could not be turned into events. Never contains payload content.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -85,6 +87,28 @@ pub enum Event {
     Status(StatusUpdate),
     /// An error about the business account or app (`value.errors[]`), not tied to a message.
     Error(WebhookError),
+    /// A template's category changes or will change (`template_category_update`).
+    TemplateCategory(TemplateCategoryUpdate),
+}
+
+/// A `template_category_update` webhook value. Meta sends two kinds: an impending change, about
+/// a day ahead (`correct_category` set, `new_category` still the current category), and a
+/// completed change (`previous_category` and `new_category`). Categories are Meta's spelling
+/// (`MARKETING`, `UTILITY`, `AUTHENTICATION`), kept as sent so a future category parses too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateCategoryUpdate {
+    /// `message_template_id` (a number on the wire), as text.
+    pub template_id: Option<String>,
+    /// `message_template_name`.
+    pub name: String,
+    /// `message_template_language` (`de`, `en_US`).
+    pub language: String,
+    /// `previous_category`: only in a completed change.
+    pub previous_category: Option<String>,
+    /// `new_category`: the new category, or in an impending change the current one.
+    pub new_category: String,
+    /// `correct_category`: only in an impending change, the category it will get.
+    pub correct_category: Option<String>,
 }
 
 /// A message a WhatsApp user sent to the business number.
@@ -508,6 +532,10 @@ pub fn parse(body: &[u8]) -> Result<Vec<Event>, PayloadError> {
     }
     let mut events = Vec::new();
     for change in envelope.entry.iter().flat_map(|e| &e.changes) {
+        if change.field.as_deref() == Some(FIELD_TEMPLATE_CATEGORY) {
+            events.push(Event::TemplateCategory(template_category(&change.value)?));
+            continue;
+        }
         if change.field.as_deref() != Some(FIELD_MESSAGES) {
             continue;
         }
@@ -516,6 +544,31 @@ pub fn parse(body: &[u8]) -> Result<Vec<Event>, PayloadError> {
         parse_change(value, &mut events)?;
     }
     Ok(events)
+}
+
+fn template_category(value: &Value) -> Result<TemplateCategoryUpdate, PayloadError> {
+    let text = |name: &str| {
+        value.get(name).and_then(|v| match v {
+            Value::String(s) => Some(truncate(s.trim(), 512)),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+    };
+    let malformed = PayloadError::Malformed("template category update");
+    Ok(TemplateCategoryUpdate {
+        template_id: text("message_template_id"),
+        name: text("message_template_name")
+            .filter(|s| !s.is_empty())
+            .ok_or(malformed.clone())?,
+        language: text("message_template_language")
+            .filter(|s| !s.is_empty())
+            .ok_or(malformed.clone())?,
+        previous_category: text("previous_category"),
+        new_category: text("new_category")
+            .filter(|s| !s.is_empty())
+            .ok_or(malformed)?,
+        correct_category: text("correct_category"),
+    })
 }
 
 fn parse_change(value: ChangeValue, events: &mut Vec<Event>) -> Result<(), PayloadError> {
@@ -1479,6 +1532,7 @@ mod tests {
                 Event::Message(m) => m.id.as_str(),
                 Event::Status(s) => s.message_id.as_str(),
                 Event::Error(_) => "error",
+                Event::TemplateCategory(_) => "category",
             })
             .collect();
         assert_eq!(ids, ["wamid.A", "wamid.B", "wamid.S"]);
@@ -1488,6 +1542,52 @@ mod tests {
         assert_eq!(b.phone_number_id, "other");
         // Two contacts-less messages: no name guessed from another change's contacts.
         assert_eq!(b.contact_name, None);
+    }
+
+    #[test]
+    fn template_category_updates_completed_and_impending() {
+        // Shapes as Meta documents them for `template_category_update`.
+        let body = json!({
+            "object": "whatsapp_business_account",
+            "entry": [{ "id": "200000000000002", "time": 1_760_000_000, "changes": [
+                { "field": "template_category_update", "value": {
+                    "message_template_id": 1_234_567,
+                    "message_template_name": "probetraining_erinnerung",
+                    "message_template_language": "de",
+                    "previous_category": "UTILITY",
+                    "new_category": "MARKETING"
+                }},
+                { "field": "template_category_update", "value": {
+                    "message_template_id": 7,
+                    "message_template_name": "angebot",
+                    "message_template_language": "de",
+                    "correct_category": "MARKETING",
+                    "new_category": "UTILITY",
+                    "category_update_timestamp": 1_760_086_400
+                }}
+            ]}]
+        });
+        let events = parse(&serde_json::to_vec(&body).unwrap()).unwrap();
+        let [Event::TemplateCategory(done), Event::TemplateCategory(soon)] = events.as_slice()
+        else {
+            panic!("{events:?}")
+        };
+        assert_eq!(done.template_id.as_deref(), Some("1234567"));
+        assert_eq!(done.name, "probetraining_erinnerung");
+        assert_eq!(done.language, "de");
+        assert_eq!(done.previous_category.as_deref(), Some("UTILITY"));
+        assert_eq!(done.new_category, "MARKETING");
+        assert_eq!(done.correct_category, None);
+        assert_eq!(soon.correct_category.as_deref(), Some("MARKETING"));
+        assert_eq!(soon.previous_category, None);
+
+        let nameless = json!({ "object": "whatsapp_business_account", "entry": [{ "changes": [
+            { "field": "template_category_update", "value": { "new_category": "MARKETING" } }
+        ]}]});
+        assert_eq!(
+            parse(&serde_json::to_vec(&nameless).unwrap()).unwrap_err(),
+            PayloadError::Malformed("template category update")
+        );
     }
 
     #[test]

@@ -11,6 +11,10 @@
 //! the configured template (or drops it); undeliverable and permanent errors drop the reply.
 //! Every drop is logged with the customer's pseudonym and the error code.
 //!
+//! Templates go through the endpoint their category needs (marketing: `/marketing_messages`, see
+//! [`super::templates`]). Every message the Graph API accepted is counted by pricing category
+//! (`stats`) in the write that retires it, so retries and restarts never count it twice.
+//!
 //! A rejected access token (expired, revoked, missing permission) pauses the whole sender: the
 //! outbox keeps every reply, `frontdesk status`, systemd's `STATUS=`, the `sender_paused` gauge
 //! and the journal say why; a restart with the fixed credential, or [`Sender::resume`] (on
@@ -27,9 +31,11 @@ use rand::Rng;
 use tokio::sync::{Notify, Semaphore};
 use tracing::{error, info, warn};
 
-use super::graph::{Disposition, GraphClient, SendError};
+use super::graph::{Disposition, GraphClient, SendError, SentMessage, TemplateEndpoint};
 use super::queue::{DeliveryState, OutboundKind, OutboxEntry, Queued, Queues};
-use crate::metrics::{Metrics, Outcome};
+use super::templates::{TemplateCategories, TemplateCategory, NOT_A_MARKETING_TEMPLATE};
+use crate::metrics::{Category, Metrics, Outcome};
+use crate::stats::PricingCategory;
 use crate::store::crypto::Pseudonym;
 use crate::store::Store;
 
@@ -51,6 +57,9 @@ pub struct SenderConfig {
     pub max_concurrent: usize,
     /// Base of the retry backoff (shortened in tests).
     pub backoff_base: Duration,
+    /// Category of each template: marketing ones go to `/marketing_messages`, and every sent
+    /// message is counted at its category.
+    pub template_categories: TemplateCategories,
 }
 
 impl Default for SenderConfig {
@@ -60,6 +69,7 @@ impl Default for SenderConfig {
             template_language: "de".into(),
             max_concurrent: 8,
             backoff_base: BACKOFF_BASE,
+            template_categories: TemplateCategories::default(),
         }
     }
 }
@@ -297,18 +307,20 @@ impl Sender {
                 return GroupResult::Hold(Duration::ZERO);
             }
             let (generation, graph) = self.graph.read().expect("sender lock poisoned").clone();
-            let result = match &row.entry.kind {
-                OutboundKind::Text(t) => graph.send_text(&row.entry.to, t),
+            let (result, category) = match &row.entry.kind {
+                OutboundKind::Text(t) => {
+                    (graph.send_text(&row.entry.to, t), PricingCategory::Service)
+                }
                 OutboundKind::Template {
                     name,
                     language,
                     params,
-                } => graph.send_template(&row.entry.to, name, language, params),
+                } => self.send_template(&graph, p, &row.entry.to, name, language, params),
             };
             match result {
                 Ok(sent) => {
                     self.metrics.sends.get_or_create(&Outcome::of("ok")).inc();
-                    if let Err(e) = self.retire(&row.key, Some(&sent.id)) {
+                    if let Err(e) = self.retire_sent(&row.key, &sent.id, category) {
                         error!(customer = %p, error = %e, "recording a sent reply failed");
                         return GroupResult::Hold(Duration::from_secs(1));
                     }
@@ -317,6 +329,10 @@ impl Sender {
                     if let Err(e) = self.store.tag_sent(p, &row.entry.history, &sent.id) {
                         warn!(customer = %p, error = %e, "recording the sent reply's id in the history failed");
                     }
+                    self.metrics
+                        .messages_sent
+                        .get_or_create(&Category::of(category.name()))
+                        .inc();
                 }
                 Err(err) => return self.handle_error(p, generation, row, rows.collect(), err),
             }
@@ -404,6 +420,72 @@ impl Sender {
                 GroupResult::Hold(Duration::ZERO)
             }
         }
+    }
+
+    /// Sends a template through the endpoint its category needs; returns what the message is
+    /// billed as. A template Meta refuses on `/marketing_messages` as not marketing (its
+    /// category changed back before we heard of it) is sent through `/messages` at once.
+    fn send_template(
+        &self,
+        graph: &GraphClient,
+        p: &Pseudonym,
+        to: &str,
+        name: &str,
+        language: &str,
+        params: &[String],
+    ) -> (Result<SentMessage, SendError>, PricingCategory) {
+        let categories = &self.cfg.template_categories;
+        let known = categories
+            .lookup(&self.store, name, language)
+            .unwrap_or_else(|e| {
+                warn!(customer = %p, error = %e, "reading a template category failed; using the configured one");
+                categories.configured(name)
+            });
+        if known.category != TemplateCategory::Marketing {
+            return (
+                graph.send_template(to, name, language, params),
+                known.category.pricing(),
+            );
+        }
+        match graph.send_template_to(
+            TemplateEndpoint::MarketingMessages,
+            to,
+            name,
+            language,
+            params,
+        ) {
+            Err(e) if e.code() == Some(NOT_A_MARKETING_TEMPLATE) => {
+                warn!(customer = %p, template = %name, "WhatsApp refused the template as not marketing; sending it through /messages");
+                (
+                    graph.send_template(to, name, language, params),
+                    PricingCategory::Utility,
+                )
+            }
+            result => (result, PricingCategory::Marketing),
+        }
+    }
+
+    /// Removes a sent reply from the outbox, records its message id and counts it as a message
+    /// of `category`, in one durable write: a message is counted once, however often its send
+    /// was retried.
+    fn retire_sent(
+        &self,
+        key: &[u8],
+        wamid: &str,
+        category: PricingCategory,
+    ) -> crate::store::Result<()> {
+        let now = Timestamp::now();
+        let mut batch = self.store.batch();
+        self.queues.remove_outbox(&self.store, &mut batch, key);
+        self.queues.record_delivery(
+            &self.store,
+            &mut batch,
+            wamid,
+            DeliveryState::Accepted,
+            now,
+        )?;
+        crate::stats::record_sent(&self.store, &mut batch, category, now)?;
+        self.store.commit_durable(batch)
     }
 
     /// Removes a reply from the outbox and records its message id, durably.

@@ -1,7 +1,8 @@
 //! The webhook endpoint WhatsApp calls (directly, through a reverse proxy, or through the
 //! tunnel): `GET /webhook` answers the subscription handshake, `POST /webhook` checks the
 //! signature over the exact bytes received, parses, persists every message and status to the
-//! inbox in one durable (group-committed) write, and only then answers 200.
+//! inbox in one durable (group-committed) write, and only then answers 200. Template category
+//! changes (`template_category_update`) are written to the store in that same write.
 //!
 //! Rejections: 413 (body over the limit), 401 (signature missing or wrong), 400 (signed but
 //! malformed), 403 (wrong verify token), 404 (other paths). Each is counted in metrics and
@@ -17,12 +18,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, Response, StatusCode};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::dispatch::Dispatcher;
-use super::payload::{self, Event};
+use super::payload::{self, Event, TemplateCategoryUpdate};
 use super::queue::{InboxEntry, Queues};
 use super::signature;
+use super::templates;
 use crate::metrics::{Metrics, Outcome};
 use crate::secrets::Secret;
 use crate::store::crypto::Pseudonym;
@@ -233,12 +235,15 @@ where
         Ok(ev) => ev,
         Err(e) => return state.reject(StatusCode::BAD_REQUEST, e.reason()),
     };
-    let entries = inbox_entries(&state, events);
-    if !entries.is_empty() {
+    let (entries, categories) = inbox_entries(&state, events);
+    if !entries.is_empty() || !categories.is_empty() {
         let st = state.clone();
         let persisted = tokio::task::spawn_blocking(move || {
             let mut batch = st.store.batch();
             let keys = st.queues.push_inbox(&st.store, &mut batch, &entries);
+            for update in &categories {
+                apply_category_update(&st.store, &mut batch, update);
+            }
             st.store.commit_durable(batch).map(|()| {
                 keys.into_iter()
                     .zip(entries.iter().map(|(p, _)| *p))
@@ -272,16 +277,51 @@ where
     text(StatusCode::OK, "ok")
 }
 
-/// The events to keep in the inbox, keyed by pseudonym. Account errors are logged; events about
-/// another business number are dropped, counted and reported.
-fn inbox_entries(state: &WebhookState, events: Vec<Event>) -> Vec<(Pseudonym, InboxEntry)> {
+/// Adds a template's category change to `batch`, and says what it means.
+fn apply_category_update(
+    store: &Store,
+    batch: &mut fjall::OwnedWriteBatch,
+    update: &TemplateCategoryUpdate,
+) {
+    match templates::record_update(store, batch, update, jiff::Timestamp::now()) {
+        templates::UpdateOutcome::Applied(category) => info!(
+            template = %update.name,
+            language = %update.language,
+            previous = update.previous_category.as_deref().unwrap_or("?"),
+            category = %category,
+            "WhatsApp changed a template's category; sends of it follow the new category"
+        ),
+        templates::UpdateOutcome::Impending => warn!(
+            template = %update.name,
+            language = %update.language,
+            upcoming = update.correct_category.as_deref().unwrap_or("?"),
+            "WhatsApp will change a template's category in about a day"
+        ),
+        templates::UpdateOutcome::UnknownCategory => warn!(
+            template = %update.name,
+            category = %update.new_category,
+            "WhatsApp reported a template category frontdesk does not know; ignored"
+        ),
+    }
+}
+
+/// The events to keep in the inbox, keyed by pseudonym, and the template category changes
+/// (about the business account, not a number: a box's account has only its own templates).
+/// Account errors are logged; events about another business number are dropped, counted and
+/// reported.
+fn inbox_entries(
+    state: &WebhookState,
+    events: Vec<Event>,
+) -> (Vec<(Pseudonym, InboxEntry)>, Vec<TemplateCategoryUpdate>) {
     let mut entries = Vec::new();
+    let mut categories = Vec::new();
     let mut foreign = 0usize;
     for ev in events {
         let number = match &ev {
             Event::Message(m) => &m.phone_number_id,
             Event::Status(s) => &s.phone_number_id,
             Event::Error(e) => &e.phone_number_id,
+            Event::TemplateCategory(_) => &state.phone_number_id,
         };
         if number != &state.phone_number_id {
             // Signed by our app, but about another business number (an app subscribed to a
@@ -299,6 +339,7 @@ fn inbox_entries(state: &WebhookState, events: Vec<Event>) -> Vec<(Pseudonym, In
             Event::Error(e) => {
                 warn!(code = e.error.code, "WhatsApp reported an account error");
             }
+            Event::TemplateCategory(u) => categories.push(u),
         }
     }
     if foreign > 0 {
@@ -312,5 +353,5 @@ fn inbox_entries(state: &WebhookState, events: Vec<Event>) -> Vec<(Pseudonym, In
             state.rejections.rejected(200, "foreign_number");
         }
     }
-    entries
+    (entries, categories)
 }
