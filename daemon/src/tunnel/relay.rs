@@ -128,7 +128,7 @@ fn default_max_pending_handshakes() -> usize {
     256
 }
 fn default_max_pending_handshakes_per_address() -> usize {
-    16
+    32
 }
 fn default_handshake_timeout_secs() -> u64 {
     10
@@ -287,7 +287,10 @@ impl RelayConfig {
         }
         for (key, value) in [
             ("max_connections", self.max_connections),
-            ("max_connections_per_address", self.max_connections_per_address),
+            (
+                "max_connections_per_address",
+                self.max_connections_per_address,
+            ),
             ("max_pending_handshakes", self.max_pending_handshakes),
             (
                 "max_pending_handshakes_per_address",
@@ -400,6 +403,8 @@ struct Shared {
     tunnel_accepts: AtomicU64,
     /// Bumped at every box registration and deregistration.
     changes: watch::Sender<u64>,
+    /// Public requests being handled now (body read, waiting for the box, answering).
+    open_requests: InFlight,
     /// Every public connection, from accept to close.
     public_conns: Arc<Slots>,
     /// Public connections still in their TLS handshake.
@@ -478,6 +483,7 @@ pub async fn start_relay(cfg: RelayConfig) -> Result<RelayHandle, RelayError> {
         next_generation: AtomicU64::new(1),
         tunnel_accepts: AtomicU64::new(0),
         changes: watch::channel(0).0,
+        open_requests: InFlight::new(),
         public_conns: Slots::new(cfg.max_connections, cfg.max_connections_per_address),
         public_handshakes: Slots::new(
             cfg.max_pending_handshakes,
@@ -532,6 +538,11 @@ impl RelayHandle {
     /// Public connections open now (in TLS or established).
     pub fn public_connections(&self) -> usize {
         self.shared.public_conns.in_use()
+    }
+
+    /// The number of public requests being handled now; changes as they begin and end.
+    pub fn open_requests(&self) -> watch::Receiver<usize> {
+        self.shared.open_requests.0.subscribe()
     }
 
     /// How many connections the tunnel listener has accepted.
@@ -653,7 +664,7 @@ async fn serve_public(
     shared: Arc<Shared>,
     tcp: TcpStream,
     peer: SocketAddr,
-    _conn_slot: Slot,
+    conn_slot: Slot,
     handshake_slot: Slot,
 ) {
     let _ = tcp.set_nodelay(true);
@@ -672,7 +683,10 @@ async fn serve_public(
             tracing::debug!(%peer, error = %e, "relay: public TLS handshake failed");
             return;
         }
-        Err(_) => return,
+        Err(_) => {
+            tracing::debug!(%peer, "relay: public TLS handshake timed out");
+            return;
+        }
     };
     drop(handshake_slot);
     let idle = Duration::from_secs(shared.cfg.idle_timeout_secs);
@@ -693,9 +707,10 @@ async fn serve_public(
     let svc = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         let guard = counter.enter();
+        let all = shared.open_requests.enter();
         async move {
             let resp = handle_public(&shared, req, peer).await;
-            drop(guard);
+            drop((guard, all));
             Ok::<_, Infallible>(resp)
         }
     });
@@ -714,6 +729,9 @@ async fn serve_public(
             }
         }
     };
+    // The place is given back before the socket closes, so a client that sees the close can
+    // count on the place being free.
+    drop(conn_slot);
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "relay: public connection ended with an error");
     }
@@ -744,12 +762,7 @@ async fn accept_tunnels(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-async fn serve_tunnel(
-    shared: Arc<Shared>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    handshake_slot: Slot,
-) {
+async fn serve_tunnel(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, handshake_slot: Slot) {
     let timings = shared.cfg.timings.clone();
     let handshake_timeout = timings
         .handshake_timeout
