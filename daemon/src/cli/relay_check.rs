@@ -91,9 +91,7 @@ pub fn diagnose(path: &Path, now: i64) -> Report {
                 "config",
                 Mark::Fail,
                 e.to_string(),
-                Some(
-                    "fix the file; /usr/share/doc/frontdesk/relay.toml.example documents every key",
-                ),
+                Some("fix the file; /usr/share/frontdesk/relay.toml documents every key"),
             ));
             return report;
         }

@@ -1126,6 +1126,47 @@ key_file = "/etc/frontdesk-relay/key.pem"
     }
 
     #[test]
+    fn shipped_example_is_valid_and_lists_every_default() {
+        let text = include_str!("../../../packaging/relay.toml");
+        let cfg = parse(&format!(
+            "{text}\n[[box]]\nhost = \"studio-a.relay.example\"\ntoken_sha256 = \"{HASH}\"\n"
+        ))
+        .unwrap();
+        let defaults = RelayConfig::new(
+            cfg.public_listen,
+            cfg.tunnel_listen,
+            cfg.cert_file.clone(),
+            cfg.key_file.clone(),
+        );
+        // Debug shows every field: a default changed in the code must change in the example too.
+        let shown = |c: &RelayConfig| {
+            let mut c = c.clone();
+            c.boxes.clear();
+            format!("{c:?}")
+        };
+        assert_eq!(shown(&cfg), shown(&defaults));
+        for key in [
+            "max_body_bytes",
+            "max_concurrent_per_box",
+            "request_timeout_secs",
+            "body_timeout_secs",
+            "max_connections",
+            "max_connections_per_address",
+            "max_pending_handshakes",
+            "max_pending_handshakes_per_address",
+            "handshake_timeout_secs",
+            "idle_timeout_secs",
+            "keepalive_secs",
+            "max_streams_per_connection",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("{key} = "))),
+                "{key} is not in packaging/relay.toml"
+            );
+        }
+    }
+
+    #[test]
     fn config_rejects_mistakes() {
         let unknown = parse(&format!("{BASE}\nmax_bodybytes = 5\n")).unwrap_err();
         assert!(unknown.to_string().contains("max_bodybytes"), "{unknown}");
@@ -1150,6 +1191,16 @@ key_file = "/etc/frontdesk-relay/key.pem"
         assert!(twice.to_string().contains("used by another box"), "{twice}");
         let small = parse(&format!("{BASE}\nmax_body_bytes = 10\n")).unwrap_err();
         assert!(small.to_string().contains("max_body_bytes"), "{small}");
+        let zero = parse(&format!("{BASE}\nbody_timeout_secs = 0\n")).unwrap_err();
+        assert!(zero.to_string().contains("body_timeout_secs"), "{zero}");
+        let inverted = parse(&format!(
+            "{BASE}\nmax_connections = 10\nmax_connections_per_address = 11\n"
+        ))
+        .unwrap_err();
+        assert!(
+            inverted.to_string().contains("max_connections_per_address"),
+            "{inverted}"
+        );
     }
 
     #[test]
