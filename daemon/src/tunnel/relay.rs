@@ -426,6 +426,14 @@ impl Shared {
         found
     }
 
+    /// The box's TLS and hello get the shorter of the tunnel timing and the file's deadline.
+    fn tunnel_handshake_timeout(&self) -> Duration {
+        self.cfg
+            .timings
+            .handshake_timeout
+            .min(Duration::from_secs(self.cfg.handshake_timeout_secs))
+    }
+
     fn bump(&self) {
         self.changes.send_modify(|n| *n += 1);
     }
@@ -764,9 +772,7 @@ async fn accept_tunnels(shared: Arc<Shared>, listener: TcpListener) {
 
 async fn serve_tunnel(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, handshake_slot: Slot) {
     let timings = shared.cfg.timings.clone();
-    let handshake_timeout = timings
-        .handshake_timeout
-        .min(Duration::from_secs(shared.cfg.handshake_timeout_secs));
+    let handshake_timeout = shared.tunnel_handshake_timeout();
     let _ = tcp.set_nodelay(true);
     proto::set_tcp_keepalive(&tcp, timings.tcp_keepalive);
     let acceptor = TlsAcceptor::from(
