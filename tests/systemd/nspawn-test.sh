@@ -221,6 +221,10 @@ ok "store identity created as encrypted credential"
 [[ "$(in_ct systemctl is-enabled frontdesk.service || true)" == disabled ]] \
     || fail "service enabled on first install"
 ok "first install leaves the service stopped and disabled"
+[[ "$(in_ct systemctl is-enabled frontdesk-relay.service || true)" == disabled ]] \
+    || fail "frontdesk-relay.service missing or enabled on install (it belongs to relay servers only)"
+in_ct getent passwd frontdesk-relay >/dev/null || fail "user frontdesk-relay not created"
+ok "the relay's unit is installed and disabled"
 
 UNIT=/usr/lib/systemd/system/frontdesk.service
 in_ct test -f "$UNIT" || UNIT=/lib/systemd/system/frontdesk.service

@@ -145,7 +145,21 @@ token_sha256 = "{hash}"
         .await
         .expect("no reply after a webhook through the tunnel");
     assert_eq!(sent[0].recipient, "491760000001");
-    // Unsigned posts are refused by the daemon behind the tunnel; admin-like paths never pass.
+    // A signature of the right form but the wrong value passes the relay and is refused by the
+    // daemon behind the tunnel; a malformed one is refused by the relay; admin-like paths never
+    // pass.
+    let wrong = format!("sha256={}", "0".repeat(64));
+    assert_eq!(
+        https_post(
+            relay.public_addr(),
+            &ca,
+            "/webhook",
+            Bytes::from(body.clone()),
+            &wrong
+        )
+        .await,
+        401
+    );
     assert_eq!(
         https_post(
             relay.public_addr(),

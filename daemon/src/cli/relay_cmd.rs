@@ -21,6 +21,13 @@ pub enum RelayCommand {
         #[arg(long, default_value = DEFAULT_RELAY_CONFIG)]
         relay_config: PathBuf,
     },
+    /// Check the configuration file and the certificate (names, expiry, key); exit code 1 when
+    /// something would fail.
+    Check {
+        /// Relay configuration (listeners, certificate, boxes).
+        #[arg(long, default_value = DEFAULT_RELAY_CONFIG)]
+        relay_config: PathBuf,
+    },
     /// Make a token for a new box: the token goes into the box's `tunnel-token` credential, the
     /// hash into the relay's `[[box]]` entry.
     NewToken,
@@ -28,6 +35,14 @@ pub enum RelayCommand {
 
 pub fn run(cmd: &RelayCommand) -> anyhow::Result<u8> {
     match cmd {
+        RelayCommand::Check { relay_config } => {
+            let now = jiff::Timestamp::now().as_second();
+            let report = super::relay_check::diagnose(relay_config, now);
+            for c in &report.checks {
+                println!("{c}");
+            }
+            Ok(report.exit_code())
+        }
         RelayCommand::NewToken => {
             let token = TunnelToken::generate();
             println!("token (box credential tunnel-token): {}", token.expose());

@@ -7,6 +7,7 @@
 //! - [`relay`]: the relay ([`start_relay`], [`RelayConfig`]).
 
 pub mod client;
+mod limits;
 pub mod proto;
 pub mod relay;
 

@@ -22,11 +22,13 @@ use rustls::ServerConfig;
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
+use super::limits::{Refused, Slot, Slots};
 use super::proto::{self, Hello, PemError, TunnelTimings};
+use crate::whatsapp::signature;
 
 /// The relay's configuration file (TOML). It holds no secret that could impersonate a box: only
 /// the SHA-256 of each box's token.
@@ -50,6 +52,37 @@ pub struct RelayConfig {
     /// A box that takes longer to answer gets its caller a 504.
     #[serde(default = "default_request_timeout_secs")]
     pub request_timeout_secs: u64,
+    /// A request body not fully received within this gets 408. The body is read before the
+    /// request takes one of its box's `max_concurrent_per_box` places, so a caller that
+    /// announces a body and never sends it holds nothing a real delivery needs.
+    #[serde(default = "default_body_timeout_secs")]
+    pub body_timeout_secs: u64,
+    /// Public connections open at once (in TLS or established); more are closed at accept.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Public connections open at once from one client address (IPv6: one /64).
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: usize,
+    /// Connections still in their TLS handshake (tunnel: TLS and hello), per listener.
+    #[serde(default = "default_max_pending_handshakes")]
+    pub max_pending_handshakes: usize,
+    /// Connections still in their handshake from one client address, per listener.
+    #[serde(default = "default_max_pending_handshakes_per_address")]
+    pub max_pending_handshakes_per_address: usize,
+    /// A connection that has not finished its TLS handshake (tunnel: and its hello) within this
+    /// is closed.
+    #[serde(default = "default_handshake_timeout_secs")]
+    pub handshake_timeout_secs: u64,
+    /// A public connection without an open request for this long is closed (HTTP/2: GOAWAY).
+    #[serde(default = "default_idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
+    /// HTTP/2 PING interval on public connections; a peer that does not answer within the same
+    /// time is dropped.
+    #[serde(default = "default_keepalive_secs")]
+    pub keepalive_secs: u64,
+    /// HTTP/2 streams one public connection may have open at once.
+    #[serde(default = "default_max_streams_per_connection")]
+    pub max_streams_per_connection: u32,
     /// One entry per box.
     #[serde(default, rename = "box")]
     pub boxes: Vec<BoxEntry>,
@@ -69,9 +102,6 @@ pub struct BoxEntry {
     pub token_sha256: String,
 }
 
-/// Tunnel connections allowed to be in TLS or hello at once.
-const MAX_PENDING_HANDSHAKES: usize = 256;
-
 fn default_max_body_bytes() -> usize {
     // WhatsApp webhook payloads are a few KiB; media arrive by reference, not inline.
     1024 * 1024
@@ -81,6 +111,36 @@ fn default_max_concurrent_per_box() -> usize {
 }
 fn default_request_timeout_secs() -> u64 {
     30
+}
+fn default_body_timeout_secs() -> u64 {
+    // A few KiB from Meta's data centres arrive in milliseconds.
+    10
+}
+fn default_max_connections() -> usize {
+    // Well below the unit's LimitNOFILE, leaving room for the boxes' tunnels.
+    4096
+}
+fn default_max_connections_per_address() -> usize {
+    // Meta multiplexes deliveries over few connections per sending host.
+    64
+}
+fn default_max_pending_handshakes() -> usize {
+    256
+}
+fn default_max_pending_handshakes_per_address() -> usize {
+    32
+}
+fn default_handshake_timeout_secs() -> u64 {
+    10
+}
+fn default_idle_timeout_secs() -> u64 {
+    60
+}
+fn default_keepalive_secs() -> u64 {
+    30
+}
+fn default_max_streams_per_connection() -> u32 {
+    32
 }
 
 /// A relay problem: configuration, TLS material, or a listener that cannot bind.
@@ -151,6 +211,35 @@ fn valid_host(host: &str) -> bool {
 }
 
 impl RelayConfig {
+    /// A configuration with every limit at its default and no boxes.
+    pub fn new(
+        public_listen: SocketAddr,
+        tunnel_listen: SocketAddr,
+        cert_file: PathBuf,
+        key_file: PathBuf,
+    ) -> RelayConfig {
+        RelayConfig {
+            public_listen,
+            tunnel_listen,
+            cert_file,
+            key_file,
+            max_body_bytes: default_max_body_bytes(),
+            max_concurrent_per_box: default_max_concurrent_per_box(),
+            request_timeout_secs: default_request_timeout_secs(),
+            body_timeout_secs: default_body_timeout_secs(),
+            max_connections: default_max_connections(),
+            max_connections_per_address: default_max_connections_per_address(),
+            max_pending_handshakes: default_max_pending_handshakes(),
+            max_pending_handshakes_per_address: default_max_pending_handshakes_per_address(),
+            handshake_timeout_secs: default_handshake_timeout_secs(),
+            idle_timeout_secs: default_idle_timeout_secs(),
+            keepalive_secs: default_keepalive_secs(),
+            max_streams_per_connection: default_max_streams_per_connection(),
+            boxes: Vec::new(),
+            timings: TunnelTimings::default(),
+        }
+    }
+
     /// Loads and validates a relay configuration file.
     pub fn load(path: &Path) -> Result<RelayConfig, RelayError> {
         let text = std::fs::read_to_string(path).map_err(|source| RelayError::Read {
@@ -182,8 +271,50 @@ impl RelayConfig {
         if self.max_concurrent_per_box == 0 {
             return Err(invalid("max_concurrent_per_box", "must be at least 1"));
         }
-        if self.request_timeout_secs == 0 {
-            return Err(invalid("request_timeout_secs", "must be at least 1"));
+        for (key, value) in [
+            ("request_timeout_secs", self.request_timeout_secs),
+            ("body_timeout_secs", self.body_timeout_secs),
+            ("handshake_timeout_secs", self.handshake_timeout_secs),
+            ("idle_timeout_secs", self.idle_timeout_secs),
+            ("keepalive_secs", self.keepalive_secs),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+            if value > 3600 {
+                return Err(invalid(key, "must be at most 3600 (one hour)"));
+            }
+        }
+        for (key, value) in [
+            ("max_connections", self.max_connections),
+            (
+                "max_connections_per_address",
+                self.max_connections_per_address,
+            ),
+            ("max_pending_handshakes", self.max_pending_handshakes),
+            (
+                "max_pending_handshakes_per_address",
+                self.max_pending_handshakes_per_address,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if self.max_connections_per_address > self.max_connections {
+            return Err(invalid(
+                "max_connections_per_address",
+                "must not exceed max_connections",
+            ));
+        }
+        if self.max_pending_handshakes_per_address > self.max_pending_handshakes {
+            return Err(invalid(
+                "max_pending_handshakes_per_address",
+                "must not exceed max_pending_handshakes",
+            ));
+        }
+        if self.max_streams_per_connection == 0 {
+            return Err(invalid("max_streams_per_connection", "must be at least 1"));
         }
         let mut hosts = std::collections::HashSet::new();
         let mut hashes = std::collections::HashSet::new();
@@ -272,9 +403,15 @@ struct Shared {
     tunnel_accepts: AtomicU64,
     /// Bumped at every box registration and deregistration.
     changes: watch::Sender<u64>,
-    /// Caps connections still in TLS or hello, so that a flood of idle sockets cannot use up
-    /// memory while they wait for their handshake timeout.
-    handshakes: Arc<Semaphore>,
+    /// Public requests being handled now (body read, waiting for the box, answering).
+    open_requests: InFlight,
+    /// Every public connection, from accept to close.
+    public_conns: Arc<Slots>,
+    /// Public connections still in their TLS handshake.
+    public_handshakes: Arc<Slots>,
+    /// Tunnel connections still in TLS or hello. The cap per address keeps silent sockets from
+    /// one address from taking the places of boxes that reconnect.
+    tunnel_handshakes: Arc<Slots>,
 }
 
 impl Shared {
@@ -287,6 +424,14 @@ impl Shared {
             }
         }
         found
+    }
+
+    /// The box's TLS and hello get the shorter of the tunnel timing and the file's deadline.
+    fn tunnel_handshake_timeout(&self) -> Duration {
+        self.cfg
+            .timings
+            .handshake_timeout
+            .min(Duration::from_secs(self.cfg.handshake_timeout_secs))
     }
 
     fn bump(&self) {
@@ -339,7 +484,6 @@ pub async fn start_relay(cfg: RelayConfig) -> Result<RelayHandle, RelayError> {
         .map(|(i, b)| (b.host.clone(), i))
         .collect();
     let shared = Arc::new(Shared {
-        cfg,
         boxes,
         by_host,
         live: Mutex::new(HashMap::new()),
@@ -347,7 +491,17 @@ pub async fn start_relay(cfg: RelayConfig) -> Result<RelayHandle, RelayError> {
         next_generation: AtomicU64::new(1),
         tunnel_accepts: AtomicU64::new(0),
         changes: watch::channel(0).0,
-        handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
+        open_requests: InFlight::new(),
+        public_conns: Slots::new(cfg.max_connections, cfg.max_connections_per_address),
+        public_handshakes: Slots::new(
+            cfg.max_pending_handshakes,
+            cfg.max_pending_handshakes_per_address,
+        ),
+        tunnel_handshakes: Slots::new(
+            cfg.max_pending_handshakes,
+            cfg.max_pending_handshakes_per_address,
+        ),
+        cfg,
     });
     tracing::info!(public = %public_addr, tunnel = %tunnel_addr, boxes = shared.boxes.len(), "relay listening");
     let tasks = vec![
@@ -389,6 +543,16 @@ impl RelayHandle {
         hosts
     }
 
+    /// Public connections open now (in TLS or established).
+    pub fn public_connections(&self) -> usize {
+        self.shared.public_conns.in_use()
+    }
+
+    /// The number of public requests being handled now; changes as they begin and end.
+    pub fn open_requests(&self) -> watch::Receiver<usize> {
+        self.shared.open_requests.0.subscribe()
+    }
+
     /// How many connections the tunnel listener has accepted.
     pub fn tunnel_accepts(&self) -> u64 {
         self.shared.tunnel_accepts.load(Ordering::Relaxed)
@@ -427,15 +591,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Accepts public connections. The connection tasks live in a JoinSet owned by this task, so
-/// aborting it closes them all.
+/// aborting it closes them all. A connection over a cap is closed at once, before TLS.
 async fn accept_public(shared: Arc<Shared>, listener: TcpListener) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    conns.spawn(serve_public(shared.clone(), tcp, peer));
-                }
+                Ok((tcp, peer)) => match take_public_slots(&shared, peer) {
+                    Ok((conn, handshake)) => {
+                        conns.spawn(serve_public(shared.clone(), tcp, peer, conn, handshake));
+                    }
+                    Err(refused) => {
+                        tracing::debug!(%peer, ?refused, "relay: public connection over a cap; closed");
+                    }
+                },
                 Err(e) => {
                     // Out of descriptors and the like: pause instead of spinning.
                     tracing::warn!(error = %e, "relay: public accept failed");
@@ -447,7 +616,65 @@ async fn accept_public(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-async fn serve_public(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+/// Both places a new public connection needs: one among all connections, one among those in
+/// their handshake.
+fn take_public_slots(shared: &Shared, peer: SocketAddr) -> Result<(Slot, Slot), Refused> {
+    let conn = shared.public_conns.try_take(peer.ip())?;
+    let handshake = shared.public_handshakes.try_take(peer.ip())?;
+    Ok((conn, handshake))
+}
+
+/// Counts the requests a public connection has open now; its idle timer runs while none is.
+#[derive(Clone)]
+struct InFlight(Arc<watch::Sender<usize>>);
+
+/// Held while a request is being handled.
+struct InFlightGuard(Arc<watch::Sender<usize>>);
+
+impl InFlight {
+    fn new() -> InFlight {
+        InFlight(Arc::new(watch::channel(0).0))
+    }
+
+    fn enter(&self) -> InFlightGuard {
+        self.0.send_modify(|n| *n += 1);
+        InFlightGuard(self.0.clone())
+    }
+
+    /// Returns once no request has been open for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        let mut rx = self.0.subscribe();
+        loop {
+            if rx.wait_for(|n| *n == 0).await.is_err() {
+                return;
+            }
+            rx.borrow_and_update();
+            tokio::select! {
+                _ = tokio::time::sleep(idle) => {
+                    if *rx.borrow() == 0 {
+                        return;
+                    }
+                }
+                // A request began (or began and ended): the quiet period starts over.
+                _ = rx.changed() => {}
+            }
+        }
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+async fn serve_public(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    conn_slot: Slot,
+    handshake_slot: Slot,
+) {
     let _ = tcp.set_nodelay(true);
     let acceptor = TlsAcceptor::from(
         shared
@@ -457,27 +684,63 @@ async fn serve_public(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
             .public
             .clone(),
     );
-    let tls = match tokio::time::timeout(shared.cfg.timings.handshake_timeout, acceptor.accept(tcp))
-        .await
-    {
+    let handshake_timeout = Duration::from_secs(shared.cfg.handshake_timeout_secs);
+    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "relay: public TLS handshake failed");
             return;
         }
-        Err(_) => return,
+        Err(_) => {
+            tracing::debug!(%peer, "relay: public TLS handshake timed out");
+            return;
+        }
     };
-    let svc = hyper::service::service_fn(move |req| {
-        let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle_public(&shared, req, peer).await) }
-    });
+    drop(handshake_slot);
+    let idle = Duration::from_secs(shared.cfg.idle_timeout_secs);
+    let keepalive = Duration::from_secs(shared.cfg.keepalive_secs);
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
-    builder.http2().timer(TokioTimer::new());
-    if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
+        .header_read_timeout(handshake_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(shared.cfg.max_streams_per_connection)
+        .keep_alive_interval(keepalive)
+        .keep_alive_timeout(keepalive);
+    let in_flight = InFlight::new();
+    let counter = in_flight.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        let guard = counter.enter();
+        let all = shared.open_requests.enter();
+        async move {
+            let resp = handle_public(&shared, req, peer).await;
+            drop((guard, all));
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let conn = builder.serve_connection(TokioIo::new(tls), svc);
+    tokio::pin!(conn);
+    let mut closing = false;
+    let result = loop {
+        tokio::select! {
+            res = conn.as_mut() => break res,
+            // An idle connection holds a descriptor and a place under the caps: give both back.
+            // HTTP/2 sends GOAWAY; HTTP/1.1 closes between requests.
+            _ = in_flight.idle_for(idle), if !closing => {
+                tracing::debug!(%peer, "relay: idle public connection closed");
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
+    };
+    // The place is given back before the socket closes, so a client that sees the close can
+    // count on the place being free.
+    drop(conn_slot);
+    if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "relay: public connection ended with an error");
     }
 }
@@ -490,11 +753,11 @@ async fn accept_tunnels(shared: Arc<Shared>, listener: TcpListener) {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     shared.tunnel_accepts.fetch_add(1, Ordering::Relaxed);
-                    match shared.handshakes.clone().try_acquire_owned() {
-                        Ok(permit) => {
-                            conns.spawn(serve_tunnel(shared.clone(), tcp, peer, permit));
+                    match shared.tunnel_handshakes.try_take(peer.ip()) {
+                        Ok(slot) => {
+                            conns.spawn(serve_tunnel(shared.clone(), tcp, peer, slot));
                         }
-                        Err(_) => tracing::warn!(%peer, "relay: too many pending tunnel handshakes; connection dropped"),
+                        Err(refused) => tracing::warn!(%peer, ?refused, "relay: too many pending tunnel handshakes; connection dropped"),
                     }
                 }
                 Err(e) => {
@@ -507,13 +770,9 @@ async fn accept_tunnels(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-async fn serve_tunnel(
-    shared: Arc<Shared>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    handshake_permit: OwnedSemaphorePermit,
-) {
+async fn serve_tunnel(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, handshake_slot: Slot) {
     let timings = shared.cfg.timings.clone();
+    let handshake_timeout = shared.tunnel_handshake_timeout();
     let _ = tcp.set_nodelay(true);
     proto::set_tcp_keepalive(&tcp, timings.tcp_keepalive);
     let acceptor = TlsAcceptor::from(
@@ -552,7 +811,7 @@ async fn serve_tunnel(
             }
         }
     };
-    let (tls, index) = match tokio::time::timeout(timings.handshake_timeout, handshake).await {
+    let (tls, index) = match tokio::time::timeout(handshake_timeout, handshake).await {
         Ok(Ok(ok)) => ok,
         Ok(Err(reason)) => {
             tracing::warn!(%peer, %reason, "relay: tunnel connection rejected");
@@ -563,7 +822,7 @@ async fn serve_tunnel(
             return;
         }
     };
-    drop(handshake_permit);
+    drop(handshake_slot);
     let host = shared.boxes[index].host.clone();
 
     let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
@@ -687,6 +946,41 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
     resp
 }
 
+/// Lets through only what WhatsApp sends, judged by form alone (the relay holds no app secret):
+/// a POST carries `X-Hub-Signature-256: sha256=<64 hex digits>`; a GET is the subscription
+/// handshake with `hub.mode`, `hub.verify_token` and `hub.challenge`. Anything else is answered
+/// here, before its body is read and without troubling the box; the box still checks the HMAC
+/// and the verify token.
+/// Returns the refusal, or `None` for a request that may go on.
+fn refuse_unless_whatsapp(req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    if req.method() == Method::POST {
+        let well_formed = req
+            .headers()
+            .get(signature::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("sha256="))
+            .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !well_formed {
+            return Some(plain(StatusCode::UNAUTHORIZED, "signature missing\n"));
+        }
+        return None;
+    }
+    let query = req.uri().query().unwrap_or("");
+    let has = |key: &str| {
+        query
+            .split('&')
+            .any(|pair| pair.split('=').next() == Some(key))
+    };
+    if has("hub.mode") && has("hub.verify_token") && has("hub.challenge") {
+        None
+    } else {
+        Some(plain(
+            StatusCode::FORBIDDEN,
+            "not a subscription handshake\n",
+        ))
+    }
+}
+
 async fn handle_public(
     shared: &Shared,
     req: Request<Incoming>,
@@ -724,6 +1018,9 @@ async fn route(
     if req.method() != Method::GET && req.method() != Method::POST {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
+    if let Some(refusal) = refuse_unless_whatsapp(&req) {
+        return refusal;
+    }
     let known = &shared.boxes[index];
     let max = shared.cfg.max_body_bytes;
     let declared = req
@@ -733,6 +1030,22 @@ async fn route(
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
         return plain(StatusCode::PAYLOAD_TOO_LARGE, "payload too large\n");
+    }
+    // The whole body is read before the request takes one of its box's places: a caller that
+    // announces a body and sends it slowly, or never, then costs a stream and a timer, not a
+    // place that a real delivery would need.
+    let body_timeout = Duration::from_secs(shared.cfg.body_timeout_secs);
+    let (parts, body) = req.into_parts();
+    let body = match tokio::time::timeout(body_timeout, Limited::new(body, max).collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return plain(StatusCode::PAYLOAD_TOO_LARGE, "payload too large\n");
+        }
+        Ok(Err(_)) => return plain(StatusCode::BAD_REQUEST, "bad request body\n"),
+        Err(_) => return plain(StatusCode::REQUEST_TIMEOUT, "request body too slow\n"),
+    };
+    if parts.method == Method::GET && !body.is_empty() {
+        return plain(StatusCode::BAD_REQUEST, "unexpected body\n");
     }
     let Some(sender) = lock(&shared.live)
         .get(&known.host)
@@ -744,15 +1057,6 @@ async fn route(
         return plain(StatusCode::SERVICE_UNAVAILABLE, "box busy\n");
     };
     let timeout = Duration::from_secs(shared.cfg.request_timeout_secs);
-    let (parts, body) = req.into_parts();
-    let body = match tokio::time::timeout(timeout, Limited::new(body, max).collect()).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return plain(StatusCode::PAYLOAD_TOO_LARGE, "payload too large\n");
-        }
-        Ok(Err(_)) => return plain(StatusCode::BAD_REQUEST, "bad request body\n"),
-        Err(_) => return plain(StatusCode::REQUEST_TIMEOUT, "request body too slow\n"),
-    };
 
     let path_and_query = parts
         .uri
@@ -828,6 +1132,47 @@ key_file = "/etc/frontdesk-relay/key.pem"
     }
 
     #[test]
+    fn shipped_example_is_valid_and_lists_every_default() {
+        let text = include_str!("../../../packaging/relay.toml");
+        let cfg = parse(&format!(
+            "{text}\n[[box]]\nhost = \"studio-a.relay.example\"\ntoken_sha256 = \"{HASH}\"\n"
+        ))
+        .unwrap();
+        let defaults = RelayConfig::new(
+            cfg.public_listen,
+            cfg.tunnel_listen,
+            cfg.cert_file.clone(),
+            cfg.key_file.clone(),
+        );
+        // Debug shows every field: a default changed in the code must change in the example too.
+        let shown = |c: &RelayConfig| {
+            let mut c = c.clone();
+            c.boxes.clear();
+            format!("{c:?}")
+        };
+        assert_eq!(shown(&cfg), shown(&defaults));
+        for key in [
+            "max_body_bytes",
+            "max_concurrent_per_box",
+            "request_timeout_secs",
+            "body_timeout_secs",
+            "max_connections",
+            "max_connections_per_address",
+            "max_pending_handshakes",
+            "max_pending_handshakes_per_address",
+            "handshake_timeout_secs",
+            "idle_timeout_secs",
+            "keepalive_secs",
+            "max_streams_per_connection",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("{key} = "))),
+                "{key} is not in packaging/relay.toml"
+            );
+        }
+    }
+
+    #[test]
     fn config_rejects_mistakes() {
         let unknown = parse(&format!("{BASE}\nmax_bodybytes = 5\n")).unwrap_err();
         assert!(unknown.to_string().contains("max_bodybytes"), "{unknown}");
@@ -852,6 +1197,16 @@ key_file = "/etc/frontdesk-relay/key.pem"
         assert!(twice.to_string().contains("used by another box"), "{twice}");
         let small = parse(&format!("{BASE}\nmax_body_bytes = 10\n")).unwrap_err();
         assert!(small.to_string().contains("max_body_bytes"), "{small}");
+        let zero = parse(&format!("{BASE}\nbody_timeout_secs = 0\n")).unwrap_err();
+        assert!(zero.to_string().contains("body_timeout_secs"), "{zero}");
+        let inverted = parse(&format!(
+            "{BASE}\nmax_connections = 10\nmax_connections_per_address = 11\n"
+        ))
+        .unwrap_err();
+        assert!(
+            inverted.to_string().contains("max_connections_per_address"),
+            "{inverted}"
+        );
     }
 
     #[test]

@@ -21,6 +21,9 @@ use tokio::task::JoinHandle;
 
 use super::*;
 
+/// The app secret the test's webhook deliveries are signed with.
+const TEST_APP_SECRET: &[u8] = b"relay-test-app-secret";
+
 /// Upper bound for anything a test waits for; reaching it fails the test instead of hanging.
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -112,10 +115,6 @@ struct TestBox {
 
 fn relay_config(pki: &Pki, boxes: &[(&str, &TunnelToken)], tunnel: SocketAddr) -> RelayConfig {
     RelayConfig {
-        public_listen: "127.0.0.1:0".parse().unwrap(),
-        tunnel_listen: tunnel,
-        cert_file: pki.cert_file.clone(),
-        key_file: pki.key_file.clone(),
         max_body_bytes: 8 * 1024,
         max_concurrent_per_box: 8,
         request_timeout_secs: 20,
@@ -127,6 +126,12 @@ fn relay_config(pki: &Pki, boxes: &[(&str, &TunnelToken)], tunnel: SocketAddr) -
             })
             .collect(),
         timings: test_timings(),
+        ..RelayConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            tunnel,
+            pki.cert_file.clone(),
+            pki.key_file.clone(),
+        )
     }
 }
 
@@ -328,6 +333,10 @@ impl Public {
             .method(method)
             .uri(target)
             .header("host", host)
+            .header(
+                crate::whatsapp::signature::HEADER,
+                crate::whatsapp::signature::sign(TEST_APP_SECRET, &body),
+            )
             .body(Full::new(Bytes::from(body)))
             .unwrap();
         let resp = send
@@ -744,6 +753,8 @@ async fn a_box_never_receives_another_boxs_traffic() {
         any_port(),
     );
     cfg.max_concurrent_per_box = 64;
+    // All 40 callers come from 127.0.0.1 at once.
+    cfg.max_pending_handshakes_per_address = 64;
     let relay = start_relay(cfg).await.unwrap();
     let public = Public::new(relay.public_addr(), &pki.ca_file);
     let mut ca = spawn_client(client_config(&pki, relay.tunnel_addr()), &a);
@@ -904,5 +915,319 @@ async fn relay_refuses_garbage_on_the_tunnel_port() {
     let line = within("reply", proto::read_line(&mut tls)).await.unwrap();
     assert_eq!(line.as_str(), "ERR protocol");
     assert!(relay.connected_boxes().is_empty());
+    relay.shutdown().await;
+}
+
+/// A TCP connection to `addr` from the loopback address `from` (any of 127.0.0.0/8), so that one
+/// test can play several client addresses.
+async fn tcp_from(from: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from.parse().unwrap(), 0))?;
+    socket.connect(addr).await
+}
+
+fn public_tls(ca_file: &std::path::Path, alpn: &[u8]) -> tokio_rustls::TlsConnector {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(proto::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(Pki::root_store(ca_file))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+/// Opens TLS connections from `from` that then send nothing, `attempts` of them one after the
+/// other; returns the ones the relay accepted (the others failed their handshake).
+async fn idle_connections(
+    relay: &RelayHandle,
+    ca_file: &std::path::Path,
+    from: &str,
+    attempts: usize,
+) -> Vec<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tls = public_tls(ca_file, b"h2");
+    let mut held = Vec::new();
+    for _ in 0..attempts {
+        let Ok(tcp) = tcp_from(from, relay.public_addr()).await else {
+            continue;
+        };
+        let name = ServerName::try_from("a.test").unwrap();
+        if let Ok(conn) = within("TLS handshake", tls.connect(name, tcp)).await {
+            held.push(conn);
+        }
+    }
+    held
+}
+
+/// A request body that announces `len` bytes and never sends one.
+struct StalledBody(u64);
+
+impl hyper::body::Body for StalledBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Pending
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.0)
+    }
+}
+
+/// Opens one HTTP/2 connection from `from` and starts `streams` signed-looking POSTs on it that
+/// announce 1000 bytes of body and send none; returns the tasks that yield each final status.
+async fn stalled_streams(
+    relay: &RelayHandle,
+    ca_file: &std::path::Path,
+    from: &str,
+    streams: usize,
+) -> Vec<JoinHandle<StatusCode>> {
+    let tcp = tcp_from(from, relay.public_addr()).await.unwrap();
+    let tls = public_tls(ca_file, b"h2")
+        .connect(ServerName::try_from("a.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let sig = format!("sha256={}", "0".repeat(64));
+    (0..streams)
+        .map(|_| {
+            let mut send = send.clone();
+            let sig = sig.clone();
+            tokio::spawn(async move {
+                let req = Request::post("https://a.test/webhook")
+                    .header("content-length", "1000")
+                    .header("x-hub-signature-256", sig)
+                    .body(StalledBody(1000))
+                    .unwrap();
+                match send.send_request(req).await {
+                    Ok(resp) => resp.status(),
+                    // The relay reset the stream: as good as an answer for the caller.
+                    Err(_) => StatusCode::BAD_REQUEST,
+                }
+            })
+        })
+        .collect()
+}
+
+async fn wait_open_requests(relay: &RelayHandle, n: usize) {
+    let mut open = relay.open_requests();
+    within("requests open at the relay", open.wait_for(|k| *k >= n))
+        .await
+        .unwrap();
+}
+
+/// 64 stalled streams and a flood of idle connections (scaled down by configuration: the caps
+/// are small so that the test holds few descriptors) leave a signed delivery unharmed: the
+/// stalled streams take no place of the box, idle connections past the per-address cap are
+/// refused at accept, and the stalled streams end with 408.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_delivery_passes_stalled_streams_and_idle_connections() {
+    let pki = Pki::new();
+    let a = new_box("A");
+    let mut cfg = relay_config(&pki, &[("a.test", &a.token)], any_port());
+    cfg.max_concurrent_per_box = 4;
+    cfg.body_timeout_secs = 10;
+    cfg.max_connections = 64;
+    cfg.max_connections_per_address = 16;
+    cfg.max_streams_per_connection = 32;
+    cfg.idle_timeout_secs = 600;
+    let relay = start_relay(cfg).await.unwrap();
+    let mut client = spawn_client(client_config(&pki, relay.tunnel_addr()), &a);
+    client
+        .wait_state("connected", |s| session(s).is_some())
+        .await;
+    wait_box(&relay, "a.test").await;
+
+    // 100 idle connections from one address: the first 16 are held, the rest refused.
+    let idle = idle_connections(&relay, &pki.ca_file, "127.0.0.3", 100).await;
+    assert_eq!(idle.len(), 16, "idle connections past the per-address cap");
+    let more = idle_connections(&relay, &pki.ca_file, "127.0.0.4", 16).await;
+    assert_eq!(more.len(), 16);
+    assert_eq!(relay.public_connections(), 32);
+
+    // 64 streams, 16 times the box's 4 places, all waiting for bodies that never come.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        stalled.extend(stalled_streams(&relay, &pki.ca_file, "127.0.0.2", 32).await);
+    }
+    wait_open_requests(&relay, 64).await;
+
+    // WhatsApp, from its own address, still gets its delivery through.
+    let public = Public::new(relay.public_addr(), &pki.ca_file);
+    let (status, body) = public.post("a.test", "/webhook", "hallo").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "A:hallo"));
+    assert_eq!(client.seen.requests.load(Ordering::SeqCst), 1);
+
+    // The stalled streams never reached the box and end with 408.
+    for s in stalled {
+        assert_eq!(
+            within("stalled stream", s).await.unwrap(),
+            StatusCode::REQUEST_TIMEOUT
+        );
+    }
+    assert_eq!(client.seen.requests.load(Ordering::SeqCst), 1);
+    drop((idle, more));
+    client.stop().await;
+    relay.shutdown().await;
+}
+
+/// The global cap holds whatever the addresses: a connection past it is refused at accept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_global_cap_are_refused() {
+    let pki = Pki::new();
+    let a = new_box("A");
+    let mut cfg = relay_config(&pki, &[("a.test", &a.token)], any_port());
+    cfg.max_connections = 6;
+    cfg.max_connections_per_address = 4;
+    let relay = start_relay(cfg).await.unwrap();
+    let first = idle_connections(&relay, &pki.ca_file, "127.0.0.5", 4).await;
+    let second = idle_connections(&relay, &pki.ca_file, "127.0.0.6", 4).await;
+    assert_eq!((first.len(), second.len()), (4, 2));
+    let third = idle_connections(&relay, &pki.ca_file, "127.0.0.7", 1).await;
+    assert!(third.is_empty());
+    assert_eq!(relay.public_connections(), 6);
+    relay.shutdown().await;
+}
+
+/// An idle public connection is closed by the relay after `idle_timeout_secs`, which gives its
+/// place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_public_connections_are_closed() {
+    let pki = Pki::new();
+    let a = new_box("A");
+    let mut cfg = relay_config(&pki, &[("a.test", &a.token)], any_port());
+    cfg.idle_timeout_secs = 1;
+    let relay = start_relay(cfg).await.unwrap();
+    let mut idle = idle_connections(&relay, &pki.ca_file, "127.0.0.8", 1).await;
+    let mut conn = idle.pop().unwrap();
+    // The client never sends a byte after TLS; the relay closes: read to the end.
+    let mut sink = Vec::new();
+    within(
+        "the relay closing the idle connection",
+        conn.read_to_end(&mut sink),
+    )
+    .await
+    .ok();
+    assert_eq!(relay.public_connections(), 0);
+    relay.shutdown().await;
+}
+
+/// Requests that are not WhatsApp's are answered by the relay and never reach the box: a POST
+/// without a well-formed `X-Hub-Signature-256` (401), a GET that is not the subscription
+/// handshake (403). The handshake itself passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_posts_and_bare_gets_stop_at_the_relay() {
+    let pki = Pki::new();
+    let a = new_box("A");
+    let relay = start_relay(relay_config(&pki, &[("a.test", &a.token)], any_port()))
+        .await
+        .unwrap();
+    let mut client = spawn_client(client_config(&pki, relay.tunnel_addr()), &a);
+    client
+        .wait_state("connected", |s| session(s).is_some())
+        .await;
+    wait_box(&relay, "a.test").await;
+    let tls = public_tls(&pki.ca_file, b"http/1.1");
+    let send = |req: Request<Full<Bytes>>| {
+        let tls = tls.clone();
+        let addr = relay.public_addr();
+        async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let conn = tls
+                .connect(ServerName::try_from("a.test").unwrap(), tcp)
+                .await
+                .unwrap();
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(conn))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            within("answer", send.send_request(req))
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let post = |sig: Option<&str>| {
+        let mut req = Request::post("/webhook").header("host", "a.test");
+        if let Some(sig) = sig {
+            req = req.header("x-hub-signature-256", sig);
+        }
+        req.body(Full::new(Bytes::from_static(b"{}"))).unwrap()
+    };
+    assert_eq!(send(post(None)).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        send(post(Some("sha256=abc"))).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(post(Some("sha1=0000"))).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let get = |target: &str| {
+        Request::get(target)
+            .header("host", "a.test")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    assert_eq!(send(get("/webhook")).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        send(get("/webhook?hub.mode=subscribe")).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(client.seen.requests.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        send(get(
+            "/webhook?hub.mode=subscribe&hub.verify_token=t&hub.challenge=42"
+        ))
+        .await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(post(Some(&format!("sha256={}", "ab".repeat(32))))).await,
+        StatusCode::OK
+    );
+    assert_eq!(client.seen.requests.load(Ordering::SeqCst), 2);
+    client.stop().await;
+    relay.shutdown().await;
+}
+
+/// Silent sockets on the tunnel port from one address fill only that address's handshake
+/// places: the next one from there is closed at once, and a box from another address connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_on_the_tunnel_port_do_not_keep_a_box_out() {
+    let pki = Pki::new();
+    let a = new_box("A");
+    let mut cfg = relay_config(&pki, &[("a.test", &a.token)], any_port());
+    cfg.max_pending_handshakes = 8;
+    cfg.max_pending_handshakes_per_address = 4;
+    cfg.handshake_timeout_secs = 600;
+    cfg.timings.handshake_timeout = Duration::from_secs(600);
+    let relay = start_relay(cfg).await.unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(tcp_from("127.0.0.9", relay.tunnel_addr()).await.unwrap());
+    }
+    // The fifth from the same address is closed by the relay without a byte.
+    let mut fifth = tcp_from("127.0.0.9", relay.tunnel_addr()).await.unwrap();
+    let mut buf = [0u8; 1];
+    let read = within("the relay closing the fifth socket", fifth.read(&mut buf)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // The box (from 127.0.0.1) still gets in while the silent sockets are held.
+    let mut client = spawn_client(client_config(&pki, relay.tunnel_addr()), &a);
+    client
+        .wait_state("connected", |s| session(s).is_some())
+        .await;
+    wait_box(&relay, "a.test").await;
+    drop(silent);
+    client.stop().await;
     relay.shutdown().await;
 }
