@@ -488,6 +488,13 @@ impl Config {
     pub fn store_dir(&self) -> PathBuf {
         self.service.state_dir.join("store")
     }
+
+    /// The forget ledger file, beside the store so it outlives it.
+    pub fn ledger_file(&self) -> PathBuf {
+        self.service
+            .state_dir
+            .join(crate::store::ledger::LEDGER_FILE)
+    }
 }
 
 #[cfg(test)]
