@@ -235,6 +235,11 @@ impl Store {
                 },
             })?;
         let ks = Keyspaces::open(&db)?;
+        // fjall's lock is held from here: no other process writes keys while this sweeps.
+        let swept = keys.remove_temporaries()?;
+        if swept > 0 {
+            tracing::info!(files = swept, "removed key files of interrupted writes");
+        }
         let identity = Arc::new(identity);
         let (pseudonym_key, queue_key) = match ks.meta.get(META_SCHEMA)? {
             None => Self::initialise(&db, &ks, &keys, &identity)?,
