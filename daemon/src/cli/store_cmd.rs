@@ -209,8 +209,7 @@ fn known_erasures(
             ledger::merge(&mut all, p, at);
         }
     }
-    let store_present =
-        std::fs::read_dir(cfg.store_dir()).is_ok_and(|mut d| d.next().is_some());
+    let store_present = std::fs::read_dir(cfg.store_dir()).is_ok_and(|mut d| d.next().is_some());
     if own.is_none() && copies.is_empty() && !store_present && !without_ledger {
         anyhow::bail!(
             "no forget ledger at {} and no store to read one from: restoring now would bring back \

@@ -109,8 +109,8 @@ async fn serve_webhook(
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let svc = hyper::service::service_fn(move |req| webhook::handle(state.clone(), req));
-        let conn = hyper::server::conn::http1::Builder::new()
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+        let conn =
+            crate::http1::server().serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;

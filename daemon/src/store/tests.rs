@@ -326,7 +326,9 @@ fn restore_into_an_empty_directory_keeps_erasures_from_the_ledger_file() {
                 std::fs::File::create(&backup_file).unwrap(),
             )
             .unwrap();
-        store.forget(&[gone], now + SignedDuration::from_hours(1)).unwrap();
+        store
+            .forget(&[gone], now + SignedDuration::from_hours(1))
+            .unwrap();
     }
     // The store is lost (a corrupt disk, a replacement box with only the state directory's
     // ledger copied over): the ledger file is all that knows about the erasure.
@@ -352,8 +354,14 @@ fn restore_into_an_empty_directory_keeps_erasures_from_the_ledger_file() {
     drop(revived);
 
     // ...with it, it stays.
-    let summary =
-        backup::restore(&backup_file, backup_id.age_identity(), &state, &text, &erasures).unwrap();
+    let summary = backup::restore(
+        &backup_file,
+        backup_id.age_identity(),
+        &state,
+        &text,
+        &erasures,
+    )
+    .unwrap();
     assert_eq!(summary.erasures_reapplied, 1);
     let store = open_with_ledger(&state, &text);
     assert!(store.customer(&gone).unwrap().is_none());
@@ -382,12 +390,18 @@ fn restore_keeps_a_customer_who_wrote_again_after_being_forgotten() {
             .unwrap()
             .0
             .pseudonym;
-        store.forget(&[p], t0 + SignedDuration::from_hours(1)).unwrap();
+        store
+            .forget(&[p], t0 + SignedDuration::from_hours(1))
+            .unwrap();
         back = store
-            .update_customer("4915100000003", t0 + SignedDuration::from_hours(2), |c, _, _| {
-                c.body.profile.vorname = Some("Dora".into());
-                Ok(())
-            })
+            .update_customer(
+                "4915100000003",
+                t0 + SignedDuration::from_hours(2),
+                |c, _, _| {
+                    c.body.profile.vorname = Some("Dora".into());
+                    Ok(())
+                },
+            )
             .unwrap()
             .0
             .pseudonym;
@@ -404,11 +418,20 @@ fn restore_keeps_a_customer_who_wrote_again_after_being_forgotten() {
         .unwrap()
         .unwrap();
     std::fs::remove_dir_all(&state).unwrap();
-    let summary =
-        backup::restore(&backup_file, backup_id.age_identity(), &state, &text, &erasures).unwrap();
+    let summary = backup::restore(
+        &backup_file,
+        backup_id.age_identity(),
+        &state,
+        &text,
+        &erasures,
+    )
+    .unwrap();
     assert_eq!(summary.erasures_reapplied, 0);
     let store = Store::open(&state, StoreIdentity::parse(&text).unwrap()).unwrap();
-    let c = store.customer(&back).unwrap().expect("wrote again after the erasure");
+    let c = store
+        .customer(&back)
+        .unwrap()
+        .expect("wrote again after the erasure");
     assert_eq!(c.body.profile.vorname.as_deref(), Some("Dora"));
 }
 

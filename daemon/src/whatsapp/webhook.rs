@@ -211,10 +211,15 @@ where
         .get(signature::HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = match Limited::new(req.into_body(), state.max_body_bytes)
-        .collect()
-        .await
-    {
+    let read = tokio::time::timeout(
+        crate::http1::BODY_READ_TIMEOUT,
+        Limited::new(req.into_body(), state.max_body_bytes).collect(),
+    )
+    .await;
+    let Ok(read) = read else {
+        return state.reject(StatusCode::REQUEST_TIMEOUT, "body_timeout");
+    };
+    let body = match read {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
