@@ -29,7 +29,7 @@ pub(super) struct ChannelCredentials {
 
 pub(super) fn credentials(creds: &Credentials, cfg: &Config) -> Result<ChannelCredentials, String> {
     let get = |name: &str| match creds.get(name) {
-        Ok(Some(s)) => Ok(s),
+        Ok(Some(s)) => s.trimmed().map_err(|e| format!("credential {name}: {e}")),
         Ok(None) => Err(format!("credential {name} missing")),
         Err(e) => Err(e.to_string()),
     };
