@@ -219,6 +219,7 @@ pub(super) async fn start(
         Arc::new(AuditRejections(core.audit.clone())),
         cfg.webhook.audit_rejections_per_minute,
         cfg.whatsapp.phone_number_id.clone(),
+        webhook::replay_horizon(cfg.retention.seen_ids_days),
     );
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "webhook listening");
