@@ -576,13 +576,23 @@ async fn a_replayed_old_message_is_dropped_and_audited() {
     // a captured body sent again.
     let old = now - 20 * 24 * 3600;
     let delivery = driver
-        .deliver(&PayloadBuilder::default().text_message("491790000031", "wamid.old1", "Hallo", old))
+        .deliver(&PayloadBuilder::default().text_message(
+            "491790000031",
+            "wamid.old1",
+            "Hallo",
+            old,
+        ))
         .await;
     assert_eq!(delivery.status, Some(200), "Meta must not deliver it again");
     // A recent one is taken (and marks the end of the test's traffic).
     let retried = now - 3600;
     assert!(driver
-        .deliver(&PayloadBuilder::default().text_message("491790000032", "wamid.retry1", "Hallo", retried))
+        .deliver(&PayloadBuilder::default().text_message(
+            "491790000032",
+            "wamid.retry1",
+            "Hallo",
+            retried
+        ))
         .await
         .delivered());
     await_sends(&graph, 1).await;

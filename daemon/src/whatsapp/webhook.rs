@@ -326,7 +326,10 @@ fn inbox_entries(state: &WebhookState, events: Vec<Event>) -> Vec<(Pseudonym, In
             }
         }
     }
-    for (count, reason) in [(replayed, "replayed_old_message"), (foreign, "foreign_number")] {
+    for (count, reason) in [
+        (replayed, "replayed_old_message"),
+        (foreign, "foreign_number"),
+    ] {
         if count == 0 {
             continue;
         }
@@ -349,7 +352,10 @@ mod tests {
 
     #[test]
     fn the_replay_horizon_stays_behind_the_memory_of_seen_ids() {
-        assert_eq!(replay_horizon(14), jiff::SignedDuration::from_hours(13 * 24));
+        assert_eq!(
+            replay_horizon(14),
+            jiff::SignedDuration::from_hours(13 * 24)
+        );
         // At the smallest allowed memory (8 days) Meta's 7 days of retries still pass.
         assert_eq!(replay_horizon(8), jiff::SignedDuration::from_hours(7 * 24));
     }
