@@ -487,12 +487,11 @@ impl Config {
             ("whatsapp.graph_base", &self.whatsapp.graph_base),
             ("llm.openai_base_url", &self.llm.openai_base_url),
         ] {
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                return Err(self.invalid(key, "must be an http(s) URL"));
-            }
+            check_service_url(url).map_err(|why| self.invalid(key, why))?;
         }
-        if !self.magicline.base_url.is_empty() && !self.magicline.base_url.starts_with("http") {
-            return Err(self.invalid("magicline.base_url", "must be an http(s) URL or empty"));
+        if !self.magicline.base_url.is_empty() {
+            check_service_url(&self.magicline.base_url)
+                .map_err(|why| self.invalid("magicline.base_url", why))?;
         }
         if !(0.0..=2.0).contains(&self.llm.temperature) {
             return Err(self.invalid("llm.temperature", "must be between 0.0 and 2.0"));
@@ -584,6 +583,36 @@ impl Config {
     /// The store directory inside the state directory.
     pub fn store_dir(&self) -> PathBuf {
         self.service.state_dir.join("store")
+    }
+
+    /// The forget ledger file, beside the store so it outlives it.
+    pub fn ledger_file(&self) -> PathBuf {
+        self.service
+            .state_dir
+            .join(crate::store::ledger::LEDGER_FILE)
+    }
+}
+
+/// A URL the daemon sends tokens or personal data to: `https://`, or `http://` only to this
+/// machine (a local model server, the simulators), where nothing crosses a network.
+fn check_service_url(url: &str) -> Result<(), &'static str> {
+    let uri: hyper::Uri = url.parse().map_err(|_| "must be an http(s) URL")?;
+    let host = uri.host().ok_or("must be an http(s) URL with a host")?;
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") => {
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = bare.eq_ignore_ascii_case("localhost")
+                || bare
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(())
+            } else {
+                Err("must use https:// (plain http:// is only accepted for 127.0.0.1, ::1 or localhost)")
+            }
+        }
+        _ => Err("must be an http(s) URL"),
     }
 }
 
@@ -687,5 +716,31 @@ mod tests {
     fn secrets_are_not_config_keys() {
         let err = Config::parse("[whatsapp]\ntoken = \"abc\"\n", Path::new("f.toml"));
         assert!(err.is_err());
+    }
+
+    #[test]
+    fn service_urls_are_https_unless_local() {
+        for ok in [
+            "https://graph.facebook.com",
+            "https://open-api.magicline.com/v1",
+            "http://127.0.0.1:8081",
+            "http://[::1]:9000",
+            "http://localhost:11434/v1",
+        ] {
+            assert_eq!(check_service_url(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "http://graph.facebook.com",
+            "http://192.168.1.20:8081",
+            "http://localhost.example.com",
+            "ftp://127.0.0.1",
+            "graph.facebook.com",
+        ] {
+            assert!(check_service_url(bad).is_err(), "{bad}");
+        }
+        let mut cfg = Config::default();
+        cfg.magicline.base_url = "http://studio.example/v1".into();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("magicline.base_url"), "{err}");
     }
 }

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod conversation;
+pub mod http1;
 pub mod llm;
 pub mod logging;
 pub mod magicline;

@@ -255,7 +255,7 @@ pub async fn serve(
                         )
                     }
                 });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let _ = crate::http1::server()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                 .await;
         });

@@ -49,6 +49,13 @@ impl Secret {
         &self.0
     }
 
+    /// The same secret without the whitespace around it: credential files are written by hand
+    /// or by `echo`, and a trailing newline in, say, the app secret would make every webhook
+    /// signature fail.
+    pub fn trimmed(&self) -> Result<Secret, CredentialError> {
+        Ok(Secret::new(self.expose_str()?.as_bytes().to_vec()))
+    }
+
     /// The value as text (credential files hold text), trimmed of surrounding whitespace.
     pub fn expose_str(&self) -> Result<&str, CredentialError> {
         std::str::from_utf8(&self.0)
@@ -185,5 +192,12 @@ mod tests {
         let err = c.require("magicline-api-key").unwrap_err().to_string();
         assert!(err.contains("magicline-api-key"), "{err}");
         assert!(matches!(c.get("empty"), Err(CredentialError::Empty(_))));
+    }
+
+    #[test]
+    fn trimmed_drops_the_newline_echo_leaves() {
+        let s = Secret::new(b"app-secret\n".to_vec());
+        assert_eq!(s.trimmed().unwrap().expose(), b"app-secret");
+        assert!(Secret::new(vec![0xff, 0xfe]).trimmed().is_err());
     }
 }

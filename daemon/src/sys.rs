@@ -65,6 +65,26 @@ pub fn group_list(name: &str, gid: u32) -> Vec<u32> {
     }
 }
 
+/// The uid of user `name`, if it exists.
+pub fn user_uid(name: &str) -> Option<u32> {
+    let cname = CString::new(name).ok()?;
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: `passwd` is plain old data; all-zero is a valid value that getpwnam_r overwrites.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: all pointers refer to live storage of the stated sizes; only pw_uid is read.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut out,
+        )
+    };
+    (rc == 0 && !out.is_null()).then_some(pwd.pw_uid)
+}
+
 /// The gid of group `name`, if it exists.
 pub fn group_gid(name: &str) -> Option<u32> {
     let cname = CString::new(name).ok()?;

@@ -99,7 +99,12 @@ impl Daemon {
         std::fs::create_dir_all(&creds).unwrap();
         let identity = StoreIdentity::generate().to_secret_line().to_string();
         std::fs::write(creds.join("store-identity"), &identity).unwrap();
-        std::fs::write(creds.join("whatsapp-app-secret"), SIM_APP_SECRET).unwrap();
+        // With the newline `echo` leaves: the daemon must not sign with it.
+        std::fs::write(
+            creds.join("whatsapp-app-secret"),
+            format!("{SIM_APP_SECRET}\n"),
+        )
+        .unwrap();
         std::fs::write(creds.join("whatsapp-token"), SIM_TOKEN).unwrap();
         std::fs::write(creds.join("whatsapp-verify-token"), VERIFY_TOKEN).unwrap();
         for (name, value) in &spec.extra_credentials {

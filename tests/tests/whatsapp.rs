@@ -674,3 +674,56 @@ async fn template_categories_route_sends_and_every_message_is_counted() {
     // 3 × 0.0456 (service, utility, utility) + 0.1365 (marketing) = 0.2733 EUR.
     assert_eq!(report.total.cost_micro_eur, 273_300);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_old_message_is_dropped_and_audited() {
+    let graph = sim::start().await;
+    let mut daemon = Daemon::start(DaemonSpec::with_graph(graph.base_url()));
+    let driver = WebhookDriver::new(&daemon.webhook_url(), SIM_APP_SECRET).unwrap();
+    let now = jiff::Timestamp::now().as_second();
+    // Signed correctly, but from before the daemon's memory of seen ids (14 days by default):
+    // a captured body sent again.
+    let old = now - 20 * 24 * 3600;
+    let delivery = driver
+        .deliver(&PayloadBuilder::default().text_message(
+            "491790000031",
+            "wamid.old1",
+            "Hallo",
+            old,
+        ))
+        .await;
+    assert_eq!(delivery.status, Some(200), "Meta must not deliver it again");
+    // A recent one is taken (and marks the end of the test's traffic).
+    let retried = now - 3600;
+    assert!(driver
+        .deliver(&PayloadBuilder::default().text_message(
+            "491790000032",
+            "wamid.retry1",
+            "Hallo",
+            retried
+        ))
+        .await
+        .delivered());
+    await_sends(&graph, 1).await;
+    assert!(graph.texts_to("491790000031").is_empty());
+    assert!(daemon.stop().is_some_and(|s| s.success()));
+
+    let store = std::sync::Arc::new(daemon.open_store());
+    assert!(store
+        .customer(&store.pseudonym("491790000031"))
+        .unwrap()
+        .is_none());
+    let audit = frontdesk::audit::AuditLog::open(store).unwrap();
+    let rejected = audit
+        .query(&frontdesk::audit::AuditFilter {
+            action: Some("webhook.rejected".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(
+        rejected
+            .iter()
+            .any(|r| r.to_csv_line().contains("replayed_old_message")),
+        "the replay is audited"
+    );
+}

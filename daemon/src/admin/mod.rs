@@ -221,8 +221,7 @@ pub async fn serve_admin(
             let caller = Arc::new(caller);
             let svc =
                 hyper::service::service_fn(move |req| handle(state.clone(), caller.clone(), req));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc);
+            let conn = crate::http1::server().serve_connection(TokioIo::new(stream), svc);
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => {

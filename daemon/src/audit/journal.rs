@@ -3,8 +3,13 @@
 //! verifier reads the last one back to detect a truncated store.
 //!
 //! journald keeps its own files, outside the store, so someone who rewinds or truncates the
-//! store's audit keyspace leaves the journal ahead of it. The unit should exempt the service from
+//! store's audit keyspace leaves the journal ahead of it. The unit exempts the service from
 //! journald's rate limit (`LogRateLimitIntervalSec=0`), or a burst could drop copies.
+//!
+//! Any local process can send a message with `SYSLOG_IDENTIFIER=frontdesk-audit`, so the anchor
+//! is read only from trusted writers, by fields journald itself sets (`_SYSTEMD_UNIT`, `_UID`):
+//! the service under its unit and user, and root (admin verbs that write the log while the
+//! service is stopped).
 
 use std::path::Path;
 
@@ -12,6 +17,10 @@ use super::{AuditRecord, Hash, Head};
 
 /// The identifier of audit entries in the journal.
 pub const SYSLOG_IDENTIFIER: &str = "frontdesk-audit";
+/// The unit the service runs as.
+const SERVICE_UNIT: &str = "frontdesk.service";
+/// The service's system user (packaging/frontdesk.sysusers).
+const SERVICE_USER: &str = "frontdesk";
 const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
 /// Sends entries to journald when there is one.
@@ -90,6 +99,18 @@ pub fn fields(rec: &AuditRecord) -> Vec<String> {
     f
 }
 
+/// Journal matches for audit entries from trusted writers: every field of a group must match,
+/// any group may. Without a service user (a development machine) only root's entries count
+/// besides the unit's.
+pub fn trusted_writers(service_uid: Option<u32>) -> Vec<Vec<(&'static str, String)>> {
+    let ident = ("SYSLOG_IDENTIFIER", SYSLOG_IDENTIFIER.to_string());
+    let mut service = vec![ident.clone(), ("_SYSTEMD_UNIT", SERVICE_UNIT.to_string())];
+    if let Some(uid) = service_uid {
+        service.push(("_UID", uid.to_string()));
+    }
+    vec![service, vec![ident, ("_UID", "0".to_string())]]
+}
+
 /// The sequence number and hash of the last audit entry in the journal, or why it cannot be read.
 pub fn last_head() -> Result<Head, String> {
     if !Path::new("/run/systemd/journal").exists() && !Path::new("/var/log/journal").exists() {
@@ -99,8 +120,16 @@ pub fn last_head() -> Result<Head, String> {
         .local_only(true)
         .open()
         .map_err(|e| format!("cannot open the journal: {e}"))?;
-    j.match_add("SYSLOG_IDENTIFIER", SYSLOG_IDENTIFIER)
-        .map_err(|e| format!("journal match: {e}"))?;
+    let service_uid = crate::sys::user_uid(SERVICE_USER);
+    for (i, group) in trusted_writers(service_uid).iter().enumerate() {
+        if i > 0 {
+            j.match_or().map_err(|e| format!("journal match: {e}"))?;
+        }
+        for (field, value) in group {
+            j.match_add(field, value.as_str())
+                .map_err(|e| format!("journal match: {e}"))?;
+        }
+    }
     j.seek_tail().map_err(|e| format!("journal seek: {e}"))?;
     let entry = j
         .previous_entry()

@@ -603,6 +603,22 @@ fn journal_fields_carry_the_chain_and_no_free_text() {
 }
 
 #[test]
+fn the_journal_anchor_trusts_only_the_service_and_root() {
+    let groups = journal::trusted_writers(Some(996));
+    assert_eq!(groups.len(), 2);
+    for g in &groups {
+        assert!(g.contains(&("SYSLOG_IDENTIFIER", "frontdesk-audit".to_string())));
+        // Every group names a field journald sets itself, which a sender cannot forge.
+        assert!(g.iter().any(|(k, _)| k.starts_with('_')));
+    }
+    assert!(groups[0].contains(&("_SYSTEMD_UNIT", "frontdesk.service".to_string())));
+    assert!(groups[0].contains(&("_UID", "996".to_string())));
+    assert_eq!(groups[1][1], ("_UID", "0".to_string()));
+    // Without a service user the unit alone is required of non-root writers.
+    assert_eq!(journal::trusted_writers(None)[0].len(), 2);
+}
+
+#[test]
 fn stored_form_rejects_foreign_subjects_and_upper_case_hashes() {
     assert!(serde_json::from_str::<ShortPseudonym>("\"+491701234567\"").is_err());
     assert!(serde_json::from_str::<ShortPseudonym>("\"c-0123456789ab\"").is_ok());

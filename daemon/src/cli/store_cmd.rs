@@ -12,6 +12,7 @@ use crate::audit::{Actor, AuditEvent, AuditLog, NewEntry};
 use crate::config::Config;
 use crate::secrets::{names, Credentials};
 use crate::store::crypto::{self, StoreIdentity};
+use crate::store::ledger::{self, Erasures, LedgerFile};
 use crate::store::Store;
 
 /// The audit log of a store opened by an offline verb (the daemon is stopped, so this process
@@ -37,7 +38,8 @@ pub enum StoreCommand {
         #[arg(long)]
         recipient: String,
     },
-    /// Replace the store with a backup; erasures made since the backup are re-applied.
+    /// Replace the store with a backup; erasures made since the backup are re-applied from the
+    /// forget ledger.
     Restore {
         /// Backup file.
         #[arg(long)]
@@ -45,6 +47,14 @@ pub enum StoreCommand {
         /// File with the age identity that decrypts the backup.
         #[arg(long)]
         identity: PathBuf,
+        /// A copy of the forget ledger to re-apply as well (the newest `<backup>.forget-ledger`
+        /// or another copy kept off the box); may be given several times.
+        #[arg(long)]
+        ledger: Vec<PathBuf>,
+        /// Restore even though no forget ledger exists: everyone forgotten since the backup
+        /// comes back. Only for a box whose ledger is truly lost.
+        #[arg(long)]
+        without_ledger: bool,
     },
     /// Re-wrap every data key to a new store identity.
     RotateIdentity {
@@ -100,16 +110,31 @@ pub fn run(cli: &Cli, cmd: &StoreCommand) -> anyhow::Result<u8> {
                     bytes: summary.bytes,
                 },
             ))?;
+            // The newest ledger travels with every backup: restoring an older backup with the
+            // newest backup's ledger keeps every erasure made in between.
+            let copy = ledger_copy_path(to);
+            LedgerFile::at(&copy).replace(&store.forget_erasures()?)?;
             println!(
                 "backup written to {}: {} records, {} bytes before encryption",
                 to.display(),
                 summary.records,
                 summary.bytes
             );
+            println!(
+                "forget ledger copied to {}: keep it with the backup, and pass the newest copy \
+                 to `store restore --ledger` when the box's own ledger is lost",
+                copy.display()
+            );
         }
-        StoreCommand::Restore { from, identity } => {
+        StoreCommand::Restore {
+            from,
+            identity,
+            ledger,
+            without_ledger,
+        } => {
             let backup_identity = read_identity_file(identity)?;
             let store_identity = creds.require(names::STORE_IDENTITY)?;
+            let erasures = known_erasures(&cfg, ledger, *without_ledger)?;
             // The head of the log being replaced goes into the restored log's entry, so the
             // history a restore discards stays on record.
             let replaced_head = match crate::service::open_store(&cfg, &creds) {
@@ -121,8 +146,10 @@ pub fn run(cli: &Cli, cmd: &StoreCommand) -> anyhow::Result<u8> {
                 backup_identity.age_identity(),
                 &cfg.store_dir(),
                 store_identity.expose_str()?,
-                jiff::Timestamp::now(),
+                &erasures,
             )?;
+            // The file keeps every erasure it was given, also those of copies passed in.
+            LedgerFile::at(&cfg.ledger_file()).replace(&erasures)?;
             let (_, audit) = audit_log(crate::service::open_store(&cfg, &creds)?)?;
             audit.append(NewEntry::new(
                 Actor::current_user(),
@@ -156,6 +183,45 @@ pub fn run(cli: &Cli, cmd: &StoreCommand) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
+/// Where `store backup` puts the ledger copy of a backup file.
+fn ledger_copy_path(backup: &std::path::Path) -> PathBuf {
+    let mut name = backup.as_os_str().to_owned();
+    name.push(".forget-ledger");
+    PathBuf::from(name)
+}
+
+/// Every erasure a restore must re-apply: the ledger file beside the store and the copies given.
+/// Refuses when there is none of them and no store to read a ledger from, unless the admin said
+/// `--without-ledger`: restoring onto an empty box would otherwise silently undo erasures.
+fn known_erasures(
+    cfg: &Config,
+    copies: &[PathBuf],
+    without_ledger: bool,
+) -> anyhow::Result<Erasures> {
+    let file = LedgerFile::at(&cfg.ledger_file());
+    let own = file.read()?;
+    let mut all = own.clone().unwrap_or_default();
+    for copy in copies {
+        let entries = LedgerFile::at(copy)
+            .read()?
+            .with_context(|| format!("forget ledger copy {} does not exist", copy.display()))?;
+        for (p, at) in entries {
+            ledger::merge(&mut all, p, at);
+        }
+    }
+    let store_present = std::fs::read_dir(cfg.store_dir()).is_ok_and(|mut d| d.next().is_some());
+    if own.is_none() && copies.is_empty() && !store_present && !without_ledger {
+        anyhow::bail!(
+            "no forget ledger at {} and no store to read one from: restoring now would bring back \
+             everyone forgotten since the backup was taken. Pass --ledger with the newest copy \
+             (every backup has one beside it, <backup>.forget-ledger), or --without-ledger if \
+             it is truly lost",
+            cfg.ledger_file().display()
+        );
+    }
+    Ok(all)
+}
+
 /// Creates a file only its owner can read (backups and exports).
 pub(crate) fn create_private(path: &PathBuf) -> anyhow::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -184,4 +250,58 @@ pub fn retention_offline(cfg: &Config, dry_run: bool, json: bool) -> anyhow::Res
         super::admin_cmd::print_retention(&run);
     }
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_in(dir: &std::path::Path) -> Config {
+        let mut cfg = Config::default();
+        cfg.service.state_dir = dir.to_path_buf();
+        cfg
+    }
+
+    fn entry(n: u8, at: &str) -> String {
+        format!(
+            "{} {at}\n",
+            format!("{n:02x}").repeat(crate::store::crypto::PSEUDONYM_LEN)
+        )
+    }
+
+    #[test]
+    fn a_restore_onto_an_empty_box_without_a_ledger_is_refused_unless_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config_in(dir.path());
+        let err = known_erasures(&cfg, &[], false).unwrap_err();
+        assert!(err.to_string().contains("--without-ledger"), "{err}");
+        assert!(known_erasures(&cfg, &[], true).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_ledger_file_and_given_copies_are_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config_in(dir.path());
+        std::fs::write(cfg.ledger_file(), entry(1, "2026-11-01T10:00:00Z")).unwrap();
+        let copy = dir.path().join("backup.age.forget-ledger");
+        std::fs::write(
+            &copy,
+            entry(1, "2026-10-01T10:00:00Z") + &entry(2, "2026-11-03T10:00:00Z"),
+        )
+        .unwrap();
+        let all = known_erasures(&cfg, &[copy], false).unwrap();
+        assert_eq!(all.len(), 2);
+        // A copy alone (the box's own file is lost) is enough.
+        std::fs::remove_file(cfg.ledger_file()).unwrap();
+        let missing = dir.path().join("nope");
+        assert!(known_erasures(&cfg, &[missing], false).is_err());
+    }
+
+    #[test]
+    fn a_backup_ledger_copy_sits_beside_the_backup() {
+        assert_eq!(
+            ledger_copy_path(std::path::Path::new("/srv/b/2026-12-01.age")),
+            PathBuf::from("/srv/b/2026-12-01.age.forget-ledger")
+        );
+    }
 }

@@ -20,6 +20,9 @@ pub struct BookingRequest {
     pub lastname: String,
     /// E-mail address for a new lead; also how an existing one is found.
     pub email: String,
+    /// The contact's phone number (digits, international form), when WhatsApp told us; sent
+    /// with a new lead and required to book for a person MagicLine already knows by e-mail.
+    pub phone: Option<String>,
     /// Known MagicLine customer (or lead) id, if any.
     pub magicline_customer_id: Option<i64>,
     /// When the contact asked (their newest message): a forget after it voids the request, so
@@ -56,6 +59,9 @@ pub enum BookingFailure {
     Unavailable,
     /// Booking is not configured on this box.
     NotConfigured,
+    /// The e-mail belongs to a person MagicLine knows whose phone number is not the contact's:
+    /// booking on their account could be booking for someone else, so staff take over.
+    OtherPersonsAccount,
 }
 
 /// The outcome of a booking request.

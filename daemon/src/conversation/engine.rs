@@ -577,6 +577,7 @@ impl Engine {
             firstname: profile.vorname.clone().unwrap_or_default(),
             lastname: profile.nachname.clone().unwrap_or_default(),
             email: profile.email.clone().unwrap_or_default(),
+            phone: (!c.body.phone.is_empty()).then(|| c.body.phone.clone()),
             magicline_customer_id: profile.magicline_customer_id,
             start: start.clone(),
         };
@@ -629,6 +630,9 @@ impl Engine {
                         .insert(OFFERED_AT.to_string(), now.timestamp().as_second().into());
                 }
                 turn.replies.push(replies.slot_taken(&start, &offered));
+            }
+            BookingOutcome::Failed(BookingFailure::OtherPersonsAccount) => {
+                self.hand_over(c, AlertKind::BookingFailed, turn);
             }
             BookingOutcome::Failed(failure) => {
                 if matches!(

@@ -405,7 +405,11 @@ impl Replies {
             BookingFailure::InvalidCustomerData => &self.fehler_daten_ungueltig,
             BookingFailure::AlreadyBooked => &self.fehler_bereits_gebucht,
             BookingFailure::LimitReached => &self.fehler_limit,
-            BookingFailure::Unavailable => &self.fehler_nicht_erreichbar,
+            // The engine hands these over to staff; should a caller still ask, the customer hears
+            // that the booking did not go through and the studio will be in touch.
+            BookingFailure::Unavailable | BookingFailure::OtherPersonsAccount => {
+                &self.fehler_nicht_erreichbar
+            }
             BookingFailure::NotConfigured => &self.fehler_nicht_eingerichtet,
         };
         self.with(t, &[("termin", describe_start(wished))])

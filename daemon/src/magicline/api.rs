@@ -631,6 +631,32 @@ pub struct Customer {
     /// Language the customer chose, if any.
     #[serde(default)]
     pub preferred_language: Option<Language>,
+    /// Private landline, as the studio typed it.
+    #[serde(default)]
+    pub phone_private: Option<String>,
+    /// Private mobile number (where MagicLine keeps a lead's telephone).
+    #[serde(default)]
+    pub phone_private_mobile: Option<String>,
+    /// Business landline.
+    #[serde(default)]
+    pub phone_business: Option<String>,
+    /// Business mobile number.
+    #[serde(default)]
+    pub phone_business_mobile: Option<String>,
+}
+
+impl Customer {
+    /// Every phone number on the record, as typed.
+    pub fn phones(&self) -> impl Iterator<Item = &str> {
+        [
+            &self.phone_private_mobile,
+            &self.phone_private,
+            &self.phone_business_mobile,
+            &self.phone_business,
+        ]
+        .into_iter()
+        .filter_map(|p| p.as_deref())
+    }
 }
 
 impl std::fmt::Debug for Customer {

@@ -4,7 +4,9 @@
 //!
 //! Flows:
 //! - A person MagicLine already knows (an id from the profile that MagicLine confirms, a lead an
-//!   earlier request of this person created, or a match by e-mail after `DUPLICATE_CUSTOMER`):
+//!   earlier request of this person created, or a match by e-mail after `DUPLICATE_CUSTOMER`
+//!   whose record carries the contact's phone number; an e-mail whose records do not is someone
+//!   else's account, and staff take over):
 //!   validate → book. Members use the appointment endpoints, leads (prospects) the trial-offer
 //!   endpoints, because the plain book endpoint lets leads book twice.
 //! - A new person: the wished slot is first checked in the trial slot list, so no lead is created
@@ -266,6 +268,8 @@ enum Failure {
     CustomerIdle,
     NotBookable,
     ConfirmationExpired,
+    /// The e-mail is a MagicLine customer's whose phone numbers are not the contact's.
+    OtherPersonsAccount,
 }
 
 impl Failure {
@@ -276,6 +280,7 @@ impl Failure {
             Failure::InvalidCustomerData => BookingFailure::InvalidCustomerData,
             Failure::AlreadyBooked => BookingFailure::AlreadyBooked,
             Failure::LimitReached => BookingFailure::LimitReached,
+            Failure::OtherPersonsAccount => BookingFailure::OtherPersonsAccount,
             // Staff must look at these; the engine tells the customer so.
             Failure::CustomerIdle | Failure::NotBookable | Failure::ConfirmationExpired => {
                 BookingFailure::Unavailable
@@ -293,6 +298,7 @@ impl Failure {
             Failure::CustomerIdle => "customer_idle",
             Failure::NotBookable => "not_bookable",
             Failure::ConfirmationExpired => "confirmation_expired",
+            Failure::OtherPersonsAccount => "other_persons_account",
         }
     }
 }
@@ -448,9 +454,59 @@ fn kind_of(c: &Customer) -> Kind {
 }
 
 /// Members first (they have the richer relationship), then the oldest record.
-fn pick_customer(hits: &[Customer]) -> Option<&Customer> {
-    hits.iter()
+fn pick_customer<'a>(hits: impl IntoIterator<Item = &'a Customer>) -> Option<&'a Customer> {
+    hits.into_iter()
         .min_by_key(|c| (c.status == CustomerStatus::Prospect, c.id))
+}
+
+/// Country code assumed for a number staff typed in national form (`0151 …`): frontdesk serves
+/// studios in Germany; a number from elsewhere is typed with its `+` or `00` prefix.
+const NATIONAL_COUNTRY_CODE: &str = "49";
+
+/// Whether a phone number as the studio typed it in MagicLine (`+49 151 …`, `0049…`,
+/// `0151/…`) is `contact`, a WhatsApp number (digits, international form).
+fn same_phone(typed: &str, contact: &str) -> bool {
+    let digits: String = typed.chars().filter(char::is_ascii_digit).collect();
+    let international = if typed.trim_start().starts_with('+') {
+        digits
+    } else if let Some(rest) = digits.strip_prefix("00") {
+        rest.to_string()
+    } else if let Some(rest) = digits.strip_prefix('0') {
+        format!("{NATIONAL_COUNTRY_CODE}{rest}")
+    } else {
+        digits
+    };
+    international.len() >= 7 && international == contact
+}
+
+/// Whether [`MagicLineBooker::adopt_by_email`] continued as an existing customer.
+#[derive(Debug, PartialEq, Eq)]
+enum Adopted {
+    Yes,
+    SomeoneElses,
+    Nobody,
+}
+
+/// What a search by e-mail found for a booking request.
+enum ByEmail<'a> {
+    /// A customer with that e-mail and the contact's phone number.
+    Theirs(&'a Customer),
+    /// Customers with that e-mail, none with the contact's phone number (or the contact's
+    /// number is not known): booking there could be booking on someone else's account.
+    SomeoneElses,
+    /// Nobody has that e-mail.
+    Nobody,
+}
+
+fn match_by_email<'a>(hits: &'a [Customer], phone: Option<&str>) -> ByEmail<'a> {
+    let theirs = hits
+        .iter()
+        .filter(|c| phone.is_some_and(|p| c.phones().any(|typed| same_phone(typed, p))));
+    match pick_customer(theirs) {
+        Some(c) => ByEmail::Theirs(c),
+        None if hits.is_empty() => ByEmail::Nobody,
+        None => ByEmail::SomeoneElses,
+    }
 }
 
 const PERSON_STRIPES: usize = 256;
@@ -684,15 +740,7 @@ impl MagicLineBooker {
             LeadValidationStatus::InvalidLeadCustomerData => self
                 .fail(req, key, rec, Failure::InvalidCustomerData)
                 .map(Some),
-            LeadValidationStatus::DuplicateCustomer => {
-                if self.adopt_by_email(req, key, rec)? {
-                    Ok(None)
-                } else {
-                    Err(BookerError::Unexpected(
-                        "duplicate customer not found by e-mail",
-                    ))
-                }
-            }
+            LeadValidationStatus::DuplicateCustomer => self.adopt_duplicate(req, key, rec),
             LeadValidationStatus::Unknown => {
                 Err(BookerError::Unexpected("unknown lead validation status"))
             }
@@ -712,7 +760,7 @@ impl MagicLineBooker {
         loop {
             attempt += 1;
             // An earlier create may have been processed although its answer never arrived.
-            if sess.check_create && self.adopt_by_email(req, key, rec)? {
+            if sess.check_create && self.adopt_by_email(req, key, rec)? == Adopted::Yes {
                 return Ok(None);
             }
             match self.client.create_lead(&lead) {
@@ -727,15 +775,7 @@ impl MagicLineBooker {
                 }
                 Err(e) => match e.api_code() {
                     // Someone else (or a lost earlier try) created it meanwhile.
-                    Some("DUPLICATE_CUSTOMER") => {
-                        return if self.adopt_by_email(req, key, rec)? {
-                            Ok(None)
-                        } else {
-                            Err(BookerError::Unexpected(
-                                "duplicate customer not found by e-mail",
-                            ))
-                        };
-                    }
+                    Some("DUPLICATE_CUSTOMER") => return self.adopt_duplicate(req, key, rec),
                     Some("INVALID_LEAD_CUSTOMER_DATA") => {
                         return self
                             .fail(req, key, rec, Failure::InvalidCustomerData)
@@ -891,19 +931,42 @@ impl MagicLineBooker {
     }
 
     /// Continues with the customer MagicLine has under this e-mail, if any.
+    /// Continues as the MagicLine customer with the request's e-mail, but only when their record
+    /// carries the contact's phone number. Returns the failure when the e-mail is someone else's,
+    /// `Ok(None)` once adopted, and `Err` when nobody has the e-mail.
     fn adopt_by_email(
         &self,
         req: &BookingRequest,
         key: &[u8],
         rec: &mut Record,
-    ) -> Result<bool, BookerError> {
+    ) -> Result<Adopted, BookerError> {
         let hits = self.safe(|| self.client.find_customers_by_email(&req.email))?;
-        match pick_customer(&hits) {
-            Some(c) => {
+        match match_by_email(&hits, req.phone.as_deref()) {
+            ByEmail::Theirs(c) => {
                 self.adopt(req, key, rec, c.id, kind_of(c))?;
-                Ok(true)
+                Ok(Adopted::Yes)
             }
-            None => Ok(false),
+            ByEmail::SomeoneElses => Ok(Adopted::SomeoneElses),
+            ByEmail::Nobody => Ok(Adopted::Nobody),
+        }
+    }
+
+    /// [`Self::adopt_by_email`] after MagicLine said `DUPLICATE_CUSTOMER`: someone has the
+    /// e-mail, so finding nobody is an inconsistency.
+    fn adopt_duplicate(
+        &self,
+        req: &BookingRequest,
+        key: &[u8],
+        rec: &mut Record,
+    ) -> Result<Option<BookingOutcome>, BookerError> {
+        match self.adopt_by_email(req, key, rec)? {
+            Adopted::Yes => Ok(None),
+            Adopted::SomeoneElses => self
+                .fail(req, key, rec, Failure::OtherPersonsAccount)
+                .map(Some),
+            Adopted::Nobody => Err(BookerError::Unexpected(
+                "duplicate customer not found by e-mail",
+            )),
         }
     }
 
@@ -1343,7 +1406,12 @@ fn customer_of(rec: &Record) -> Result<(i64, Kind), BookerError> {
 
 fn lead_request(req: &BookingRequest, offer: &TrialOffer) -> LeadRequest {
     LeadRequest {
-        lead_customer_data: LeadCustomerData::new(&req.firstname, &req.lastname, &req.email),
+        lead_customer_data: LeadCustomerData {
+            // Always sent when known: MagicLine keeps it on the lead, which is how a later
+            // request recognises the lead as this contact's.
+            telephone: req.phone.as_ref().map(|p| format!("+{p}")),
+            ..LeadCustomerData::new(&req.firstname, &req.lastname, &req.email)
+        },
         trial_offer_config_id: offer.config_id,
     }
 }
@@ -1503,6 +1571,7 @@ pub(super) mod tests {
             firstname: "Max".into(),
             lastname: "Mustermann".into(),
             email: email.to_string(),
+            phone: None,
             magicline_customer_id,
             start,
         }
@@ -1637,14 +1706,69 @@ pub(super) mod tests {
     fn duplicate_customer_continues_as_the_registered_customer() {
         let h = Harness::new(sim_cfg());
         let p = h.person("+49 151 0000003");
-        // The engine does not know Jonas's MagicLine id; lead validation recognises the e-mail.
-        let req = request("r-jonas", p, JONAS_MAIL, None, at(2, 9, 0));
+        // The engine does not know Jonas's MagicLine id; lead validation recognises the e-mail,
+        // and his record carries the number he writes from.
+        let req = BookingRequest {
+            phone: Some("491609876502".into()),
+            ..request("r-jonas", p, JONAS_MAIL, None, at(2, 9, 0))
+        };
         let (_, customer, _) = booked(&h.booker().book_trial(&req));
         assert_eq!(customer, JONAS);
         assert!(h.sim().leads().is_empty());
         assert_eq!(h.sim().request_count("/trial-offers/lead/validate"), 1);
         assert_eq!(h.sim().request_count(LEAD_CREATE), 0);
         assert_eq!(h.sim().bookings_of(JONAS).len(), 1);
+    }
+
+    #[test]
+    fn someone_elses_email_is_not_booked_on_their_account() {
+        let h = Harness::new(sim_cfg());
+        let p = h.person("+49 151 0000099");
+        // Jonas's e-mail, typed by someone writing from another number (or from a user id
+        // without a number): MagicLine says DUPLICATE_CUSTOMER, the phone does not match.
+        for (id, phone) in [("r-foreign", Some("491510000099")), ("r-nophone", None)] {
+            let req = BookingRequest {
+                phone: phone.map(str::to_string),
+                ..request(id, p, JONAS_MAIL, None, at(2, 9, 0))
+            };
+            assert_eq!(
+                h.booker().book_trial(&req),
+                BookingOutcome::Failed(BookingFailure::OtherPersonsAccount)
+            );
+            assert_eq!(h.steps(id).last(), Some(&BookingStep::Failed));
+        }
+        assert!(h.sim().bookings_of(JONAS).is_empty());
+        assert!(h.sim().leads().is_empty());
+    }
+
+    #[test]
+    fn studio_phone_formats_match_the_whatsapp_number() {
+        for typed in [
+            "+49 151 2345 6701",
+            "0049 151 23456701",
+            "0151/23456701",
+            "491512345 6701",
+        ] {
+            assert!(same_phone(typed, "4915123456701"), "{typed}");
+        }
+        for typed in ["+43 151 23456701", "0151 2345670", "", "+49"] {
+            assert!(!same_phone(typed, "4915123456701"), "{typed}");
+        }
+    }
+
+    #[test]
+    fn a_new_lead_carries_the_contacts_number() {
+        let h = Harness::new(sim_cfg());
+        let p = h.person("+49 151 0000098");
+        let req = BookingRequest {
+            phone: Some("491510000098".into()),
+            ..request("r-tel", p, "tel@example.org", None, at(2, 10, 0))
+        };
+        booked(&h.booker().book_trial(&req));
+        assert_eq!(
+            h.sim().leads()[0].telephone.as_deref(),
+            Some("+491510000098")
+        );
     }
 
     #[test]
@@ -1919,13 +2043,18 @@ pub(super) mod tests {
             let p = h.person(&format!("+49 151 30000{i:02}"));
             let email = format!("lost{i}@example.org");
             h.sim().inject_on(LEAD_CREATE, fault.clone(), 1);
-            let req = request(
-                &format!("r-lost-{i}"),
-                p,
-                &email,
-                None,
-                at(2, 10 + i as i8, 0),
-            );
+            // The lead carries the contact's number, which is how the lost create's lead is
+            // recognised as theirs.
+            let req = BookingRequest {
+                phone: Some(format!("4915130000{i:02}")),
+                ..request(
+                    &format!("r-lost-{i}"),
+                    p,
+                    &email,
+                    None,
+                    at(2, 10 + i as i8, 0),
+                )
+            };
             let (_, lead, _) = booked(&booker.book_trial(&req));
             let leads: Vec<_> = h
                 .sim()
@@ -2114,6 +2243,7 @@ pub(super) mod tests {
                 last_name: format!("Nr{i}"),
                 email: format!("member{i}@example.org"),
                 idle: false,
+                mobile: Some(format!("+49 152 {i:07}")),
             });
         }
         let h = Harness::new(cfg);
@@ -2222,6 +2352,7 @@ pub(super) mod tests {
         let mut plan = plan;
         for (i, c) in plan.iter_mut().enumerate() {
             c.req.pseudonym = h.person(&format!("+49 152 {i:07}"));
+            c.req.phone = Some(format!("49152{i:07}"));
         }
 
         let booker = h.booker_with(Duration::from_secs(1), 4);

@@ -80,6 +80,8 @@ pub struct SimCustomer {
     pub email: String,
     /// Idle (paused membership): bookings validate as `CUSTOMER_IDLE`.
     pub idle: bool,
+    /// Mobile number as the studio typed it (`phonePrivateMobile`), in any format staff use.
+    pub mobile: Option<String>,
 }
 
 /// A trainer slots and bookings name.
@@ -211,6 +213,7 @@ impl Default for SimConfig {
                     last_name: "Musterfrau".into(),
                     email: "erika.musterfrau@example.org".into(),
                     idle: false,
+                    mobile: Some("0151 2345 6701".into()),
                 },
                 SimCustomer {
                     id: 502,
@@ -218,6 +221,7 @@ impl Default for SimConfig {
                     last_name: "Beispiel".into(),
                     email: "jonas.beispiel@example.org".into(),
                     idle: false,
+                    mobile: Some("+49 160 9876502".into()),
                 },
             ],
             instructors: vec![
@@ -568,6 +572,7 @@ struct CustomerRec {
     email: String,
     prospect: bool,
     idle: bool,
+    mobile: Option<String>,
 }
 
 impl CustomerRec {
@@ -579,6 +584,7 @@ impl CustomerRec {
             email: c.email.clone(),
             prospect: false,
             idle: c.idle,
+            mobile: c.mobile.clone(),
         }
     }
 }
@@ -1002,6 +1008,11 @@ impl State {
                     email: s("email"),
                     prospect: true,
                     idle: false,
+                    // MagicLine keeps a lead's telephone as its private mobile number.
+                    mobile: lead
+                        .get("telephone")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
                 });
                 self.leads.push(SimLead {
                     customer_id: id,
@@ -1055,6 +1066,7 @@ impl State {
             "firstName": c.first_name,
             "lastName": c.last_name,
             "email": c.email,
+            "phonePrivateMobile": c.mobile,
             "status": if c.prospect { "PROSPECT" } else { "MEMBER" },
             "accessRefusal": false,
             "preferredLanguage": { "languageCode": "de", "countryCode": "DE" },
@@ -1943,6 +1955,7 @@ mod tests {
             last_name: "Pause".into(),
             email: "ida@example.org".into(),
             idle: true,
+            mobile: None,
         });
         check(req(600, EMS, at(1, 10, 0), 30), S::CustomerIdle);
 

@@ -30,7 +30,7 @@ pub(super) struct ChannelCredentials {
 
 pub(super) fn credentials(creds: &Credentials, cfg: &Config) -> Result<ChannelCredentials, String> {
     let get = |name: &str| match creds.get(name) {
-        Ok(Some(s)) => Ok(s),
+        Ok(Some(s)) => s.trimmed().map_err(|e| format!("credential {name}: {e}")),
         Ok(None) => Err(format!("credential {name} missing")),
         Err(e) => Err(e.to_string()),
     };
@@ -110,8 +110,8 @@ async fn serve_webhook(
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let svc = hyper::service::service_fn(move |req| webhook::handle(state.clone(), req));
-        let conn = hyper::server::conn::http1::Builder::new()
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+        let conn =
+            crate::http1::server().serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;
@@ -221,6 +221,7 @@ pub(super) async fn start(
         Arc::new(AuditRejections(core.audit.clone())),
         cfg.webhook.audit_rejections_per_minute,
         cfg.whatsapp.phone_number_id.clone(),
+        webhook::replay_horizon(cfg.retention.seen_ids_days),
     );
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "webhook listening");

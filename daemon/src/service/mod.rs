@@ -56,7 +56,9 @@ pub fn open_store(cfg: &Config, creds: &Credentials) -> anyhow::Result<Store> {
     let identity = creds.require(names::STORE_IDENTITY)?;
     let identity = StoreIdentity::parse(identity.expose_str()?)
         .context("credential store-identity is not an age identity")?;
-    Ok(Store::open(&cfg.store_dir(), identity)?)
+    let mut store = Store::open(&cfg.store_dir(), identity)?;
+    store.keep_ledger_at(&cfg.ledger_file())?;
+    Ok(store)
 }
 
 /// Builds a replacement for the conversation engine from the open store.

@@ -3,17 +3,19 @@
 //! A backup is one consistent fjall snapshot of every keyspace, streamed record by record into an
 //! age-encrypted file (values stay sealed inside; the age layer adds confidentiality and integrity
 //! for the file as a whole, including truncation). A restore replays the records into a fresh
-//! directory, re-applies every erasure from the current store's forget ledger (so a backup taken
-//! before an erasure never brings that person back) and then swaps the directories.
+//! directory, re-applies every erasure it is given (the forget ledger file kept beside the
+//! store, see [`super::ledger`], and any copies the admin passes) together with the ledger of
+//! the store it replaces, so a backup taken before an erasure never brings that person back,
+//! and then swaps the directories durably.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use fjall::{PersistMode, Readable};
-use jiff::Timestamp;
 
 use super::crypto::{self, CryptoError, StoreIdentity};
+use super::ledger::{self, Erasures};
 use super::{ks, Result, Store, StoreError, SCHEMA_VERSION};
 
 const MAGIC: &[u8] = b"FRONTDESK-BACKUP\n";
@@ -125,21 +127,29 @@ impl Store {
 }
 
 /// Restores the backup `file` (decrypted with `backup_identity`) into `state_dir`, which is
-/// replaced. `store_identity` must be the identity the backed-up store was sealed to. Erasures
-/// recorded in the ledger of the store currently in `state_dir` are re-applied.
+/// replaced. `store_identity` must be the identity the backed-up store was sealed to.
+///
+/// Re-applied afterwards: `erasures` (the ledger file and its copies, read by the caller) and
+/// the ledger of the store currently in `state_dir`, if there is one. A customer whose first
+/// contact in the backup is later than their erasure wrote again after being forgotten and is
+/// kept. Deciding whether a restore without any ledger is acceptable is the caller's job.
 pub fn restore(
     file: &Path,
     backup_identity: &age::x25519::Identity,
     state_dir: &Path,
     store_identity_text: &str,
-    now: Timestamp,
+    erasures: &Erasures,
 ) -> Result<BackupSummary> {
     // The ledger of the store being replaced (if there is one) must survive the restore.
-    let mut ledger = Vec::new();
+    let mut ledger = erasures.clone();
     let occupied = std::fs::read_dir(state_dir).is_ok_and(|mut d| d.next().is_some());
     if occupied {
         let current = Store::open(state_dir, StoreIdentity::parse(store_identity_text)?)?;
-        ledger = current.forget_ledger()?;
+        for (p, at) in current.forget_ledger()? {
+            if let Ok(at) = at.parse() {
+                ledger::merge(&mut ledger, p, at);
+            }
+        }
     }
 
     let staging = sibling(state_dir, "restore-staging");
@@ -217,10 +227,20 @@ pub fn restore(
     }
     {
         let restored = Store::open(&staging, StoreIdentity::parse(store_identity_text)?)?;
-        let to_forget: Vec<_> = ledger.iter().map(|(p, _)| *p).collect();
-        summary.erasures_reapplied = restored.forget(&to_forget, now)? as u64;
+        let mut to_forget = Vec::new();
+        for (p, at) in &ledger {
+            let came_back = restored
+                .customer_meta(p)?
+                .is_some_and(|m| m.first_contact > *at);
+            if !came_back {
+                to_forget.push((*p, *at));
+            }
+        }
+        summary.erasures_reapplied = restored.forget_as_of(&to_forget)? as u64;
         restored.persist()?;
     }
+    // Each rename is made durable before the next step, so a power cut leaves either the old
+    // store or the restored one in place, never neither.
     if state_dir.exists() {
         let old = sibling(state_dir, "replaced");
         if old.exists() {
@@ -228,9 +248,11 @@ pub fn restore(
         }
         std::fs::rename(state_dir, &old)?;
         std::fs::rename(&staging, state_dir)?;
+        ledger::sync_parent(state_dir)?;
         std::fs::remove_dir_all(&old)?;
     } else {
         std::fs::rename(&staging, state_dir)?;
+        ledger::sync_parent(state_dir)?;
     }
     Ok(summary)
 }

@@ -88,6 +88,9 @@ impl KeyDir {
     /// Deletes the wrapped key of `p` durably. Returns whether it existed.
     pub fn remove(&self, p: &Pseudonym) -> std::io::Result<bool> {
         let path = self.path(p);
+        // A write interrupted between its temporary file and the rename leaves a copy of the key
+        // there; a forget must not leave it behind.
+        remove_if_present(&path.with_extension("tmp"))?;
         match fs::remove_file(&path) {
             Ok(()) => {
                 File::open(path.parent().expect("key path has a parent"))?.sync_all()?;
@@ -96,6 +99,36 @@ impl KeyDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Deletes temporary files of interrupted key writes (a crash or power cut between writing
+    /// `<pseudonym>.tmp` and renaming it, e.g. during an identity rotation). Each may hold a
+    /// copy of a key, which crypto-shredding cannot allow. Run when the store opens, before any
+    /// writer starts. Returns how many were removed.
+    pub fn remove_temporaries(&self) -> std::io::Result<u64> {
+        let mut removed = 0;
+        let mut dirs = vec![self.root.clone()];
+        for e in fs::read_dir(&self.root)? {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                dirs.push(e.path());
+            }
+        }
+        for dir in dirs {
+            let mut here = 0;
+            for e in fs::read_dir(&dir)? {
+                let path = e?.path();
+                if path.extension().is_some_and(|x| x == "tmp") && path.is_file() {
+                    fs::remove_file(&path)?;
+                    here += 1;
+                }
+            }
+            if here > 0 {
+                File::open(&dir)?.sync_all()?;
+                removed += here;
+            }
+        }
+        Ok(removed)
     }
 
     /// A store-wide key kept at the top of the directory (`<name>.age`).
@@ -155,6 +188,13 @@ impl KeyDir {
     }
 }
 
+fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +220,26 @@ mod tests {
         assert_eq!(kd.get_named("queue").unwrap().unwrap(), b"store key");
         assert_eq!(kd.pseudonyms().count(), 1);
         assert_eq!(kd.get(&b).unwrap().unwrap(), b"rewrapped");
+    }
+
+    #[test]
+    fn interrupted_writes_leave_no_key_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = KeyDir::open(dir.path()).unwrap();
+        let p = Pseudonym([7; crate::store::crypto::PSEUDONYM_LEN]);
+        keys.put(&p, b"wrapped-key", true).unwrap();
+        // What a crash between write and rename leaves: the temporary file beside the key, and
+        // one of a store-wide key at the top.
+        let tmp = keys.path(&p).with_extension("tmp");
+        fs::write(&tmp, b"wrapped-key-new").unwrap();
+        fs::write(dir.path().join("queue.tmp"), b"x").unwrap();
+        assert_eq!(keys.remove_temporaries().unwrap(), 2);
+        assert!(!tmp.exists());
+        assert_eq!(keys.get(&p).unwrap().as_deref(), Some(&b"wrapped-key"[..]));
+        // And a forget removes a temporary copy too.
+        fs::write(&tmp, b"wrapped-key-new").unwrap();
+        assert!(keys.remove(&p).unwrap());
+        assert!(!tmp.exists());
+        assert_eq!(keys.pseudonyms().count(), 0);
     }
 }

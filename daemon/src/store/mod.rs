@@ -18,6 +18,7 @@ pub mod commit;
 pub mod crypto;
 pub mod customers;
 pub mod keydir;
+pub mod ledger;
 pub mod messages;
 pub mod retention;
 
@@ -127,6 +128,9 @@ pub enum StoreError {
     /// A backup or a stored document is malformed, or a caller's step inside a write failed.
     #[error("{0}")]
     Format(String),
+    /// The forget ledger file cannot be read or written.
+    #[error(transparent)]
+    Ledger(#[from] ledger::LedgerError),
 }
 
 /// Results of the store.
@@ -202,6 +206,9 @@ pub struct Store {
     commit: GroupCommit,
     key_cache: Mutex<LruCache<Pseudonym, Arc<DataKey>>>,
     stripes: Vec<Mutex<()>>,
+    /// The forget ledger file beside the store (see [`ledger`]); set by
+    /// [`Store::keep_ledger_at`] for the daemon's store, absent for scratch stores.
+    ledger: Option<ledger::LedgerFile>,
 }
 
 /// Holding this guard serialises all writers of one customer (see [`Store::lock_customer`]).
@@ -228,6 +235,11 @@ impl Store {
                 },
             })?;
         let ks = Keyspaces::open(&db)?;
+        // fjall's lock is held from here: no other process writes keys while this sweeps.
+        let swept = keys.remove_temporaries()?;
+        if swept > 0 {
+            tracing::info!(files = swept, "removed key files of interrupted writes");
+        }
         let identity = Arc::new(identity);
         let (pseudonym_key, queue_key) = match ks.meta.get(META_SCHEMA)? {
             None => Self::initialise(&db, &ks, &keys, &identity)?,
@@ -270,7 +282,26 @@ impl Store {
                 NonZeroUsize::new(KEY_CACHE_CAPACITY).expect("non-zero"),
             )),
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            ledger: None,
         })
+    }
+
+    /// Keeps the forget ledger also in the file at `path` (outside the store directory, so it
+    /// outlives the store): every later erasure is appended there before any row is deleted.
+    /// Erasures the store knows and the file lacks (a store from before the file existed) are
+    /// appended now.
+    pub fn keep_ledger_at(&mut self, path: &Path) -> Result<()> {
+        let file = ledger::LedgerFile::at(path);
+        let known = file.read()?.unwrap_or_default();
+        let missing: Vec<(Pseudonym, Timestamp)> = self
+            .forget_ledger()?
+            .into_iter()
+            .filter(|(p, _)| !known.contains_key(p))
+            .filter_map(|(p, at)| Some((p, at.parse().ok()?)))
+            .collect();
+        file.append(&missing)?;
+        self.ledger = Some(file);
+        Ok(())
     }
 
     fn initialise(
@@ -597,8 +628,21 @@ impl Store {
     /// in fjall's tables and journal as in any backup (crypto-shredding). Returns how many of
     /// them existed.
     pub fn forget(&self, pseudonyms: &[Pseudonym], now: Timestamp) -> Result<usize> {
+        let entries: Vec<(Pseudonym, Timestamp)> = pseudonyms.iter().map(|p| (*p, now)).collect();
+        self.forget_as_of(&entries)
+    }
+
+    /// [`Store::forget`] with each customer's own erasure time (a restore re-applies erasures
+    /// with the times they were made).
+    pub fn forget_as_of(&self, entries: &[(Pseudonym, Timestamp)]) -> Result<usize> {
+        // The ledger file first: should anything below fail or the process die, the erasure is
+        // still on record outside the store and a restore re-applies it.
+        if let Some(file) = &self.ledger {
+            file.append(entries)?;
+        }
         let mut forgotten = 0;
-        for p in pseudonyms {
+        for (p, now) in entries {
+            let (p, now) = (p, *now);
             let _guard = self.lock_customer(p);
             let mut batch = self.batch();
             let existed = self.keys.contains(p) || self.ks.customers.contains_key(p.0)?;
@@ -685,6 +729,20 @@ impl Store {
             .meta
             .get(meta_key(LEDGER_PREFIX, p))?
             .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()))
+    }
+
+    /// Every erasure this store knows: its own ledger rows and the ledger file it keeps.
+    pub fn forget_erasures(&self) -> Result<ledger::Erasures> {
+        let mut all = match &self.ledger {
+            Some(file) => file.read()?.unwrap_or_default(),
+            None => ledger::Erasures::new(),
+        };
+        for (p, at) in self.forget_ledger()? {
+            if let Ok(at) = at.parse() {
+                ledger::merge(&mut all, p, at);
+            }
+        }
+        Ok(all)
     }
 
     /// Pseudonyms in the forget ledger (hex form) with the time they were forgotten.

@@ -261,8 +261,14 @@ fn forget_shreds_the_key_and_survives_restore_of_an_older_backup() {
         assert!(store.customer(&kept).unwrap().is_some());
         assert_eq!(store.forget_ledger().unwrap().len(), 1);
     }
-    let summary =
-        backup::restore(&backup_file, backup_id.age_identity(), &state, &text, now).unwrap();
+    let summary = backup::restore(
+        &backup_file,
+        backup_id.age_identity(),
+        &state,
+        &text,
+        &ledger::Erasures::new(),
+    )
+    .unwrap();
     assert_eq!(summary.erasures_reapplied, 1);
     let store = Store::open(&state, StoreIdentity::parse(&text).unwrap()).unwrap();
     assert!(store.customer(&gone).unwrap().is_none());
@@ -279,6 +285,177 @@ fn forget_shreds_the_key_and_survives_restore_of_an_older_backup() {
     );
     drop(store);
     assert_eq!(count_hits(&state, std::slice::from_ref(&wrapped)), 0);
+}
+
+/// A store that keeps its ledger file beside it, as the daemon's does.
+fn open_with_ledger(state: &Path, text: &str) -> Store {
+    let mut store = Store::open(state, StoreIdentity::parse(text).unwrap()).unwrap();
+    store
+        .keep_ledger_at(&state.with_file_name(ledger::LEDGER_FILE))
+        .unwrap();
+    store
+}
+
+#[test]
+fn restore_into_an_empty_directory_keeps_erasures_from_the_ledger_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("store");
+    let backup_file = dir.path().join("backup.age");
+    let backup_id = StoreIdentity::generate();
+    let (_, text) = identity_pair();
+    let now = t("2026-11-26T10:00:00Z");
+    let (gone, kept);
+    {
+        let store = open_with_ledger(&state, &text);
+        gone = store
+            .update_customer("4915100000001", now, |c, _, _| {
+                c.body.profile.vorname = Some("Berta".into());
+                Ok(())
+            })
+            .unwrap()
+            .0
+            .pseudonym;
+        kept = store
+            .update_customer("4915100000002", now, |_, _, _| Ok(()))
+            .unwrap()
+            .0
+            .pseudonym;
+        store
+            .backup_to(
+                &backup_id.recipient(),
+                std::fs::File::create(&backup_file).unwrap(),
+            )
+            .unwrap();
+        store
+            .forget(&[gone], now + SignedDuration::from_hours(1))
+            .unwrap();
+    }
+    // The store is lost (a corrupt disk, a replacement box with only the state directory's
+    // ledger copied over): the ledger file is all that knows about the erasure.
+    std::fs::remove_dir_all(&state).unwrap();
+    let erasures = ledger::LedgerFile::at(&state.with_file_name(ledger::LEDGER_FILE))
+        .read()
+        .unwrap()
+        .expect("the ledger file survives the store");
+    assert_eq!(erasures.len(), 1);
+
+    // Without it the erasure would be undone...
+    let scratch = dir.path().join("scratch");
+    backup::restore(
+        &backup_file,
+        backup_id.age_identity(),
+        &scratch,
+        &text,
+        &ledger::Erasures::new(),
+    )
+    .unwrap();
+    let revived = Store::open(&scratch, StoreIdentity::parse(&text).unwrap()).unwrap();
+    assert!(revived.customer(&gone).unwrap().is_some());
+    drop(revived);
+
+    // ...with it, it stays.
+    let summary = backup::restore(
+        &backup_file,
+        backup_id.age_identity(),
+        &state,
+        &text,
+        &erasures,
+    )
+    .unwrap();
+    assert_eq!(summary.erasures_reapplied, 1);
+    let store = open_with_ledger(&state, &text);
+    assert!(store.customer(&gone).unwrap().is_none());
+    assert!(store.keys.get(&gone).unwrap().is_none());
+    assert!(store.customer(&kept).unwrap().is_some());
+    // The restored store carries the erasure with its original time.
+    assert_eq!(
+        store.forgotten_at(&gone).unwrap(),
+        Some(now + SignedDuration::from_hours(1))
+    );
+}
+
+#[test]
+fn restore_keeps_a_customer_who_wrote_again_after_being_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("store");
+    let backup_file = dir.path().join("backup.age");
+    let backup_id = StoreIdentity::generate();
+    let (_, text) = identity_pair();
+    let t0 = t("2026-11-26T10:00:00Z");
+    let back;
+    {
+        let store = open_with_ledger(&state, &text);
+        let p = store
+            .update_customer("4915100000003", t0, |_, _, _| Ok(()))
+            .unwrap()
+            .0
+            .pseudonym;
+        store
+            .forget(&[p], t0 + SignedDuration::from_hours(1))
+            .unwrap();
+        back = store
+            .update_customer(
+                "4915100000003",
+                t0 + SignedDuration::from_hours(2),
+                |c, _, _| {
+                    c.body.profile.vorname = Some("Dora".into());
+                    Ok(())
+                },
+            )
+            .unwrap()
+            .0
+            .pseudonym;
+        assert_eq!(back, p);
+        store
+            .backup_to(
+                &backup_id.recipient(),
+                std::fs::File::create(&backup_file).unwrap(),
+            )
+            .unwrap();
+    }
+    let erasures = ledger::LedgerFile::at(&state.with_file_name(ledger::LEDGER_FILE))
+        .read()
+        .unwrap()
+        .unwrap();
+    std::fs::remove_dir_all(&state).unwrap();
+    let summary = backup::restore(
+        &backup_file,
+        backup_id.age_identity(),
+        &state,
+        &text,
+        &erasures,
+    )
+    .unwrap();
+    assert_eq!(summary.erasures_reapplied, 0);
+    let store = Store::open(&state, StoreIdentity::parse(&text).unwrap()).unwrap();
+    let c = store
+        .customer(&back)
+        .unwrap()
+        .expect("wrote again after the erasure");
+    assert_eq!(c.body.profile.vorname.as_deref(), Some("Dora"));
+}
+
+#[test]
+fn an_existing_stores_erasures_reach_a_new_ledger_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("store");
+    let (id, text) = identity_pair();
+    let now = t("2026-11-26T10:00:00Z");
+    let p;
+    {
+        let store = Store::open(&state, id).unwrap();
+        p = store
+            .update_customer("4915100000004", now, |_, _, _| Ok(()))
+            .unwrap()
+            .0
+            .pseudonym;
+        store.forget(&[p], now).unwrap();
+    }
+    let file = state.with_file_name(ledger::LEDGER_FILE);
+    assert!(!file.exists());
+    drop(open_with_ledger(&state, &text));
+    let read = ledger::LedgerFile::at(&file).read().unwrap().unwrap();
+    assert_eq!(read.get(&p), Some(&now));
 }
 
 #[test]
@@ -302,7 +479,7 @@ fn restore_refuses_the_wrong_backup_identity() {
         StoreIdentity::generate().age_identity(),
         &state,
         &text,
-        Timestamp::now(),
+        &ledger::Erasures::new(),
     )
     .unwrap_err();
     assert!(err.to_string().contains("backup identity"), "{err}");

@@ -67,7 +67,17 @@ pub struct WebhookState {
     pub audit_per_minute: u32,
     /// The configured business number: events about another number are dropped and reported.
     pub phone_number_id: String,
+    /// Messages older than this are dropped as replays (see [`replay_horizon`]).
+    pub max_message_age: jiff::SignedDuration,
     limiter: RateWindow,
+}
+
+/// How old a message may be and still be taken. A message id is remembered for
+/// `seen_ids_days`; a captured signed body replayed after that would be answered as new, so
+/// messages older than the memory minus a day of margin are dropped. Meta's own retries stop
+/// after 7 days, and `seen_ids_days` is at least 8.
+pub fn replay_horizon(seen_ids_days: u32) -> jiff::SignedDuration {
+    jiff::SignedDuration::from_hours(24 * i64::from(seen_ids_days.saturating_sub(1).max(1)))
 }
 
 impl WebhookState {
@@ -84,6 +94,7 @@ impl WebhookState {
         rejections: Arc<dyn RejectionSink>,
         audit_per_minute: u32,
         phone_number_id: String,
+        max_message_age: jiff::SignedDuration,
     ) -> Arc<WebhookState> {
         Arc::new(WebhookState {
             store,
@@ -96,6 +107,7 @@ impl WebhookState {
             rejections,
             audit_per_minute,
             phone_number_id,
+            max_message_age,
             limiter: RateWindow::default(),
         })
     }
@@ -213,10 +225,15 @@ where
         .get(signature::HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = match Limited::new(req.into_body(), state.max_body_bytes)
-        .collect()
-        .await
-    {
+    let read = tokio::time::timeout(
+        crate::http1::BODY_READ_TIMEOUT,
+        Limited::new(req.into_body(), state.max_body_bytes).collect(),
+    )
+    .await;
+    let Ok(read) = read else {
+        return state.reject(StatusCode::REQUEST_TIMEOUT, "body_timeout");
+    };
+    let body = match read {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -316,6 +333,10 @@ fn inbox_entries(
     let mut entries = Vec::new();
     let mut categories = Vec::new();
     let mut foreign = 0usize;
+    let mut replayed = 0usize;
+    let oldest = jiff::Timestamp::now()
+        .checked_sub(state.max_message_age)
+        .map_or(i64::MIN, |t| t.as_second());
     for ev in events {
         let number = match &ev {
             Event::Message(m) => &m.phone_number_id,
@@ -330,6 +351,10 @@ fn inbox_entries(
             continue;
         }
         match ev {
+            Event::Message(m) if m.timestamp < oldest => {
+                // Older than the memory of seen ids: a replay of a captured body.
+                replayed += 1;
+            }
             Event::Message(m) => {
                 entries.push((state.store.pseudonym(&m.from), InboxEntry::Message(m)))
             }
@@ -342,16 +367,37 @@ fn inbox_entries(
             Event::TemplateCategory(u) => categories.push(u),
         }
     }
-    if foreign > 0 {
+    for (count, reason) in [
+        (replayed, "replayed_old_message"),
+        (foreign, "foreign_number"),
+    ] {
+        if count == 0 {
+            continue;
+        }
         state
             .metrics
             .webhook_requests
-            .get_or_create(&Outcome::of("foreign_number"))
+            .get_or_create(&Outcome::of(reason))
             .inc();
         if state.limiter.allow(state.audit_per_minute) {
             // Answered 200 all the same: Meta would only deliver it again.
-            state.rejections.rejected(200, "foreign_number");
+            state.rejections.rejected(200, reason);
         }
     }
     (entries, categories)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replay_horizon_stays_behind_the_memory_of_seen_ids() {
+        assert_eq!(
+            replay_horizon(14),
+            jiff::SignedDuration::from_hours(13 * 24)
+        );
+        // At the smallest allowed memory (8 days) Meta's 7 days of retries still pass.
+        assert_eq!(replay_horizon(8), jiff::SignedDuration::from_hours(7 * 24));
+    }
 }
