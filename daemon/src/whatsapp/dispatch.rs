@@ -15,7 +15,9 @@
 //!   leaves the rows in the inbox, and they are processed again at start-up; a crash after it
 //!   leaves nothing to redo.
 //! - Messages WhatsApp delivers twice (also across restarts) are dropped by message id; delivery
-//!   statuses update the outbox's delivery records.
+//!   statuses update the outbox's delivery records. A `failed` status is handled like a failed
+//!   send call ([`super::failures::handle_failed_status`]), in its own durable write with the
+//!   removal of its inbox row.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -27,7 +29,7 @@ use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, error, warn};
 
 use super::graph::GraphClient;
-use super::payload::{Content, DeliveryStatus, InboundMessage};
+use super::payload::{Content, DeliveryStatus, InboundMessage, StatusUpdate};
 use super::queue::{DeliveryState, InboxEntry, OutboundKind, OutboxEntry, Queued, Queues};
 use crate::audit::AuditLog;
 use crate::metrics::{Metrics, Outcome};
@@ -110,6 +112,8 @@ pub struct DispatchConfig {
     pub burst_window: Duration,
     /// Most customers whose bursts are handled at the same time.
     pub max_concurrent: usize,
+    /// Templates for failures that status webhooks report.
+    pub failures: super::failures::FailurePolicy,
 }
 
 #[derive(Default)]
@@ -288,6 +292,23 @@ impl Dispatcher {
         }
     }
 
+    /// Handles a `failed` status (inbox row `key`) in its own durable write. Blocking.
+    fn failed_status(&self, key: &[u8], s: &StatusUpdate, now: Timestamp) -> anyhow::Result<()> {
+        let codes: Vec<i64> = s.errors.iter().map(|e| e.code).collect();
+        warn!(?codes, "WhatsApp reports a message as failed");
+        let mut batch = self.store.batch();
+        self.queues.remove_inbox(&self.store, &mut batch, key);
+        let ctx = super::failures::Context {
+            store: &self.store,
+            queues: &self.queues,
+            policy: &self.cfg.failures,
+            audit: self.audit.as_deref(),
+            metrics: &self.metrics,
+        };
+        super::failures::handle_failed_status(&ctx, batch, s, now)?;
+        Ok(())
+    }
+
     /// Processes one burst of inbox rows of one customer. Blocking.
     fn process(&self, keys: &[Vec<u8>]) -> anyhow::Result<()> {
         let store: &Store = &self.store;
@@ -312,6 +333,10 @@ impl Dispatcher {
                         DeliveryStatus::Failed => Some(DeliveryState::Failed),
                         _ => None,
                     };
+                    if state == Some(DeliveryState::Failed) {
+                        self.failed_status(&row.key, &s, now)?;
+                        continue;
+                    }
                     if let Some(state) = state {
                         self.queues.record_delivery(
                             store,
@@ -320,9 +345,9 @@ impl Dispatcher {
                             state,
                             now,
                         )?;
-                        if state == DeliveryState::Failed {
-                            let codes: Vec<i64> = s.errors.iter().map(|e| e.code).collect();
-                            warn!(customer = %row.pseudonym, ?codes, "WhatsApp reports a message as failed");
+                        if state >= DeliveryState::Delivered {
+                            // Delivered: no failure can follow, what it was is not needed.
+                            self.queues.remove_sent(store, &mut retire, &s.message_id);
                         }
                     }
                     self.queues.remove_inbox(store, &mut retire, &row.key);
