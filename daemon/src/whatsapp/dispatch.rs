@@ -41,6 +41,11 @@ use crate::turn::{self, Burst, Decide, Effects, Part, PartKind, TurnOutcome};
 pub const BURST_CAP_WINDOWS: u32 = 4;
 /// A burst is closed once it holds this many messages.
 pub const MAX_BURST_MESSAGES: usize = 20;
+/// A `failed` status can overtake the sender's record of the send it is about (the webhook is
+/// faster than the write after the send call): one about an unknown message that is younger
+/// than this is looked at again after [`STATUS_RECHECK`], instead of being settled as unknown.
+const STATUS_OVERTAKE_WINDOW: jiff::SignedDuration = jiff::SignedDuration::from_mins(10);
+const STATUS_RECHECK: Duration = Duration::from_secs(1);
 
 /// When a burst of messages from one contact is answered: `window` after the latest message,
 /// but no later than [`BURST_CAP_WINDOWS`] windows after the first, so someone who keeps typing
@@ -137,6 +142,8 @@ pub struct Dispatcher {
     metrics: Arc<Metrics>,
     sender_wake: Arc<Notify>,
     pending: Mutex<HashMap<Pseudonym, CustomerQueue>>,
+    /// `failed` statuses (inbox rows) to look at again, see [`STATUS_OVERTAKE_WINDOW`].
+    recheck: Mutex<Vec<(Vec<u8>, Pseudonym)>>,
     permits: Arc<Semaphore>,
     idle: Notify,
 }
@@ -169,6 +176,7 @@ impl Dispatcher {
             metrics,
             sender_wake,
             pending: Mutex::new(HashMap::new()),
+            recheck: Mutex::new(Vec::new()),
             idle: Notify::new(),
         })
     }
@@ -278,6 +286,7 @@ impl Dispatcher {
                 }
                 self.metrics.heartbeat();
                 self.sender_wake.notify_one();
+                self.schedule_rechecks();
             }
             drop(permit);
             let mut pending = self.pending.lock().expect("dispatcher lock poisoned");
@@ -292,8 +301,30 @@ impl Dispatcher {
         }
     }
 
-    /// Handles a `failed` status (inbox row `key`) in its own durable write. Blocking.
-    fn failed_status(&self, key: &[u8], s: &StatusUpdate, now: Timestamp) -> anyhow::Result<()> {
+    /// Queues the `failed` statuses that may have overtaken their send again, a moment later.
+    fn schedule_rechecks(self: &Arc<Self>) {
+        let rows = std::mem::take(&mut *self.recheck.lock().expect("dispatcher lock poisoned"));
+        if rows.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(STATUS_RECHECK).await;
+            this.enqueue(rows);
+        });
+    }
+
+    /// Handles a `failed` status (inbox row `key`) in its own durable write; `false` when it is
+    /// about a message not recorded yet and young enough to wait for that record (the row then
+    /// stays in the inbox). Blocking.
+    fn failed_status(&self, key: &[u8], s: &StatusUpdate, now: Timestamp) -> anyhow::Result<bool> {
+        let unknown = self.queues.sent(&self.store, &s.message_id)?.is_none()
+            && self.queues.delivery(&self.store, &s.message_id)?.is_none();
+        let young = Timestamp::from_second(s.timestamp)
+            .is_ok_and(|at| now.duration_since(at) < STATUS_OVERTAKE_WINDOW);
+        if unknown && young {
+            return Ok(false);
+        }
         let codes: Vec<i64> = s.errors.iter().map(|e| e.code).collect();
         warn!(?codes, "WhatsApp reports a message as failed");
         let mut batch = self.store.batch();
@@ -306,7 +337,7 @@ impl Dispatcher {
             metrics: &self.metrics,
         };
         super::failures::handle_failed_status(&ctx, batch, s, now)?;
-        Ok(())
+        Ok(true)
     }
 
     /// Processes one burst of inbox rows of one customer. Blocking.
@@ -334,7 +365,12 @@ impl Dispatcher {
                         _ => None,
                     };
                     if state == Some(DeliveryState::Failed) {
-                        self.failed_status(&row.key, &s, now)?;
+                        if !self.failed_status(&row.key, &s, now)? {
+                            self.recheck
+                                .lock()
+                                .expect("dispatcher lock poisoned")
+                                .push((row.key, row.pseudonym));
+                        }
                         continue;
                     }
                     if let Some(state) = state {

@@ -296,3 +296,279 @@ pub fn handle_failed_status(
     report.announce(metrics);
     Ok(Some(plan.handling()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::crypto::StoreIdentity;
+    use crate::store::customers::Customer;
+    use crate::whatsapp::payload::{ApiErrorInfo, DeliveryStatus};
+    use crate::whatsapp::queue::DeliveryState;
+
+    const PHONE: &str = "491701234567";
+    const USER_ID: &str = "DE.1349120865530274";
+
+    fn policy() -> FailurePolicy {
+        FailurePolicy {
+            reopen_template: Some("reopen".into()),
+            template_language: "de".into(),
+        }
+    }
+
+    fn text(to: &str, created: Timestamp) -> OutboxEntry {
+        OutboxEntry {
+            to: to.into(),
+            kind: OutboundKind::Text("Gern, Dienstag 18 Uhr?".into()),
+            created,
+        }
+    }
+
+    fn failed(wamid: &str, code: i64) -> StatusUpdate {
+        StatusUpdate {
+            message_id: wamid.into(),
+            recipient: PHONE.into(),
+            recipient_user_id: None,
+            status: DeliveryStatus::Failed,
+            timestamp: Timestamp::now().as_second(),
+            phone_number_id: "1".into(),
+            errors: vec![ApiErrorInfo {
+                code,
+                title: "t".into(),
+                message: "m".into(),
+                details: None,
+            }],
+        }
+    }
+
+    /// Records `entry` as sent under `wamid`, as the sender does after a successful call.
+    fn sent(store: &Store, q: &Queues, wamid: &str, p: &Pseudonym, entry: &OutboxEntry) {
+        let mut b = store.batch();
+        q.record_delivery(
+            store,
+            &mut b,
+            wamid,
+            DeliveryState::Accepted,
+            Timestamp::now(),
+        )
+        .unwrap();
+        q.record_sent(store, &mut b, wamid, p, entry);
+        store.commit_durable(b).unwrap();
+    }
+
+    fn handle(store: &Store, q: &Queues, status: &StatusUpdate) -> Option<FailureHandling> {
+        let metrics = Metrics::new();
+        let policy = policy();
+        let ctx = Context {
+            store,
+            queues: q,
+            policy: &policy,
+            audit: None,
+            metrics: &metrics,
+        };
+        handle_failed_status(&ctx, store.batch(), status, Timestamp::now()).unwrap()
+    }
+
+    #[test]
+    fn plans_for_each_disposition() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreIdentity::generate()).unwrap();
+        let q = Queues::new(&store).unwrap();
+        let p = store.pseudonym(PHONE);
+        let now = Timestamp::now();
+        let entry = text(PHONE, now);
+        let plan_for =
+            |d: Disposition, e: &OutboxEntry| plan(&store, &q, &policy(), &p, e, d, now).unwrap();
+
+        let Plan::Reopen(template) = plan_for(Disposition::WindowClosed, &entry) else {
+            panic!("a closed window leads to the re-open template");
+        };
+        assert_eq!(template.to, PHONE);
+        assert!(
+            matches!(&template.kind, OutboundKind::Template { name, language, .. } if name == "reopen" && language == "de")
+        );
+        // The template itself meeting a closed window, or no template configured: staff.
+        assert_eq!(plan_for(Disposition::WindowClosed, &template), Plan::Alert);
+        let no_template = FailurePolicy::default();
+        assert_eq!(
+            plan(
+                &store,
+                &q,
+                &no_template,
+                &p,
+                &entry,
+                Disposition::WindowClosed,
+                now
+            )
+            .unwrap(),
+            Plan::Alert
+        );
+        // Once re-opened, further replies of the closed window are dropped, for a day.
+        let mut b = store.batch();
+        q.mark_reopened(&store, &mut b, &p, now);
+        store.commit_durable(b).unwrap();
+        assert_eq!(
+            plan_for(Disposition::WindowClosed, &entry),
+            Plan::Drop(FailureHandling::WindowClosedDropped)
+        );
+        assert!(matches!(
+            plan(
+                &store,
+                &q,
+                &policy(),
+                &p,
+                &entry,
+                Disposition::WindowClosed,
+                now + REOPEN_INTERVAL + SignedDuration::from_secs(1)
+            )
+            .unwrap(),
+            Plan::Reopen(_)
+        ));
+
+        assert_eq!(
+            plan_for(Disposition::Undeliverable, &entry),
+            Plan::Drop(FailureHandling::Undeliverable)
+        );
+        let Plan::Defer(deferred) = plan_for(Disposition::MarketingLimited, &entry) else {
+            panic!("the marketing limit defers");
+        };
+        assert_eq!(deferred.not_before, now + MARKETING_RETRY_AFTER);
+        assert_eq!(deferred.entry, entry);
+        // A reply that already waited a day is not deferred again.
+        let old = text(PHONE, now - MARKETING_RETRY_AFTER);
+        assert_eq!(plan_for(Disposition::MarketingLimited, &old), Plan::Alert);
+        assert_eq!(
+            plan_for(Disposition::TemplateUnavailable, &template),
+            Plan::Alert
+        );
+        assert_eq!(plan_for(Disposition::Permanent, &entry), Plan::Alert);
+        assert_eq!(plan_for(Disposition::RetryLater, &entry), Plan::Alert);
+
+        // 131062: to the phone number when the record has one, else staff.
+        let by_id = text(USER_ID, now);
+        assert_eq!(
+            plan_for(Disposition::RecipientIdUnsupported, &by_id),
+            Plan::Alert
+        );
+        let mut b = store.batch();
+        store
+            .put_customer(&Customer::new(p, PHONE, now), &mut b)
+            .unwrap();
+        store.commit_durable(b).unwrap();
+        assert_eq!(
+            plan_for(Disposition::RecipientIdUnsupported, &by_id),
+            Plan::Resend(text(PHONE, now))
+        );
+        // Already to the phone number: nothing to switch to.
+        assert_eq!(
+            plan_for(Disposition::RecipientIdUnsupported, &entry),
+            Plan::Alert
+        );
+    }
+
+    #[test]
+    fn a_delayed_window_closed_sends_the_template_once_also_after_reopening_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = StoreIdentity::generate();
+        let line = id.to_secret_line().to_string();
+        let p;
+        {
+            let store = Store::open(dir.path(), id).unwrap();
+            let q = Queues::new(&store).unwrap();
+            p = store.pseudonym(PHONE);
+            let now = Timestamp::now();
+            // One answer split in two parts: both fail, one template.
+            sent(&store, &q, "wamid.a", &p, &text(PHONE, now));
+            sent(&store, &q, "wamid.b", &p, &text(PHONE, now));
+            assert_eq!(
+                handle(&store, &q, &failed("wamid.a", 131_047)),
+                Some(FailureHandling::ReopenTemplate)
+            );
+            assert_eq!(
+                handle(&store, &q, &failed("wamid.b", 131_047)),
+                Some(FailureHandling::WindowClosedDropped)
+            );
+            // The same status again: already settled.
+            assert_eq!(handle(&store, &q, &failed("wamid.a", 131_047)), None);
+            let outbox = q.outbox(&store).unwrap();
+            assert_eq!(outbox.len(), 1);
+            assert!(matches!(
+                outbox[0].entry.kind,
+                OutboundKind::Template { .. }
+            ));
+            assert_eq!(
+                q.delivery_failure(&store, "wamid.a").unwrap(),
+                Some(FailureHandling::ReopenTemplate)
+            );
+            assert_eq!(
+                q.delivery(&store, "wamid.a").unwrap(),
+                Some(DeliveryState::Failed)
+            );
+        }
+        // After a restart the status delivered once more changes nothing.
+        let store = Store::open(dir.path(), StoreIdentity::parse(&line).unwrap()).unwrap();
+        let q = Queues::new(&store).unwrap();
+        assert_eq!(handle(&store, &q, &failed("wamid.a", 131_047)), None);
+        assert_eq!(q.outbox(&store).unwrap().len(), 1);
+        // A later `read` keeps the recorded handling.
+        let mut b = store.batch();
+        q.record_delivery(
+            &store,
+            &mut b,
+            "wamid.a",
+            DeliveryState::Read,
+            Timestamp::now(),
+        )
+        .unwrap();
+        store.commit_durable(b).unwrap();
+        assert_eq!(
+            q.delivery_failure(&store, "wamid.a").unwrap(),
+            Some(FailureHandling::ReopenTemplate)
+        );
+        // A forget takes the sent records and the re-open mark with it.
+        sent(&store, &q, "wamid.c", &p, &text(PHONE, Timestamp::now()));
+        store.forget(&[p], Timestamp::now()).unwrap();
+        assert!(q.sent(&store, "wamid.c").unwrap().is_none());
+        assert!(q.reopened_at(&store, &p).unwrap().is_none());
+    }
+
+    #[test]
+    fn delayed_failures_by_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreIdentity::generate()).unwrap();
+        let q = Queues::new(&store).unwrap();
+        let p = store.pseudonym(PHONE);
+        let now = Timestamp::now();
+        for (wamid, code, want) in [
+            ("wamid.u", 131_026, FailureHandling::Undeliverable),
+            ("wamid.m", 131_049, FailureHandling::RetryLater),
+            ("wamid.x", 131_000, FailureHandling::StaffAlerted),
+            ("wamid.p", 132_015, FailureHandling::StaffAlerted),
+            ("wamid.s", 131_048, FailureHandling::StaffAlerted),
+        ] {
+            sent(&store, &q, wamid, &p, &text(PHONE, now));
+            assert_eq!(
+                handle(&store, &q, &failed(wamid, code)),
+                Some(want),
+                "{code}"
+            );
+            assert_eq!(q.delivery_failure(&store, wamid).unwrap(), Some(want));
+            assert!(q.sent(&store, wamid).unwrap().is_none(), "settled");
+        }
+        // Only the marketing limit queued something: a deferred row, not an outbox row.
+        assert!(q.outbox(&store).unwrap().is_empty());
+        let deferred = q.deferred(&store).unwrap();
+        assert_eq!(deferred.len(), 1);
+        assert!(deferred[0].entry.not_before >= now + MARKETING_RETRY_AFTER);
+        // Not due yet, then due: it moves to the outbox once.
+        assert_eq!(q.release_due(&store, now).unwrap().0, 0);
+        let (moved, next) = q
+            .release_due(
+                &store,
+                now + MARKETING_RETRY_AFTER + SignedDuration::from_mins(1),
+            )
+            .unwrap();
+        assert_eq!((moved, next), (1, None));
+        assert!(q.deferred(&store).unwrap().is_empty());
+        assert_eq!(q.outbox(&store).unwrap().len(), 1);
+    }
+}
