@@ -259,6 +259,7 @@ impl GraphSim {
             .expect("local address of a bound listener");
         let shared = Arc::new(Shared {
             token: token.to_owned(),
+            state: Mutex::default(),
             status_webhook: Mutex::default(),
             changed: Notify::new(),
         });
