@@ -52,6 +52,8 @@ pub struct DaemonSpec {
     pub max_body_bytes: usize,
     /// Extra TOML appended to the generated configuration.
     pub extra_toml: String,
+    /// Extra keys of the `[whatsapp]` table (e.g. `reopen_template = "…"`).
+    pub whatsapp_toml: String,
     /// Extra credential files (name, content).
     pub extra_credentials: Vec<(String, String)>,
 }
@@ -65,6 +67,7 @@ impl DaemonSpec {
             burst_window_ms: 0,
             max_body_bytes: 1024 * 1024,
             extra_toml: String::new(),
+            whatsapp_toml: String::new(),
             extra_credentials: Vec::new(),
         }
     }
@@ -129,6 +132,7 @@ graph_base = "{graph}"
 api_version = "{version}"
 phone_number_id = "{pnid}"
 send_timeout_secs = 5
+{whatsapp_extra}
 
 [conversation]
 burst_window_ms = {burst}
@@ -146,6 +150,7 @@ burst_window_ms = {burst}
                 pnid = SIM_PHONE_NUMBER_ID,
                 burst = spec.burst_window_ms,
                 extra = spec.extra_toml,
+                whatsapp_extra = spec.whatsapp_toml,
             ),
         )
         .unwrap();

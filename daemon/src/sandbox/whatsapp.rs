@@ -1982,6 +1982,86 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn error_codes_answer_in_meta_shape_and_keep_their_meaning() {
+        let sim = start().await;
+        for (code, disposition) in [
+            (131_048, Disposition::SpamLimited),
+            (131_049, Disposition::MarketingLimited),
+            (132_015, Disposition::TemplateUnavailable),
+            (132_016, Disposition::TemplateUnavailable),
+            (131_062, Disposition::RecipientIdUnsupported),
+            (131_064, Disposition::RetryLater),
+        ] {
+            sim.inject(Fault::Error(code), 1);
+            let c = client(&sim, SIM_TOKEN, WAIT);
+            let err = blocking(move || c.send_text(TO, "Hallo"))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Some(code));
+            assert_eq!(err.disposition(), disposition, "{code}");
+            let SendError::Api {
+                status, details, ..
+            } = &err
+            else {
+                panic!("{err:?}")
+            };
+            assert_eq!(*status, 400);
+            assert!(details.as_deref().is_some_and(|d| !d.is_empty()));
+        }
+        assert!(sim.sent().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_send_failed_later_is_accepted_then_reported_by_signed_status_webhook() {
+        let rx = receiver(SIM_APP_SECRET.as_bytes(), 0, 500).await;
+        let sim = start().await;
+        sim.send_statuses_to(
+            WebhookDriver::new(&rx.url, SIM_APP_SECRET)
+                .unwrap()
+                .with_policy(fast_policy(3)),
+        );
+        for (to, fault) in [
+            (TO, Fault::FailLater(131_047)),
+            ("DE.1349", Fault::FailLater(131_049)),
+        ] {
+            sim.inject_for(to, fault, 1);
+        }
+        let c = client(&sim, SIM_TOKEN, WAIT);
+        let first = blocking(move || c.send_text(TO, "Hallo")).await.unwrap();
+        let c = client(&sim, SIM_TOKEN, WAIT);
+        let second = blocking(move || c.send_text("DE.1349", "Hallo"))
+            .await
+            .unwrap();
+        // Accepted like any send, with its wamid.
+        assert_eq!(sim.sent().len(), 2);
+        let deliveries = sim.wait_for_status_deliveries(2, WAIT).await.unwrap();
+        assert!(deliveries.iter().all(|d| d.answer == Some(200)));
+        let bodies = rx.bodies.lock().unwrap();
+        assert_eq!(bodies.len(), 2);
+        let mut seen = Vec::new();
+        for (signature, body) in bodies.iter() {
+            assert_eq!(*signature, Ok(()), "signed with the app secret");
+            let events = payload::parse(body).unwrap();
+            let [Event::Status(s)] = events.as_slice() else {
+                panic!("{events:?}")
+            };
+            assert_eq!(s.status, DeliveryStatus::Failed);
+            let [e] = s.errors.as_slice() else {
+                panic!("{s:?}")
+            };
+            assert!(!e.title.is_empty() && e.details.is_some());
+            seen.push((s.message_id.clone(), s.recipient.clone(), e.code));
+        }
+        seen.sort();
+        let mut want = vec![
+            (first.id, TO.to_string(), 131_047),
+            (second.id, "DE.1349".to_string(), 131_049),
+        ];
+        want.sort();
+        assert_eq!(seen, want);
+    }
+
+    #[tokio::test]
     async fn driver_signature_verifies_and_payload_parses() {
         let rx = receiver(SIM_APP_SECRET.as_bytes(), 0, 500).await;
         let driver = WebhookDriver::new(&rx.url, SIM_APP_SECRET)
