@@ -574,7 +574,7 @@ async fn await_metric(daemon: &Daemon, line: &str) {
         let addr = daemon.metrics;
         let (_, text) = tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
             .await
-            .unwrap();
+            .expect("metrics request task");
         if text.lines().any(|l| l == line) {
             return;
         }
@@ -589,13 +589,13 @@ async fn await_metric(daemon: &Daemon, line: &str) {
 /// The `message.delivery_failed` audit entries of a stopped daemon, as CSV lines.
 fn delivery_failures_audited(daemon: &Daemon) -> Vec<String> {
     let store = std::sync::Arc::new(daemon.open_store());
-    let audit = frontdesk::audit::AuditLog::open(store).unwrap();
+    let audit = frontdesk::audit::AuditLog::open(store).expect("open the audit log");
     audit
         .query(&frontdesk::audit::AuditFilter {
             action: Some("message.delivery_failed".into()),
             ..Default::default()
         })
-        .unwrap()
+        .expect("query the audit log")
         .iter()
         .map(|r| r.to_csv_line())
         .collect()

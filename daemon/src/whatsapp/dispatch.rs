@@ -340,6 +340,45 @@ impl Dispatcher {
         Ok(true)
     }
 
+    /// Applies a delivery status (inbox row `key` of customer `p`): its state and the removal of
+    /// its row go into `retire` (then `true`); a `failed` one is handled on its own.
+    fn status(
+        &self,
+        key: Vec<u8>,
+        p: Pseudonym,
+        s: &StatusUpdate,
+        retire: &mut OwnedWriteBatch,
+        now: Timestamp,
+    ) -> anyhow::Result<bool> {
+        let store: &Store = &self.store;
+        let state = match s.status {
+            DeliveryStatus::Sent => Some(DeliveryState::Sent),
+            DeliveryStatus::Delivered => Some(DeliveryState::Delivered),
+            DeliveryStatus::Read => Some(DeliveryState::Read),
+            DeliveryStatus::Failed => Some(DeliveryState::Failed),
+            _ => None,
+        };
+        if state == Some(DeliveryState::Failed) {
+            if !self.failed_status(&key, s, now)? {
+                self.recheck
+                    .lock()
+                    .expect("dispatcher lock poisoned")
+                    .push((key, p));
+            }
+            return Ok(false);
+        }
+        if let Some(state) = state {
+            self.queues
+                .record_delivery(store, retire, &s.message_id, state, now)?;
+            if state >= DeliveryState::Delivered {
+                // Delivered: no failure can follow, what it was is not needed.
+                self.queues.remove_sent(store, retire, &s.message_id);
+            }
+        }
+        self.queues.remove_inbox(store, retire, &key);
+        Ok(true)
+    }
+
     /// Processes one burst of inbox rows of one customer. Blocking.
     fn process(&self, keys: &[Vec<u8>]) -> anyhow::Result<()> {
         let store: &Store = &self.store;
@@ -357,37 +396,7 @@ impl Dispatcher {
         for row in rows {
             match row.entry {
                 InboxEntry::Status(s) => {
-                    let state = match s.status {
-                        DeliveryStatus::Sent => Some(DeliveryState::Sent),
-                        DeliveryStatus::Delivered => Some(DeliveryState::Delivered),
-                        DeliveryStatus::Read => Some(DeliveryState::Read),
-                        DeliveryStatus::Failed => Some(DeliveryState::Failed),
-                        _ => None,
-                    };
-                    if state == Some(DeliveryState::Failed) {
-                        if !self.failed_status(&row.key, &s, now)? {
-                            self.recheck
-                                .lock()
-                                .expect("dispatcher lock poisoned")
-                                .push((row.key, row.pseudonym));
-                        }
-                        continue;
-                    }
-                    if let Some(state) = state {
-                        self.queues.record_delivery(
-                            store,
-                            &mut retire,
-                            &s.message_id,
-                            state,
-                            now,
-                        )?;
-                        if state >= DeliveryState::Delivered {
-                            // Delivered: no failure can follow, what it was is not needed.
-                            self.queues.remove_sent(store, &mut retire, &s.message_id);
-                        }
-                    }
-                    self.queues.remove_inbox(store, &mut retire, &row.key);
-                    retire_only = true;
+                    retire_only |= self.status(row.key, row.pseudonym, &s, &mut retire, now)?;
                 }
                 InboxEntry::Message(m) => {
                     if self.queues.seen(store, &m.id)? || !seen_in_burst.insert(m.id.clone()) {
