@@ -39,6 +39,15 @@ impl Category {
     }
 }
 
+/// Labels of `frontdesk_send_failures_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabel {
+    /// The error code's meaning (`window_closed`, `spam_limit`, …).
+    pub reason: String,
+    /// `call` (the send call failed) or `status` (a `failed` status webhook came later).
+    pub stage: String,
+}
+
 /// Every metric of the daemon.
 pub struct Metrics {
     registry: Registry,
@@ -50,6 +59,10 @@ pub struct Metrics {
     pub sends: Family<Outcome, Counter>,
     /// `frontdesk_messages_sent_total`: messages the Graph API accepted, by pricing category.
     pub messages_sent: Family<Category, Counter>,
+    /// `frontdesk_send_failures_total`: sends that failed with a Graph error, by meaning and stage.
+    pub send_failures: Family<FailureLabel, Counter>,
+    /// `frontdesk_sender_slowed`: 1 while the sender slows down after WhatsApp's spam rate limit.
+    pub sender_slowed: Gauge,
     /// `frontdesk_processing_seconds`: from a message's arrival in the inbox to its reply in the
     /// outbox.
     pub processing_seconds: Histogram,
@@ -110,6 +123,18 @@ impl Metrics {
         for c in crate::stats::PricingCategory::ALL {
             let _ = messages_sent.get_or_create(&Category::of(c.name()));
         }
+        let send_failures = Family::<FailureLabel, Counter>::default();
+        registry.register(
+            "send_failures",
+            "Sends that failed with a Graph error code, by reason (window_closed, undeliverable, marketing_limit, spam_limit, template_paused, template_disabled, recipient_id_unsupported, throttled, server_error, failed, …) and stage (call, status)",
+            send_failures.clone(),
+        );
+        let sender_slowed = Gauge::default();
+        registry.register(
+            "sender_slowed",
+            "1 while the sender slows down after WhatsApp's spam rate limit (131048)",
+            sender_slowed.clone(),
+        );
         let processing_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 14));
         registry.register(
             "processing_seconds",
@@ -158,6 +183,8 @@ impl Metrics {
             messages_processed,
             sends,
             messages_sent,
+            send_failures,
+            sender_slowed,
             processing_seconds,
             inbox_depth,
             outbox_depth,

@@ -8,7 +8,7 @@ use frontdesk::sandbox::whatsapp::{
     self as sim, DeliveryPolicy, PayloadBuilder, Signing, WebhookDriver, SIM_APP_SECRET,
 };
 use frontdesk::whatsapp::payload::MediaKind;
-use frontdesk::whatsapp::queue::{DeliveryState, Queues};
+use frontdesk::whatsapp::queue::{DeliveryState, FailureHandling, Queues};
 use frontdesk_tests::harness::{http_get, Daemon, DaemonSpec, VERIFY_TOKEN};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -726,4 +726,220 @@ async fn a_replayed_old_message_is_dropped_and_audited() {
             .any(|r| r.to_csv_line().contains("replayed_old_message")),
         "the replay is audited"
     );
+}
+
+/// Waits until the daemon's metrics show `line` (a counter or gauge with its value). The
+/// daemon offers no other signal for a failure it handled without sending anything.
+async fn await_metric(daemon: &Daemon, line: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let addr = daemon.metrics;
+        let (_, text) = tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
+            .await
+            .expect("metrics request task");
+        if text.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "metric line {line} did not appear"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `message.delivery_failed` audit entries of a stopped daemon, as CSV lines.
+fn delivery_failures_audited(daemon: &Daemon) -> Vec<String> {
+    let store = std::sync::Arc::new(daemon.open_store());
+    let audit = frontdesk::audit::AuditLog::open(store).expect("open the audit log");
+    audit
+        .query(&frontdesk::audit::AuditFilter {
+            action: Some("message.delivery_failed".into()),
+            ..Default::default()
+        })
+        .expect("query the audit log")
+        .iter()
+        .map(|r| r.to_csv_line())
+        .collect()
+}
+
+fn reopen_spec(graph: &sim::GraphSim) -> DaemonSpec {
+    DaemonSpec {
+        whatsapp_toml: "reopen_template = \"wieder_da\"".into(),
+        ..DaemonSpec::with_graph(graph.base_url())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_closed_reported_later_sends_the_reopen_template_exactly_once() {
+    let graph = sim::start().await;
+    let mut daemon = Daemon::start(reopen_spec(&graph));
+    let driver = WebhookDriver::new(&daemon.webhook_url(), SIM_APP_SECRET).unwrap();
+    graph.send_statuses_to(driver.clone());
+    let p = PayloadBuilder::default();
+    let ts = jiff::Timestamp::now().as_second();
+    let phone = "491790000031";
+
+    // The send is accepted; WhatsApp reports 131047 afterwards, by status webhook.
+    graph.inject_for(phone, sim::Fault::FailLater(131_047), 1);
+    assert!(driver
+        .deliver(&p.text_message(phone, "wamid.late1", "Hallo", ts))
+        .await
+        .delivered());
+    let sent = graph.wait_for_sent(2, WAIT).await.unwrap();
+    let reply_id = sent[0].id.clone();
+    assert_eq!(graph.status_deliveries()[0].message_id, reply_id);
+    assert_eq!(
+        graph.templates_to(phone),
+        vec![("wieder_da".to_string(), "de".to_string(), Vec::new())]
+    );
+
+    // Meta delivers the same status again, before and after a restart: no second template.
+    // A message of the same contact behind it is processed after it (one customer, in order).
+    let again = p.status_failed(&reply_id, phone, 131_047, "Re-engagement message", "x", ts);
+    assert!(driver.deliver(&again).await.delivered());
+    assert!(driver
+        .deliver(&p.text_message(phone, "wamid.late2", "Noch da?", ts))
+        .await
+        .delivered());
+    await_sends(&graph, 3).await;
+    daemon.stop();
+    daemon.restart();
+    assert!(driver.deliver(&again).await.delivered());
+    assert!(driver
+        .deliver(&p.text_message(phone, "wamid.late3", "Hallo?", ts))
+        .await
+        .delivered());
+    await_sends(&graph, 4).await;
+    assert_eq!(graph.templates_to(phone).len(), 1, "one template");
+    assert_eq!(
+        answered_in(&graph.sent()),
+        ["wamid.late1", "wamid.late2", "wamid.late3"]
+    );
+
+    assert!(daemon.stop().is_some_and(|s| s.success()));
+    let audited = delivery_failures_audited(&daemon);
+    {
+        let store = daemon.open_store();
+        let q = Queues::new(&store).unwrap();
+        assert_eq!(
+            q.delivery(&store, &reply_id).unwrap(),
+            Some(DeliveryState::Failed)
+        );
+        assert_eq!(
+            q.delivery_failure(&store, &reply_id).unwrap(),
+            Some(FailureHandling::ReopenTemplate),
+            "the delivery record says what happened"
+        );
+        assert!(q.inbox(&store).unwrap().is_empty(), "inbox drained");
+        assert!(q.outbox(&store).unwrap().is_empty(), "outbox drained");
+    }
+    assert_eq!(audited.len(), 1, "{audited:?}");
+    for word in ["131047", "window_closed", "reopen_template"] {
+        assert!(audited[0].contains(word), "{audited:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undeliverable_reported_later_is_recorded_and_not_sent_again() {
+    let graph = sim::start().await;
+    let mut daemon = Daemon::start(reopen_spec(&graph));
+    let driver = WebhookDriver::new(&daemon.webhook_url(), SIM_APP_SECRET).unwrap();
+    graph.send_statuses_to(driver.clone());
+    let phone = "491790000032";
+    graph.inject_for(phone, sim::Fault::FailLater(131_026), 1);
+    let ts = jiff::Timestamp::now().as_second();
+    assert!(driver
+        .deliver(&PayloadBuilder::default().text_message(phone, "wamid.und1", "Hallo", ts))
+        .await
+        .delivered());
+    await_metric(
+        &daemon,
+        "frontdesk_send_failures_total{reason=\"undeliverable\",stage=\"status\"} 1",
+    )
+    .await;
+    assert!(daemon.stop().is_some_and(|s| s.success()));
+    let sent = graph.sent();
+    assert_eq!(sent.len(), 1, "not sent again: {sent:?}");
+    let store = daemon.open_store();
+    let q = Queues::new(&store).unwrap();
+    assert_eq!(
+        q.delivery(&store, &sent[0].id).unwrap(),
+        Some(DeliveryState::Failed)
+    );
+    assert_eq!(
+        q.delivery_failure(&store, &sent[0].id).unwrap(),
+        Some(FailureHandling::Undeliverable)
+    );
+    assert!(q.outbox(&store).unwrap().is_empty());
+    assert!(q.deferred(&store).unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_template_alerts_without_retry_and_the_spam_limit_slows_down_and_alerts() {
+    let graph = sim::start().await;
+    let mut daemon = Daemon::start(reopen_spec(&graph));
+    let driver = WebhookDriver::new(&daemon.webhook_url(), SIM_APP_SECRET).unwrap();
+    let p = PayloadBuilder::default();
+    let ts = jiff::Timestamp::now().as_second();
+
+    // The window is closed, and the re-open template is paused for low quality.
+    let closed = "491790000033";
+    graph.inject_for(closed, sim::Fault::Error(131_047), 1);
+    graph.inject_for(closed, sim::Fault::Error(132_015), 1);
+    assert!(driver
+        .deliver(&p.text_message(closed, "wamid.tp1", "Hallo", ts))
+        .await
+        .delivered());
+    await_metric(
+        &daemon,
+        "frontdesk_send_failures_total{reason=\"template_paused\",stage=\"call\"} 1",
+    )
+    .await;
+
+    // The spam rate limit: the reply is kept, the whole sender slows down.
+    let spam = "491790000034";
+    graph.inject_for(spam, sim::Fault::Error(131_048), 1);
+    assert!(driver
+        .deliver(&p.text_message(spam, "wamid.sp1", "Hallo", ts))
+        .await
+        .delivered());
+    await_metric(&daemon, "frontdesk_sender_slowed 1").await;
+    await_metric(
+        &daemon,
+        "frontdesk_send_failures_total{reason=\"spam_limit\",stage=\"call\"} 1",
+    )
+    .await;
+    assert!(daemon.stop().is_some_and(|s| s.success()));
+
+    let to_closed: Vec<(String, u16)> = graph
+        .requests()
+        .iter()
+        .filter(|r| r.recipient.as_deref() == Some(closed))
+        .map(|r| (r.kind.clone(), r.status))
+        .collect();
+    assert_eq!(
+        to_closed,
+        [("text".to_string(), 400), ("template".to_string(), 400)],
+        "the paused template is not retried"
+    );
+    assert!(graph.sent().is_empty(), "{:?}", graph.sent());
+    let audited = delivery_failures_audited(&daemon);
+    let paused: Vec<&String> = audited
+        .iter()
+        .filter(|l| l.contains("template_paused"))
+        .collect();
+    assert_eq!(paused.len(), 1, "{audited:?}");
+    assert!(paused[0].contains("staff_alert"), "{paused:?}");
+    let spammed: Vec<&String> = audited
+        .iter()
+        .filter(|l| l.contains("spam_limit"))
+        .collect();
+    assert_eq!(spammed.len(), 1, "{audited:?}");
+    assert!(spammed[0].contains("slowed_down"), "{spammed:?}");
+    let store = daemon.open_store();
+    let q = Queues::new(&store).unwrap();
+    let kept = q.outbox(&store).unwrap();
+    assert_eq!(kept.len(), 1, "the spam-limited reply is kept for later");
+    assert_eq!(kept[0].pseudonym, store.pseudonym(spam));
 }

@@ -420,6 +420,22 @@ pub enum AuditEvent {
         #[serde(skip_serializing_if = "Option::is_none")]
         api_code: Option<u64>,
     },
+    /// A message failed with a Graph error code that has its own handling, at the send call or
+    /// later by a `failed` status webhook, and what was done about it.
+    #[serde(rename = "message.delivery_failed")]
+    MessageDeliveryFailed {
+        /// What was to be sent (`text`, `template`).
+        kind: Code,
+        /// The Graph API's error code.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        api_code: Option<u64>,
+        /// The code's meaning (`window_closed`, `spam_limit`, `template_paused`, …).
+        reason: Code,
+        /// What was done (`reopen_template`, `retry_later`, `staff_alert`, `slowed_down`, …).
+        handling: Code,
+        /// Reported by a status webhook after the send call had succeeded.
+        delayed: bool,
+    },
     /// A retention run (counts of what it deleted or, in a dry run, would delete).
     #[serde(rename = "retention.purge")]
     RetentionPurge {

@@ -3,7 +3,9 @@
 //! * [`GraphSim`]: a Graph API simulator for `POST /{version}/{phone_number_id}/messages` with
 //!   bearer-token check, Meta-shaped answers and errors, a record of every text, template and
 //!   read mark, and fault injection (throttling, pair rate limit, closed window, undeliverable,
-//!   server errors, slow answers) per recipient or for all sends. It also serves
+//!   any Graph error code, server errors, slow answers) per recipient or for all sends. Like
+//!   Meta, it can also accept a send and fail it later: a signed `failed` status webhook then
+//!   goes to the webhook set with [`GraphSim::send_statuses_to`]. It also serves
 //!   `…/marketing_messages` (Meta's Marketing Messages API), which takes only templates whose
 //!   category is marketing ([`GraphSim::set_template_category`]), and records which endpoint
 //!   each send used.
@@ -78,6 +80,63 @@ pub enum Fault {
     /// Answers normally, but only after this delay. The send is recorded even if the client gave
     /// up waiting, like a real request that timed out on our side but reached Meta.
     Slow(Duration),
+    /// HTTP 400 with this Graph error code and Meta's title and details for it.
+    Error(i64),
+    /// Accepts the send (200 and a `wamid`), then delivers a `failed` status webhook with this
+    /// error code, as Meta reports 131047, 131026, 131049 and 131000 after accepting a send.
+    /// Needs [`GraphSim::send_statuses_to`].
+    FailLater(i64),
+}
+
+/// Meta's title and details of a Graph error code, as in its error-code reference.
+fn meta_error_text(code: i64) -> (&'static str, &'static str) {
+    match code {
+        131_000 => ("Something went wrong", "Message failed to send due to an unknown error."),
+        131_026 => ("Message undeliverable", "Message Undeliverable."),
+        131_047 => (
+            "Re-engagement message",
+            "Message failed to send because more than 24 hours have passed since the customer last replied to this number.",
+        ),
+        131_048 => (
+            "Spam rate limit hit",
+            "Message failed to send because there are restrictions on how many messages can be sent from this phone number. This may be because too many previous messages were blocked or flagged as spam.",
+        ),
+        131_049 => (
+            "This message was not delivered to maintain healthy ecosystem engagement.",
+            "In order to maintain a healthy ecosystem engagement, the message failed to be delivered.",
+        ),
+        131_051 => ("Unsupported message type", "Message type is not currently supported."),
+        131_052 => ("Media download error", "Unable to download the media sent by the user."),
+        131_056 => (
+            "(Business Account, Consumer Account) pair rate limit hit",
+            "Message failed to send because there were too many messages sent from this phone number to the same phone number in a short period of time.",
+        ),
+        131_062 => (
+            "Business-scoped user ID recipient not supported",
+            "This message type cannot be sent to a business-scoped user ID; use the phone number.",
+        ),
+        131_064 => ("Throttled", "Too many requests of this kind in a short time; try again later."),
+        132_015 => (
+            "Template is Paused",
+            "Template is paused due to low quality so it cannot be sent in a template message.",
+        ),
+        132_016 => (
+            "Template is Disabled",
+            "Template has been paused too many times due to low quality and is now permanently disabled.",
+        ),
+        _ => ("Something went wrong", "Message failed to send."),
+    }
+}
+
+/// A `failed` status webhook the simulator delivered (or tried to).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusDelivery {
+    /// The `wamid.` of the failed send.
+    pub message_id: String,
+    /// The error code it carried.
+    pub code: i64,
+    /// The webhook's answer; `None` when none came.
+    pub answer: Option<u16>,
 }
 
 /// The endpoint a send was posted to.
@@ -173,10 +232,13 @@ struct SimState {
     recipient_faults: HashMap<String, VecDeque<Fault>>,
     /// Template name → Meta's category (`MARKETING`, `UTILITY`, `AUTHENTICATION`).
     template_categories: HashMap<String, String>,
+    status_deliveries: Vec<StatusDelivery>,
 }
 
 struct Shared {
     token: String,
+    /// Where `failed` statuses of [`Fault::FailLater`] go.
+    status_webhook: Mutex<Option<WebhookDriver>>,
     state: Mutex<SimState>,
     changed: Notify,
 }
@@ -214,6 +276,7 @@ impl GraphSim {
         let shared = Arc::new(Shared {
             token: token.to_owned(),
             state: Mutex::default(),
+            status_webhook: Mutex::default(),
             changed: Notify::new(),
         });
         let server = tokio::spawn(serve(listener, Arc::clone(&shared)));
@@ -264,6 +327,51 @@ impl GraphSim {
             .entry(recipient.to_owned())
             .or_default()
             .extend(std::iter::repeat_n(fault, times));
+    }
+
+    /// Delivers the `failed` statuses of [`Fault::FailLater`] sends through `driver` (the
+    /// daemon's webhook, signed with its app secret).
+    pub fn send_statuses_to(&self, driver: WebhookDriver) {
+        *self
+            .shared
+            .status_webhook
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(driver);
+    }
+
+    /// Every `failed` status webhook delivered so far, in order.
+    pub fn status_deliveries(&self) -> Vec<StatusDelivery> {
+        self.shared.lock().status_deliveries.clone()
+    }
+
+    /// Waits until at least `count` `failed` status webhooks were delivered; returns them.
+    pub async fn wait_for_status_deliveries(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<StatusDelivery>, WaitTimeout> {
+        self.wait_until(
+            timeout,
+            count,
+            |s| (s.status_deliveries.len() >= count).then(|| s.status_deliveries.clone()),
+            |s| s.status_deliveries.len(),
+        )
+        .await
+    }
+
+    /// Waits until at least `count` requests were answered (faults included); returns the log.
+    pub async fn wait_for_requests(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<RequestLog>, WaitTimeout> {
+        self.wait_until(
+            timeout,
+            count,
+            |s| (s.log.len() >= count).then(|| s.log.clone()),
+            |s| s.log.len(),
+        )
+        .await
     }
 
     /// Drops all faults not yet used.
@@ -468,7 +576,7 @@ impl GraphRequest {
     clippy::too_many_lines,
     reason = "the Graph API contract checks in request order (size, auth, version, number, body), as Meta applies them"
 )]
-async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -549,19 +657,27 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
         }
         GraphRequest::Send { recipient, message } => {
             let fault = take_fault(&mut shared.lock(), &recipient);
-            if let Some(Fault::Slow(delay)) = fault {
-                tokio::time::sleep(delay).await;
-            } else if let Some(fault) = fault {
-                let response = fault_response(fault);
-                let status = response.status().as_u16();
-                shared.lock().log.push(RequestLog {
-                    kind,
-                    recipient: Some(recipient),
-                    status,
-                });
-                return response;
+            let mut fail_later = None;
+            match fault {
+                Some(Fault::Slow(delay)) => tokio::time::sleep(delay).await,
+                Some(Fault::FailLater(code)) => fail_later = Some(code),
+                Some(fault) => {
+                    let response = fault_response(fault);
+                    let status = response.status().as_u16();
+                    shared.lock().log.push(RequestLog {
+                        kind,
+                        recipient: Some(recipient),
+                        status,
+                    });
+                    shared.changed.notify_waiters();
+                    return response;
+                }
+                None => {}
             }
             let id = wamid();
+            if let Some(code) = fail_later {
+                spawn_failed_status(shared, &id, &recipient, code);
+            }
             let answer = accepted(&recipient, &id, &message);
             let mut state = shared.lock();
             state.sent.push(SentRecord {
@@ -778,6 +894,42 @@ fn parse_request(v: &Value) -> Result<GraphRequest, &'static str> {
     Ok(GraphRequest::Send { recipient, message })
 }
 
+/// Delivers a `failed` status for `id` to the configured webhook, after the send was answered
+/// (the task runs once this handler returns), like Meta's asynchronous statuses.
+fn spawn_failed_status(shared: &Arc<Shared>, id: &str, recipient: &str, code: i64) {
+    let Some(driver) = shared
+        .status_webhook
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone()
+    else {
+        return;
+    };
+    let (title, details) = meta_error_text(code);
+    let ts = jiff::Timestamp::now().as_second();
+    let mut payload =
+        PayloadBuilder::default().status_failed(id, recipient, code, title, details, ts);
+    if !crate::whatsapp::graph::is_phone_number(recipient) {
+        // A user-id recipient comes back as `recipient_user_id`.
+        let status = &mut payload["entry"][0]["changes"][0]["value"]["statuses"][0];
+        if let Some(obj) = status.as_object_mut() {
+            obj.remove("recipient_id");
+            obj.insert("recipient_user_id".into(), json!(recipient));
+        }
+    }
+    let id = id.to_owned();
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        let delivery = driver.deliver(&payload).await;
+        shared.lock().status_deliveries.push(StatusDelivery {
+            message_id: id,
+            code,
+            answer: delivery.status,
+        });
+        shared.changed.notify_waiters();
+    });
+}
+
 fn take_fault(state: &mut SimState, recipient: &str) -> Option<Fault> {
     if let Some(queue) = state.recipient_faults.get_mut(recipient) {
         if let Some(fault) = queue.pop_front() {
@@ -804,6 +956,11 @@ fn fault_response(fault: Fault) -> Response<Full<Bytes>> {
             "Message failed to send because more than 24 hours have passed since the customer last replied to this number.",
         ),
         Fault::Undeliverable => (400, 131_026, "(#131026) Message undeliverable", "Message Undeliverable."),
+        Fault::Error(code) => {
+            let (title, details) = meta_error_text(code);
+            let message = format!("(#{code}) {title}");
+            return json_response(400, &graph_error(code, &message, Some(details)));
+        }
         Fault::ServerError => {
             let mut body = graph_error(1, "An unknown error has occurred.", None);
             body["error"]["is_transient"] = json!(true);
@@ -816,7 +973,9 @@ fn fault_response(fault: Fault) -> Response<Full<Bytes>> {
                 .body(Full::new(Bytes::from_static(b"<html><body>502 Bad Gateway</body></html>")))
                 .expect("static response parts are valid");
         }
-        Fault::Slow(_) => unreachable!("slow sends are answered normally"),
+        Fault::Slow(_) | Fault::FailLater(_) => {
+            unreachable!("slow and later-failing sends are answered normally")
+        }
     };
     json_response(status, &graph_error(code, message, Some(details)))
 }
@@ -2144,6 +2303,86 @@ mod tests {
             max_backoff: Duration::from_millis(5),
             attempt_timeout: WAIT,
         }
+    }
+
+    #[tokio::test]
+    async fn error_codes_answer_in_meta_shape_and_keep_their_meaning() {
+        let sim = start().await;
+        for (code, disposition) in [
+            (131_048, Disposition::SpamLimited),
+            (131_049, Disposition::MarketingLimited),
+            (132_015, Disposition::TemplateUnavailable),
+            (132_016, Disposition::TemplateUnavailable),
+            (131_062, Disposition::RecipientIdUnsupported),
+            (131_064, Disposition::RetryLater),
+        ] {
+            sim.inject(Fault::Error(code), 1);
+            let c = client(&sim, SIM_TOKEN, WAIT);
+            let err = blocking(move || c.send_text(TO, "Hallo"))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Some(code));
+            assert_eq!(err.disposition(), disposition, "{code}");
+            let SendError::Api {
+                status, details, ..
+            } = &err
+            else {
+                panic!("{err:?}")
+            };
+            assert_eq!(*status, 400);
+            assert!(details.as_deref().is_some_and(|d| !d.is_empty()));
+        }
+        assert!(sim.sent().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_send_failed_later_is_accepted_then_reported_by_signed_status_webhook() {
+        let rx = receiver(SIM_APP_SECRET.as_bytes(), 0, 500).await;
+        let sim = start().await;
+        sim.send_statuses_to(
+            WebhookDriver::new(&rx.url, SIM_APP_SECRET)
+                .unwrap()
+                .with_policy(fast_policy(3)),
+        );
+        for (to, fault) in [
+            (TO, Fault::FailLater(131_047)),
+            ("DE.1349", Fault::FailLater(131_049)),
+        ] {
+            sim.inject_for(to, fault, 1);
+        }
+        let c = client(&sim, SIM_TOKEN, WAIT);
+        let first = blocking(move || c.send_text(TO, "Hallo")).await.unwrap();
+        let c = client(&sim, SIM_TOKEN, WAIT);
+        let second = blocking(move || c.send_text("DE.1349", "Hallo"))
+            .await
+            .unwrap();
+        // Accepted like any send, with its wamid.
+        assert_eq!(sim.sent().len(), 2);
+        let deliveries = sim.wait_for_status_deliveries(2, WAIT).await.unwrap();
+        assert!(deliveries.iter().all(|d| d.answer == Some(200)));
+        let bodies = rx.bodies.lock().unwrap();
+        assert_eq!(bodies.len(), 2);
+        let mut seen = Vec::new();
+        for (signature, body) in bodies.iter() {
+            assert_eq!(*signature, Ok(()), "signed with the app secret");
+            let events = payload::parse(body).unwrap();
+            let [Event::Status(s)] = events.as_slice() else {
+                panic!("{events:?}")
+            };
+            assert_eq!(s.status, DeliveryStatus::Failed);
+            let [e] = s.errors.as_slice() else {
+                panic!("{s:?}")
+            };
+            assert!(!e.title.is_empty() && e.details.is_some());
+            seen.push((s.message_id.clone(), s.recipient.clone(), e.code));
+        }
+        seen.sort();
+        let mut want = vec![
+            (first.id, TO.to_string(), 131_047),
+            (second.id, "DE.1349".to_string(), 131_049),
+        ];
+        want.sort();
+        assert_eq!(seen, want);
     }
 
     #[tokio::test]

@@ -175,6 +175,10 @@ pub(super) async fn start(
         DispatchConfig {
             burst_window: Duration::from_millis(cfg.conversation.burst_window_ms),
             max_concurrent: cfg.whatsapp.max_concurrent_conversations,
+            failures: crate::whatsapp::failures::FailurePolicy {
+                reopen_template: cfg.whatsapp.reopen_template.clone(),
+                template_language: cfg.whatsapp.template_language.clone(),
+            },
         },
         metrics.clone(),
         wake.clone(),
@@ -204,6 +208,7 @@ pub(super) async fn start(
         queues.clone(),
         graph,
         sender_cfg,
+        Some(core.audit.clone()),
         metrics.clone(),
         wake,
     );

@@ -15,7 +15,9 @@
 //!   leaves the rows in the inbox, and they are processed again at start-up; a crash after it
 //!   leaves nothing to redo.
 //! - Messages WhatsApp delivers twice (also across restarts) are dropped by message id; delivery
-//!   statuses update the outbox's delivery records.
+//!   statuses update the outbox's delivery records. A `failed` status is handled like a failed
+//!   send call ([`super::failures::handle_failed_status`]), in its own durable write with the
+//!   removal of its inbox row.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -27,7 +29,7 @@ use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, error, warn};
 
 use super::graph::GraphClient;
-use super::payload::{Content, DeliveryStatus, InboundMessage};
+use super::payload::{Content, DeliveryStatus, InboundMessage, StatusUpdate};
 use super::queue::{DeliveryState, InboxEntry, OutboundKind, OutboxEntry, Queued, Queues};
 use crate::audit::AuditLog;
 use crate::metrics::{Metrics, Outcome};
@@ -39,6 +41,11 @@ use crate::turn::{self, Burst, Decide, Effects, Part, PartKind, TurnOutcome};
 pub const BURST_CAP_WINDOWS: u32 = 4;
 /// A burst is closed once it holds this many messages.
 pub const MAX_BURST_MESSAGES: usize = 20;
+/// A `failed` status can overtake the sender's record of the send it is about (the webhook is
+/// faster than the write after the send call): one about an unknown message that is younger
+/// than this is looked at again after [`STATUS_RECHECK`], instead of being settled as unknown.
+const STATUS_OVERTAKE_WINDOW: jiff::SignedDuration = jiff::SignedDuration::from_mins(10);
+const STATUS_RECHECK: Duration = Duration::from_secs(1);
 
 /// When a burst of messages from one contact is answered: `window` after the latest message,
 /// but no later than [`BURST_CAP_WINDOWS`] windows after the first, so someone who keeps typing
@@ -146,6 +153,8 @@ pub struct DispatchConfig {
     pub burst_window: Duration,
     /// Most customers whose bursts are handled at the same time.
     pub max_concurrent: usize,
+    /// Templates for failures that status webhooks report.
+    pub failures: super::failures::FailurePolicy,
 }
 
 #[derive(Default)]
@@ -169,6 +178,8 @@ pub struct Dispatcher {
     metrics: Arc<Metrics>,
     sender_wake: Arc<Notify>,
     pending: Mutex<HashMap<Pseudonym, CustomerQueue>>,
+    /// `failed` statuses (inbox rows) to look at again, see [`STATUS_OVERTAKE_WINDOW`].
+    recheck: Mutex<Vec<(Vec<u8>, Pseudonym)>>,
     permits: Arc<Semaphore>,
     idle: Notify,
 }
@@ -201,6 +212,7 @@ impl Dispatcher {
             metrics,
             sender_wake,
             pending: Mutex::new(HashMap::new()),
+            recheck: Mutex::new(Vec::new()),
             idle: Notify::new(),
         })
     }
@@ -310,6 +322,7 @@ impl Dispatcher {
                 }
                 self.metrics.heartbeat();
                 self.sender_wake.notify_one();
+                self.schedule_rechecks();
             }
             drop(permit);
             let mut pending = self.pending.lock().expect("dispatcher lock poisoned");
@@ -322,6 +335,84 @@ impl Dispatcher {
                 return;
             }
         }
+    }
+
+    /// Queues the `failed` statuses that may have overtaken their send again, a moment later.
+    fn schedule_rechecks(self: &Arc<Self>) {
+        let rows = std::mem::take(&mut *self.recheck.lock().expect("dispatcher lock poisoned"));
+        if rows.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(STATUS_RECHECK).await;
+            this.enqueue(rows);
+        });
+    }
+
+    /// Handles a `failed` status (inbox row `key`) in its own durable write; `false` when it is
+    /// about a message not recorded yet and young enough to wait for that record (the row then
+    /// stays in the inbox). Blocking.
+    fn failed_status(&self, key: &[u8], s: &StatusUpdate, now: Timestamp) -> anyhow::Result<bool> {
+        let unknown = self.queues.sent(&self.store, &s.message_id)?.is_none()
+            && self.queues.delivery(&self.store, &s.message_id)?.is_none();
+        let young = Timestamp::from_second(s.timestamp)
+            .is_ok_and(|at| now.duration_since(at) < STATUS_OVERTAKE_WINDOW);
+        if unknown && young {
+            return Ok(false);
+        }
+        let codes: Vec<i64> = s.errors.iter().map(|e| e.code).collect();
+        warn!(?codes, "WhatsApp reports a message as failed");
+        let mut batch = self.store.batch();
+        self.queues.remove_inbox(&self.store, &mut batch, key);
+        let ctx = super::failures::Context {
+            store: &self.store,
+            queues: &self.queues,
+            policy: &self.cfg.failures,
+            audit: self.audit.as_deref(),
+            metrics: &self.metrics,
+        };
+        super::failures::handle_failed_status(&ctx, batch, s, now)?;
+        Ok(true)
+    }
+
+    /// Applies a delivery status (inbox row `key` of customer `p`): its state and the removal of
+    /// its row go into `retire` (then `true`); a `failed` one is handled on its own.
+    fn status(
+        &self,
+        key: Vec<u8>,
+        p: Pseudonym,
+        s: &StatusUpdate,
+        retire: &mut OwnedWriteBatch,
+        now: Timestamp,
+    ) -> anyhow::Result<bool> {
+        let store: &Store = &self.store;
+        let state = match s.status {
+            DeliveryStatus::Sent => Some(DeliveryState::Sent),
+            DeliveryStatus::Delivered => Some(DeliveryState::Delivered),
+            DeliveryStatus::Read => Some(DeliveryState::Read),
+            DeliveryStatus::Failed => Some(DeliveryState::Failed),
+            _ => None,
+        };
+        if state == Some(DeliveryState::Failed) {
+            if !self.failed_status(&key, s, now)? {
+                self.recheck
+                    .lock()
+                    .expect("dispatcher lock poisoned")
+                    .push((key, p));
+            }
+            return Ok(false);
+        }
+        if let Some(state) = state {
+            self.queues
+                .record_delivery(store, retire, &s.message_id, state, now)?;
+            if state >= DeliveryState::Delivered {
+                // Delivered: no failure can follow, what it was is not needed.
+                self.queues.remove_sent(store, retire, &s.message_id);
+            }
+        }
+        self.queues.remove_inbox(store, retire, &key);
+        Ok(true)
     }
 
     /// Processes one burst of inbox rows of one customer. Blocking.
@@ -341,28 +432,7 @@ impl Dispatcher {
         for row in rows {
             match row.entry {
                 InboxEntry::Status(s) => {
-                    let state = match s.status {
-                        DeliveryStatus::Sent => Some(DeliveryState::Sent),
-                        DeliveryStatus::Delivered => Some(DeliveryState::Delivered),
-                        DeliveryStatus::Read => Some(DeliveryState::Read),
-                        DeliveryStatus::Failed => Some(DeliveryState::Failed),
-                        _ => None,
-                    };
-                    if let Some(state) = state {
-                        self.queues.record_delivery(
-                            store,
-                            &mut retire,
-                            &s.message_id,
-                            state,
-                            now,
-                        )?;
-                        if state == DeliveryState::Failed {
-                            let codes: Vec<i64> = s.errors.iter().map(|e| e.code).collect();
-                            warn!(customer = %row.pseudonym, ?codes, "WhatsApp reports a message as failed");
-                        }
-                    }
-                    self.queues.remove_inbox(store, &mut retire, &row.key);
-                    retire_only = true;
+                    retire_only |= self.status(row.key, row.pseudonym, &s, &mut retire, now)?;
                 }
                 InboxEntry::Message(m) => {
                     if self.queues.seen(store, &m.id)? || !seen_in_burst.insert(m.id.clone()) {

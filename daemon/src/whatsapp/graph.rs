@@ -40,6 +40,19 @@ pub enum Disposition {
     WindowClosed,
     /// WhatsApp cannot deliver to this user (131026: not on WhatsApp, old app, blocked us, …).
     Undeliverable,
+    /// The per-user marketing message limit (131049): Meta held the message back to protect the
+    /// user's experience. Retrying soon fails the same way; the outbox tries once more after
+    /// [`MARKETING_RETRY_AFTER`], without holding the customer's other replies back.
+    MarketingLimited,
+    /// The spam rate limit of our business number (131048: too many of our messages were
+    /// blocked or reported). The whole sender slows down and staff are alerted.
+    SpamLimited,
+    /// The template is paused (132015) or disabled (132016) for low quality: no send of it can
+    /// succeed until someone edits it in WhatsApp Manager. Staff are alerted; no retry.
+    TemplateUnavailable,
+    /// The recipient is a business-scoped user id, and this message cannot be sent to one
+    /// (131062). Retry to the phone number when it is known, else hand over to staff.
+    RecipientIdUnsupported,
     /// The access token is invalid, expired or lacks permission (190, 200–299, HTTP 401/403):
     /// no send can succeed until an operator fixes the credential. Nothing is dropped.
     AuthFailed,
@@ -108,6 +121,20 @@ pub mod codes {
     pub const SPAM_RATE_LIMIT: i64 = 131_048;
     /// (Business account, consumer account) pair rate limit.
     pub const PAIR_RATE_LIMIT: i64 = 131_056;
+    /// Per-user marketing message limit ("healthy ecosystem engagement").
+    pub const MARKETING_LIMIT: i64 = 131_049;
+    /// Unsupported message type (inbound `unsupported` messages carry it).
+    pub const UNSUPPORTED_MESSAGE_TYPE: i64 = 131_051;
+    /// Media download error: a media file a user sent could not be fetched.
+    pub const MEDIA_DOWNLOAD: i64 = 131_052;
+    /// A business-scoped user id cannot receive this message; the phone number is needed.
+    pub const RECIPIENT_ID_UNSUPPORTED: i64 = 131_062;
+    /// Throttled: too many requests of one kind in a short time.
+    pub const THROTTLED: i64 = 131_064;
+    /// The template is paused for low quality.
+    pub const TEMPLATE_PAUSED: i64 = 132_015;
+    /// The template is disabled for low quality.
+    pub const TEMPLATE_DISABLED: i64 = 132_016;
     /// Graph "API Unknown" (possibly a server error).
     pub const API_UNKNOWN: i64 = 1;
     /// Graph "API Service": temporary downtime or overload.
@@ -134,22 +161,10 @@ impl SendError {
                 code,
                 is_transient,
                 ..
-            } => match *code {
-                codes::PAIR_RATE_LIMIT => Disposition::PairRateLimited,
-                codes::REENGAGEMENT => Disposition::WindowClosed,
-                codes::UNDELIVERABLE => Disposition::Undeliverable,
-                // 131000 is Meta's catch-all; its documented advice is to try again, and the
-                // outbox bounds the attempts.
-                codes::THROUGHPUT
-                | codes::SOMETHING_WENT_WRONG
-                | codes::SERVICE_UNAVAILABLE
-                | codes::SPAM_RATE_LIMIT
-                | codes::API_UNKNOWN
-                | codes::API_SERVICE
-                | codes::API_TOO_MANY_CALLS
-                | codes::WABA_RATE_LIMIT => Disposition::RetryLater,
-                _ if *is_transient || retryable_status(*status) => Disposition::RetryLater,
-                _ => Disposition::Permanent,
+            } => match disposition_of_code(*code) {
+                Some(d) => d,
+                None if *is_transient || retryable_status(*status) => Disposition::RetryLater,
+                None => Disposition::Permanent,
             },
             SendError::Http { status } if retryable_status(*status) => Disposition::RetryLater,
             SendError::Http { .. } => Disposition::Permanent,
@@ -182,6 +197,63 @@ impl SendError {
             SendError::Api { code, .. } => Some(*code),
             _ => None,
         }
+    }
+}
+
+/// How long a reply held back by the per-user marketing limit (131049) waits before its one
+/// further attempt. Meta asks not to retry soon; a day lets the user's limit reset.
+pub const MARKETING_RETRY_AFTER: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
+
+/// The disposition a Graph error code has whatever the HTTP status (a code in a `failed` status
+/// webhook has none); `None` for codes without a dedicated meaning.
+pub fn disposition_of_code(code: i64) -> Option<Disposition> {
+    Some(match code {
+        codes::ACCESS_TOKEN | codes::PERMISSION_DENIED | 200..=299 => Disposition::AuthFailed,
+        codes::PAIR_RATE_LIMIT => Disposition::PairRateLimited,
+        codes::REENGAGEMENT => Disposition::WindowClosed,
+        codes::UNDELIVERABLE => Disposition::Undeliverable,
+        codes::MARKETING_LIMIT => Disposition::MarketingLimited,
+        codes::SPAM_RATE_LIMIT => Disposition::SpamLimited,
+        codes::TEMPLATE_PAUSED | codes::TEMPLATE_DISABLED => Disposition::TemplateUnavailable,
+        codes::RECIPIENT_ID_UNSUPPORTED => Disposition::RecipientIdUnsupported,
+        // 131000 is Meta's catch-all; its documented advice is to try again, and the outbox
+        // bounds the attempts. 131064 is throttling, like 130429.
+        codes::THROUGHPUT
+        | codes::THROTTLED
+        | codes::SOMETHING_WENT_WRONG
+        | codes::SERVICE_UNAVAILABLE
+        | codes::API_UNKNOWN
+        | codes::API_SERVICE
+        | codes::API_TOO_MANY_CALLS
+        | codes::WABA_RATE_LIMIT => Disposition::RetryLater,
+        // Inbound-side codes and everything else: the same request will not succeed.
+        _ => return None,
+    })
+}
+
+/// The reason code of a Graph error code, for metrics, the audit log and the journal: the same
+/// word wherever the failure is reported (`code_<n>` would be personal to nobody, but a word is
+/// what an admin searches for).
+pub fn reason_of_code(code: i64) -> &'static str {
+    match code {
+        codes::REENGAGEMENT => "window_closed",
+        codes::UNDELIVERABLE => "undeliverable",
+        codes::MARKETING_LIMIT => "marketing_limit",
+        codes::SPAM_RATE_LIMIT => "spam_limit",
+        codes::TEMPLATE_PAUSED => "template_paused",
+        codes::TEMPLATE_DISABLED => "template_disabled",
+        codes::RECIPIENT_ID_UNSUPPORTED => "recipient_id_unsupported",
+        codes::PAIR_RATE_LIMIT => "pair_rate_limited",
+        codes::THROUGHPUT
+        | codes::THROTTLED
+        | codes::API_TOO_MANY_CALLS
+        | codes::WABA_RATE_LIMIT => "throttled",
+        codes::SOMETHING_WENT_WRONG | codes::API_UNKNOWN | codes::API_SERVICE => "server_error",
+        codes::SERVICE_UNAVAILABLE => "service_unavailable",
+        codes::UNSUPPORTED_MESSAGE_TYPE => "unsupported_type",
+        codes::MEDIA_DOWNLOAD => "media_download",
+        codes::ACCESS_TOKEN | codes::PERMISSION_DENIED | 200..=299 => "auth_failed",
+        _ => "failed",
     }
 }
 
@@ -664,6 +736,45 @@ mod tests {
             SendError::InvalidRequest("x").disposition(),
             Disposition::Permanent
         );
+    }
+
+    #[test]
+    fn codes_of_2026_have_their_own_handling() {
+        for (code, disposition, reason) in [
+            (131_049, Disposition::MarketingLimited, "marketing_limit"),
+            (131_048, Disposition::SpamLimited, "spam_limit"),
+            (132_015, Disposition::TemplateUnavailable, "template_paused"),
+            (
+                132_016,
+                Disposition::TemplateUnavailable,
+                "template_disabled",
+            ),
+            (
+                131_062,
+                Disposition::RecipientIdUnsupported,
+                "recipient_id_unsupported",
+            ),
+            (131_064, Disposition::RetryLater, "throttled"),
+            (131_047, Disposition::WindowClosed, "window_closed"),
+            (131_026, Disposition::Undeliverable, "undeliverable"),
+        ] {
+            // The meaning holds whatever the HTTP status, and in a status webhook (no status).
+            for status in [400, 429, 500] {
+                assert_eq!(api(status, code).disposition(), disposition, "{code}");
+            }
+            assert_eq!(disposition_of_code(code), Some(disposition), "{code}");
+            assert_eq!(reason_of_code(code), reason);
+        }
+        // Inbound-side codes are no reason to retry a send.
+        for code in [131_051, 131_052] {
+            assert_eq!(disposition_of_code(code), None);
+            assert_eq!(api(400, code).disposition(), Disposition::Permanent);
+        }
+        assert_eq!(reason_of_code(131_051), "unsupported_type");
+        assert_eq!(reason_of_code(131_052), "media_download");
+        assert_eq!(reason_of_code(131_000), "server_error");
+        assert_eq!(reason_of_code(4_242), "failed");
+        assert_eq!(disposition_of_code(4_242), None);
     }
 
     #[test]

@@ -9,7 +9,16 @@
 //! - **seen**: keyed hashes of processed WhatsApp message ids (`unix seconds` value, for
 //!   retention), so a message WhatsApp delivers again — even after a restart — is dropped.
 //! - **delivery** rows (in the outbox keyspace under the prefix `d`): the delivery state of each
-//!   sent message, updated by status webhooks, which may arrive out of order.
+//!   sent message, updated by status webhooks, which may arrive out of order, and how a failure
+//!   was handled ([`FailureHandling`]).
+//! - **sent** rows (prefix `s`, keyed by the hashed message id, queue-row layout): what a sent
+//!   message was and to whom, kept until WhatsApp reports it delivered or failed, so a `failed`
+//!   status arriving after the send call succeeded can be acted on (re-open template, retry).
+//! - **deferred** rows (prefix `w`, queue-row layout): replies held back until a not-before time
+//!   (the marketing limit, 131049); moved back into the outbox when due, so they never block the
+//!   customer's other replies.
+//! - **re-open** marks (prefix `r` + pseudonym): when the re-open template was last queued for a
+//!   customer, so a closed window leads to one template, not one per reply or per status.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -23,6 +32,9 @@ use crate::store::{ks, Result, Store, StoreError};
 /// Prefix of queue rows in the outbox keyspace (delivery rows use `d`).
 const QUEUE_PREFIX: u8 = b'q';
 const DELIVERY_PREFIX: u8 = b'd';
+const SENT_PREFIX: u8 = b's';
+const DEFERRED_PREFIX: u8 = b'w';
+const REOPEN_PREFIX: u8 = b'r';
 
 /// An inbox entry.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -96,6 +108,64 @@ pub enum DeliveryState {
     Failed,
 }
 
+/// What was done about a message WhatsApp reported as failed, kept with its delivery state so
+/// the record says what happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureHandling {
+    /// The reply was replaced by the re-open template (the 24-hour window had closed).
+    ReopenTemplate,
+    /// The window had closed and the re-open template was already queued for this customer
+    /// (or none is configured): the reply was dropped.
+    WindowClosedDropped,
+    /// WhatsApp cannot deliver to this user: dropped, not sent again.
+    Undeliverable,
+    /// Held back by the marketing limit: queued again for much later.
+    RetryLater,
+    /// Queued again to the customer's phone number (the user id could not receive it).
+    ResentToPhone,
+    /// Dropped and handed to staff.
+    StaffAlerted,
+    /// Kept for a later attempt while the whole sender slows down (spam rate limit); staff are
+    /// alerted.
+    SlowedDown,
+}
+
+impl FailureHandling {
+    fn byte(self) -> u8 {
+        match self {
+            FailureHandling::ReopenTemplate => 1,
+            FailureHandling::WindowClosedDropped => 2,
+            FailureHandling::Undeliverable => 3,
+            FailureHandling::RetryLater => 4,
+            FailureHandling::ResentToPhone => 5,
+            FailureHandling::StaffAlerted => 6,
+            FailureHandling::SlowedDown => 7,
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<FailureHandling> {
+        Some(match b {
+            1 => FailureHandling::ReopenTemplate,
+            2 => FailureHandling::WindowClosedDropped,
+            3 => FailureHandling::Undeliverable,
+            4 => FailureHandling::RetryLater,
+            5 => FailureHandling::ResentToPhone,
+            6 => FailureHandling::StaffAlerted,
+            7 => FailureHandling::SlowedDown,
+            _ => return None,
+        })
+    }
+}
+
+/// A reply held back until `not_before`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Deferred {
+    /// The reply.
+    pub entry: OutboxEntry,
+    /// Not sent before this time.
+    pub not_before: Timestamp,
+}
+
 /// Hands out queue sequence numbers, continuing after the highest one on disk.
 pub struct Sequencer {
     next: AtomicU64,
@@ -128,6 +198,7 @@ impl Sequencer {
 pub struct Queues {
     inbox_seq: Sequencer,
     outbox_seq: Sequencer,
+    deferred_seq: Sequencer,
 }
 
 /// A queue row read back.
@@ -150,6 +221,18 @@ fn outbox_key(seq: u64) -> Vec<u8> {
 fn delivery_key(store: &Store, wamid: &str) -> Vec<u8> {
     let mut k = vec![DELIVERY_PREFIX];
     k.extend_from_slice(&store.token_hash("wamid", wamid));
+    k
+}
+
+fn sent_key(store: &Store, wamid: &str) -> Vec<u8> {
+    let mut k = vec![SENT_PREFIX];
+    k.extend_from_slice(&store.token_hash("wamid", wamid));
+    k
+}
+
+fn reopen_key(p: &Pseudonym) -> Vec<u8> {
+    let mut k = vec![REOPEN_PREFIX];
+    k.extend_from_slice(&p.0);
     k
 }
 
@@ -193,6 +276,7 @@ impl Queues {
         Ok(Queues {
             inbox_seq: Sequencer::after_last(&store.keyspaces().inbox, b"")?,
             outbox_seq: Sequencer::after_last(&store.keyspaces().outbox, &[QUEUE_PREFIX])?,
+            deferred_seq: Sequencer::after_last(&store.keyspaces().outbox, &[DEFERRED_PREFIX])?,
         })
     }
 
@@ -343,11 +427,144 @@ impl Queues {
             }
             _ => state,
         };
-        // Value starts with the time so the seen-ids retention rule can sweep old rows.
+        // Value starts with the time so the seen-ids retention rule can sweep old rows; a
+        // failure's handling, once recorded, stays.
         let mut v = at.as_second().to_be_bytes().to_vec();
         v.push(next as u8);
+        if let Some(handling) = self.delivery_failure(store, wamid)? {
+            v.push(handling.byte());
+        }
         batch.insert(&store.keyspaces().outbox, key, v);
         Ok(next)
+    }
+
+    /// Records (in `batch`) that message `wamid` failed and how that was handled.
+    pub fn record_failure(
+        &self,
+        store: &Store,
+        batch: &mut fjall::OwnedWriteBatch,
+        wamid: &str,
+        handling: FailureHandling,
+        at: Timestamp,
+    ) {
+        let mut v = at.as_second().to_be_bytes().to_vec();
+        v.push(DeliveryState::Failed as u8);
+        v.push(handling.byte());
+        batch.insert(&store.keyspaces().outbox, delivery_key(store, wamid), v);
+    }
+
+    /// How the failure of message `wamid` was handled, if it failed and was handled.
+    pub fn delivery_failure(&self, store: &Store, wamid: &str) -> Result<Option<FailureHandling>> {
+        let Some(v) = store.keyspaces().outbox.get(delivery_key(store, wamid))? else {
+            return Ok(None);
+        };
+        Ok(v.get(9).copied().and_then(FailureHandling::from_byte))
+    }
+
+    /// Remembers (in `batch`) what was sent as `wamid` and for whom, until a status settles it.
+    pub fn record_sent(
+        &self,
+        store: &Store,
+        batch: &mut fjall::OwnedWriteBatch,
+        wamid: &str,
+        p: &Pseudonym,
+        entry: &OutboxEntry,
+    ) {
+        let key = sent_key(store, wamid);
+        let v = seal_row(store, ks::OUTBOX, &key, p, entry);
+        batch.insert(&store.keyspaces().outbox, key, v);
+    }
+
+    /// What was sent as `wamid` and for whom, while no status has settled it.
+    pub fn sent(&self, store: &Store, wamid: &str) -> Result<Option<(Pseudonym, OutboxEntry)>> {
+        let key = sent_key(store, wamid);
+        let Some(v) = store.keyspaces().outbox.get(&key)? else {
+            return Ok(None);
+        };
+        open_row(store, ks::OUTBOX, &key, &v).map(Some)
+    }
+
+    /// Forgets (in `batch`) what was sent as `wamid`: it was delivered, or its failure handled.
+    pub fn remove_sent(&self, store: &Store, batch: &mut fjall::OwnedWriteBatch, wamid: &str) {
+        batch.remove(&store.keyspaces().outbox, sent_key(store, wamid));
+    }
+
+    /// Adds a reply held back until `not_before` to `batch`.
+    pub fn push_deferred(
+        &self,
+        store: &Store,
+        batch: &mut fjall::OwnedWriteBatch,
+        p: &Pseudonym,
+        deferred: &Deferred,
+    ) {
+        let mut key = vec![DEFERRED_PREFIX];
+        key.extend_from_slice(&self.deferred_seq.take().to_be_bytes());
+        let v = seal_row(store, ks::OUTBOX, &key, p, deferred);
+        batch.insert(&store.keyspaces().outbox, key, v);
+    }
+
+    /// Moves every deferred reply that is due at `now` to the end of the outbox (one durable
+    /// write); returns how many moved and when the next one falls due.
+    pub fn release_due(&self, store: &Store, now: Timestamp) -> Result<(usize, Option<Timestamp>)> {
+        let mut batch = store.batch();
+        let mut moved = 0;
+        let mut next: Option<Timestamp> = None;
+        for g in store.keyspaces().outbox.prefix([DEFERRED_PREFIX]) {
+            let (k, v) = g.into_inner()?;
+            let (p, deferred): (Pseudonym, Deferred) = open_row(store, ks::OUTBOX, &k, &v)?;
+            if deferred.not_before <= now {
+                batch.remove(&store.keyspaces().outbox, k.to_vec());
+                self.push_outbox(store, &mut batch, &p, &deferred.entry);
+                moved += 1;
+            } else {
+                next = Some(next.map_or(deferred.not_before, |n| n.min(deferred.not_before)));
+            }
+        }
+        if moved > 0 {
+            store.commit_durable(batch)?;
+        }
+        Ok((moved, next))
+    }
+
+    /// Every deferred reply (for status and tests).
+    pub fn deferred(&self, store: &Store) -> Result<Vec<Queued<Deferred>>> {
+        let mut out = Vec::new();
+        for g in store.keyspaces().outbox.prefix([DEFERRED_PREFIX]) {
+            let (k, v) = g.into_inner()?;
+            let (p, entry) = open_row(store, ks::OUTBOX, &k, &v)?;
+            out.push(Queued {
+                key: k.to_vec(),
+                pseudonym: p,
+                entry,
+            });
+        }
+        Ok(out)
+    }
+
+    /// When the re-open template was last queued for customer `p`.
+    pub fn reopened_at(&self, store: &Store, p: &Pseudonym) -> Result<Option<Timestamp>> {
+        let Some(v) = store.keyspaces().outbox.get(reopen_key(p))? else {
+            return Ok(None);
+        };
+        let secs = v
+            .get(crate::store::crypto::PSEUDONYM_LEN..)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(i64::from_be_bytes);
+        Ok(secs.and_then(|s| Timestamp::from_second(s).ok()))
+    }
+
+    /// Marks (in `batch`) that the re-open template was queued for customer `p` at `at`. The
+    /// value starts with the pseudonym, like queue rows, so a forget removes it.
+    pub fn mark_reopened(
+        &self,
+        store: &Store,
+        batch: &mut fjall::OwnedWriteBatch,
+        p: &Pseudonym,
+        at: Timestamp,
+    ) {
+        let mut v = p.0.to_vec();
+        v.extend_from_slice(&at.as_second().to_be_bytes());
+        batch.insert(&store.keyspaces().outbox, reopen_key(p), v);
     }
 
     /// The recorded delivery state of a sent message.

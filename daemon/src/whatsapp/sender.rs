@@ -5,11 +5,18 @@
 //! message id, so after a crash it is sent again only if the crash fell between the send and
 //! that write — the one window in which a reply can go out twice, and it is one request wide.
 //!
-//! Errors: throttling, server errors and network trouble are retried with full-jitter
-//! exponential backoff; the pair rate limit (131056) pauses that customer and combines their
-//! waiting replies into one message; a closed 24-hour window (131047) replaces the reply with
-//! the configured template (or drops it); undeliverable and permanent errors drop the reply.
-//! Every drop is logged with the customer's pseudonym and the error code.
+//! Errors: throttling (130429, 131064, 80007), server errors and network trouble are retried
+//! with full-jitter exponential backoff; the pair rate limit (131056) pauses that customer and
+//! combines their waiting replies into one message; the spam rate limit (131048) slows the whole
+//! sender down (a pause that doubles per hit, up to an hour) with a staff alert. Everything else
+//! is decided by [`super::failures::plan`], as for a failure a status webhook reports later: a
+//! closed window (131047) leads to the re-open template once, the marketing limit (131049) to a
+//! retry a day later, a paused or disabled template (132015/132016) to a staff alert. Each such
+//! failure is counted, audited (`message.delivery_failed`) and logged with the customer's
+//! pseudonym and the error code.
+//!
+//! A sent reply is remembered (sealed, [`Queues::record_sent`]) until a status webhook settles
+//! it, so a failure WhatsApp reports after accepting the send can still be handled.
 //!
 //! Templates go through the endpoint their category needs (marketing: `/marketing_messages`, see
 //! [`super::templates`]). Every message the Graph API accepted is counted by pricing category
@@ -31,10 +38,12 @@ use rand::Rng;
 use tokio::sync::{Notify, Semaphore};
 use tracing::{error, info, warn};
 
+use super::failures::{self, FailurePolicy, Plan, Report};
 use super::graph::{Disposition, GraphClient, SendError, SentMessage, TemplateEndpoint};
-use super::queue::{DeliveryState, OutboundKind, OutboxEntry, Queued, Queues};
+use super::queue::{DeliveryState, FailureHandling, OutboundKind, OutboxEntry, Queued, Queues};
+use crate::audit::AuditLog;
 use super::templates::{TemplateCategories, TemplateCategory, NOT_A_MARKETING_TEMPLATE};
-use crate::metrics::{Category, Metrics, Outcome};
+use crate::metrics::{Category, FailureLabel, Metrics, Outcome};
 use crate::stats::PricingCategory;
 use crate::store::crypto::Pseudonym;
 use crate::store::Store;
@@ -43,6 +52,10 @@ use crate::store::Store;
 const PAIR_RATE_PAUSE: Duration = Duration::from_secs(6);
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// First pause of the whole sender after the spam rate limit (131048); doubles per further hit.
+pub const SPAM_PAUSE: Duration = Duration::from_secs(60);
+/// Longest pause after the spam rate limit.
+const SPAM_PAUSE_MAX: Duration = Duration::from_secs(3600);
 /// A reply that transient errors kept from going out this long is handed to staff instead.
 pub const MAX_REPLY_AGE: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
 
@@ -57,6 +70,8 @@ pub struct SenderConfig {
     pub max_concurrent: usize,
     /// Base of the retry backoff (shortened in tests).
     pub backoff_base: Duration,
+    /// First pause after the spam rate limit.
+    pub spam_pause: Duration,
     /// Category of each template: marketing ones go to `/marketing_messages`, and every sent
     /// message is counted at its category.
     pub template_categories: TemplateCategories,
@@ -69,9 +84,18 @@ impl Default for SenderConfig {
             template_language: "de".into(),
             max_concurrent: 8,
             backoff_base: BACKOFF_BASE,
+            spam_pause: SPAM_PAUSE,
             template_categories: TemplateCategories::default(),
         }
     }
+}
+
+/// The whole sender's slowdown after the spam rate limit.
+#[derive(Default)]
+struct Slowdown {
+    until: Option<Instant>,
+    /// Hits since the last successful send.
+    hits: u32,
 }
 
 #[derive(Default)]
@@ -90,8 +114,11 @@ pub struct Sender {
     /// Why the sender is paused (`None`: it sends); watched by the service for `STATUS=`.
     paused: tokio::sync::watch::Sender<Option<String>>,
     cfg: SenderConfig,
+    policy: FailurePolicy,
+    audit: Option<Arc<AuditLog>>,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
+    slowdown: Mutex<Slowdown>,
     in_flight: Mutex<HashSet<Pseudonym>>,
     holds: Mutex<HashMap<Pseudonym, Hold>>,
 }
@@ -108,17 +135,25 @@ impl Sender {
         queues: Arc<Queues>,
         graph: GraphClient,
         cfg: SenderConfig,
+        audit: Option<Arc<AuditLog>>,
         metrics: Arc<Metrics>,
         wake: Arc<Notify>,
     ) -> Arc<Sender> {
+        let policy = FailurePolicy {
+            reopen_template: cfg.reopen_template.clone(),
+            template_language: cfg.template_language.clone(),
+        };
         Arc::new(Sender {
             store,
             queues,
             graph: std::sync::RwLock::new((0, graph)),
             paused: tokio::sync::watch::channel(None).0,
             cfg,
+            policy,
+            audit,
             metrics,
             wake,
+            slowdown: Mutex::new(Slowdown::default()),
             in_flight: Mutex::new(HashSet::new()),
             holds: Mutex::new(HashMap::new()),
         })
@@ -211,8 +246,16 @@ impl Sender {
         if self.paused.borrow().is_some() {
             return Ok(None);
         }
+        if let Some(pause) = self.slowed_for() {
+            return Ok(Some(pause));
+        }
         let this = self.clone();
-        let rows = tokio::task::spawn_blocking(move || this.queues.outbox(&this.store)).await??;
+        let (rows, next_due) = tokio::task::spawn_blocking(move || {
+            // Deferred replies that are due join the outbox first.
+            let (_, next_due) = this.queues.release_due(&this.store, Timestamp::now())?;
+            Ok::<_, crate::store::StoreError>((this.queues.outbox(&this.store)?, next_due))
+        })
+        .await??;
         let mut groups: Vec<(Pseudonym, Vec<Queued<OutboxEntry>>)> = Vec::new();
         let mut index: HashMap<Pseudonym, usize> = HashMap::new();
         for row in rows {
@@ -225,7 +268,9 @@ impl Sender {
             }
         }
         let now = Instant::now();
-        let mut earliest: Option<Duration> = None;
+        let mut earliest: Option<Duration> = next_due.map(|due| {
+            Duration::try_from(due.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO)
+        });
         for (p, rows) in groups {
             {
                 let holds = self.holds.lock().expect("sender lock poisoned");
@@ -274,6 +319,73 @@ impl Sender {
         Ok(earliest)
     }
 
+    /// How much longer the spam-limit slowdown lasts, if it does.
+    fn slowed_for(&self) -> Option<Duration> {
+        let mut slowdown = self.slowdown.lock().expect("sender lock poisoned");
+        let until = slowdown.until?;
+        let now = Instant::now();
+        if until > now {
+            return Some(until - now);
+        }
+        slowdown.until = None;
+        self.metrics.sender_slowed.set(0);
+        None
+    }
+
+    /// The spam rate limit hit `row`: the whole sender pauses (longer per hit until a send
+    /// succeeds); the first hit of a series is audited and alerts staff. The row stays.
+    fn slow_down(&self, p: &Pseudonym, row: &Queued<OutboxEntry>, err: &SendError) -> GroupResult {
+        let (pause, first) = {
+            let mut slowdown = self.slowdown.lock().expect("sender lock poisoned");
+            slowdown.hits = slowdown.hits.saturating_add(1);
+            let pause = self
+                .cfg
+                .spam_pause
+                .saturating_mul(1u32 << (slowdown.hits - 1).min(16))
+                .min(SPAM_PAUSE_MAX);
+            slowdown.until = Some(Instant::now() + pause);
+            (pause, slowdown.hits == 1)
+        };
+        self.metrics.sender_slowed.set(1);
+        self.metrics
+            .sends
+            .get_or_create(&Outcome::of("spam_limited"))
+            .inc();
+        let report = Report {
+            pseudonym: *p,
+            entry: &row.entry,
+            code: err.code(),
+            delayed: false,
+            handling: FailureHandling::SlowedDown,
+        };
+        if first {
+            if let Err(e) = report.commit(&self.store, self.audit.as_deref(), self.store.batch()) {
+                error!(customer = %p, error = %e, "auditing the spam rate limit failed");
+            }
+            report.announce(&self.metrics);
+        } else {
+            self.count_failure(err);
+        }
+        warn!(
+            pause_secs = pause.as_secs(),
+            "spam rate limit: sending slowed down"
+        );
+        GroupResult::Hold(pause)
+    }
+
+    /// Counts a failed call that is retried (no report of its own).
+    fn count_failure(&self, err: &SendError) {
+        if let Some(code) = err.code() {
+            self.metrics
+                .send_failures
+                .get_or_create(&FailureLabel {
+                    reason: super::graph::reason_of_code(code).into(),
+                    stage: "call".into(),
+                })
+                .inc();
+        }
+    }
+
     fn backoff(&self, p: &Pseudonym) -> Duration {
         let mut holds = self.holds.lock().expect("sender lock poisoned");
         let h = holds.entry(*p).or_default();
@@ -320,7 +432,8 @@ impl Sender {
             match result {
                 Ok(sent) => {
                     self.metrics.sends.get_or_create(&Outcome::of("ok")).inc();
-                    if let Err(e) = self.retire_sent(&row.key, &sent.id, category) {
+                    self.slowdown.lock().expect("sender lock poisoned").hits = 0;
+                    if let Err(e) = self.retire_sent(&row, &sent.id, category) {
                         error!(customer = %p, error = %e, "recording a sent reply failed");
                         return GroupResult::Hold(Duration::from_secs(1));
                     }
@@ -349,15 +462,21 @@ impl Sender {
         rest: Vec<Queued<OutboxEntry>>,
         err: SendError,
     ) -> GroupResult {
-        match err.disposition() {
+        let disposition = err.disposition();
+        let retried = matches!(
+            disposition,
+            Disposition::RetryLater | Disposition::SpamLimited | Disposition::PairRateLimited
+        );
+        match disposition {
             Disposition::AuthFailed => self.auth_failed(generation, &err),
-            Disposition::RetryLater if expired(&row.entry, Timestamp::now()) => {
+            _ if retried && expired(&row.entry, Timestamp::now()) => {
                 self.metrics
                     .sends
                     .get_or_create(&Outcome::of("expired"))
                     .inc();
+                self.count_failure(&err);
                 warn!(customer = %p, code = ?err.code(), reason = "reply_expired", FRONTDESK_EVENT = "staff.alert", "a reply could not be sent for 24 hours: dropped, staff should contact the customer");
-                if let Err(e) = self.retire(&row.key, None) {
+                if let Err(e) = self.retire(&row.key) {
                     error!(customer = %p, error = %e, "outbox update failed");
                 }
                 GroupResult::Hold(Duration::ZERO)
@@ -367,59 +486,142 @@ impl Sender {
                     .sends
                     .get_or_create(&Outcome::of("retry"))
                     .inc();
+                self.count_failure(&err);
                 let d = self.backoff(p);
                 warn!(customer = %p, error = %err, retry_in_ms = d.as_millis() as u64, "send failed; retrying");
                 GroupResult::Hold(d)
             }
+            Disposition::SpamLimited => self.slow_down(p, &row, &err),
             Disposition::PairRateLimited => {
                 self.metrics
                     .sends
                     .get_or_create(&Outcome::of("pair_rate_limited"))
                     .inc();
+                self.count_failure(&err);
                 if let Err(e) = self.combine(&row, &rest) {
                     error!(customer = %p, error = %e, "combining replies failed");
                 }
                 info!(customer = %p, "pair rate limit: pausing and combining replies");
                 GroupResult::Hold(PAIR_RATE_PAUSE)
             }
-            Disposition::WindowClosed => {
-                self.metrics
-                    .sends
-                    .get_or_create(&Outcome::of("window_closed"))
-                    .inc();
-                let res = match (&self.cfg.reopen_template, &row.entry.kind) {
-                    (Some(name), OutboundKind::Text(_)) => {
-                        info!(customer = %p, "24-hour window closed: sending the reopen template instead");
-                        self.replace_with_template(&row, name)
-                    }
-                    _ => {
-                        warn!(customer = %p, "24-hour window closed and no template configured: reply dropped");
-                        self.retire(&row.key, None)
-                    }
-                };
-                if let Err(e) = res {
-                    error!(customer = %p, error = %e, "outbox update failed");
-                }
-                GroupResult::Hold(Duration::ZERO)
-            }
-            Disposition::Undeliverable | Disposition::Permanent => {
-                self.metrics
-                    .sends
-                    .get_or_create(&Outcome::of(
-                        if err.disposition() == Disposition::Undeliverable {
-                            "undeliverable"
-                        } else {
-                            "failed"
-                        },
-                    ))
-                    .inc();
-                warn!(customer = %p, code = ?err.code(), "reply cannot be delivered: dropped");
-                if let Err(e) = self.retire(&row.key, None) {
+            Disposition::WindowClosed
+            | Disposition::Undeliverable
+            | Disposition::MarketingLimited
+            | Disposition::TemplateUnavailable
+            | Disposition::RecipientIdUnsupported
+            | Disposition::Permanent => {
+                if let Err(e) = self.settle(p, &row, &err, disposition) {
                     error!(customer = %p, error = %e, "outbox update failed");
                 }
                 GroupResult::Hold(Duration::ZERO)
             }
         }
+    }
+
+    /// Carries out [`failures::plan`] for a reply whose send call failed for good: the row is
+    /// replaced (re-open template, phone number), deferred or dropped, audited in the same
+    /// durable write.
+    fn settle(
+        &self,
+        p: &Pseudonym,
+        row: &Queued<OutboxEntry>,
+        err: &SendError,
+        disposition: Disposition,
+    ) -> anyhow::Result<()> {
+        // The re-open mark is read and written by the dispatcher too (delayed failures).
+        let _guard = self.store.lock_customer(p);
+        let now = Timestamp::now();
+        let plan = failures::plan(
+            &self.store,
+            &self.queues,
+            &self.policy,
+            p,
+            &row.entry,
+            disposition,
+            now,
+        )?;
+        let mut batch = self.store.batch();
+        match &plan {
+            Plan::Reopen(template) => {
+                self.queues.rewrite_outbox(
+                    &self.store,
+                    &mut batch,
+                    &row.key,
+                    &row.pseudonym,
+                    template,
+                );
+                self.queues.mark_reopened(&self.store, &mut batch, p, now);
+            }
+            Plan::Resend(to_phone) => {
+                self.queues.rewrite_outbox(
+                    &self.store,
+                    &mut batch,
+                    &row.key,
+                    &row.pseudonym,
+                    to_phone,
+                );
+            }
+            Plan::Defer(deferred) => {
+                self.queues.remove_outbox(&self.store, &mut batch, &row.key);
+                self.queues
+                    .push_deferred(&self.store, &mut batch, &row.pseudonym, deferred);
+            }
+            Plan::Drop(_) | Plan::Alert => {
+                self.queues.remove_outbox(&self.store, &mut batch, &row.key);
+            }
+        }
+        self.metrics
+            .sends
+            .get_or_create(&Outcome::of(match disposition {
+                Disposition::WindowClosed => "window_closed",
+                Disposition::Undeliverable => "undeliverable",
+                Disposition::MarketingLimited => "marketing_limited",
+                Disposition::TemplateUnavailable => "template_unavailable",
+                Disposition::RecipientIdUnsupported => "recipient_id_unsupported",
+                _ => "failed",
+            }))
+            .inc();
+        let report = Report {
+            pseudonym: *p,
+            entry: &row.entry,
+            code: err.code(),
+            delayed: false,
+            handling: plan.handling(),
+        };
+        report.commit(&self.store, self.audit.as_deref(), batch)?;
+        report.announce(&self.metrics);
+        Ok(())
+    }
+
+    /// Removes a reply from the outbox, durably.
+    fn retire(&self, key: &[u8]) -> crate::store::Result<()> {
+        let mut batch = self.store.batch();
+        self.queues.remove_outbox(&self.store, &mut batch, key);
+        self.store.commit_durable(batch)
+    }
+
+    /// Removes a sent reply from the outbox and records its message id and what it was (for a
+    /// failure reported later), durably.
+    fn retire_sent(
+        &self,
+        row: &Queued<OutboxEntry>,
+        wamid: &str,
+        category: PricingCategory,
+    ) -> crate::store::Result<()> {
+        let now = Timestamp::now();
+        let mut batch = self.store.batch();
+        self.queues.remove_outbox(&self.store, &mut batch, &row.key);
+        self.queues.record_delivery(
+            &self.store,
+            &mut batch,
+            wamid,
+            DeliveryState::Accepted,
+            now,
+        )?;
+        self.queues
+            .record_sent(&self.store, &mut batch, wamid, &row.pseudonym, &row.entry);
+        crate::stats::record_sent(&self.store, &mut batch, category, now)?;
+        self.store.commit_durable(batch)
     }
 
     /// Sends a template through the endpoint its category needs; returns what the message is
@@ -463,45 +665,6 @@ impl Sender {
             }
             result => (result, PricingCategory::Marketing),
         }
-    }
-
-    /// Removes a sent reply from the outbox, records its message id and counts it as a message
-    /// of `category`, in one durable write: a message is counted once, however often its send
-    /// was retried.
-    fn retire_sent(
-        &self,
-        key: &[u8],
-        wamid: &str,
-        category: PricingCategory,
-    ) -> crate::store::Result<()> {
-        let now = Timestamp::now();
-        let mut batch = self.store.batch();
-        self.queues.remove_outbox(&self.store, &mut batch, key);
-        self.queues.record_delivery(
-            &self.store,
-            &mut batch,
-            wamid,
-            DeliveryState::Accepted,
-            now,
-        )?;
-        crate::stats::record_sent(&self.store, &mut batch, category, now)?;
-        self.store.commit_durable(batch)
-    }
-
-    /// Removes a reply from the outbox and records its message id, durably.
-    fn retire(&self, key: &[u8], wamid: Option<&str>) -> crate::store::Result<()> {
-        let mut batch = self.store.batch();
-        self.queues.remove_outbox(&self.store, &mut batch, key);
-        if let Some(id) = wamid {
-            self.queues.record_delivery(
-                &self.store,
-                &mut batch,
-                id,
-                DeliveryState::Accepted,
-                Timestamp::now(),
-            )?;
-        }
-        self.store.commit_durable(batch)
     }
 
     /// Merges a customer's waiting text replies into the first one.
@@ -553,26 +716,8 @@ impl Sender {
         );
         self.store.commit_durable(batch)
     }
-
-    fn replace_with_template(
-        &self,
-        row: &Queued<OutboxEntry>,
-        name: &str,
-    ) -> crate::store::Result<()> {
-        let mut batch = self.store.batch();
-        let entry = OutboxEntry {
-            kind: OutboundKind::Template {
-                name: name.to_string(),
-                language: self.cfg.template_language.clone(),
-                params: Vec::new(),
-            },
-            ..row.entry.clone()
-        };
-        self.queues
-            .rewrite_outbox(&self.store, &mut batch, &row.key, &row.pseudonym, &entry);
-        self.store.commit_durable(batch)
-    }
 }
+
 /// Whether transient errors have kept `entry` from going out for longer than [`MAX_REPLY_AGE`].
 fn expired(entry: &OutboxEntry, now: Timestamp) -> bool {
     now.duration_since(entry.created) > MAX_REPLY_AGE
