@@ -19,6 +19,7 @@ pub mod crypto;
 pub mod customers;
 pub mod keydir;
 pub mod messages;
+pub mod moves;
 pub mod retention;
 
 use std::num::NonZeroUsize;

@@ -15,6 +15,7 @@ mod commit;
 use jiff::Timestamp;
 
 pub use crate::store::address::{is_valid_address, AddressKind};
+pub use crate::store::moves::IdentityChange;
 pub use commit::{commit, CommitError, QueueRows};
 
 use crate::audit::NewEntry;
@@ -60,7 +61,10 @@ impl Burst {
                 let text = match &part.kind {
                     PartKind::Text(t) if !t.trim().is_empty() => t.trim().to_string(),
                     PartKind::NonText(label) => format!("[{label}]"),
-                    PartKind::Text(_) | PartKind::Reaction | PartKind::System => return None,
+                    PartKind::Text(_)
+                    | PartKind::Reaction
+                    | PartKind::System
+                    | PartKind::IdentityChanged(_) => return None,
                 };
                 Some(Message {
                     direction: Direction::Inbound,
@@ -105,6 +109,16 @@ pub enum PartKind {
     /// A notice from WhatsApp (`user_changed_number`, …), not something the contact wrote:
     /// never answered, never shown to the model.
     System,
+    /// WhatsApp's notice that the contact has a new phone number (`user_changed_number`) or user
+    /// id (`user_changed_user_id`): never answered; the customer moves to the new identity.
+    IdentityChanged(IdentityChange),
+}
+
+impl PartKind {
+    /// A notice from WhatsApp rather than something the contact wrote.
+    pub fn is_notice(&self) -> bool {
+        matches!(self, PartKind::System | PartKind::IdentityChanged(_))
+    }
 }
 
 impl PartKind {
@@ -115,6 +129,7 @@ impl PartKind {
             PartKind::NonText(kind) => kind,
             PartKind::Reaction => "reaction",
             PartKind::System => "system",
+            PartKind::IdentityChanged(_) => "identity_changed",
         }
     }
 }
@@ -234,6 +249,9 @@ pub struct Effects {
     pub funnel: Vec<FunnelEvent>,
     /// How the turn ended, for the metric.
     pub outcome: TurnOutcome,
+    /// New identities WhatsApp announced for the contact, in order: [`commit`] moves the
+    /// customer (`pseudonym`) to each, under the locks of both identities, in the turn's batch.
+    pub moves: Vec<IdentityChange>,
 }
 
 impl Effects {
@@ -256,6 +274,7 @@ impl Effects {
             audit: Vec::new(),
             funnel: Vec::new(),
             outcome,
+            moves: Vec::new(),
         }
     }
 }
@@ -272,6 +291,7 @@ impl std::fmt::Debug for Effects {
             .field("audit", &self.audit.len())
             .field("funnel", &self.funnel)
             .field("outcome", &self.outcome)
+            .field("moves", &self.moves)
             .finish()
     }
 }

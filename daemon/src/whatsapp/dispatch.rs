@@ -33,7 +33,9 @@ use crate::audit::AuditLog;
 use crate::metrics::{Metrics, Outcome};
 use crate::store::crypto::Pseudonym;
 use crate::store::{self, Store};
-use crate::turn::{self, Burst, Decide, Effects, Part, PartKind, TurnOutcome};
+use crate::turn::{
+    self, AddressKind, Burst, Decide, Effects, IdentityChange, Part, PartKind, TurnOutcome,
+};
 
 /// A burst is closed at the latest this many burst windows after its first message.
 pub const BURST_CAP_WINDOWS: u32 = 4;
@@ -90,7 +92,18 @@ impl turn::QueueRows for Retirement {
 fn part_of(m: &InboundMessage) -> Part {
     let kind = match &m.content {
         Content::Reaction { .. } => PartKind::Reaction,
-        Content::System { .. } => PartKind::System,
+        Content::System {
+            kind,
+            new_wa_id,
+            new_user_id,
+            previous_user_id,
+        } => identity_change(
+            kind,
+            new_wa_id.as_deref(),
+            new_user_id.as_deref(),
+            previous_user_id.as_deref(),
+        )
+        .map_or(PartKind::System, PartKind::IdentityChanged),
         content => match content.as_engine_text() {
             Some(text) => PartKind::Text(text.to_string()),
             None => PartKind::NonText(content.kind()),
@@ -100,6 +113,28 @@ fn part_of(m: &InboundMessage) -> Part {
         id: m.id.clone(),
         at: Timestamp::from_second(m.timestamp).unwrap_or_else(|_| Timestamp::now()),
         kind,
+    }
+}
+
+/// The new identity a system notice announces, when it names a valid one.
+fn identity_change(
+    kind: &str,
+    new_number: Option<&str>,
+    new_user_id: Option<&str>,
+    previous_user_id: Option<&str>,
+) -> Option<IdentityChange> {
+    let user_id = |id: &str| turn::is_valid_address(id) == Some(AddressKind::UserId);
+    match (kind, new_number, new_user_id) {
+        ("user_changed_number", Some(n), _)
+            if turn::is_valid_address(n) == Some(AddressKind::Phone) =>
+        {
+            Some(IdentityChange::Number(n.to_string()))
+        }
+        ("user_changed_user_id", _, Some(id)) if user_id(id) => Some(IdentityChange::UserId {
+            new: id.to_string(),
+            previous: previous_user_id.filter(|p| user_id(p)).map(str::to_string),
+        }),
+        _ => None,
     }
 }
 
@@ -345,10 +380,23 @@ impl Dispatcher {
         if retire_only {
             store.commit_durable(retire)?;
         }
-        if messages.is_empty() {
-            return Ok(());
+        // A notice of a new number or user id is a turn of its own, after what the contact wrote
+        // under the old identity: that is recorded first, then the customer moves.
+        let (notices, words): (Vec<_>, Vec<_>) = messages
+            .into_iter()
+            .partition(|(_, m)| matches!(part_of(m).kind, PartKind::IdentityChanged(_)));
+        if !words.is_empty() {
+            self.turn(&words)?;
         }
+        for notice in notices {
+            self.turn(std::slice::from_ref(&notice))?;
+        }
+        Ok(())
+    }
 
+    /// Decides and commits one burst of new messages of one customer. Blocking.
+    fn turn(&self, messages: &[(Vec<u8>, InboundMessage)]) -> anyhow::Result<()> {
+        let store: &Store = &self.store;
         let last = &messages.last().expect("non-empty").1;
         let burst = Burst {
             address: last.from.clone(),
