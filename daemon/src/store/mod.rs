@@ -332,6 +332,27 @@ impl Store {
         own
     }
 
+    /// The customer an event about `address` concerns when WhatsApp also named the contact's
+    /// user id (a delivery status's `recipient_id` and `recipient_user_id`): the address's
+    /// customer, else the user id's when only that one is known (a contact who wrote without
+    /// their number), else the address's pseudonym.
+    pub fn pseudonym_matching(&self, address: &str, user_id: Option<&str>) -> Pseudonym {
+        let own = self.pseudonym(address);
+        let Some(user_id) = user_id.filter(|u| *u != address) else {
+            return own;
+        };
+        let known = |p: &Pseudonym| self.ks.customers.contains_key(p.0).unwrap_or(false);
+        if known(&own) {
+            return own;
+        }
+        let by_user_id = self.pseudonym(user_id);
+        if known(&by_user_id) {
+            by_user_id
+        } else {
+            own
+        }
+    }
+
     /// The pseudonym a user id's own pseudonym is linked to, if any.
     fn alias_of(&self, own: &Pseudonym) -> Result<Option<Pseudonym>> {
         let Some(v) = self.ks.meta.get(meta_key(ALIAS_PREFIX, own))? else {
