@@ -56,7 +56,7 @@ use crate::store::messages::Direction;
 use crate::store::{Store, StoreError};
 use crate::turn::{
     is_valid_address, AddressKind, AlertKind, Burst, Decide, Effects, IdentityChange, PartKind,
-    RecordUpdate, StaffAlert, TurnOutcome,
+    Progress, RecordUpdate, StaffAlert, TurnOutcome,
 };
 
 /// Offered alternatives older than this are no longer read as picks.
@@ -216,6 +216,17 @@ impl Engine {
     /// time zone; dates are read in Europe/Berlin). Reads the store, calls the model and the
     /// booker, writes nothing: the caller commits the effects ([`crate::turn::commit`]).
     pub fn decide_at(&self, burst: &Burst, now: &Zoned) -> Result<Turn, EngineError> {
+        self.decide_with(burst, now, &())
+    }
+
+    /// [`Engine::decide_at`], telling `progress` when a reply will follow, before the model is
+    /// called.
+    pub fn decide_with(
+        &self,
+        burst: &Burst,
+        now: &Zoned,
+        progress: &dyn Progress,
+    ) -> Result<Turn, EngineError> {
         let now = now.with_time_zone(berlin_tz());
         let ts = now.timestamp();
         let p = self.store.pseudonym(&burst.address);
@@ -286,6 +297,7 @@ impl Engine {
                 turn.effects.outcome = TurnOutcome::RateLimited;
             }
             BotMode::OptedOut | BotMode::Active => {
+                progress.replying();
                 if c.meta.mode == BotMode::OptedOut {
                     set_mode(&mut c, &mut turn, BotMode::Active);
                 }
@@ -624,13 +636,12 @@ impl Engine {
 }
 
 impl Decide for Engine {
-    fn decide(&self, burst: &Burst) -> anyhow::Result<Effects> {
+    fn decide(&self, burst: &Burst, progress: &dyn Progress) -> anyhow::Result<Effects> {
         let now = Timestamp::now().in_tz(when::TZ_NAME)?;
-        Ok(self.decide_at(burst, &now)?.effects)
+        Ok(self.decide_with(burst, &now, progress)?.effects)
     }
 }
 
-/// The funnel counters a turn moves.
 /// The new identities WhatsApp announced in the burst, in order.
 fn identity_changes(burst: &Burst) -> Vec<IdentityChange> {
     burst
@@ -643,6 +654,7 @@ fn identity_changes(burst: &Burst) -> Vec<IdentityChange> {
         .collect()
 }
 
+/// The funnel counters a turn moves.
 fn funnel_events(turn: &Turn) -> Vec<FunnelEvent> {
     let mut out = Vec::new();
     if turn.new_contact {

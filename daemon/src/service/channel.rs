@@ -174,6 +174,7 @@ pub(super) async fn start(
         DispatchConfig {
             burst_window: Duration::from_millis(cfg.conversation.burst_window_ms),
             max_concurrent: cfg.whatsapp.max_concurrent_conversations,
+            typing_refresh: crate::whatsapp::dispatch::TYPING_REFRESH,
         },
         metrics.clone(),
         wake.clone(),

@@ -296,9 +296,23 @@ impl std::fmt::Debug for Effects {
     }
 }
 
+/// What the engine tells the channel while it decides a turn, before the effects exist.
+pub trait Progress {
+    /// A reply will follow, and the work on it (the model call) starts now. Called at most once
+    /// per turn, and never for a turn that stays silent (reactions, system notices, paused,
+    /// handed-over or opted-out contacts, the hourly limit): the channel shows the typing
+    /// indicator from here until the turn is decided.
+    fn replying(&self);
+}
+
+/// Nobody is watching (unit tests, the terminal chat).
+impl Progress for () {
+    fn replying(&self) {}
+}
+
 /// Decides a turn (the conversation engine in the daemon). Blocking: may call the model and
 /// MagicLine. Writes nothing; an error means the burst stays in the inbox for a later try.
 pub trait Decide: Send + Sync {
-    /// The effects of answering `burst` now.
-    fn decide(&self, burst: &Burst) -> anyhow::Result<Effects>;
+    /// The effects of answering `burst` now; `progress` learns when a reply is being prepared.
+    fn decide(&self, burst: &Burst, progress: &dyn Progress) -> anyhow::Result<Effects>;
 }

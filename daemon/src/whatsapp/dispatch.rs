@@ -138,6 +138,62 @@ fn identity_change(
     }
 }
 
+/// How often the typing indicator is requested again while a reply is being prepared: WhatsApp
+/// shows it for 25 seconds at most, and a model on a CPU takes longer than that.
+pub const TYPING_REFRESH: Duration = Duration::from_secs(20);
+
+/// The channel's side of [`turn::Progress`]: once the engine says a reply follows, the message
+/// is marked read with the typing indicator, and again every `refresh` until [`Typing::stop`].
+/// Best effort: a failed request is logged and changes nothing else.
+struct Typing {
+    reader: Option<GraphClient>,
+    message_id: String,
+    refresh: Duration,
+    runtime: Option<tokio::runtime::Handle>,
+    task: Mutex<Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>,
+}
+
+impl turn::Progress for Typing {
+    fn replying(&self) {
+        let (Some(reader), Some(runtime)) = (self.reader.clone(), self.runtime.as_ref()) else {
+            return;
+        };
+        let mut task = self.task.lock().expect("typing lock poisoned");
+        if task.is_some() {
+            return;
+        }
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel();
+        let (id, refresh) = (self.message_id.clone(), self.refresh);
+        // The first request is always made (it also marks the message read), even when the
+        // reply is ready before the task runs; the renewals only while the turn is undecided.
+        let handle = runtime.spawn(async move {
+            loop {
+                let (reader, id) = (reader.clone(), id.clone());
+                let sent = tokio::task::spawn_blocking(move || reader.mark_read(&id, true)).await;
+                if let Ok(Err(e)) = sent {
+                    debug!(error = %e, "typing indicator failed");
+                }
+                tokio::select! {
+                    _ = &mut stop_rx => return,
+                    () = tokio::time::sleep(refresh) => {}
+                }
+            }
+        });
+        *task = Some((stop_tx, handle));
+    }
+}
+
+impl Typing {
+    /// Ends the refreshes and waits until no request is in flight. Call from a blocking thread.
+    fn stop(&self) {
+        let task = self.task.lock().expect("typing lock poisoned").take();
+        if let (Some((stop, handle)), Some(runtime)) = (task, self.runtime.as_ref()) {
+            let _ = stop.send(());
+            let _ = runtime.block_on(handle);
+        }
+    }
+}
+
 /// Dispatcher settings.
 #[derive(Clone, Debug)]
 pub struct DispatchConfig {
@@ -145,6 +201,9 @@ pub struct DispatchConfig {
     pub burst_window: Duration,
     /// Most customers whose bursts are handled at the same time.
     pub max_concurrent: usize,
+    /// How often the typing indicator is renewed while a reply is prepared
+    /// ([`TYPING_REFRESH`]).
+    pub typing_refresh: Duration,
 }
 
 #[derive(Default)]
@@ -162,7 +221,7 @@ pub struct Dispatcher {
     queues: Arc<Queues>,
     engine: Arc<dyn Decide>,
     audit: Option<Arc<AuditLog>>,
-    /// Marks messages read (with typing indicator) when work on them starts; best effort.
+    /// Marks messages read with the typing indicator while a reply is prepared; best effort.
     reader: Option<GraphClient>,
     cfg: DispatchConfig,
     metrics: Arc<Metrics>,
@@ -405,21 +464,18 @@ impl Dispatcher {
             user_id: last.user_id.clone().filter(|u| *u != last.from),
             parts: messages.iter().map(|(_, m)| part_of(m)).collect(),
         };
-        let answerable = turn::is_valid_address(&burst.address).is_some()
-            && burst
-                .parts
-                .iter()
-                .any(|part| matches!(part.kind, PartKind::Text(_) | PartKind::NonText(_)));
-        if answerable {
-            if let Some(reader) = &self.reader {
-                if let Err(e) = reader.mark_read(&last.id, true) {
-                    debug!(error = %e, "mark-as-read failed");
-                }
-            }
-        }
-
         let started = Instant::now();
-        let effects = self.engine.decide(&burst)?;
+        let typing = Typing {
+            reader: self.reader.clone(),
+            message_id: last.id.clone(),
+            refresh: self.cfg.typing_refresh,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            task: Mutex::new(None),
+        };
+        let decided = self.engine.decide(&burst, &typing);
+        // Stopped before anything is committed: no indicator is requested after the reply.
+        typing.stop();
+        let effects = decided?;
         let rows = Retirement {
             seen: messages.iter().map(|(_, m)| m.id.clone()).collect(),
             inbox_keys: messages.iter().map(|(k, _)| k.clone()).collect(),
@@ -441,3 +497,6 @@ impl Dispatcher {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod typing_tests;
