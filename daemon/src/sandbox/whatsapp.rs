@@ -877,6 +877,26 @@ impl PayloadBuilder {
         self.message(from, id, timestamp, "text", json!({ "body": body }))
     }
 
+    /// An inbound text message from a contact who withholds their phone number: the sender is
+    /// only `from_user_id` (their business-scoped user id), here and in `contacts`.
+    pub fn text_message_from_user_id(
+        &self,
+        user_id: &str,
+        id: &str,
+        body: &str,
+        timestamp: i64,
+    ) -> Value {
+        let message = json!({
+            "from_user_id": user_id, "id": id, "timestamp": timestamp.to_string(), "type": "text",
+            "text": { "body": body }
+        });
+        let mut value = json!({ "messaging_product": "whatsapp", "metadata": self.metadata(), "messages": [message] });
+        if let Some(name) = &self.contact_name {
+            value["contacts"] = json!([{ "profile": { "name": name }, "user_id": user_id }]);
+        }
+        self.envelope(value)
+    }
+
     /// A tap on a reply button of an interactive message.
     pub fn button_reply(
         &self,

@@ -499,4 +499,4 @@ impl Dispatcher {
 }
 
 #[cfg(test)]
-mod typing_tests;
+mod tests;

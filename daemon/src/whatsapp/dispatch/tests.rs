@@ -1,6 +1,6 @@
-//! The typing indicator, with the real engine, store and dispatcher against the Graph API
-//! simulator: shown when work on a reply starts, renewed while the model still generates, never
-//! for a message that gets no reply.
+//! The dispatcher with the real engine and store against the Graph API simulator: the typing
+//! indicator (shown when work on a reply starts, renewed while the model still generates, never
+//! for a message that gets no reply) and WhatsApp's notices of a new number or user id.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -113,9 +113,13 @@ async fn fixture() -> Fixture {
 impl Fixture {
     /// Puts a message into the inbox, as the webhook does, and hands it to the dispatcher.
     fn deliver(&self, id: &str, content: Content) {
+        self.deliver_from(PHONE, id, content);
+    }
+
+    fn deliver_from(&self, from: &str, id: &str, content: Content) {
         let m = InboundMessage {
             id: id.into(),
-            from: PHONE.into(),
+            from: from.into(),
             user_id: None,
             timestamp: 1_780_000_000,
             phone_number_id: SIM_PHONE_NUMBER_ID.into(),
@@ -123,7 +127,7 @@ impl Fixture {
             reply_to: None,
             content,
         };
-        let p = self.store.pseudonym(PHONE);
+        let p = self.store.pseudonym(from);
         let mut batch = self.store.batch();
         let keys = self
             .queues
@@ -204,4 +208,64 @@ async fn typing_is_renewed_while_the_model_generates_and_absent_without_a_reply(
     assert!(marks[after_reply..]
         .iter()
         .all(|m| m.typing && m.message_id == "wamid.6"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_of_a_new_number_and_user_id_move_the_customer() {
+    const NEW_PHONE: &str = "491519999999";
+    let f = fixture().await;
+    f.deliver("wamid.1", Content::Text("Hallo".into()));
+    f.dispatcher.wait_idle().await;
+    let old = f.store.pseudonym(PHONE);
+    assert_eq!(f.history_len(), 2);
+
+    // `user_changed_number`, as parsed from the 2026 payload (`from` is the old number).
+    f.deliver(
+        "wamid.2",
+        Content::System {
+            kind: "user_changed_number".into(),
+            new_wa_id: Some(NEW_PHONE.into()),
+            new_user_id: None,
+            previous_user_id: None,
+        },
+    );
+    f.dispatcher.wait_idle().await;
+    let new = f.store.pseudonym(NEW_PHONE);
+    assert!(f.store.customer(&old).unwrap().is_none());
+    assert!(f.store.recent_messages(&old, 10).unwrap().is_empty());
+    let moved = f.store.customer(&new).unwrap().unwrap();
+    assert_eq!(moved.body.phone, NEW_PHONE);
+    assert_eq!(f.store.recent_messages(&new, 10).unwrap().len(), 2);
+    assert_eq!(f.model.calls.load(Ordering::SeqCst), 1, "a notice is never answered");
+
+    // The contact writes from the new number: the same customer, not a new one.
+    f.deliver_from(NEW_PHONE, "wamid.3", Content::Text("Ich bins".into()));
+    f.dispatcher.wait_idle().await;
+    assert_eq!(f.store.recent_messages(&new, 10).unwrap().len(), 4);
+    assert_eq!(f.store.customer_metas().count(), 1);
+
+    // `user_changed_user_id` of a contact known by user id only, sent from the old user id.
+    f.deliver_from("DE.5150", "wamid.4", Content::Text("Hallo".into()));
+    f.dispatcher.wait_idle().await;
+    let old_id = f.store.pseudonym("DE.5150");
+    assert!(f.store.customer(&old_id).unwrap().is_some());
+    f.deliver_from(
+        "DE.5150",
+        "wamid.5",
+        Content::System {
+            kind: "user_changed_user_id".into(),
+            new_wa_id: None,
+            new_user_id: Some("DE.5151".into()),
+            previous_user_id: Some("DE.5150".into()),
+        },
+    );
+    f.dispatcher.wait_idle().await;
+    assert!(f.store.customer(&old_id).unwrap().is_none());
+    assert!(f.store.recent_messages(&old_id, 10).unwrap().is_empty());
+    let moved = f.store.customer(&f.store.pseudonym("DE.5151")).unwrap().unwrap();
+    assert_eq!(moved.body.user_id.as_deref(), Some("DE.5151"));
+    assert_eq!(
+        f.store.recent_messages(&moved.pseudonym, 10).unwrap().len(),
+        2
+    );
 }
