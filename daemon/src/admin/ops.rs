@@ -15,9 +15,9 @@ use crate::audit::{
     RequestId, ShortPseudonym, VerifyOptions, VerifyReport, CSV_HEADER,
 };
 use crate::config::RetentionPolicy;
+use crate::store::address::is_valid_address;
 use crate::store::crypto::{self, Pseudonym};
 use crate::store::customers::{BotMode, Customer, Stage};
-use crate::store::address::is_valid_address;
 use crate::store::{ks, Store, StoreError};
 
 /// Meta key of the last retention run.

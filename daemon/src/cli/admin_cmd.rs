@@ -110,7 +110,7 @@ pub enum AuditCommand {
         /// system, relay, customer, admin, a uid or a user name.
         #[arg(long)]
         actor: Option<String>,
-        /// Entries about the customer with this phone number.
+        /// Entries about the customer with this phone number or WhatsApp user id.
         #[arg(long)]
         customer: Option<String>,
         /// An action (customer.forget) or a prefix ending in a dot (customer.).

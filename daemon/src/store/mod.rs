@@ -9,8 +9,9 @@
 //! [`keydir`] for why they are files and not a keyspace).
 //!
 //! Submodules: [`crypto`] (sealing and pseudonyms), [`keydir`] (wrapped keys), [`commit`] (group
-//! commit), [`customers`] (record types), [`messages`] (history rows), [`retention`] (the
-//! sweeper), [`backup`] (backup, restore, identity rotation).
+//! commit), [`customers`] (record types), [`messages`] (history rows), [`moves`] (a customer to a
+//! new number or user id), [`retention`] (the sweeper), [`backup`] (backup, restore, identity
+//! rotation).
 
 pub mod address;
 pub mod backup;

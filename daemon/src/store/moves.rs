@@ -195,7 +195,11 @@ impl Store {
             let plain = zeroize::Zeroizing::new(old_key.open(ks::BOOKINGS, &k, &v)?);
             let mut nk = to.0.to_vec();
             nk.extend_from_slice(&k[PSEUDONYM_LEN..]);
-            batch.insert(&self.ks.bookings, nk.clone(), new_key.seal(ks::BOOKINGS, &nk, &plain));
+            batch.insert(
+                &self.ks.bookings,
+                nk.clone(),
+                new_key.seal(ks::BOOKINGS, &nk, &plain),
+            );
             batch.remove(&self.ks.bookings, k);
             moved_bookings += 1;
         }
@@ -408,7 +412,11 @@ mod tests {
                 .prefix(p.0)
                 .map(|g| {
                     let (k, v) = g.into_inner().unwrap();
-                    key.as_ref().unwrap().open(ks::BOOKINGS, &k, &v).unwrap().to_vec()
+                    key.as_ref()
+                        .unwrap()
+                        .open(ks::BOOKINGS, &k, &v)
+                        .unwrap()
+                        .to_vec()
                 })
                 .collect()
         }
@@ -458,14 +466,22 @@ mod tests {
         assert!(done.replies.is_empty());
 
         f.assert_empty(&old);
-        assert_eq!(f.store.pseudonym(OLD_NUMBER), old, "the old number resolves to no one");
+        assert_eq!(
+            f.store.pseudonym(OLD_NUMBER),
+            old,
+            "the old number resolves to no one"
+        );
         let c = f.store.customer(&new).unwrap().unwrap();
         assert_eq!(c.body.phone, "4915122222222");
         assert_eq!(c.body.profile.vorname.as_deref(), Some("Lena"));
         assert_eq!(c.meta.stage, Stage::NameKnown);
         assert_eq!(f.texts(&new), ["Hallo", "Ich bin Lena"]);
         assert_eq!(f.bookings(&new), [b"booked".to_vec()]);
-        assert_eq!(f.store.pseudonym(OLD_ID), new, "the user id follows the customer");
+        assert_eq!(
+            f.store.pseudonym(OLD_ID),
+            new,
+            "the user id follows the customer"
+        );
         let outbox = f.store.keyspaces().outbox.get(b"q1").unwrap().unwrap();
         assert_eq!(&outbox[..PSEUDONYM_LEN], &new.0[..]);
 
@@ -528,7 +544,11 @@ mod tests {
             },
         );
         assert_eq!(done.pseudonym, p);
-        assert_ne!(f.store.pseudonym(OLD_ID), p, "the old user id finds nothing");
+        assert_ne!(
+            f.store.pseudonym(OLD_ID),
+            p,
+            "the old user id finds nothing"
+        );
         assert!(f
             .store
             .customer(&f.store.pseudonym(OLD_ID))
@@ -545,7 +565,11 @@ mod tests {
     fn a_move_onto_a_known_identity_merges_and_keeps_every_booking() {
         let f = fixture();
         let old = f.customer(OLD_NUMBER, &[("alt 1", 1), ("alt 3", 3)], b"old booking");
-        let new = f.customer(NEW_NUMBER, &[("neu 2", 2), ("neu 4", 4)], b"new booking two");
+        let new = f.customer(
+            NEW_NUMBER,
+            &[("neu 2", 2), ("neu 4", 4)],
+            b"new booking two",
+        );
         f.store
             .update_existing(&new, |c, _, _| {
                 c.body.profile.vorname = None;
@@ -560,11 +584,18 @@ mod tests {
         assert_eq!(f.texts(&new), ["alt 1", "neu 2", "alt 3", "neu 4"]);
         let mut bookings = f.bookings(&new);
         bookings.sort();
-        assert_eq!(bookings, [b"new booking two".to_vec(), b"old booking".to_vec()]);
+        assert_eq!(
+            bookings,
+            [b"new booking two".to_vec(), b"old booking".to_vec()]
+        );
         let c = f.store.customer(&new).unwrap().unwrap();
         assert_eq!(c.body.profile.vorname.as_deref(), Some("Lena"));
         assert_eq!(c.body.profile.email.as_deref(), Some("lena@example.de"));
-        assert_eq!(c.meta.mode, BotMode::Paused, "a pause on either side stands");
+        assert_eq!(
+            c.meta.mode,
+            BotMode::Paused,
+            "a pause on either side stands"
+        );
         assert_eq!(c.meta.next_message_seq, 4);
         assert_eq!(f.moved_entries()[0].details["merged"], Detail::Flag(true));
     }
@@ -578,7 +609,10 @@ mod tests {
         let new = f.store.pseudonym(NEW_NUMBER);
         assert_eq!(done.pseudonym, old);
         assert!(f.store.customer(&new).unwrap().is_none());
-        assert!(f.store.data_key(&new).unwrap().is_none(), "no key for the new number");
+        assert!(
+            f.store.data_key(&new).unwrap().is_none(),
+            "no key for the new number"
+        );
         assert!(f.moved_entries().is_empty());
     }
 }

@@ -150,7 +150,12 @@ struct Typing {
     message_id: String,
     refresh: Duration,
     runtime: Option<tokio::runtime::Handle>,
-    task: Mutex<Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>,
+    task: Mutex<
+        Option<(
+            tokio::sync::oneshot::Sender<()>,
+            tokio::task::JoinHandle<()>,
+        )>,
+    >,
 }
 
 impl turn::Progress for Typing {

@@ -61,8 +61,12 @@ async fn run(senders: usize, messages: usize, kind: Senders) -> anyhow::Result<f
                 let contact = i % CONTACTS;
                 let id = format!("wamid.bench.{i}");
                 let body = match kind {
-                    Senders::HalfUserIdOnly if contact % 2 == 1 => p
-                        .text_message_from_user_id(&format!("DE.9173{contact:08}"), &id, "Hallo", ts),
+                    Senders::HalfUserIdOnly if contact % 2 == 1 => p.text_message_from_user_id(
+                        &format!("DE.9173{contact:08}"),
+                        &id,
+                        "Hallo",
+                        ts,
+                    ),
                     _ => p.text_message(&format!("4917300{contact:05}"), &id, "Hallo", ts),
                 }
                 .to_string();
@@ -90,7 +94,9 @@ async fn run(senders: usize, messages: usize, kind: Senders) -> anyhow::Result<f
             let mut latencies = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((body, sig)) = bodies.get(i) else { break };
+                let Some((body, sig)) = bodies.get(i) else {
+                    break;
+                };
                 let req = Request::post("/webhook")
                     .header("host", addr.to_string())
                     .header("content-type", "application/json")
@@ -147,7 +153,9 @@ async fn run(senders: usize, messages: usize, kind: Senders) -> anyhow::Result<f
             );
             break;
         }
-        let _ = graph.wait_for_sent(sent.len() + 1, Duration::from_secs(60)).await;
+        let _ = graph
+            .wait_for_sent(sent.len() + 1, Duration::from_secs(60))
+            .await;
     }
     drop(daemon);
     Ok(rate)

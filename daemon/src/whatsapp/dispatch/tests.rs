@@ -15,9 +15,7 @@ use crate::conversation::engine::Engine;
 use crate::conversation::prompts::{tests as prompt_tests, Prompts};
 use crate::llm::{Generation, LanguageModel, LlmError, Prompt};
 use crate::metrics::Metrics;
-use crate::sandbox::whatsapp::{
-    self as sim, SIM_GRAPH_VERSION, SIM_PHONE_NUMBER_ID, SIM_TOKEN,
-};
+use crate::sandbox::whatsapp::{self as sim, SIM_GRAPH_VERSION, SIM_PHONE_NUMBER_ID, SIM_TOKEN};
 use crate::store::crypto::StoreIdentity;
 use crate::store::customers::BotMode;
 use crate::store::Store;
@@ -168,7 +166,11 @@ async fn typing_is_renewed_while_the_model_generates_and_absent_without_a_reply(
     assert_eq!(f.model.calls.load(Ordering::SeqCst), 1);
     open.send(()).unwrap();
     f.dispatcher.wait_idle().await;
-    assert_eq!(f.history_len(), 2, "the message and its reply are committed");
+    assert_eq!(
+        f.history_len(),
+        2,
+        "the message and its reply are committed"
+    );
     // The renewals ended with the decision: nothing is requested after it.
     let after_reply = f.sim.read_marks().len();
 
@@ -236,7 +238,11 @@ async fn notices_of_a_new_number_and_user_id_move_the_customer() {
     let moved = f.store.customer(&new).unwrap().unwrap();
     assert_eq!(moved.body.phone, NEW_PHONE);
     assert_eq!(f.store.recent_messages(&new, 10).unwrap().len(), 2);
-    assert_eq!(f.model.calls.load(Ordering::SeqCst), 1, "a notice is never answered");
+    assert_eq!(
+        f.model.calls.load(Ordering::SeqCst),
+        1,
+        "a notice is never answered"
+    );
 
     // The contact writes from the new number: the same customer, not a new one.
     f.deliver_from(NEW_PHONE, "wamid.3", Content::Text("Ich bins".into()));
@@ -262,7 +268,11 @@ async fn notices_of_a_new_number_and_user_id_move_the_customer() {
     f.dispatcher.wait_idle().await;
     assert!(f.store.customer(&old_id).unwrap().is_none());
     assert!(f.store.recent_messages(&old_id, 10).unwrap().is_empty());
-    let moved = f.store.customer(&f.store.pseudonym("DE.5151")).unwrap().unwrap();
+    let moved = f
+        .store
+        .customer(&f.store.pseudonym("DE.5151"))
+        .unwrap()
+        .unwrap();
     assert_eq!(moved.body.user_id.as_deref(), Some("DE.5151"));
     assert_eq!(
         f.store.recent_messages(&moved.pseudonym, 10).unwrap().len(),
