@@ -204,29 +204,7 @@ impl Store {
             moved_bookings += 1;
         }
 
-        // Pending queue rows carry the pseudonym in clear in front, so a forget of the new
-        // identity finds them; the sealed part is bound to the row key alone and stays.
-        for ks in [&self.ks.inbox, &self.ks.outbox] {
-            for g in ks.iter() {
-                let (k, v) = g.into_inner()?;
-                if v.get(..PSEUDONYM_LEN) == Some(&from.0[..]) {
-                    let mut nv = v.to_vec();
-                    nv[..PSEUDONYM_LEN].copy_from_slice(&to.0);
-                    batch.insert(ks, k, nv);
-                }
-            }
-        }
-
-        // Links follow the customer; the new identity is a customer key, not a link.
-        let own_link = meta_key(ALIAS_PREFIX, to);
-        for g in self.ks.meta.prefix(ALIAS_PREFIX) {
-            let (k, v) = g.into_inner()?;
-            if k.as_ref() == own_link.as_slice() {
-                batch.remove(&self.ks.meta, k);
-            } else if v.as_ref() == &from.0[..] {
-                batch.insert(&self.ks.meta, k, to.0.to_vec());
-            }
-        }
+        self.retag(from, to, batch)?;
         batch.remove(&self.ks.meta, meta_key(ALIAS_PREFIX, from));
         batch.remove(&self.ks.customers, from.0);
         self.put_customer(&record, batch)?;
@@ -249,6 +227,39 @@ impl Store {
         if outcome.rekeyed() {
             self.keys.remove(&outcome.from)?;
             self.forget_cached_key(&outcome.from);
+        }
+        Ok(())
+    }
+
+    /// Pending queue rows and user-id links of `from` now belong to `to`.
+    fn retag(
+        &self,
+        from: &Pseudonym,
+        to: &Pseudonym,
+        batch: &mut fjall::OwnedWriteBatch,
+    ) -> Result<()> {
+        // Pending queue rows carry the pseudonym in clear in front, so a forget of the new
+        // identity finds them; the sealed part is bound to the row key alone and stays.
+        for ks in [&self.ks.inbox, &self.ks.outbox] {
+            for g in ks.iter() {
+                let (k, v) = g.into_inner()?;
+                if v.get(..PSEUDONYM_LEN) == Some(&from.0[..]) {
+                    let mut nv = v.to_vec();
+                    nv[..PSEUDONYM_LEN].copy_from_slice(&to.0);
+                    batch.insert(ks, k, nv);
+                }
+            }
+        }
+
+        // Links follow the customer; the new identity is a customer key, not a link.
+        let own_link = meta_key(ALIAS_PREFIX, to);
+        for g in self.ks.meta.prefix(ALIAS_PREFIX) {
+            let (k, v) = g.into_inner()?;
+            if k.as_ref() == own_link.as_slice() {
+                batch.remove(&self.ks.meta, k);
+            } else if v.as_ref() == &from.0[..] {
+                batch.insert(&self.ks.meta, k, to.0.to_vec());
+            }
         }
         Ok(())
     }

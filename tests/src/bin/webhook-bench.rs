@@ -127,6 +127,13 @@ async fn run(senders: usize, messages: usize, kind: Senders) -> anyhow::Result<f
         pct(0.5).as_secs_f64() * 1e3,
         pct(0.99).as_secs_f64() * 1e3,
     );
+    check_replies(&graph, messages).await;
+    drop(daemon);
+    Ok(rate)
+}
+
+/// Waits until every acknowledged message is answered and prints whether exactly once.
+async fn check_replies(graph: &sim::GraphSim, messages: usize) {
     // Every acknowledged message is answered exactly once.
     let drained = Instant::now();
     loop {
@@ -157,10 +164,9 @@ async fn run(senders: usize, messages: usize, kind: Senders) -> anyhow::Result<f
             .wait_for_sent(sent.len() + 1, Duration::from_secs(60))
             .await;
     }
-    drop(daemon);
-    Ok(rate)
 }
 
+/// The middle value (of an odd count; the upper middle otherwise).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -169,7 +175,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() -> anyhow::Result<()> {
     let senders = arg("--senders", 64);
     let messages = arg("--messages", 20_000);
-    let rounds = arg("--rounds", 1).max(1);
+    let rounds = arg("--rounds", 3).max(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
