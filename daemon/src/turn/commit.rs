@@ -212,11 +212,9 @@ fn commit_moves(
             tracing::info!(customer = %from, change = change.label(), "identity notice for a customer without a record; nothing moved");
         }
         if i == last && !retired {
-            {
-                let mut batch = store.batch();
-                rows.add(&mut batch, store, &effects)?;
-                write(store, batch, std::mem::take(&mut effects.audit), audit)?;
-            }
+            let mut batch = store.batch();
+            rows.add(&mut batch, store, &effects)?;
+            write(store, batch, std::mem::take(&mut effects.audit), audit)?;
         }
     }
     Ok(effects)
