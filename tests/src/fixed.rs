@@ -1,14 +1,15 @@
 //! An instant stand-in for the conversation engine, for load tests and benchmarks of the
 //! channel: every burst with text is answered with one fixed text, in which `{ids}` becomes the
 //! answered message ids, so a test can tell which messages a reply answers. Bursts without text
-//! get the studio's non-text reply. It records history like the engine, through the same commit.
+//! get the studio's non-text reply. It records history like the engine, through the same commit,
+//! and tells the channel that a reply follows exactly when the engine would (typing indicator).
 
 use std::sync::Arc;
 
 use frontdesk::store::customers::Customer;
 use frontdesk::store::Store;
 use frontdesk::turn::{
-    is_valid_address, Burst, Decide, Effects, PartKind, RecordUpdate, TurnOutcome,
+    is_valid_address, Burst, Decide, Effects, PartKind, Progress, RecordUpdate, TurnOutcome,
 };
 use jiff::Timestamp;
 
@@ -23,7 +24,7 @@ pub struct FixedReply {
 }
 
 impl Decide for FixedReply {
-    fn decide(&self, burst: &Burst) -> anyhow::Result<Effects> {
+    fn decide(&self, burst: &Burst, progress: &dyn Progress) -> anyhow::Result<Effects> {
         let now = Timestamp::now();
         let p = self.store.pseudonym(&burst.address);
         if is_valid_address(&burst.address).is_none() {
@@ -61,6 +62,7 @@ impl Decide for FixedReply {
         let mut effects = Effects::nothing(p, &burst.address, now, outcome);
         effects.new_contact = existing.is_none();
         if customer.meta.mode.answers() {
+            progress.replying();
             effects.replies.push(if text_ids.is_empty() {
                 self.non_text_reply.clone()
             } else {

@@ -105,10 +105,10 @@ pub struct CustomerRow {
     pub name: Option<String>,
 }
 
-/// A request about one customer, given by phone number.
+/// A request about one customer, given by phone number or WhatsApp user id.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PhoneRequest {
-    /// Phone number in any notation.
+    /// Phone number in any notation, or WhatsApp business-scoped user id (`DE.…`).
     pub phone: String,
 }
 
@@ -132,8 +132,11 @@ pub struct CustomerDetail {
     pub status: String,
     /// The status in words, for people.
     pub status_label: String,
-    /// Phone number in normalised form.
+    /// Phone number in normalised form (the user id for a contact known only by it).
     pub phone: String,
+    /// The contact's WhatsApp business-scoped user id, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
     /// The name the customer's WhatsApp profile shows.
     pub contact_name: Option<String>,
     /// The customer's WhatsApp `@username`, when they use one.
@@ -161,7 +164,7 @@ pub struct CustomerDetail {
 /// `customers export`: whom to export and to whom to encrypt it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ExportRequest {
-    /// Phone number in any notation.
+    /// Phone number in any notation, or WhatsApp user id.
     pub phone: String,
     /// age recipient (`age1…`) the export is encrypted to.
     pub recipient: String,
@@ -170,7 +173,7 @@ pub struct ExportRequest {
 /// `customers forget`: whom to forget and why (the reason goes into the audit log).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ForgetRequest {
-    /// Phone number in any notation.
+    /// Phone number in any notation, or WhatsApp user id.
     pub phone: String,
     /// Why the data is deleted (recorded in the audit log).
     pub reason: ForgetReason,

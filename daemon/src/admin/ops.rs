@@ -15,6 +15,7 @@ use crate::audit::{
     RequestId, ShortPseudonym, VerifyOptions, VerifyReport, CSV_HEADER,
 };
 use crate::config::RetentionPolicy;
+use crate::store::address::is_valid_address;
 use crate::store::crypto::{self, Pseudonym};
 use crate::store::customers::{BotMode, Customer, Stage};
 use crate::store::{ks, Store, StoreError};
@@ -42,7 +43,15 @@ impl OpError {
     }
 
     fn not_found() -> OpError {
-        OpError::new(404, "no customer with this phone number")
+        OpError::new(404, "no customer with this phone number or user id")
+    }
+
+    fn not_an_address() -> OpError {
+        OpError::new(
+            400,
+            "neither a phone number nor a WhatsApp user id: give the number in international \
+             form (+49 151 2345678) or the user id as WhatsApp writes it (DE.1234…)",
+        )
     }
 }
 
@@ -106,6 +115,16 @@ impl Ctx<'_> {
         );
         OpError::not_found()
     }
+}
+
+/// The customer a request names by phone number or WhatsApp user id (a user id linked to a
+/// number's customer names that customer).
+fn customer_of(ctx: &Ctx, address: &str) -> Result<Pseudonym, OpError> {
+    let address = address.trim();
+    if is_valid_address(address).is_none() {
+        return Err(OpError::not_an_address());
+    }
+    Ok(ctx.store().pseudonym(address))
 }
 
 fn status_code(c: &Customer) -> &'static str {
@@ -219,7 +238,7 @@ pub fn customers_list(ctx: &Ctx, req: ListRequest) -> OpResult {
 
 /// `customers show`: one customer's record and last 20 messages, audited as a read.
 pub fn customers_show(ctx: &Ctx, req: PhoneRequest) -> OpResult {
-    let p = ctx.store().pseudonym(&req.phone);
+    let p = customer_of(ctx, &req.phone)?;
     let Some(c) = ctx.store().customer(&p)? else {
         return Err(ctx.not_found(AuditEvent::CustomerRead { messages: 0 }, &p));
     };
@@ -239,6 +258,7 @@ pub fn customers_show(ctx: &Ctx, req: PhoneRequest) -> OpResult {
             (Some(user_id), true) => user_id.clone(),
             _ => c.body.phone.clone(),
         },
+        user_id: c.body.user_id.clone(),
         contact_name: c.body.contact_name.clone(),
         username: c.body.username.clone(),
         lead_source: c.body.lead_source.as_ref().map(|s| {
@@ -329,7 +349,7 @@ fn export_document(ctx: &Ctx, c: &Customer) -> Result<(serde_json::Value, [u64; 
 pub fn customers_export(ctx: &Ctx, req: ExportRequest) -> OpResult {
     let recipient =
         crypto::parse_recipient(&req.recipient).map_err(|e| OpError::new(400, e.to_string()))?;
-    let p = ctx.store().pseudonym(&req.phone);
+    let p = customer_of(ctx, &req.phone)?;
     let empty = AuditEvent::CustomerExport {
         messages: 0,
         bookings: 0,
@@ -362,7 +382,7 @@ pub fn customers_export(ctx: &Ctx, req: ExportRequest) -> OpResult {
 
 /// `customers forget`: crypto-shreds the customer and audits it, also when nothing was known.
 pub fn customers_forget(ctx: &Ctx, req: ForgetRequest) -> OpResult {
-    let p = ctx.store().pseudonym(&req.phone);
+    let p = customer_of(ctx, &req.phone)?;
     match ctx.store().forget(&[p], Timestamp::now()) {
         Ok(n) => {
             let rec = ctx.audit(
@@ -395,7 +415,7 @@ pub fn customers_forget(ctx: &Ctx, req: ForgetRequest) -> OpResult {
 /// `customers pause` (`pause`) or `customers resume`: sets the bot mode; the change and its audit
 /// entry commit together.
 pub fn customers_set_mode(ctx: &Ctx, req: PhoneRequest, pause: bool) -> OpResult {
-    let p = ctx.store().pseudonym(&req.phone);
+    let p = customer_of(ctx, &req.phone)?;
     let (event, mode) = if pause {
         (AuditEvent::CustomerPause, BotMode::Paused)
     } else {
@@ -424,7 +444,7 @@ pub fn customers_set_mode(ctx: &Ctx, req: PhoneRequest, pause: bool) -> OpResult
 pub fn audit_show(ctx: &Ctx, req: AuditShowRequest) -> OpResult {
     let mut filter = req.filter;
     if let Some(phone) = &req.customer_phone {
-        filter.subject = Some(ShortPseudonym::from(&ctx.store().pseudonym(phone)).to_string());
+        filter.subject = Some(ShortPseudonym::from(&customer_of(ctx, phone)?).to_string());
     }
     let records = ctx.state.audit.query(&filter)?;
     ctx.audit(ctx.entry(AuditEvent::AuditRead {

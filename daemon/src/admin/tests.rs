@@ -241,20 +241,27 @@ fn every_endpoint_end_to_end_over_the_socket() {
         BotMode::Active
     );
 
-    // Unknown customer: 404, audited.
-    let err = c
-        .post(
-            CUSTOMERS_SHOW,
-            &PhoneRequest {
-                phone: "+49 1".into(),
-            },
-        )
-        .err()
-        .unwrap();
-    assert!(
-        matches!(err, ClientError::Failed { status: 404, .. }),
-        "{err}"
-    );
+    // Unknown customer: 404, audited; neither a number nor a user id: 400.
+    for (phone, status) in [
+        ("+49 151 0000000", 404),
+        ("DE.0000000", 404),
+        ("+49 1", 400),
+        ("../etc/passwd", 400),
+    ] {
+        let err = c
+            .post(
+                CUSTOMERS_SHOW,
+                &PhoneRequest {
+                    phone: phone.into(),
+                },
+            )
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, ClientError::Failed { status: s, .. } if s == status),
+            "{phone}: {err}"
+        );
+    }
 
     // Export: decrypts with the recipient's identity; holds Anna and nothing of Bernd.
     let recipient_id = StoreIdentity::generate();
@@ -538,4 +545,84 @@ proptest! {
             }
         }
     }
+}
+
+fn json_of(reply: ops::Reply) -> serde_json::Value {
+    match reply {
+        ops::Reply::Json(v) => v,
+        ops::Reply::Bytes(..) => panic!("expected JSON"),
+    }
+}
+
+#[test]
+fn customers_show_export_and_forget_accept_a_user_id() {
+    let f = fixture();
+    let only_id = Person {
+        phone: "DE.5551234".into(),
+        ..bernd()
+    };
+    add_person(&f.store, &only_id);
+    add_person(&f.store, &anna());
+    let pa = f.store.pseudonym(&anna().phone);
+    let mut batch = f.store.batch();
+    assert!(f.store.link_user_id("DE.777", &pa, &mut batch).unwrap());
+    f.store.commit_durable(batch).unwrap();
+
+    let caller = root();
+    let ctx = ops::Ctx {
+        state: &f.state,
+        caller: &caller,
+        request_id: crate::audit::RequestId(9),
+    };
+    let show = |phone: &str| {
+        ops::customers_show(
+            &ctx,
+            PhoneRequest {
+                phone: phone.into(),
+            },
+        )
+        .map(json_of)
+    };
+    let d = show("DE.5551234").unwrap();
+    assert_eq!(d["phone"], "DE.5551234");
+    assert_eq!(d["user_id"], "DE.5551234");
+    // A user id linked to a number names that number's customer.
+    assert_eq!(show("DE.777").unwrap()["pseudonym"], pa.short());
+    let recipient = StoreIdentity::generate().recipient().to_string();
+    assert!(ops::customers_export(
+        &ctx,
+        ExportRequest {
+            phone: "DE.777".into(),
+            recipient,
+        },
+    )
+    .is_ok());
+
+    let forgotten = json_of(
+        ops::customers_forget(
+            &ctx,
+            ForgetRequest {
+                phone: "DE.777".into(),
+                reason: ForgetReason::Other,
+            },
+        )
+        .unwrap(),
+    );
+    assert_eq!(forgotten["existed"], true);
+    assert!(f.store.customer(&pa).unwrap().is_none());
+    assert_eq!(show(&anna().phone).err().unwrap().status, 404);
+    assert_eq!(show("DE.777").err().unwrap().status, 404);
+    let forgotten = json_of(
+        ops::customers_forget(
+            &ctx,
+            ForgetRequest {
+                phone: "DE.5551234".into(),
+                reason: ForgetReason::Other,
+            },
+        )
+        .unwrap(),
+    );
+    assert_eq!(forgotten["existed"], true);
+    assert_eq!(show("DE.5551234").err().unwrap().status, 404);
+    assert_eq!(show("DE.55.1").err().unwrap().status, 400);
 }

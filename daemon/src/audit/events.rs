@@ -322,6 +322,21 @@ pub enum AuditEvent {
     /// The customer opted out of messages.
     #[serde(rename = "customer.opt_out")]
     CustomerOptOut,
+    /// WhatsApp announced a new phone number or user id for the customer and their data moved
+    /// to it; the entry's subject is the customer after the move.
+    #[serde(rename = "customer.moved")]
+    CustomerMoved {
+        /// What changed: `number` or `user_id`.
+        change: Code,
+        /// The customer before the move (equal to the subject when only the record changed).
+        from: ShortPseudonym,
+        /// History rows moved.
+        messages: u64,
+        /// Booking rows moved.
+        bookings: u64,
+        /// The new identity had a record already and the two were merged.
+        merged: bool,
+    },
     /// A booking request started or resumed; MagicLine calls follow.
     ///
     /// `flow`, here and in the other `booking.*` events that have it: `member` when the person's
@@ -566,7 +581,8 @@ impl AuditEvent {
             | CustomerPause
             | CustomerResume
             | CustomerEscalate { .. }
-            | CustomerOptOut => Purpose::Support,
+            | CustomerOptOut
+            | CustomerMoved { .. } => Purpose::Support,
             BookingAttempt { .. }
             | BookingLeadCreated { .. }
             | BookingCustomerMatched { .. }

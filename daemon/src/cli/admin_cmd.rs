@@ -37,13 +37,14 @@ pub enum CustomersCommand {
     },
     /// Show one customer's record and recent messages (audited).
     Show {
-        /// Phone number in any notation.
+        /// Phone number in any notation, or WhatsApp user id (`DE.…`).
         phone: String,
         #[arg(long)]
         json: bool,
     },
     /// Export everything about one person as an age-encrypted file (audited).
     Export {
+        /// Phone number in any notation, or WhatsApp user id (`DE.…`).
         phone: String,
         /// age recipient (age1…) of the person who receives the export.
         #[arg(long)]
@@ -54,6 +55,7 @@ pub enum CustomersCommand {
     },
     /// Forget one person: delete every row and crypto-shred their key (audited).
     Forget {
+        /// Phone number in any notation, or WhatsApp user id (`DE.…`).
         phone: String,
         /// Why (a category; free text is deliberately not recorded).
         #[arg(long, value_enum)]
@@ -108,7 +110,7 @@ pub enum AuditCommand {
         /// system, relay, customer, admin, a uid or a user name.
         #[arg(long)]
         actor: Option<String>,
-        /// Entries about the customer with this phone number.
+        /// Entries about the customer with this phone number or WhatsApp user id.
         #[arg(long)]
         customer: Option<String>,
         /// An action (customer.forget) or a prefix ending in a dot (customer.).
@@ -319,6 +321,9 @@ pub fn customers(cli: &Cli, cmd: &CustomersCommand) -> anyhow::Result<u8> {
                 println!("pseudonym:     {}", d.pseudonym);
                 println!("status:        {} ({})", d.status, d.status_label);
                 println!("phone:         {}", d.phone);
+                if let Some(user_id) = d.user_id.as_ref().filter(|u| **u != d.phone) {
+                    println!("user id:       {user_id}");
+                }
                 if let Some(n) = &d.contact_name {
                     println!("whatsapp name: {n}");
                 }

@@ -5,7 +5,8 @@
 //! [`Engine::decide_at`] runs blocking (model and booking calls) and in this order:
 //! 1. An address that is neither a phone number nor a WhatsApp user id is dropped: no record,
 //!    no reply, an audit entry (`message.dropped`). Bursts of only reactions or WhatsApp system
-//!    notices (`user_changed_number`, …) change nothing and are never answered.
+//!    notices are never answered; a notice of a new number or user id (`user_changed_number`,
+//!    `user_changed_user_id`) becomes an [`Effects::moves`] entry, which the commit carries out.
 //! 2. Load the customer (or start a new one). Every text and non-text part goes into the
 //!    history with WhatsApp's timestamp; non-text parts as `[voice]`, `[image]` …, a caption as
 //!    `[image] caption`, an edit as `[edited] new text`. A revoke (the contact deleted a message
@@ -64,8 +65,8 @@ use crate::store::customers::{BotMode, Customer, Stage};
 use crate::store::messages::Direction;
 use crate::store::{Store, StoreError};
 use crate::turn::{
-    is_valid_address, AddressKind, AlertKind, Burst, Decide, Effects, PartKind, RecordUpdate,
-    StaffAlert, TurnOutcome, REVOKED_TEXT,
+    is_valid_address, AddressKind, AlertKind, Burst, Decide, Effects, IdentityChange, PartKind,
+    Progress, RecordUpdate, StaffAlert, TurnOutcome, REVOKED_TEXT,
 };
 
 /// Offered alternatives older than this are no longer read as picks.
@@ -236,6 +237,17 @@ impl Engine {
     /// time zone; dates are read in Europe/Berlin). Reads the store, calls the model and the
     /// booker, writes nothing: the caller commits the effects ([`crate::turn::commit`]).
     pub fn decide_at(&self, burst: &Burst, now: &Zoned) -> Result<Turn, EngineError> {
+        self.decide_with(burst, now, &())
+    }
+
+    /// [`Engine::decide_at`], telling `progress` when a reply will follow, before the model is
+    /// called.
+    pub fn decide_with(
+        &self,
+        burst: &Burst,
+        now: &Zoned,
+        progress: &dyn Progress,
+    ) -> Result<Turn, EngineError> {
         let now = now.with_time_zone(berlin_tz());
         let ts = now.timestamp();
         let p = self.store.pseudonym(&burst.address);
@@ -257,13 +269,18 @@ impl Engine {
         let (texts, inbound) = (burst.texts(), burst.history());
         if inbound.is_empty() && revoked.is_empty() {
             // Reactions and WhatsApp's system notices: nothing the contact wrote to us.
-            let only_system = burst.parts.iter().all(|part| part.kind == PartKind::System);
+            let only_system = burst.parts.iter().all(|part| part.kind.is_notice());
             let outcome = if only_system {
                 TurnOutcome::System
             } else {
                 TurnOutcome::Ignored
             };
-            return Ok(Turn::new(Effects::nothing(p, &burst.address, ts, outcome)));
+            let mut effects = Effects::nothing(p, &burst.address, ts, outcome);
+            effects.moves = identity_changes(burst);
+            if !effects.moves.is_empty() {
+                effects.pseudonym = self.moving_customer(p, &effects.moves)?;
+            }
+            return Ok(Turn::new(effects));
         }
 
         let existing = self.store.customer(&p)?;
@@ -312,6 +329,7 @@ impl Engine {
                 turn.effects.outcome = TurnOutcome::RateLimited;
             }
             BotMode::OptedOut | BotMode::Active => {
+                progress.replying();
                 if c.meta.mode == BotMode::OptedOut {
                     set_mode(&mut c, &mut turn, BotMode::Active);
                 }
@@ -363,6 +381,31 @@ impl Engine {
     }
 
     /// Whether `p` may get a reply at `now` under the hourly limit; counts it if so.
+    /// The customer an identity notice is about: the sender's address, or — when it names no
+    /// customer — the previous user id the notice names.
+    fn moving_customer(
+        &self,
+        p: Pseudonym,
+        changes: &[IdentityChange],
+    ) -> Result<Pseudonym, EngineError> {
+        if self.store.customer_meta(&p)?.is_some() {
+            return Ok(p);
+        }
+        for change in changes {
+            if let IdentityChange::UserId {
+                previous: Some(previous),
+                ..
+            } = change
+            {
+                let q = self.store.pseudonym(previous);
+                if self.store.customer_meta(&q)?.is_some() {
+                    return Ok(q);
+                }
+            }
+        }
+        Ok(p)
+    }
+
     fn take_reply(&self, p: Pseudonym, now: Timestamp) -> bool {
         let hour_ago = now - jiff::SignedDuration::from_hours(1);
         let mut answered = self.answered.lock().expect("reply limit lock poisoned");
@@ -834,10 +877,22 @@ fn is_affirmation(text: &str) -> bool {
 }
 
 impl Decide for Engine {
-    fn decide(&self, burst: &Burst) -> anyhow::Result<Effects> {
+    fn decide(&self, burst: &Burst, progress: &dyn Progress) -> anyhow::Result<Effects> {
         let now = Timestamp::now().in_tz(when::TZ_NAME)?;
-        Ok(self.decide_at(burst, &now)?.effects)
+        Ok(self.decide_with(burst, &now, progress)?.effects)
     }
+}
+
+/// The new identities WhatsApp announced in the burst, in order.
+fn identity_changes(burst: &Burst) -> Vec<IdentityChange> {
+    burst
+        .parts
+        .iter()
+        .filter_map(|part| match &part.kind {
+            PartKind::IdentityChanged(change) => Some(change.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The funnel counters a turn moves.

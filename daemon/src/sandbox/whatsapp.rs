@@ -1026,6 +1026,12 @@ fn random_alnum(len: usize) -> String {
         .collect()
 }
 
+fn random_digits(len: usize) -> String {
+    (0..len)
+        .map(|_| char::from(b'0' + rand::thread_rng().gen_range(0..10u8)))
+        .collect()
+}
+
 // ================================================================================================
 // Webhook payloads
 // ================================================================================================
@@ -1103,6 +1109,26 @@ impl PayloadBuilder {
     /// An inbound text message.
     pub fn text_message(&self, from: &str, id: &str, body: &str, timestamp: i64) -> Value {
         self.message(from, id, timestamp, "text", json!({ "body": body }))
+    }
+
+    /// An inbound text message from a contact who withholds their phone number: the sender is
+    /// only `from_user_id` (their business-scoped user id), here and in `contacts`.
+    pub fn text_message_from_user_id(
+        &self,
+        user_id: &str,
+        id: &str,
+        body: &str,
+        timestamp: i64,
+    ) -> Value {
+        let message = json!({
+            "from_user_id": user_id, "id": id, "timestamp": timestamp.to_string(), "type": "text",
+            "text": { "body": body }
+        });
+        let mut value = json!({ "messaging_product": "whatsapp", "metadata": self.metadata(), "messages": [message] });
+        if let Some(name) = &self.contact_name {
+            value["contacts"] = json!([{ "profile": { "name": name }, "user_id": user_id }]);
+        }
+        self.envelope(value)
     }
 
     /// A tap on a reply button of an interactive message.
@@ -1301,12 +1327,58 @@ impl PayloadBuilder {
         self.messages_value(from, message)
     }
 
-    /// The `user_changed_number` system message.
+    /// The `user_changed_number` system message in its form before 2026-08-11 (`new_wa_id`).
     pub fn number_changed(&self, from: &str, id: &str, new_wa_id: &str, timestamp: i64) -> Value {
         let object = json!({
             "body": "User changed their number", "new_wa_id": new_wa_id, "type": "user_changed_number"
         });
         self.message(from, id, timestamp, "system", object)
+    }
+
+    /// The `user_changed_number` system message as sent since 2026-08-11: `from` is the old
+    /// number, `system.wa_id` the new one, and no `contacts` array.
+    pub fn number_changed_2026(
+        &self,
+        from: &str,
+        id: &str,
+        new_wa_id: &str,
+        timestamp: i64,
+    ) -> Value {
+        let message = json!({
+            "from": from, "id": id, "timestamp": timestamp.to_string(), "type": "system",
+            "system": {
+                "body": "User changed from their old number to a new one",
+                "wa_id": new_wa_id, "type": "user_changed_number"
+            }
+        });
+        self.envelope(json!({ "messaging_product": "whatsapp", "metadata": self.metadata(), "messages": [message] }))
+    }
+
+    /// The `user_changed_user_id` system message (since 2026-08-11): the new user id and parent
+    /// user id in `system`, the previous ones beside them, no `contacts` array. `from` is the
+    /// sender's number, or their previous user id when the number is withheld.
+    pub fn user_id_changed(
+        &self,
+        from: &str,
+        id: &str,
+        previous_user_id: &str,
+        new_user_id: &str,
+        timestamp: i64,
+    ) -> Value {
+        let country = new_user_id.split('.').next().unwrap_or("US");
+        let mut message = json!({
+            "from": from, "id": id, "timestamp": timestamp.to_string(), "type": "system",
+            "system": {
+                "body": "User changed their user id", "type": "user_changed_user_id",
+                "user_id": new_user_id, "parent_user_id": format!("{country}.ENT.{}", random_digits(12)),
+                "previous_user_id": previous_user_id,
+                "previous_parent_user_id": format!("{country}.ENT.{}", random_digits(12))
+            }
+        });
+        if from == previous_user_id {
+            message["from_user_id"] = json!(previous_user_id);
+        }
+        self.envelope(json!({ "messaging_product": "whatsapp", "metadata": self.metadata(), "messages": [message] }))
     }
 
     /// A status update (`sent`, `delivered`, `read`, …) for a message we sent.
@@ -2594,6 +2666,26 @@ mod tests {
                 Content::System {
                     kind: "user_changed_number".into(),
                     new_wa_id: Some("491700000001".into()),
+                    new_user_id: None,
+                    previous_user_id: None,
+                },
+            ),
+            (
+                b.number_changed_2026(TO, "wamid.11", "491700000002", 1),
+                Content::System {
+                    kind: "user_changed_number".into(),
+                    new_wa_id: Some("491700000002".into()),
+                    new_user_id: None,
+                    previous_user_id: None,
+                },
+            ),
+            (
+                b.user_id_changed("DE.77", "wamid.12", "DE.77", "DE.88", 1),
+                Content::System {
+                    kind: "user_changed_user_id".into(),
+                    new_wa_id: None,
+                    new_user_id: Some("DE.88".into()),
+                    previous_user_id: Some("DE.77".into()),
                 },
             ),
         ];

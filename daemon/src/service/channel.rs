@@ -179,6 +179,7 @@ pub(super) async fn start(
                 reopen_template: cfg.whatsapp.reopen_template.clone(),
                 template_language: cfg.whatsapp.template_language.clone(),
             },
+            typing_refresh: crate::whatsapp::dispatch::TYPING_REFRESH,
         },
         metrics.clone(),
         wake.clone(),

@@ -203,7 +203,7 @@ impl Store {
     }
 }
 
-fn open_message(key: &super::crypto::DataKey, k: &[u8], v: &[u8]) -> Result<Message> {
+pub(super) fn open_message(key: &super::crypto::DataKey, k: &[u8], v: &[u8]) -> Result<Message> {
     let sealed = v.get(8..).ok_or(StoreError::Corrupt {
         keyspace: ks::MESSAGES,
         what: "value too short",

@@ -9,8 +9,9 @@
 //! [`keydir`] for why they are files and not a keyspace).
 //!
 //! Submodules: [`crypto`] (sealing and pseudonyms), [`keydir`] (wrapped keys), [`commit`] (group
-//! commit), [`customers`] (record types), [`messages`] (history rows), [`retention`] (the
-//! sweeper), [`backup`] (backup, restore, identity rotation).
+//! commit), [`customers`] (record types), [`messages`] (history rows), [`moves`] (a customer to a
+//! new number or user id), [`retention`] (the sweeper), [`backup`] (backup, restore, identity
+//! rotation).
 
 pub mod address;
 pub mod backup;
@@ -20,6 +21,7 @@ pub mod customers;
 pub mod keydir;
 pub mod ledger;
 pub mod messages;
+pub mod moves;
 pub mod retention;
 
 use std::num::NonZeroUsize;
@@ -360,6 +362,27 @@ impl Store {
             }
         }
         own
+    }
+
+    /// The customer an event about `address` concerns when WhatsApp also named the contact's
+    /// user id (a delivery status's `recipient_id` and `recipient_user_id`): the address's
+    /// customer, else the user id's when only that one is known (a contact who wrote without
+    /// their number), else the address's pseudonym.
+    pub fn pseudonym_matching(&self, address: &str, user_id: Option<&str>) -> Pseudonym {
+        let own = self.pseudonym(address);
+        let Some(user_id) = user_id.filter(|u| *u != address) else {
+            return own;
+        };
+        let known = |p: &Pseudonym| self.ks.customers.contains_key(p.0).unwrap_or(false);
+        if known(&own) {
+            return own;
+        }
+        let by_user_id = self.pseudonym(user_id);
+        if known(&by_user_id) {
+            by_user_id
+        } else {
+            own
+        }
     }
 
     /// The pseudonym a user id's own pseudonym is linked to, if any.

@@ -673,3 +673,39 @@ fn concurrent_updates_lose_nothing() {
         .collect();
     assert_eq!(seqs.len(), 400);
 }
+
+#[test]
+fn statuses_match_a_customer_known_only_by_user_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreIdentity::generate()).unwrap();
+    let now = Timestamp::now();
+    let (by_id, _) = store
+        .update_customer("DE.4242", now, |_, _, _| Ok(()))
+        .unwrap();
+    let (by_number, _) = store
+        .update_customer("+49 151 3333333", now, |_, _, _| Ok(()))
+        .unwrap();
+    // The number is unknown, the user id is a customer: the status is theirs.
+    assert_eq!(
+        store.pseudonym_matching("4915144444444", Some("DE.4242")),
+        by_id.pseudonym
+    );
+    // A known number wins; without a user id the number alone counts.
+    assert_eq!(
+        store.pseudonym_matching("+49 151 3333333", Some("DE.4242")),
+        by_number.pseudonym
+    );
+    assert_eq!(
+        store.pseudonym_matching("4915144444444", None),
+        store.pseudonym("4915144444444")
+    );
+    assert_eq!(
+        store.pseudonym_matching("4915144444444", Some("DE.9")),
+        store.pseudonym("4915144444444")
+    );
+    // A status with only the user id.
+    assert_eq!(
+        store.pseudonym_matching("DE.4242", Some("DE.4242")),
+        by_id.pseudonym
+    );
+}

@@ -4,7 +4,7 @@
 use tracing::warn;
 
 use super::Effects;
-use crate::audit::AuditLog;
+use crate::audit::{Actor, AuditEvent, AuditLog, Code, NewEntry};
 use crate::stats;
 use crate::store::customers::Customer;
 use crate::store::messages::{Direction, Message};
@@ -77,6 +77,9 @@ pub fn commit(
     rows: &dyn QueueRows,
     audit: Option<&AuditLog>,
 ) -> Result<Effects, CommitError> {
+    if !effects.moves.is_empty() && effects.record.is_none() {
+        return commit_moves(store, effects, rows, audit);
+    }
     let p = effects.pseudonym;
     let guard = store.lock_customer(&p);
     let mut batch = store.batch();
@@ -163,4 +166,91 @@ pub fn commit(
         warn!(customer = %alert.pseudonym, reason = alert.kind.code(), FRONTDESK_EVENT = "staff.alert", "staff attention needed");
     }
     Ok(effects)
+}
+
+/// Carries out the identity moves of a notice turn ([`Effects::moves`]), each under the locks of
+/// both identities in one durable batch with its audit entry (`customer.moved`); the channel's
+/// rows join the last batch, so a crash before it repeats the turn, and a repeated move finds
+/// nothing left under the old identity. A customer without a record — never known, or
+/// forgotten — is not moved and nothing is written about them. Returns the effects with the
+/// customer as it is after the moves.
+fn commit_moves(
+    store: &Store,
+    mut effects: Effects,
+    rows: &dyn QueueRows,
+    audit: Option<&AuditLog>,
+) -> Result<Effects, CommitError> {
+    let moves = std::mem::take(&mut effects.moves);
+    let last = moves.len() - 1;
+    for (i, change) in moves.iter().enumerate() {
+        let from = effects.pseudonym;
+        let mut batch = store.batch();
+        let mut entries = Vec::new();
+        // The target depends on the record; it is read again under the locks, and a record
+        // changed in between (a rare race with another writer) is simply retried.
+        let mut outcome = None;
+        let mut retired = false;
+        for _ in 0..3 {
+            let Some(to) = store.move_target(&from, change)? else {
+                break;
+            };
+            let _guard = store.lock_pair(&from, &to);
+            if store.move_target(&from, change)? != Some(to) {
+                continue;
+            }
+            outcome = store.move_customer(&from, &to, change, &mut batch)?;
+            if let Some(done) = &outcome {
+                entries.push(
+                    NewEntry::new(
+                        Actor::System,
+                        AuditEvent::CustomerMoved {
+                            change: Code::new(change.label()),
+                            from: (&done.from).into(),
+                            messages: done.messages,
+                            bookings: done.bookings,
+                            merged: done.merged,
+                        },
+                    )
+                    .about(&done.to),
+                );
+            }
+            if i == last {
+                rows.add(&mut batch, store, &effects)?;
+                entries.append(&mut effects.audit);
+                retired = true;
+            }
+            write(store, batch, entries, audit)?;
+            if let Some(done) = &outcome {
+                store.finish_move(done)?;
+                tracing::info!(from = %done.from, to = %done.to, change = change.label(), merged = done.merged, "customer moved to a new identity");
+                effects.pseudonym = done.to;
+            }
+            break;
+        }
+        if outcome.is_none() {
+            tracing::info!(customer = %from, change = change.label(), "identity notice for a customer without a record; nothing moved");
+        }
+        if i == last && !retired {
+            let mut batch = store.batch();
+            rows.add(&mut batch, store, &effects)?;
+            write(store, batch, std::mem::take(&mut effects.audit), audit)?;
+        }
+    }
+    Ok(effects)
+}
+
+/// Commits `batch` durably, with `entries` chained into it when there is an audit log.
+fn write(
+    store: &Store,
+    batch: fjall::OwnedWriteBatch,
+    entries: Vec<NewEntry>,
+    audit: Option<&AuditLog>,
+) -> Result<(), CommitError> {
+    match audit {
+        Some(log) if !entries.is_empty() => {
+            log.append_many_with(batch, entries)?;
+        }
+        _ => store.commit_durable(batch)?,
+    }
+    Ok(())
 }

@@ -15,6 +15,7 @@ mod commit;
 use jiff::Timestamp;
 
 pub use crate::store::address::{is_valid_address, AddressKind};
+pub use crate::store::moves::IdentityChange;
 pub use commit::{commit, CommitError, QueueRows, REVOKED_TEXT};
 
 use crate::audit::NewEntry;
@@ -108,7 +109,8 @@ impl Burst {
                     PartKind::Text(_)
                     | PartKind::Revoke { .. }
                     | PartKind::Reaction
-                    | PartKind::System => return None,
+                    | PartKind::System
+                    | PartKind::IdentityChanged(_) => return None,
                 };
                 Some(Message {
                     direction: Direction::Inbound,
@@ -179,6 +181,16 @@ pub enum PartKind {
     /// A notice from WhatsApp (`user_changed_number`, …), not something the contact wrote:
     /// never answered, never shown to the model.
     System,
+    /// WhatsApp's notice that the contact has a new phone number (`user_changed_number`) or user
+    /// id (`user_changed_user_id`): never answered; the customer moves to the new identity.
+    IdentityChanged(IdentityChange),
+}
+
+impl PartKind {
+    /// A notice from WhatsApp rather than something the contact wrote.
+    pub fn is_notice(&self) -> bool {
+        matches!(self, PartKind::System | PartKind::IdentityChanged(_))
+    }
 }
 
 impl PartKind {
@@ -193,6 +205,7 @@ impl PartKind {
             PartKind::Revoke { .. } => "revoke",
             PartKind::Reaction => "reaction",
             PartKind::System => "system",
+            PartKind::IdentityChanged(_) => "identity_changed",
         }
     }
 }
@@ -322,6 +335,9 @@ pub struct Effects {
     pub sources: Vec<SourceEvent>,
     /// How the turn ended, for the metric.
     pub outcome: TurnOutcome,
+    /// New identities WhatsApp announced for the contact, in order: [`commit`] moves the
+    /// customer (`pseudonym`) to each, under the locks of both identities, in the turn's batch.
+    pub moves: Vec<IdentityChange>,
 }
 
 impl Effects {
@@ -346,6 +362,7 @@ impl Effects {
             funnel: Vec::new(),
             sources: Vec::new(),
             outcome,
+            moves: Vec::new(),
         }
     }
 }
@@ -362,13 +379,28 @@ impl std::fmt::Debug for Effects {
             .field("audit", &self.audit.len())
             .field("funnel", &self.funnel)
             .field("outcome", &self.outcome)
+            .field("moves", &self.moves)
             .finish()
     }
+}
+
+/// What the engine tells the channel while it decides a turn, before the effects exist.
+pub trait Progress {
+    /// A reply will follow, and the work on it (the model call) starts now. Called at most once
+    /// per turn, and never for a turn that stays silent (reactions, system notices, paused,
+    /// handed-over or opted-out contacts, the hourly limit): the channel shows the typing
+    /// indicator from here until the turn is decided.
+    fn replying(&self);
+}
+
+/// Nobody is watching (unit tests, the terminal chat).
+impl Progress for () {
+    fn replying(&self) {}
 }
 
 /// Decides a turn (the conversation engine in the daemon). Blocking: may call the model and
 /// MagicLine. Writes nothing; an error means the burst stays in the inbox for a later try.
 pub trait Decide: Send + Sync {
-    /// The effects of answering `burst` now.
-    fn decide(&self, burst: &Burst) -> anyhow::Result<Effects>;
+    /// The effects of answering `burst` now; `progress` learns when a reply is being prepared.
+    fn decide(&self, burst: &Burst, progress: &dyn Progress) -> anyhow::Result<Effects>;
 }

@@ -35,7 +35,9 @@ use crate::audit::AuditLog;
 use crate::metrics::{Metrics, Outcome};
 use crate::store::crypto::Pseudonym;
 use crate::store::{self, Store};
-use crate::turn::{self, Burst, Decide, Effects, Part, PartKind, TurnOutcome};
+use crate::turn::{
+    self, AddressKind, Burst, Decide, Effects, IdentityChange, Part, PartKind, TurnOutcome,
+};
 
 /// A burst is closed at the latest this many burst windows after its first message.
 pub const BURST_CAP_WINDOWS: u32 = 4;
@@ -99,7 +101,18 @@ impl turn::QueueRows for Retirement {
 fn part_of(m: &InboundMessage) -> Part {
     let kind = match &m.content {
         Content::Reaction { .. } => PartKind::Reaction,
-        Content::System { .. } => PartKind::System,
+        Content::System {
+            kind,
+            new_wa_id,
+            new_user_id,
+            previous_user_id,
+        } => identity_change(
+            kind,
+            new_wa_id.as_deref(),
+            new_user_id.as_deref(),
+            previous_user_id.as_deref(),
+        )
+        .map_or(PartKind::System, PartKind::IdentityChanged),
         Content::Welcome => PartKind::Welcome,
         Content::Edit { original_id, text } => PartKind::Edit {
             original: original_id.clone(),
@@ -146,6 +159,89 @@ fn burst_of(messages: &[(Vec<u8>, InboundMessage)]) -> Burst {
     }
 }
 
+/// The new identity a system notice announces, when it names a valid one.
+fn identity_change(
+    kind: &str,
+    new_number: Option<&str>,
+    new_user_id: Option<&str>,
+    previous_user_id: Option<&str>,
+) -> Option<IdentityChange> {
+    let user_id = |id: &str| turn::is_valid_address(id) == Some(AddressKind::UserId);
+    match (kind, new_number, new_user_id) {
+        ("user_changed_number", Some(n), _)
+            if turn::is_valid_address(n) == Some(AddressKind::Phone) =>
+        {
+            Some(IdentityChange::Number(n.to_string()))
+        }
+        ("user_changed_user_id", _, Some(id)) if user_id(id) => Some(IdentityChange::UserId {
+            new: id.to_string(),
+            previous: previous_user_id.filter(|p| user_id(p)).map(str::to_string),
+        }),
+        _ => None,
+    }
+}
+
+/// How often the typing indicator is requested again while a reply is being prepared: WhatsApp
+/// shows it for 25 seconds at most, and a model on a CPU takes longer than that.
+pub const TYPING_REFRESH: Duration = Duration::from_secs(20);
+
+/// The channel's side of [`turn::Progress`]: once the engine says a reply follows, the message
+/// is marked read with the typing indicator, and again every `refresh` until [`Typing::stop`].
+/// Best effort: a failed request is logged and changes nothing else.
+struct Typing {
+    reader: Option<GraphClient>,
+    message_id: String,
+    refresh: Duration,
+    runtime: Option<tokio::runtime::Handle>,
+    task: Mutex<
+        Option<(
+            tokio::sync::oneshot::Sender<()>,
+            tokio::task::JoinHandle<()>,
+        )>,
+    >,
+}
+
+impl turn::Progress for Typing {
+    fn replying(&self) {
+        let (Some(reader), Some(runtime)) = (self.reader.clone(), self.runtime.as_ref()) else {
+            return;
+        };
+        let mut task = self.task.lock().expect("typing lock poisoned");
+        if task.is_some() {
+            return;
+        }
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel();
+        let (id, refresh) = (self.message_id.clone(), self.refresh);
+        // The first request is always made (it also marks the message read), even when the
+        // reply is ready before the task runs; the renewals only while the turn is undecided.
+        let handle = runtime.spawn(async move {
+            loop {
+                let (reader, id) = (reader.clone(), id.clone());
+                let sent = tokio::task::spawn_blocking(move || reader.mark_read(&id, true)).await;
+                if let Ok(Err(e)) = sent {
+                    debug!(error = %e, "typing indicator failed");
+                }
+                tokio::select! {
+                    _ = &mut stop_rx => return,
+                    () = tokio::time::sleep(refresh) => {}
+                }
+            }
+        });
+        *task = Some((stop_tx, handle));
+    }
+}
+
+impl Typing {
+    /// Ends the refreshes and waits until no request is in flight. Call from a blocking thread.
+    fn stop(&self) {
+        let task = self.task.lock().expect("typing lock poisoned").take();
+        if let (Some((stop, handle)), Some(runtime)) = (task, self.runtime.as_ref()) {
+            let _ = stop.send(());
+            let _ = runtime.block_on(handle);
+        }
+    }
+}
+
 /// Dispatcher settings.
 #[derive(Clone, Debug)]
 pub struct DispatchConfig {
@@ -155,6 +251,9 @@ pub struct DispatchConfig {
     pub max_concurrent: usize,
     /// Templates for failures that status webhooks report.
     pub failures: super::failures::FailurePolicy,
+    /// How often the typing indicator is renewed while a reply is prepared
+    /// ([`TYPING_REFRESH`]).
+    pub typing_refresh: Duration,
 }
 
 #[derive(Default)]
@@ -172,7 +271,7 @@ pub struct Dispatcher {
     queues: Arc<Queues>,
     engine: Arc<dyn Decide>,
     audit: Option<Arc<AuditLog>>,
-    /// Marks messages read (with typing indicator) when work on them starts; best effort.
+    /// Marks messages read with the typing indicator while a reply is prepared; best effort.
     reader: Option<GraphClient>,
     cfg: DispatchConfig,
     metrics: Arc<Metrics>,
@@ -451,29 +550,37 @@ impl Dispatcher {
         if retire_only {
             store.commit_durable(retire)?;
         }
-        if messages.is_empty() {
-            return Ok(());
+        // A notice of a new number or user id is a turn of its own, after what the contact wrote
+        // under the old identity: that is recorded first, then the customer moves.
+        let (notices, words): (Vec<_>, Vec<_>) = messages
+            .into_iter()
+            .partition(|(_, m)| matches!(part_of(m).kind, PartKind::IdentityChanged(_)));
+        if !words.is_empty() {
+            self.turn(&words)?;
         }
+        for notice in notices {
+            self.turn(std::slice::from_ref(&notice))?;
+        }
+        Ok(())
+    }
 
+    /// Decides and commits one burst of new messages of one customer. Blocking.
+    fn turn(&self, messages: &[(Vec<u8>, InboundMessage)]) -> anyhow::Result<()> {
+        let store: &Store = &self.store;
         let last = &messages.last().expect("non-empty").1;
-        let burst = burst_of(&messages);
-        let answerable = turn::is_valid_address(&burst.address).is_some()
-            && burst.parts.iter().any(|part| {
-                matches!(
-                    part.kind,
-                    PartKind::Text(_) | PartKind::Captioned { .. } | PartKind::NonText(_)
-                )
-            });
-        if answerable {
-            if let Some(reader) = &self.reader {
-                if let Err(e) = reader.mark_read(&last.id, true) {
-                    debug!(error = %e, "mark-as-read failed");
-                }
-            }
-        }
-
+        let burst = burst_of(messages);
         let started = Instant::now();
-        let effects = self.engine.decide(&burst)?;
+        let typing = Typing {
+            reader: self.reader.clone(),
+            message_id: last.id.clone(),
+            refresh: self.cfg.typing_refresh,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            task: Mutex::new(None),
+        };
+        let decided = self.engine.decide(&burst, &typing);
+        // Stopped before anything is committed: no indicator is requested after the reply.
+        typing.stop();
+        let effects = decided?;
         let rows = Retirement {
             seen: messages.iter().map(|(_, m)| m.id.clone()).collect(),
             inbox_keys: messages.iter().map(|(k, _)| k.clone()).collect(),
@@ -497,85 +604,4 @@ impl Dispatcher {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sandbox::whatsapp::PayloadBuilder;
-    use crate::whatsapp::payload::{self, Event, MediaKind};
-
-    fn parsed(payload: &serde_json::Value) -> InboundMessage {
-        let events = payload::parse(&serde_json::to_vec(payload).unwrap()).unwrap();
-        match events.into_iter().next() {
-            Some(Event::Message(m)) => m,
-            other => panic!("expected a message, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn every_inbound_type_becomes_the_part_the_engine_answers_right() {
-        let p = PayloadBuilder::default();
-        let from = "491701234567";
-
-        let caption = part_of(&parsed(&p.media_with_caption(
-            from,
-            "wamid.1",
-            MediaKind::Image,
-            "geht das?",
-            1,
-        )));
-        assert_eq!(
-            caption.kind,
-            PartKind::Captioned {
-                media: "image",
-                caption: "geht das?".into()
-            }
-        );
-        let bare = part_of(&parsed(&p.media(from, "wamid.2", MediaKind::Image, 1)));
-        assert_eq!(bare.kind, PartKind::NonText("image"));
-
-        let quote = part_of(&parsed(
-            &p.quoting(p.text_message(from, "wamid.3", "Ja", 1), "wamid.OURS"),
-        ));
-        assert_eq!(quote.kind, PartKind::Text("Ja".into()));
-        assert_eq!(quote.quoted.as_deref(), Some("wamid.OURS"));
-
-        let welcome = part_of(&parsed(&p.welcome_request(from, "wamid.4", 1)));
-        assert_eq!(welcome.kind, PartKind::Welcome);
-
-        let form = part_of(&parsed(&p.flow_reply(
-            from,
-            "wamid.5",
-            &serde_json::json!({ "vorname": "Alex" }),
-            1,
-        )));
-        assert_eq!(form.kind, PartKind::Text("vorname: Alex".into()));
-
-        let edit = part_of(&parsed(&p.edit(from, "wamid.6", "wamid.3", "Nein", 1)));
-        assert_eq!(
-            edit.kind,
-            PartKind::Edit {
-                original: "wamid.3".into(),
-                text: Some("Nein".into())
-            }
-        );
-        let revoke = part_of(&parsed(&p.revoke(from, "wamid.7", "wamid.3", 1)));
-        assert_eq!(
-            revoke.kind,
-            PartKind::Revoke {
-                original: "wamid.3".into()
-            }
-        );
-
-        let ad = parsed(&p.from_ad(p.text_message(from, "wamid.8", "Hi", 1), "42", "Gratis"));
-        let source = ad.referral.expect("the referral is parsed");
-        assert_eq!(source.source_id.as_deref(), Some("42"));
-        assert_eq!(source.headline.as_deref(), Some("Gratis"));
-        assert!(source.ctwa_clid.is_some());
-
-        let named = PayloadBuilder {
-            username: Some("@alex".into()),
-            ..PayloadBuilder::default()
-        };
-        let m = parsed(&named.text_message(from, "wamid.9", "Hi", 1));
-        assert_eq!(m.username.as_deref(), Some("@alex"));
-    }
-}
+mod tests;

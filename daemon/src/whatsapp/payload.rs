@@ -224,12 +224,22 @@ pub enum Content {
     /// A message type this module does not model (`order`, `unsupported`, new types,
     /// interactive replies other than button/list/flow, …). Holds the type name.
     Unsupported(String),
-    /// A system notice, e.g. `user_changed_number` (then `new_wa_id` is the new number).
+    /// A system notice, e.g. `user_changed_number` (then `new_wa_id` is the new number) or
+    /// `user_changed_user_id` (then `new_user_id` is the new business-scoped user id). Parent
+    /// user ids (`parent_user_id`, `previous_parent_user_id`) are not kept: a customer is known
+    /// by their own user id.
     System {
         /// The notice type (`user_changed_number`, …).
         kind: String,
-        /// The sender's new number after `user_changed_number`.
+        /// The sender's new number after `user_changed_number` (`system.wa_id`, formerly
+        /// `system.new_wa_id`).
         new_wa_id: Option<String>,
+        /// The sender's new user id after `user_changed_user_id` (`system.user_id`).
+        #[serde(default)]
+        new_user_id: Option<String>,
+        /// The user id it replaces (`system.previous_user_id`).
+        #[serde(default)]
+        previous_user_id: Option<String>,
     },
 }
 
@@ -757,6 +767,8 @@ fn content_of(kind: &str, rest: &Map<String, Value>) -> Content {
                 .map(|t| truncate(&t, 64))
                 .unwrap_or_else(|| "unknown".to_owned()),
             new_wa_id: field("new_wa_id").or_else(|| field("wa_id")),
+            new_user_id: field("user_id"),
+            previous_user_id: field("previous_user_id"),
         },
         other => Content::Unsupported(truncate(other, 64)),
     }
@@ -1387,10 +1399,39 @@ mod tests {
             m.content,
             Content::System {
                 kind: "user_changed_number".into(),
-                new_wa_id: Some("16505550000".into())
+                new_wa_id: Some("16505550000".into()),
+                new_user_id: None,
+                previous_user_id: None,
             }
         );
         assert!(m.content.needs_fallback_answer());
+
+        // Since 2026-08-11: the new ids in `system`, the previous ones beside them, no contacts.
+        let m = only_message(json!({
+            "from": "16505551234", "from_user_id": "US.111", "id": "wamid.S2", "timestamp": "1749416383",
+            "type": "system",
+            "system": {
+                "body": "User A changed their user id", "type": "user_changed_user_id",
+                "user_id": "US.222", "parent_user_id": "US.ENT.9",
+                "previous_user_id": "US.111", "previous_parent_user_id": "US.ENT.8"
+            }
+        }));
+        assert_eq!(
+            m.content,
+            Content::System {
+                kind: "user_changed_user_id".into(),
+                new_wa_id: None,
+                new_user_id: Some("US.222".into()),
+                previous_user_id: Some("US.111".into()),
+            }
+        );
+        let m = only_message(json!({
+            "from": "16505551234", "id": "wamid.S3", "timestamp": "1749416383", "type": "system",
+            "system": { "body": "changed", "wa_id": "16505550000", "type": "user_changed_number" }
+        }));
+        assert!(
+            matches!(m.content, Content::System { new_wa_id: Some(ref n), .. } if n == "16505550000")
+        );
 
         let m = only_message(json!({
             "from": "16505551234", "id": "wamid.U", "timestamp": "1749416383", "type": "unsupported",

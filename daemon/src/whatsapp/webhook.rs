@@ -359,7 +359,10 @@ fn inbox_entries(
                 entries.push((state.store.pseudonym(&m.from), InboxEntry::Message(m)))
             }
             Event::Status(s) => {
-                entries.push((state.store.pseudonym(&s.recipient), InboxEntry::Status(s)))
+                let p = state
+                    .store
+                    .pseudonym_matching(&s.recipient, s.recipient_user_id.as_deref());
+                entries.push((p, InboxEntry::Status(s)))
             }
             Event::Error(e) => {
                 warn!(code = e.error.code, "WhatsApp reported an account error");
