@@ -241,7 +241,8 @@ async fn welcome_caption_ad_quote_edit_and_revoke_through_the_daemon() {
     // Our reply carries WhatsApp's id, so the quote could be found.
     assert_eq!(history[1].wamid.as_deref(), Some(first.id.as_str()));
 
-    let stats = frontdesk::stats::report(&store, None, Default::default(), &Default::default()).unwrap();
+    let stats =
+        frontdesk::stats::report(&store, None, Default::default(), &Default::default()).unwrap();
     assert_eq!(stats.total.new_contacts, 2);
     assert_eq!(stats.sources.len(), 1);
     assert_eq!(stats.sources[0].contacts, 1);

@@ -2382,7 +2382,13 @@ mod tests {
         assert!(t.sources.is_empty());
         crate::turn::commit(&h.store, t.effects, &(), None).unwrap();
 
-        let report = crate::stats::report(&h.store, None, crate::stats::Period::Day, &crate::stats::Rates::default()).unwrap();
+        let report = crate::stats::report(
+            &h.store,
+            None,
+            crate::stats::Period::Day,
+            &crate::stats::Rates::default(),
+        )
+        .unwrap();
         assert_eq!(
             report.sources,
             vec![crate::stats::SourceRow {
@@ -2436,7 +2442,13 @@ mod tests {
             t.sources.iter().map(|e| e.step).collect::<Vec<_>>(),
             vec![SourceStep::TrialBooked]
         );
-        let report = crate::stats::report(&h.store, None, crate::stats::Period::Day, &crate::stats::Rates::default()).unwrap();
+        let report = crate::stats::report(
+            &h.store,
+            None,
+            crate::stats::Period::Day,
+            &crate::stats::Rates::default(),
+        )
+        .unwrap();
         assert_eq!(report.sources[0].source_id, "777");
         assert_eq!(report.sources[0].trial_booked, 1);
     }
