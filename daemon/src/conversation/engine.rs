@@ -252,16 +252,7 @@ impl Engine {
         let ts = now.timestamp();
         let p = self.store.pseudonym(&burst.address);
         if is_valid_address(&burst.address).is_none() {
-            tracing::warn!(parts = burst.parts.len(), "message from an address that is neither a phone number nor a WhatsApp user id dropped");
-            let mut effects = Effects::nothing(p, &burst.address, ts, TurnOutcome::InvalidSender);
-            effects.audit.push(NewEntry::new(
-                Actor::System,
-                AuditEvent::MessageDropped {
-                    reason: Code::new("invalid_sender"),
-                    messages: burst.parts.len() as u64,
-                },
-            ));
-            return Ok(Turn::new(effects));
+            return Ok(invalid_sender(p, burst, ts));
         }
         let revoked = burst.revoked();
         let pruned = without_revoked(burst, &revoked);
@@ -893,6 +884,21 @@ fn identity_changes(burst: &Burst) -> Vec<IdentityChange> {
             _ => None,
         })
         .collect()
+}
+
+/// A burst from an address that is neither a phone number nor a user id: dropped, audited, no
+/// record and no reply.
+fn invalid_sender(p: Pseudonym, burst: &Burst, ts: Timestamp) -> Turn {
+    tracing::warn!(parts = burst.parts.len(), "message from an address that is neither a phone number nor a WhatsApp user id dropped");
+    let mut effects = Effects::nothing(p, &burst.address, ts, TurnOutcome::InvalidSender);
+    effects.audit.push(NewEntry::new(
+        Actor::System,
+        AuditEvent::MessageDropped {
+            reason: Code::new("invalid_sender"),
+            messages: burst.parts.len() as u64,
+        },
+    ));
+    Turn::new(effects)
 }
 
 /// The funnel counters a turn moves.

@@ -227,34 +227,46 @@ pub fn restore(
     }
     {
         let restored = Store::open(&staging, StoreIdentity::parse(store_identity_text)?)?;
-        let mut to_forget = Vec::new();
-        for (p, at) in &ledger {
-            let came_back = restored
-                .customer_meta(p)?
-                .is_some_and(|m| m.first_contact > *at);
-            if !came_back {
-                to_forget.push((*p, *at));
-            }
-        }
-        summary.erasures_reapplied = restored.forget_as_of(&to_forget)? as u64;
+        summary.erasures_reapplied = reapply(&restored, &ledger)?;
         restored.persist()?;
     }
-    // Each rename is made durable before the next step, so a power cut leaves either the old
-    // store or the restored one in place, never neither.
+    swap_in(&staging, state_dir)?;
+    Ok(summary)
+}
+
+/// Re-applies `ledger` to a restored store, each erasure with its own time; a customer whose
+/// first contact is later than their erasure wrote again afterwards and is kept.
+fn reapply(restored: &Store, ledger: &Erasures) -> Result<u64> {
+    let mut to_forget = Vec::new();
+    for (p, at) in ledger {
+        let came_back = restored
+            .customer_meta(p)?
+            .is_some_and(|m| m.first_contact > *at);
+        if !came_back {
+            to_forget.push((*p, *at));
+        }
+    }
+    Ok(restored.forget_as_of(&to_forget)? as u64)
+}
+
+/// Puts the restored `staging` directory in place of `state_dir`. Each rename is made durable
+/// before the next step, so a power cut leaves either the old store or the restored one in
+/// place, never neither.
+fn swap_in(staging: &Path, state_dir: &Path) -> Result<()> {
     if state_dir.exists() {
         let old = sibling(state_dir, "replaced");
         if old.exists() {
             std::fs::remove_dir_all(&old)?;
         }
         std::fs::rename(state_dir, &old)?;
-        std::fs::rename(&staging, state_dir)?;
+        std::fs::rename(staging, state_dir)?;
         ledger::sync_parent(state_dir)?;
         std::fs::remove_dir_all(&old)?;
     } else {
-        std::fs::rename(&staging, state_dir)?;
+        std::fs::rename(staging, state_dir)?;
         ledger::sync_parent(state_dir)?;
     }
-    Ok(summary)
+    Ok(())
 }
 
 fn sibling(dir: &Path, suffix: &str) -> PathBuf {
