@@ -889,7 +889,10 @@ fn identity_changes(burst: &Burst) -> Vec<IdentityChange> {
 /// A burst from an address that is neither a phone number nor a user id: dropped, audited, no
 /// record and no reply.
 fn invalid_sender(p: Pseudonym, burst: &Burst, ts: Timestamp) -> Turn {
-    tracing::warn!(parts = burst.parts.len(), "message from an address that is neither a phone number nor a WhatsApp user id dropped");
+    tracing::warn!(
+        parts = burst.parts.len(),
+        "message from an address that is neither a phone number nor a WhatsApp user id dropped"
+    );
     let mut effects = Effects::nothing(p, &burst.address, ts, TurnOutcome::InvalidSender);
     effects.audit.push(NewEntry::new(
         Actor::System,
