@@ -61,6 +61,9 @@ pub struct Metrics {
     pub messages_sent: Family<Category, Counter>,
     /// `frontdesk_send_failures_total`: sends that failed with a Graph error, by meaning and stage.
     pub send_failures: Family<FailureLabel, Counter>,
+    /// `frontdesk_inbound_errors_total`: inbound messages WhatsApp marked with an error code
+    /// (`unsupported_type`, `media_download`), by reason.
+    pub inbound_errors: Family<Outcome, Counter>,
     /// `frontdesk_sender_slowed`: 1 while the sender slows down after WhatsApp's spam rate limit.
     pub sender_slowed: Gauge,
     /// `frontdesk_processing_seconds`: from a message's arrival in the inbox to its reply in the
@@ -129,6 +132,12 @@ impl Metrics {
             "Sends that failed with a Graph error code, by reason (window_closed, undeliverable, marketing_limit, spam_limit, template_paused, template_disabled, recipient_id_unsupported, throttled, server_error, failed, …) and stage (call, status)",
             send_failures.clone(),
         );
+        let inbound_errors = Family::<Outcome, Counter>::default();
+        registry.register(
+            "inbound_errors",
+            "Inbound messages WhatsApp could not pass on whole, by reason (unsupported_type, media_download, …)",
+            inbound_errors.clone(),
+        );
         let sender_slowed = Gauge::default();
         registry.register(
             "sender_slowed",
@@ -184,6 +193,7 @@ impl Metrics {
             sends,
             messages_sent,
             send_failures,
+            inbound_errors,
             sender_slowed,
             processing_seconds,
             inbox_depth,

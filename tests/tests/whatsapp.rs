@@ -274,6 +274,16 @@ async fn webhook_contract_inbound_types_statuses_and_duplicates() {
     assert!(history
         .iter()
         .any(|m| m.text == "Hallo, was kostet ein Probetraining?"));
+    // The unsupported message's error code (131051) is on record for staff.
+    let audit = frontdesk::audit::AuditLog::open(std::sync::Arc::new(store)).unwrap();
+    let unreadable = audit
+        .query(&frontdesk::audit::AuditFilter {
+            action: Some("message.unreadable".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(unreadable.len(), 1);
+    assert!(unreadable[0].to_csv_line().contains("unsupported_type"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

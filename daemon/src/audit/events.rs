@@ -420,6 +420,15 @@ pub enum AuditEvent {
         /// How many were dropped.
         messages: u64,
     },
+    /// WhatsApp delivered a message it could not pass on whole (`unsupported_type`
+    /// 131051, `media_download` 131052); the contact got the non-text answer.
+    #[serde(rename = "message.unreadable")]
+    MessageUnreadable {
+        /// The error code's meaning.
+        reason: Code,
+        /// WhatsApp's error code.
+        code: i64,
+    },
     /// A WhatsApp message was sent (`kind`: text, template, …).
     #[serde(rename = "message.sent")]
     MessageSent {

@@ -31,7 +31,7 @@ use tracing::{debug, error, warn};
 use super::graph::GraphClient;
 use super::payload::{Content, DeliveryStatus, InboundMessage, StatusUpdate};
 use super::queue::{DeliveryState, InboxEntry, OutboundKind, OutboxEntry, Queued, Queues};
-use crate::audit::AuditLog;
+use crate::audit::{Actor, AuditEvent, AuditLog, Code, NewEntry};
 use crate::metrics::{Metrics, Outcome};
 use crate::store::crypto::Pseudonym;
 use crate::store::{self, Store};
@@ -564,6 +564,33 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Counts and audits the error codes WhatsApp attached to messages of a committed turn (an
+    /// unsupported message type, media it could not fetch). The contact got the non-text
+    /// answer; staff can see in the audit log that something did not come through.
+    fn report_inbound_errors(&self, p: Pseudonym, messages: &[(Vec<u8>, InboundMessage)]) {
+        for code in messages.iter().flat_map(|(_, m)| &m.error_codes) {
+            let reason = super::graph::reason_of_code(*code);
+            warn!(customer = %p, code, reason, "WhatsApp could not pass on a message whole");
+            self.metrics
+                .inbound_errors
+                .get_or_create(&Outcome::of(reason))
+                .inc();
+            if let Some(audit) = &self.audit {
+                let entry = NewEntry::new(
+                    Actor::System,
+                    AuditEvent::MessageUnreadable {
+                        reason: Code::new(reason),
+                        code: *code,
+                    },
+                )
+                .about(&p);
+                if let Err(e) = audit.append(entry) {
+                    error!(customer = %p, error = %e, "auditing an unreadable message failed");
+                }
+            }
+        }
+    }
+
     /// Decides and commits one burst of new messages of one customer. Blocking.
     fn turn(&self, messages: &[(Vec<u8>, InboundMessage)]) -> anyhow::Result<()> {
         let store: &Store = &self.store;
@@ -587,6 +614,7 @@ impl Dispatcher {
             queues: self.queues.clone(),
         };
         let committed = turn::commit(store, effects, &rows, self.audit.as_deref())?;
+        self.report_inbound_errors(committed.pseudonym, messages);
         self.metrics
             .processing_seconds
             .observe(started.elapsed().as_secs_f64());

@@ -139,6 +139,10 @@ pub struct InboundMessage {
     /// (boxed: most messages have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub referral: Option<Box<LeadSource>>,
+    /// Error codes WhatsApp attached to the message (`errors[].code`): 131051 on an
+    /// `unsupported` message, 131052 when its media could not be fetched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub error_codes: Vec<i64>,
     /// What the message contains.
     pub content: Content,
 }
@@ -484,6 +488,8 @@ struct RawMessage {
     context: Option<RawContext>,
     #[serde(default)]
     referral: Option<Value>,
+    #[serde(default)]
+    errors: Vec<Value>,
     /// Type-specific objects (`text`, `image`, `interactive`, …), read by [`content_of`].
     #[serde(flatten)]
     rest: Map<String, Value>,
@@ -646,6 +652,12 @@ fn inbound_message(
     let kind = msg.kind.as_deref().unwrap_or("unknown");
     let content = content_of(kind, &msg.rest);
     let referral = msg.referral.as_ref().and_then(lead_source).map(Box::new);
+    let error_codes = msg
+        .errors
+        .iter()
+        .filter_map(error_info)
+        .map(|e| e.code)
+        .collect();
     Ok(InboundMessage {
         id,
         from,
@@ -656,6 +668,7 @@ fn inbound_message(
         reply_to: msg.context.and_then(|c| non_empty(c.id)),
         username,
         referral,
+        error_codes,
         content,
     })
 }
@@ -1441,6 +1454,8 @@ mod tests {
         }));
         assert_eq!(m.content, Content::Unsupported("unsupported".into()));
         assert!(m.content.needs_fallback_answer());
+        // The error code travels with the message, to be counted and audited.
+        assert_eq!(m.error_codes, vec![131051]);
 
         let m = only_message(json!({
             "from": "16505551234", "id": "wamid.O", "timestamp": "1749416383", "type": "order",
@@ -1730,6 +1745,7 @@ mod tests {
                     source_id: Some("1".into()),
                     ..LeadSource::default()
                 })),
+                error_codes: Vec::new(),
                 content: Content::Media {
                     kind: MediaKind::Voice,
                     caption: None,

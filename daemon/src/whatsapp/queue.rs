@@ -600,6 +600,7 @@ mod tests {
             reply_to: None,
             username: None,
             referral: None,
+            error_codes: Vec::new(),
             content: Content::Text(text.into()),
         }
     }

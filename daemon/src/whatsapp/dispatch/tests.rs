@@ -129,6 +129,7 @@ impl Fixture {
             reply_to: None,
             username: None,
             referral: None,
+            error_codes: Vec::new(),
             content,
         };
         let p = self.store.pseudonym(from);
