@@ -48,6 +48,21 @@ pub struct FailureLabel {
     pub stage: String,
 }
 
+/// `frontdesk_messages_sent_total`, with every pricing category shown at zero until its first
+/// message.
+fn register_messages_sent(registry: &mut Registry) -> Family<Category, Counter> {
+    let messages_sent = Family::<Category, Counter>::default();
+    registry.register(
+        "messages_sent",
+        "Messages the Graph API accepted, by pricing category (service, utility, marketing, authentication)",
+        messages_sent.clone(),
+    );
+    for c in crate::stats::PricingCategory::ALL {
+        let _ = messages_sent.get_or_create(&Category::of(c.name()));
+    }
+    messages_sent
+}
+
 /// Every metric of the daemon.
 pub struct Metrics {
     registry: Registry,
@@ -116,16 +131,7 @@ impl Metrics {
             "Graph API sends by outcome (ok, retry, pair_rate_limited, window_closed, undeliverable, failed)",
             sends.clone(),
         );
-        let messages_sent = Family::<Category, Counter>::default();
-        registry.register(
-            "messages_sent",
-            "Messages the Graph API accepted, by pricing category (service, utility, marketing, authentication)",
-            messages_sent.clone(),
-        );
-        // Every category shows, at zero until its first message.
-        for c in crate::stats::PricingCategory::ALL {
-            let _ = messages_sent.get_or_create(&Category::of(c.name()));
-        }
+        let messages_sent = register_messages_sent(&mut registry);
         let send_failures = Family::<FailureLabel, Counter>::default();
         registry.register(
             "send_failures",
