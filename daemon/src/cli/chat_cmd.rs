@@ -97,6 +97,7 @@ pub fn chat_loop(
             address: phone.to_string(),
             contact_name: None,
             user_id: None,
+            parent_user_id: None,
             username: None,
             referral: None,
             parts: vec![Part {

@@ -803,11 +803,12 @@ fn without_revoked(burst: &Burst, revoked: &[String]) -> Option<Burst> {
         })
 }
 
-/// Keeps the WhatsApp profile name and `@username` the burst carried.
+/// Keeps the WhatsApp profile name, `@username` and parent user id the burst carried.
 fn keep_names(c: &mut Customer, burst: &Burst) {
     for (from, to) in [
         (&burst.contact_name, &mut c.body.contact_name),
         (&burst.username, &mut c.body.username),
+        (&burst.parent_user_id, &mut c.body.parent_user_id),
     ] {
         if let Some(name) = from.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
             *to = Some(cap_chars(name, MAX_CONTACT_NAME_CHARS));
@@ -1271,6 +1272,7 @@ mod tests {
             address: PHONE.into(),
             contact_name: None,
             user_id: None,
+            parent_user_id: None,
             username: None,
             referral: None,
             parts,
@@ -1362,6 +1364,7 @@ mod tests {
                 address: address.into(),
                 contact_name: Some("Lenchen".into()),
                 user_id: None,
+                parent_user_id: None,
                 username: None,
                 referral: None,
                 parts,
@@ -1923,6 +1926,7 @@ mod tests {
             address: "491701234567".into(),
             contact_name: None,
             user_id: Some("DE.1349120865530274".into()),
+            parent_user_id: None,
             username: None,
             referral: None,
             parts: vec![part("wamid.b1", PartKind::Text("Hallo".into()))],
@@ -2351,6 +2355,7 @@ mod tests {
             address: PHONE.into(),
             contact_name: None,
             user_id: None,
+            parent_user_id: Some("DE.ENT.778899".into()),
             username: Some("@lena.fit".into()),
             referral: Some(source.clone()),
             parts: vec![part(id, PartKind::Text(text.into()))],
@@ -2381,6 +2386,7 @@ mod tests {
         let c = h.customer();
         assert_eq!(c.body.lead_source.as_ref(), Some(&source));
         assert_eq!(c.body.username.as_deref(), Some("@lena.fit"));
+        assert_eq!(c.body.parent_user_id.as_deref(), Some("DE.ENT.778899"));
 
         // Another message through the same ad is not another lead.
         h.model.push(answer("none", json!({}), "Ja!", None));

@@ -229,6 +229,9 @@ pub struct CustomerBody {
     pub user_id: Option<String>,
     /// The WhatsApp profile name, as sent by WhatsApp.
     pub contact_name: Option<String>,
+    /// The contact's parent user id (`DE.ENT.…`), when WhatsApp sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_user_id: Option<String>,
     /// The contact's WhatsApp `@username`, when they have one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,

@@ -35,6 +35,9 @@ pub struct Burst {
     /// The sender's WhatsApp user id when the message named their phone number too: the engine
     /// keeps it and links it to the customer.
     pub user_id: Option<String>,
+    /// The sender's parent user id (`DE.ENT.…`), when the webhook carried one: kept sealed on
+    /// the record beside the user id.
+    pub parent_user_id: Option<String>,
     /// The sender's WhatsApp `@username`, when the webhook carried one.
     pub username: Option<String>,
     /// The click-to-WhatsApp ad or post the contact came from, when a message of the burst

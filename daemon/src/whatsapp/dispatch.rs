@@ -150,6 +150,10 @@ fn burst_of(messages: &[(Vec<u8>, InboundMessage)]) -> Burst {
         contact_name: last.contact_name.clone(),
         // Only worth linking when `from` is the phone number (else it is the user id).
         user_id: last.user_id.clone().filter(|u| *u != last.from),
+        parent_user_id: messages
+            .iter()
+            .rev()
+            .find_map(|(_, m)| m.parent_user_id.clone()),
         username: messages.iter().rev().find_map(|(_, m)| m.username.clone()),
         referral: messages
             .iter()

@@ -122,6 +122,10 @@ pub struct InboundMessage {
     /// The sender's business-scoped user id, when Meta sent one.
     #[serde(default)]
     pub user_id: Option<String>,
+    /// The sender's parent user id (`DE.ENT.…`, shared across a business portfolio's numbers),
+    /// when Meta sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_user_id: Option<String>,
     /// Unix seconds at which WhatsApp received the message.
     pub timestamp: i64,
     /// The business phone number id the message was sent to.
@@ -229,9 +233,9 @@ pub enum Content {
     /// interactive replies other than button/list/flow, …). Holds the type name.
     Unsupported(String),
     /// A system notice, e.g. `user_changed_number` (then `new_wa_id` is the new number) or
-    /// `user_changed_user_id` (then `new_user_id` is the new business-scoped user id). Parent
-    /// user ids (`parent_user_id`, `previous_parent_user_id`) are not kept: a customer is known
-    /// by their own user id.
+    /// `user_changed_user_id` (then `new_user_id` is the new business-scoped user id). The
+    /// notice's parent user ids are not read: a customer is keyed by their own user id, and the
+    /// parent id is taken from their next message ([`InboundMessage::parent_user_id`]).
     System {
         /// The notice type (`user_changed_number`, …).
         kind: String,
@@ -461,6 +465,8 @@ struct RawContact {
     #[serde(default)]
     user_id: Option<String>,
     #[serde(default)]
+    parent_user_id: Option<String>,
+    #[serde(default)]
     profile: Option<RawProfile>,
 }
 
@@ -480,6 +486,8 @@ struct RawMessage {
     from: Option<String>,
     #[serde(default)]
     from_user_id: Option<String>,
+    #[serde(default)]
+    from_parent_user_id: Option<String>,
     #[serde(default)]
     timestamp: Option<Timestamp>,
     #[serde(default, rename = "type")]
@@ -639,8 +647,11 @@ fn inbound_message(
         .as_ref()
         .and_then(Timestamp::seconds)
         .ok_or(PayloadError::Malformed("message timestamp missing"))?;
-    let profile = contact_for(contacts, phone.as_deref(), user_id.as_deref())
-        .and_then(|c| c.profile.as_ref());
+    let contact = contact_for(contacts, phone.as_deref(), user_id.as_deref());
+    let parent_user_id = non_empty(msg.from_parent_user_id)
+        .or_else(|| contact.and_then(|c| c.parent_user_id.clone()))
+        .filter(|p| crate::store::address::is_valid_address(p).is_some());
+    let profile = contact.and_then(|c| c.profile.as_ref());
     let contact_name = profile
         .and_then(|p| p.name.clone())
         .filter(|n| !n.trim().is_empty());
@@ -668,6 +679,7 @@ fn inbound_message(
         reply_to: msg.context.and_then(|c| non_empty(c.id)),
         username,
         referral,
+        parent_user_id,
         error_codes,
         content,
     })
@@ -1023,7 +1035,8 @@ mod tests {
             "metadata": { "display_phone_number": "15550783881", "phone_number_id": PNID },
             "contacts": [
                 { "profile": { "name": "Other" }, "user_id": "US.1" },
-                { "profile": { "name": "Jo", "username": "@jo" }, "user_id": "DE.99887766" }
+                { "profile": { "name": "Jo", "username": "@jo" }, "user_id": "DE.99887766",
+                  "parent_user_id": "DE.ENT.4455" }
             ],
             "messages": [{
                 "from_user_id": "DE.99887766",
@@ -1041,6 +1054,13 @@ mod tests {
         assert_eq!(m.user_id.as_deref(), Some("DE.99887766"));
         assert_eq!(m.contact_name.as_deref(), Some("Jo"));
         assert_eq!(m.username.as_deref(), Some("@jo"));
+        // The parent id from the contact entry; one that is no user id is not kept.
+        assert_eq!(m.parent_user_id.as_deref(), Some("DE.ENT.4455"));
+        let odd = only_message(json!({
+            "from": "16505551234", "from_parent_user_id": "not an id", "id": "wamid.P",
+            "timestamp": "1749416383", "type": "text", "text": { "body": "Hi" }
+        }));
+        assert_eq!(odd.parent_user_id, None);
     }
 
     #[test]
@@ -1735,6 +1755,7 @@ mod tests {
                 id: "wamid.X".into(),
                 from: "1".into(),
                 user_id: None,
+                parent_user_id: None,
                 timestamp: 1,
                 phone_number_id: PNID.into(),
                 contact_name: None,

@@ -594,6 +594,7 @@ mod tests {
             id: id.into(),
             from: "491701234567".into(),
             user_id: None,
+            parent_user_id: None,
             timestamp: 1_700_000_000,
             phone_number_id: "123".into(),
             contact_name: Some("Dora".into()),

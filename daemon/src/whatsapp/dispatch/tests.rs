@@ -123,6 +123,7 @@ impl Fixture {
             id: id.into(),
             from: from.into(),
             user_id: None,
+            parent_user_id: None,
             timestamp: 1_780_000_000,
             phone_number_id: SIM_PHONE_NUMBER_ID.into(),
             contact_name: None,
