@@ -556,24 +556,7 @@ async fn events_about_another_business_number_are_dropped_and_audited() {
     assert!(graph.texts_to("491790000021").is_empty());
     assert!(daemon.stop().is_some_and(|s| s.success()));
 
-    let store = std::sync::Arc::new(daemon.open_store());
-    assert!(store
-        .customer(&store.pseudonym("491790000021"))
-        .unwrap()
-        .is_none());
-    let audit = frontdesk::audit::AuditLog::open(store).unwrap();
-    let rejected = audit
-        .query(&frontdesk::audit::AuditFilter {
-            action: Some("webhook.rejected".into()),
-            ..Default::default()
-        })
-        .unwrap();
-    assert!(
-        rejected
-            .iter()
-            .any(|r| r.to_csv_line().contains("foreign_number")),
-        "the foreign event is audited"
-    );
+    assert_dropped_and_audited(&daemon, "491790000021", "foreign_number");
 }
 
 /// Templates go to the endpoint their current category needs (the reopen template here), a
@@ -718,11 +701,14 @@ async fn a_replayed_old_message_is_dropped_and_audited() {
     assert!(graph.texts_to("491790000031").is_empty());
     assert!(daemon.stop().is_some_and(|s| s.success()));
 
+    assert_dropped_and_audited(&daemon, "491790000031", "replayed_old_message");
+}
+
+/// After the daemon stopped: nothing was stored about `phone`, and a `webhook.rejected` entry
+/// gives `reason`.
+fn assert_dropped_and_audited(daemon: &Daemon, phone: &str, reason: &str) {
     let store = std::sync::Arc::new(daemon.open_store());
-    assert!(store
-        .customer(&store.pseudonym("491790000031"))
-        .unwrap()
-        .is_none());
+    assert!(store.customer(&store.pseudonym(phone)).unwrap().is_none());
     let audit = frontdesk::audit::AuditLog::open(store).unwrap();
     let rejected = audit
         .query(&frontdesk::audit::AuditFilter {
@@ -731,10 +717,8 @@ async fn a_replayed_old_message_is_dropped_and_audited() {
         })
         .unwrap();
     assert!(
-        rejected
-            .iter()
-            .any(|r| r.to_csv_line().contains("replayed_old_message")),
-        "the replay is audited"
+        rejected.iter().any(|r| r.to_csv_line().contains(reason)),
+        "{reason} is audited"
     );
 }
 

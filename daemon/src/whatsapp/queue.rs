@@ -249,6 +249,25 @@ fn seal_row<T: Serialize>(
     v
 }
 
+/// Every row of the outbox keyspace under `prefix` (the outbox proper, the deferred replies),
+/// oldest first.
+fn outbox_rows<T: serde::de::DeserializeOwned>(
+    store: &Store,
+    prefix: u8,
+) -> Result<Vec<Queued<T>>> {
+    let mut out = Vec::new();
+    for g in store.keyspaces().outbox.prefix([prefix]) {
+        let (k, v) = g.into_inner()?;
+        let (p, entry) = open_row(store, ks::OUTBOX, &k, &v)?;
+        out.push(Queued {
+            key: k.to_vec(),
+            pseudonym: p,
+            entry,
+        });
+    }
+    Ok(out)
+}
+
 fn open_row<T: for<'de> Deserialize<'de>>(
     store: &Store,
     keyspace: &'static str,
@@ -347,17 +366,7 @@ impl Queues {
 
     /// Every outbox row, oldest first.
     pub fn outbox(&self, store: &Store) -> Result<Vec<Queued<OutboxEntry>>> {
-        let mut out = Vec::new();
-        for g in store.keyspaces().outbox.prefix([QUEUE_PREFIX]) {
-            let (k, v) = g.into_inner()?;
-            let (p, entry) = open_row(store, ks::OUTBOX, &k, &v)?;
-            out.push(Queued {
-                key: k.to_vec(),
-                pseudonym: p,
-                entry,
-            });
-        }
-        Ok(out)
+        outbox_rows(store, QUEUE_PREFIX)
     }
 
     /// Replaces the outbox row at `key` (keeps its place in the order).
@@ -528,17 +537,7 @@ impl Queues {
 
     /// Every deferred reply (for status and tests).
     pub fn deferred(&self, store: &Store) -> Result<Vec<Queued<Deferred>>> {
-        let mut out = Vec::new();
-        for g in store.keyspaces().outbox.prefix([DEFERRED_PREFIX]) {
-            let (k, v) = g.into_inner()?;
-            let (p, entry) = open_row(store, ks::OUTBOX, &k, &v)?;
-            out.push(Queued {
-                key: k.to_vec(),
-                pseudonym: p,
-                entry,
-            });
-        }
-        Ok(out)
+        outbox_rows(store, DEFERRED_PREFIX)
     }
 
     /// When the re-open template was last queued for customer `p`.
