@@ -708,14 +708,17 @@ async fn a_replayed_old_message_is_dropped_and_audited() {
 /// gives `reason`.
 fn assert_dropped_and_audited(daemon: &Daemon, phone: &str, reason: &str) {
     let store = std::sync::Arc::new(daemon.open_store());
-    assert!(store.customer(&store.pseudonym(phone)).unwrap().is_none());
-    let audit = frontdesk::audit::AuditLog::open(store).unwrap();
+    let customer = store
+        .customer(&store.pseudonym(phone))
+        .expect("the customer row is readable");
+    assert!(customer.is_none());
+    let audit = frontdesk::audit::AuditLog::open(store).expect("the audit log opens");
     let rejected = audit
         .query(&frontdesk::audit::AuditFilter {
             action: Some("webhook.rejected".into()),
             ..Default::default()
         })
-        .unwrap();
+        .expect("the audit log is readable");
     assert!(
         rejected.iter().any(|r| r.to_csv_line().contains(reason)),
         "{reason} is audited"
