@@ -704,6 +704,30 @@ async fn a_replayed_old_message_is_dropped_and_audited() {
     assert_dropped_and_audited(&daemon, "491790000031", "replayed_old_message");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_unreadable_message_does_not_cost_the_rest_of_the_post() {
+    let graph = sim::start().await;
+    let mut daemon = Daemon::start(DaemonSpec::with_graph(graph.base_url()));
+    let driver = WebhookDriver::new(&daemon.webhook_url(), SIM_APP_SECRET).unwrap();
+    let ts = jiff::Timestamp::now().as_second();
+    let mut post =
+        PayloadBuilder::default().text_message("491790000041", "wamid.fine", "Hallo", ts);
+    // A second message without its id, as a broken or hostile sender might post it.
+    post["entry"][0]["changes"][0]["value"]["messages"]
+        .as_array_mut()
+        .expect("the builder's post has a messages array")
+        .push(serde_json::json!({
+            "from": "491790000042", "timestamp": ts.to_string(), "type": "text",
+            "text": { "body": "Hallo" }
+        }));
+    let delivery = driver.deliver(&post).await;
+    assert_eq!(delivery.status, Some(200), "the readable message is taken");
+    await_sends(&graph, 1).await;
+    assert_eq!(graph.texts_to("491790000041").len(), 1);
+    assert!(daemon.stop().is_some_and(|s| s.success()));
+    assert_dropped_and_audited(&daemon, "491790000042", "malformed_item");
+}
+
 /// After the daemon stopped: nothing was stored about `phone`, and a `webhook.rejected` entry
 /// gives `reason`.
 fn assert_dropped_and_audited(daemon: &Daemon, phone: &str, reason: &str) {

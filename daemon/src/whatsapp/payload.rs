@@ -89,6 +89,13 @@ pub enum Event {
     Error(WebhookError),
     /// A template's category changes or will change (`template_category_update`).
     TemplateCategory(TemplateCategoryUpdate),
+    /// A message or status of this post that could not be read (its reason, never its content).
+    /// Only produced beside readable events: a post with nothing readable is an error, and Meta
+    /// would otherwise send a post with one bad message again and again for days.
+    Skipped {
+        /// Why, as in [`PayloadError::Malformed`].
+        reason: String,
+    },
 }
 
 /// A `template_category_update` webhook value. Meta sends two kinds: an impending change, about
@@ -555,6 +562,7 @@ pub fn parse(body: &[u8]) -> Result<Vec<Event>, PayloadError> {
         None => return Err(PayloadError::Malformed("object missing")),
     }
     let mut events = Vec::new();
+    let mut first_skip = None;
     for change in envelope.entry.iter().flat_map(|e| &e.changes) {
         if change.field.as_deref() == Some(FIELD_TEMPLATE_CATEGORY) {
             events.push(Event::TemplateCategory(template_category(&change.value)?));
@@ -565,9 +573,13 @@ pub fn parse(body: &[u8]) -> Result<Vec<Event>, PayloadError> {
         }
         let value = ChangeValue::deserialize(&change.value)
             .map_err(|_| PayloadError::Malformed("change value"))?;
-        parse_change(value, &mut events)?;
+        parse_change(value, &mut events, &mut first_skip)?;
     }
-    Ok(events)
+    let readable = events.iter().any(|e| !matches!(e, Event::Skipped { .. }));
+    match first_skip {
+        Some(e) if !readable => Err(e),
+        _ => Ok(events),
+    }
 }
 
 fn template_category(value: &Value) -> Result<TemplateCategoryUpdate, PayloadError> {
@@ -595,7 +607,13 @@ fn template_category(value: &Value) -> Result<TemplateCategoryUpdate, PayloadErr
     })
 }
 
-fn parse_change(value: ChangeValue, events: &mut Vec<Event>) -> Result<(), PayloadError> {
+/// Adds the events of one `messages` change to `events`. An unreadable message or status becomes
+/// an [`Event::Skipped`]; the first such error is kept in `first_skip`.
+fn parse_change(
+    value: ChangeValue,
+    events: &mut Vec<Event>,
+    first_skip: &mut Option<PayloadError>,
+) -> Result<(), PayloadError> {
     let phone_number_id = value
         .metadata
         .and_then(|m| m.phone_number_id)
@@ -606,19 +624,28 @@ fn parse_change(value: ChangeValue, events: &mut Vec<Event>) -> Result<(), Paylo
         .filter_map(|c| RawContact::deserialize(c).ok())
         .collect();
 
+    // One unreadable item does not cost the others: they are taken, it is reported.
+    let mut skipped = |e: PayloadError| {
+        let reason = match &e {
+            PayloadError::Malformed(reason) => (*reason).to_string(),
+            other => other.reason().to_string(),
+        };
+        first_skip.get_or_insert(e);
+        Event::Skipped { reason }
+    };
     for raw in &value.messages {
-        let msg =
-            RawMessage::deserialize(raw).map_err(|_| PayloadError::Malformed("message shape"))?;
-        events.push(Event::Message(inbound_message(
-            msg,
-            &phone_number_id,
-            &contacts,
-        )?));
+        let event = RawMessage::deserialize(raw)
+            .map_err(|_| PayloadError::Malformed("message shape"))
+            .and_then(|msg| inbound_message(msg, &phone_number_id, &contacts))
+            .map_or_else(&mut skipped, Event::Message);
+        events.push(event);
     }
     for raw in &value.statuses {
-        let st =
-            RawStatus::deserialize(raw).map_err(|_| PayloadError::Malformed("status shape"))?;
-        events.push(Event::Status(status_update(st, &phone_number_id)?));
+        let event = RawStatus::deserialize(raw)
+            .map_err(|_| PayloadError::Malformed("status shape"))
+            .and_then(|st| status_update(st, &phone_number_id))
+            .map_or_else(&mut skipped, Event::Status);
+        events.push(event);
     }
     for raw in &value.errors {
         let error = error_info(raw).ok_or(PayloadError::Malformed("error shape"))?;
@@ -1609,6 +1636,7 @@ mod tests {
                 Event::Status(s) => s.message_id.as_str(),
                 Event::Error(_) => "error",
                 Event::TemplateCategory(_) => "category",
+                Event::Skipped { .. } => "skipped",
             })
             .collect();
         assert_eq!(ids, ["wamid.A", "wamid.B", "wamid.S"]);
@@ -1708,6 +1736,29 @@ mod tests {
         .unwrap_err();
         assert_eq!(err, PayloadError::Malformed("message shape"));
         assert!(!err.to_string().contains("49151"));
+    }
+
+    #[test]
+    fn one_unreadable_message_does_not_cost_the_others() {
+        let body = envelope(json!({
+            "messaging_product": "whatsapp",
+            "metadata": { "display_phone_number": "15550783881", "phone_number_id": PNID },
+            "messages": [
+                { "from": "16505551234", "id": "wamid.GOOD", "timestamp": "1749416383",
+                  "type": "text", "text": { "body": "Hallo" } },
+                { "from": "16505551234", "timestamp": "1749416383", "type": "text",
+                  "text": { "body": "Geheimer Text" } }
+            ]
+        }));
+        let events = parse(&body).unwrap();
+        assert_eq!(events.len(), 2);
+        assert!(matches!(&events[0], Event::Message(m) if m.id == "wamid.GOOD"));
+        assert_eq!(
+            events[1],
+            Event::Skipped {
+                reason: "message id missing".into()
+            }
+        );
     }
 
     #[test]

@@ -334,6 +334,7 @@ fn inbox_entries(
     let mut categories = Vec::new();
     let mut foreign = 0usize;
     let mut replayed = 0usize;
+    let mut skipped = 0usize;
     let oldest = jiff::Timestamp::now()
         .checked_sub(state.max_message_age)
         .map_or(i64::MIN, |t| t.as_second());
@@ -342,7 +343,7 @@ fn inbox_entries(
             Event::Message(m) => &m.phone_number_id,
             Event::Status(s) => &s.phone_number_id,
             Event::Error(e) => &e.phone_number_id,
-            Event::TemplateCategory(_) => &state.phone_number_id,
+            Event::TemplateCategory(_) | Event::Skipped { .. } => &state.phone_number_id,
         };
         if number != &state.phone_number_id {
             // Signed by our app, but about another business number (an app subscribed to a
@@ -368,11 +369,16 @@ fn inbox_entries(
                 warn!(code = e.error.code, "WhatsApp reported an account error");
             }
             Event::TemplateCategory(u) => categories.push(u),
+            Event::Skipped { reason } => {
+                debug!(%reason, "an unreadable message or status skipped; the rest of the post is taken");
+                skipped += 1;
+            }
         }
     }
     for (count, reason) in [
         (replayed, "replayed_old_message"),
         (foreign, "foreign_number"),
+        (skipped, "malformed_item"),
     ] {
         if count == 0 {
             continue;
