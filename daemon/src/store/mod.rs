@@ -709,14 +709,19 @@ impl Store {
     }
 
     /// Removes key files that no row uses any more: left by a crash between a forget's row
-    /// deletion and its key deletion, or between a new key and its first row. Returns the count.
+    /// deletion and its key deletion, or between a new key and its first row. A key whose
+    /// customer has booking rows but no customer row yet is kept. Returns the count.
     pub fn remove_orphan_keys(&self) -> Result<u64> {
         let mut removed = 0;
         let candidates: Vec<Pseudonym> = self.keys.pseudonyms().collect::<Result<_, _>>()?;
         for p in candidates {
             let _guard = self.lock_customer(&p);
-            // Every row of a customer is written in the same batch as its customer row.
-            if !self.ks.customers.contains_key(p.0)? {
+            // History rows are written in the same batch as their customer row; booking rows are
+            // not: the booker records a new lead's booking before the turn that asked for it
+            // writes the customer row. A key with booking rows is in use.
+            let in_use = self.ks.customers.contains_key(p.0)?
+                || self.ks.bookings.prefix(p.0).next().is_some();
+            if !in_use {
                 self.keys.remove(&p)?;
                 self.forget_cached_key(&p);
                 removed += 1;

@@ -709,3 +709,42 @@ fn statuses_match_a_customer_known_only_by_user_id() {
         by_id.pseudonym
     );
 }
+
+#[test]
+fn the_orphan_sweep_keeps_the_key_of_a_booking_made_before_the_customer_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, _) = identity_pair();
+    let store = Store::open(dir.path(), id).unwrap();
+    // What the booker does for a new lead: the booking row is sealed and written while the
+    // turn that asked for it has not written the customer row yet.
+    let p = store.pseudonym("4915100000077");
+    let row_key = [&p.0[..], &[9u8; 16][..]].concat();
+    {
+        let _guard = store.lock_customer(&p);
+        let mut batch = store.batch();
+        let key = store.data_key_or_create(&p, &mut batch).unwrap();
+        let sealed = key.seal(ks::BOOKINGS, &row_key, b"{\"step\":\"booked\"}");
+        batch.insert(&store.ks.bookings, row_key.clone(), sealed);
+        store.commit_durable(batch).unwrap();
+    }
+    // A key with neither a customer row nor booking rows is an orphan.
+    let lone = store.pseudonym("4915100000078");
+    {
+        let _guard = store.lock_customer(&lone);
+        let mut batch = store.batch();
+        store.data_key_or_create(&lone, &mut batch).unwrap();
+    }
+    assert_eq!(store.remove_orphan_keys().unwrap(), 1);
+    assert!(store.keys.get(&lone).unwrap().is_none());
+    let key = store
+        .data_key(&p)
+        .unwrap()
+        .expect("the booking's key is kept");
+    let sealed = store.ks.bookings.get(&row_key).unwrap().unwrap();
+    assert_eq!(
+        key.open(ks::BOOKINGS, &row_key, &sealed)
+            .unwrap()
+            .as_slice(),
+        b"{\"step\":\"booked\"}"
+    );
+}
