@@ -146,9 +146,7 @@ pub fn restore(
     if occupied {
         let current = Store::open(state_dir, StoreIdentity::parse(store_identity_text)?)?;
         for (p, at) in current.forget_ledger()? {
-            if let Ok(at) = at.parse() {
-                ledger::merge(&mut ledger, p, at);
-            }
+            ledger::merge(&mut ledger, p, at);
         }
     }
 

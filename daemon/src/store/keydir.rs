@@ -142,20 +142,7 @@ impl KeyDir {
 
     /// Writes a store-wide key durably and atomically.
     pub fn put_named(&self, name: &str, wrapped: &[u8]) -> std::io::Result<()> {
-        let path = self.root.join(format!("{name}.age"));
-        let tmp = path.with_extension("tmp");
-        {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(wrapped)?;
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, &path)?;
-        File::open(&self.root)?.sync_all()
+        write_atomic(&self.root.join(format!("{name}.age")), wrapped)
     }
 
     /// Every pseudonym with a key, one directory at a time.
@@ -186,6 +173,24 @@ impl KeyDir {
         let dir = File::open(&self.root)?;
         crate::sys::syncfs(&dir)
     }
+}
+
+/// Replaces the file at `path` with `bytes` (mode 0600) atomically and durably: a temporary
+/// `<name>.tmp` beside it, fsynced, renamed over it, and the directory fsynced.
+pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    super::ledger::sync_parent(path)
 }
 
 fn remove_if_present(path: &Path) -> std::io::Result<()> {

@@ -86,10 +86,7 @@ impl LedgerFile {
         }
         let _guard = self.append.lock().unwrap_or_else(|p| p.into_inner());
         let created = !self.path.exists();
-        let mut text = String::new();
-        for (p, at) in entries {
-            text.push_str(&format!("{} {at}\n", p.to_hex()));
-        }
+        let text = render(entries.iter().map(|(p, at)| (p, at)));
         let mut f = OpenOptions::new()
             .append(true)
             .create(true)
@@ -131,25 +128,16 @@ impl LedgerFile {
     /// Replaces the file with exactly `entries`, atomically and durably.
     pub fn replace(&self, entries: &Erasures) -> Result<(), LedgerError> {
         let _guard = self.append.lock().unwrap_or_else(|p| p.into_inner());
-        let tmp = self.path.with_extension("tmp");
-        let mut text = String::new();
-        for (p, at) in entries {
-            text.push_str(&format!("{} {at}\n", p.to_hex()));
-        }
-        (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            fs::rename(&tmp, &self.path)?;
-            sync_parent(&self.path)
-        })()
-        .map_err(|e| self.io(e))
+        super::keydir::write_atomic(&self.path, render(entries).as_bytes()).map_err(|e| self.io(e))
     }
+}
+
+/// The file's lines for `entries`.
+fn render<'a>(entries: impl IntoIterator<Item = (&'a Pseudonym, &'a Timestamp)>) -> String {
+    entries
+        .into_iter()
+        .map(|(p, at)| format!("{} {at}\n", p.to_hex()))
+        .collect()
 }
 
 /// Adds an erasure, keeping the earliest time for a pseudonym.

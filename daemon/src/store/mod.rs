@@ -299,7 +299,6 @@ impl Store {
             .forget_ledger()?
             .into_iter()
             .filter(|(p, _)| !known.contains_key(p))
-            .filter_map(|(p, at)| Some((p, at.parse().ok()?)))
             .collect();
         file.append(&missing)?;
         self.ledger = Some(file);
@@ -766,21 +765,20 @@ impl Store {
             None => ledger::Erasures::new(),
         };
         for (p, at) in self.forget_ledger()? {
-            if let Ok(at) = at.parse() {
-                ledger::merge(&mut all, p, at);
-            }
+            ledger::merge(&mut all, p, at);
         }
         Ok(all)
     }
 
-    /// Pseudonyms in the forget ledger (hex form) with the time they were forgotten.
-    pub fn forget_ledger(&self) -> Result<Vec<(Pseudonym, String)>> {
-        let mut out = Vec::new();
+    /// The erasures recorded in the store's own ledger rows.
+    pub fn forget_ledger(&self) -> Result<ledger::Erasures> {
+        let mut out = ledger::Erasures::new();
         for g in self.ks.meta.prefix(LEDGER_PREFIX) {
             let (k, v) = g.into_inner()?;
             let hex = std::str::from_utf8(&k[LEDGER_PREFIX.len()..]).unwrap_or_default();
-            if let Some(p) = Pseudonym::from_hex(hex) {
-                out.push((p, String::from_utf8_lossy(&v).into_owned()));
+            let at = std::str::from_utf8(&v).ok().and_then(|t| t.parse().ok());
+            if let (Some(p), Some(at)) = (Pseudonym::from_hex(hex), at) {
+                out.insert(p, at);
             }
         }
         Ok(out)
