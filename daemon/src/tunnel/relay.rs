@@ -958,8 +958,7 @@ fn refuse_unless_whatsapp(req: &Request<Incoming>) -> Option<Response<Full<Bytes
             .headers()
             .get(signature::HEADER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("sha256="))
-            .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+            .is_some_and(signature::is_well_formed);
         if !well_formed {
             return Some(plain(StatusCode::UNAUTHORIZED, "signature missing\n"));
         }

@@ -85,6 +85,12 @@ fn new_mac(key: &[u8]) -> HmacSha256 {
     <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length")
 }
 
+/// Whether `header` has the form of a signature header (`sha256=` and 64 hex digits), judged
+/// without the secret: the relay lets only such POSTs through.
+pub fn is_well_formed(header: &str) -> bool {
+    parse_header(header).is_ok()
+}
+
 fn parse_header(header: &str) -> Result<[u8; 32], SignatureError> {
     let value = header.trim_matches(|c: char| c == ' ' || c == '\t');
     let (scheme, hex_digest) = value
