@@ -82,8 +82,12 @@ const MAX_CONTACT_NAME_CHARS: usize = 100;
 const QUOTE_LOOKBACK: usize = 200;
 /// Longest quoted text given to the model.
 const MAX_QUOTE_CHARS: usize = 1000;
-/// Words that say yes to a quoted offer ("Ja", "passt", "gerne"): with a quote that names
-/// exactly one offered slot, that slot is booked.
+/// The words that say yes by themselves; a yes needs one of them.
+const YES_WORDS: &[&str] = &[
+    "ja", "jo", "jep", "jup", "yes", "gerne", "gern", "passt", "ok", "okay", "genau", "perfekt",
+];
+/// Words a yes to a quoted offer may consist of ("Ja", "passt, den nehme ich"): with a quote
+/// that names exactly one offered slot, that slot is booked.
 const AFFIRMATIONS: &[&str] = &[
     "ja", "jo", "jep", "jup", "yes", "gerne", "gern", "passt", "perfekt", "super", "ok", "okay",
     "genau", "top", "klar", "den", "nehme", "ich", "bitte", "der", "das", "nehm", "buchen", "gut",
@@ -371,7 +375,6 @@ impl Engine {
         Ok(())
     }
 
-    /// Whether `p` may get a reply at `now` under the hourly limit; counts it if so.
     /// The customer an identity notice is about: the sender's address, or — when it names no
     /// customer — the previous user id the notice names.
     fn moving_customer(
@@ -397,6 +400,7 @@ impl Engine {
         Ok(p)
     }
 
+    /// Whether `p` may get a reply at `now` under the hourly limit; counts it if so.
     fn take_reply(&self, p: Pseudonym, now: Timestamp) -> bool {
         let hour_ago = now - jiff::SignedDuration::from_hours(1);
         let mut answered = self.answered.lock().expect("reply limit lock poisoned");
@@ -844,27 +848,13 @@ fn note_lead_source(c: &mut Customer, burst: &Burst, turn: &mut Turn) {
     c.body.lead_source = Some(source.clone());
 }
 
-/// Whether a message is only a yes ("Ja", "passt, den nehme ich"): every word says yes.
+/// Whether a message is only a yes ("Ja", "passt, den nehme ich"): one of [`YES_WORDS`], and
+/// every word among [`AFFIRMATIONS`].
 fn is_affirmation(text: &str) -> bool {
     let words = words(text);
     !words.is_empty()
         && words.len() <= 6
-        && words.iter().any(|w| {
-            matches!(
-                w.as_str(),
-                "ja" | "jo"
-                    | "jep"
-                    | "jup"
-                    | "yes"
-                    | "gerne"
-                    | "gern"
-                    | "passt"
-                    | "ok"
-                    | "okay"
-                    | "genau"
-                    | "perfekt"
-            )
-        })
+        && words.iter().any(|w| YES_WORDS.contains(&w.as_str()))
         && words.iter().all(|w| AFFIRMATIONS.contains(&w.as_str()))
 }
 
