@@ -101,18 +101,9 @@ impl turn::QueueRows for Retirement {
 fn part_of(m: &InboundMessage) -> Part {
     let kind = match &m.content {
         Content::Reaction { .. } => PartKind::Reaction,
-        Content::System {
-            kind,
-            new_wa_id,
-            new_user_id,
-            previous_user_id,
-        } => identity_change(
-            kind,
-            new_wa_id.as_deref(),
-            new_user_id.as_deref(),
-            previous_user_id.as_deref(),
-        )
-        .map_or(PartKind::System, PartKind::IdentityChanged),
+        Content::System { .. } => {
+            identity_notice(m).map_or(PartKind::System, PartKind::IdentityChanged)
+        }
         Content::Welcome => PartKind::Welcome,
         Content::Edit { original_id, text } => PartKind::Edit {
             original: original_id.clone(),
@@ -164,6 +155,25 @@ fn burst_of(messages: &[(Vec<u8>, InboundMessage)]) -> Burst {
 }
 
 /// The new identity a system notice announces, when it names a valid one.
+/// The new identity a system notice in `m` announces, if it is one that names a valid one.
+fn identity_notice(m: &InboundMessage) -> Option<IdentityChange> {
+    let Content::System {
+        kind,
+        new_wa_id,
+        new_user_id,
+        previous_user_id,
+    } = &m.content
+    else {
+        return None;
+    };
+    identity_change(
+        kind,
+        new_wa_id.as_deref(),
+        new_user_id.as_deref(),
+        previous_user_id.as_deref(),
+    )
+}
+
 fn identity_change(
     kind: &str,
     new_number: Option<&str>,
@@ -558,7 +568,7 @@ impl Dispatcher {
         // under the old identity: that is recorded first, then the customer moves.
         let (notices, words): (Vec<_>, Vec<_>) = messages
             .into_iter()
-            .partition(|(_, m)| matches!(part_of(m).kind, PartKind::IdentityChanged(_)));
+            .partition(|(_, m)| identity_notice(m).is_some());
         if !words.is_empty() {
             self.turn(&words)?;
         }

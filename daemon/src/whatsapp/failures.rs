@@ -57,6 +57,18 @@ pub enum Plan {
     Alert,
 }
 
+/// Counts a failed send in `frontdesk_send_failures_total`: by the code's meaning, and by
+/// whether the call failed or a status webhook reported it later.
+pub fn count_failure(metrics: &Metrics, code: Option<i64>, delayed: bool) {
+    metrics
+        .send_failures
+        .get_or_create(&FailureLabel {
+            reason: code.map_or("failed", graph::reason_of_code).into(),
+            stage: if delayed { "status" } else { "call" }.into(),
+        })
+        .inc();
+}
+
 impl Plan {
     /// The handling recorded with the delivery state.
     pub fn handling(&self) -> FailureHandling {
@@ -202,13 +214,7 @@ impl Report<'_> {
 
     /// Counts it and says it in the journal; a staff alert for [`FailureHandling::StaffAlerted`].
     pub fn announce(&self, metrics: &Metrics) {
-        metrics
-            .send_failures
-            .get_or_create(&FailureLabel {
-                reason: self.reason().into(),
-                stage: if self.delayed { "status" } else { "call" }.into(),
-            })
-            .inc();
+        count_failure(metrics, self.code, self.delayed);
         let customer = &self.pseudonym;
         let reason = self.reason();
         let handling = handling_code(self.handling);

@@ -43,7 +43,7 @@ use super::graph::{Disposition, GraphClient, SendError, SentMessage, TemplateEnd
 use super::queue::{DeliveryState, FailureHandling, OutboundKind, OutboxEntry, Queued, Queues};
 use super::templates::{TemplateCategories, TemplateCategory, NOT_A_MARKETING_TEMPLATE};
 use crate::audit::AuditLog;
-use crate::metrics::{Category, FailureLabel, Metrics, Outcome};
+use crate::metrics::{Category, Metrics, Outcome};
 use crate::stats::PricingCategory;
 use crate::store::crypto::Pseudonym;
 use crate::store::Store;
@@ -375,14 +375,8 @@ impl Sender {
 
     /// Counts a failed call that is retried (no report of its own).
     fn count_failure(&self, err: &SendError) {
-        if let Some(code) = err.code() {
-            self.metrics
-                .send_failures
-                .get_or_create(&FailureLabel {
-                    reason: super::graph::reason_of_code(code).into(),
-                    stage: "call".into(),
-                })
-                .inc();
+        if err.code().is_some() {
+            failures::count_failure(&self.metrics, err.code(), false);
         }
     }
 
