@@ -21,7 +21,8 @@
 //!    someone who writes to us).
 //! 4. Paused and handed-over (escalated) contacts get no reply; their messages are still recorded
 //!    so staff see them. An opt-out from them is recorded only: staff are in charge there. A
-//!    burst without text (voice note, picture …) gets [`StudioConfig::non_text_reply`]. A contact
+//!    burst without text (voice note, picture …) gets [`StudioConfig::non_text_reply`]; one with
+//!    text too gets the answer and then that reply, so the voice note is not silently lost. A contact
 //!    who reached `conversation.max_replies_per_hour` is recorded but not answered (an opt-out
 //!    is still confirmed). A burst that only opens the chat (`request_welcome`) gets
 //!    [`StudioConfig::welcome_reply`].
@@ -368,7 +369,18 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let studio = &self.persona().studio;
         match asks {
-            Asks::Conversation => return self.converse(c, burst, texts, now, turn),
+            Asks::Conversation => {
+                self.converse(c, burst, texts, now, turn)?;
+                // A voice note or picture sent along with text would otherwise go unanswered
+                // without the contact knowing; a hand-over already promises a person.
+                let unread = burst
+                    .parts
+                    .iter()
+                    .any(|part| matches!(part.kind, PartKind::NonText(_)));
+                if unread && c.meta.mode == BotMode::Active {
+                    turn.replies.push(studio.non_text_reply.clone());
+                }
+            }
             Asks::NonTextReply => turn.replies.push(studio.non_text_reply.clone()),
             Asks::Greeting | Asks::Nothing => turn.replies.push(studio.welcome_reply.clone()),
         }
@@ -2631,10 +2643,18 @@ mod tests {
         assert_eq!(t.outcome, TurnOutcome::Conversed);
         assert_eq!(h.model.calls(), 1);
         let texts: Vec<String> = h.history().into_iter().map(|m| m.text).collect();
+        let non_text = crate::conversation::prompts::tests::studio().non_text_reply;
         assert_eq!(
             texts,
-            vec!["Hallo".to_string(), "[voice]".into(), DISCLOSED.into()]
+            vec![
+                "Hallo".to_string(),
+                "[voice]".into(),
+                DISCLOSED.into(),
+                non_text.clone()
+            ],
+            "the voice note is named as unread after the answer"
         );
+        assert_eq!(t.replies, vec![DISCLOSED.to_string(), non_text]);
     }
 
     #[test]
