@@ -63,6 +63,29 @@ fn register_messages_sent(registry: &mut Registry) -> Family<Category, Counter> 
     messages_sent
 }
 
+/// A single `queue` label (`inbox`, `outbox`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabel {
+    /// The queue's name.
+    pub queue: String,
+}
+
+/// `frontdesk_quarantined_rows_total`, with both queues shown at zero until their first row.
+fn register_quarantined(registry: &mut Registry) -> Family<QueueLabel, Counter> {
+    let quarantined = Family::<QueueLabel, Counter>::default();
+    registry.register(
+        "quarantined_rows",
+        "Queue rows that could not be opened and were moved to the quarantine, by queue (inbox, outbox)",
+        quarantined.clone(),
+    );
+    for queue in ["inbox", "outbox"] {
+        let _ = quarantined.get_or_create(&QueueLabel {
+            queue: queue.into(),
+        });
+    }
+    quarantined
+}
+
 /// Every metric of the daemon.
 pub struct Metrics {
     registry: Registry,
@@ -79,6 +102,8 @@ pub struct Metrics {
     /// `frontdesk_inbound_errors_total`: inbound messages WhatsApp marked with an error code
     /// (`unsupported_type`, `media_download`), by reason.
     pub inbound_errors: Family<Outcome, Counter>,
+    /// `frontdesk_quarantined_rows_total`: unreadable queue rows moved to the quarantine.
+    pub quarantined_rows: Family<QueueLabel, Counter>,
     /// `frontdesk_sender_slowed`: 1 while the sender slows down after WhatsApp's spam rate limit.
     pub sender_slowed: Gauge,
     /// `frontdesk_processing_seconds`: from a message's arrival in the inbox to its reply in the
@@ -144,6 +169,7 @@ impl Metrics {
             "Inbound messages WhatsApp could not pass on whole, by reason (unsupported_type, media_download, …)",
             inbound_errors.clone(),
         );
+        let quarantined_rows = register_quarantined(&mut registry);
         let sender_slowed = Gauge::default();
         registry.register(
             "sender_slowed",
@@ -200,6 +226,7 @@ impl Metrics {
             messages_sent,
             send_failures,
             inbound_errors,
+            quarantined_rows,
             sender_slowed,
             processing_seconds,
             inbox_depth,

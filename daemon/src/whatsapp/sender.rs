@@ -40,7 +40,9 @@ use tracing::{error, info, warn};
 
 use super::failures::{self, FailurePolicy, Plan, Report};
 use super::graph::{Disposition, GraphClient, SendError, SentMessage, TemplateEndpoint};
-use super::queue::{DeliveryState, FailureHandling, OutboundKind, OutboxEntry, Queued, Queues};
+use super::queue::{
+    DeliveryState, FailureHandling, OutboundKind, OutboxEntry, Queued, Queues, Stored,
+};
 use super::templates::{TemplateCategories, TemplateCategory, NOT_A_MARKETING_TEMPLATE};
 use crate::audit::AuditLog;
 use crate::metrics::{Category, Metrics, Outcome};
@@ -399,11 +401,14 @@ impl Sender {
         let mut rows = rows.into_iter().peekable();
         while let Some(row) = rows.next() {
             // The rows were read before this task started; an earlier task for this customer
-            // may have sent and retired some of them since. Only one task per customer runs at a
-            // time, so a row still present now has not been sent.
-            match self.store.keyspaces().outbox.contains_key(&row.key) {
-                Ok(true) => {}
-                Ok(false) => continue,
+            // may have sent and retired some of them since, and a reply may have been rewritten
+            // (combined, replaced, re-sealed by a move) or removed by a forget. Only one task per
+            // customer runs at a time, so a row stored exactly as read has not been sent and is
+            // what is to be sent; a changed one makes the whole group be read again.
+            match self.queues.stored(&self.store, &row) {
+                Ok(Stored::AsRead) => {}
+                Ok(Stored::Gone) => continue,
+                Ok(Stored::Changed) => return GroupResult::Hold(Duration::ZERO),
                 Err(e) => {
                     error!(customer = %p, error = %e, "reading the outbox failed");
                     return GroupResult::Hold(Duration::from_secs(1));
@@ -543,7 +548,7 @@ impl Sender {
                     &row.key,
                     &row.pseudonym,
                     template,
-                );
+                )?;
                 self.queues.mark_reopened(&self.store, &mut batch, p, now);
             }
             Plan::Resend(to_phone) => {
@@ -553,12 +558,12 @@ impl Sender {
                     &row.key,
                     &row.pseudonym,
                     to_phone,
-                );
+                )?;
             }
             Plan::Defer(deferred) => {
                 self.queues.remove_outbox(&self.store, &mut batch, &row.key);
                 self.queues
-                    .push_deferred(&self.store, &mut batch, &row.pseudonym, deferred);
+                    .push_deferred(&self.store, &mut batch, &row.pseudonym, deferred)?;
             }
             Plan::Drop(_) | Plan::Alert => {
                 self.queues.remove_outbox(&self.store, &mut batch, &row.key);
@@ -612,8 +617,14 @@ impl Sender {
             DeliveryState::Accepted,
             now,
         )?;
-        self.queues
-            .record_sent(&self.store, &mut batch, wamid, &row.pseudonym, &row.entry);
+        match self
+            .queues
+            .record_sent(&self.store, &mut batch, wamid, &row.pseudonym, &row.entry)
+        {
+            // Forgotten while the reply was on its way: nothing about them is kept.
+            Err(crate::store::StoreError::NoDataKey) => {}
+            other => other?,
+        }
         crate::stats::record_sent(&self.store, &mut batch, category, now)?;
         self.store.commit_durable(batch)
     }
@@ -707,7 +718,7 @@ impl Sender {
             &first.key,
             &first.pseudonym,
             &sealed_first,
-        );
+        )?;
         self.store.commit_durable(batch)
     }
 }
