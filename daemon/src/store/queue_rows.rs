@@ -214,7 +214,12 @@ impl Store {
 
     /// Moves the unreadable row `row_key` of queue keyspace `keyspace` (`inbox` or `outbox`),
     /// whose bytes are `value`, to the quarantine, durably.
-    pub fn quarantine_row(&self, keyspace: &'static str, row_key: &[u8], value: &[u8]) -> Result<()> {
+    pub fn quarantine_row(
+        &self,
+        keyspace: &'static str,
+        row_key: &[u8],
+        value: &[u8],
+    ) -> Result<()> {
         let source = match keyspace {
             ks::INBOX => &self.ks.inbox,
             ks::OUTBOX => &self.ks.outbox,
@@ -262,7 +267,29 @@ impl Store {
     }
 }
 
-fn seal_with(key: &DataKey, keyspace: &str, row_key: &[u8], p: &Pseudonym, plain: &[u8]) -> Vec<u8> {
+#[cfg(test)]
+impl Store {
+    /// A queue row in the layout of the previous version (sealed under the queue key).
+    pub(crate) fn legacy_queue_row(
+        &self,
+        keyspace: &str,
+        row_key: &[u8],
+        p: &Pseudonym,
+        plain: &[u8],
+    ) -> Vec<u8> {
+        let mut v = p.0.to_vec();
+        v.extend_from_slice(&self.queue_key.seal(keyspace, row_key, plain));
+        v
+    }
+}
+
+fn seal_with(
+    key: &DataKey,
+    keyspace: &str,
+    row_key: &[u8],
+    p: &Pseudonym,
+    plain: &[u8],
+) -> Vec<u8> {
     let mut v = Vec::with_capacity(PSEUDONYM_LEN + 1 + MIN_ENVELOPE + plain.len());
     v.extend_from_slice(&p.0);
     v.push(CUSTOMER_SEALED);
@@ -288,5 +315,56 @@ mod tests {
         mark.extend_from_slice(&1_780_000_000i64.to_be_bytes());
         assert_eq!(layout(&mark), Layout::Other);
         assert_eq!(layout(&sealed[..PSEUDONYM_LEN + 5]), Layout::Other);
+    }
+
+    #[test]
+    fn a_move_reseals_rows_of_either_layout_under_the_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Store::open(dir.path(), crate::store::crypto::StoreIdentity::generate()).unwrap();
+        let (from, to) = (
+            store.pseudonym("4915100000001"),
+            store.pseudonym("4915100000002"),
+        );
+        let mut batch = store.batch();
+        store.data_key_or_create(&from, &mut batch).unwrap();
+        let to_key = store.data_key_or_create(&to, &mut batch).unwrap();
+        let new = store
+            .seal_queue_row(ks::INBOX, b"k1", &from, b"new")
+            .unwrap();
+        let old = store.legacy_queue_row(ks::OUTBOX, b"k2", &from, b"old");
+        let mut mark = from.0.to_vec();
+        mark.extend_from_slice(&1_780_000_000i64.to_be_bytes());
+        batch.insert(&store.ks.inbox, b"k1".to_vec(), new);
+        batch.insert(&store.ks.outbox, b"k2".to_vec(), old);
+        batch.insert(&store.ks.outbox, b"r1".to_vec(), mark);
+        store.commit_durable(batch).unwrap();
+
+        let mut batch = store.batch();
+        assert_eq!(
+            store
+                .reseal_queue_rows(&from, &to, &to_key, &mut batch)
+                .unwrap(),
+            3
+        );
+        store.commit_durable(batch).unwrap();
+        for (name, keyspace, key, plain) in [
+            (ks::INBOX, &store.ks.inbox, &b"k1"[..], &b"new"[..]),
+            (ks::OUTBOX, &store.ks.outbox, &b"k2"[..], &b"old"[..]),
+        ] {
+            let v = keyspace.get(key).unwrap().unwrap();
+            assert_eq!(
+                layout(&v),
+                Layout::Customer,
+                "{name} row sealed per customer"
+            );
+            let Opened::Row(p, opened) = store.open_queue_row(name, key, &v).unwrap() else {
+                panic!("the moved row opens");
+            };
+            assert_eq!((p, opened.as_slice()), (to, plain));
+        }
+        let mark = store.ks.outbox.get(b"r1").unwrap().unwrap();
+        assert_eq!(&mark[..PSEUDONYM_LEN], &to.0[..]);
+        assert_eq!(layout(&mark), Layout::Other);
     }
 }

@@ -318,15 +318,17 @@ impl Queues {
         key: &[u8],
         value: &[u8],
     ) -> Result<Read<T>> {
-        let opened = store.open_queue_row(keyspace, key, value).and_then(|o| match o {
-            Opened::Row(p, plain) => serde_json::from_slice(&plain)
-                .map(|entry| Some((p, entry)))
-                .map_err(|_| StoreError::Corrupt {
-                    keyspace,
-                    what: "queue entry",
-                }),
-            Opened::Shredded(_) => Ok(None),
-        });
+        let opened = store
+            .open_queue_row(keyspace, key, value)
+            .and_then(|o| match o {
+                Opened::Row(p, plain) => serde_json::from_slice(&plain)
+                    .map(|entry| Some((p, entry)))
+                    .map_err(|_| StoreError::Corrupt {
+                        keyspace,
+                        what: "queue entry",
+                    }),
+                Opened::Shredded(_) => Ok(None),
+            });
         match opened {
             Ok(Some((p, entry))) => Ok(Read::Row(Queued {
                 key: key.to_vec(),
@@ -714,6 +716,7 @@ impl Queues {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
     use crate::store::crypto::StoreIdentity;
     use crate::whatsapp::payload::Content;
 
@@ -774,12 +777,13 @@ mod tests {
         assert_eq!(inbox.len(), 2);
         assert!(matches!(&inbox[0].entry, InboxEntry::Message(m) if m.id == "wamid.1"));
         let mut b = store.batch();
-        let keys = q.push_inbox(
-            &store,
-            &mut b,
-            &[(p, InboxEntry::Message(inbound("wamid.3", "x")))],
-        )
-        .unwrap();
+        let keys = q
+            .push_inbox(
+                &store,
+                &mut b,
+                &[(p, InboxEntry::Message(inbound("wamid.3", "x")))],
+            )
+            .unwrap();
         assert_eq!(keys[0], 2u64.to_be_bytes().to_vec());
         store.commit_durable(b).unwrap();
         assert_eq!(q.outbox(&store).unwrap().len(), 1);
@@ -787,6 +791,223 @@ mod tests {
         store.forget(&[p], Timestamp::now()).unwrap();
         assert!(q.inbox(&store).unwrap().is_empty());
         assert!(q.outbox(&store).unwrap().is_empty());
+    }
+
+    fn reply(to: &str, text: &str) -> OutboxEntry {
+        OutboxEntry {
+            to: to.into(),
+            kind: OutboundKind::Text(text.into()),
+            created: Timestamp::now(),
+            history: Vec::new(),
+        }
+    }
+
+    /// Every key on disk — the store-wide ones and every customer's — unwrapped.
+    fn keys_on_disk(store: &Store) -> Vec<crate::store::crypto::DataKey> {
+        let mut out = Vec::new();
+        let mut dirs = vec![store.path().join("keys")];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let path = e.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if let Ok(k) = store.identity().unwrap(&std::fs::read(&path).unwrap()) {
+                    out.push(k);
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether any of `keys` opens the sealed part of row `key` of `keyspace`, wherever the
+    /// envelope starts.
+    fn opens(
+        keys: &[crate::store::crypto::DataKey],
+        keyspace: &str,
+        key: &[u8],
+        value: &[u8],
+    ) -> bool {
+        (16..=17).any(|at| {
+            keys.iter()
+                .any(|k| k.open(keyspace, key, &value[at..]).is_ok())
+        })
+    }
+
+    #[test]
+    fn a_forgotten_customers_queue_rows_open_with_no_key_left_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreIdentity::generate()).unwrap();
+        let q = Queues::new(&store).unwrap();
+        let gone = store.pseudonym("491701234567");
+        let kept = store.pseudonym("491709876543");
+        let mut b = store.batch();
+        q.push_inbox(
+            &store,
+            &mut b,
+            &[
+                (
+                    gone,
+                    InboxEntry::Message(inbound("wamid.g1", "Ich heisse Dora")),
+                ),
+                (kept, InboxEntry::Message(inbound("wamid.k1", "Hallo"))),
+            ],
+        )
+        .unwrap();
+        q.push_outbox(&store, &mut b, &gone, &reply("491701234567", "Hallo Dora"))
+            .unwrap();
+        q.record_sent(
+            &store,
+            &mut b,
+            "wamid.out",
+            &gone,
+            &reply("491701234567", "Gesendet"),
+        )
+        .unwrap();
+        let later = Deferred {
+            entry: reply("491701234567", "Spaeter"),
+            not_before: Timestamp::now() + jiff::SignedDuration::from_hours(24),
+        };
+        q.push_deferred(&store, &mut b, &gone, &later).unwrap();
+        q.push_outbox(&store, &mut b, &kept, &reply("491709876543", "Hallo"))
+            .unwrap();
+        store.commit_durable(b).unwrap();
+
+        // The bytes of every queue row of the customer, as anyone copying the files gets them.
+        let mut rows = Vec::new();
+        for (name, keyspace) in [
+            (ks::INBOX, &store.keyspaces().inbox),
+            (ks::OUTBOX, &store.keyspaces().outbox),
+        ] {
+            for g in keyspace.iter() {
+                let (k, v) = g.into_inner().unwrap();
+                if v.starts_with(&gone.0) {
+                    rows.push((name, k.to_vec(), v.to_vec()));
+                }
+            }
+        }
+        assert_eq!(rows.len(), 4, "inbox, outbox, sent and deferred rows");
+        let before = keys_on_disk(&store);
+        assert!(rows.iter().all(|(n, k, v)| opens(&before, n, k, v)));
+
+        store.forget(&[gone], Timestamp::now()).unwrap();
+        let after = keys_on_disk(&store);
+        assert!(!after.is_empty());
+        for (name, k, v) in &rows {
+            assert!(!opens(&after, name, k, v), "a {name} row still opens");
+        }
+        // The other customer's rows are untouched.
+        assert_eq!(q.inbox(&store).unwrap().len(), 1);
+        assert_eq!(q.outbox(&store).unwrap()[0].pseudonym, kept);
+    }
+
+    #[test]
+    fn rows_of_the_previous_layout_are_read_and_drain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreIdentity::generate()).unwrap();
+        let p = store.pseudonym("491701234567");
+        let entry = InboxEntry::Message(inbound("wamid.old", "vor dem Update"));
+        let inbox_key = 0u64.to_be_bytes();
+        let outbox_key = outbox_key(0);
+        let mut b = store.batch();
+        b.insert(
+            &store.keyspaces().inbox,
+            inbox_key.to_vec(),
+            store.legacy_queue_row(
+                ks::INBOX,
+                &inbox_key,
+                &p,
+                &serde_json::to_vec(&entry).unwrap(),
+            ),
+        );
+        let out = reply("491701234567", "Antwort von vorher");
+        b.insert(
+            &store.keyspaces().outbox,
+            outbox_key.clone(),
+            store.legacy_queue_row(
+                ks::OUTBOX,
+                &outbox_key,
+                &p,
+                &serde_json::to_vec(&out).unwrap(),
+            ),
+        );
+        store.commit_durable(b).unwrap();
+
+        // A contact with no key yet (their first message came before the upgrade) is read.
+        let q = Queues::new(&store).unwrap();
+        let inbox = q.inbox(&store).unwrap();
+        assert_eq!(inbox.len(), 1);
+        assert_eq!(inbox[0].entry, entry);
+        assert_eq!(q.outbox(&store).unwrap()[0].entry, out);
+        assert!(store.quarantined().unwrap().is_empty());
+        // New rows of the same queue continue after them.
+        let mut b = store.batch();
+        let keys = q
+            .push_inbox(
+                &store,
+                &mut b,
+                &[(p, InboxEntry::Message(inbound("wamid.new", "x")))],
+            )
+            .unwrap();
+        assert_eq!(keys[0], 1u64.to_be_bytes().to_vec());
+    }
+
+    #[test]
+    fn an_unreadable_row_is_quarantined_and_the_rest_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreIdentity::generate()).unwrap();
+        let q = Queues::new(&store).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        q.report_to(metrics.clone(), None);
+        let (bad, good) = (
+            store.pseudonym("491701111111"),
+            store.pseudonym("491702222222"),
+        );
+        let mut b = store.batch();
+        let inbox = q
+            .push_inbox(
+                &store,
+                &mut b,
+                &[
+                    (bad, InboxEntry::Message(inbound("wamid.b", "kaputt"))),
+                    (good, InboxEntry::Message(inbound("wamid.g", "heil"))),
+                ],
+            )
+            .unwrap();
+        let outbox = q
+            .push_outbox(&store, &mut b, &bad, &reply("491701111111", "kaputt"))
+            .unwrap();
+        q.push_outbox(&store, &mut b, &good, &reply("491702222222", "heil"))
+            .unwrap();
+        store.commit_durable(b).unwrap();
+        // Flip a byte of the sealed part of each bad row.
+        for (keyspace, key) in [
+            (&store.keyspaces().inbox, &inbox[0]),
+            (&store.keyspaces().outbox, &outbox),
+        ] {
+            let mut v = keyspace.get(key).unwrap().unwrap().to_vec();
+            let last = v.len() - 1;
+            v[last] ^= 0x55;
+            keyspace.insert(key, v).unwrap();
+        }
+
+        let read = q.inbox(&store).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].pseudonym, good);
+        let sendable = q.outbox(&store).unwrap();
+        assert_eq!(sendable.len(), 1);
+        assert_eq!(sendable[0].pseudonym, good);
+        let counts = store.quarantined().unwrap();
+        assert_eq!(counts.get("inbox"), Some(&1));
+        assert_eq!(counts.get("outbox"), Some(&1));
+        let text = metrics.encode();
+        for queue in ["inbox", "outbox"] {
+            let line = format!("frontdesk_quarantined_rows_total{{queue=\"{queue}\"}} 1");
+            assert!(text.lines().any(|l| l == line), "{line}");
+        }
+        // Kept raw for an admin; a forget of the customer removes them.
+        assert_eq!(store.quarantined_rows().unwrap().len(), 2);
+        store.forget(&[bad], Timestamp::now()).unwrap();
+        assert!(store.quarantined().unwrap().is_empty());
     }
 
     #[test]

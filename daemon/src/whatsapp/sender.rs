@@ -727,3 +727,94 @@ impl Sender {
 fn expired(entry: &OutboxEntry, now: Timestamp) -> bool {
     now.duration_since(entry.created) > MAX_REPLY_AGE
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::whatsapp::{self as sim, SIM_GRAPH_VERSION, SIM_PHONE_NUMBER_ID, SIM_TOKEN};
+    use crate::store::crypto::StoreIdentity;
+
+    const GONE: &str = "491701111111";
+    const KEPT: &str = "491702222222";
+
+    fn reply(to: &str, text: &str) -> OutboxEntry {
+        OutboxEntry {
+            to: to.into(),
+            kind: OutboundKind::Text(text.into()),
+            created: Timestamp::now(),
+            history: Vec::new(),
+        }
+    }
+
+    /// Sends `rows` of customer `p` as one task of the sender does.
+    async fn send(sender: &Arc<Sender>, p: Pseudonym, rows: Vec<Queued<OutboxEntry>>) -> GroupResult {
+        let sender = sender.clone();
+        tokio::task::spawn_blocking(move || sender.send_group(&p, rows))
+            .await
+            .unwrap()
+    }
+
+    fn rows_of(rows: &[Queued<OutboxEntry>], p: Pseudonym) -> Vec<Queued<OutboxEntry>> {
+        rows.iter().filter(|r| r.pseudonym == p).cloned().collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rows_forgotten_or_rewritten_after_they_were_read_are_not_sent_as_read() {
+        let graph = sim::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), StoreIdentity::generate()).unwrap());
+        let queues = Arc::new(Queues::new(&store).unwrap());
+        let client = GraphClient::new(
+            &graph.base_url(),
+            SIM_GRAPH_VERSION,
+            SIM_PHONE_NUMBER_ID,
+            SIM_TOKEN.into(),
+            Duration::from_secs(5),
+        );
+        let sender = Sender::new(
+            store.clone(),
+            queues.clone(),
+            client,
+            SenderConfig::default(),
+            None,
+            Arc::new(Metrics::new()),
+            Arc::new(Notify::new()),
+        );
+        let mut ps = Vec::new();
+        for (phone, text) in [(GONE, "Hallo Dora"), (KEPT, "Alter Text")] {
+            let (c, key) = store
+                .update_customer(phone, Timestamp::now(), |c, batch, st| {
+                    queues.push_outbox(st, batch, &c.pseudonym, &reply(phone, text))
+                })
+                .unwrap();
+            assert!(!key.is_empty());
+            ps.push(c.pseudonym);
+        }
+        let (gone, kept) = (ps[0], ps[1]);
+        // What the sender read before the customer was forgotten and the other's reply was
+        // rewritten (as a combination or a replacement does).
+        let read = queues.outbox(&store).unwrap();
+        assert_eq!(read.len(), 2);
+        store.forget(&[gone], Timestamp::now()).unwrap();
+        let kept_row = rows_of(&read, kept).remove(0);
+        let mut batch = store.batch();
+        queues
+            .rewrite_outbox(&store, &mut batch, &kept_row.key, &kept, &reply(KEPT, "Neuer Text"))
+            .unwrap();
+        store.commit_durable(batch).unwrap();
+
+        assert!(matches!(send(&sender, gone, rows_of(&read, gone)).await, GroupResult::Done));
+        assert!(matches!(
+            send(&sender, kept, rows_of(&read, kept)).await,
+            GroupResult::Hold(d) if d.is_zero()
+        ));
+        assert!(graph.sent().is_empty(), "nothing sent as it was read");
+
+        // Read again, the rewritten reply goes out as it is stored now.
+        let fresh = queues.outbox(&store).unwrap();
+        assert!(matches!(send(&sender, kept, fresh).await, GroupResult::Done));
+        assert!(graph.texts_to(GONE).is_empty());
+        assert_eq!(graph.texts_to(KEPT), vec!["Neuer Text".to_string()]);
+        assert!(queues.outbox(&store).unwrap().is_empty());
+    }
+}
