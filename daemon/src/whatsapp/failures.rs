@@ -350,6 +350,8 @@ mod tests {
     /// Records `entry` as sent under `wamid`, as the sender does after a successful call.
     fn sent(store: &Store, q: &Queues, wamid: &str, p: &Pseudonym, entry: &OutboxEntry) {
         let mut b = store.batch();
+        // The customer's key, as the webhook made it for the message the reply answered.
+        store.data_key_or_create(p, &mut b).unwrap();
         q.record_delivery(
             store,
             &mut b,

@@ -731,7 +731,9 @@ fn expired(entry: &OutboxEntry, now: Timestamp) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::whatsapp::{self as sim, SIM_GRAPH_VERSION, SIM_PHONE_NUMBER_ID, SIM_TOKEN};
+    use crate::sandbox::whatsapp::{
+        self as sim, SIM_GRAPH_VERSION, SIM_PHONE_NUMBER_ID, SIM_TOKEN,
+    };
     use crate::store::crypto::StoreIdentity;
 
     const GONE: &str = "491701111111";
@@ -747,7 +749,11 @@ mod tests {
     }
 
     /// Sends `rows` of customer `p` as one task of the sender does.
-    async fn send(sender: &Arc<Sender>, p: Pseudonym, rows: Vec<Queued<OutboxEntry>>) -> GroupResult {
+    async fn send(
+        sender: &Arc<Sender>,
+        p: Pseudonym,
+        rows: Vec<Queued<OutboxEntry>>,
+    ) -> GroupResult {
         let sender = sender.clone();
         tokio::task::spawn_blocking(move || sender.send_group(&p, rows))
             .await
@@ -782,13 +788,15 @@ mod tests {
         );
         let mut ps = Vec::new();
         for (phone, text) in [(GONE, "Hallo Dora"), (KEPT, "Alter Text")] {
-            let (c, key) = store
-                .update_customer(phone, Timestamp::now(), |c, batch, st| {
-                    queues.push_outbox(st, batch, &c.pseudonym, &reply(phone, text))
-                })
+            let p = store.pseudonym(phone);
+            let _guard = store.lock_customer(&p);
+            let mut batch = store.batch();
+            store.data_key_or_create(&p, &mut batch).unwrap();
+            queues
+                .push_outbox(&store, &mut batch, &p, &reply(phone, text))
                 .unwrap();
-            assert!(!key.is_empty());
-            ps.push(c.pseudonym);
+            store.commit_durable(batch).unwrap();
+            ps.push(p);
         }
         let (gone, kept) = (ps[0], ps[1]);
         // What the sender read before the customer was forgotten and the other's reply was
@@ -799,11 +807,20 @@ mod tests {
         let kept_row = rows_of(&read, kept).remove(0);
         let mut batch = store.batch();
         queues
-            .rewrite_outbox(&store, &mut batch, &kept_row.key, &kept, &reply(KEPT, "Neuer Text"))
+            .rewrite_outbox(
+                &store,
+                &mut batch,
+                &kept_row.key,
+                &kept,
+                &reply(KEPT, "Neuer Text"),
+            )
             .unwrap();
         store.commit_durable(batch).unwrap();
 
-        assert!(matches!(send(&sender, gone, rows_of(&read, gone)).await, GroupResult::Done));
+        assert!(matches!(
+            send(&sender, gone, rows_of(&read, gone)).await,
+            GroupResult::Done
+        ));
         assert!(matches!(
             send(&sender, kept, rows_of(&read, kept)).await,
             GroupResult::Hold(d) if d.is_zero()
@@ -812,7 +829,10 @@ mod tests {
 
         // Read again, the rewritten reply goes out as it is stored now.
         let fresh = queues.outbox(&store).unwrap();
-        assert!(matches!(send(&sender, kept, fresh).await, GroupResult::Done));
+        assert!(matches!(
+            send(&sender, kept, fresh).await,
+            GroupResult::Done
+        ));
         assert!(graph.texts_to(GONE).is_empty());
         assert_eq!(graph.texts_to(KEPT), vec!["Neuer Text".to_string()]);
         assert!(queues.outbox(&store).unwrap().is_empty());
