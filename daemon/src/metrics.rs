@@ -169,7 +169,6 @@ impl Metrics {
             "Inbound messages WhatsApp could not pass on whole, by reason (unsupported_type, media_download, …)",
             inbound_errors.clone(),
         );
-        let quarantined_rows = register_quarantined(&mut registry);
         let sender_slowed = Gauge::default();
         registry.register(
             "sender_slowed",
@@ -219,6 +218,8 @@ impl Metrics {
             tunnel_connected.clone(),
         );
         Metrics {
+            // Before `registry` moves into the struct: fields are evaluated in written order.
+            quarantined_rows: register_quarantined(&mut registry),
             registry,
             webhook_requests,
             messages_processed,
@@ -226,7 +227,6 @@ impl Metrics {
             messages_sent,
             send_failures,
             inbound_errors,
-            quarantined_rows,
             sender_slowed,
             processing_seconds,
             inbox_depth,

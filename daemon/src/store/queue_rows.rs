@@ -71,6 +71,17 @@ pub enum Opened {
     Shredded(Pseudonym),
 }
 
+/// A row in the quarantine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantinedRow {
+    /// The queue keyspace it came from (`inbox`, `outbox`).
+    pub keyspace: String,
+    /// Its key there.
+    pub row_key: Vec<u8>,
+    /// Its bytes, unchanged (sealed, or damaged beyond opening).
+    pub value: Vec<u8>,
+}
+
 /// Whether `e` means the row itself cannot be read (quarantine it), rather than the store
 /// failing (try again later).
 pub fn unreadable(e: &StoreError) -> bool {
@@ -252,15 +263,19 @@ impl Store {
         Ok(out)
     }
 
-    /// The raw bytes of quarantined rows: `(keyspace, row key, value)`.
-    pub fn quarantined_rows(&self) -> Result<Vec<(String, Vec<u8>, Vec<u8>)>> {
+    /// Every quarantined row, as it was.
+    pub fn quarantined_rows(&self) -> Result<Vec<QuarantinedRow>> {
         let mut out = Vec::new();
         for g in self.ks.meta.prefix(QUARANTINE_PREFIX) {
             let (k, v) = g.into_inner()?;
             let rest = std::str::from_utf8(&k[QUARANTINE_PREFIX.len()..]).unwrap_or_default();
             if let Some((name, hex_key)) = rest.split_once('/') {
                 let row_key = hex::decode(hex_key).unwrap_or_default();
-                out.push((name.to_string(), row_key, v.to_vec()));
+                out.push(QuarantinedRow {
+                    keyspace: name.to_string(),
+                    row_key,
+                    value: v.to_vec(),
+                });
             }
         }
         Ok(out)
