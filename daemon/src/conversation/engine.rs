@@ -505,7 +505,9 @@ impl Engine {
         if !changed.is_empty() {
             tracing::debug!(customer = %c.pseudonym, fields = ?changed, "profile updated");
         }
-        if c.meta.stage == Stage::NewLead && c.body.profile.vorname.is_some() {
+        if c.body.profile.mitglied.as_deref() == Some("ja") {
+            set_stage(c, turn, Stage::Member);
+        } else if c.meta.stage == Stage::NewLead && c.body.profile.vorname.is_some() {
             set_stage(c, turn, Stage::NameKnown);
         }
 
@@ -514,6 +516,12 @@ impl Engine {
             Intent::Complaint => self.hand_over(c, AlertKind::Complaint, turn),
             Intent::CancelAppointment => self.hand_over(c, AlertKind::Cancellation, turn),
             Intent::ContractQuestion => self.hand_over(c, AlertKind::ContractQuestion, turn),
+            Intent::HealthQuestion => self.hand_over(c, AlertKind::HealthQuestion, turn),
+            Intent::WantsPerson => self.hand_over(c, AlertKind::PersonRequested, turn),
+            // Members are never booked into a trial; their appointments are the studio's.
+            Intent::BookTrial | Intent::Reschedule if c.meta.stage == Stage::Member => {
+                self.hand_over(c, AlertKind::MemberAppointment, turn);
+            }
             Intent::BookTrial | Intent::Reschedule => match booking_start(c, &answer, &joined, now)
             {
                 Some(start) => self.book(c, start, now, turn),
@@ -917,7 +925,7 @@ fn funnel_events(turn: &Turn) -> Vec<FunnelEvent> {
         match to {
             Stage::NameKnown => out.push(FunnelEvent::NameKnown),
             Stage::TrialBooked => out.push(FunnelEvent::TrialBooked),
-            Stage::NewLead => {}
+            Stage::NewLead | Stage::Member => {}
         }
     }
     for (_, to) in &turn.mode_changes {
@@ -1498,7 +1506,7 @@ mod tests {
         let d = h.model.last_prompt().dynamic_system;
         assert!(d.contains("Status: Probetraining gebucht"));
         assert!(d.contains("gebucht am Dienstag, 20.01. um 18:00 Uhr"));
-        assert!(d.contains("Verkauf ihm nichts"));
+        assert!(d.contains("Verkauf nichts"));
     }
 
     #[test]
@@ -1750,6 +1758,8 @@ mod tests {
             ("complaint", AlertKind::Complaint),
             ("cancel_appointment", AlertKind::Cancellation),
             ("contract_question", AlertKind::ContractQuestion),
+            ("health_question", AlertKind::HealthQuestion),
+            ("wants_person", AlertKind::PersonRequested),
         ] {
             let h = harness();
             h.known_contact();
@@ -1784,6 +1794,67 @@ mod tests {
             assert!(t.replies.is_empty());
             assert_eq!(h.customer().meta.mode, BotMode::Escalated);
         }
+    }
+
+    #[test]
+    fn a_price_question_is_answered_not_handed_over() {
+        let h = harness();
+        h.known_contact();
+        h.model.push(answer(
+            "question",
+            json!({}),
+            "Die Mitgliedschaft kostet 39 € im Monat. Magst du es erst mal testen?",
+            None,
+        ));
+        let t = h.send("Was kostet die Mitgliedschaft?");
+        assert!(t.alerts.is_empty(), "{:?}", t.alerts);
+        assert!(t.mode_changes.is_empty());
+        assert_eq!(h.customer().meta.mode, BotMode::Active);
+        assert!(t.replies[0].contains("39 €"));
+    }
+
+    #[test]
+    fn a_member_is_served_as_a_member_and_never_booked_into_a_trial() {
+        let h = harness();
+        h.known_contact();
+        h.model.push(answer(
+            "question",
+            json!({"mitglied": "Ja"}),
+            "Schön, dass du schon dabei bist! Wie kann ich dir helfen?",
+            None,
+        ));
+        let t = h.send("Ich bin schon Mitglied bei euch");
+        assert_eq!(t.stage_changes, vec![(Stage::NameKnown, Stage::Member)]);
+        assert_eq!(h.customer().meta.stage, Stage::Member);
+        assert!(
+            t.funnel.is_empty(),
+            "a member is no step in the lead funnel"
+        );
+
+        h.model.push(answer(
+            "book_trial",
+            json!({}),
+            "Klar, Dienstag passt!",
+            Some("Dienstag 18 Uhr"),
+        ));
+        let t = h.send("Kann ich Dienstag um 18 Uhr kommen?");
+        let prompt = h.model.last_prompt().dynamic_system;
+        assert!(prompt.contains("Status: Mitglied"), "{prompt}");
+        assert!(prompt.contains("schon Mitglied im Studio"), "{prompt}");
+        assert!(
+            !prompt.contains("Biete aktiv ein Probetraining an"),
+            "{prompt}"
+        );
+        assert!(t.booking.is_none(), "members get no trial booking");
+        assert_eq!(
+            t.alerts,
+            vec![StaffAlert {
+                kind: AlertKind::MemberAppointment,
+                pseudonym: h.store.pseudonym(PHONE)
+            }]
+        );
+        assert_eq!(h.customer().meta.mode, BotMode::Escalated);
+        assert_eq!(h.customer().meta.stage, Stage::Member);
     }
 
     #[test]

@@ -226,8 +226,14 @@ pub enum AlertKind {
     Complaint,
     /// The contact wants to cancel an appointment.
     Cancellation,
-    /// A question about contract, billing or payment.
+    /// A matter with an existing contract: cancellation, billing or payment.
     ContractQuestion,
+    /// A health question beyond the studio's stated facts.
+    HealthQuestion,
+    /// The contact asked to talk to a person.
+    PersonRequested,
+    /// A member wants an appointment, which staff book (members get no trial).
+    MemberAppointment,
     /// A booking could not be made and a person has to follow up.
     BookingFailed,
     /// A booked trial was moved to a new slot: staff cancel the old appointment in MagicLine
@@ -242,6 +248,9 @@ impl AlertKind {
             AlertKind::Complaint => "complaint",
             AlertKind::Cancellation => "cancellation",
             AlertKind::ContractQuestion => "contract_question",
+            AlertKind::HealthQuestion => "health_question",
+            AlertKind::PersonRequested => "person_requested",
+            AlertKind::MemberAppointment => "member_appointment",
             AlertKind::BookingFailed => "booking_failed",
             AlertKind::Rescheduled => "rescheduled",
         }
