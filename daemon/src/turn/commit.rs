@@ -3,7 +3,8 @@
 
 use tracing::warn;
 
-use super::Effects;
+use super::{AlertKind, Effects};
+use crate::alerts::queue::{self as alerts, Alert, Reason};
 use crate::audit::{Actor, AuditEvent, AuditLog, Code, NewEntry};
 use crate::stats;
 use crate::store::customers::Customer;
@@ -92,6 +93,8 @@ pub fn commit(
         store.commit_durable(batch)?;
         return Ok(discarded);
     }
+    // The only personal data a staff alert may carry (see `crate::alerts`).
+    let mut first_name = None;
     if let Some(update) = &effects.record {
         let mut fresh = match store.customer(&p)? {
             Some(c) => c,
@@ -142,6 +145,7 @@ pub fn commit(
             let seq = store.append_message(&mut fresh, &msg, &mut batch)?;
             effects.reply_rows.push(seq);
         }
+        first_name.clone_from(&fresh.body.profile.vorname);
         store.put_customer(&fresh, &mut batch)?;
         if let Some(user_id) = &learned_user_id {
             store.link_user_id(user_id, &p, &mut batch)?;
@@ -154,6 +158,20 @@ pub fn commit(
         stats::record_source(store, &mut batch, event, effects.at)?;
     }
     rows.add(&mut batch, store, &effects)?;
+    // Staff alerts become durable with the hand-over that raised them; the alert worker
+    // delivers them (crate::alerts).
+    for alert in &effects.alerts {
+        alerts::raise(
+            store,
+            &mut batch,
+            &Alert {
+                reason: reason_of(alert.kind),
+                customer: Some(alert.pseudonym),
+                first_name: first_name.clone(),
+                raised: effects.at,
+            },
+        );
+    }
     match audit {
         Some(log) if !effects.audit.is_empty() => {
             log.append_many_with(batch, effects.audit.iter().cloned())?;
@@ -161,11 +179,25 @@ pub fn commit(
         _ => store.commit_durable(batch)?,
     }
     drop(guard);
+    if !effects.alerts.is_empty() {
+        alerts::committed();
+    }
     for alert in &effects.alerts {
-        // Staff see alerts in the journal and in the audit log (no message content).
+        // Also in the journal and the audit log (no message content).
         warn!(customer = %alert.pseudonym, reason = alert.kind.code(), FRONTDESK_EVENT = "staff.alert", "staff attention needed");
     }
     Ok(effects)
+}
+
+/// The alert reason of a turn's staff alert.
+fn reason_of(kind: AlertKind) -> Reason {
+    match kind {
+        AlertKind::Complaint => Reason::Complaint,
+        AlertKind::Cancellation => Reason::Cancellation,
+        AlertKind::ContractQuestion => Reason::ContractQuestion,
+        AlertKind::BookingFailed => Reason::BookingFailed,
+        AlertKind::Rescheduled => Reason::Rescheduled,
+    }
 }
 
 /// Carries out the identity moves of a notice turn ([`Effects::moves`]), each under the locks of
