@@ -234,7 +234,8 @@ mod tests {
         assert!(a.contains(&id), "{a}");
         assert!(b.contains(&id));
         assert!(a.contains("desk@studio.example") && a.contains("chef@studio.example"));
-        assert!(a.contains(&"03".repeat(16)));
+        assert!(a.contains("Content-Type: text/plain; charset=utf-8"), "{a}");
+        // The body (encoded for transport) is checked end to end against a real SMTP server.
     }
 
     #[test]

@@ -312,3 +312,210 @@ fn sent_entry(row: &Stored, channel: &'static str, recipients: usize) -> NewEntr
         None => entry,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::queue::{Alert, Reason};
+    use crate::alerts::SmtpSecurity;
+    use crate::audit::AuditFilter;
+    use crate::store::crypto::StoreIdentity;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Arc<Store>,
+        queues: Arc<Queues>,
+        audit: Arc<AuditLog>,
+        metrics: Arc<Metrics>,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), StoreIdentity::generate()).unwrap());
+        let audit = Arc::new(AuditLog::open(store.clone()).unwrap().without_journal());
+        Fixture {
+            queues: Arc::new(Queues::new(&store).unwrap()),
+            store,
+            audit,
+            metrics: Arc::new(Metrics::new()),
+            _dir: dir,
+        }
+    }
+
+    /// A loopback port nothing listens on.
+    fn closed_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    fn alerts_cfg(mail_port: Option<u16>) -> AlertsConfig {
+        let mut cfg = AlertsConfig {
+            console_url: "https://desk.studio.example".into(),
+            whatsapp_recipients: vec!["4915100000001".into(), "4915100000002".into()],
+            whatsapp_template: Some("staff_alert".into()),
+            ..AlertsConfig::default()
+        };
+        if let Some(port) = mail_port {
+            cfg.email_to = vec!["desk@studio.example".into()];
+            cfg.email_from = "frontdesk@studio.example".into();
+            cfg.smtp_host = "127.0.0.1".into();
+            cfg.smtp_port = port;
+            cfg.smtp_security = SmtpSecurity::None;
+            cfg.smtp_timeout_secs = 5;
+        }
+        cfg
+    }
+
+    fn worker(f: &Fixture, cfg: AlertsConfig) -> Arc<AlertWorker> {
+        let mailer = cfg.by_email().then(|| {
+            Mailer::new(&cfg, &crate::secrets::Credentials::in_dir(f._dir.path())).unwrap()
+        });
+        AlertWorker::new(
+            f.store.clone(),
+            f.queues.clone(),
+            Some(f.audit.clone()),
+            f.metrics.clone(),
+            WorkerConfig {
+                alerts: cfg,
+                template_language: "de".into(),
+                retry_base: Duration::from_secs(60),
+            },
+            mailer,
+            Arc::new(Notify::new()),
+        )
+    }
+
+    fn raise(f: &Fixture, reason: Reason, customer: bool) -> Alert {
+        let alert = Alert {
+            reason,
+            customer: customer.then(|| f.store.pseudonym("4917612345678")),
+            first_name: customer.then(|| "Wiebke".to_string()),
+            raised: Timestamp::now(),
+        };
+        queue::raise_now(&f.store, &alert).unwrap();
+        alert
+    }
+
+    fn sent_entries(f: &Fixture) -> Vec<crate::audit::AuditRecord> {
+        f.audit
+            .query(&AuditFilter {
+                action: Some("staff.alert_sent".into()),
+                ..AuditFilter::default()
+            })
+            .unwrap()
+    }
+
+    fn counted(f: &Fixture, kind: &str, channel: &str, outcome: &str) -> u64 {
+        f.metrics
+            .staff_alerts
+            .get_or_create(&AlertLabel {
+                kind: kind.into(),
+                channel: channel.into(),
+                outcome: outcome.into(),
+            })
+            .get()
+    }
+
+    #[test]
+    fn a_hand_over_reaches_every_staff_number_once_with_the_link() {
+        let f = fixture();
+        let w = worker(&f, alerts_cfg(Some(closed_port())));
+        let alert = raise(&f, Reason::Complaint, true);
+        assert_eq!(w.fan_out().unwrap(), 2);
+        let outbox = f.queues.outbox(&f.store).unwrap();
+        let mut to: Vec<&str> = outbox.iter().map(|r| r.entry.to.as_str()).collect();
+        to.sort_unstable();
+        assert_eq!(to, ["4915100000001", "4915100000002"]);
+        let OutboundKind::Template { name, params, .. } = &outbox[0].entry.kind else {
+            panic!("the alert is a template");
+        };
+        assert_eq!(name, "staff_alert");
+        let customer = alert.customer.unwrap();
+        assert_eq!(params[1], "Wiebke");
+        assert_eq!(
+            params[2],
+            format!("https://desk.studio.example/c/{}", customer.to_hex())
+        );
+        assert!(params.iter().all(|p| !p.contains("4917612345678")));
+        // The e-mail waits at its own stage; nothing is raised any more.
+        assert!(queue::at_stage(&f.store, RAISED).unwrap().is_empty());
+        assert_eq!(queue::at_stage(&f.store, MAIL).unwrap().len(), 1);
+        // A second pass (or a restart) hands out nothing again.
+        assert_eq!(w.fan_out().unwrap(), 0);
+        assert_eq!(f.queues.outbox(&f.store).unwrap().len(), 2);
+        let entries = sent_entries(&f);
+        assert_eq!(entries.len(), 1);
+        let json = serde_json::to_string(&entries[0]).unwrap();
+        assert!(json.contains("whatsapp") && json.contains("complaint"));
+        assert!(!json.contains("Wiebke"));
+        assert_eq!(counted(&f, "complaint", "whatsapp", "queued"), 2);
+    }
+
+    #[test]
+    fn alerts_about_the_sender_go_by_email_only() {
+        let f = fixture();
+        let w = worker(&f, alerts_cfg(Some(closed_port())));
+        raise(&f, Reason::SenderPaused, false);
+        assert_eq!(w.fan_out().unwrap(), 0);
+        assert!(f.queues.outbox(&f.store).unwrap().is_empty());
+        assert_eq!(queue::at_stage(&f.store, MAIL).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_failed_email_stays_and_waits_for_its_retry() {
+        let f = fixture();
+        let w = worker(&f, alerts_cfg(Some(closed_port())));
+        raise(&f, Reason::BookingFailed, true);
+        w.fan_out().unwrap();
+        let next = w.send_mail().unwrap().expect("a retry is scheduled");
+        assert_eq!(next, Duration::from_secs(60));
+        assert_eq!(queue::at_stage(&f.store, MAIL).unwrap().len(), 1);
+        assert_eq!(counted(&f, "booking_failed", "email", "failed"), 1);
+        // Not due yet: no second attempt in the next pass.
+        assert!(w.send_mail().unwrap().is_some());
+        assert_eq!(counted(&f, "booking_failed", "email", "failed"), 1);
+        assert_eq!(sent_entries(&f).len(), 1, "only the whatsapp hand-out");
+    }
+
+    #[test]
+    fn an_email_failing_for_a_day_is_dropped() {
+        let f = fixture();
+        let w = worker(&f, alerts_cfg(Some(closed_port())));
+        let alert = Alert {
+            reason: Reason::Rescheduled,
+            customer: None,
+            first_name: None,
+            raised: Timestamp::now() - SignedDuration::from_hours(25),
+        };
+        queue::raise_now(&f.store, &alert).unwrap();
+        w.fan_out().unwrap();
+        assert_eq!(w.send_mail().unwrap(), None);
+        assert!(queue::at_stage(&f.store, MAIL).unwrap().is_empty());
+        assert_eq!(counted(&f, "rescheduled", "email", "expired"), 1);
+    }
+
+    #[test]
+    fn an_alert_about_a_forgotten_person_goes_nowhere() {
+        let f = fixture();
+        let w = worker(&f, alerts_cfg(None));
+        let alert = raise(&f, Reason::Complaint, true);
+        f.store
+            .forget(&[alert.customer.unwrap()], Timestamp::now())
+            .unwrap();
+        assert_eq!(w.fan_out().unwrap(), 0);
+        assert!(f.queues.outbox(&f.store).unwrap().is_empty());
+    }
+
+    #[test]
+    fn without_channels_a_raised_alert_is_retired() {
+        let f = fixture();
+        let w = worker(&f, AlertsConfig::default());
+        raise(&f, Reason::Complaint, true);
+        assert_eq!(w.fan_out().unwrap(), 0);
+        assert_eq!(queue::pending(&f.store), 0);
+        assert!(sent_entries(&f).is_empty());
+    }
+}
