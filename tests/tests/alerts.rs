@@ -177,15 +177,28 @@ async fn a_hand_over_alerts_staff_by_whatsapp_and_email_once_across_a_sigkill() 
     .await;
     await_metric(&daemon, "frontdesk_outbox_depth 0").await;
     assert!(daemon.stop().is_some_and(|s| s.success()));
-    assert_eq!(templates.len(), 2, "one template per hand-over: {templates:?}");
-    assert_ne!(templates[0][2], templates[1][2], "each links its own conversation");
+    assert_eq!(
+        templates.len(),
+        2,
+        "one template per hand-over: {templates:?}"
+    );
+    assert_ne!(
+        templates[0][2], templates[1][2],
+        "each links its own conversation"
+    );
     assert_eq!(smtp.messages().len(), 2, "one e-mail per hand-over");
     assert_ne!(mails[0].raw, mails[1].raw);
 
     let audited = alerts_audited(&daemon);
-    assert_eq!(audited.len(), 4, "whatsapp and email per alert: {audited:?}");
+    assert_eq!(
+        audited.len(),
+        4,
+        "whatsapp and email per alert: {audited:?}"
+    );
     assert!(audited.iter().all(|l| l.contains("complaint")));
-    assert!(audited.iter().all(|l| !l.contains(first) && !l.contains("Alex")));
+    assert!(audited
+        .iter()
+        .all(|l| !l.contains(first) && !l.contains("Alex")));
     let store = daemon.open_store();
     assert_eq!(frontdesk::alerts::queue::pending(&store), 0);
 }

@@ -66,7 +66,10 @@ impl Mailer {
     /// A mailer for `cfg` (which has `email_to` set and was validated), logging in with the
     /// `smtp-username` / `smtp-password` credentials when they exist.
     pub fn new(cfg: &AlertsConfig, creds: &Credentials) -> Result<Mailer, MailError> {
-        let login = match (cfg_secret(creds, SMTP_USERNAME)?, cfg_secret(creds, SMTP_PASSWORD)?) {
+        let login = match (
+            cfg_secret(creds, SMTP_USERNAME)?,
+            cfg_secret(creds, SMTP_PASSWORD)?,
+        ) {
             (Some(user), Some(pass)) => Some(SmtpCredentials::new(
                 user.expose_str()
                     .map_err(|_| MailError::Build("smtp-username is not text"))?
@@ -177,7 +180,10 @@ pub fn message_id(alert: &Stored, from: &Mailbox) -> String {
 }
 
 fn classify(e: &lettre::transport::smtp::Error) -> MailError {
-    let status = || e.status().map_or_else(|| "none".to_string(), |c| c.to_string());
+    let status = || {
+        e.status()
+            .map_or_else(|| "none".to_string(), |c| c.to_string())
+    };
     if e.is_permanent() {
         MailError::Permanent(status())
     } else if e.is_transient() {

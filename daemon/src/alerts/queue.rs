@@ -16,8 +16,8 @@ use std::sync::LazyLock;
 
 use jiff::Timestamp;
 use rand::RngCore;
-use tokio::sync::Notify;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 
 use crate::store::crypto::{Pseudonym, PSEUDONYM_LEN};
 use crate::store::{ks, Result, Store, StoreError};
@@ -109,7 +109,11 @@ pub struct Alert {
     /// Why.
     pub reason: Reason,
     /// The customer it is about, if any.
-    #[serde(default, with = "pseudonym_hex", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "pseudonym_hex",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub customer: Option<Pseudonym>,
     /// The contact's first name when known: the only personal data an alert carries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,10 +138,7 @@ mod pseudonym_hex {
 
     use crate::store::crypto::Pseudonym;
 
-    pub(super) fn serialize<S: Serializer>(
-        p: &Option<Pseudonym>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(p: &Option<Pseudonym>, s: S) -> Result<S::Ok, S::Error> {
         match p {
             Some(p) => s.serialize_some(&p.to_hex()),
             None => s.serialize_none(),

@@ -173,13 +173,20 @@ impl AlertWorker {
             let mut entry = None;
             if by_whatsapp {
                 self.push_templates(&mut batch, &row);
-                entry = Some(sent_entry(&row, "whatsapp", alerts.whatsapp_recipients.len()));
+                entry = Some(sent_entry(
+                    &row,
+                    "whatsapp",
+                    alerts.whatsapp_recipients.len(),
+                ));
             }
             if self.mailer.is_some() {
                 queue::put(&self.store, &mut batch, MAIL, &row.id, &row.alert);
             }
             if !by_whatsapp && self.mailer.is_none() {
-                info!(reason = reason.code(), "no staff alert channel configured for this alert; see [alerts]");
+                info!(
+                    reason = reason.code(),
+                    "no staff alert channel configured for this alert; see [alerts]"
+                );
             }
             self.commit(batch, entry)?;
             if by_whatsapp {
@@ -224,7 +231,12 @@ impl AlertWorker {
         let mut next: Option<Duration> = None;
         for row in queue::at_stage(&self.store, MAIL)? {
             let now = Instant::now();
-            if let Some(r) = self.retries.lock().expect("retry lock poisoned").get(&row.id) {
+            if let Some(r) = self
+                .retries
+                .lock()
+                .expect("retry lock poisoned")
+                .get(&row.id)
+            {
                 if r.next > now {
                     let wait = r.next - now;
                     next = Some(next.map_or(wait, |n| n.min(wait)));

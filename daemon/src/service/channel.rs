@@ -268,6 +268,11 @@ fn start_alerts(
     stopped: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     let cfg = &core.cfg;
+    let store = core.store.clone();
+    core.admin.board.set_source(
+        "staff alerts",
+        move || serde_json::json!({ "waiting": crate::alerts::queue::pending(&store) }),
+    );
     let mailer = if cfg.alerts.by_email() {
         match crate::alerts::mail::Mailer::new(&cfg.alerts, &core.creds) {
             Ok(m) => Some(m),
