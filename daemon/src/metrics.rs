@@ -156,7 +156,6 @@ impl Metrics {
             sends.clone(),
         );
         let messages_sent = register_messages_sent(&mut registry);
-        let staff_alerts = register_staff_alerts(&mut registry);
         let send_failures = Family::<FailureLabel, Counter>::default();
         registry.register(
             "send_failures",
@@ -218,9 +217,9 @@ impl Metrics {
             tunnel_connected.clone(),
         );
         Metrics {
+            staff_alerts: register_staff_alerts(&mut registry),
             registry,
             webhook_requests,
-            staff_alerts,
             messages_processed,
             sends,
             messages_sent,

@@ -93,7 +93,6 @@ pub fn commit(
         store.commit_durable(batch)?;
         return Ok(discarded);
     }
-    // The only personal data a staff alert may carry (see `crate::alerts`).
     let mut first_name = None;
     if let Some(update) = &effects.record {
         let mut fresh = match store.customer(&p)? {
@@ -158,20 +157,7 @@ pub fn commit(
         stats::record_source(store, &mut batch, event, effects.at)?;
     }
     rows.add(&mut batch, store, &effects)?;
-    // Staff alerts become durable with the hand-over that raised them; the alert worker
-    // delivers them (crate::alerts).
-    for alert in &effects.alerts {
-        alerts::raise(
-            store,
-            &mut batch,
-            &Alert {
-                reason: reason_of(alert.kind),
-                customer: Some(alert.pseudonym),
-                first_name: first_name.clone(),
-                raised: effects.at,
-            },
-        );
-    }
+    raise_alerts(store, &mut batch, &effects, first_name.as_deref());
     match audit {
         Some(log) if !effects.audit.is_empty() => {
             log.append_many_with(batch, effects.audit.iter().cloned())?;
@@ -179,14 +165,42 @@ pub fn commit(
         _ => store.commit_durable(batch)?,
     }
     drop(guard);
+    announce_alerts(&effects);
+    Ok(effects)
+}
+
+/// Adds the turn's staff alerts to its batch, so they become durable with the hand-over that
+/// raised them; the alert worker delivers them (`crate::alerts`). The contact's first name is
+/// the only personal data an alert carries.
+fn raise_alerts(
+    store: &Store,
+    batch: &mut fjall::OwnedWriteBatch,
+    effects: &Effects,
+    first_name: Option<&str>,
+) {
+    for alert in &effects.alerts {
+        alerts::raise(
+            store,
+            batch,
+            &Alert {
+                reason: reason_of(alert.kind),
+                customer: Some(alert.pseudonym),
+                first_name: first_name.map(str::to_string),
+                raised: effects.at,
+            },
+        );
+    }
+}
+
+/// After the commit: wakes the alert worker, and says each alert in the journal too (the audit
+/// log has them as well; no message content).
+fn announce_alerts(effects: &Effects) {
     if !effects.alerts.is_empty() {
         alerts::committed();
     }
     for alert in &effects.alerts {
-        // Also in the journal and the audit log (no message content).
         warn!(customer = %alert.pseudonym, reason = alert.kind.code(), FRONTDESK_EVENT = "staff.alert", "staff attention needed");
     }
-    Ok(effects)
 }
 
 /// The alert reason of a turn's staff alert.
