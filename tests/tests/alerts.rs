@@ -112,6 +112,7 @@ async fn a_hand_over_alerts_staff_by_whatsapp_and_email_once_across_a_sigkill() 
     let ts = jiff::Timestamp::now().as_second();
     let first = "491790000071";
     let complaint = format!("{HANDOVER_WORD}: das Handtuch war nass");
+    let started = std::time::Instant::now();
     assert!(driver
         .deliver(&p.text_message(first, "wamid.al1", &complaint, ts))
         .await
@@ -119,6 +120,7 @@ async fn a_hand_over_alerts_staff_by_whatsapp_and_email_once_across_a_sigkill() 
 
     // WhatsApp: the approved template to the staff number, with reason, first name and link.
     let templates = await_staff_templates(&graph, 1).await;
+    let to_whatsapp = started.elapsed();
     let pseudonym = {
         // The pseudonym is the store's; read it through the link rather than the store, which
         // the running daemon holds.
@@ -131,6 +133,11 @@ async fn a_hand_over_alerts_staff_by_whatsapp_and_email_once_across_a_sigkill() 
 
     // E-mail: the hand-over with the link and without the number or the surname.
     let mails = smtp.wait_for(1, WAIT);
+    println!(
+        "hand-over to staff: WhatsApp template after {} ms, e-mail after {} ms",
+        to_whatsapp.as_millis(),
+        started.elapsed().as_millis()
+    );
     let mail = &mails[0];
     assert!(mail.raw.contains("X-Envelope-To: desk@studio.example"));
     assert!(
