@@ -63,11 +63,14 @@ pub enum Reason {
     SpamLimited,
     /// A reply could not be delivered and was dropped; staff should contact the customer.
     ReplyUndelivered,
+    /// The alert template itself could not be delivered to a staff number (paused, disabled,
+    /// rejected): the failure of a staff alert is reported, never the staff member.
+    AlertUndelivered,
 }
 
 impl Reason {
     /// Every reason (metrics, tests).
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::Complaint,
         Reason::Cancellation,
         Reason::ContractQuestion,
@@ -76,6 +79,7 @@ impl Reason {
         Reason::SenderPaused,
         Reason::SpamLimited,
         Reason::ReplyUndelivered,
+        Reason::AlertUndelivered,
     ];
 
     /// The stable code (metric label, audit detail, the journal).
@@ -89,6 +93,7 @@ impl Reason {
             Reason::SenderPaused => "sender_paused",
             Reason::SpamLimited => "spam_limited",
             Reason::ReplyUndelivered => "reply_undelivered",
+            Reason::AlertUndelivered => "alert_undelivered",
         }
     }
 
@@ -98,7 +103,10 @@ impl Reason {
     pub fn by_whatsapp(self) -> bool {
         !matches!(
             self,
-            Reason::SenderPaused | Reason::SpamLimited | Reason::ReplyUndelivered
+            Reason::SenderPaused
+                | Reason::SpamLimited
+                | Reason::ReplyUndelivered
+                | Reason::AlertUndelivered
         )
     }
 }

@@ -25,6 +25,10 @@ pub fn reason_de(reason: Reason) -> &'static str {
         Reason::ReplyUndelivered => {
             "Eine Antwort konnte nicht zugestellt werden: bitte Kontakt aufnehmen"
         }
+        Reason::AlertUndelivered => {
+            "Eine WhatsApp-Benachrichtigung ans Team kam nicht an: bitte die Vorlage in WhatsApp \
+             Manager prüfen"
+        }
     }
 }
 
@@ -61,6 +65,7 @@ pub fn subject(alert: &Alert) -> String {
         Reason::SenderPaused => "WhatsApp-Versand pausiert",
         Reason::SpamLimited => "WhatsApp-Versand gebremst",
         Reason::ReplyUndelivered => "Antwort nicht zugestellt",
+        Reason::AlertUndelivered => "WhatsApp-Benachrichtigung nicht zugestellt",
     };
     match alert.customer {
         Some(_) => format!("frontdesk: {short} ({})", first_name(alert)),

@@ -161,7 +161,8 @@ impl AlertWorker {
     pub fn fan_out(&self) -> anyhow::Result<usize> {
         let alerts = &self.cfg.alerts;
         let mut queued = 0;
-        for row in queue::at_stage(&self.store, RAISED)? {
+        for mut row in queue::at_stage(&self.store, RAISED)? {
+            self.about_staff(&mut row);
             let reason = row.alert.reason;
             let _guard = row.alert.customer.map(|p| self.store.lock_customer(&p));
             if !queue::contains(&self.store, RAISED, &row.id)? {
@@ -196,6 +197,20 @@ impl AlertWorker {
             }
         }
         Ok(queued)
+    }
+
+    /// A dropped message to a staff number is an alert template that failed: it is reported as
+    /// such, about no customer (the staff member is not one).
+    fn about_staff(&self, row: &mut Stored) {
+        let Some(p) = row.alert.customer else { return };
+        let staff = self.cfg.alerts.whatsapp_recipients.iter();
+        if row.alert.reason == queue::Reason::ReplyUndelivered
+            && staff.map(|n| self.store.pseudonym(n)).any(|s| s == p)
+        {
+            row.alert.reason = queue::Reason::AlertUndelivered;
+            row.alert.customer = None;
+            row.alert.first_name = None;
+        }
     }
 
     fn push_templates(&self, batch: &mut fjall::OwnedWriteBatch, row: &Stored) {
@@ -519,6 +534,27 @@ mod tests {
             .unwrap();
         assert_eq!(w.fan_out().unwrap(), 0);
         assert!(f.queues.outbox(&f.store).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_failed_alert_template_is_reported_as_such_and_not_as_a_customer() {
+        let f = fixture();
+        let w = worker(&f, alerts_cfg(Some(closed_port())));
+        let staff = f.store.pseudonym("4915100000001");
+        queue::raise_now(
+            &f.store,
+            &Alert {
+                reason: Reason::ReplyUndelivered,
+                customer: Some(staff),
+                first_name: None,
+                raised: Timestamp::now(),
+            },
+        )
+        .unwrap();
+        assert_eq!(w.fan_out().unwrap(), 0, "never by WhatsApp");
+        let mail = queue::at_stage(&f.store, MAIL).unwrap();
+        assert_eq!(mail[0].alert.reason, Reason::AlertUndelivered);
+        assert_eq!(mail[0].alert.customer, None);
     }
 
     #[test]
