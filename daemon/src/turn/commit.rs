@@ -300,3 +300,70 @@ fn write(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::queue::{at_stage, RAISED};
+    use crate::store::crypto::StoreIdentity;
+    use crate::store::customers::BotMode;
+    use crate::turn::{RecordUpdate, StaffAlert, TurnOutcome};
+
+    const PHONE: &str = "491701234567";
+
+    fn hand_over(store: &Store, at: jiff::Timestamp) -> Effects {
+        let p = store.pseudonym(PHONE);
+        let mut customer = Customer::new(p, PHONE, at);
+        customer.body.profile.vorname = Some("Wiebke".into());
+        customer.meta.mode = BotMode::Escalated;
+        let mut effects = Effects::nothing(p, PHONE, at, TurnOutcome::Conversed);
+        effects.record = Some(RecordUpdate {
+            customer,
+            mode_before: BotMode::Active,
+            disclosed_before: false,
+            inbound: vec![Message {
+                direction: Direction::Inbound,
+                text: "Das war schlecht".into(),
+                at,
+                wamid: Some("wamid.h".into()),
+            }],
+            revoked: Vec::new(),
+        });
+        effects.alerts.push(StaffAlert {
+            kind: AlertKind::Complaint,
+            pseudonym: p,
+        });
+        effects
+    }
+
+    #[test]
+    fn a_hand_over_and_its_alert_are_written_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreIdentity::generate()).unwrap();
+        let at = jiff::Timestamp::now();
+        commit(&store, hand_over(&store, at), &(), None).unwrap();
+        let raised = at_stage(&store, RAISED).unwrap();
+        assert_eq!(raised.len(), 1);
+        let alert = &raised[0].alert;
+        assert_eq!(alert.reason, Reason::Complaint);
+        assert_eq!(alert.customer, Some(store.pseudonym(PHONE)));
+        assert_eq!(alert.first_name.as_deref(), Some("Wiebke"));
+        assert_eq!(alert.raised, at);
+    }
+
+    #[test]
+    fn a_turn_discarded_by_a_forget_raises_no_alert() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreIdentity::generate()).unwrap();
+        let at = jiff::Timestamp::now();
+        let effects = hand_over(&store, at);
+        store
+            .forget(
+                &[effects.pseudonym],
+                at + jiff::SignedDuration::from_secs(1),
+            )
+            .unwrap();
+        commit(&store, effects, &(), None).unwrap();
+        assert!(at_stage(&store, RAISED).unwrap().is_empty());
+    }
+}

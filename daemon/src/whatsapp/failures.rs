@@ -567,6 +567,35 @@ mod tests {
     }
 
     #[test]
+    fn a_dropped_reply_raises_a_staff_alert_with_the_first_name() {
+        use crate::alerts::queue::{at_stage, Reason, RAISED};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreIdentity::generate()).unwrap();
+        let q = Queues::new(&store).unwrap();
+        let p = store.pseudonym(PHONE);
+        let mut c = Customer::new(p, PHONE, Timestamp::now());
+        c.body.profile.vorname = Some("Wiebke".into());
+        let mut b = store.batch();
+        store.put_customer(&c, &mut b).unwrap();
+        store.commit_durable(b).unwrap();
+        sent(&store, &q, "wamid.a", &p, &text(PHONE, Timestamp::now()));
+        sent(&store, &q, "wamid.b", &p, &text(PHONE, Timestamp::now()));
+        assert_eq!(
+            handle(&store, &q, &failed("wamid.a", 131_000)),
+            Some(FailureHandling::StaffAlerted)
+        );
+        assert_eq!(
+            handle(&store, &q, &failed("wamid.b", 131_026)),
+            Some(FailureHandling::Undeliverable)
+        );
+        let raised = at_stage(&store, RAISED).unwrap();
+        assert_eq!(raised.len(), 1, "only the failure staff must act on");
+        assert_eq!(raised[0].alert.reason, Reason::ReplyUndelivered);
+        assert_eq!(raised[0].alert.customer, Some(p));
+        assert_eq!(raised[0].alert.first_name.as_deref(), Some("Wiebke"));
+    }
+
+    #[test]
     fn delayed_failures_by_code() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), StoreIdentity::generate()).unwrap();
