@@ -70,6 +70,8 @@ pub struct Config {
     pub retention: RetentionPolicy,
     /// `[tunnel]`; absent: WhatsApp reaches the webhook listener some other way.
     pub tunnel: Option<TunnelConfig>,
+    /// `[alerts]`: where staff alerts go.
+    pub alerts: crate::alerts::AlertsConfig,
     /// Where the file was loaded from (not part of the file).
     #[serde(skip)]
     pub source: PathBuf,
@@ -536,6 +538,9 @@ impl Config {
                 "must be at least 8 (WhatsApp retries deliveries for up to 7 days)",
             ));
         }
+        self.alerts
+            .validate()
+            .map_err(|(key, why)| self.invalid(&format!("alerts.{key}"), why))?;
         if let Some(t) = &self.tunnel {
             if !t.relay.contains(':') {
                 return Err(self.invalid("tunnel.relay", "must be host:port"));

@@ -2,6 +2,7 @@
 //! box. See ARCHITECTURE.md at the repository root for the map of the code.
 
 pub mod admin;
+pub mod alerts;
 pub mod audit;
 pub mod cli;
 pub mod config;

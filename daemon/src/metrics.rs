@@ -48,6 +48,28 @@ pub struct FailureLabel {
     pub stage: String,
 }
 
+/// Labels of `frontdesk_staff_alerts_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabel {
+    /// Why staff were alerted (`complaint`, `booking_failed`, `sender_paused`, …).
+    pub kind: String,
+    /// `whatsapp` or `email`.
+    pub channel: String,
+    /// `queued` (handed to the outbox), `sent`, `failed` (tried again later) or `expired`.
+    pub outcome: String,
+}
+
+/// `frontdesk_staff_alerts_total`.
+fn register_staff_alerts(registry: &mut Registry) -> Family<AlertLabel, Counter> {
+    let staff_alerts = Family::<AlertLabel, Counter>::default();
+    registry.register(
+        "staff_alerts",
+        "Staff alerts by kind, channel (whatsapp, email) and outcome (queued, sent, failed, expired)",
+        staff_alerts.clone(),
+    );
+    staff_alerts
+}
+
 /// `frontdesk_messages_sent_total`, with every pricing category shown at zero until its first
 /// message.
 fn register_messages_sent(registry: &mut Registry) -> Family<Category, Counter> {
@@ -68,6 +90,8 @@ pub struct Metrics {
     registry: Registry,
     /// `frontdesk_webhook_requests_total`: webhook requests by outcome.
     pub webhook_requests: Family<Outcome, Counter>,
+    /// `frontdesk_staff_alerts_total`: staff alerts by kind, channel and outcome.
+    pub staff_alerts: Family<AlertLabel, Counter>,
     /// `frontdesk_messages_processed_total`: inbound messages processed, by outcome.
     pub messages_processed: Family<Outcome, Counter>,
     /// `frontdesk_sends_total`: Graph API sends by outcome.
@@ -193,6 +217,7 @@ impl Metrics {
             tunnel_connected.clone(),
         );
         Metrics {
+            staff_alerts: register_staff_alerts(&mut registry),
             registry,
             webhook_requests,
             messages_processed,

@@ -3,14 +3,22 @@
 //! answered message ids, so a test can tell which messages a reply answers. Bursts without text
 //! get the studio's non-text reply. It records history like the engine, through the same commit,
 //! and tells the channel that a reply follows exactly when the engine would (typing indicator).
+//! A text starting with [`HANDOVER_WORD`] is handed over to staff as the engine hands over a
+//! complaint (the contact escalated, a staff alert raised), so the alert path can be tested
+//! without a model.
 
 use std::sync::Arc;
 
-use frontdesk::store::customers::Customer;
+use frontdesk::store::customers::{BotMode, Customer};
 use frontdesk::store::Store;
 use frontdesk::turn::{
-    is_valid_address, Burst, Decide, Effects, PartKind, Progress, RecordUpdate, TurnOutcome,
+    is_valid_address, AlertKind, Burst, Decide, Effects, PartKind, Progress, RecordUpdate,
+    StaffAlert, TurnOutcome,
 };
+
+/// A text starting with this word is handed over to staff as a complaint. The contact's first
+/// name is then taken from the first word of their WhatsApp profile name.
+pub const HANDOVER_WORD: &str = "Beschwerde";
 use jiff::Timestamp;
 
 /// See the module doc.
@@ -51,9 +59,11 @@ impl Decide for FixedReply {
             ));
         }
         let existing = self.store.customer(&p)?;
-        let customer = existing
+        let mut customer = existing
             .clone()
             .unwrap_or_else(|| Customer::new(p, &burst.address, now));
+        let (mode_before, disclosed_before) =
+            (customer.meta.mode, customer.body.conversation.disclosed_ai);
         let outcome = if text_ids.is_empty() {
             TurnOutcome::NonText
         } else {
@@ -68,10 +78,25 @@ impl Decide for FixedReply {
             } else {
                 self.text.replace("{ids}", &text_ids.join(","))
             });
+            let hand_over = burst.parts.iter().any(
+                |part| matches!(&part.kind, PartKind::Text(t) if t.starts_with(HANDOVER_WORD)),
+            );
+            if hand_over {
+                customer.meta.mode = BotMode::Escalated;
+                customer.body.profile.vorname = burst
+                    .contact_name
+                    .as_deref()
+                    .and_then(|n| n.split_whitespace().next())
+                    .map(str::to_string);
+                effects.alerts.push(StaffAlert {
+                    kind: AlertKind::Complaint,
+                    pseudonym: p,
+                });
+            }
         }
         effects.record = Some(RecordUpdate {
-            mode_before: customer.meta.mode,
-            disclosed_before: customer.body.conversation.disclosed_ai,
+            mode_before,
+            disclosed_before,
             customer,
             inbound,
             revoked: Vec::new(),

@@ -1,5 +1,6 @@
 //! End-to-end tests and benchmarks of frontdesk: the harness that runs the real daemon
-//! ([`harness`]); the tests live in `tests/`, the benchmark binaries in `src/bin/`.
+//! ([`harness`]) and a real SMTP server for the alert tests ([`smtp`]); the tests live in
+//! `tests/`, the benchmark binaries in `src/bin/`.
 #![expect(
     clippy::unwrap_used,
     reason = "test support: a panic is the failing test's report"
@@ -7,3 +8,4 @@
 
 pub mod fixed;
 pub mod harness;
+pub mod smtp;

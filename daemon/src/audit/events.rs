@@ -460,6 +460,17 @@ pub enum AuditEvent {
         /// Reported by a status webhook after the send call had succeeded.
         delayed: bool,
     },
+    /// A staff alert went out on one channel (`whatsapp`: handed to the outbox for each staff
+    /// number; `email`: the SMTP server accepted it). Never the name or the address.
+    #[serde(rename = "staff.alert_sent")]
+    StaffAlertSent {
+        /// Why staff were alerted (`complaint`, `booking_failed`, `sender_paused`, …).
+        reason: Code,
+        /// `whatsapp` or `email`.
+        channel: Code,
+        /// How many staff numbers or mail recipients.
+        recipients: u64,
+    },
     /// A retention run (counts of what it deleted or, in a dry run, would delete).
     #[serde(rename = "retention.purge")]
     RetentionPurge {

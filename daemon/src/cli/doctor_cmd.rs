@@ -24,6 +24,9 @@ pub struct DoctorArgs {
     /// Do not load the model (loading takes seconds and much memory).
     #[arg(long)]
     pub skip_model: bool,
+    /// Also connect to the SMTP server of `[alerts]` and log in (sends no mail).
+    #[arg(long)]
+    pub smtp: bool,
 }
 
 /// The result of one check.
@@ -87,6 +90,15 @@ fn fail(name: &'static str, detail: impl Into<String>, hint: impl Into<String>) 
     Check {
         name,
         mark: Mark::Fail,
+        detail: detail.into(),
+        hint: Some(hint.into()),
+    }
+}
+
+fn warn(name: &'static str, detail: impl Into<String>, hint: impl Into<String>) -> Check {
+    Check {
+        name,
+        mark: Mark::Warn,
         detail: detail.into(),
         hint: Some(hint.into()),
     }
@@ -172,6 +184,7 @@ pub fn diagnose(
     add(check_graph(&cfg, &secrets));
     add(check_magicline(&cfg, &secrets));
     add(check_tunnel(&cfg));
+    add(check_alerts(&cfg, &creds, args.smtp));
     report
 }
 
@@ -658,6 +671,68 @@ fn check_tunnel(cfg: &Config) -> Check {
     }
 }
 
+/// `[alerts]`: where staff alerts go, the alert template's category, and (with `--smtp`) a
+/// login at the SMTP server.
+fn check_alerts(cfg: &Config, creds: &Credentials, try_smtp: bool) -> Check {
+    const NAME: &str = "staff alerts";
+    let a = &cfg.alerts;
+    if !a.by_whatsapp() && !a.by_email() {
+        return skipped(NAME, "no staff alert recipients ([alerts])");
+    }
+    let mut ways = Vec::new();
+    if a.by_whatsapp() {
+        let template = a.whatsapp_template.as_deref().unwrap_or_default();
+        ways.push(format!(
+            "WhatsApp template {template} to {} number(s)",
+            a.whatsapp_recipients.len()
+        ));
+        if !cfg.whatsapp.template_categories.contains_key(template) {
+            return warn(
+                NAME,
+                format!("template {template} has no category"),
+                format!(
+                    "add `{template} = \"utility\"` under [whatsapp.template_categories] (as approved in WhatsApp Manager)"
+                ),
+            );
+        }
+    }
+    if a.by_email() {
+        let mailer = match crate::alerts::mail::Mailer::new(a, creds) {
+            Ok(m) => m,
+            Err(e) => {
+                return fail(
+                    NAME,
+                    e.to_string(),
+                    "check [alerts] and the smtp-username / smtp-password credentials",
+                )
+            }
+        };
+        let server = format!("{}:{}", a.smtp_host, a.smtp_port);
+        if try_smtp {
+            if let Err(e) = mailer.check() {
+                return fail(
+                    NAME,
+                    format!("SMTP server {server}: {e}"),
+                    "check alerts.smtp_host, smtp_port, smtp_security and the SMTP credentials",
+                );
+            }
+            ways.push(format!("e-mail via {server} (login ok)"));
+        } else {
+            ways.push(format!(
+                "e-mail via {server} (not tried; `frontdesk doctor --smtp` connects)"
+            ));
+        }
+    }
+    if a.console_url.is_empty() {
+        return warn(
+            NAME,
+            ways.join("; "),
+            "set alerts.console_url so each alert links the conversation",
+        );
+    }
+    pass(NAME, ways.join("; "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -742,11 +817,52 @@ model_path = "{model}"
         let mut printed = String::new();
         let report = diagnose(
             &s.config,
-            &DoctorArgs { skip_model: true },
+            &DoctorArgs {
+                skip_model: true,
+                ..DoctorArgs::default()
+            },
             Some(Credentials::in_dir(&s.creds)),
             &mut |c| printed.push_str(&format!("{c}\n")),
         );
         (report, printed)
+    }
+
+    #[test]
+    fn staff_alerts_are_checked_and_smtp_only_on_request() {
+        let s = setup("http://127.0.0.1:9", "", "key");
+        let (report, _) = diagnose_quietly(&s);
+        assert_eq!(report.get("staff alerts").unwrap().mark, Mark::Skipped);
+        let closed = free_addr();
+        let mut text = std::fs::read_to_string(&s.config).unwrap();
+        text = text.replace(
+            "[whatsapp]\n",
+            "[whatsapp]\ntemplate_categories = { staff_alert = \"utility\" }\n",
+        );
+        text.push_str(&format!(
+            "\n[alerts]\nconsole_url = \"https://desk.example\"\nwhatsapp_recipients = [\"4915100000001\"]\n\
+             whatsapp_template = \"staff_alert\"\nemail_to = [\"desk@studio.example\"]\n\
+             email_from = \"fd@studio.example\"\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\n\
+             smtp_security = \"none\"\nsmtp_timeout_secs = 5\n",
+            closed.port()
+        ));
+        std::fs::write(&s.config, text).unwrap();
+        let (report, printed) = diagnose_quietly(&s);
+        let c = report.get("staff alerts").unwrap();
+        assert_eq!(c.mark, Mark::Pass, "{printed}");
+        assert!(c.detail.contains("not tried"), "{c}");
+        let mut printed = String::new();
+        let report = diagnose(
+            &s.config,
+            &DoctorArgs {
+                skip_model: true,
+                smtp: true,
+            },
+            Some(Credentials::in_dir(&s.creds)),
+            &mut |c| printed.push_str(&format!("{c}\n")),
+        );
+        let c = report.get("staff alerts").unwrap();
+        assert_eq!(c.mark, Mark::Fail, "nothing listens there: {printed}");
+        assert!(c.detail.contains("SMTP connection failed"), "{c}");
     }
 
     #[test]

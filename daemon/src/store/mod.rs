@@ -59,9 +59,11 @@ pub mod ks {
     pub const STATS: &str = "stats";
     /// Schema version, store recipient, chain head and other store-wide values.
     pub const META: &str = "meta";
+    /// Staff alerts waiting to be delivered (queue-row layout, see `crate::alerts::queue`).
+    pub const ALERTS: &str = "alerts";
     /// Every keyspace name, in the order of [`Keyspaces::all`](super::Keyspaces::all).
-    pub const ALL: [&str; 9] = [
-        CUSTOMERS, MESSAGES, INBOX, OUTBOX, SEEN, BOOKINGS, AUDIT, STATS, META,
+    pub const ALL: [&str; 10] = [
+        CUSTOMERS, MESSAGES, INBOX, OUTBOX, SEEN, BOOKINGS, AUDIT, STATS, META, ALERTS,
     ];
 }
 
@@ -159,6 +161,8 @@ pub struct Keyspaces {
     pub stats: Keyspace,
     /// See [`ks::META`].
     pub meta: Keyspace,
+    /// See [`ks::ALERTS`].
+    pub alerts: Keyspace,
 }
 
 impl Keyspaces {
@@ -174,11 +178,12 @@ impl Keyspaces {
             audit: open(ks::AUDIT)?,
             stats: open(ks::STATS)?,
             meta: open(ks::META)?,
+            alerts: open(ks::ALERTS)?,
         })
     }
 
     /// Every keyspace with its name, in a fixed order (backups rely on it).
-    pub fn all(&self) -> [(&'static str, &Keyspace); 9] {
+    pub fn all(&self) -> [(&'static str, &Keyspace); 10] {
         [
             (ks::CUSTOMERS, &self.customers),
             (ks::MESSAGES, &self.messages),
@@ -189,6 +194,7 @@ impl Keyspaces {
             (ks::AUDIT, &self.audit),
             (ks::STATS, &self.stats),
             (ks::META, &self.meta),
+            (ks::ALERTS, &self.alerts),
         ]
     }
 }
@@ -674,7 +680,7 @@ impl Store {
                     batch.remove(ks, g.key()?);
                 }
             }
-            for ks in [&self.ks.inbox, &self.ks.outbox] {
+            for ks in [&self.ks.inbox, &self.ks.outbox, &self.ks.alerts] {
                 for g in ks.iter() {
                     let (k, v) = g.into_inner()?;
                     if v.get(..crypto::PSEUDONYM_LEN) == Some(&p.0[..]) {

@@ -240,7 +240,7 @@ impl Store {
     ) -> Result<()> {
         // Pending queue rows carry the pseudonym in clear in front, so a forget of the new
         // identity finds them; the sealed part is bound to the row key alone and stays.
-        for ks in [&self.ks.inbox, &self.ks.outbox] {
+        for ks in [&self.ks.inbox, &self.ks.outbox, &self.ks.alerts] {
             for g in ks.iter() {
                 let (k, v) = g.into_inner()?;
                 if v.get(..PSEUDONYM_LEN) == Some(&from.0[..]) {

@@ -3,7 +3,8 @@
 
 use tracing::warn;
 
-use super::Effects;
+use super::{AlertKind, Effects};
+use crate::alerts::queue::{self as alerts, Alert, Reason};
 use crate::audit::{Actor, AuditEvent, AuditLog, Code, NewEntry};
 use crate::stats;
 use crate::store::customers::Customer;
@@ -92,6 +93,7 @@ pub fn commit(
         store.commit_durable(batch)?;
         return Ok(discarded);
     }
+    let mut first_name = None;
     if let Some(update) = &effects.record {
         let mut fresh = match store.customer(&p)? {
             Some(c) => c,
@@ -142,6 +144,7 @@ pub fn commit(
             let seq = store.append_message(&mut fresh, &msg, &mut batch)?;
             effects.reply_rows.push(seq);
         }
+        first_name.clone_from(&fresh.body.profile.vorname);
         store.put_customer(&fresh, &mut batch)?;
         if let Some(user_id) = &learned_user_id {
             store.link_user_id(user_id, &p, &mut batch)?;
@@ -154,6 +157,7 @@ pub fn commit(
         stats::record_source(store, &mut batch, event, effects.at)?;
     }
     rows.add(&mut batch, store, &effects)?;
+    raise_alerts(store, &mut batch, &effects, first_name.as_deref());
     match audit {
         Some(log) if !effects.audit.is_empty() => {
             log.append_many_with(batch, effects.audit.iter().cloned())?;
@@ -161,11 +165,53 @@ pub fn commit(
         _ => store.commit_durable(batch)?,
     }
     drop(guard);
+    announce_alerts(&effects);
+    Ok(effects)
+}
+
+/// Adds the turn's staff alerts to its batch, so they become durable with the hand-over that
+/// raised them; the alert worker delivers them (`crate::alerts`). The contact's first name is
+/// the only personal data an alert carries.
+fn raise_alerts(
+    store: &Store,
+    batch: &mut fjall::OwnedWriteBatch,
+    effects: &Effects,
+    first_name: Option<&str>,
+) {
     for alert in &effects.alerts {
-        // Staff see alerts in the journal and in the audit log (no message content).
+        alerts::raise(
+            store,
+            batch,
+            &Alert {
+                reason: reason_of(alert.kind),
+                customer: Some(alert.pseudonym),
+                first_name: first_name.map(str::to_string),
+                raised: effects.at,
+            },
+        );
+    }
+}
+
+/// After the commit: wakes the alert worker, and says each alert in the journal too (the audit
+/// log has them as well; no message content).
+fn announce_alerts(effects: &Effects) {
+    if !effects.alerts.is_empty() {
+        alerts::committed();
+    }
+    for alert in &effects.alerts {
         warn!(customer = %alert.pseudonym, reason = alert.kind.code(), FRONTDESK_EVENT = "staff.alert", "staff attention needed");
     }
-    Ok(effects)
+}
+
+/// The alert reason of a turn's staff alert.
+fn reason_of(kind: AlertKind) -> Reason {
+    match kind {
+        AlertKind::Complaint => Reason::Complaint,
+        AlertKind::Cancellation => Reason::Cancellation,
+        AlertKind::ContractQuestion => Reason::ContractQuestion,
+        AlertKind::BookingFailed => Reason::BookingFailed,
+        AlertKind::Rescheduled => Reason::Rescheduled,
+    }
 }
 
 /// Carries out the identity moves of a notice turn ([`Effects::moves`]), each under the locks of
@@ -253,4 +299,71 @@ fn write(
         _ => store.commit_durable(batch)?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::queue::{at_stage, RAISED};
+    use crate::store::crypto::StoreIdentity;
+    use crate::store::customers::BotMode;
+    use crate::turn::{RecordUpdate, StaffAlert, TurnOutcome};
+
+    const PHONE: &str = "491701234567";
+
+    fn hand_over(store: &Store, at: jiff::Timestamp) -> Effects {
+        let p = store.pseudonym(PHONE);
+        let mut customer = Customer::new(p, PHONE, at);
+        customer.body.profile.vorname = Some("Wiebke".into());
+        customer.meta.mode = BotMode::Escalated;
+        let mut effects = Effects::nothing(p, PHONE, at, TurnOutcome::Conversed);
+        effects.record = Some(RecordUpdate {
+            customer,
+            mode_before: BotMode::Active,
+            disclosed_before: false,
+            inbound: vec![Message {
+                direction: Direction::Inbound,
+                text: "Das war schlecht".into(),
+                at,
+                wamid: Some("wamid.h".into()),
+            }],
+            revoked: Vec::new(),
+        });
+        effects.alerts.push(StaffAlert {
+            kind: AlertKind::Complaint,
+            pseudonym: p,
+        });
+        effects
+    }
+
+    #[test]
+    fn a_hand_over_and_its_alert_are_written_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreIdentity::generate()).unwrap();
+        let at = jiff::Timestamp::now();
+        commit(&store, hand_over(&store, at), &(), None).unwrap();
+        let raised = at_stage(&store, RAISED).unwrap();
+        assert_eq!(raised.len(), 1);
+        let alert = &raised[0].alert;
+        assert_eq!(alert.reason, Reason::Complaint);
+        assert_eq!(alert.customer, Some(store.pseudonym(PHONE)));
+        assert_eq!(alert.first_name.as_deref(), Some("Wiebke"));
+        assert_eq!(alert.raised, at);
+    }
+
+    #[test]
+    fn a_turn_discarded_by_a_forget_raises_no_alert() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreIdentity::generate()).unwrap();
+        let at = jiff::Timestamp::now();
+        let effects = hand_over(&store, at);
+        store
+            .forget(
+                &[effects.pseudonym],
+                at + jiff::SignedDuration::from_secs(1),
+            )
+            .unwrap();
+        commit(&store, effects, &(), None).unwrap();
+        assert!(at_stage(&store, RAISED).unwrap().is_empty());
+    }
 }
