@@ -51,8 +51,14 @@ pub enum Reason {
     Complaint,
     /// Handed over: the contact wants to cancel an appointment.
     Cancellation,
-    /// Handed over: a question about contract, billing or payment.
+    /// Handed over: a matter with an existing contract, billing or payment.
     ContractQuestion,
+    /// Handed over: a health question beyond the studio's stated facts.
+    HealthQuestion,
+    /// Handed over: the contact asked for a person.
+    PersonRequested,
+    /// Handed over: a member wants an appointment.
+    MemberAppointment,
     /// A booking failed; a person has to follow up.
     BookingFailed,
     /// A booked trial was moved; the old appointment is to be cancelled in MagicLine.
@@ -70,10 +76,13 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason (metrics, tests).
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Complaint,
         Reason::Cancellation,
         Reason::ContractQuestion,
+        Reason::HealthQuestion,
+        Reason::PersonRequested,
+        Reason::MemberAppointment,
         Reason::BookingFailed,
         Reason::Rescheduled,
         Reason::SenderPaused,
@@ -88,6 +97,9 @@ impl Reason {
             Reason::Complaint => "complaint",
             Reason::Cancellation => "cancellation",
             Reason::ContractQuestion => "contract_question",
+            Reason::HealthQuestion => "health_question",
+            Reason::PersonRequested => "person_requested",
+            Reason::MemberAppointment => "member_appointment",
             Reason::BookingFailed => "booking_failed",
             Reason::Rescheduled => "rescheduled",
             Reason::SenderPaused => "sender_paused",

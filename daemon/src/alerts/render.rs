@@ -14,6 +14,13 @@ pub fn reason_de(reason: Reason) -> &'static str {
         Reason::ContractQuestion => {
             "Frage zu Vertrag oder Zahlung: das Gespräch wurde an euch übergeben"
         }
+        Reason::HealthQuestion => "Gesundheitsfrage: das Gespräch wurde an euch übergeben",
+        Reason::PersonRequested => {
+            "Wunsch nach einem Menschen: das Gespräch wurde an euch übergeben"
+        }
+        Reason::MemberAppointment => {
+            "Terminwunsch eines Mitglieds: das Gespräch wurde an euch übergeben"
+        }
         Reason::BookingFailed => "Buchung fehlgeschlagen: bitte nachfassen",
         Reason::Rescheduled => {
             "Probetraining verschoben: bitte den alten Termin in MagicLine stornieren"
@@ -59,7 +66,12 @@ fn first_name(alert: &Alert) -> String {
 /// The mail's subject line.
 pub fn subject(alert: &Alert) -> String {
     let short = match alert.reason {
-        Reason::Complaint | Reason::Cancellation | Reason::ContractQuestion => "Übergabe",
+        Reason::Complaint
+        | Reason::Cancellation
+        | Reason::ContractQuestion
+        | Reason::HealthQuestion
+        | Reason::PersonRequested
+        | Reason::MemberAppointment => "Übergabe",
         Reason::BookingFailed => "Buchung fehlgeschlagen",
         Reason::Rescheduled => "Probetraining verschoben",
         Reason::SenderPaused => "WhatsApp-Versand pausiert",

@@ -209,6 +209,9 @@ fn reason_of(kind: AlertKind) -> Reason {
         AlertKind::Complaint => Reason::Complaint,
         AlertKind::Cancellation => Reason::Cancellation,
         AlertKind::ContractQuestion => Reason::ContractQuestion,
+        AlertKind::HealthQuestion => Reason::HealthQuestion,
+        AlertKind::PersonRequested => Reason::PersonRequested,
+        AlertKind::MemberAppointment => Reason::MemberAppointment,
         AlertKind::BookingFailed => Reason::BookingFailed,
         AlertKind::Rescheduled => Reason::Rescheduled,
     }
