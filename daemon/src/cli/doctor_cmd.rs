@@ -74,7 +74,7 @@ impl fmt::Display for Check {
     }
 }
 
-fn pass(name: &'static str, detail: impl Into<String>) -> Check {
+pub(super) fn pass(name: &'static str, detail: impl Into<String>) -> Check {
     Check {
         name,
         mark: Mark::Pass,
@@ -83,7 +83,11 @@ fn pass(name: &'static str, detail: impl Into<String>) -> Check {
     }
 }
 
-fn fail(name: &'static str, detail: impl Into<String>, hint: impl Into<String>) -> Check {
+pub(super) fn fail(
+    name: &'static str,
+    detail: impl Into<String>,
+    hint: impl Into<String>,
+) -> Check {
     Check {
         name,
         mark: Mark::Fail,
@@ -578,7 +582,7 @@ fn check_graph(cfg: &Config, secrets: &Secrets) -> Check {
 }
 
 fn check_magicline(cfg: &Config, secrets: &Secrets) -> Check {
-    use crate::magicline::client::{Client, Error};
+    use crate::magicline::client::Client;
     const NAME: &str = "magicline";
     let base = &cfg.magicline.base_url;
     if base.is_empty() {
@@ -595,25 +599,7 @@ fn check_magicline(cfg: &Config, secrets: &Secrets) -> Check {
         );
     };
     let client = Client::new(base, key.trim().to_string(), NET_TIMEOUT);
-    match client.trial_offer_appointments() {
-        Ok(offers) => pass(
-            NAME,
-            format!("API key accepted; {} bookable trial offer(s)", offers.len()),
-        ),
-        Err(Error::Api {
-            status: 401 | 403, ..
-        }) => fail(
-            NAME,
-            "API key rejected",
-            "ask MagicLine for the studio's Open API key and replace the credential magicline-api-key",
-        ),
-        Err(e @ (Error::Transport { .. } | Error::Timeout)) => fail(
-            NAME,
-            format!("cannot reach {base} ({e})"),
-            "check the network and magicline.base_url",
-        ),
-        Err(e) => fail(NAME, e.to_string(), "check magicline.base_url"),
-    }
+    super::doctor_magicline::check(cfg, &client)
 }
 
 fn check_tunnel(cfg: &Config) -> Check {
