@@ -141,7 +141,8 @@ fn offers_check(cfg: &Config, client: &Client, offers: &[TrialOfferAppointment])
             "\n    {}  {} ({} min, trial offer {})",
             a.id,
             a.title.as_deref().unwrap_or("-"),
-            a.duration.map_or_else(|| "?".to_string(), |d| d.to_string()),
+            a.duration
+                .map_or_else(|| "?".to_string(), |d| d.to_string()),
             o.trial_offer_config_id
         );
         if cfg.magicline.trial_offer_appointment_id == Some(a.id) {

@@ -775,8 +775,8 @@ mod tests {
             value,
             unit: unit.into(),
         };
-        let start = super::super::datetime::parse("2030-06-04T10:00:00.000+02:00[Europe/Berlin]")
-            .unwrap();
+        let start =
+            super::super::datetime::parse("2030-06-04T10:00:00.000+02:00[Europe/Berlin]").unwrap();
         let before = |term: Term| start.checked_sub(term.span().unwrap()).unwrap();
         assert_eq!(before(t(90, "MINUTES")).hour(), 8);
         assert_eq!(before(t(1, "DAY")).day(), 3);

@@ -749,7 +749,8 @@ impl MagicLineBooker {
             return Ok(None);
         }
         // A new person: no lead for a slot that cannot be booked (or confirmed) anyway.
-        if self.too_late_to_confirm(&rec.start, Kind::Lead)? || !self.slot_is_free(rec, Kind::Lead)?
+        if self.too_late_to_confirm(&rec.start, Kind::Lead)?
+            || !self.slot_is_free(rec, Kind::Lead)?
         {
             return self.slot_taken(req, key, rec, Kind::Lead).map(Some);
         }
@@ -816,9 +817,9 @@ impl MagicLineBooker {
                 // or the data no longer passes). A lead it still calls possible is not retried.
                 Err(e) if rejected(&e) => {
                     return match self.lead_verdict(req, key, rec, sess, &offer)? {
-                        None if rec.step == Step::LeadCreateCalled => {
-                            Err(BookerError::Unexpected("lead create rejected although valid"))
-                        }
+                        None if rec.step == Step::LeadCreateCalled => Err(BookerError::Unexpected(
+                            "lead create rejected although valid",
+                        )),
                         next => Ok(next),
                     };
                 }
@@ -935,8 +936,7 @@ impl MagicLineBooker {
         let Some((key, mut rec)) = row else {
             return ConfirmOutcome::NotFound;
         };
-        if rec.step == Step::Confirmed || (rec.step == Step::Booked && !rec.confirmation_required)
-        {
+        if rec.step == Step::Confirmed || (rec.step == Step::Booked && !rec.confirmation_required) {
             return ConfirmOutcome::Confirmed { start: rec.start };
         }
         if rec.step != Step::Booked || rec.canceled {
@@ -1640,8 +1640,7 @@ pub(super) mod tests {
                     max_delay: Duration::from_millis(5),
                 })
                 .with_clock(Arc::new(move || {
-                    monday_nine()
-                        + jiff::SignedDuration::from_secs(offset.load(Ordering::SeqCst))
+                    monday_nine() + jiff::SignedDuration::from_secs(offset.load(Ordering::SeqCst))
                 }))
         }
 
@@ -2198,7 +2197,9 @@ pub(super) mod tests {
         };
         assert_eq!(alternatives.len(), 3);
         assert!(
-            alternatives.iter().all(|a| a.timestamp() > at(0, 11, 0).timestamp()),
+            alternatives
+                .iter()
+                .all(|a| a.timestamp() > at(0, 11, 0).timestamp()),
             "{alternatives:?}"
         );
         assert!(h.sim().leads().is_empty());
@@ -2291,8 +2292,10 @@ pub(super) mod tests {
         );
         for day in 0..=8 {
             for half_hour in 16..42 {
-                h.sim()
-                    .occupy_slot(TRIAL, &at(day, (half_hour / 2) as i8, (half_hour % 2 * 30) as i8));
+                h.sim().occupy_slot(
+                    TRIAL,
+                    &at(day, (half_hour / 2) as i8, (half_hour % 2 * 30) as i8),
+                );
             }
         }
         let p = h.person("+49 151 0000018");

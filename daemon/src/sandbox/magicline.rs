@@ -734,7 +734,11 @@ impl State {
     /// that exceeds the limit (which blocks the endpoint for the next minute).
     fn rate_limited(&mut self, route: &'static str) -> bool {
         let now = self.now();
-        if self.blocked_until.get(route).is_some_and(|until| now < *until) {
+        if self
+            .blocked_until
+            .get(route)
+            .is_some_and(|until| now < *until)
+        {
             return true;
         }
         let Some(limit) = self.cfg.rate_limit_per_minute else {
@@ -1254,10 +1258,7 @@ impl State {
             None => self.cfg.default_days_ahead,
             Some(Ok(d)) if (1..=MAX_DAYS_AHEAD).contains(&d) => d,
             Some(_) => {
-                return Answer::invalid(
-                    "daysAhead",
-                    "daysAhead muss zwischen 1 und 6 liegen",
-                )
+                return Answer::invalid("daysAhead", "daysAhead muss zwischen 1 und 6 liegen")
             }
         };
         let today = self.now().to_zoned(self.tz.clone()).date();
@@ -2166,7 +2167,10 @@ mod tests {
         h.sim().occupy_slot(EMS, &at(1, 10, 0));
         let err = h.client.book(&r).unwrap_err();
         assert!(matches!(err, Error::Api { status: 400, .. }), "{err:?}");
-        assert_eq!(err.api_code(), Some("error.appointment.booking.not.possible"));
+        assert_eq!(
+            err.api_code(),
+            Some("error.appointment.booking.not.possible")
+        );
         assert!(!err.may_have_been_processed());
         assert!(h.sim().bookings_of(ERIKA).is_empty());
     }
@@ -2546,7 +2550,10 @@ mod tests {
         };
         for days in [0, 7, 16] {
             let err = h.client.trial_offer_slots(TRIAL, &q(days)).unwrap_err();
-            assert!(matches!(err, Error::Api { status: 400, .. }), "{days}: {err:?}");
+            assert!(
+                matches!(err, Error::Api { status: 400, .. }),
+                "{days}: {err:?}"
+            );
         }
         let six = h.client.trial_offer_slots(TRIAL, &q(6)).unwrap();
         // Tuesday to Sunday: four weekdays of 26 slots and Saturday's 10.
@@ -2555,7 +2562,9 @@ mod tests {
             .client
             .appointment_slots(EMS, &SlotQuery::default())
             .unwrap();
-        assert!(default.iter().all(|s| s.start_date_time.date() == date(2030, 6, 3)));
+        assert!(default
+            .iter()
+            .all(|s| s.start_date_time.date() == date(2030, 6, 3)));
 
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
