@@ -2161,7 +2161,7 @@ pub(super) mod tests {
             ConfirmOutcome::Confirmed { .. }
         ));
         assert_eq!(h.sim().total_requests(), calls);
-        assert_eq!(booked(&booker.book_trial(&req)).2, false);
+        assert!(!booked(&booker.book_trial(&req)).2);
         // Only the person's own bookings.
         let other = h.person("+49 151 0000099");
         assert_eq!(booker.confirm(&other, booking_id), ConfirmOutcome::NotFound);
