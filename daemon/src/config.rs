@@ -398,8 +398,14 @@ pub struct MagicLineConfig {
     pub base_url: String,
     /// Timeout of one MagicLine call, in seconds.
     pub timeout_secs: u64,
-    /// How many days ahead free slots are searched.
+    /// How many days ahead free slots are searched (asked for in windows of at most six days,
+    /// MagicLine's limit per query).
     pub days_ahead: u32,
+    /// The bookable trial offer appointment leads book (its id as `frontdesk doctor` lists it);
+    /// unset takes the first one MagicLine lists.
+    pub trial_offer_appointment_id: Option<i64>,
+    /// The appointment type members book; unset books the trial offer's appointment type.
+    pub member_appointment_id: Option<i64>,
 }
 
 impl Default for MagicLineConfig {
@@ -408,6 +414,8 @@ impl Default for MagicLineConfig {
             base_url: String::new(),
             timeout_secs: 10,
             days_ahead: 14,
+            trial_offer_appointment_id: None,
+            member_appointment_id: None,
         }
     }
 }

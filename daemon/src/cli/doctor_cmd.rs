@@ -77,7 +77,7 @@ impl fmt::Display for Check {
     }
 }
 
-fn pass(name: &'static str, detail: impl Into<String>) -> Check {
+pub(super) fn pass(name: &'static str, detail: impl Into<String>) -> Check {
     Check {
         name,
         mark: Mark::Pass,
@@ -86,7 +86,11 @@ fn pass(name: &'static str, detail: impl Into<String>) -> Check {
     }
 }
 
-fn fail(name: &'static str, detail: impl Into<String>, hint: impl Into<String>) -> Check {
+pub(super) fn fail(
+    name: &'static str,
+    detail: impl Into<String>,
+    hint: impl Into<String>,
+) -> Check {
     Check {
         name,
         mark: Mark::Fail,
@@ -591,7 +595,7 @@ fn check_graph(cfg: &Config, secrets: &Secrets) -> Check {
 }
 
 fn check_magicline(cfg: &Config, secrets: &Secrets) -> Check {
-    use crate::magicline::client::{Client, Error};
+    use crate::magicline::client::Client;
     const NAME: &str = "magicline";
     let base = &cfg.magicline.base_url;
     if base.is_empty() {
@@ -608,25 +612,7 @@ fn check_magicline(cfg: &Config, secrets: &Secrets) -> Check {
         );
     };
     let client = Client::new(base, key.trim().to_string(), NET_TIMEOUT);
-    match client.trial_offer_appointments() {
-        Ok(offers) => pass(
-            NAME,
-            format!("API key accepted; {} bookable trial offer(s)", offers.len()),
-        ),
-        Err(Error::Api {
-            status: 401 | 403, ..
-        }) => fail(
-            NAME,
-            "API key rejected",
-            "ask MagicLine for the studio's Open API key and replace the credential magicline-api-key",
-        ),
-        Err(e @ (Error::Transport { .. } | Error::Timeout)) => fail(
-            NAME,
-            format!("cannot reach {base} ({e})"),
-            "check the network and magicline.base_url",
-        ),
-        Err(e) => fail(NAME, e.to_string(), "check magicline.base_url"),
-    }
+    super::doctor_magicline::check(cfg, &client)
 }
 
 fn check_tunnel(cfg: &Config) -> Check {
@@ -1005,6 +991,106 @@ model_path = "{model}"
             report.exit_code(),
             exit::FAILURE,
             "a warning alone does not fail doctor"
+        );
+    }
+
+    /// The MagicLine line of a doctor run against `sim`, with `extra` keys in `[magicline]`.
+    fn magicline_check(sim: SimConfig, extra: &str) -> Check {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let graph = rt.block_on(crate::sandbox::whatsapp::start());
+        let ml = rt.block_on(crate::sandbox::magicline::start(sim));
+        let s = setup(&graph.base_url(), &ml.base_url(), &ml.api_key());
+        let text = std::fs::read_to_string(&s.config).unwrap();
+        let base_line = format!("base_url = \"{}\"", ml.base_url());
+        std::fs::write(
+            &s.config,
+            text.replace(&base_line, &format!("{base_line}\n{extra}")),
+        )
+        .unwrap();
+        let (report, printed) = diagnose_quietly(&s);
+        assert!(!printed.contains(&ml.api_key()));
+        report.get("magicline").unwrap().clone()
+    }
+
+    #[test]
+    fn magicline_scopes_and_trial_offers() {
+        use crate::magicline::api::FieldMode;
+        use crate::sandbox::magicline::{SimAppointment, SimScope};
+        let ems = SimAppointment {
+            id: 1002,
+            title: "Probetraining EMS".into(),
+            duration_minutes: 30,
+            category: "EMS".into(),
+        };
+        let two_offers = || SimConfig {
+            more_trial_offers: vec![(2, ems.clone())],
+            ..SimConfig::default()
+        };
+
+        // A 403 is a missing scope, named as such.
+        let c = magicline_check(
+            SimConfig {
+                missing_scopes: vec![SimScope::AppointmentsWrite],
+                ..two_offers()
+            },
+            "",
+        );
+        assert_eq!(c.mark, Mark::Fail, "{c}");
+        assert!(
+            c.detail
+                .contains("lacks the scope for appointments (write) (HTTP 403)"),
+            "{c}"
+        );
+
+        // Every offer listed, the configured one marked.
+        let c = magicline_check(two_offers(), "trial_offer_appointment_id = 1002");
+        assert_eq!(c.mark, Mark::Pass, "{c}");
+        assert!(
+            c.detail
+                .contains("1001  Probetraining (30 min, trial offer 1)"),
+            "{c}"
+        );
+        assert!(
+            c.detail.contains(
+                "1002  Probetraining EMS (30 min, trial offer 2)  ← magicline.trial_offer_appointment_id"
+            ),
+            "{c}"
+        );
+
+        // An id MagicLine does not list, a member type that is not bookable.
+        let c = magicline_check(two_offers(), "trial_offer_appointment_id = 4242");
+        assert_eq!(c.mark, Mark::Fail, "{c}");
+        assert!(c.detail.contains("none of them"), "{c}");
+        let c = magicline_check(two_offers(), "member_appointment_id = 4242");
+        assert_eq!(c.mark, Mark::Fail, "{c}");
+        assert!(c.detail.contains("member_appointment_id 4242"), "{c}");
+
+        // Lead data frontdesk does not collect; the confirmation term is shown.
+        let c = magicline_check(
+            SimConfig {
+                date_of_birth_mode: FieldMode::Mandatory,
+                ..SimConfig::default()
+            },
+            "",
+        );
+        assert_eq!(c.mark, Mark::Fail, "{c}");
+        assert!(c.detail.contains("date of birth"), "{c}");
+        let c = magicline_check(
+            SimConfig {
+                require_confirmation: true,
+                ..SimConfig::default()
+            },
+            "",
+        );
+        assert_eq!(c.mark, Mark::Pass, "{c}");
+        assert!(
+            c.detail
+                .contains("at the latest 120 MINUTES before the start"),
+            "{c}"
         );
     }
 }

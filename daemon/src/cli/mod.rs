@@ -6,6 +6,7 @@ mod admin_cmd;
 mod chat_cmd;
 mod demo_cmd;
 mod doctor_cmd;
+mod doctor_magicline;
 mod relay_check;
 mod relay_cmd;
 mod send_cmd;

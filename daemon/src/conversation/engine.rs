@@ -53,7 +53,7 @@ use std::sync::Arc;
 
 use jiff::{Timestamp, Zoned};
 
-use super::booking::{Booker, BookingFailure, BookingOutcome, BookingRequest};
+use super::booking::{Booker, BookingFailure, BookingOutcome, BookingRequest, ConfirmOutcome};
 use super::prompts::Prompts;
 use super::reply::{self, Intent, ModelReply};
 use super::when::{self, berlin_tz};
@@ -75,6 +75,9 @@ const OFFER_TTL_SECS: i64 = 24 * 3600;
 /// Key in [`crate::store::customers::ConversationState::extra`]: when alternatives were offered
 /// (unix seconds).
 const OFFERED_AT: &str = "offered_at";
+/// Key in [`crate::store::customers::ConversationState::extra`]: MagicLine's id of a booking that
+/// awaits the contact's confirmation (their yes confirms it).
+const AWAITING_CONFIRMATION: &str = "awaiting_confirmation";
 /// Contacts whose recent replies are remembered for the hourly limit.
 const ANSWERED_CONTACTS: usize = 10_000;
 /// Longest stored WhatsApp profile name.
@@ -472,6 +475,9 @@ impl Engine {
             self.book(c, slot, now, turn);
             return Ok(());
         }
+        if is_affirmation(&joined) && self.confirm_booking(c, now, turn) {
+            return Ok(());
+        }
 
         let history = self.history(c, &input)?;
         let prompt = self.persona().prompts.render(c, now, history);
@@ -651,10 +657,10 @@ impl Engine {
         conv.extra.remove(OFFERED_AT);
         match &outcome {
             BookingOutcome::Booked {
+                booking_id,
                 start: booked,
                 magicline_customer_id,
                 confirmation_pending,
-                ..
             } => {
                 let previous = c
                     .body
@@ -670,6 +676,12 @@ impl Engine {
                     });
                 }
                 c.body.profile.magicline_customer_id = Some(*magicline_customer_id);
+                if *confirmation_pending {
+                    c.body
+                        .conversation
+                        .extra
+                        .insert(AWAITING_CONFIRMATION.to_string(), (*booking_id).into());
+                }
                 c.meta.ever_booked = true;
                 if c.meta.stage != Stage::TrialBooked {
                     if c.meta.stage == Stage::NewLead {
@@ -708,6 +720,47 @@ impl Engine {
             }
         }
         turn.booking = Some(outcome);
+    }
+
+    /// The contact's yes to a booking that awaits their confirmation: confirms it in MagicLine
+    /// and answers. `false` when no booking awaits confirmation (the yes means something else).
+    fn confirm_booking(&self, c: &mut Customer, now: &Zoned, turn: &mut Turn) -> bool {
+        let extra = &mut c.body.conversation.extra;
+        let Some(booking_id) = extra.get(AWAITING_CONFIRMATION).and_then(|v| v.as_i64()) else {
+            return false;
+        };
+        let Some(booker) = &self.booker else {
+            return false;
+        };
+        let outcome = booker.confirm_trial(&c.pseudonym, booking_id);
+        tracing::info!(customer = %c.pseudonym, booking_id, outcome = ?outcome, "trial confirmation");
+        let persona = self.persona();
+        let replies = persona.prompts.replies();
+        let firstname = c.body.profile.vorname.clone().unwrap_or_default();
+        match outcome {
+            ConfirmOutcome::Confirmed { start } => {
+                extra.remove(AWAITING_CONFIRMATION);
+                turn.replies.push(replies.booked(&firstname, &start, false));
+            }
+            ConfirmOutcome::Expired => {
+                extra.remove(AWAITING_CONFIRMATION);
+                c.body.profile.probetraining_datum = None;
+                turn.replies.push(replies.confirmation_expired());
+            }
+            ConfirmOutcome::NotFound => {
+                extra.remove(AWAITING_CONFIRMATION);
+                return false;
+            }
+            ConfirmOutcome::Unavailable => {
+                turn.alerts.push(StaffAlert {
+                    kind: AlertKind::BookingFailed,
+                    pseudonym: c.pseudonym,
+                });
+                turn.replies
+                    .push(replies.failure(&BookingFailure::Unavailable, now));
+            }
+        }
+        true
     }
 
     /// Stable across retries and restarts for the same customer and slot.
@@ -1246,6 +1299,8 @@ mod tests {
     struct ScriptedBooker {
         outcomes: Mutex<VecDeque<BookingOutcome>>,
         requests: Mutex<Vec<BookingRequest>>,
+        confirm_outcomes: Mutex<VecDeque<ConfirmOutcome>>,
+        confirms: Mutex<Vec<(Pseudonym, i64)>>,
     }
 
     impl Booker for ScriptedBooker {
@@ -1256,6 +1311,15 @@ mod tests {
                 .unwrap()
                 .pop_front()
                 .expect("the booker was called but no outcome is scripted")
+        }
+
+        fn confirm_trial(&self, pseudonym: &Pseudonym, booking_id: i64) -> ConfirmOutcome {
+            self.confirms.lock().unwrap().push((*pseudonym, booking_id));
+            self.confirm_outcomes
+                .lock()
+                .unwrap()
+                .pop_front()
+                .expect("a confirmation was sent but no outcome is scripted")
         }
     }
 
@@ -1510,6 +1574,95 @@ mod tests {
     }
 
     #[test]
+    fn a_booking_that_needs_confirmation_is_confirmed_only_by_the_leads_yes() {
+        let h = harness();
+        h.known_contact();
+        h.model.push(answer(
+            "book_trial",
+            json!({}),
+            "Moment, ich schau nach.",
+            Some("nächsten Dienstag um 18 Uhr"),
+        ));
+        let start = berlin("2026-01-20T18:00");
+        h.booker
+            .outcomes
+            .lock()
+            .unwrap()
+            .push_back(BookingOutcome::Booked {
+                booking_id: 5,
+                start: start.clone(),
+                magicline_customer_id: 9,
+                confirmation_pending: true,
+            });
+        let t = h.send("Passt nächster Dienstag um 18 Uhr?");
+        assert!(t.replies[0].contains("mit „Ja“"), "{}", t.replies[0]);
+        assert!(
+            h.booker.confirms.lock().unwrap().is_empty(),
+            "frontdesk does not confirm on the lead's behalf"
+        );
+        // Another question is answered by the model and confirms nothing.
+        h.model.push(answer(
+            "question",
+            json!({}),
+            "Bring Sportschuhe mit! 👟",
+            None,
+        ));
+        h.send("Was soll ich mitbringen?");
+        assert!(h.booker.confirms.lock().unwrap().is_empty());
+
+        h.booker
+            .confirm_outcomes
+            .lock()
+            .unwrap()
+            .push_back(ConfirmOutcome::Confirmed {
+                start: start.clone(),
+            });
+        let t = h.send("Ja");
+        assert_eq!(
+            *h.booker.confirms.lock().unwrap(),
+            vec![(h.store.pseudonym(PHONE), 5)]
+        );
+        assert!(
+            t.replies[0].contains("Dienstag, 20.01. um 18:00 Uhr gebucht"),
+            "{}",
+            t.replies[0]
+        );
+        assert!(!h
+            .customer()
+            .body
+            .conversation
+            .extra
+            .contains_key(AWAITING_CONFIRMATION));
+
+        // Too late: MagicLine dropped the reservation; the lead is asked for another time.
+        h.model.push(answer(
+            "book_trial",
+            json!({}),
+            "Moment.",
+            Some("nächsten Mittwoch um 18 Uhr"),
+        ));
+        h.booker
+            .outcomes
+            .lock()
+            .unwrap()
+            .push_back(BookingOutcome::Booked {
+                booking_id: 6,
+                start: berlin("2026-01-21T18:00"),
+                magicline_customer_id: 9,
+                confirmation_pending: true,
+            });
+        h.send("Und nächsten Mittwoch um 18 Uhr?");
+        h.booker
+            .confirm_outcomes
+            .lock()
+            .unwrap()
+            .push_back(ConfirmOutcome::Expired);
+        let t = h.send("ja gerne");
+        assert!(t.replies[0].contains("verfallen"), "{}", t.replies[0]);
+        assert_eq!(h.customer().body.profile.probetraining_datum, None);
+    }
+
+    #[test]
     fn booking_calls_the_booker_once_with_the_parsed_start() {
         let h = harness();
         h.known_contact();
@@ -1551,7 +1704,7 @@ mod tests {
                 .request_id(&h.store.pseudonym(PHONE), &berlin("2026-01-20T19:00"))
         );
         assert!(
-            t.replies[0].contains("bestätigt den Termin noch"),
+            t.replies[0].contains("bestätige den Termin kurz mit „Ja“"),
             "{}",
             t.replies[0]
         );

@@ -238,6 +238,7 @@ pub struct Replies {
     modell_fehler: Template,
     gebucht: Template,
     gebucht_bestaetigung_ausstehend: Template,
+    bestaetigung_abgelaufen: Template,
     termin_belegt: Template,
     alternative_zeile: Template,
     termin_belegt_keine_alternativen: Template,
@@ -257,6 +258,7 @@ const REPLY_KEYS: &[(&str, &[&str])] = &[
     ("modell_fehler", &[]),
     ("gebucht", &["termin", "vorname"]),
     ("gebucht_bestaetigung_ausstehend", &["termin", "vorname"]),
+    ("bestaetigung_abgelaufen", &[]),
     ("termin_belegt", &["termin", "alternativen"]),
     ("alternative_zeile", &["nummer", "termin"]),
     ("termin_belegt_keine_alternativen", &["termin"]),
@@ -323,6 +325,7 @@ impl Replies {
             modell_fehler: take("modell_fehler"),
             gebucht: take("gebucht"),
             gebucht_bestaetigung_ausstehend: take("gebucht_bestaetigung_ausstehend"),
+            bestaetigung_abgelaufen: take("bestaetigung_abgelaufen"),
             termin_belegt: take("termin_belegt"),
             alternative_zeile: take("alternative_zeile"),
             termin_belegt_keine_alternativen: take("termin_belegt_keine_alternativen"),
@@ -367,6 +370,12 @@ impl Replies {
                 ("termin", describe_start(start)),
             ],
         )
+    }
+
+    /// A reserved trial that needed the contact's confirmation was dropped by MagicLine because
+    /// the confirmation came too late.
+    pub fn confirmation_expired(&self) -> String {
+        self.with(&self.bestaetigung_abgelaufen, &[])
     }
 
     /// The wished slot is taken; `alternatives` are listed numbered from 1.
