@@ -70,6 +70,8 @@ pub struct Config {
     pub retention: RetentionPolicy,
     /// `[tunnel]`; absent: WhatsApp reaches the webhook listener some other way.
     pub tunnel: Option<TunnelConfig>,
+    /// `[console]`: the staff console.
+    pub console: crate::console::ConsoleConfig,
     /// Where the file was loaded from (not part of the file).
     #[serde(skip)]
     pub source: PathBuf,
@@ -518,6 +520,9 @@ impl Config {
             ));
         }
         self.validate_costs()?;
+        self.console
+            .validate()
+            .map_err(|(key, why)| self.invalid(key, why))?;
         let r = &self.retention;
         for (key, days) in [
             ("retention.history_days", r.history_days),

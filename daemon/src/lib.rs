@@ -5,6 +5,7 @@ pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod conversation;
 pub mod http1;
 pub mod llm;
