@@ -19,6 +19,8 @@ DEV="$ROOT/dev-state"
 
 SYSTEM_PACKAGES=(build-essential pkg-config cmake libclang-dev libsystemd-dev python3-pip
                  debootstrap systemd-container lintian)
+# Only for development: the staff console's tests drive a real headless browser.
+DEV_PACKAGES=(chromium chromium-driver)
 
 say() { printf '==> %s\n' "$*"; }
 
@@ -103,6 +105,7 @@ build_deb() {
 
 case "${1:-}" in
     --dev)
+        SYSTEM_PACKAGES+=("${DEV_PACKAGES[@]}")
         install_system_packages
         fetch_test_model
         build

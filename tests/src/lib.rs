@@ -5,5 +5,6 @@
     reason = "test support: a panic is the failing test's report"
 )]
 
+pub mod browser;
 pub mod fixed;
 pub mod harness;
