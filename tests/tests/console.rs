@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use fantoccini::{Client, Locator};
-use frontdesk::sandbox::whatsapp::{self as sim, DeliveryPolicy, PayloadBuilder, WebhookDriver, SIM_APP_SECRET};
+use frontdesk::sandbox::whatsapp::{
+    self as sim, DeliveryPolicy, PayloadBuilder, WebhookDriver, SIM_APP_SECRET,
+};
 use frontdesk_tests::browser::Browser;
 use frontdesk_tests::harness::{Daemon, DaemonSpec};
 
@@ -26,7 +28,11 @@ async fn wait_for(c: &Client, xpath: &str) -> fantoccini::elements::Element {
 
 async fn sign_in(b: &Browser, url: &str, name: &str, password: &str) {
     b.client.goto(&format!("{url}/login")).await.unwrap();
-    let form = b.client.form(Locator::Css("form[action='/login']")).await.unwrap();
+    let form = b
+        .client
+        .form(Locator::Css("form[action='/login']"))
+        .await
+        .unwrap();
     form.set_by_name("name", name).await.unwrap();
     form.set_by_name("password", password).await.unwrap();
     form.submit().await.unwrap();
@@ -101,7 +107,10 @@ async fn staff_answer_a_hand_over_in_the_browser() {
     let ts = jiff::Timestamp::now().as_second();
 
     // The admin creates the accounts through the admin socket.
-    for (name, role, password) in [("anna", "owner", OWNER_PASSWORD), ("ben", "staff", STAFF_PASSWORD)] {
+    for (name, role, password) in [
+        ("anna", "owner", OWNER_PASSWORD),
+        ("ben", "staff", STAFF_PASSWORD),
+    ] {
         let (rc, _, err) = daemon.cli(
             &["staff", "add", name, "--role", role, "--password-stdin"],
             &format!("{password}\n"),
@@ -110,7 +119,10 @@ async fn staff_answer_a_hand_over_in_the_browser() {
     }
     let (rc, out, _) = daemon.cli(&["staff", "list"], "");
     assert_eq!(rc, 0);
-    assert!(out.contains("anna") && out.contains("owner") && out.contains("ben"), "{out}");
+    assert!(
+        out.contains("anna") && out.contains("owner") && out.contains("ben"),
+        "{out}"
+    );
     assert!(!out.contains("argon2"), "a hash was listed: {out}");
 
     let b = Browser::start().await;
@@ -136,13 +148,28 @@ async fn staff_answer_a_hand_over_in_the_browser() {
         "//section[@aria-labelledby='waiting-heading']//li[contains(., 'Beschwerde')]",
     )
     .await;
-    assert!(row.text().await.unwrap().contains("neu"), "unread marker missing");
+    assert!(
+        row.text().await.unwrap().contains("neu"),
+        "unread marker missing"
+    );
     b.screenshot("03-inbox-handover").await;
-    assert!(graph.sent().is_empty(), "a handed-over customer got a bot reply");
+    assert!(
+        graph.sent().is_empty(),
+        "a handed-over customer got a bot reply"
+    );
 
     // Open it: the history is there, labelled.
-    row.find(Locator::Css("a")).await.unwrap().click().await.unwrap();
-    wait_for(&b.client, "//li[contains(@class,'msg')]//p[contains(., 'unzufrieden')]").await;
+    row.find(Locator::Css("a"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(
+        &b.client,
+        "//li[contains(@class,'msg')]//p[contains(., 'unzufrieden')]",
+    )
+    .await;
     let conv_url = b.client.current_url().await.unwrap();
     let id = conv_url.path().trim_start_matches("/c/").to_string();
     assert!(id.starts_with("c-") && id.len() == 14, "{conv_url}");
@@ -167,13 +194,23 @@ async fn staff_answer_a_hand_over_in_the_browser() {
         .await
         .unwrap();
     wait_for(&b.client, "//p[@role='status'][contains(., 'Gesendet')]").await;
-    graph.wait_for_sent(1, WAIT).await.expect("the staff answer was not sent");
+    graph
+        .wait_for_sent(1, WAIT)
+        .await
+        .expect("the staff answer was not sent");
     assert_eq!(graph.texts_to(CUSTOMER), vec![answer.to_string()]);
-    wait_for(&b.client, "//li[contains(@class,'staff')]//span[.='Studio']").await;
+    wait_for(
+        &b.client,
+        "//li[contains(@class,'staff')]//span[.='Studio']",
+    )
+    .await;
     b.screenshot("05-answered").await;
 
     // A POST without the CSRF token is refused and changes nothing.
-    assert_eq!(post_from_page(&b.client, &format!("/c/{id}/pause"), &[]).await, 403);
+    assert_eq!(
+        post_from_page(&b.client, &format!("/c/{id}/pause"), &[]).await,
+        403
+    );
     assert_eq!(
         post_from_page(&b.client, &format!("/c/{id}/pause"), &[("csrf", "forged")]).await,
         403
@@ -181,21 +218,39 @@ async fn staff_answer_a_hand_over_in_the_browser() {
     // Staff may not forget, even with a valid token.
     let csrf = csrf_of(&b.client).await;
     assert_eq!(
-        post_from_page(&b.client, &format!("/c/{id}/forget"), &[("csrf", &csrf), ("confirm", "yes")]).await,
+        post_from_page(
+            &b.client,
+            &format!("/c/{id}/forget"),
+            &[("csrf", &csrf), ("confirm", "yes")]
+        )
+        .await,
         403
     );
     b.client.goto(conv_url.as_str()).await.unwrap();
     wait_for(&b.client, "//button[@id='pause']").await;
 
     // Hand back to the assistant: the next message gets the bot's reply again.
-    b.client.find(Locator::Id("resume")).await.unwrap().click().await.unwrap();
-    wait_for(&b.client, "//p[@role='status'][contains(., 'antwortet wieder')]").await;
+    b.client
+        .find(Locator::Id("resume"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(
+        &b.client,
+        "//p[@role='status'][contains(., 'antwortet wieder')]",
+    )
+    .await;
     b.screenshot("06-handed-back").await;
     assert!(driver
         .deliver(&p.text_message(CUSTOMER, "wamid.c2", "Wann habt ihr offen?", ts + 60))
         .await
         .delivered());
-    graph.wait_for_sent(2, WAIT).await.expect("the bot did not answer after the hand-back");
+    graph
+        .wait_for_sent(2, WAIT)
+        .await
+        .expect("the bot did not answer after the hand-back");
     assert_eq!(graph.texts_to(CUSTOMER)[1], "Danke! wamid.c2");
 
     // Sign out; the owner signs in and forgets the customer.
@@ -213,8 +268,20 @@ async fn staff_answer_a_hand_over_in_the_browser() {
     b.client.goto(conv_url.as_str()).await.unwrap();
     wait_for(&b.client, "//button[@id='forget']").await;
     b.screenshot("07-owner-conversation").await;
-    b.client.find(Locator::Id("confirm-forget")).await.unwrap().click().await.unwrap();
-    b.client.find(Locator::Id("forget")).await.unwrap().click().await.unwrap();
+    b.client
+        .find(Locator::Id("confirm-forget"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.client
+        .find(Locator::Id("forget"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     wait_for(&b.client, "//p[contains(., 'Noch keine Gespräche')]").await;
     b.client.goto(conv_url.as_str()).await.unwrap();
     wait_for(&b.client, "//h1[.='Nicht gefunden']").await;

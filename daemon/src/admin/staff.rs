@@ -77,7 +77,12 @@ impl From<AccountError> for OpError {
     }
 }
 
-fn audit_change(ctx: &Ctx, change: &'static str, name: &StaffName, role: Role) -> Result<(), OpError> {
+fn audit_change(
+    ctx: &Ctx,
+    change: &'static str,
+    name: &StaffName,
+    role: Role,
+) -> Result<(), OpError> {
     let event = AuditEvent::StaffAccount {
         change: Code::new(change),
         account: name.clone(),
@@ -105,7 +110,10 @@ pub fn add(ctx: &Ctx, req: AddRequest) -> Result<Reply, OpError> {
 /// `staff passwd`: sets a new password and/or role; the account's open sessions end.
 pub fn passwd(ctx: &Ctx, req: PasswdRequest) -> Result<Reply, OpError> {
     if req.password.is_none() && req.role.is_none() {
-        return Err(OpError::new(400, "give a new password, a new role, or both"));
+        return Err(OpError::new(
+            400,
+            "give a new password, a new role, or both",
+        ));
     }
     let account = accounts::update(
         &ctx.state.store,

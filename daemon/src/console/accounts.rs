@@ -84,7 +84,9 @@ pub enum AccountError {
     #[error("no account with this name")]
     NotFound,
     /// The password is too short or too long.
-    #[error("the password must have between {MIN_PASSWORD_CHARS} and {MAX_PASSWORD_CHARS} characters")]
+    #[error(
+        "the password must have between {MIN_PASSWORD_CHARS} and {MAX_PASSWORD_CHARS} characters"
+    )]
     WeakPassword,
     /// Removing the last owner would leave nobody who can forget customers.
     #[error("this is the last owner account: add another owner first")]
@@ -145,7 +147,12 @@ pub fn list(store: &Store) -> store::Result<Vec<Account>> {
 }
 
 /// Creates account `name` with `role` and `password`.
-pub fn add(store: &Store, name: &StaffName, role: Role, password: &str) -> Result<(), AccountError> {
+pub fn add(
+    store: &Store,
+    name: &StaffName,
+    role: Role,
+    password: &str,
+) -> Result<(), AccountError> {
     if get(store, name)?.is_some() {
         return Err(AccountError::Exists);
     }
@@ -288,7 +295,14 @@ mod tests {
         for ok in ["anna", "b.schmidt", "front-desk_2"] {
             assert!(StaffName::parse(ok).is_some(), "{ok}");
         }
-        for bad in ["", "Anna", "2anna", "anna schmidt", "anna@studio", &"a".repeat(33)] {
+        for bad in [
+            "",
+            "Anna",
+            "2anna",
+            "anna schmidt",
+            "anna@studio",
+            &"a".repeat(33),
+        ] {
             assert!(StaffName::parse(bad).is_none(), "{bad}");
         }
     }

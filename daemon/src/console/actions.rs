@@ -158,19 +158,18 @@ fn send(
             "WhatsApp ist nicht eingerichtet: es kann nichts gesendet werden.",
         ));
     };
-    let kind = Code::new(if template.is_some() { "template" } else { "text" });
+    let kind = Code::new(if template.is_some() {
+        "template"
+    } else {
+        "text"
+    });
     let entry = NewEntry::new(staff.actor(), AuditEvent::StaffReply { kind }).about(&p);
     let effects = Effects::staff_reply(p, Timestamp::now(), text, entry);
     let rows = StaffRows {
         queues: outbox.queues.clone(),
         template,
     };
-    match turn::commit(
-        &state.admin.store,
-        effects,
-        &rows,
-        Some(&state.admin.audit),
-    ) {
+    match turn::commit(&state.admin.store, effects, &rows, Some(&state.admin.audit)) {
         Ok(_) => {}
         Err(CommitError::NotAnswerable(_)) => {
             return Ok(Done::Refused(
@@ -191,7 +190,12 @@ fn window_open(store: &Store, p: &Pseudonym, now: Timestamp) -> Result<bool, Sto
         .is_some_and(|t| now.duration_since(t) < SERVICE_WINDOW))
 }
 
-fn reply(state: &ConsoleState, staff: &Staff, p: Pseudonym, text: &str) -> Result<Done, ActionError> {
+fn reply(
+    state: &ConsoleState,
+    staff: &Staff,
+    p: Pseudonym,
+    text: &str,
+) -> Result<Done, ActionError> {
     let text = text.trim();
     if text.is_empty() || text.chars().count() > MAX_ANSWER_CHARS {
         return Ok(Done::Refused(
@@ -237,7 +241,12 @@ fn template(
 
 /// Pauses the assistant for `p`, or hands the conversation back to it (resume: also the
 /// hand-over mark goes).
-fn set_mode(state: &ConsoleState, staff: &Staff, p: Pseudonym, pause: bool) -> Result<Done, ActionError> {
+fn set_mode(
+    state: &ConsoleState,
+    staff: &Staff,
+    p: Pseudonym,
+    pause: bool,
+) -> Result<Done, ActionError> {
     let store = &state.admin.store;
     let audit = &state.admin.audit;
     let event = if pause {
@@ -250,7 +259,11 @@ fn set_mode(state: &ConsoleState, staff: &Staff, p: Pseudonym, pause: bool) -> R
         if c.meta.mode == BotMode::OptedOut {
             return Ok(None);
         }
-        c.meta.mode = if pause { BotMode::Paused } else { BotMode::Active };
+        c.meta.mode = if pause {
+            BotMode::Paused
+        } else {
+            BotMode::Active
+        };
         if !pause {
             attention::clear(st, batch, &p);
         }
@@ -276,7 +289,12 @@ fn set_mode(state: &ConsoleState, staff: &Staff, p: Pseudonym, pause: bool) -> R
 }
 
 /// An owner-only action by someone else: audited as refused.
-fn refuse_non_owner(state: &ConsoleState, staff: &Staff, p: &Pseudonym, action: &'static str) -> Result<Option<Done>, ActionError> {
+fn refuse_non_owner(
+    state: &ConsoleState,
+    staff: &Staff,
+    p: &Pseudonym,
+    action: &'static str,
+) -> Result<Option<Done>, ActionError> {
     if staff.role.is_owner() {
         return Ok(None);
     }
@@ -307,7 +325,10 @@ fn forget(
         return Ok(refused);
     }
     if !confirmed {
-        return Ok(Done::Refused(400, "Bitte das Löschen ausdrücklich bestätigen."));
+        return Ok(Done::Refused(
+            400,
+            "Bitte das Löschen ausdrücklich bestätigen.",
+        ));
     }
     let reason = match reason {
         "dsgvo-request" => ForgetReason::DsgvoRequest,
@@ -358,7 +379,11 @@ fn export(state: &ConsoleState, staff: &Staff, p: Pseudonym) -> Result<Done, Act
         subject: Some(p.short()),
         ..Default::default()
     })?;
-    let counts = (messages.len() as u64, bookings.len() as u64, audit.len() as u64);
+    let counts = (
+        messages.len() as u64,
+        bookings.len() as u64,
+        audit.len() as u64,
+    );
     let doc = json!({
         "format": "frontdesk-export-v1",
         "exported_at": Timestamp::now(),

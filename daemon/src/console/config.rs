@@ -76,10 +76,7 @@ impl ConsoleConfig {
             ));
         }
         if self.session_idle_minutes == 0 || self.session_idle_minutes > 24 * 60 {
-            return Err((
-                "console.session_idle_minutes",
-                "must be between 1 and 1440",
-            ));
+            return Err(("console.session_idle_minutes", "must be between 1 and 1440"));
         }
         if self.session_max_hours == 0 || self.session_max_hours > 7 * 24 {
             return Err(("console.session_max_hours", "must be between 1 and 168"));

@@ -22,9 +22,9 @@ pub mod auth;
 pub mod config;
 pub mod pages;
 pub mod server;
-pub mod tls;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 use std::sync::Arc;
 

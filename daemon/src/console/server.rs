@@ -87,7 +87,9 @@ pub async fn serve(
                 let acceptor = acceptor.clone();
                 let graceful_conn = graceful.watcher();
                 tokio::spawn(async move {
-                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                        .await
+                    {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             debug!(error = %e, "console TLS handshake failed");
@@ -340,13 +342,25 @@ async fn route(app: Arc<App>, peer: IpAddr, req: Request<Incoming>) -> Response<
         (&Method::GET, "/static/console.js") => {
             return static_file(JS, "text/javascript; charset=utf-8")
         }
+        // Browsers ask for an icon on every page; there is none, and it must not lead to the
+        // sign-in page (that would give the sign-in form a new token behind its back).
+        (&Method::GET, "/favicon.ico") => {
+            return Response::builder()
+                .status(StatusCode::NOT_FOUND)
+                .header("cache-control", "private, max-age=86400")
+                .body(full(Bytes::new()))
+                .expect("valid response")
+        }
         (&Method::GET, "/login") => return login_page(&app, &req, &query),
         (&Method::POST, "/login") => return login(app, peer, req).await,
         _ => {}
     }
     let Some(signed) = signed_in(&app, &req) else {
         return if method == Method::GET {
-            let next = format!("/login?next={}", form_urlencoded::byte_serialize(path.as_bytes()).collect::<String>());
+            let next = format!(
+                "/login?next={}",
+                form_urlencoded::byte_serialize(path.as_bytes()).collect::<String>()
+            );
             redirect(&next, &[])
         } else {
             error_page(403, None, "Nicht angemeldet", "Bitte zuerst anmelden.")
@@ -359,15 +373,28 @@ async fn route(app: Arc<App>, peer: IpAddr, req: Request<Incoming>) -> Response<
         .collect();
     if method == Method::POST {
         let Some(form) = read_form(req).await else {
-            return error_page(413, Some(signed.view()), "Zu groß", "Die Eingabe ist zu groß.");
+            return error_page(
+                413,
+                Some(signed.view()),
+                "Zu groß",
+                "Die Eingabe ist zu groß.",
+            );
         };
-        if !tokens_match(form.get("csrf").map(String::as_str).unwrap_or_default(), &signed.csrf) {
+        if !tokens_match(
+            form.get("csrf").map(String::as_str).unwrap_or_default(),
+            &signed.csrf,
+        ) {
             return csrf_refused(&app, &signed).await;
         }
         return post(app, signed, &segments, form).await;
     }
     if method != Method::GET {
-        return error_page(405, Some(signed.view()), "Nicht erlaubt", "Diese Anfrage gibt es nicht.");
+        return error_page(
+            405,
+            Some(signed.view()),
+            "Nicht erlaubt",
+            "Diese Anfrage gibt es nicht.",
+        );
     }
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
     match seg.as_slice() {
@@ -376,7 +403,12 @@ async fn route(app: Arc<App>, peer: IpAddr, req: Request<Incoming>) -> Response<
         ["events"] => events(&app),
         ["c", id] => conversation(app, signed, id.to_string(), false, &query).await,
         ["c", id, "history"] => conversation(app, signed, id.to_string(), true, &query).await,
-        _ => error_page(404, Some(signed.view()), "Nicht gefunden", "Diese Seite gibt es nicht."),
+        _ => error_page(
+            404,
+            Some(signed.view()),
+            "Nicht gefunden",
+            "Diese Seite gibt es nicht.",
+        ),
     }
 }
 
@@ -436,7 +468,12 @@ async fn post(
                 Err(e) => internal_error(e),
             }
         }
-        _ => error_page(404, Some(signed.view()), "Nicht gefunden", "Diese Aktion gibt es nicht."),
+        _ => error_page(
+            404,
+            Some(signed.view()),
+            "Nicht gefunden",
+            "Diese Aktion gibt es nicht.",
+        ),
     }
 }
 
@@ -447,17 +484,34 @@ fn login_page(app: &App, req: &Request<Incoming>, query: &str) -> Response<Body>
         return redirect("/", &[]);
     }
     let next = query_param(query, "next").unwrap_or_default();
-    login_form(app, safe_next(&next), "", None, StatusCode::OK)
+    let token = login_token(cookie(req, LOGIN_COOKIE));
+    login_form(app, &token, safe_next(&next), "", None, StatusCode::OK)
+}
+
+/// The sign-in form's token: the one the browser holds already (so two open sign-in pages
+/// both work), else a new one.
+fn login_token(held: Option<&str>) -> String {
+    match held {
+        Some(t)
+            if t.len() == 43
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            t.to_string()
+        }
+        _ => super::auth::random_token(),
+    }
 }
 
 fn login_form(
     app: &App,
+    csrf: &str,
     next: &str,
     name: &str,
     error: Option<&'static str>,
     status: StatusCode,
 ) -> Response<Body> {
-    let csrf = super::auth::random_token();
+    let csrf = csrf.to_string();
     let page = pages::LoginPage {
         user: None,
         nav: "",
@@ -480,6 +534,7 @@ fn login_form(
 )]
 async fn login(app: Arc<App>, peer: IpAddr, req: Request<Incoming>) -> Response<Body> {
     let cookie_token = cookie(&req, LOGIN_COOKIE).unwrap_or_default().to_string();
+    let form_token = login_token(Some(&cookie_token));
     let Some(form) = read_form(req).await else {
         return error_page(413, None, "Zu groß", "Die Eingabe ist zu groß.");
     };
@@ -490,6 +545,7 @@ async fn login(app: Arc<App>, peer: IpAddr, req: Request<Incoming>) -> Response<
         warn!("console sign-in without a valid CSRF token refused");
         return login_form(
             &app,
+            &form_token,
             &next,
             "",
             Some("Die Anmeldung ist abgelaufen. Bitte erneut versuchen."),
@@ -509,6 +565,7 @@ async fn login(app: Arc<App>, peer: IpAddr, req: Request<Incoming>) -> Response<
         warn!("console sign-in refused: too many wrong passwords");
         return login_form(
             &app,
+            &form_token,
             &next,
             &typed,
             Some("Zu viele Fehlversuche: die Anmeldung ist vorübergehend gesperrt. Bitte später erneut versuchen."),
@@ -552,14 +609,18 @@ async fn login(app: Arc<App>, peer: IpAddr, req: Request<Incoming>) -> Response<
             // Only an existing account's name reaches the log; anything else typed there
             // may be a mistyped password or a person's name.
             let entry = match (&name, role) {
-                (Some(n), Some(_)) => NewEntry::new(Actor::staff(n), AuditEvent::StaffLogin)
-                    .outcome(Outcome::denied(if locked { "locked" } else { "wrong_password" })),
+                (Some(n), Some(_)) => {
+                    NewEntry::new(Actor::staff(n), AuditEvent::StaffLogin).outcome(Outcome::denied(
+                        if locked { "locked" } else { "wrong_password" },
+                    ))
+                }
                 _ => NewEntry::new(Actor::System, AuditEvent::StaffLogin)
                     .outcome(Outcome::denied("unknown_account")),
             };
             crate::service::append_audit(&state.admin.audit, entry).await;
             login_form(
                 &app,
+                &form_token,
                 &next,
                 &typed,
                 Some("Benutzername oder Passwort ist falsch."),
@@ -579,7 +640,13 @@ async fn logout(app: &App, signed: &Signed) -> Response<Body> {
     let https = app.state.https;
     redirect(
         "/login",
-        &[set_cookie(session_cookie_name(https), "", "/", https, Some(0))],
+        &[set_cookie(
+            session_cookie_name(https),
+            "",
+            "/",
+            https,
+            Some(0),
+        )],
     )
 }
 
@@ -645,7 +712,9 @@ async fn conversation(
             return Ok(None);
         };
         let templates = actions::offered_templates(&state);
-        let Some(c) = pages::conversation(store, &state.admin.audit, &p, templates, Timestamp::now())? else {
+        let Some(c) =
+            pages::conversation(store, &state.admin.audit, &p, templates, Timestamp::now())?
+        else {
             return Ok(None);
         };
         let mut batch = store.batch();
@@ -714,7 +783,11 @@ fn events(app: &App) -> Response<Body> {
     let mut feed = app.state.admin.store.activity().subscribe();
     let mut stop = app.stop.clone();
     tokio::spawn(async move {
-        if tx.send(Bytes::from_static(b"retry: 2000\n\n")).await.is_err() {
+        if tx
+            .send(Bytes::from_static(b"retry: 2000\n\n"))
+            .await
+            .is_err()
+        {
             return;
         }
         let mut keepalive = tokio::time::interval(KEEPALIVE);
@@ -751,7 +824,13 @@ mod tests {
     fn only_console_paths_follow_a_sign_in() {
         assert_eq!(safe_next("/c/c-0123456789ab"), "/c/c-0123456789ab");
         assert_eq!(safe_next("/"), "/");
-        for bad in ["//evil.example", "https://evil.example", "/c/x?y", "", "javascript:x"] {
+        for bad in [
+            "//evil.example",
+            "https://evil.example",
+            "/c/x?y",
+            "",
+            "javascript:x",
+        ] {
             assert_eq!(safe_next(bad), "/", "{bad}");
         }
     }
@@ -759,15 +838,22 @@ mod tests {
     #[test]
     fn cookies_are_strict_and_secure_over_https() {
         let c = set_cookie("__Host-fd_session", "t", "/", true, None);
-        assert_eq!(c, "__Host-fd_session=t; Path=/; HttpOnly; SameSite=Strict; Secure");
+        assert_eq!(
+            c,
+            "__Host-fd_session=t; Path=/; HttpOnly; SameSite=Strict; Secure"
+        );
         let c = set_cookie("fd_login", "", "/login", false, Some(0));
-        assert_eq!(c, "fd_login=; Path=/login; HttpOnly; SameSite=Strict; Max-Age=0");
+        assert_eq!(
+            c,
+            "fd_login=; Path=/login; HttpOnly; SameSite=Strict; Max-Age=0"
+        );
     }
 
     #[test]
     fn a_short_pseudonym_finds_its_customer() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), crate::store::crypto::StoreIdentity::generate()).unwrap();
+        let store =
+            Store::open(dir.path(), crate::store::crypto::StoreIdentity::generate()).unwrap();
         let now = Timestamp::now();
         let (c, ()) = store
             .update_customer("+491511234567", now, |_, _, _| Ok(()))

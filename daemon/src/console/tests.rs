@@ -99,7 +99,12 @@ fn actions_by(f: &Fixture, actor: &str) -> Vec<(String, String)> {
 #[test]
 fn a_staff_answer_is_committed_like_a_reply_and_audited() {
     let f = fixture();
-    let p = customer(&f, "+491511111111", SignedDuration::from_mins(5), BotMode::Escalated);
+    let p = customer(
+        &f,
+        "+491511111111",
+        SignedDuration::from_mins(5),
+        BotMode::Escalated,
+    );
     let mut live = f.store.activity().subscribe();
     let done = actions::run(
         &f.state,
@@ -109,7 +114,10 @@ fn a_staff_answer_is_committed_like_a_reply_and_audited() {
         &form(&[("text", "  Wir rufen Sie an.  ")]),
     )
     .unwrap();
-    assert!(matches!(done, Done::Redirect(ref to) if to.contains("done=sent")), "{done:?}");
+    assert!(
+        matches!(done, Done::Redirect(ref to) if to.contains("done=sent")),
+        "{done:?}"
+    );
     let history = f.store.recent_messages(&p, 5).unwrap();
     let last = history.last().unwrap();
     assert_eq!(last.direction, Direction::Staff);
@@ -121,7 +129,10 @@ fn a_staff_answer_is_committed_like_a_reply_and_audited() {
     assert!(matches!(&outbox[0].entry.kind, OutboundKind::Text(t) if t == "Wir rufen Sie an."));
     assert_eq!(outbox[0].entry.history.len(), 1);
     // The hand-over stands: an answer does not give the conversation back to the assistant.
-    assert_eq!(f.store.customer_meta(&p).unwrap().unwrap().mode, BotMode::Escalated);
+    assert_eq!(
+        f.store.customer_meta(&p).unwrap().unwrap().mode,
+        BotMode::Escalated
+    );
     assert_eq!(live.try_recv().unwrap(), p);
     assert!(actions_by(&f, "ben").contains(&("staff.reply".into(), "ok".into())));
 }
@@ -129,7 +140,12 @@ fn a_staff_answer_is_committed_like_a_reply_and_audited() {
 #[test]
 fn after_24_hours_only_a_configured_template_goes_out() {
     let f = fixture();
-    let p = customer(&f, "+491512222222", SignedDuration::from_hours(30), BotMode::Active);
+    let p = customer(
+        &f,
+        "+491512222222",
+        SignedDuration::from_hours(30),
+        BotMode::Active,
+    );
     let ben = staff("ben", Role::Staff);
     let refused = actions::run(&f.state, &ben, p, "reply", &form(&[("text", "Hallo")])).unwrap();
     assert!(matches!(refused, Done::Refused(409, _)), "{refused:?}");
@@ -169,11 +185,20 @@ fn after_24_hours_only_a_configured_template_goes_out() {
 #[test]
 fn only_owners_forget_and_export() {
     let f = fixture();
-    let p = customer(&f, "+491513333333", SignedDuration::from_mins(1), BotMode::Active);
+    let p = customer(
+        &f,
+        "+491513333333",
+        SignedDuration::from_mins(1),
+        BotMode::Active,
+    );
     let confirm = form(&[("confirm", "yes")]);
     for action in ["forget", "export"] {
-        let refused = actions::run(&f.state, &staff("ben", Role::Staff), p, action, &confirm).unwrap();
-        assert!(matches!(refused, Done::Refused(403, _)), "{action}: {refused:?}");
+        let refused =
+            actions::run(&f.state, &staff("ben", Role::Staff), p, action, &confirm).unwrap();
+        assert!(
+            matches!(refused, Done::Refused(403, _)),
+            "{action}: {refused:?}"
+        );
     }
     assert!(f.store.customer(&p).unwrap().is_some());
     let denied: Vec<_> = actions_by(&f, "ben")
@@ -206,7 +231,12 @@ fn only_owners_forget_and_export() {
 #[test]
 fn handing_back_ends_the_hand_over_and_its_mark() {
     let f = fixture();
-    let p = customer(&f, "+491514444444", SignedDuration::from_mins(1), BotMode::Escalated);
+    let p = customer(
+        &f,
+        "+491514444444",
+        SignedDuration::from_mins(1),
+        BotMode::Escalated,
+    );
     let mut batch = f.store.batch();
     attention::mark(
         &f.store,
@@ -221,10 +251,16 @@ fn handing_back_ends_the_hand_over_and_its_mark() {
     let ben = staff("ben", Role::Staff);
     let done = actions::run(&f.state, &ben, p, "resume", &form(&[])).unwrap();
     assert!(matches!(done, Done::Redirect(_)), "{done:?}");
-    assert_eq!(f.store.customer_meta(&p).unwrap().unwrap().mode, BotMode::Active);
+    assert_eq!(
+        f.store.customer_meta(&p).unwrap().unwrap().mode,
+        BotMode::Active
+    );
     assert!(attention::get(&f.store, &p).unwrap().is_none());
     actions::run(&f.state, &ben, p, "pause", &form(&[])).unwrap();
-    assert_eq!(f.store.customer_meta(&p).unwrap().unwrap().mode, BotMode::Paused);
+    assert_eq!(
+        f.store.customer_meta(&p).unwrap().unwrap().mode,
+        BotMode::Paused
+    );
     let by_ben = actions_by(&f, "ben");
     assert!(by_ben.contains(&("customer.resume".into(), "ok".into())));
     assert!(by_ben.contains(&("customer.pause".into(), "ok".into())));
@@ -233,11 +269,36 @@ fn handing_back_ends_the_hand_over_and_its_mark() {
 #[test]
 fn the_inbox_puts_waiting_conversations_first_and_marks_unread_ones() {
     let f = fixture();
-    let recent = customer(&f, "+491515555555", SignedDuration::from_mins(1), BotMode::Active);
-    let handed_over = customer(&f, "+491516666666", SignedDuration::from_hours(3), BotMode::Escalated);
-    let paused = customer(&f, "+491517777777", SignedDuration::from_hours(5), BotMode::Paused);
-    let failed = customer(&f, "+491518888888", SignedDuration::from_hours(4), BotMode::Active);
-    let _gone = customer(&f, "+491519999999", SignedDuration::from_mins(2), BotMode::OptedOut);
+    let recent = customer(
+        &f,
+        "+491515555555",
+        SignedDuration::from_mins(1),
+        BotMode::Active,
+    );
+    let handed_over = customer(
+        &f,
+        "+491516666666",
+        SignedDuration::from_hours(3),
+        BotMode::Escalated,
+    );
+    let paused = customer(
+        &f,
+        "+491517777777",
+        SignedDuration::from_hours(5),
+        BotMode::Paused,
+    );
+    let failed = customer(
+        &f,
+        "+491518888888",
+        SignedDuration::from_hours(4),
+        BotMode::Active,
+    );
+    let _gone = customer(
+        &f,
+        "+491519999999",
+        SignedDuration::from_mins(2),
+        BotMode::OptedOut,
+    );
     let mut batch = f.store.batch();
     attention::mark(
         &f.store,
@@ -261,7 +322,11 @@ fn the_inbox_puts_waiting_conversations_first_and_marks_unread_ones() {
     let reasons: Vec<_> = list.waiting.iter().map(|r| r.reason).collect();
     assert_eq!(
         reasons,
-        vec![Some("Übergeben"), Some("Buchung fehlgeschlagen"), Some("Assistent pausiert")]
+        vec![
+            Some("Übergeben"),
+            Some("Buchung fehlgeschlagen"),
+            Some("Assistent pausiert")
+        ]
     );
     // Opted-out contacts are not offered.
     assert_eq!(ids(&list.recent), vec![recent.short()]);
@@ -269,7 +334,13 @@ fn the_inbox_puts_waiting_conversations_first_and_marks_unread_ones() {
 
     // Opening the conversation marks it read for this member only.
     let mut batch = f.store.batch();
-    let upto = f.store.customer_meta(&handed_over).unwrap().unwrap().last_inbound.unwrap();
+    let upto = f
+        .store
+        .customer_meta(&handed_over)
+        .unwrap()
+        .unwrap()
+        .last_inbound
+        .unwrap();
     pages::mark_read(&f.store, &mut batch, &handed_over, &ben, upto);
     f.store.commit_durable(batch).unwrap();
     let list = pages::inbox(&f.store, &ben).unwrap();
@@ -283,7 +354,12 @@ fn the_inbox_puts_waiting_conversations_first_and_marks_unread_ones() {
 fn pages_render_escaped_german_html() {
     use askama::Template;
     let f = fixture();
-    let p = customer(&f, "+491510000000", SignedDuration::from_mins(1), BotMode::Escalated);
+    let p = customer(
+        &f,
+        "+491510000000",
+        SignedDuration::from_mins(1),
+        BotMode::Escalated,
+    );
     f.store
         .update_existing(&p, |c, _, _| {
             c.body.contact_name = Some("<script>alert(1)</script>".into());
@@ -302,7 +378,11 @@ fn pages_render_escaped_german_html() {
     assert!(view.window_open);
     assert!(view.needs_handback);
     let html = pages::ConversationPage {
-        user: Some(pages::UserView::new(&StaffName::parse("ben").unwrap(), Role::Staff, "tok")),
+        user: Some(pages::UserView::new(
+            &StaffName::parse("ben").unwrap(),
+            Role::Staff,
+            "tok",
+        )),
         nav: "inbox",
         user_csrf: "tok".into(),
         owner: false,
