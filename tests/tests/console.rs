@@ -27,15 +27,20 @@ async fn wait_for(c: &Client, xpath: &str) -> fantoccini::elements::Element {
 }
 
 async fn sign_in(b: &Browser, url: &str, name: &str, password: &str) {
-    b.client.goto(&format!("{url}/login")).await.unwrap();
+    b.client
+        .goto(&format!("{url}/login"))
+        .await
+        .expect("browser step");
     let form = b
         .client
         .form(Locator::Css("form[action='/login']"))
         .await
-        .unwrap();
-    form.set_by_name("name", name).await.unwrap();
-    form.set_by_name("password", password).await.unwrap();
-    form.submit().await.unwrap();
+        .expect("browser step");
+    form.set_by_name("name", name).await.expect("browser step");
+    form.set_by_name("password", password)
+        .await
+        .expect("browser step");
+    form.submit().await.expect("browser step");
 }
 
 /// POSTs a form from inside the page (same origin, the session cookie goes along); returns
@@ -51,7 +56,7 @@ async fn post_from_page(c: &Client, path: &str, fields: &[(&str, &str)]) -> u16 
             vec![path.into(), body.into()],
         )
         .await
-        .unwrap();
+        .expect("browser step");
     status.as_u64().unwrap_or(0) as u16
 }
 
@@ -66,17 +71,17 @@ fn form_body(fields: &[(&str, &str)]) -> String {
 async fn csrf_of(c: &Client) -> String {
     c.find(Locator::Css("input[name='csrf']"))
         .await
-        .unwrap()
+        .expect("browser step")
         .attr("value")
         .await
-        .unwrap()
-        .unwrap()
+        .expect("browser step")
+        .expect("browser step")
 }
 
 fn audit_actions(daemon: &Daemon, actor: &str) -> Vec<(String, String)> {
     let (rc, out, err) = daemon.cli(&["audit", "show", "--actor", actor, "--json"], "");
     assert_eq!(rc, 0, "audit show failed: {err}");
-    let entries: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&out).expect("browser step");
     entries
         .iter()
         .map(|e| {
@@ -285,6 +290,11 @@ async fn staff_answer_a_hand_over_in_the_browser() {
     wait_for(&b.client, "//p[contains(., 'Noch keine Gespräche')]").await;
     b.client.goto(conv_url.as_str()).await.unwrap();
     wait_for(&b.client, "//h1[.='Nicht gefunden']").await;
+
+    // The trials page (no bookings with the instant engine; its content is unit-tested).
+    b.client.goto(&format!("{url}/trials")).await.unwrap();
+    wait_for(&b.client, "//h1[.='Probetrainings']").await;
+    b.screenshot("09-trials").await;
 
     // Wrong passwords lock the account: then even the right one is refused.
     b.client

@@ -87,9 +87,8 @@ impl ConsoleConfig {
         if self.lockout_minutes == 0 {
             return Err(("console.lockout_minutes", "must be at least 1"));
         }
-        if !self.public_url.is_empty()
-            && !(self.public_url.starts_with("https://") || self.public_url.starts_with("http://"))
-        {
+        let url = &self.public_url;
+        if !(url.is_empty() || url.starts_with("https://") || url.starts_with("http://")) {
             return Err(("console.public_url", "must start with https:// or http://"));
         }
         Ok(())

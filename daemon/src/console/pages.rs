@@ -184,14 +184,14 @@ pub fn inbox(store: &Store, staff: &StaffName) -> Result<InboxList, StoreError> 
         }
     }
     let waiting_total = waiting.len();
-    waiting.sort_by(|a, b| b.1.last_contact.cmp(&a.1.last_contact));
+    waiting.sort_by_key(|w| std::cmp::Reverse(w.1.last_contact));
     waiting.truncate(WAITING_SHOWN);
     let mut recent: Vec<(Pseudonym, CustomerMeta)> = recent
         .into_sorted_vec()
         .into_iter()
         .filter_map(|std::cmp::Reverse((_, p))| recent_meta.remove(&p).map(|m| (p, m)))
         .collect();
-    recent.sort_by(|a, b| b.1.last_contact.cmp(&a.1.last_contact));
+    recent.sort_by_key(|r| std::cmp::Reverse(r.1.last_contact));
     let row = |(p, meta): (Pseudonym, CustomerMeta)| -> Result<Option<InboxRow>, StoreError> {
         let Some(c) = store.customer(&p)? else {
             return Ok(None);
@@ -362,6 +362,11 @@ fn booking_state(v: &serde_json::Value) -> String {
     }
 }
 
+/// The start of a booking row's sealed JSON.
+fn booking_start(record: &serde_json::Value) -> Option<jiff::Zoned> {
+    record.get("start")?.as_str()?.parse().ok()
+}
+
 fn bookings(store: &Store, p: &Pseudonym) -> Result<Vec<(String, String)>, StoreError> {
     let Some(key) = store.data_key(p)? else {
         return Ok(Vec::new());
@@ -375,11 +380,8 @@ fn bookings(store: &Store, p: &Pseudonym) -> Result<Vec<(String, String)>, Store
         let Ok(record) = serde_json::from_slice::<serde_json::Value>(&plain) else {
             continue;
         };
-        let start = record
-            .get("start")
-            .and_then(|s| s.as_str())
-            .and_then(|s| s.parse::<jiff::Zoned>().ok())
-            .map_or_else(|| "?".to_string(), |z| local(z.timestamp()));
+        let start =
+            booking_start(&record).map_or_else(|| "?".to_string(), |z| local(z.timestamp()));
         out.push((start, booking_state(&record)));
     }
     Ok(out)
@@ -469,6 +471,113 @@ pub struct ConversationPage {
 pub struct HistoryFragment {
     /// The conversation.
     pub c: ConversationView,
+}
+
+// ---- trials ----
+
+/// Days ahead the trials page shows.
+const TRIAL_DAYS: i64 = 14;
+
+/// One booked trial.
+pub struct TrialRow {
+    /// The day, `Mi 03.12.`.
+    pub day: String,
+    /// The time, `10:00`.
+    pub time: String,
+    /// The name staff see.
+    pub name: String,
+    /// The booking's state in German.
+    pub state: String,
+    /// Short pseudonym (link to the conversation).
+    pub id: String,
+}
+
+fn weekday_de(day: jiff::civil::Weekday) -> &'static str {
+    use jiff::civil::Weekday::*;
+    match day {
+        Monday => "Mo",
+        Tuesday => "Di",
+        Wednesday => "Mi",
+        Thursday => "Do",
+        Friday => "Fr",
+        Saturday => "Sa",
+        Sunday => "So",
+    }
+}
+
+/// Trials from the start of today (studio time) to [`TRIAL_DAYS`] ahead, by start time: every
+/// bookings row opened with its customer's key.
+pub fn trials(store: &Store, now: Timestamp) -> Result<Vec<TrialRow>, StoreError> {
+    let tz = TimeZone::get("Europe/Berlin").unwrap_or(TimeZone::UTC);
+    let today = now
+        .to_zoned(tz.clone())
+        .start_of_day()
+        .map_err(|e| StoreError::Format(e.to_string()))?
+        .timestamp();
+    let until = today + SignedDuration::from_hours(24 * TRIAL_DAYS);
+    let mut rows: Vec<(Timestamp, TrialRow)> = Vec::new();
+    let mut current: Option<(
+        Pseudonym,
+        Option<std::sync::Arc<crate::store::crypto::DataKey>>,
+        String,
+    )> = None;
+    for g in store.keyspaces().bookings.iter() {
+        let (k, v) = g.into_inner()?;
+        let Some(p) = Pseudonym::from_key_prefix(&k) else {
+            continue;
+        };
+        if current.as_ref().is_none_or(|(q, _, _)| *q != p) {
+            let name = store
+                .customer(&p)?
+                .map_or_else(|| "Unbekannt".to_string(), |c| display_name(&c));
+            current = Some((p, store.data_key(&p)?, name));
+        }
+        let Some((_, Some(key), name)) = &current else {
+            continue;
+        };
+        let Ok(plain) = key.open(ks::BOOKINGS, &k, &v) else {
+            continue;
+        };
+        let Ok(record) = serde_json::from_slice::<serde_json::Value>(&plain) else {
+            continue;
+        };
+        let Some(start) = booking_start(&record) else {
+            continue;
+        };
+        let at = start.timestamp();
+        if at < today || at >= until {
+            continue;
+        }
+        let local = at.to_zoned(tz.clone());
+        rows.push((
+            at,
+            TrialRow {
+                day: format!(
+                    "{} {}",
+                    weekday_de(local.weekday()),
+                    local.strftime("%d.%m.")
+                ),
+                time: local.strftime("%H:%M").to_string(),
+                name: name.clone(),
+                state: booking_state(&record),
+                id: p.short(),
+            },
+        ));
+    }
+    rows.sort_by_key(|(at, _)| *at);
+    Ok(rows.into_iter().map(|(_, r)| r).collect())
+}
+
+/// The trials page.
+#[derive(Template)]
+#[template(path = "trials.html")]
+pub struct TrialsPage {
+    /// Header.
+    pub user: Option<UserView>,
+    /// Current navigation entry.
+    pub nav: &'static str,
+    /// The trials, by start.
+    pub trials: Vec<TrialRow>,
 }
 
 /// The sign-in page.

@@ -27,13 +27,17 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path(), StoreIdentity::generate()).unwrap());
-    let audit = Arc::new(AuditLog::open(store.clone()).unwrap().without_journal());
+    let dir = tempfile::tempdir().expect("test setup");
+    let store = Arc::new(Store::open(dir.path(), StoreIdentity::generate()).expect("test setup"));
+    let audit = Arc::new(
+        AuditLog::open(store.clone())
+            .expect("test setup")
+            .without_journal(),
+    );
     let mut cfg = Config::default();
     cfg.whatsapp.reopen_template = Some("reopen_chat".into());
     let admin = Arc::new(AdminState::new(store.clone(), audit, Arc::new(cfg)));
-    let queues = Arc::new(Queues::new(&store).unwrap());
+    let queues = Arc::new(Queues::new(&store).expect("test setup"));
     admin.set_outbox(queues.clone(), Arc::new(tokio::sync::Notify::new()));
     Fixture {
         _dir: dir,
@@ -45,7 +49,7 @@ fn fixture() -> Fixture {
 
 fn staff(name: &str, role: Role) -> Staff {
     Staff {
-        name: StaffName::parse(name).unwrap(),
+        name: StaffName::parse(name).expect("test setup"),
         role,
     }
 }
@@ -71,7 +75,7 @@ fn customer(f: &Fixture, phone: &str, ago: SignedDuration, mode: BotMode) -> Pse
             )?;
             Ok(())
         })
-        .unwrap();
+        .expect("test setup");
     c.pseudonym
 }
 
@@ -90,7 +94,7 @@ fn actions_by(f: &Fixture, actor: &str) -> Vec<(String, String)> {
             actor: Some(actor.into()),
             ..AuditFilter::default()
         })
-        .unwrap()
+        .expect("test setup")
         .into_iter()
         .map(|r| (r.action, r.outcome.code().to_string()))
         .collect()
@@ -399,4 +403,54 @@ fn pages_render_escaped_german_html() {
     assert!(!html.contains("id=\"forget\""));
     let forms = html.matches("<form method=\"post\"").count();
     assert_eq!(html.matches("name=\"csrf\" value=\"tok\"").count(), forms);
+}
+
+#[test]
+fn the_trials_page_lists_coming_bookings_with_their_state() {
+    use crate::store::ks;
+    let f = fixture();
+    let p = customer(
+        &f,
+        "+491512121212",
+        SignedDuration::from_mins(1),
+        BotMode::Active,
+    );
+    f.store
+        .update_existing(&p, |c, _, _| {
+            c.body.profile.vorname = Some("Lena".into());
+            Ok(())
+        })
+        .unwrap();
+    let key = f.store.data_key(&p).unwrap().unwrap();
+    let tz = jiff::tz::TimeZone::get("Europe/Berlin").unwrap();
+    let tomorrow = (Timestamp::now() + SignedDuration::from_hours(24)).to_zoned(tz.clone());
+    let yesterday = (Timestamp::now() - SignedDuration::from_hours(48)).to_zoned(tz);
+    let mut batch = f.store.batch();
+    // Rows as the booker writes them: the customer's key, sealed JSON with the step.
+    for (i, (start, step)) in [(tomorrow.clone(), "booked"), (yesterday, "confirmed")]
+        .into_iter()
+        .enumerate()
+    {
+        let mut row_key = p.0.to_vec();
+        row_key.extend_from_slice(&[i as u8; 16]);
+        let record = serde_json::json!({
+            "request_id": format!("r{i}"),
+            "step": step,
+            "start": start.to_string(),
+            "confirmation_required": true,
+        });
+        let sealed = key.seal(
+            ks::BOOKINGS,
+            &row_key,
+            &serde_json::to_vec(&record).unwrap(),
+        );
+        batch.insert(&f.store.keyspaces().bookings, row_key, sealed);
+    }
+    f.store.commit_durable(batch).unwrap();
+    let trials = pages::trials(&f.store, Timestamp::now()).unwrap();
+    assert_eq!(trials.len(), 1, "only the coming trial");
+    assert_eq!(trials[0].name, "Lena");
+    assert_eq!(trials[0].state, "gebucht, Bestätigung ausstehend");
+    assert_eq!(trials[0].time, tomorrow.strftime("%H:%M").to_string());
+    assert_eq!(trials[0].id, p.short());
 }
