@@ -21,6 +21,8 @@ DEV="$ROOT/dev-state"
 
 SYSTEM_PACKAGES=(build-essential pkg-config cmake libclang-dev libsystemd-dev python3-pip python3-venv
                  debootstrap systemd-container lintian)
+# Only for development: the staff console's tests drive a real headless browser.
+DEV_PACKAGES=(chromium chromium-driver)
 
 say() { printf '==> %s\n' "$*"; }
 
@@ -114,6 +116,7 @@ build_deb() {
 
 case "${1:-}" in
     --dev)
+        SYSTEM_PACKAGES+=("${DEV_PACKAGES[@]}")
         install_system_packages
         fetch_test_model
         fetch_test_smtp_server

@@ -72,6 +72,8 @@ pub struct Config {
     pub tunnel: Option<TunnelConfig>,
     /// `[alerts]`: where staff alerts go.
     pub alerts: crate::alerts::AlertsConfig,
+    /// `[console]`: the staff console.
+    pub console: crate::console::ConsoleConfig,
     /// Where the file was loaded from (not part of the file).
     #[serde(skip)]
     pub source: PathBuf,
@@ -457,6 +459,13 @@ impl Config {
         })?;
         cfg.source = path.to_path_buf();
         cfg.validate()?;
+        // Alerts link the console where staff can reach it: its public URL, or its address
+        // when it listens beyond this machine.
+        if cfg.alerts.console_url.is_empty()
+            && (!cfg.console.public_url.is_empty() || cfg.console.https())
+        {
+            cfg.alerts.console_url = cfg.console.url();
+        }
         Ok(cfg)
     }
 
@@ -528,6 +537,9 @@ impl Config {
             ));
         }
         self.validate_costs()?;
+        self.console
+            .validate()
+            .map_err(|(key, why)| self.invalid(key, why))?;
         let r = &self.retention;
         for (key, days) in [
             ("retention.history_days", r.history_days),
@@ -674,6 +686,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("retention.seen_ids_days"), "{err}");
+    }
+
+    #[test]
+    fn alerts_link_the_console_where_staff_reach_it() {
+        let url = |text: &str| {
+            Config::parse(text, Path::new("f.toml"))
+                .unwrap()
+                .alerts
+                .console_url
+        };
+        assert_eq!(url(""), "", "a console on loopback is no link for staff");
+        assert_eq!(
+            url("[console]\npublic_url = \"https://desk.studio.lan:8470/\"\n"),
+            "https://desk.studio.lan:8470"
+        );
+        assert_eq!(
+            url("[console]\nlisten = \"192.168.1.20:8470\"\n"),
+            "https://192.168.1.20:8470"
+        );
+        assert_eq!(
+            url("[alerts]\nconsole_url = \"https://x.example\"\n[console]\npublic_url = \"https://y.example\"\n"),
+            "https://x.example",
+            "an explicit alert link wins"
+        );
     }
 
     #[test]

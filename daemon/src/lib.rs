@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod conversation;
 pub mod http1;
 pub mod llm;

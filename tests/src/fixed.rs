@@ -3,12 +3,13 @@
 //! answered message ids, so a test can tell which messages a reply answers. Bursts without text
 //! get the studio's non-text reply. It records history like the engine, through the same commit,
 //! and tells the channel that a reply follows exactly when the engine would (typing indicator).
-//! A text starting with [`HANDOVER_WORD`] is handed over to staff as the engine hands over a
-//! complaint (the contact escalated, a staff alert raised), so the alert path can be tested
-//! without a model.
+//! A text containing [`HANDOVER_WORD`] is handed over to staff as the engine hands over a
+//! complaint: no reply, the contact escalated with the first word of their WhatsApp profile
+//! name as first name, a staff alert and its audit entry.
 
 use std::sync::Arc;
 
+use frontdesk::audit::{Actor, AuditEvent, Code, NewEntry};
 use frontdesk::store::customers::{BotMode, Customer};
 use frontdesk::store::Store;
 use frontdesk::turn::{
@@ -16,9 +17,8 @@ use frontdesk::turn::{
     StaffAlert, TurnOutcome,
 };
 
-/// A text starting with this word is handed over to staff as a complaint. The contact's first
-/// name is then taken from the first word of their WhatsApp profile name.
-pub const HANDOVER_WORD: &str = "Beschwerde";
+/// A text containing this is handed over to staff (see the module doc).
+pub const HANDOVER_WORD: &str = "#handover";
 use jiff::Timestamp;
 
 /// See the module doc.
@@ -62,8 +62,7 @@ impl Decide for FixedReply {
         let mut customer = existing
             .clone()
             .unwrap_or_else(|| Customer::new(p, &burst.address, now));
-        let (mode_before, disclosed_before) =
-            (customer.meta.mode, customer.body.conversation.disclosed_ai);
+        let mode_before = customer.meta.mode;
         let outcome = if text_ids.is_empty() {
             TurnOutcome::NonText
         } else {
@@ -71,32 +70,37 @@ impl Decide for FixedReply {
         };
         let mut effects = Effects::nothing(p, &burst.address, now, outcome);
         effects.new_contact = existing.is_none();
-        if customer.meta.mode.answers() {
+        if customer.meta.mode.answers() && burst.texts().iter().any(|t| t.contains(HANDOVER_WORD)) {
+            customer.meta.mode = BotMode::Escalated;
+            customer.body.profile.vorname = burst
+                .contact_name
+                .as_deref()
+                .and_then(|n| n.split_whitespace().next())
+                .map(str::to_string);
+            effects.alerts.push(StaffAlert {
+                kind: AlertKind::Complaint,
+                pseudonym: p,
+            });
+            effects.audit.push(
+                NewEntry::new(
+                    Actor::customer(&p),
+                    AuditEvent::CustomerEscalate {
+                        reason: Code::new("complaint"),
+                    },
+                )
+                .about(&p),
+            );
+        } else if customer.meta.mode.answers() {
             progress.replying();
             effects.replies.push(if text_ids.is_empty() {
                 self.non_text_reply.clone()
             } else {
                 self.text.replace("{ids}", &text_ids.join(","))
             });
-            let hand_over = burst.parts.iter().any(
-                |part| matches!(&part.kind, PartKind::Text(t) if t.starts_with(HANDOVER_WORD)),
-            );
-            if hand_over {
-                customer.meta.mode = BotMode::Escalated;
-                customer.body.profile.vorname = burst
-                    .contact_name
-                    .as_deref()
-                    .and_then(|n| n.split_whitespace().next())
-                    .map(str::to_string);
-                effects.alerts.push(StaffAlert {
-                    kind: AlertKind::Complaint,
-                    pseudonym: p,
-                });
-            }
         }
         effects.record = Some(RecordUpdate {
             mode_before,
-            disclosed_before,
+            disclosed_before: customer.body.conversation.disclosed_ai,
             customer,
             inbound,
             revoked: Vec::new(),

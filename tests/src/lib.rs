@@ -6,6 +6,7 @@
     reason = "test support: a panic is the failing test's report"
 )]
 
+pub mod browser;
 pub mod fixed;
 pub mod harness;
 pub mod smtp;

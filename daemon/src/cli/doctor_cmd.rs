@@ -189,7 +189,37 @@ pub fn diagnose(
     add(check_magicline(&cfg, &secrets));
     add(check_tunnel(&cfg));
     add(check_alerts(&cfg, &creds, args.smtp));
+    add(check_console(&cfg));
     report
+}
+
+/// The console's address and, over HTTPS, its certificate's fingerprint (staff compare it with
+/// what the browser shows on the first visit).
+fn check_console(cfg: &Config) -> Check {
+    const NAME: &str = "console";
+    if !cfg.console.enabled {
+        return skipped(NAME, "disabled ([console] enabled = false)");
+    }
+    let url = cfg.console.url();
+    if !cfg.console.https() {
+        return pass(
+            NAME,
+            format!("{url} (plain HTTP, reachable from this machine only)"),
+        );
+    }
+    let (cert, _) = crate::console::tls::files(cfg);
+    match crate::console::tls::fingerprint(&cert) {
+        Ok(fp) => pass(NAME, format!("{url} certificate SHA-256 {fp}")),
+        Err(_) if cfg.console.tls_certificate.is_none() && !cert.exists() => pass(
+            NAME,
+            format!("{url} (its certificate is generated at the daemon's first start; run doctor again then)"),
+        ),
+        Err(e) => fail(
+            NAME,
+            format!("{url}: certificate {}: {e}", cert.display()),
+            "fix console.tls_certificate / console.tls_key, or remove both to use a generated certificate",
+        ),
+    }
 }
 
 /// What the credentials look like: each name with its value, or why there is none.

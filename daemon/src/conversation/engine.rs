@@ -445,7 +445,7 @@ impl Engine {
             .find_message(&c.pseudonym, wamid, QUOTE_LOOKBACK)?
             .filter(|m| m.text != REVOKED_TEXT);
         Ok(found.map(|m| Quote {
-            ours: m.direction == Direction::Outbound,
+            ours: m.direction.is_ours(),
             text: cap_chars(&m.text, MAX_QUOTE_CHARS),
         }))
     }
@@ -553,7 +553,8 @@ impl Engine {
                 .map(|m| ChatMessage {
                     role: match m.direction {
                         Direction::Inbound => Role::User,
-                        Direction::Outbound => Role::Assistant,
+                        // The studio's staff speak for the studio, as the assistant does.
+                        Direction::Outbound | Direction::Staff => Role::Assistant,
                     },
                     content: m.text,
                 })

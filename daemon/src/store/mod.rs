@@ -13,6 +13,7 @@
 //! new number or user id), [`retention`] (the sweeper), [`backup`] (backup, restore, identity
 //! rotation).
 
+pub mod activity;
 pub mod address;
 pub mod backup;
 pub mod commit;
@@ -217,6 +218,8 @@ pub struct Store {
     /// The forget ledger file beside the store (see [`ledger`]); set by
     /// [`Store::keep_ledger_at`] for the daemon's store, absent for scratch stores.
     ledger: Option<ledger::LedgerFile>,
+    /// Who was just written (see [`activity`]).
+    activity: activity::Activity,
 }
 
 /// Holding this guard serialises all writers of one customer (see [`Store::lock_customer`]).
@@ -291,7 +294,13 @@ impl Store {
             )),
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             ledger: None,
+            activity: activity::Activity::default(),
         })
+    }
+
+    /// The feed of customers whose conversation just changed (the console's live updates).
+    pub fn activity(&self) -> &activity::Activity {
+        &self.activity
     }
 
     /// Keeps the forget ledger also in the file at `path` (outside the store directory, so it

@@ -62,6 +62,10 @@ pub enum CommitError {
     /// Appending the audit entries, and with them the batch, failed.
     #[error("audit log: {0}")]
     Audit(#[from] crate::audit::AuditError),
+    /// A staff answer to someone who cannot be answered: no record (never known, or
+    /// forgotten), or opted out.
+    #[error("the customer cannot be answered: {0}")]
+    NotAnswerable(&'static str),
 }
 
 /// Writes `effects` and `rows` in one durable batch and returns the effects as committed.
@@ -80,6 +84,9 @@ pub fn commit(
 ) -> Result<Effects, CommitError> {
     if !effects.moves.is_empty() && effects.record.is_none() {
         return commit_moves(store, effects, rows, audit);
+    }
+    if effects.by_staff {
+        return commit_staff(store, effects, rows, audit);
     }
     let p = effects.pseudonym;
     let guard = store.lock_customer(&p);
@@ -156,6 +163,9 @@ pub fn commit(
     for event in &effects.sources {
         stats::record_source(store, &mut batch, event, effects.at)?;
     }
+    for alert in &effects.alerts {
+        super::attention::mark(store, &mut batch, alert, effects.at);
+    }
     rows.add(&mut batch, store, &effects)?;
     raise_alerts(store, &mut batch, &effects, first_name.as_deref());
     match audit {
@@ -165,6 +175,9 @@ pub fn commit(
         _ => store.commit_durable(batch)?,
     }
     drop(guard);
+    if effects.record.is_some() {
+        store.activity().touched(&p);
+    }
     announce_alerts(&effects);
     Ok(effects)
 }
@@ -215,6 +228,50 @@ fn reason_of(kind: AlertKind) -> Reason {
         AlertKind::BookingFailed => Reason::BookingFailed,
         AlertKind::Rescheduled => Reason::Rescheduled,
     }
+}
+
+/// A staff member's answer ([`Effects::by_staff`]): under the customer's lock, the replies join
+/// the customer's history as the studio's rows, the channel's outbox rows and the audit entry
+/// in one durable batch. Refused, with nothing written, for a customer without a record or one
+/// who opted out.
+fn commit_staff(
+    store: &Store,
+    mut effects: Effects,
+    rows: &dyn QueueRows,
+    audit: Option<&AuditLog>,
+) -> Result<Effects, CommitError> {
+    let p = effects.pseudonym;
+    let guard = store.lock_customer(&p);
+    let Some(mut customer) = store.customer(&p)? else {
+        return Err(CommitError::NotAnswerable("no such customer"));
+    };
+    if customer.meta.mode == crate::store::customers::BotMode::OptedOut {
+        return Err(CommitError::NotAnswerable("opted out"));
+    }
+    // The record's current identity, so an answer follows a customer who moved meanwhile.
+    effects.address = match (&customer.body.user_id, customer.body.phone.is_empty()) {
+        (Some(user_id), true) => user_id.clone(),
+        _ => customer.body.phone.clone(),
+    };
+    let mut batch = store.batch();
+    effects.reply_rows.clear();
+    for text in &effects.replies {
+        let msg = Message {
+            direction: Direction::Staff,
+            text: text.clone(),
+            at: effects.at,
+            wamid: None,
+        };
+        let seq = store.append_message(&mut customer, &msg, &mut batch)?;
+        effects.reply_rows.push(seq);
+    }
+    customer.meta.last_contact = effects.at;
+    store.put_customer(&customer, &mut batch)?;
+    rows.add(&mut batch, store, &effects)?;
+    write(store, batch, effects.audit.clone(), audit)?;
+    drop(guard);
+    store.activity().touched(&p);
+    Ok(effects)
 }
 
 /// Carries out the identity moves of a notice turn ([`Effects::moves`]), each under the locks of
