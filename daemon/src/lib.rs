@@ -2,9 +2,11 @@
 //! box. See ARCHITECTURE.md at the repository root for the map of the code.
 
 pub mod admin;
+pub mod alerts;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod conversation;
 pub mod http1;
 pub mod llm;

@@ -48,6 +48,28 @@ pub struct FailureLabel {
     pub stage: String,
 }
 
+/// Labels of `frontdesk_staff_alerts_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabel {
+    /// Why staff were alerted (`complaint`, `booking_failed`, `sender_paused`, …).
+    pub kind: String,
+    /// `whatsapp` or `email`.
+    pub channel: String,
+    /// `queued` (handed to the outbox), `sent`, `failed` (tried again later) or `expired`.
+    pub outcome: String,
+}
+
+/// `frontdesk_staff_alerts_total`.
+fn register_staff_alerts(registry: &mut Registry) -> Family<AlertLabel, Counter> {
+    let staff_alerts = Family::<AlertLabel, Counter>::default();
+    registry.register(
+        "staff_alerts",
+        "Staff alerts by kind, channel (whatsapp, email) and outcome (queued, sent, failed, expired)",
+        staff_alerts.clone(),
+    );
+    staff_alerts
+}
+
 /// `frontdesk_messages_sent_total`, with every pricing category shown at zero until its first
 /// message.
 fn register_messages_sent(registry: &mut Registry) -> Family<Category, Counter> {
@@ -91,6 +113,8 @@ pub struct Metrics {
     registry: Registry,
     /// `frontdesk_webhook_requests_total`: webhook requests by outcome.
     pub webhook_requests: Family<Outcome, Counter>,
+    /// `frontdesk_staff_alerts_total`: staff alerts by kind, channel and outcome.
+    pub staff_alerts: Family<AlertLabel, Counter>,
     /// `frontdesk_messages_processed_total`: inbound messages processed, by outcome.
     pub messages_processed: Family<Outcome, Counter>,
     /// `frontdesk_sends_total`: Graph API sends by outcome.
@@ -136,6 +160,10 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Every metric registered, counters at zero and the heartbeat set to now.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one registration per metric, read top to bottom like the exposition"
+    )]
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("frontdesk");
         let webhook_requests = Family::<Outcome, Counter>::default();
@@ -220,6 +248,7 @@ impl Metrics {
         Metrics {
             // Before `registry` moves into the struct: fields are evaluated in written order.
             quarantined_rows: register_quarantined(&mut registry),
+            staff_alerts: register_staff_alerts(&mut registry),
             registry,
             webhook_requests,
             messages_processed,

@@ -43,6 +43,8 @@ pub fn booker(
         Arc::new(AuditBookings(audit)),
         BookerConfig {
             alternatives_days: cfg.magicline.days_ahead,
+            trial_appointment_id: cfg.magicline.trial_offer_appointment_id,
+            member_appointment_id: cfg.magicline.member_appointment_id,
             ..BookerConfig::default()
         },
     );

@@ -23,14 +23,20 @@ pub mod names {
     pub const MAGICLINE_API_KEY: &str = "magicline-api-key";
     /// The token this box shows the relay.
     pub const TUNNEL_TOKEN: &str = "tunnel-token";
+    /// The user name at the SMTP server that sends staff alert e-mails (optional).
+    pub const SMTP_USERNAME: &str = "smtp-username";
+    /// The password at the SMTP server (with `smtp-username`).
+    pub const SMTP_PASSWORD: &str = "smtp-password";
     /// Every credential name (`frontdesk doctor` checks them all).
-    pub const ALL: [&str; 6] = [
+    pub const ALL: [&str; 8] = [
         STORE_IDENTITY,
         WHATSAPP_APP_SECRET,
         WHATSAPP_TOKEN,
         WHATSAPP_VERIFY_TOKEN,
         MAGICLINE_API_KEY,
         TUNNEL_TOKEN,
+        SMTP_USERNAME,
+        SMTP_PASSWORD,
     ];
 }
 

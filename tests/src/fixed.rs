@@ -3,14 +3,22 @@
 //! answered message ids, so a test can tell which messages a reply answers. Bursts without text
 //! get the studio's non-text reply. It records history like the engine, through the same commit,
 //! and tells the channel that a reply follows exactly when the engine would (typing indicator).
+//! A text containing [`HANDOVER_WORD`] is handed over to staff as the engine hands over a
+//! complaint: no reply, the contact escalated with the first word of their WhatsApp profile
+//! name as first name, a staff alert and its audit entry.
 
 use std::sync::Arc;
 
-use frontdesk::store::customers::Customer;
+use frontdesk::audit::{Actor, AuditEvent, Code, NewEntry};
+use frontdesk::store::customers::{BotMode, Customer};
 use frontdesk::store::Store;
 use frontdesk::turn::{
-    is_valid_address, Burst, Decide, Effects, PartKind, Progress, RecordUpdate, TurnOutcome,
+    is_valid_address, AlertKind, Burst, Decide, Effects, PartKind, Progress, RecordUpdate,
+    StaffAlert, TurnOutcome,
 };
+
+/// A text containing this is handed over to staff (see the module doc).
+pub const HANDOVER_WORD: &str = "#handover";
 use jiff::Timestamp;
 
 /// See the module doc.
@@ -51,9 +59,10 @@ impl Decide for FixedReply {
             ));
         }
         let existing = self.store.customer(&p)?;
-        let customer = existing
+        let mut customer = existing
             .clone()
             .unwrap_or_else(|| Customer::new(p, &burst.address, now));
+        let mode_before = customer.meta.mode;
         let outcome = if text_ids.is_empty() {
             TurnOutcome::NonText
         } else {
@@ -61,7 +70,27 @@ impl Decide for FixedReply {
         };
         let mut effects = Effects::nothing(p, &burst.address, now, outcome);
         effects.new_contact = existing.is_none();
-        if customer.meta.mode.answers() {
+        if customer.meta.mode.answers() && burst.texts().iter().any(|t| t.contains(HANDOVER_WORD)) {
+            customer.meta.mode = BotMode::Escalated;
+            customer.body.profile.vorname = burst
+                .contact_name
+                .as_deref()
+                .and_then(|n| n.split_whitespace().next())
+                .map(str::to_string);
+            effects.alerts.push(StaffAlert {
+                kind: AlertKind::Complaint,
+                pseudonym: p,
+            });
+            effects.audit.push(
+                NewEntry::new(
+                    Actor::customer(&p),
+                    AuditEvent::CustomerEscalate {
+                        reason: Code::new("complaint"),
+                    },
+                )
+                .about(&p),
+            );
+        } else if customer.meta.mode.answers() {
             progress.replying();
             effects.replies.push(if text_ids.is_empty() {
                 self.non_text_reply.clone()
@@ -70,7 +99,7 @@ impl Decide for FixedReply {
             });
         }
         effects.record = Some(RecordUpdate {
-            mode_before: customer.meta.mode,
+            mode_before,
             disclosed_before: customer.body.conversation.disclosed_ai,
             customer,
             inbound,

@@ -56,6 +56,8 @@ pub struct DaemonSpec {
     pub whatsapp_toml: String,
     /// Extra credential files (name, content).
     pub extra_credentials: Vec<(String, String)>,
+    /// Extra keys of the `[console]` section (its listener is always a free loopback port).
+    pub console_toml: String,
 }
 
 impl DaemonSpec {
@@ -69,6 +71,7 @@ impl DaemonSpec {
             extra_toml: String::new(),
             whatsapp_toml: String::new(),
             extra_credentials: Vec::new(),
+            console_toml: String::new(),
         }
     }
 }
@@ -84,6 +87,8 @@ pub struct Daemon {
     pub webhook: SocketAddr,
     /// Where the metrics endpoint listens (learnt at the first start).
     pub metrics: SocketAddr,
+    /// Where the staff console listens (learnt at the first start).
+    pub console: SocketAddr,
     /// The store identity line, to open the store from the test.
     pub identity: String,
     spec: DaemonSpec,
@@ -132,6 +137,10 @@ max_body_bytes = {max_body}
 [metrics]
 listen = "{metrics}"
 
+[console]
+listen = "{console}"
+{console_toml}
+
 [whatsapp]
 graph_base = "{graph}"
 api_version = "{version}"
@@ -149,6 +158,8 @@ burst_window_ms = {burst}
                 prompts = prompts.display(),
                 webhook = unbound,
                 metrics = unbound,
+                console = unbound,
+                console_toml = spec.console_toml,
                 max_body = spec.max_body_bytes,
                 graph = spec.graph_base,
                 version = SIM_GRAPH_VERSION,
@@ -164,6 +175,7 @@ burst_window_ms = {burst}
             config,
             webhook: unbound,
             metrics: unbound,
+            console: unbound,
             identity,
             spec,
             child: None,
@@ -171,6 +183,38 @@ burst_window_ms = {burst}
         };
         d.restart();
         d
+    }
+
+    /// The staff console's base URL (`http://127.0.0.1:PORT`).
+    pub fn console_url(&self) -> String {
+        format!("http://{}", self.console)
+    }
+
+    /// Runs `frontdesk ARGS…` against this daemon's configuration with `stdin` as standard
+    /// input; returns the exit status, stdout and stderr.
+    pub fn cli(&self, args: &[&str], stdin: &str) -> (i32, String, String) {
+        use std::io::Write;
+        let mut child = Command::new(frontdesk_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run frontdesk");
+        child
+            .stdin
+            .take()
+            .expect("stdin piped")
+            .write_all(stdin.as_bytes())
+            .expect("write stdin");
+        let out = child.wait_with_output().expect("frontdesk exits");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// The webhook URL.
@@ -224,7 +268,11 @@ burst_window_ms = {burst}
                 .parse()
                 .unwrap()
         };
-        let (webhook, metrics) = (addr("X_FRONTDESK_WEBHOOK="), addr("X_FRONTDESK_METRICS="));
+        let (webhook, metrics, console) = (
+            addr("X_FRONTDESK_WEBHOOK="),
+            addr("X_FRONTDESK_METRICS="),
+            addr("X_FRONTDESK_CONSOLE="),
+        );
         if self.webhook.port() == 0 {
             // Later restarts keep these ports, so drivers made before a restart still reach it.
             let text = std::fs::read_to_string(&self.config).unwrap();
@@ -238,10 +286,15 @@ burst_window_ms = {burst}
                     "listen = \"127.0.0.1:0\"",
                     &format!("listen = \"{metrics}\""),
                     1,
+                )
+                .replacen(
+                    "listen = \"127.0.0.1:0\"",
+                    &format!("listen = \"{console}\""),
+                    1,
                 );
             std::fs::write(&self.config, text).unwrap();
         }
-        (self.webhook, self.metrics) = (webhook, metrics);
+        (self.webhook, self.metrics, self.console) = (webhook, metrics, console);
     }
 
     /// Waits for the daemon's next sd_notify message containing the line `line`; returns that

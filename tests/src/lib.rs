@@ -1,9 +1,12 @@
 //! End-to-end tests and benchmarks of frontdesk: the harness that runs the real daemon
-//! ([`harness`]); the tests live in `tests/`, the benchmark binaries in `src/bin/`.
+//! ([`harness`]) and a real SMTP server for the alert tests ([`smtp`]); the tests live in
+//! `tests/`, the benchmark binaries in `src/bin/`.
 #![expect(
     clippy::unwrap_used,
     reason = "test support: a panic is the failing test's report"
 )]
 
+pub mod browser;
 pub mod fixed;
 pub mod harness;
+pub mod smtp;

@@ -13,6 +13,7 @@ pub mod api;
 pub mod client;
 pub mod ops;
 pub mod peer;
+pub mod staff;
 #[cfg(test)]
 mod tests;
 
@@ -258,6 +259,10 @@ fn endpoint(method: &Method, path: &str) -> Code {
         (&Method::POST, api::RETENTION_RUN) => "retention.run",
         (&Method::POST, api::STATS) => "stats",
         (&Method::POST, api::SEND) => "send",
+        (&Method::POST, staff::STAFF_ADD) => "staff.add",
+        (&Method::POST, staff::STAFF_PASSWD) => "staff.passwd",
+        (&Method::POST, staff::STAFF_REMOVE) => "staff.remove",
+        (&Method::POST, staff::STAFF_LIST) => "staff.list",
         _ => "unknown",
     };
     Code::new(c)
@@ -390,6 +395,10 @@ fn dispatch(ctx: &Ctx, method: &Method, path: &str, body: &[u8]) -> Result<Reply
         (&Method::POST, api::RETENTION_RUN) => ops::retention(ctx, parse(body)?),
         (&Method::POST, api::STATS) => ops::stats(ctx, parse(body)?),
         (&Method::POST, api::SEND) => ops::send(ctx, parse_required(body)?),
+        (&Method::POST, staff::STAFF_ADD) => staff::add(ctx, parse_required(body)?),
+        (&Method::POST, staff::STAFF_PASSWD) => staff::passwd(ctx, parse_required(body)?),
+        (&Method::POST, staff::STAFF_REMOVE) => staff::remove(ctx, parse_required(body)?),
+        (&Method::POST, staff::STAFF_LIST) => staff::list(ctx),
         _ => Err(OpError::new(405, format!("no endpoint {method} {path}"))),
     }
 }

@@ -137,6 +137,7 @@ fn status_code_of(stage: Stage, mode: BotMode) -> &'static str {
             Stage::NewLead => "new_lead",
             Stage::NameKnown => "name_known",
             Stage::TrialBooked => "trial_booked",
+            Stage::Member => "member",
         },
         BotMode::Escalated => "escalated",
         BotMode::Paused => "paused",

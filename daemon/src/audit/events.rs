@@ -57,6 +57,46 @@ impl fmt::Display for ShortPseudonym {
     }
 }
 
+/// A console account name: 1 to 32 of lowercase ASCII letters, digits, `.`, `_` and `-`,
+/// starting with a letter, so a name in the audit log is a login, never free text.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize)]
+#[serde(transparent)]
+pub struct StaffName(String);
+
+impl StaffName {
+    /// The name, when `s` is a valid account name.
+    pub fn parse(s: &str) -> Option<StaffName> {
+        let ok = (1..=32).contains(&s.len())
+            && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+            && s.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_' || b == b'-'
+            });
+        ok.then(|| StaffName(s.to_string()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StaffName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for StaffName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        StaffName::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(
+                "account names are 1 to 32 lowercase letters, digits, '.', '_' or '-', starting with a letter",
+            )
+        })
+    }
+}
+
 /// Who acted.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -77,9 +117,22 @@ pub enum Actor {
     },
     /// The relay (webhook deliveries arriving through the tunnel).
     Relay,
+    /// A staff member signed in to the console: their account name (lowercase letters,
+    /// digits, `.`, `_`, `-`; set by the admin with `frontdesk staff add`).
+    Staff {
+        /// The account name.
+        name: String,
+    },
 }
 
 impl Actor {
+    /// The staff member with account `name`.
+    pub fn staff(name: &StaffName) -> Actor {
+        Actor::Staff {
+            name: name.as_str().to_string(),
+        }
+    }
+
     /// The customer with pseudonym `p`.
     pub fn customer(p: &Pseudonym) -> Actor {
         Actor::Customer {
@@ -103,11 +156,12 @@ impl Actor {
             Actor::System => "system".into(),
             Actor::Customer { pseudonym } => format!("customer:{pseudonym}"),
             Actor::Relay => "relay".into(),
+            Actor::Staff { name } => format!("staff:{name}"),
         }
     }
 
-    /// Matches an `--actor` filter: `system`, `relay`, `customer`, `admin`, a uid, a user name,
-    /// a short pseudonym or a whole label.
+    /// Matches an `--actor` filter: `system`, `relay`, `customer`, `admin`, `staff`, a uid, a
+    /// user or staff account name, a short pseudonym or a whole label.
     pub fn matches(&self, filter: &str) -> bool {
         let label = self.label();
         if label == filter {
@@ -120,6 +174,7 @@ impl Actor {
             Actor::Customer { pseudonym } => filter == "customer" || filter == pseudonym.as_str(),
             Actor::System => filter == "system",
             Actor::Relay => filter == "relay",
+            Actor::Staff { name } => filter == "staff" || filter == name,
         }
     }
 }
@@ -467,6 +522,17 @@ pub enum AuditEvent {
         /// Reported by a status webhook after the send call had succeeded.
         delayed: bool,
     },
+    /// A staff alert went out on one channel (`whatsapp`: handed to the outbox for each staff
+    /// number; `email`: the SMTP server accepted it). Never the name or the address.
+    #[serde(rename = "staff.alert_sent")]
+    StaffAlertSent {
+        /// Why staff were alerted (`complaint`, `booking_failed`, `sender_paused`, …).
+        reason: Code,
+        /// `whatsapp` or `email`.
+        channel: Code,
+        /// How many staff numbers or mail recipients.
+        recipients: u64,
+    },
     /// A retention run (counts of what it deleted or, in a dry run, would delete).
     #[serde(rename = "retention.purge")]
     RetentionPurge {
@@ -571,6 +637,41 @@ pub enum AuditEvent {
     /// The service stopped.
     #[serde(rename = "service.stopped")]
     ServiceStopped,
+    /// Someone signed in to the console (the outcome says whether it worked: `denied` with
+    /// `wrong_password`, `unknown_account` or `locked`). The actor is the account named.
+    #[serde(rename = "staff.login")]
+    StaffLogin,
+    /// A staff member signed out of the console.
+    #[serde(rename = "staff.logout")]
+    StaffLogout,
+    /// A staff member opened a customer's conversation in the console (a read).
+    #[serde(rename = "staff.conversation_opened")]
+    ConversationOpened {
+        /// Messages shown.
+        messages: u64,
+    },
+    /// A staff member answered a customer from the console (through the outbox, like a reply).
+    #[serde(rename = "staff.reply")]
+    StaffReply {
+        /// `text` inside the 24-hour window, `template` outside it.
+        kind: Code,
+    },
+    /// A staff member's action in the console was refused (role, CSRF token).
+    #[serde(rename = "staff.denied")]
+    StaffDenied {
+        /// What was asked for (`forget`, `export`, `csrf` for a form without its token).
+        attempted: Code,
+    },
+    /// A console account was created, changed or removed through the admin socket.
+    #[serde(rename = "staff.account")]
+    StaffAccount {
+        /// `added`, `password_changed` or `removed`.
+        change: Code,
+        /// The account.
+        account: StaffName,
+        /// `owner` or `staff` (the role after the change).
+        role: Code,
+    },
     /// The tunnel to the relay is up.
     #[serde(rename = "tunnel.connected")]
     TunnelConnected,
@@ -598,7 +699,9 @@ impl AuditEvent {
             | CustomerResume
             | CustomerEscalate { .. }
             | CustomerOptOut
-            | CustomerMoved { .. } => Purpose::Support,
+            | CustomerMoved { .. }
+            | ConversationOpened { .. }
+            | StaffReply { .. } => Purpose::Support,
             BookingAttempt { .. }
             | BookingLeadCreated { .. }
             | BookingCustomerMatched { .. }
@@ -616,6 +719,10 @@ impl AuditEvent {
             | AuditRead { .. }
             | AuditExport { .. }
             | IdentityRotated { .. }
+            | StaffLogin
+            | StaffLogout
+            | StaffDenied { .. }
+            | StaffAccount { .. }
             | TunnelAuthFailed => Purpose::Security,
             _ => Purpose::Operations,
         }

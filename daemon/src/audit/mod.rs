@@ -72,7 +72,7 @@ use crate::store::StoreError;
 
 pub use events::{
     user_name, Actor, AuditEvent, Code, Detail, ForgetReason, NewEntry, Outcome, Purpose,
-    RequestId, ShortPseudonym, Status, CHECKPOINT_ACTION,
+    RequestId, ShortPseudonym, StaffName, Status, CHECKPOINT_ACTION,
 };
 pub use log::{AuditFilter, AuditLog, PendingEntry, PruneReport, META_HEAD};
 pub use record::{AuditRecord, Hash, Head, CSV_HEADER};

@@ -175,6 +175,10 @@ impl AuditRecord {
                 put_str(&mut out, pseudonym.as_str());
             }
             Actor::Relay => put_str(&mut out, "relay"),
+            Actor::Staff { name } => {
+                put_str(&mut out, "staff");
+                put_str(&mut out, name);
+            }
         }
         put_str(&mut out, &self.action);
         put_opt_str(&mut out, self.subject.as_ref().map(|s| s.as_str()));

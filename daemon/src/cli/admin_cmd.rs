@@ -166,7 +166,7 @@ pub struct StatsArgs {
 }
 
 /// The socket path from the configuration (the default when the file cannot be read).
-fn client(cli: &Cli) -> AdminClient {
+pub(super) fn client(cli: &Cli) -> AdminClient {
     let socket = match Config::load(&cli.config) {
         Ok(cfg) => cfg.service.admin_socket,
         Err(_) => ServiceConfig::default().admin_socket,
@@ -175,7 +175,7 @@ fn client(cli: &Cli) -> AdminClient {
 }
 
 /// Prints the error and maps it to the exit code.
-fn fail(e: ClientError) -> u8 {
+pub(super) fn fail(e: ClientError) -> u8 {
     eprintln!("frontdesk: {e}");
     match e {
         ClientError::Unreachable { .. } => exit::DAEMON_UNREACHABLE,

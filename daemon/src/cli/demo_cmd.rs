@@ -160,6 +160,7 @@ fn run_in(dir: &Path, model: &Path) -> anyhow::Result<u8> {
         // Port 0: the system picks free ports, read back from the bound listeners.
         cfg.webhook.listen = "127.0.0.1:0".parse()?;
         cfg.metrics.listen = "127.0.0.1:0".parse()?;
+        cfg.console.listen = "127.0.0.1:0".parse()?;
         let listeners = crate::service::Listeners::bind(&cfg).await?;
         let webhook_url = format!("http://{}/webhook", listeners.webhook.local_addr()?);
         cfg.whatsapp.graph_base = graph.base_url();

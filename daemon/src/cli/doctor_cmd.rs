@@ -24,6 +24,9 @@ pub struct DoctorArgs {
     /// Do not load the model (loading takes seconds and much memory).
     #[arg(long)]
     pub skip_model: bool,
+    /// Also connect to the SMTP server of `[alerts]` and log in (sends no mail).
+    #[arg(long)]
+    pub smtp: bool,
 }
 
 /// The result of one check.
@@ -74,7 +77,7 @@ impl fmt::Display for Check {
     }
 }
 
-fn pass(name: &'static str, detail: impl Into<String>) -> Check {
+pub(super) fn pass(name: &'static str, detail: impl Into<String>) -> Check {
     Check {
         name,
         mark: Mark::Pass,
@@ -83,10 +86,23 @@ fn pass(name: &'static str, detail: impl Into<String>) -> Check {
     }
 }
 
-fn fail(name: &'static str, detail: impl Into<String>, hint: impl Into<String>) -> Check {
+pub(super) fn fail(
+    name: &'static str,
+    detail: impl Into<String>,
+    hint: impl Into<String>,
+) -> Check {
     Check {
         name,
         mark: Mark::Fail,
+        detail: detail.into(),
+        hint: Some(hint.into()),
+    }
+}
+
+fn warn(name: &'static str, detail: impl Into<String>, hint: impl Into<String>) -> Check {
+    Check {
+        name,
+        mark: Mark::Warn,
         detail: detail.into(),
         hint: Some(hint.into()),
     }
@@ -172,7 +188,38 @@ pub fn diagnose(
     add(check_graph(&cfg, &secrets));
     add(check_magicline(&cfg, &secrets));
     add(check_tunnel(&cfg));
+    add(check_alerts(&cfg, &creds, args.smtp));
+    add(check_console(&cfg));
     report
+}
+
+/// The console's address and, over HTTPS, its certificate's fingerprint (staff compare it with
+/// what the browser shows on the first visit).
+fn check_console(cfg: &Config) -> Check {
+    const NAME: &str = "console";
+    if !cfg.console.enabled {
+        return skipped(NAME, "disabled ([console] enabled = false)");
+    }
+    let url = cfg.console.url();
+    if !cfg.console.https() {
+        return pass(
+            NAME,
+            format!("{url} (plain HTTP, reachable from this machine only)"),
+        );
+    }
+    let (cert, _) = crate::console::tls::files(cfg);
+    match crate::console::tls::fingerprint(&cert) {
+        Ok(fp) => pass(NAME, format!("{url} certificate SHA-256 {fp}")),
+        Err(_) if cfg.console.tls_certificate.is_none() && !cert.exists() => pass(
+            NAME,
+            format!("{url} (its certificate is generated at the daemon's first start; run doctor again then)"),
+        ),
+        Err(e) => fail(
+            NAME,
+            format!("{url}: certificate {}: {e}", cert.display()),
+            "fix console.tls_certificate / console.tls_key, or remove both to use a generated certificate",
+        ),
+    }
 }
 
 /// What the credentials look like: each name with its value, or why there is none.
@@ -578,7 +625,7 @@ fn check_graph(cfg: &Config, secrets: &Secrets) -> Check {
 }
 
 fn check_magicline(cfg: &Config, secrets: &Secrets) -> Check {
-    use crate::magicline::client::{Client, Error};
+    use crate::magicline::client::Client;
     const NAME: &str = "magicline";
     let base = &cfg.magicline.base_url;
     if base.is_empty() {
@@ -595,25 +642,7 @@ fn check_magicline(cfg: &Config, secrets: &Secrets) -> Check {
         );
     };
     let client = Client::new(base, key.trim().to_string(), NET_TIMEOUT);
-    match client.trial_offer_appointments() {
-        Ok(offers) => pass(
-            NAME,
-            format!("API key accepted; {} bookable trial offer(s)", offers.len()),
-        ),
-        Err(Error::Api {
-            status: 401 | 403, ..
-        }) => fail(
-            NAME,
-            "API key rejected",
-            "ask MagicLine for the studio's Open API key and replace the credential magicline-api-key",
-        ),
-        Err(e @ (Error::Transport { .. } | Error::Timeout)) => fail(
-            NAME,
-            format!("cannot reach {base} ({e})"),
-            "check the network and magicline.base_url",
-        ),
-        Err(e) => fail(NAME, e.to_string(), "check magicline.base_url"),
-    }
+    super::doctor_magicline::check(cfg, &client)
 }
 
 fn check_tunnel(cfg: &Config) -> Check {
@@ -656,6 +685,68 @@ fn check_tunnel(cfg: &Config) -> Check {
             "check tunnel.relay, tunnel.server_name, the tunnel credential and the relay's log",
         )
     }
+}
+
+/// `[alerts]`: where staff alerts go, the alert template's category, and (with `--smtp`) a
+/// login at the SMTP server.
+fn check_alerts(cfg: &Config, creds: &Credentials, try_smtp: bool) -> Check {
+    const NAME: &str = "staff alerts";
+    let a = &cfg.alerts;
+    if !a.by_whatsapp() && !a.by_email() {
+        return skipped(NAME, "no staff alert recipients ([alerts])");
+    }
+    let mut ways = Vec::new();
+    if a.by_whatsapp() {
+        let template = a.whatsapp_template.as_deref().unwrap_or_default();
+        ways.push(format!(
+            "WhatsApp template {template} to {} number(s)",
+            a.whatsapp_recipients.len()
+        ));
+        if !cfg.whatsapp.template_categories.contains_key(template) {
+            return warn(
+                NAME,
+                format!("template {template} has no category"),
+                format!(
+                    "add `{template} = \"utility\"` under [whatsapp.template_categories] (as approved in WhatsApp Manager)"
+                ),
+            );
+        }
+    }
+    if a.by_email() {
+        let mailer = match crate::alerts::mail::Mailer::new(a, creds) {
+            Ok(m) => m,
+            Err(e) => {
+                return fail(
+                    NAME,
+                    e.to_string(),
+                    "check [alerts] and the smtp-username / smtp-password credentials",
+                )
+            }
+        };
+        let server = format!("{}:{}", a.smtp_host, a.smtp_port);
+        if try_smtp {
+            if let Err(e) = mailer.check() {
+                return fail(
+                    NAME,
+                    format!("SMTP server {server}: {e}"),
+                    "check alerts.smtp_host, smtp_port, smtp_security and the SMTP credentials",
+                );
+            }
+            ways.push(format!("e-mail via {server} (login ok)"));
+        } else {
+            ways.push(format!(
+                "e-mail via {server} (not tried; `frontdesk doctor --smtp` connects)"
+            ));
+        }
+    }
+    if a.console_url.is_empty() {
+        return warn(
+            NAME,
+            ways.join("; "),
+            "set alerts.console_url so each alert links the conversation",
+        );
+    }
+    pass(NAME, ways.join("; "))
 }
 
 #[cfg(test)]
@@ -742,11 +833,52 @@ model_path = "{model}"
         let mut printed = String::new();
         let report = diagnose(
             &s.config,
-            &DoctorArgs { skip_model: true },
+            &DoctorArgs {
+                skip_model: true,
+                ..DoctorArgs::default()
+            },
             Some(Credentials::in_dir(&s.creds)),
             &mut |c| printed.push_str(&format!("{c}\n")),
         );
         (report, printed)
+    }
+
+    #[test]
+    fn staff_alerts_are_checked_and_smtp_only_on_request() {
+        let s = setup("http://127.0.0.1:9", "", "key");
+        let (report, _) = diagnose_quietly(&s);
+        assert_eq!(report.get("staff alerts").unwrap().mark, Mark::Skipped);
+        let closed = free_addr();
+        let mut text = std::fs::read_to_string(&s.config).unwrap();
+        text = text.replace(
+            "[whatsapp]\n",
+            "[whatsapp]\ntemplate_categories = { staff_alert = \"utility\" }\n",
+        );
+        text.push_str(&format!(
+            "\n[alerts]\nconsole_url = \"https://desk.example\"\nwhatsapp_recipients = [\"4915100000001\"]\n\
+             whatsapp_template = \"staff_alert\"\nemail_to = [\"desk@studio.example\"]\n\
+             email_from = \"fd@studio.example\"\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\n\
+             smtp_security = \"none\"\nsmtp_timeout_secs = 5\n",
+            closed.port()
+        ));
+        std::fs::write(&s.config, text).unwrap();
+        let (report, printed) = diagnose_quietly(&s);
+        let c = report.get("staff alerts").unwrap();
+        assert_eq!(c.mark, Mark::Pass, "{printed}");
+        assert!(c.detail.contains("not tried"), "{c}");
+        let mut printed = String::new();
+        let report = diagnose(
+            &s.config,
+            &DoctorArgs {
+                skip_model: true,
+                smtp: true,
+            },
+            Some(Credentials::in_dir(&s.creds)),
+            &mut |c| printed.push_str(&format!("{c}\n")),
+        );
+        let c = report.get("staff alerts").unwrap();
+        assert_eq!(c.mark, Mark::Fail, "nothing listens there: {printed}");
+        assert!(c.detail.contains("SMTP connection failed"), "{c}");
     }
 
     #[test]
@@ -889,6 +1021,106 @@ model_path = "{model}"
             report.exit_code(),
             exit::FAILURE,
             "a warning alone does not fail doctor"
+        );
+    }
+
+    /// The MagicLine line of a doctor run against `sim`, with `extra` keys in `[magicline]`.
+    fn magicline_check(sim: SimConfig, extra: &str) -> Check {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let graph = rt.block_on(crate::sandbox::whatsapp::start());
+        let ml = rt.block_on(crate::sandbox::magicline::start(sim));
+        let s = setup(&graph.base_url(), &ml.base_url(), &ml.api_key());
+        let text = std::fs::read_to_string(&s.config).unwrap();
+        let base_line = format!("base_url = \"{}\"", ml.base_url());
+        std::fs::write(
+            &s.config,
+            text.replace(&base_line, &format!("{base_line}\n{extra}")),
+        )
+        .unwrap();
+        let (report, printed) = diagnose_quietly(&s);
+        assert!(!printed.contains(&ml.api_key()));
+        report.get("magicline").unwrap().clone()
+    }
+
+    #[test]
+    fn magicline_scopes_and_trial_offers() {
+        use crate::magicline::api::FieldMode;
+        use crate::sandbox::magicline::{SimAppointment, SimScope};
+        let ems = SimAppointment {
+            id: 1002,
+            title: "Probetraining EMS".into(),
+            duration_minutes: 30,
+            category: "EMS".into(),
+        };
+        let two_offers = || SimConfig {
+            more_trial_offers: vec![(2, ems.clone())],
+            ..SimConfig::default()
+        };
+
+        // A 403 is a missing scope, named as such.
+        let c = magicline_check(
+            SimConfig {
+                missing_scopes: vec![SimScope::AppointmentsWrite],
+                ..two_offers()
+            },
+            "",
+        );
+        assert_eq!(c.mark, Mark::Fail, "{c}");
+        assert!(
+            c.detail
+                .contains("lacks the scope for appointments (write) (HTTP 403)"),
+            "{c}"
+        );
+
+        // Every offer listed, the configured one marked.
+        let c = magicline_check(two_offers(), "trial_offer_appointment_id = 1002");
+        assert_eq!(c.mark, Mark::Pass, "{c}");
+        assert!(
+            c.detail
+                .contains("1001  Probetraining (30 min, trial offer 1)"),
+            "{c}"
+        );
+        assert!(
+            c.detail.contains(
+                "1002  Probetraining EMS (30 min, trial offer 2)  ← magicline.trial_offer_appointment_id"
+            ),
+            "{c}"
+        );
+
+        // An id MagicLine does not list, a member type that is not bookable.
+        let c = magicline_check(two_offers(), "trial_offer_appointment_id = 4242");
+        assert_eq!(c.mark, Mark::Fail, "{c}");
+        assert!(c.detail.contains("none of them"), "{c}");
+        let c = magicline_check(two_offers(), "member_appointment_id = 4242");
+        assert_eq!(c.mark, Mark::Fail, "{c}");
+        assert!(c.detail.contains("member_appointment_id 4242"), "{c}");
+
+        // Lead data frontdesk does not collect; the confirmation term is shown.
+        let c = magicline_check(
+            SimConfig {
+                date_of_birth_mode: FieldMode::Mandatory,
+                ..SimConfig::default()
+            },
+            "",
+        );
+        assert_eq!(c.mark, Mark::Fail, "{c}");
+        assert!(c.detail.contains("date of birth"), "{c}");
+        let c = magicline_check(
+            SimConfig {
+                require_confirmation: true,
+                ..SimConfig::default()
+            },
+            "",
+        );
+        assert_eq!(c.mark, Mark::Pass, "{c}");
+        assert!(
+            c.detail
+                .contains("at the latest 120 MINUTES before the start"),
+            "{c}"
         );
     }
 }

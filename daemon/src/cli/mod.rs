@@ -6,9 +6,11 @@ mod admin_cmd;
 mod chat_cmd;
 mod demo_cmd;
 mod doctor_cmd;
+mod doctor_magicline;
 mod relay_check;
 mod relay_cmd;
 mod send_cmd;
+mod staff_cmd;
 mod store_cmd;
 
 use std::path::PathBuf;
@@ -70,6 +72,9 @@ pub enum Command {
     Doctor(doctor_cmd::DoctorArgs),
     /// Start a WhatsApp chat with an approved template (through the daemon; audited).
     Send(send_cmd::SendArgs),
+    /// Staff console accounts: add, passwd, remove, list (through the daemon; audited).
+    #[command(subcommand)]
+    Staff(staff_cmd::StaffCommand),
     /// Store maintenance: identities, backups, restores (stop the service first).
     #[command(subcommand)]
     Store(store_cmd::StoreCommand),
@@ -168,6 +173,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Doctor(args) => doctor_cmd::run(&cli.config, args),
         Command::Send(args) => send_cmd::run(&cli, args),
+        Command::Staff(cmd) => staff_cmd::run(&cli, cmd),
         Command::Demo { model } => demo_cmd::run(model.as_deref()),
         Command::Relay(cmd) => relay_cmd::run(cmd),
         Command::Man { out } => {

@@ -320,7 +320,10 @@ mod tests {
         let cli = crate::cli::Cli::try_parse_from(["frontdesk", "doctor", "--skip-model"]).unwrap();
         assert!(matches!(
             cli.command,
-            crate::cli::Command::Doctor(super::super::doctor_cmd::DoctorArgs { skip_model: true })
+            crate::cli::Command::Doctor(super::super::doctor_cmd::DoctorArgs {
+                skip_model: true,
+                ..
+            })
         ));
     }
 

@@ -75,7 +75,9 @@ pub enum BookingOutcome {
         start: Zoned,
         /// MagicLine's id of the person (existing or newly created lead).
         magicline_customer_id: i64,
-        /// MagicLine wants the booking confirmed by the studio.
+        /// The trial offer needs the lead's confirmation: the lead is asked, and their yes is
+        /// passed on with [`Booker::confirm_trial`]. Unconfirmed, MagicLine drops the booking
+        /// when the offer's confirmation term before the start begins.
         confirmation_pending: bool,
     },
     /// The slot is taken; up to three nearby free slots (may be empty).
@@ -87,8 +89,31 @@ pub enum BookingOutcome {
     Failed(BookingFailure),
 }
 
+/// What confirming a booking that awaits the lead's confirmation came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConfirmOutcome {
+    /// Confirmed (also when it already was).
+    Confirmed {
+        /// When the trial starts.
+        start: Zoned,
+    },
+    /// Too late: the confirmation term had begun and MagicLine dropped the booking.
+    Expired,
+    /// No booking of this person awaits confirmation under that id.
+    NotFound,
+    /// MagicLine could not be reached or refused; the lead may say yes again.
+    Unavailable,
+}
+
 /// Carries out bookings (implemented on MagicLine; a scripted one in engine tests).
 pub trait Booker: Send + Sync {
     /// Books a trial training. Blocking; idempotent per `request_id`.
     fn book_trial(&self, req: &BookingRequest) -> BookingOutcome;
+
+    /// Confirms a booking that was answered with `confirmation_pending`, after the lead said
+    /// yes. Blocking; confirming twice is harmless. Bookers whose bookings never await
+    /// confirmation keep the default.
+    fn confirm_trial(&self, _pseudonym: &Pseudonym, _booking_id: i64) -> ConfirmOutcome {
+        ConfirmOutcome::NotFound
+    }
 }

@@ -53,7 +53,7 @@ use std::sync::Arc;
 
 use jiff::{Timestamp, Zoned};
 
-use super::booking::{Booker, BookingFailure, BookingOutcome, BookingRequest};
+use super::booking::{Booker, BookingFailure, BookingOutcome, BookingRequest, ConfirmOutcome};
 use super::prompts::Prompts;
 use super::reply::{self, Intent, ModelReply};
 use super::when::{self, berlin_tz};
@@ -75,6 +75,9 @@ const OFFER_TTL_SECS: i64 = 24 * 3600;
 /// Key in [`crate::store::customers::ConversationState::extra`]: when alternatives were offered
 /// (unix seconds).
 const OFFERED_AT: &str = "offered_at";
+/// Key in [`crate::store::customers::ConversationState::extra`]: MagicLine's id of a booking that
+/// awaits the contact's confirmation (their yes confirms it).
+const AWAITING_CONFIRMATION: &str = "awaiting_confirmation";
 /// Contacts whose recent replies are remembered for the hourly limit.
 const ANSWERED_CONTACTS: usize = 10_000;
 /// Longest stored WhatsApp profile name.
@@ -442,7 +445,7 @@ impl Engine {
             .find_message(&c.pseudonym, wamid, QUOTE_LOOKBACK)?
             .filter(|m| m.text != REVOKED_TEXT);
         Ok(found.map(|m| Quote {
-            ours: m.direction == Direction::Outbound,
+            ours: m.direction.is_ours(),
             text: cap_chars(&m.text, MAX_QUOTE_CHARS),
         }))
     }
@@ -470,6 +473,9 @@ impl Engine {
             .map(|q| q.text.as_str());
         if let Some(slot) = self.picked_offer(c, &joined, quoted_offer, now) {
             self.book(c, slot, now, turn);
+            return Ok(());
+        }
+        if is_affirmation(&joined) && self.confirm_booking(c, now, turn) {
             return Ok(());
         }
 
@@ -505,7 +511,9 @@ impl Engine {
         if !changed.is_empty() {
             tracing::debug!(customer = %c.pseudonym, fields = ?changed, "profile updated");
         }
-        if c.meta.stage == Stage::NewLead && c.body.profile.vorname.is_some() {
+        if c.body.profile.mitglied.as_deref() == Some("ja") {
+            set_stage(c, turn, Stage::Member);
+        } else if c.meta.stage == Stage::NewLead && c.body.profile.vorname.is_some() {
             set_stage(c, turn, Stage::NameKnown);
         }
 
@@ -514,6 +522,12 @@ impl Engine {
             Intent::Complaint => self.hand_over(c, AlertKind::Complaint, turn),
             Intent::CancelAppointment => self.hand_over(c, AlertKind::Cancellation, turn),
             Intent::ContractQuestion => self.hand_over(c, AlertKind::ContractQuestion, turn),
+            Intent::HealthQuestion => self.hand_over(c, AlertKind::HealthQuestion, turn),
+            Intent::WantsPerson => self.hand_over(c, AlertKind::PersonRequested, turn),
+            // Members are never booked into a trial; their appointments are the studio's.
+            Intent::BookTrial | Intent::Reschedule if c.meta.stage == Stage::Member => {
+                self.hand_over(c, AlertKind::MemberAppointment, turn);
+            }
             Intent::BookTrial | Intent::Reschedule => match booking_start(c, &answer, &joined, now)
             {
                 Some(start) => self.book(c, start, now, turn),
@@ -539,7 +553,8 @@ impl Engine {
                 .map(|m| ChatMessage {
                     role: match m.direction {
                         Direction::Inbound => Role::User,
-                        Direction::Outbound => Role::Assistant,
+                        // The studio's staff speak for the studio, as the assistant does.
+                        Direction::Outbound | Direction::Staff => Role::Assistant,
                     },
                     content: m.text,
                 })
@@ -643,10 +658,10 @@ impl Engine {
         conv.extra.remove(OFFERED_AT);
         match &outcome {
             BookingOutcome::Booked {
+                booking_id,
                 start: booked,
                 magicline_customer_id,
                 confirmation_pending,
-                ..
             } => {
                 let previous = c
                     .body
@@ -662,6 +677,12 @@ impl Engine {
                     });
                 }
                 c.body.profile.magicline_customer_id = Some(*magicline_customer_id);
+                if *confirmation_pending {
+                    c.body
+                        .conversation
+                        .extra
+                        .insert(AWAITING_CONFIRMATION.to_string(), (*booking_id).into());
+                }
                 c.meta.ever_booked = true;
                 if c.meta.stage != Stage::TrialBooked {
                     if c.meta.stage == Stage::NewLead {
@@ -700,6 +721,47 @@ impl Engine {
             }
         }
         turn.booking = Some(outcome);
+    }
+
+    /// The contact's yes to a booking that awaits their confirmation: confirms it in MagicLine
+    /// and answers. `false` when no booking awaits confirmation (the yes means something else).
+    fn confirm_booking(&self, c: &mut Customer, now: &Zoned, turn: &mut Turn) -> bool {
+        let extra = &mut c.body.conversation.extra;
+        let Some(booking_id) = extra.get(AWAITING_CONFIRMATION).and_then(|v| v.as_i64()) else {
+            return false;
+        };
+        let Some(booker) = &self.booker else {
+            return false;
+        };
+        let outcome = booker.confirm_trial(&c.pseudonym, booking_id);
+        tracing::info!(customer = %c.pseudonym, booking_id, outcome = ?outcome, "trial confirmation");
+        let persona = self.persona();
+        let replies = persona.prompts.replies();
+        let firstname = c.body.profile.vorname.clone().unwrap_or_default();
+        match outcome {
+            ConfirmOutcome::Confirmed { start } => {
+                extra.remove(AWAITING_CONFIRMATION);
+                turn.replies.push(replies.booked(&firstname, &start, false));
+            }
+            ConfirmOutcome::Expired => {
+                extra.remove(AWAITING_CONFIRMATION);
+                c.body.profile.probetraining_datum = None;
+                turn.replies.push(replies.confirmation_expired());
+            }
+            ConfirmOutcome::NotFound => {
+                extra.remove(AWAITING_CONFIRMATION);
+                return false;
+            }
+            ConfirmOutcome::Unavailable => {
+                turn.alerts.push(StaffAlert {
+                    kind: AlertKind::BookingFailed,
+                    pseudonym: c.pseudonym,
+                });
+                turn.replies
+                    .push(replies.failure(&BookingFailure::Unavailable, now));
+            }
+        }
+        true
     }
 
     /// Stable across retries and restarts for the same customer and slot.
@@ -917,7 +979,7 @@ fn funnel_events(turn: &Turn) -> Vec<FunnelEvent> {
         match to {
             Stage::NameKnown => out.push(FunnelEvent::NameKnown),
             Stage::TrialBooked => out.push(FunnelEvent::TrialBooked),
-            Stage::NewLead => {}
+            Stage::NewLead | Stage::Member => {}
         }
     }
     for (_, to) in &turn.mode_changes {
@@ -1238,6 +1300,8 @@ mod tests {
     struct ScriptedBooker {
         outcomes: Mutex<VecDeque<BookingOutcome>>,
         requests: Mutex<Vec<BookingRequest>>,
+        confirm_outcomes: Mutex<VecDeque<ConfirmOutcome>>,
+        confirms: Mutex<Vec<(Pseudonym, i64)>>,
     }
 
     impl Booker for ScriptedBooker {
@@ -1248,6 +1312,15 @@ mod tests {
                 .unwrap()
                 .pop_front()
                 .expect("the booker was called but no outcome is scripted")
+        }
+
+        fn confirm_trial(&self, pseudonym: &Pseudonym, booking_id: i64) -> ConfirmOutcome {
+            self.confirms.lock().unwrap().push((*pseudonym, booking_id));
+            self.confirm_outcomes
+                .lock()
+                .unwrap()
+                .pop_front()
+                .expect("a confirmation was sent but no outcome is scripted")
         }
     }
 
@@ -1498,7 +1571,96 @@ mod tests {
         let d = h.model.last_prompt().dynamic_system;
         assert!(d.contains("Status: Probetraining gebucht"));
         assert!(d.contains("gebucht am Dienstag, 20.01. um 18:00 Uhr"));
-        assert!(d.contains("Verkauf ihm nichts"));
+        assert!(d.contains("Verkauf nichts"));
+    }
+
+    #[test]
+    fn a_booking_that_needs_confirmation_is_confirmed_only_by_the_leads_yes() {
+        let h = harness();
+        h.known_contact();
+        h.model.push(answer(
+            "book_trial",
+            json!({}),
+            "Moment, ich schau nach.",
+            Some("nächsten Dienstag um 18 Uhr"),
+        ));
+        let start = berlin("2026-01-20T18:00");
+        h.booker
+            .outcomes
+            .lock()
+            .unwrap()
+            .push_back(BookingOutcome::Booked {
+                booking_id: 5,
+                start: start.clone(),
+                magicline_customer_id: 9,
+                confirmation_pending: true,
+            });
+        let t = h.send("Passt nächster Dienstag um 18 Uhr?");
+        assert!(t.replies[0].contains("mit „Ja“"), "{}", t.replies[0]);
+        assert!(
+            h.booker.confirms.lock().unwrap().is_empty(),
+            "frontdesk does not confirm on the lead's behalf"
+        );
+        // Another question is answered by the model and confirms nothing.
+        h.model.push(answer(
+            "question",
+            json!({}),
+            "Bring Sportschuhe mit! 👟",
+            None,
+        ));
+        h.send("Was soll ich mitbringen?");
+        assert!(h.booker.confirms.lock().unwrap().is_empty());
+
+        h.booker
+            .confirm_outcomes
+            .lock()
+            .unwrap()
+            .push_back(ConfirmOutcome::Confirmed {
+                start: start.clone(),
+            });
+        let t = h.send("Ja");
+        assert_eq!(
+            *h.booker.confirms.lock().unwrap(),
+            vec![(h.store.pseudonym(PHONE), 5)]
+        );
+        assert!(
+            t.replies[0].contains("Dienstag, 20.01. um 18:00 Uhr gebucht"),
+            "{}",
+            t.replies[0]
+        );
+        assert!(!h
+            .customer()
+            .body
+            .conversation
+            .extra
+            .contains_key(AWAITING_CONFIRMATION));
+
+        // Too late: MagicLine dropped the reservation; the lead is asked for another time.
+        h.model.push(answer(
+            "book_trial",
+            json!({}),
+            "Moment.",
+            Some("nächsten Mittwoch um 18 Uhr"),
+        ));
+        h.booker
+            .outcomes
+            .lock()
+            .unwrap()
+            .push_back(BookingOutcome::Booked {
+                booking_id: 6,
+                start: berlin("2026-01-21T18:00"),
+                magicline_customer_id: 9,
+                confirmation_pending: true,
+            });
+        h.send("Und nächsten Mittwoch um 18 Uhr?");
+        h.booker
+            .confirm_outcomes
+            .lock()
+            .unwrap()
+            .push_back(ConfirmOutcome::Expired);
+        let t = h.send("ja gerne");
+        assert!(t.replies[0].contains("verfallen"), "{}", t.replies[0]);
+        assert_eq!(h.customer().body.profile.probetraining_datum, None);
     }
 
     #[test]
@@ -1543,7 +1705,7 @@ mod tests {
                 .request_id(&h.store.pseudonym(PHONE), &berlin("2026-01-20T19:00"))
         );
         assert!(
-            t.replies[0].contains("bestätigt den Termin noch"),
+            t.replies[0].contains("bestätige den Termin kurz mit „Ja“"),
             "{}",
             t.replies[0]
         );
@@ -1750,6 +1912,8 @@ mod tests {
             ("complaint", AlertKind::Complaint),
             ("cancel_appointment", AlertKind::Cancellation),
             ("contract_question", AlertKind::ContractQuestion),
+            ("health_question", AlertKind::HealthQuestion),
+            ("wants_person", AlertKind::PersonRequested),
         ] {
             let h = harness();
             h.known_contact();
@@ -1784,6 +1948,67 @@ mod tests {
             assert!(t.replies.is_empty());
             assert_eq!(h.customer().meta.mode, BotMode::Escalated);
         }
+    }
+
+    #[test]
+    fn a_price_question_is_answered_not_handed_over() {
+        let h = harness();
+        h.known_contact();
+        h.model.push(answer(
+            "question",
+            json!({}),
+            "Die Mitgliedschaft kostet 39 € im Monat. Magst du es erst mal testen?",
+            None,
+        ));
+        let t = h.send("Was kostet die Mitgliedschaft?");
+        assert!(t.alerts.is_empty(), "{:?}", t.alerts);
+        assert!(t.mode_changes.is_empty());
+        assert_eq!(h.customer().meta.mode, BotMode::Active);
+        assert!(t.replies[0].contains("39 €"));
+    }
+
+    #[test]
+    fn a_member_is_served_as_a_member_and_never_booked_into_a_trial() {
+        let h = harness();
+        h.known_contact();
+        h.model.push(answer(
+            "question",
+            json!({"mitglied": "Ja"}),
+            "Schön, dass du schon dabei bist! Wie kann ich dir helfen?",
+            None,
+        ));
+        let t = h.send("Ich bin schon Mitglied bei euch");
+        assert_eq!(t.stage_changes, vec![(Stage::NameKnown, Stage::Member)]);
+        assert_eq!(h.customer().meta.stage, Stage::Member);
+        assert!(
+            t.funnel.is_empty(),
+            "a member is no step in the lead funnel"
+        );
+
+        h.model.push(answer(
+            "book_trial",
+            json!({}),
+            "Klar, Dienstag passt!",
+            Some("Dienstag 18 Uhr"),
+        ));
+        let t = h.send("Kann ich Dienstag um 18 Uhr kommen?");
+        let prompt = h.model.last_prompt().dynamic_system;
+        assert!(prompt.contains("Status: Mitglied"), "{prompt}");
+        assert!(prompt.contains("schon Mitglied im Studio"), "{prompt}");
+        assert!(
+            !prompt.contains("Biete aktiv ein Probetraining an"),
+            "{prompt}"
+        );
+        assert!(t.booking.is_none(), "members get no trial booking");
+        assert_eq!(
+            t.alerts,
+            vec![StaffAlert {
+                kind: AlertKind::MemberAppointment,
+                pseudonym: h.store.pseudonym(PHONE)
+            }]
+        );
+        assert_eq!(h.customer().meta.mode, BotMode::Escalated);
+        assert_eq!(h.customer().meta.stage, Stage::Member);
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub const RULE_NEW_LEAD_FILE: &str = "rules/neuer_interessent.txt";
 pub const RULE_NAME_KNOWN_FILE: &str = "rules/name_bekannt.txt";
 /// Status rules once a trial training is booked.
 pub const RULE_TRIAL_BOOKED_FILE: &str = "rules/probetraining_gebucht.txt";
+/// Status rules for a member of the studio (never offered a trial).
+pub const RULE_MEMBER_FILE: &str = "rules/mitglied.txt";
 /// Rules added until the assistant has said it is an AI.
 pub const FIRST_CONTACT_FILE: &str = "rules/erstkontakt.txt";
 /// The fixed German texts the engine sends itself.
@@ -236,6 +238,7 @@ pub struct Replies {
     modell_fehler: Template,
     gebucht: Template,
     gebucht_bestaetigung_ausstehend: Template,
+    bestaetigung_abgelaufen: Template,
     termin_belegt: Template,
     alternative_zeile: Template,
     termin_belegt_keine_alternativen: Template,
@@ -255,6 +258,7 @@ const REPLY_KEYS: &[(&str, &[&str])] = &[
     ("modell_fehler", &[]),
     ("gebucht", &["termin", "vorname"]),
     ("gebucht_bestaetigung_ausstehend", &["termin", "vorname"]),
+    ("bestaetigung_abgelaufen", &[]),
     ("termin_belegt", &["termin", "alternativen"]),
     ("alternative_zeile", &["nummer", "termin"]),
     ("termin_belegt_keine_alternativen", &["termin"]),
@@ -321,6 +325,7 @@ impl Replies {
             modell_fehler: take("modell_fehler"),
             gebucht: take("gebucht"),
             gebucht_bestaetigung_ausstehend: take("gebucht_bestaetigung_ausstehend"),
+            bestaetigung_abgelaufen: take("bestaetigung_abgelaufen"),
             termin_belegt: take("termin_belegt"),
             alternative_zeile: take("alternative_zeile"),
             termin_belegt_keine_alternativen: take("termin_belegt_keine_alternativen"),
@@ -365,6 +370,12 @@ impl Replies {
                 ("termin", describe_start(start)),
             ],
         )
+    }
+
+    /// A reserved trial that needed the contact's confirmation was dropped by MagicLine because
+    /// the confirmation came too late.
+    pub fn confirmation_expired(&self) -> String {
+        self.with(&self.bestaetigung_abgelaufen, &[])
     }
 
     /// The wished slot is taken; `alternatives` are listed numbered from 1.
@@ -424,6 +435,7 @@ pub struct Prompts {
     rule_new_lead: Template,
     rule_name_known: Template,
     rule_trial_booked: Template,
+    rule_member: Template,
     first_contact: Template,
     replies: Replies,
     studio: Vars,
@@ -475,6 +487,7 @@ impl Prompts {
         let rule_new_lead = rule(RULE_NEW_LEAD_FILE, &rule_vars)?;
         let rule_name_known = rule(RULE_NAME_KNOWN_FILE, &rule_vars)?;
         let rule_trial_booked = rule(RULE_TRIAL_BOOKED_FILE, &rule_vars)?;
+        let rule_member = rule(RULE_MEMBER_FILE, &rule_vars)?;
         let first_contact = rule(FIRST_CONTACT_FILE, &first_contact_vars)?;
         let (text, path) = read(REPLIES_FILE)?;
         let replies = Replies::parse(&text, &path, studio)?;
@@ -486,6 +499,7 @@ impl Prompts {
             rule_new_lead,
             rule_name_known,
             rule_trial_booked,
+            rule_member,
             first_contact,
             replies,
             studio: studio_vars,
@@ -516,6 +530,7 @@ impl Prompts {
             Stage::NewLead => &self.rule_new_lead,
             Stage::NameKnown => &self.rule_name_known,
             Stage::TrialBooked => &self.rule_trial_booked,
+            Stage::Member => &self.rule_member,
         };
         let regeln = rule.render(&vars).trim().to_string();
         let erstkontakt = if customer.body.conversation.disclosed_ai {
@@ -616,6 +631,8 @@ fn customer_vars(c: &Customer, now: &Zoned) -> Vars {
     .collect();
     let fehlende = if c.meta.stage == Stage::TrialBooked {
         "nichts, das Probetraining ist gebucht".to_string()
+    } else if c.meta.stage == Stage::Member {
+        "nichts, Mitglieder buchen kein Probetraining".to_string()
     } else if missing.is_empty() {
         "nur noch der Wunschtermin".to_string()
     } else {
@@ -720,7 +737,7 @@ pub(crate) mod tests {
     #[test]
     fn shipped_prompts_load_and_fill_every_placeholder() {
         let p = Prompts::load_from(&shipped_dir(), None, &studio()).unwrap();
-        assert_eq!(p.sources().len(), 7);
+        assert_eq!(p.sources().len(), 8);
         let s = p.static_system();
         assert!(s.contains("Du bist Max, der digitale Assistent (KI) von FitBox Braunschweig"));
         assert!(s.contains("- Mo–Fr 7–22 Uhr\n- Sa–So 9–18 Uhr"));
@@ -770,7 +787,7 @@ pub(crate) mod tests {
             .dynamic_system
             .contains("gebucht am Donnerstag, 22.01. um 18:00 Uhr"));
         assert!(!pb.dynamic_system.contains("erste Nachricht"));
-        assert!(pb.dynamic_system.contains("Verkauf ihm nichts"));
+        assert!(pb.dynamic_system.contains("Verkauf nichts"));
         assert!(pb
             .dynamic_system
             .contains("Für die Buchung fehlt noch: nichts, das Probetraining ist gebucht"));
@@ -830,6 +847,7 @@ pub(crate) mod tests {
             RULE_NEW_LEAD_FILE,
             RULE_NAME_KNOWN_FILE,
             RULE_TRIAL_BOOKED_FILE,
+            RULE_MEMBER_FILE,
             FIRST_CONTACT_FILE,
             REPLIES_FILE,
         ] {

@@ -27,6 +27,7 @@ pub const MODEL_PROFILE_FIELDS: &[&str] = &[
     "geschlecht",
     "gesundheitliche_einschraenkungen",
     "interesse_level",
+    "mitglied",
     "nachname",
     "trainingsfrequenz",
     "vorname",
@@ -57,8 +58,13 @@ pub enum Intent {
     CancelAppointment,
     /// Complains or is unhappy (handed to staff).
     Complaint,
-    /// Asks about contract, cancellation of membership, billing or payment (handed to staff).
+    /// Has a matter with an existing contract: cancelling a membership, a bill or a payment in
+    /// dispute (handed to staff). Prices and memberships on offer are a [`Intent::Question`].
     ContractQuestion,
+    /// Asks a health question the studio's facts do not answer (handed to staff).
+    HealthQuestion,
+    /// Asks to talk to a person (handed to staff).
+    WantsPerson,
     /// Wants no more messages.
     OptOut,
     /// Asks about the studio or training.
@@ -67,13 +73,15 @@ pub enum Intent {
 
 impl Intent {
     /// Every intent, in the order the schema lists them.
-    pub const ALL: [Intent; 8] = [
+    pub const ALL: [Intent; 10] = [
         Intent::None,
         Intent::BookTrial,
         Intent::Reschedule,
         Intent::CancelAppointment,
         Intent::Complaint,
         Intent::ContractQuestion,
+        Intent::HealthQuestion,
+        Intent::WantsPerson,
         Intent::OptOut,
         Intent::Question,
     ];
@@ -87,6 +95,8 @@ impl Intent {
             Intent::CancelAppointment => "cancel_appointment",
             Intent::Complaint => "complaint",
             Intent::ContractQuestion => "contract_question",
+            Intent::HealthQuestion => "health_question",
+            Intent::WantsPerson => "wants_person",
             Intent::OptOut => "opt_out",
             Intent::Question => "question",
         }
@@ -230,7 +240,7 @@ pub fn merge_profile(profile: &mut Profile, update: &Map<String, Value>) -> Vec<
             "geschlecht" => normalise(&raw, GESCHLECHT),
             "fitness_level" => normalise(&raw, FITNESS_LEVEL),
             "dringlichkeit" | "interesse_level" => normalise(&raw, LEVEL),
-            "budget_bewusst" => normalise(&raw, YES_NO),
+            "budget_bewusst" | "mitglied" => normalise(&raw, YES_NO),
             _ => clean_text(&raw),
         };
         let Some(new) = cleaned else { continue };
@@ -256,6 +266,7 @@ fn text_field<'a>(p: &'a mut Profile, field: &str) -> &'a mut Option<String> {
         "trainingsfrequenz" => &mut p.trainingsfrequenz,
         "gesundheitliche_einschraenkungen" => &mut p.gesundheitliche_einschraenkungen,
         "budget_bewusst" => &mut p.budget_bewusst,
+        "mitglied" => &mut p.mitglied,
         "zeitfenster" => &mut p.zeitfenster,
         "dringlichkeit" => &mut p.dringlichkeit,
         "wie_gefunden" => &mut p.wie_gefunden,
@@ -503,7 +514,8 @@ mod tests {
         assert!(!props.contains_key("magicline_customer_id"));
         assert!(!props.contains_key("probetraining_datum"));
         let intents = s["properties"]["intent"]["enum"].as_array().unwrap();
-        assert_eq!(intents.len(), 8);
+        assert_eq!(intents.len(), 10);
+        assert!(intents.contains(&json!("wants_person")));
         assert!(intents.contains(&json!("contract_question")));
         assert_eq!(
             s["properties"]["wunschtermin"]["type"],
@@ -523,6 +535,7 @@ mod tests {
             trainingsfrequenz: Some("a".into()),
             gesundheitliche_einschraenkungen: Some("a".into()),
             budget_bewusst: Some("a".into()),
+            mitglied: Some("a".into()),
             zeitfenster: Some("a".into()),
             dringlichkeit: Some("a".into()),
             wie_gefunden: Some("a".into()),

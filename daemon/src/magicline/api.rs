@@ -97,6 +97,25 @@ pub struct Term {
     pub unit: String,
 }
 
+impl Term {
+    /// The term as a calendar span (months and years stay calendar units); `None` for a unit
+    /// the spec does not list or a value out of range.
+    pub fn span(&self) -> Option<jiff::Span> {
+        let v = self.value;
+        let span = jiff::Span::new();
+        match self.unit.as_str() {
+            "MINUTES" => span.try_minutes(v),
+            "HOURS" => span.try_hours(v),
+            "DAY" => span.try_days(v),
+            "WEEK" => span.try_weeks(v),
+            "MONTH" => span.try_months(v),
+            "YEAR" => span.try_years(v),
+            _ => return None,
+        }
+        .ok()
+    }
+}
+
 /// `GET /trial-offers/config/{configId}`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -310,15 +329,43 @@ pub struct Slot {
     pub instructors: Vec<Instructor>,
 }
 
+/// The largest `daysAhead` a slot query may ask for; a longer search is several windows.
+pub const MAX_DAYS_AHEAD: u32 = 6;
+
 /// Query of the two slot endpoints. All parts are optional on the wire.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SlotQuery {
     /// Ask for the slots this customer may book (MagicLine checks the customer exists).
     pub customer_id: Option<i64>,
-    /// Days from the window start to look ahead; MagicLine has its own default.
+    /// Days from the window start to look ahead, 1 to [`MAX_DAYS_AHEAD`]; MagicLine's default
+    /// is 1.
     pub days_ahead: Option<u32>,
     /// First day of the window (`YYYY-MM-DD`); MagicLine defaults to today.
     pub window_start: Option<Date>,
+}
+
+impl SlotQuery {
+    /// Consecutive queries that together cover `days` days from `from`, each within the
+    /// spec's limit of [`MAX_DAYS_AHEAD`] days (at least one day is always asked for).
+    pub fn windows(customer_id: Option<i64>, from: Date, days: u32) -> Vec<SlotQuery> {
+        let mut out = Vec::new();
+        let mut left = days.max(1);
+        let mut start = from;
+        while left > 0 {
+            let n = left.min(MAX_DAYS_AHEAD);
+            out.push(SlotQuery {
+                customer_id,
+                days_ahead: Some(n),
+                window_start: Some(start),
+            });
+            left -= n;
+            match start.checked_add(jiff::Span::new().days(i64::from(n))) {
+                Ok(next) => start = next,
+                Err(_) => break,
+            }
+        }
+        out
+    }
 }
 
 /// Body of the validate and book calls of both flows.
@@ -700,6 +747,41 @@ mod tests {
             Some(30)
         );
         assert!(!page.has_next);
+    }
+
+    #[test]
+    fn slot_windows_stay_within_six_days_and_cover_the_search() {
+        let from = jiff::civil::date(2030, 6, 3);
+        let w = SlotQuery::windows(Some(7), from, 16);
+        let days: Vec<u32> = w.iter().filter_map(|q| q.days_ahead).collect();
+        assert_eq!(days, vec![6, 6, 4]);
+        let starts: Vec<Date> = w.iter().filter_map(|q| q.window_start).collect();
+        assert_eq!(
+            starts,
+            vec![
+                from,
+                jiff::civil::date(2030, 6, 9),
+                jiff::civil::date(2030, 6, 15)
+            ]
+        );
+        assert!(w.iter().all(|q| q.customer_id == Some(7)));
+        assert_eq!(SlotQuery::windows(None, from, 0)[0].days_ahead, Some(1));
+        assert_eq!(SlotQuery::windows(None, from, 6).len(), 1);
+    }
+
+    #[test]
+    fn terms_become_calendar_spans() {
+        let t = |value, unit: &str| Term {
+            value,
+            unit: unit.into(),
+        };
+        let start =
+            super::super::datetime::parse("2030-06-04T10:00:00.000+02:00[Europe/Berlin]").unwrap();
+        let before = |term: Term| start.checked_sub(term.span().unwrap()).unwrap();
+        assert_eq!(before(t(90, "MINUTES")).hour(), 8);
+        assert_eq!(before(t(1, "DAY")).day(), 3);
+        assert_eq!(before(t(1, "MONTH")).month(), 5);
+        assert!(t(1, "FORTNIGHT").span().is_none());
     }
 
     #[test]

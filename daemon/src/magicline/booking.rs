@@ -10,8 +10,21 @@
 //!   validate → book. Members use the appointment endpoints, leads (prospects) the trial-offer
 //!   endpoints, because the plain book endpoint lets leads book twice.
 //! - A new person: the wished slot is first checked in the trial slot list, so no lead is created
-//!   for a slot that cannot be booked; then lead validate → lead create → validate → book →
-//!   confirm when MagicLine asks for confirmation.
+//!   for a slot that cannot be booked; then lead validate → lead create → validate → book.
+//!
+//! The trial offer is the one `magicline.trial_offer_appointment_id` names (the first MagicLine
+//! lists when unset); its configuration (`GET /trial-offers/config/{id}`) says which lead fields
+//! are mandatory and whether bookings must be confirmed. A booking MagicLine answers
+//! `BOOKED_WITH_CONFIRMATION_REQUIRED` is *not* confirmed here: the lead confirms it in the chat
+//! and the engine then calls [`Booker::confirm_trial`]. MagicLine measures the confirmation term
+//! back from the start, so a slot starting within the term cannot be confirmed in time; such
+//! slots are neither booked nor offered as alternatives.
+//!
+//! MagicLine's answers are read only as its spec documents them: validation statuses come from
+//! the validate calls. A rejected lead create or book call is followed by the validate call,
+//! whose status decides; its `errorCode` (a translation key) is never read as a status. After a
+//! 429 the endpoint is left alone for the rest of the minute (the client keeps the block).
+//! Slot lists are asked for in windows of at most six days (`daysAhead` ≤ 6).
 //!
 //! Every request has a row in the bookings keyspace, written durably before the first MagicLine
 //! call and after every step (see [`Step`]): row key = pseudonym (16 bytes) + keyed hash of the
@@ -34,11 +47,13 @@ use serde::{Deserialize, Serialize};
 
 use super::api::{
     Booking, BookingStatus, BookingValidationStatus, ConfirmationStatus, Customer, CustomerStatus,
-    LeadCustomerData, LeadRequest, LeadValidationStatus, Slot, SlotQuery,
+    FieldMode, LeadCustomerData, LeadRequest, LeadValidationStatus, Slot, SlotQuery,
 };
 use super::client::{Client, Error as ApiError};
 use super::datetime;
-use crate::conversation::booking::{Booker, BookingFailure, BookingOutcome, BookingRequest};
+use crate::conversation::booking::{
+    Booker, BookingFailure, BookingOutcome, BookingRequest, ConfirmOutcome,
+};
 use crate::store::crypto::Pseudonym;
 use crate::store::{ks, Store, StoreError};
 
@@ -158,10 +173,13 @@ pub struct BookerConfig {
     pub backoff_base: Duration,
     /// Longest wait between tries.
     pub backoff_max: Duration,
-    /// How many days after the wished one are searched for alternatives.
+    /// How many days after the wished one are searched for alternatives (asked for in windows
+    /// of at most six days).
     pub alternatives_days: u32,
     /// Appointment type booked for members; `None` books the trial offer's appointment type.
     pub member_appointment_id: Option<i64>,
+    /// The bookable trial offer appointment leads book; `None` takes the first MagicLine lists.
+    pub trial_appointment_id: Option<i64>,
     /// The time a wished start is compared with (settable for tests and the demo).
     pub clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
 }
@@ -174,6 +192,7 @@ impl Default for BookerConfig {
             backoff_max: Duration::from_secs(3),
             alternatives_days: 7,
             member_appointment_id: None,
+            trial_appointment_id: None,
             clock: Arc::new(Timestamp::now),
         }
     }
@@ -187,6 +206,7 @@ impl std::fmt::Debug for BookerConfig {
             .field("backoff_max", &self.backoff_max)
             .field("alternatives_days", &self.alternatives_days)
             .field("member_appointment_id", &self.member_appointment_id)
+            .field("trial_appointment_id", &self.trial_appointment_id)
             .finish_non_exhaustive()
     }
 }
@@ -204,8 +224,9 @@ pub enum BookerError {
     /// A MagicLine call failed; the request may be repeated.
     #[error(transparent)]
     MagicLine(#[from] ApiError),
-    /// MagicLine lists no trial offer with a bookable appointment.
-    #[error("MagicLine offers no bookable trial appointment")]
+    /// MagicLine lists no trial offer with a bookable appointment (or not the configured one),
+    /// or the offer asks for lead data frontdesk does not collect.
+    #[error("MagicLine offers no bookable trial appointment frontdesk can book")]
     NoTrialOffer,
     /// MagicLine answered something the flow does not allow (e.g. an unknown status).
     #[error("unexpected MagicLine answer: {0}")]
@@ -270,6 +291,9 @@ enum Failure {
     ConfirmationExpired,
     /// The e-mail is a MagicLine customer's whose phone numbers are not the contact's.
     OtherPersonsAccount,
+    /// The trial offer requires a telephone number and the contact wrote from a WhatsApp user
+    /// id without one: staff take over.
+    PhoneRequired,
 }
 
 impl Failure {
@@ -282,9 +306,10 @@ impl Failure {
             Failure::LimitReached => BookingFailure::LimitReached,
             Failure::OtherPersonsAccount => BookingFailure::OtherPersonsAccount,
             // Staff must look at these; the engine tells the customer so.
-            Failure::CustomerIdle | Failure::NotBookable | Failure::ConfirmationExpired => {
-                BookingFailure::Unavailable
-            }
+            Failure::CustomerIdle
+            | Failure::NotBookable
+            | Failure::ConfirmationExpired
+            | Failure::PhoneRequired => BookingFailure::Unavailable,
         }
     }
 
@@ -299,6 +324,7 @@ impl Failure {
             Failure::NotBookable => "not_bookable",
             Failure::ConfirmationExpired => "confirmation_expired",
             Failure::OtherPersonsAccount => "other_persons_account",
+            Failure::PhoneRequired => "phone_required",
         }
     }
 }
@@ -352,14 +378,10 @@ impl Record {
         }
     }
 
-    fn awaits_confirmation(&self) -> bool {
-        self.step == Step::Booked && self.confirmation_required && self.kind == Some(Kind::Lead)
-    }
-
-    /// The outcome when the request is finished (nothing left to do in MagicLine).
+    /// The outcome when the request is finished (nothing left to do in MagicLine until the lead
+    /// confirms a booking that needs it).
     fn final_outcome(&self) -> Option<BookingOutcome> {
         match self.step {
-            Step::Booked if self.awaits_confirmation() => None,
             Step::Booked | Step::Confirmed => self.booked_outcome(),
             Step::SlotTaken => Some(BookingOutcome::SlotTaken {
                 alternatives: self
@@ -383,12 +405,16 @@ impl Record {
     }
 }
 
-/// The trial offer MagicLine advertises (looked up once).
+/// The trial offer leads book (looked up once, with its configuration).
 #[derive(Clone, Copy, Debug)]
 struct TrialOffer {
     config_id: i64,
     appointment_id: i64,
     duration_minutes: Option<u32>,
+    /// Bookings must be confirmed at the latest this long before the start.
+    confirmation_term: Option<jiff::Span>,
+    /// The offer requires a telephone number with the lead.
+    telephone_mandatory: bool,
 }
 
 /// What a booking validation means for the request.
@@ -418,28 +444,18 @@ fn verdict(status: BookingValidationStatus) -> Verdict {
     }
 }
 
-/// The validation status a rejected book call names in its error code, if it names one.
-fn rejected_status(e: &ApiError) -> Option<BookingValidationStatus> {
-    match e {
-        ApiError::Api {
-            status: 400..=499,
-            code: Some(code),
-            ..
-        } => serde_json::from_value::<BookingValidationStatus>(serde_json::Value::String(
-            code.clone(),
-        ))
-        .ok()
-        .filter(|s| *s != BookingValidationStatus::Unknown),
-        _ => None,
-    }
+/// Whether MagicLine rejected a state-changing call for its content (nothing was done): the
+/// validate call then says why. Not a missing key or scope, which no validation explains.
+fn rejected(e: &ApiError) -> bool {
+    matches!(e, ApiError::Api { status, .. } if (400..500).contains(status) && !matches!(status, 401 | 403))
 }
 
-/// Failures worth another try of a call that is safe to repeat (or has been checked).
+/// Failures worth another try of a call that is safe to repeat (or has been checked). Not a
+/// 429: MagicLine denies the endpoint for the rest of the minute.
 fn retryable(e: &ApiError) -> bool {
     matches!(
         e,
         ApiError::Timeout
-            | ApiError::RateLimited { .. }
             | ApiError::Unavailable(_)
             | ApiError::Decode(_)
             | ApiError::Transport { .. }
@@ -535,6 +551,10 @@ impl std::fmt::Debug for MagicLineBooker {
 impl Booker for MagicLineBooker {
     fn book_trial(&self, req: &BookingRequest) -> BookingOutcome {
         self.book(req)
+    }
+
+    fn confirm_trial(&self, pseudonym: &Pseudonym, booking_id: i64) -> ConfirmOutcome {
+        self.confirm(pseudonym, booking_id)
     }
 }
 
@@ -676,6 +696,12 @@ impl MagicLineBooker {
         let (failure, reason) = match e {
             BookerError::NoTrialOffer => (BookingFailure::NotConfigured, "not_configured"),
             BookerError::Forgotten => (BookingFailure::Unavailable, "forgotten"),
+            BookerError::MagicLine(e) if e.is_forbidden() => {
+                (BookingFailure::NotConfigured, "scope_missing")
+            }
+            BookerError::MagicLine(ApiError::RateLimited { .. }) => {
+                (BookingFailure::Unavailable, "rate_limited")
+            }
             _ => (BookingFailure::Unavailable, "unavailable"),
         };
         tracing::warn!(customer = %req.pseudonym, request = %req.request_id, error = %e,
@@ -697,9 +723,6 @@ impl MagicLineBooker {
                 Step::LeadCreateCalled => self.step_create_lead(req, key, rec, sess)?,
                 Step::CustomerKnown | Step::Validated => self.step_validate(req, key, rec, sess)?,
                 Step::BookCalled => Some(self.step_book(req, key, rec, sess)?),
-                Step::Booked if rec.awaits_confirmation() => {
-                    Some(self.step_confirm(req, key, rec)?)
-                }
                 Step::Booked | Step::Confirmed | Step::SlotTaken | Step::Failed => {
                     Some(rec.final_outcome().ok_or(BookerError::Corrupt)?)
                 }
@@ -725,11 +748,28 @@ impl MagicLineBooker {
             self.adopt(req, key, rec, id, kind)?;
             return Ok(None);
         }
-        // A new person: no lead for a slot that cannot be booked anyway.
-        if !self.slot_is_free(rec, Kind::Lead)? {
+        // A new person: no lead for a slot that cannot be booked (or confirmed) anyway.
+        if self.too_late_to_confirm(&rec.start, Kind::Lead)?
+            || !self.slot_is_free(rec, Kind::Lead)?
+        {
             return self.slot_taken(req, key, rec, Kind::Lead).map(Some);
         }
-        let lead = lead_request(req, &offer);
+        if offer.telephone_mandatory && req.phone.is_none() {
+            return self.fail(req, key, rec, Failure::PhoneRequired).map(Some);
+        }
+        self.lead_verdict(req, key, rec, sess, &offer)
+    }
+
+    /// Lead validation and what its status means for the request.
+    fn lead_verdict(
+        &self,
+        req: &BookingRequest,
+        key: &[u8],
+        rec: &mut Record,
+        sess: &mut Session,
+        offer: &TrialOffer,
+    ) -> Result<Option<BookingOutcome>, BookerError> {
+        let lead = lead_request(req, offer);
         match self.safe(|| self.client.validate_lead(&lead))? {
             LeadValidationStatus::Possible => {
                 rec.step = Step::LeadCreateCalled;
@@ -773,20 +813,21 @@ impl MagicLineBooker {
                     self.emit(req, BookingStep::LeadCreated, Some(id), None, None);
                     return Ok(None);
                 }
-                Err(e) => match e.api_code() {
-                    // Someone else (or a lost earlier try) created it meanwhile.
-                    Some("DUPLICATE_CUSTOMER") => return self.adopt_duplicate(req, key, rec),
-                    Some("INVALID_LEAD_CUSTOMER_DATA") => {
-                        return self
-                            .fail(req, key, rec, Failure::InvalidCustomerData)
-                            .map(Some)
-                    }
-                    _ if retryable(&e) && attempt < self.cfg.attempts => {
-                        sess.check_create |= e.may_have_been_processed();
-                        self.pause(attempt, &e);
-                    }
-                    _ => return Err(e.into()),
-                },
+                // Rejected: the lead validation says why (someone created the lead meanwhile,
+                // or the data no longer passes). A lead it still calls possible is not retried.
+                Err(e) if rejected(&e) => {
+                    return match self.lead_verdict(req, key, rec, sess, &offer)? {
+                        None if rec.step == Step::LeadCreateCalled => Err(BookerError::Unexpected(
+                            "lead create rejected although valid",
+                        )),
+                        next => Ok(next),
+                    };
+                }
+                Err(e) if retryable(&e) && attempt < self.cfg.attempts => {
+                    sess.check_create |= e.may_have_been_processed();
+                    self.pause(attempt, &e);
+                }
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -799,6 +840,9 @@ impl MagicLineBooker {
         sess: &mut Session,
     ) -> Result<Option<BookingOutcome>, BookerError> {
         let (customer_id, kind) = customer_of(rec)?;
+        if self.too_late_to_confirm(&rec.start, kind)? {
+            return self.slot_taken(req, key, rec, kind).map(Some);
+        }
         let Some(booking) = self.booking_request(rec, kind)? else {
             return self.slot_taken(req, key, rec, kind).map(Some);
         };
@@ -852,8 +896,12 @@ impl MagicLineBooker {
             match result {
                 Ok(made) => return self.booked(req, key, rec, &made),
                 Err(e) => {
-                    if let Some(status) = rejected_status(&e) {
-                        // Rejected, so nothing was booked by this call.
+                    if rejected(&e) {
+                        // Rejected, so nothing was booked by this call; the validation says why.
+                        let status = self.safe(|| match kind {
+                            Kind::Lead => self.client.validate_trial_booking(&booking),
+                            Kind::Member => self.client.validate_booking(&booking),
+                        })?;
                         return match verdict(status) {
                             Verdict::Proceed => {
                                 Err(BookerError::Unexpected("book rejected as available"))
@@ -872,17 +920,48 @@ impl MagicLineBooker {
         }
     }
 
-    fn step_confirm(
+    /// Confirms a booking of this person that awaits confirmation, after the lead said yes.
+    /// Confirming twice is harmless, so a confirmation whose answer was lost is sent again.
+    pub fn confirm(&self, p: &Pseudonym, booking_id: i64) -> ConfirmOutcome {
+        let _person = self.person_lock(p);
+        let row = match self.rows_of(p) {
+            Ok(rows) => rows
+                .into_iter()
+                .find(|(_, r)| r.booking_id == Some(booking_id) && r.kind == Some(Kind::Lead)),
+            Err(e) => {
+                tracing::warn!(customer = %p, error = %e, "booking rows unreadable");
+                return ConfirmOutcome::Unavailable;
+            }
+        };
+        let Some((key, mut rec)) = row else {
+            return ConfirmOutcome::NotFound;
+        };
+        if rec.step == Step::Confirmed || (rec.step == Step::Booked && !rec.confirmation_required) {
+            return ConfirmOutcome::Confirmed { start: rec.start };
+        }
+        if rec.step != Step::Booked || rec.canceled {
+            return ConfirmOutcome::NotFound;
+        }
+        let req = self.stored_request(p, &rec);
+        match self.confirm_call(&req, &key, &mut rec, booking_id) {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::warn!(customer = %p, booking_id, error = %e, "booking not confirmed");
+                ConfirmOutcome::Unavailable
+            }
+        }
+    }
+
+    fn confirm_call(
         &self,
         req: &BookingRequest,
         key: &[u8],
         rec: &mut Record,
-    ) -> Result<BookingOutcome, BookerError> {
-        let booking_id = rec.booking_id.ok_or(BookerError::Corrupt)?;
+        booking_id: i64,
+    ) -> Result<ConfirmOutcome, BookerError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            // Confirming twice is harmless, so a lost answer is simply asked again.
             match self.client.confirm_trial_booking(booking_id) {
                 Ok(ConfirmationStatus::Confirmed) => {
                     rec.step = Step::Confirmed;
@@ -894,22 +973,38 @@ impl MagicLineBooker {
                         Some(booking_id),
                         None,
                     );
-                    return rec.final_outcome().ok_or(BookerError::Corrupt);
+                    return Ok(ConfirmOutcome::Confirmed {
+                        start: rec.start.clone(),
+                    });
                 }
                 Ok(ConfirmationStatus::Expired) => {
-                    return self.fail(req, key, rec, Failure::ConfirmationExpired)
+                    rec.canceled = true;
+                    self.fail(req, key, rec, Failure::ConfirmationExpired)?;
+                    return Ok(ConfirmOutcome::Expired);
                 }
-                Ok(ConfirmationStatus::Unknown) => break,
+                Ok(ConfirmationStatus::Unknown) => {
+                    return Err(BookerError::Unexpected("unknown confirmation status"))
+                }
                 Err(e) if retryable(&e) && attempt < self.cfg.attempts => self.pause(attempt, &e),
-                Err(e) => {
-                    tracing::warn!(customer = %req.pseudonym, booking_id, error = %e,
-                        "booking not confirmed yet");
-                    break;
-                }
+                Err(e) => return Err(e.into()),
             }
         }
-        // Booked, confirmation outstanding: the next call with this request id tries again.
-        rec.booked_outcome().ok_or(BookerError::Corrupt)
+    }
+
+    /// A request standing for a recorded booking (for steps the lead starts later, such as the
+    /// confirmation): the records it writes count from now.
+    fn stored_request(&self, p: &Pseudonym, rec: &Record) -> BookingRequest {
+        BookingRequest {
+            request_id: rec.request_id.clone(),
+            pseudonym: *p,
+            firstname: String::new(),
+            lastname: String::new(),
+            email: String::new(),
+            phone: None,
+            magicline_customer_id: rec.customer_id,
+            requested_at: (self.cfg.clock)(),
+            start: rec.start.clone(),
+        }
     }
 
     // ---- transitions ----
@@ -990,10 +1085,9 @@ impl MagicLineBooker {
             None,
         );
         tracing::info!(customer = %req.pseudonym, booking_id = made.booking_id,
-            magicline_customer = rec.customer_id, "trial training booked");
-        if rec.awaits_confirmation() {
-            return self.step_confirm(req, key, rec);
-        }
+            magicline_customer = rec.customer_id, confirmation_required = rec.confirmation_required,
+            "trial training booked");
+        // A booking that needs confirmation waits for the lead's yes (see `confirm`).
         rec.final_outcome().ok_or(BookerError::Corrupt)
     }
 
@@ -1110,11 +1204,44 @@ impl MagicLineBooker {
             return Ok(o);
         }
         let list = self.safe(|| self.client.trial_offer_appointments())?;
-        let first = list.first().ok_or(BookerError::NoTrialOffer)?;
+        let chosen = match self.cfg.trial_appointment_id {
+            Some(id) => list
+                .iter()
+                .find(|o| o.trial_offer_bookable_appointment.id == id),
+            None => {
+                if list.len() > 1 {
+                    tracing::warn!(offers = list.len(),
+                        "several bookable trial offers and magicline.trial_offer_appointment_id unset; taking the first");
+                }
+                list.first()
+            }
+        };
+        let chosen = chosen.ok_or(BookerError::NoTrialOffer)?;
+        let config = self.safe(|| self.client.trial_offer_config(chosen.trial_offer_config_id))?;
+        let lead_data = &config.lead_data_config;
+        // frontdesk asks leads for name, e-mail and (through WhatsApp) the number only.
+        if [
+            lead_data.gender_mode,
+            lead_data.date_of_birth_mode,
+            lead_data.address_mode,
+        ]
+        .contains(&FieldMode::Mandatory)
+        {
+            tracing::warn!(
+                config_id = config.id,
+                "the trial offer requires gender, date of birth or address, which frontdesk does not collect"
+            );
+            return Err(BookerError::NoTrialOffer);
+        }
         let offer = TrialOffer {
-            config_id: first.trial_offer_config_id,
-            appointment_id: first.trial_offer_bookable_appointment.id,
-            duration_minutes: first.trial_offer_bookable_appointment.duration,
+            config_id: chosen.trial_offer_config_id,
+            appointment_id: chosen.trial_offer_bookable_appointment.id,
+            duration_minutes: chosen.trial_offer_bookable_appointment.duration,
+            confirmation_term: config
+                .confirmation_of_booking_term
+                .as_ref()
+                .and_then(super::api::Term::span),
+            telephone_mandatory: lead_data.telephone_mode == FieldMode::Mandatory,
         };
         *self.offer.lock().unwrap_or_else(|e| e.into_inner()) = Some(offer);
         Ok(offer)
@@ -1175,15 +1302,29 @@ impl MagicLineBooker {
         days: u32,
     ) -> Result<Vec<Slot>, BookerError> {
         let appointment = self.appointment_id(kind)?;
-        let query = SlotQuery {
-            customer_id,
-            days_ahead: Some(days),
-            window_start: Some(from),
+        let mut out = Vec::new();
+        for query in SlotQuery::windows(customer_id, from, days) {
+            out.extend(self.safe(|| match kind {
+                Kind::Lead => self.client.trial_offer_slots(appointment, &query),
+                Kind::Member => self.client.appointment_slots(appointment, &query),
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Whether a trial booking starting at `start` could no longer be confirmed in time: the
+    /// offer's confirmation term (counted back from the start) has begun. Members' bookings
+    /// need no confirmation.
+    fn too_late_to_confirm(&self, start: &Zoned, kind: Kind) -> Result<bool, BookerError> {
+        if kind != Kind::Lead {
+            return Ok(false);
+        }
+        let Some(term) = self.offer()?.confirmation_term else {
+            return Ok(false);
         };
-        Ok(self.safe(|| match kind {
-            Kind::Lead => self.client.trial_offer_slots(appointment, &query),
-            Kind::Member => self.client.appointment_slots(appointment, &query),
-        })?)
+        Ok(start
+            .checked_sub(term)
+            .map_or(true, |deadline| deadline.timestamp() <= (self.cfg.clock)()))
     }
 
     fn slot_is_free(&self, rec: &Record, kind: Kind) -> Result<bool, BookerError> {
@@ -1202,12 +1343,16 @@ impl MagicLineBooker {
         let from = day_before.max(today);
         let days = self.cfg.alternatives_days + 2;
         let wished = rec.start.timestamp();
-        let mut free: Vec<Zoned> = self
-            .slots(kind, rec.customer_id, from, days)?
-            .into_iter()
-            .map(|s| s.start_date_time)
-            .filter(|s| s.timestamp() != wished && s.timestamp() > now)
-            .collect();
+        let mut free: Vec<Zoned> = Vec::new();
+        for s in self.slots(kind, rec.customer_id, from, days)? {
+            let start = s.start_date_time;
+            if start.timestamp() != wished
+                && start.timestamp() > now
+                && !self.too_late_to_confirm(&start, kind)?
+            {
+                free.push(start);
+            }
+        }
         free.sort_by_key(|s| (s.timestamp().duration_since(wished).abs(), s.timestamp()));
         free.truncate(3);
         free.sort_by_key(|s| s.timestamp());
@@ -1419,7 +1564,7 @@ fn lead_request(req: &BookingRequest, offer: &TrialOffer) -> LeadRequest {
 #[cfg(test)]
 pub(super) mod tests {
     use std::collections::HashMap;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
     use jiff::civil::date;
     use rand::rngs::StdRng;
@@ -1428,7 +1573,7 @@ pub(super) mod tests {
     use super::*;
     use crate::magicline::client::RetryPolicy;
     use crate::sandbox::magicline::{
-        start, Fault, MagiclineSim, SimBookingState, SimConfig, SimCustomer,
+        start, Fault, MagiclineSim, SimAppointment, SimBookingState, SimConfig, SimCustomer,
     };
     use crate::store::crypto::StoreIdentity;
 
@@ -1450,6 +1595,8 @@ pub(super) mod tests {
         sim: Option<MagiclineSim>,
         store: Arc<Store>,
         pub(crate) audit: Arc<MemoryAudit>,
+        /// Seconds the clients' clock (for rate-limit blocks) is ahead of Monday 09:00.
+        client_clock: Arc<AtomicI64>,
         _dir: tempfile::TempDir,
     }
 
@@ -1468,8 +1615,16 @@ pub(super) mod tests {
                 sim: Some(sim),
                 store,
                 audit: Arc::new(MemoryAudit::new()),
+                client_clock: Arc::new(AtomicI64::new(0)),
                 _dir: dir,
             }
+        }
+
+        /// Moves the simulator's and the clients' clocks `secs` past Monday 09:00.
+        fn advance_to(&self, secs: i64) {
+            self.client_clock.store(secs, Ordering::SeqCst);
+            self.sim()
+                .set_now(monday_nine() + jiff::SignedDuration::from_secs(secs));
         }
 
         fn sim(&self) -> &MagiclineSim {
@@ -1477,16 +1632,28 @@ pub(super) mod tests {
         }
 
         fn client(&self, timeout: Duration) -> Client {
-            Client::new(&self.sim().base_url(), self.sim().api_key(), timeout).with_retry_policy(
-                RetryPolicy {
+            let offset = self.client_clock.clone();
+            Client::new(&self.sim().base_url(), self.sim().api_key(), timeout)
+                .with_retry_policy(RetryPolicy {
                     max_attempts: 3,
                     base_delay: Duration::from_millis(1),
                     max_delay: Duration::from_millis(5),
-                },
-            )
+                })
+                .with_clock(Arc::new(move || {
+                    monday_nine() + jiff::SignedDuration::from_secs(offset.load(Ordering::SeqCst))
+                }))
         }
 
         fn booker_with(&self, timeout: Duration, attempts: u32) -> MagicLineBooker {
+            self.booker_configured(timeout, attempts, BookerConfig::default())
+        }
+
+        fn booker_configured(
+            &self,
+            timeout: Duration,
+            attempts: u32,
+            cfg: BookerConfig,
+        ) -> MagicLineBooker {
             MagicLineBooker::new(
                 self.client(timeout),
                 self.store.clone(),
@@ -1496,7 +1663,7 @@ pub(super) mod tests {
                     backoff_base: Duration::from_millis(2),
                     backoff_max: Duration::from_millis(20),
                     clock: Arc::new(monday_nine),
-                    ..BookerConfig::default()
+                    ..cfg
                 },
             )
         }
@@ -1948,10 +2115,12 @@ pub(super) mod tests {
         }
         assert!(h.sim().bookings_of(ERIKA).is_empty());
         assert_eq!(h.sim().book_calls(ERIKA), 1);
+        // The rejection was explained by the validate call, not read from its error code.
+        assert_eq!(h.sim().request_count("/appointments/bookable/validate"), 2);
     }
 
     #[test]
-    fn confirmation_is_sent_and_retried_until_it_succeeds() {
+    fn a_booking_that_needs_confirmation_waits_for_the_leads_yes() {
         let h = Harness::new(SimConfig {
             require_confirmation: true,
             ..sim_cfg()
@@ -1960,28 +2129,81 @@ pub(super) mod tests {
         let p = h.person("+49 151 0000009");
         let req = request("r-c1", p, "conf@example.org", None, at(1, 10, 0));
         let (booking_id, lead, pending) = booked(&booker.book_trial(&req));
-        assert!(!pending);
-        assert_eq!(h.sim().bookings_of(lead)[0].state, SimBookingState::Booked);
-        assert!(h.steps("r-c1").contains(&BookingStep::Confirmed));
-
-        // Confirmation unreachable: booked, pending; asking again confirms.
-        let q = h.person("+49 151 0000010");
-        h.sim()
-            .inject_on("/trial-offers/bookings", Fault::Status(503), 50);
-        let req = request("r-c2", q, "conf2@example.org", None, at(1, 11, 0));
-        let (second_id, lead2, pending) = booked(&booker.book_trial(&req));
         assert!(pending);
-        assert_ne!(second_id, booking_id);
         assert_eq!(
-            h.sim().bookings_of(lead2)[0].state,
+            h.sim().bookings_of(lead)[0].state,
             SimBookingState::AwaitingConfirmation
         );
+        assert_eq!(h.sim().request_count("/trial-offers/bookings"), 0);
+        assert!(!h.steps("r-c1").contains(&BookingStep::Confirmed));
+        // Asked again (a retried turn, a restart), nothing is confirmed on the lead's behalf.
+        let calls = h.sim().total_requests();
+        assert_eq!(h.booker().book_trial(&req), booker.book_trial(&req));
+        assert_eq!(h.sim().total_requests(), calls);
+
+        // The lead says yes: confirmed; MagicLine unreachable at first, then it goes through.
+        h.sim()
+            .inject_on("/trial-offers/bookings", Fault::Status(503), 50);
+        assert_eq!(booker.confirm(&p, booking_id), ConfirmOutcome::Unavailable);
         h.sim().clear_faults();
-        let (again_id, _, pending) = booked(&booker.book_trial(&req));
-        assert_eq!(again_id, second_id);
-        assert!(!pending);
-        assert_eq!(h.sim().bookings_of(lead2)[0].state, SimBookingState::Booked);
-        assert_eq!(h.sim().book_calls(lead2), 1);
+        assert_eq!(
+            booker.confirm(&p, booking_id),
+            ConfirmOutcome::Confirmed {
+                start: at(1, 10, 0)
+            }
+        );
+        assert_eq!(h.sim().bookings_of(lead)[0].state, SimBookingState::Booked);
+        assert!(h.steps("r-c1").contains(&BookingStep::Confirmed));
+        // Twice is harmless and asks MagicLine nothing.
+        let calls = h.sim().total_requests();
+        assert!(matches!(
+            booker.confirm(&p, booking_id),
+            ConfirmOutcome::Confirmed { .. }
+        ));
+        assert_eq!(h.sim().total_requests(), calls);
+        assert!(!booked(&booker.book_trial(&req)).2);
+        // Only the person's own bookings.
+        let other = h.person("+49 151 0000099");
+        assert_eq!(booker.confirm(&other, booking_id), ConfirmOutcome::NotFound);
+
+        // A yes after the term before the start has begun comes too late.
+        let q = h.person("+49 151 0000010");
+        let req = request("r-c2", q, "conf2@example.org", None, at(1, 11, 0));
+        let (second, lead2, pending) = booked(&booker.book_trial(&req));
+        assert!(pending);
+        h.advance_to(24 * 3600 + 30 * 60); // Tuesday 09:30, 90 minutes before the start
+        assert_eq!(booker.confirm(&q, second), ConfirmOutcome::Expired);
+        assert_eq!(
+            h.sim().bookings_of(lead2)[0].state,
+            SimBookingState::Canceled
+        );
+        assert_eq!(
+            h.audit.events_of("r-c2").pop().unwrap().reason,
+            Some("confirmation_expired")
+        );
+    }
+
+    #[test]
+    fn slots_inside_the_confirmation_term_are_neither_booked_nor_offered() {
+        let h = Harness::new(SimConfig {
+            require_confirmation: true,
+            ..sim_cfg()
+        });
+        let p = h.person("+49 151 0000016");
+        // Monday 10:30 is bookable (an hour's notice) but the 2-hour term before it has begun.
+        let req = request("r-soon", p, "soon@example.org", None, at(0, 10, 30));
+        let BookingOutcome::SlotTaken { alternatives } = h.booker().book_trial(&req) else {
+            panic!("expected SlotTaken");
+        };
+        assert_eq!(alternatives.len(), 3);
+        assert!(
+            alternatives
+                .iter()
+                .all(|a| a.timestamp() > at(0, 11, 0).timestamp()),
+            "{alternatives:?}"
+        );
+        assert!(h.sim().leads().is_empty());
+        assert_eq!(h.sim().request_count(TRIAL_BOOK), 0);
     }
 
     #[test]
@@ -1993,7 +2215,6 @@ pub(super) mod tests {
             (TRIAL_BOOK, Fault::MalformedJson),
             (TRIAL_BOOK, Fault::SlowBody(Duration::from_secs(3))),
             (TRIAL_BOOK, Fault::Status(500)),
-            (TRIAL_BOOK, Fault::Status(429)),
         ];
         for (i, (path, fault)) in faults.into_iter().enumerate() {
             let p = h.person(&format!("+49 151 10000{i:02}"));
@@ -2026,6 +2247,122 @@ pub(super) mod tests {
         booked(&booker.book_trial(&req));
         assert_eq!(h.sim().bookings_of(ERIKA).len(), 1);
         assert_eq!(h.sim().book_calls(ERIKA), 1);
+    }
+
+    #[test]
+    fn a_429_is_not_retried_inside_its_minute() {
+        let h = Harness::new(sim_cfg());
+        let booker = h.booker();
+        let p = h.person("+49 151 0000017");
+        let req = request("r-429", p, "limit@example.org", None, at(1, 10, 0));
+        h.sim()
+            .inject_on("/trial-offers/lead/validate", Fault::Status(429), 1);
+        assert_eq!(
+            booker.book_trial(&req),
+            BookingOutcome::Failed(BookingFailure::Unavailable)
+        );
+        assert_eq!(
+            h.audit.events_of("r-429").pop().unwrap().reason,
+            Some("rate_limited")
+        );
+        // Asked again inside the minute: the endpoint is not called again.
+        assert_eq!(
+            booker.book_trial(&req),
+            BookingOutcome::Failed(BookingFailure::Unavailable)
+        );
+        assert_eq!(h.sim().request_count("/trial-offers/lead/validate"), 1);
+        // After the minute the same request books.
+        h.advance_to(61);
+        booked(&booker.book_trial(&req));
+        assert_eq!(h.sim().request_count("/trial-offers/lead/validate"), 2);
+    }
+
+    #[test]
+    fn alternatives_are_searched_in_windows_of_at_most_six_days() {
+        let h = Harness::new(sim_cfg());
+        // The shipped search of 16 days: the next free slots are nine days ahead, beyond the
+        // first six-day window.
+        let booker = h.booker_configured(
+            Duration::from_secs(2),
+            3,
+            BookerConfig {
+                alternatives_days: 16,
+                ..BookerConfig::default()
+            },
+        );
+        for day in 0..=8 {
+            for half_hour in 16..42 {
+                h.sim().occupy_slot(
+                    TRIAL,
+                    &at(day, (half_hour / 2) as i8, (half_hour % 2 * 30) as i8),
+                );
+            }
+        }
+        let p = h.person("+49 151 0000018");
+        let req = request("r-far", p, "far@example.org", None, at(1, 18, 0));
+        let BookingOutcome::SlotTaken { alternatives } = booker.book_trial(&req) else {
+            panic!("expected SlotTaken");
+        };
+        let days: Vec<jiff::civil::Date> = alternatives.iter().map(Zoned::date).collect();
+        assert_eq!(days, vec![date(2030, 6, 12); 3], "{alternatives:?}");
+        assert_eq!(h.sim().request_count(SLOTS), 1 + 3);
+    }
+
+    #[test]
+    fn the_configured_trial_offer_is_booked_and_its_mandatory_telephone_respected() {
+        let second = SimAppointment {
+            id: 1002,
+            title: "Probetraining EMS".into(),
+            duration_minutes: 30,
+            category: "EMS".into(),
+        };
+        let h = Harness::new(SimConfig {
+            more_trial_offers: vec![(2, second)],
+            telephone_mode: crate::magicline::api::FieldMode::Mandatory,
+            ..sim_cfg()
+        });
+        let booker = h.booker_configured(
+            Duration::from_secs(2),
+            3,
+            BookerConfig {
+                trial_appointment_id: Some(1002),
+                ..BookerConfig::default()
+            },
+        );
+        let p = h.person("+49 151 0000019");
+        let without_phone = request("r-nophone", p, "ems@example.org", None, at(1, 10, 0));
+        assert_eq!(
+            booker.book_trial(&without_phone),
+            BookingOutcome::Failed(BookingFailure::Unavailable)
+        );
+        assert_eq!(
+            h.audit.events_of("r-nophone").pop().unwrap().reason,
+            Some("phone_required")
+        );
+        assert!(h.sim().leads().is_empty());
+        let req = BookingRequest {
+            phone: Some("491510000019".into()),
+            ..request("r-ems", p, "ems@example.org", None, at(1, 10, 0))
+        };
+        let (booking_id, lead, _) = booked(&booker.book_trial(&req));
+        assert_eq!(h.sim().leads()[0].trial_offer_config_id, 2);
+        let made = h.sim().bookings_of(lead);
+        assert_eq!((made[0].id, made[0].appointment_id), (booking_id, 1002));
+
+        // A configured offer MagicLine does not list: not configured, staff are told.
+        let wrong = h.booker_configured(
+            Duration::from_secs(2),
+            3,
+            BookerConfig {
+                trial_appointment_id: Some(4242),
+                ..BookerConfig::default()
+            },
+        );
+        let q = h.person("+49 151 0000020");
+        assert_eq!(
+            wrong.book_trial(&request("r-wrong", q, "x@example.org", None, at(1, 11, 0))),
+            BookingOutcome::Failed(BookingFailure::NotConfigured)
+        );
     }
 
     #[test]
@@ -2249,18 +2586,10 @@ pub(super) mod tests {
         let h = Harness::new(cfg);
 
         // Slots of the next 13 days (customer bookings are listed two weeks ahead).
-        let all: Vec<Zoned> = h
-            .client(Duration::from_secs(5))
-            .trial_offer_slots(
-                TRIAL,
-                &SlotQuery {
-                    customer_id: None,
-                    days_ahead: Some(13),
-                    window_start: Some(date(2030, 6, 4)),
-                },
-            )
-            .unwrap()
-            .into_iter()
+        let client = h.client(Duration::from_secs(5));
+        let all: Vec<Zoned> = SlotQuery::windows(None, date(2030, 6, 4), 13)
+            .iter()
+            .flat_map(|q| client.trial_offer_slots(TRIAL, q).unwrap())
             .map(|s| s.start_date_time)
             .collect();
         let contested: Vec<Zoned> = all.iter().step_by(25).take(10).cloned().collect();
@@ -2322,7 +2651,7 @@ pub(super) mod tests {
                     let fault = match rng.gen_range(0..5) {
                         0 => Fault::Status(500),
                         1 => Fault::Status(503),
-                        2 => Fault::Status(429),
+                        2 => Fault::Status(502),
                         3 => Fault::LateAnswer(Duration::from_millis(1500)),
                         _ => Fault::MalformedJson,
                     };
@@ -2378,20 +2707,27 @@ pub(super) mod tests {
             .into_iter()
             .map(|o| o.into_inner().unwrap().unwrap())
             .collect();
-        let unfinished = |o: &BookingOutcome| {
-            matches!(
-                o,
-                BookingOutcome::Failed(BookingFailure::Unavailable)
-                    | BookingOutcome::Booked {
-                        confirmation_pending: true,
-                        ..
-                    }
-            )
-        };
+        let unfinished =
+            |o: &BookingOutcome| matches!(o, BookingOutcome::Failed(BookingFailure::Unavailable));
         let resumed: Vec<usize> = (0..N).filter(|i| unfinished(&outcomes[*i])).collect();
         let mut outcomes = outcomes;
         for &i in &resumed {
             outcomes[i] = booker.book_trial(&plan[i].req);
+        }
+        // Every lead says yes to the trial that awaits their confirmation.
+        for (c, o) in plan.iter().zip(outcomes.iter_mut()) {
+            if let BookingOutcome::Booked {
+                booking_id,
+                confirmation_pending: true,
+                ..
+            } = o
+            {
+                assert!(matches!(
+                    booker.confirm(&c.req.pseudonym, *booking_id),
+                    ConfirmOutcome::Confirmed { .. }
+                ));
+                *o = booker.book_trial(&c.req);
+            }
         }
         let total = started.elapsed();
 

@@ -5,15 +5,21 @@
 //! timeout (connect, send, and reading the whole answer).
 //!
 //! Retries: read-only and validate calls are retried with full-jitter exponential backoff on
-//! 429, 502, 503 and 504. Calls that change state in MagicLine (lead create, book, confirm,
+//! 502, 503 and 504. A 429 is never retried: MagicLine then denies every request to that
+//! endpoint for the next minute, so the client remembers the block and answers
+//! [`Error::RateLimited`] itself, without a request, until the minute (or a longer
+//! `Retry-After`) has passed. Calls that change state in MagicLine (lead create, book, confirm,
 //! cancel) are never retried here: after a [`Error::Timeout`] or any other error for which
 //! [`Error::may_have_been_processed`] is true the caller must first look (e.g. with
 //! [`Client::customer_bookings`] or [`Client::search_customers`]) before trying again.
 //!
 //! The API key is kept out of every `Debug` and `Display` output.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use jiff::{SignedDuration, Timestamp};
 use rand::Rng;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -31,6 +37,8 @@ const SLICE_SIZE: u32 = 100;
 const MAX_PAGES: usize = 50;
 /// Error bodies and answers are small; anything larger is not MagicLine talking.
 const MAX_BODY_BYTES: u64 = 4 * 1024 * 1024;
+/// How long MagicLine denies an endpoint after a 429 (its published rate-limit rule).
+const RATE_LIMIT_BLOCK: SignedDuration = SignedDuration::from_mins(1);
 
 /// Why a MagicLine call failed.
 #[derive(Debug, thiserror::Error)]
@@ -87,12 +95,15 @@ impl Error {
         }
     }
 
-    /// Whether retrying an idempotent request may help.
+    /// Whether retrying an idempotent request at once may help. Not a 429: the endpoint stays
+    /// blocked for the rest of the minute.
     fn transient(&self) -> bool {
-        matches!(
-            self,
-            Error::RateLimited { .. } | Error::Unavailable(502..=504)
-        )
+        matches!(self, Error::Unavailable(502..=504))
+    }
+
+    /// Whether the key lacks the permission (scope) the endpoint needs (HTTP 403).
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, Error::Api { status: 403, .. })
     }
 
     /// The MagicLine error code of an [`Error::Api`], e.g. `NOT_AVAILABLE`.
@@ -185,9 +196,13 @@ impl std::fmt::Debug for ApiKey {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Method {
     Get,
+    Head,
     Post,
     Delete,
 }
+
+/// The time the rate-limit blocks are measured with (settable for tests).
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
 /// Whether the client may repeat a call on its own.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -206,6 +221,9 @@ pub struct Client {
     api_key: ApiKey,
     timeout: Duration,
     retry: RetryPolicy,
+    clock: Clock,
+    /// Endpoints MagicLine answered 429, and until when they are denied.
+    blocked: Mutex<HashMap<&'static str, Timestamp>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -236,7 +254,29 @@ impl Client {
             api_key: ApiKey(Zeroizing::new(api_key)),
             timeout,
             retry: RetryPolicy::default(),
+            clock: Arc::new(Timestamp::now),
+            blocked: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Replaces the clock that rate-limit blocks are measured with.
+    pub fn with_clock(mut self, clock: Clock) -> Client {
+        self.clock = clock;
+        self
+    }
+
+    /// `HEAD` on the API root: MagicLine checks the key alone (200, or 401 for a key it does not
+    /// accept) without any business logic.
+    pub fn check_key(&self) -> Result<(), Error> {
+        let _: serde::de::IgnoredAny = self.call(
+            "check_key",
+            Method::Head,
+            "/trial-offers/bookable-trial-offers/appointments/bookable",
+            &[],
+            None::<&()>,
+            Retry::Safe,
+        )?;
+        Ok(())
     }
 
     /// Replaces the retry policy used for read-only and validate calls.
@@ -514,14 +554,19 @@ impl Client {
         };
         let mut attempt = 1;
         loop {
+            if let Some(left) = self.blocked_for(endpoint) {
+                tracing::debug!(endpoint, "MagicLine endpoint blocked after a 429; not sent");
+                return Err(Error::RateLimited {
+                    retry_after: Some(left),
+                });
+            }
             let result = self.once(method, &url, query, body.as_deref());
+            if let Err(Error::RateLimited { retry_after }) = &result {
+                self.block(endpoint, *retry_after);
+            }
             match result {
                 Err(e) if attempt < attempts && e.transient() => {
-                    let retry_after = match &e {
-                        Error::RateLimited { retry_after } => *retry_after,
-                        _ => None,
-                    };
-                    let wait = self.retry.delay(attempt, retry_after);
+                    let wait = self.retry.delay(attempt, None);
                     tracing::debug!(
                         endpoint,
                         attempt,
@@ -558,6 +603,31 @@ impl Client {
         }
     }
 
+    /// How long `endpoint` is still denied after a 429, if it is.
+    fn blocked_for(&self, endpoint: &'static str) -> Option<Duration> {
+        let now = (self.clock)();
+        let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        let until = *blocked.get(endpoint)?;
+        if until <= now {
+            blocked.remove(endpoint);
+            return None;
+        }
+        Duration::try_from(until.duration_since(now)).ok()
+    }
+
+    /// Denies `endpoint` for the next minute, or for MagicLine's longer `Retry-After`.
+    fn block(&self, endpoint: &'static str, retry_after: Option<Duration>) {
+        let now = (self.clock)();
+        let wait = retry_after
+            .and_then(|d| SignedDuration::try_from(d).ok())
+            .map_or(RATE_LIMIT_BLOCK, |d| d.max(RATE_LIMIT_BLOCK));
+        let until = now.checked_add(wait).unwrap_or(now);
+        self.blocked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(endpoint, until);
+    }
+
     /// One HTTP exchange; returns the body of a 2xx answer.
     fn once(
         &self,
@@ -568,11 +638,11 @@ impl Client {
     ) -> Result<String, Error> {
         let key: &str = &self.api_key.0;
         let sent = match method {
-            Method::Get | Method::Delete => {
-                let mut req = if method == Method::Get {
-                    self.agent.get(url)
-                } else {
-                    self.agent.delete(url)
+            Method::Get | Method::Head | Method::Delete => {
+                let mut req = match method {
+                    Method::Get => self.agent.get(url),
+                    Method::Head => self.agent.head(url),
+                    _ => self.agent.delete(url),
                 };
                 req = req
                     .header("x-api-key", key)

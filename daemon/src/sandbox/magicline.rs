@@ -7,6 +7,14 @@
 //! already booked at that time, trial contingent, booking limit, slot full, ...). A fixed clock can
 //! be set so tests do not depend on the wall clock.
 //!
+//! It holds the client to the published limits: `daysAhead` of a slot query must be 1–6 (a
+//! longer search is several windows), a booking that needs confirmation must be confirmed at the
+//! latest the trial offer's confirmation term *before its start* (later it expires and frees the
+//! slot), after a 429 every request to that endpoint is denied for the next minute (and counted),
+//! a key without the scope an endpoint needs gets 403, and rejected calls answer the documented
+//! error body, whose `errorCode` is a translation key, never a validation status. `HEAD` on any
+//! path checks the key alone (200 or 401), as MagicLine documents.
+//!
 //! Faults are injected at run time through [`MagiclineSim`]: the next N requests (optionally only
 //! those whose path starts with a prefix) answer with an error status, malformed JSON, a body that
 //! stalls halfway, or a late answer. Malformed, stalled and late answers are produced *after* the
@@ -21,7 +29,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -106,6 +114,9 @@ pub struct SimConfig {
     pub trial_offer_config_id: i64,
     /// The appointment type offered as trial training (bookable through both flows).
     pub trial_appointment: SimAppointment,
+    /// Further trial offers (configuration id and appointment type), listed after the first;
+    /// they share its lead data and confirmation settings.
+    pub more_trial_offers: Vec<(i64, SimAppointment)>,
     /// Appointment types for registered customers (the trial type is listed as well).
     pub member_appointments: Vec<SimAppointment>,
     /// Days not listed are closed.
@@ -116,7 +127,7 @@ pub struct SimConfig {
     pub min_notice: SignedDuration,
     /// Latest bookable start relative to now, in days.
     pub max_days_ahead: i64,
-    /// `daysAhead` when a slot query does not give it.
+    /// `daysAhead` when a slot query does not give it (MagicLine: 1).
     pub default_days_ahead: i64,
     /// Trial bookings one customer may hold.
     pub trial_contingent: u32,
@@ -124,8 +135,9 @@ pub struct SimConfig {
     pub booking_limit: u32,
     /// Trial bookings answer `BOOKED_WITH_CONFIRMATION_REQUIRED` and need the confirm call.
     pub require_confirmation: bool,
-    /// How long a booking awaiting confirmation can be confirmed.
-    pub confirmation_window: SignedDuration,
+    /// A booking awaiting confirmation must be confirmed at the latest this long before its
+    /// start; then it expires and frees the slot.
+    pub confirmation_term: SignedDuration,
     /// Whether lead creation asks for the gender.
     pub gender_mode: FieldMode,
     /// Whether lead creation asks for the date of birth.
@@ -144,6 +156,23 @@ pub struct SimConfig {
     pub now: Option<Timestamp>,
     /// Requests per minute and endpoint before 429 (MagicLine: 1,000); `None` = unlimited.
     pub rate_limit_per_minute: Option<u32>,
+    /// Scopes the API key lacks: the endpoints that need one answer 403.
+    pub missing_scopes: Vec<SimScope>,
+}
+
+/// A permission of an Open API key, as the studio grants it to an integration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimScope {
+    /// Trial offers, their configuration and slots.
+    TrialOffersRead,
+    /// Lead creation, trial bookings and their confirmation.
+    TrialOffersWrite,
+    /// Bookable appointments, their slots and the customer's bookings.
+    BookableAppointmentsRead,
+    /// Validating, booking and cancelling appointments.
+    AppointmentsWrite,
+    /// Customer search.
+    CustomersRead,
 }
 
 impl Default for SimConfig {
@@ -178,6 +207,7 @@ impl Default for SimConfig {
             time_zone: "Europe/Berlin".into(),
             trial_offer_config_id: 1,
             trial_appointment: trial.clone(),
+            more_trial_offers: Vec::new(),
             member_appointments: vec![
                 trial,
                 SimAppointment {
@@ -197,11 +227,11 @@ impl Default for SimConfig {
             slot_capacity: 1,
             min_notice: SignedDuration::from_hours(1),
             max_days_ahead: 28,
-            default_days_ahead: 7,
+            default_days_ahead: 1,
             trial_contingent: 1,
             booking_limit: 3,
             require_confirmation: false,
-            confirmation_window: SignedDuration::from_hours(24),
+            confirmation_term: SignedDuration::from_hours(2),
             gender_mode: FieldMode::Optional,
             date_of_birth_mode: FieldMode::Inactive,
             telephone_mode: FieldMode::Optional,
@@ -239,6 +269,7 @@ impl Default for SimConfig {
             max_slice_size: 50,
             now: None,
             rate_limit_per_minute: None,
+            missing_scopes: Vec::new(),
         }
     }
 }
@@ -448,6 +479,13 @@ impl MagiclineSim {
         self.state().cfg.now = Some(now);
     }
 
+    /// The simulator's clock as a function, for clients whose rate-limit blocks should follow
+    /// it (tests set the clock instead of waiting).
+    pub fn clock(&self) -> impl Fn() -> Timestamp + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || lock(&shared).now()
+    }
+
     /// The simulator's current time in the studio's zone.
     pub fn now(&self) -> Zoned {
         let st = self.state();
@@ -604,7 +642,10 @@ struct State {
     book_calls: HashMap<i64, usize>,
     /// Requests per path (after `/v1`).
     requests: HashMap<String, usize>,
-    rate_windows: HashMap<&'static str, (Instant, u32)>,
+    /// Per endpoint: start of the current minute and requests in it.
+    rate_windows: HashMap<&'static str, (Timestamp, u32)>,
+    /// Per endpoint: denied with 429 until then (a minute after the limit was exceeded).
+    blocked_until: HashMap<&'static str, Timestamp>,
 }
 
 impl State {
@@ -631,6 +672,7 @@ impl State {
             book_calls: HashMap::new(),
             requests: HashMap::new(),
             rate_windows: HashMap::new(),
+            blocked_until: HashMap::new(),
             cfg,
         }
     }
@@ -655,7 +697,20 @@ impl State {
         if self.cfg.trial_appointment.id == id {
             return Some(&self.cfg.trial_appointment);
         }
+        if let Some((_, a)) = self.cfg.more_trial_offers.iter().find(|(_, a)| a.id == id) {
+            return Some(a);
+        }
         self.cfg.member_appointments.iter().find(|a| a.id == id)
+    }
+
+    fn is_trial_appointment(&self, id: i64) -> bool {
+        self.cfg.trial_appointment.id == id
+            || self.cfg.more_trial_offers.iter().any(|(_, a)| a.id == id)
+    }
+
+    fn is_trial_config(&self, id: i64) -> bool {
+        self.cfg.trial_offer_config_id == id
+            || self.cfg.more_trial_offers.iter().any(|(c, _)| *c == id)
     }
 
     fn customer(&self, id: i64) -> Option<&CustomerRec> {
@@ -675,17 +730,51 @@ impl State {
         Some(fault)
     }
 
+    /// Whether this request to `route` is denied with 429: inside a blocked minute, or the one
+    /// that exceeds the limit (which blocks the endpoint for the next minute).
     fn rate_limited(&mut self, route: &'static str) -> bool {
+        let now = self.now();
+        if self
+            .blocked_until
+            .get(route)
+            .is_some_and(|until| now < *until)
+        {
+            return true;
+        }
         let Some(limit) = self.cfg.rate_limit_per_minute else {
             return false;
         };
-        let now = Instant::now();
         let window = self.rate_windows.entry(route).or_insert((now, 0));
-        if now.duration_since(window.0) >= Duration::from_secs(60) {
+        if now.duration_since(window.0) >= SignedDuration::from_mins(1) {
             *window = (now, 0);
         }
         window.1 += 1;
-        window.1 > limit
+        if window.1 > limit {
+            self.block_minute(route);
+            return true;
+        }
+        false
+    }
+
+    /// Denies every request to `route` for the next minute, as MagicLine does after a 429.
+    fn block_minute(&mut self, route: &'static str) {
+        let now = self.now();
+        let until = now.checked_add(SignedDuration::from_mins(1)).unwrap_or(now);
+        self.blocked_until.insert(route, until);
+        self.rate_windows.remove(route);
+    }
+
+    /// Bookings whose confirmation term has begun unconfirmed are cancelled (the slot is free).
+    /// The deadline is kept, so a late confirm call answers `EXPIRED`.
+    fn expire_unconfirmed(&mut self) {
+        let now = self.now();
+        for b in &mut self.bookings {
+            if b.state == SimBookingState::AwaitingConfirmation
+                && self.deadlines.get(&b.id).is_some_and(|d| now > *d)
+            {
+                b.state = SimBookingState::Canceled;
+            }
+        }
     }
 
     fn opening(&self, weekday: Weekday) -> Option<&OpeningHours> {
@@ -806,7 +895,7 @@ impl State {
                 "Buchbarer Termin nicht gefunden",
             ));
         };
-        if trial && appt.id != self.cfg.trial_appointment.id {
+        if trial && !self.is_trial_appointment(appt.id) {
             return Err(Answer::error(
                 404,
                 "BOOKABLE_APPOINTMENT_NOT_FOUND",
@@ -906,23 +995,30 @@ impl State {
                     external: false,
                 };
                 if confirm {
-                    let deadline = self
-                        .now()
-                        .checked_add(self.cfg.confirmation_window)
-                        .unwrap_or(self.now());
+                    // The term is measured back from the start, not forward from the booking.
+                    let start = booking.start.timestamp();
+                    let deadline = start
+                        .checked_sub(self.cfg.confirmation_term)
+                        .unwrap_or(start);
                     self.deadlines.insert(id, deadline);
                 }
                 let body = self.booking_json(&booking);
                 self.bookings.push(booking);
                 Answer::ok(body)
             }
-            Ok(status) => Answer::error(400, status.as_str(), "Buchung nicht möglich"),
+            // The spec documents validation statuses only on the validate calls; a rejected book
+            // call carries a translation key, which clients must not read as a status.
+            Ok(_) => Answer::error(
+                400,
+                "error.appointment.booking.not.possible",
+                "Buchung nicht möglich",
+            ),
         }
     }
 
     fn lead_status(&self, body: &Value) -> Result<&'static str, Answer> {
         let config_id = body.get("trialOfferConfigId").and_then(Value::as_i64);
-        if config_id != Some(self.cfg.trial_offer_config_id) {
+        if !config_id.is_some_and(|id| self.is_trial_config(id)) {
             return Err(Answer::error(
                 404,
                 "TRIAL_OFFER_CONFIG_NOT_FOUND",
@@ -1023,11 +1119,15 @@ impl State {
                         .get("telephone")
                         .and_then(Value::as_str)
                         .map(str::to_string),
-                    trial_offer_config_id: self.cfg.trial_offer_config_id,
+                    trial_offer_config_id: body["trialOfferConfigId"].as_i64().unwrap_or(0),
                 });
                 Answer::ok(json!({ "leadCustomerId": id }))
             }
-            Ok(status) => Answer::error(400, status, "Lead kann nicht angelegt werden"),
+            Ok(_) => Answer::error(
+                400,
+                "error.lead.customer.creation.not.possible",
+                "Lead kann nicht angelegt werden",
+            ),
         }
     }
 
@@ -1043,8 +1143,9 @@ impl State {
         };
         let status = match b.state {
             SimBookingState::Booked => "CONFIRMED",
+            SimBookingState::Canceled if deadline.is_some_and(|d| now > d) => "EXPIRED",
             SimBookingState::Canceled => {
-                return Answer::error(400, "BOOKING_CANCELED", "Buchung wurde storniert")
+                return Answer::error(400, "error.booking.canceled", "Buchung wurde storniert")
             }
             SimBookingState::AwaitingConfirmation => {
                 if deadline.is_some_and(|d| now > d) {
@@ -1137,7 +1238,7 @@ impl State {
 
     fn slots(&self, appt_id: i64, trial: bool, query: &HashMap<String, String>) -> Answer {
         let appt = match self.appointment(appt_id) {
-            Some(a) if !trial || a.id == self.cfg.trial_appointment.id => a.clone(),
+            Some(a) if !trial || self.is_trial_appointment(a.id) => a.clone(),
             _ => {
                 return Answer::error(
                     404,
@@ -1155,8 +1256,10 @@ impl State {
         }
         let days = match query.get("daysAhead").map(|d| d.parse::<i64>()) {
             None => self.cfg.default_days_ahead,
-            Some(Ok(d)) if d >= 0 => d,
-            Some(_) => return Answer::error(400, "INVALID_PARAMETER", "daysAhead ungültig"),
+            Some(Ok(d)) if (1..=MAX_DAYS_AHEAD).contains(&d) => d,
+            Some(_) => {
+                return Answer::invalid("daysAhead", "daysAhead muss zwischen 1 und 6 liegen")
+            }
         };
         let today = self.now().to_zoned(self.tz.clone()).date();
         let window_start = match query.get("slotWindowStartDate") {
@@ -1186,6 +1289,9 @@ impl State {
         Answer::ok(Value::Array(slots))
     }
 }
+
+/// Largest `daysAhead` a slot query may ask for.
+pub const MAX_DAYS_AHEAD: i64 = 6;
 
 fn plausible_email(email: &str) -> bool {
     let Some((local, domain)) = email.split_once('@') else {
@@ -1249,6 +1355,13 @@ struct Answer {
 impl Answer {
     fn ok(body: Value) -> Answer {
         Answer { status: 200, body }
+    }
+
+    /// 400 for a request parameter that breaks the spec, naming it in `reference`.
+    fn invalid(reference: &str, message: &str) -> Answer {
+        let mut a = Answer::error(400, "error.validation.failed", message);
+        a.body["reference"] = Value::String(reference.to_string());
+        a
     }
 
     fn error(status: u16, code: &str, message: &str) -> Answer {
@@ -1336,6 +1449,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<SimBody
                 *st.book_calls.entry(c).or_default() += 1;
             }
         }
+        if method == Method::HEAD {
+            // HEAD checks the key only: no business logic, no lookup of the resource.
+            let status = if key_ok { 200 } else { 401 };
+            return respond(status, full(Vec::new()));
+        }
         if !key_ok {
             (
                 Answer::error(401, "UNAUTHORIZED", "Ungültiger API-Schlüssel"),
@@ -1343,7 +1461,14 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<SimBody
             )
         } else {
             match st.take_fault(&api_path) {
-                Some(Fault::Status(code)) => (fault_status_answer(code), None),
+                Some(Fault::Status(code)) => {
+                    if code == 429 {
+                        // An injected 429 blocks the endpoint like a real one.
+                        let segments: Vec<&str> = api_path.trim_matches('/').split('/').collect();
+                        st.block_minute(route_name(&method, &segments));
+                    }
+                    (fault_status_answer(code), None)
+                }
                 other => (route(&mut st, &method, &api_path, &query, body), other),
             }
         }
@@ -1374,7 +1499,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<SimBody
 
 fn fault_status_answer(code: u16) -> Answer {
     match code {
-        429 => Answer::error(429, "TOO_MANY_REQUESTS", "Zu viele Anfragen"),
+        429 => too_many_requests(),
         503 => Answer::error(
             503,
             "SERVICE_UNAVAILABLE",
@@ -1437,8 +1562,16 @@ fn route(
         return Answer::error(404, "NOT_FOUND", "Unbekannter Endpunkt");
     }
     if st.rate_limited(route_name) {
-        return Answer::error(429, "TOO_MANY_REQUESTS", "Zu viele Anfragen");
+        return too_many_requests();
     }
+    if route_scope(route_name).is_some_and(|scope| st.cfg.missing_scopes.contains(&scope)) {
+        return Answer::error(
+            403,
+            "error.permission.denied",
+            "Keine Berechtigung für diese Ressource",
+        );
+    }
+    st.expire_unconfirmed();
     let needs_body = *method == Method::POST && !route_name.ends_with("confirm");
     let body = match body {
         Some(b) => b,
@@ -1450,28 +1583,34 @@ fn route(
     let id_at = |i: usize| segments.get(i).and_then(|s| s.parse::<i64>().ok());
     match route_name {
         "trial.appointments" => {
-            let t = &st.cfg.trial_appointment;
-            let item = json!({
-                "id": st.cfg.trial_offer_config_id,
-                "trialOfferConfigId": st.cfg.trial_offer_config_id,
-                "trialOfferBookableAppointment": State::appointment_json(t),
-            });
-            st.page(vec![(t.id, item)], query)
+            let offers = std::iter::once((st.cfg.trial_offer_config_id, &st.cfg.trial_appointment))
+                .chain(st.cfg.more_trial_offers.iter().map(|(c, a)| (*c, a)));
+            let items = offers
+                .map(|(config_id, t)| {
+                    let item = json!({
+                        "id": config_id,
+                        "trialOfferConfigId": config_id,
+                        "trialOfferBookableAppointment": State::appointment_json(t),
+                    });
+                    (t.id, item)
+                })
+                .collect();
+            st.page(items, query)
         }
         "trial.slots" => match id_at(4) {
             Some(id) => st.slots(id, true, query),
             None => Answer::error(400, "INVALID_PARAMETER", "Ungültige ID"),
         },
         "trial.config" => match id_at(2) {
-            Some(id) if id == st.cfg.trial_offer_config_id => {
+            Some(id) if st.is_trial_config(id) => {
                 let c = &st.cfg;
                 Answer::ok(json!({
-                    "id": c.trial_offer_config_id,
+                    "id": id,
                     "name": "Probetraining",
                     "preventMultipleBookingsTerm": { "value": 6, "unit": "MONTH" },
                     "contingent": c.trial_contingent,
                     "confirmationOfBookingTerm": if c.require_confirmation {
-                        json!({ "value": c.confirmation_window.as_secs() / 60, "unit": "MINUTES" })
+                        json!({ "value": c.confirmation_term.as_secs() / 60, "unit": "MINUTES" })
                     } else { Value::Null },
                     "allowBookingForLeads": true,
                     "leadDataConfig": {
@@ -1563,6 +1702,30 @@ fn route(
     }
 }
 
+fn too_many_requests() -> Answer {
+    Answer::error(429, "error.rate.limit.exceeded", "Zu viele Anfragen")
+}
+
+/// The scope the key needs for an endpoint.
+fn route_scope(route: &str) -> Option<SimScope> {
+    Some(match route {
+        "trial.appointments" | "trial.slots" | "trial.config" => SimScope::TrialOffersRead,
+        "trial.lead.validate"
+        | "trial.lead.create"
+        | "trial.booking.validate"
+        | "trial.booking.book"
+        | "trial.confirm" => SimScope::TrialOffersWrite,
+        "appointments.bookable" | "appointments.slots" | "appointments.bookings" => {
+            SimScope::BookableAppointmentsRead
+        }
+        "appointments.validate" | "appointments.book" | "appointments.cancel" => {
+            SimScope::AppointmentsWrite
+        }
+        "customers.search" => SimScope::CustomersRead,
+        _ => return None,
+    })
+}
+
 /// Endpoint name of a request (also the key of its rate-limit window).
 fn route_name(method: &Method, s: &[&str]) -> &'static str {
     let m = method.as_str();
@@ -1642,11 +1805,13 @@ mod tests {
     }
 
     fn client_for(sim: &MagiclineSim, timeout: Duration) -> Client {
-        Client::new(&sim.base_url(), sim.api_key(), timeout).with_retry_policy(RetryPolicy {
-            max_attempts: 4,
-            base_delay: Duration::from_millis(1),
-            max_delay: Duration::from_millis(5),
-        })
+        Client::new(&sim.base_url(), sim.api_key(), timeout)
+            .with_retry_policy(RetryPolicy {
+                max_attempts: 4,
+                base_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(5),
+            })
+            .with_clock(Arc::new(sim.clock()))
     }
 
     /// Monday 2030-06-03 09:00 in Berlin.
@@ -1858,7 +2023,12 @@ mod tests {
         );
         let err = c.create_lead(&dup).unwrap_err();
         assert!(matches!(err, Error::Api { status: 400, .. }), "{err:?}");
-        assert_eq!(err.api_code(), Some("DUPLICATE_CUSTOMER"));
+        // A failed create names a translation key, not a validation status (the spec gives
+        // statuses only on the validate call).
+        assert_eq!(
+            err.api_code(),
+            Some("error.lead.customer.creation.not.possible")
+        );
         assert!(h.sim().leads().is_empty());
 
         // A lead created earlier (e.g. by a create call whose answer was lost) is found again.
@@ -1997,21 +2167,23 @@ mod tests {
         h.sim().occupy_slot(EMS, &at(1, 10, 0));
         let err = h.client.book(&r).unwrap_err();
         assert!(matches!(err, Error::Api { status: 400, .. }), "{err:?}");
-        assert_eq!(err.api_code(), Some("NOT_AVAILABLE"));
+        assert_eq!(
+            err.api_code(),
+            Some("error.appointment.booking.not.possible")
+        );
         assert!(!err.may_have_been_processed());
         assert!(h.sim().bookings_of(ERIKA).is_empty());
     }
 
     #[test]
-    fn reads_and_validations_retry_on_429_and_503() {
+    fn reads_and_validations_retry_on_503_but_a_429_waits_out_the_minute() {
         let h = Harness::new(cfg());
         let c = &h.client;
         let path = "/appointments/bookable/2001/slots";
-        h.sim().inject_on(path, Fault::Status(429), 2);
-        h.sim().inject_on(path, Fault::Status(503), 1);
+        h.sim().inject_on(path, Fault::Status(503), 2);
         let slots = c.appointment_slots(EMS, &SlotQuery::default()).unwrap();
         assert!(!slots.is_empty());
-        assert_eq!(h.sim().request_count(path), 4);
+        assert_eq!(h.sim().request_count(path), 3);
 
         h.sim()
             .inject_on("/appointments/bookable/validate", Fault::Status(503), 2);
@@ -2019,12 +2191,18 @@ mod tests {
         assert_eq!(c.validate_booking(&r).unwrap(), S::Available);
         assert_eq!(h.sim().request_count("/appointments/bookable/validate"), 3);
 
-        h.sim()
-            .inject_on("/trial-offers/lead/validate", Fault::Status(429), 1);
-        assert_eq!(
-            c.validate_lead(&lead("Max", "max@example.org")).unwrap(),
-            LeadValidationStatus::Possible
-        );
+        // A 429 blocks the endpoint for the next minute: no retry, and later calls inside the
+        // minute are answered by the client without a request.
+        let validate = "/trial-offers/lead/validate";
+        h.sim().inject_on(validate, Fault::Status(429), 1);
+        for _ in 0..3 {
+            assert!(matches!(
+                c.validate_lead(&lead("Max", "max@example.org")),
+                Err(Error::RateLimited { .. })
+            ));
+        }
+        assert_eq!(h.sim().request_count(validate), 1);
+        // Another endpoint has its own counter.
         h.sim()
             .inject_on("/customers/search", Fault::Status(503), 1);
         assert_eq!(
@@ -2055,7 +2233,7 @@ mod tests {
             c.bookable_appointments(),
             Err(Error::RateLimited { .. })
         ));
-        assert_eq!(h.sim().request_count("/appointments/bookable"), 4);
+        assert_eq!(h.sim().request_count("/appointments/bookable"), 1);
         h.sim().clear_faults();
 
         // 500 is a server bug, not overload: not retried.
@@ -2088,6 +2266,8 @@ mod tests {
         assert_eq!(sim.request_count("/trial-offers/lead/create"), 1);
         assert!(sim.leads().is_empty());
         sim.clear_faults();
+        // The endpoint is blocked for the minute after a 429.
+        sim.set_now(at(0, 9, 1).timestamp());
 
         let lead_id = c.create_lead(&lead("Max", "max@example.org")).unwrap();
         sim.inject_on(
@@ -2252,18 +2432,36 @@ mod tests {
             ConfirmationStatus::Confirmed
         );
 
+        // The term (2 hours) is measured back from the start: a booking days ahead can still
+        // be confirmed a day later, but not within two hours of its start.
         let b = c.create_lead(&lead("Bert", "bert@example.org")).unwrap();
-        let late = c.book_trial(&req(b, TRIAL, at(3, 10, 0), 30)).unwrap();
-        h.sim().set_now(
-            monday_nine()
-                .checked_add(SignedDuration::from_hours(25))
-                .unwrap(),
+        let later = c.book_trial(&req(b, TRIAL, at(3, 10, 0), 30)).unwrap();
+        h.sim().set_now(at(2, 10, 0).timestamp());
+        let d = c.create_lead(&lead("Dora", "dora@example.org")).unwrap();
+        let short = c.book_trial(&req(d, TRIAL, at(2, 12, 0), 30)).unwrap();
+        h.sim().set_now(at(3, 7, 59).timestamp());
+        assert_eq!(
+            c.customer_bookings(d).unwrap()[0].booking_status,
+            BookingStatus::Canceled,
+            "unconfirmed inside its term: expired and the slot freed"
         );
         assert_eq!(
-            c.confirm_trial_booking(late.booking_id).unwrap(),
+            c.confirm_trial_booking(short.booking_id).unwrap(),
             ConfirmationStatus::Expired
         );
-        assert_eq!(h.sim().bookings_of(b)[0].state, SimBookingState::Canceled);
+        assert_eq!(
+            c.confirm_trial_booking(later.booking_id).unwrap(),
+            ConfirmationStatus::Confirmed
+        );
+        let e = c.create_lead(&lead("Emil", "emil@example.org")).unwrap();
+        let missed = c.book_trial(&req(e, TRIAL, at(3, 11, 0), 30)).unwrap();
+        h.sim().set_now(at(3, 9, 1).timestamp());
+        assert_eq!(
+            c.confirm_trial_booking(missed.booking_id).unwrap(),
+            ConfirmationStatus::Expired
+        );
+        assert_eq!(h.sim().bookings_of(e)[0].state, SimBookingState::Canceled);
+        assert_eq!(h.sim().bookings_of(b)[0].state, SimBookingState::Booked);
 
         let err = c.confirm_trial_booking(123).unwrap_err();
         assert!(matches!(err, Error::Api { status: 404, .. }), "{err:?}");
@@ -2310,7 +2508,7 @@ mod tests {
     }
 
     #[test]
-    fn simulated_rate_limit_answers_429() {
+    fn simulated_rate_limit_answers_429_for_the_whole_next_minute() {
         let h = Harness::new(SimConfig {
             rate_limit_per_minute: Some(2),
             ..cfg()
@@ -2322,6 +2520,92 @@ mod tests {
             Err(Error::RateLimited { .. })
         ));
         // Another endpoint has its own window.
+        assert!(h.client.bookable_appointments().is_ok());
+        // The client does not ask again inside the minute; clients that do are denied (and
+        // counted) until the minute is over.
+        assert!(matches!(
+            h.client.trial_offer_config(1),
+            Err(Error::RateLimited { .. })
+        ));
+        assert_eq!(h.sim().request_count("/trial-offers/config"), 3);
+        for _ in 0..3 {
+            let impatient = client_for(h.sim(), Duration::from_secs(10));
+            assert!(matches!(
+                impatient.trial_offer_config(1),
+                Err(Error::RateLimited { .. })
+            ));
+        }
+        assert_eq!(h.sim().request_count("/trial-offers/config"), 6);
+        h.sim().set_now(at(0, 9, 1).timestamp());
+        assert!(h.client.trial_offer_config(1).is_ok());
+    }
+
+    #[test]
+    fn days_ahead_outside_one_to_six_is_rejected_with_the_error_body() {
+        let h = Harness::new(cfg());
+        let q = |days| SlotQuery {
+            customer_id: None,
+            days_ahead: Some(days),
+            window_start: Some(date(2030, 6, 4)),
+        };
+        for days in [0, 7, 16] {
+            let err = h.client.trial_offer_slots(TRIAL, &q(days)).unwrap_err();
+            assert!(
+                matches!(err, Error::Api { status: 400, .. }),
+                "{days}: {err:?}"
+            );
+        }
+        let six = h.client.trial_offer_slots(TRIAL, &q(6)).unwrap();
+        // Tuesday to Sunday: four weekdays of 26 slots and Saturday's 10.
+        assert_eq!(six.len(), 4 * 26 + 10);
+        let default = h
+            .client
+            .appointment_slots(EMS, &SlotQuery::default())
+            .unwrap();
+        assert!(default
+            .iter()
+            .all(|s| s.start_date_time.date() == date(2030, 6, 3)));
+
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut resp = agent
+            .get(&format!(
+                "{}/trial-offers/bookable-trial-offers/appointments/bookable/{TRIAL}/slots",
+                h.sim().base_url()
+            ))
+            .header("x-api-key", &h.sim().api_key())
+            .query("daysAhead", "16")
+            .call()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 400);
+        let raw: Value = resp.body_mut().read_json().unwrap();
+        assert!(raw["errorMessage"].is_string() && raw["traceId"].is_string());
+        assert_eq!(raw["reference"], "daysAhead");
+    }
+
+    #[test]
+    fn key_check_and_missing_scopes() {
+        let h = Harness::new(SimConfig {
+            missing_scopes: vec![SimScope::AppointmentsWrite],
+            ..cfg()
+        });
+        assert!(h.client.check_key().is_ok());
+        let wrong = Client::new(
+            &h.sim().base_url(),
+            "wrong-key".into(),
+            Duration::from_secs(10),
+        );
+        assert!(matches!(
+            wrong.check_key(),
+            Err(Error::Api { status: 401, .. })
+        ));
+        let err = h
+            .client
+            .validate_booking(&req(ERIKA, EMS, at(1, 10, 0), 30))
+            .unwrap_err();
+        assert!(err.is_forbidden(), "{err:?}");
         assert!(h.client.bookable_appointments().is_ok());
     }
 

@@ -53,6 +53,7 @@ pub(super) fn credentials(creds: &Credentials, cfg: &Config) -> Result<ChannelCr
 pub(super) struct Channel {
     listener_task: tokio::task::JoinHandle<()>,
     sender_task: tokio::task::JoinHandle<()>,
+    alerts_task: tokio::task::JoinHandle<()>,
     tunnel_task: Option<tokio::task::JoinHandle<()>>,
     dispatcher: Arc<Dispatcher>,
     pub(super) engine: Option<Arc<crate::conversation::engine::Engine>>,
@@ -70,6 +71,7 @@ impl Channel {
         let _ = self.listener_task.await;
         let _ = tokio::time::timeout(Duration::from_secs(20), self.dispatcher.wait_idle()).await;
         let _ = self.sender_task.await;
+        let _ = self.alerts_task.await;
     }
 }
 
@@ -211,9 +213,10 @@ pub(super) async fn start(
         sender_cfg,
         Some(core.audit.clone()),
         metrics.clone(),
-        wake,
+        wake.clone(),
     );
     let sender_task = tokio::spawn(sender.clone().run(until_stopped(stop.clone())));
+    let alerts_task = start_alerts(core, wake.clone(), until_stopped(stop.clone()));
     report_sender_pauses(&sender, &core.admin);
 
     let state = WebhookState::new(
@@ -249,11 +252,52 @@ pub(super) async fn start(
     Ok(Channel {
         listener_task,
         sender_task,
+        alerts_task,
         tunnel_task,
         dispatcher,
         engine,
         sender,
     })
+}
+
+/// The staff alert worker ([`crate::alerts::worker`]); without a working mailer it still hands
+/// alerts to WhatsApp, and says in the journal why e-mail is off.
+fn start_alerts(
+    core: &Core,
+    outbox_wake: Arc<tokio::sync::Notify>,
+    stopped: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let cfg = &core.cfg;
+    let store = core.store.clone();
+    core.admin.board.set_source(
+        "staff alerts",
+        move || serde_json::json!({ "waiting": crate::alerts::queue::pending(&store) }),
+    );
+    let mailer = if cfg.alerts.by_email() {
+        match crate::alerts::mail::Mailer::new(&cfg.alerts, &core.creds) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                error!(error = %e, "staff alert e-mail is off; see `frontdesk doctor`");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let worker = crate::alerts::worker::AlertWorker::new(
+        core.store.clone(),
+        core.queues.clone(),
+        Some(core.audit.clone()),
+        core.metrics.clone(),
+        crate::alerts::worker::WorkerConfig {
+            alerts: cfg.alerts.clone(),
+            template_language: cfg.whatsapp.template_language.clone(),
+            retry_base: crate::alerts::worker::RETRY_BASE,
+        },
+        mailer,
+        outbox_wake,
+    );
+    tokio::spawn(worker.run(stopped))
 }
 
 /// The Graph API client for the configured number with `token`.

@@ -84,10 +84,12 @@ pub struct Listeners {
     pub webhook: tokio::net::TcpListener,
     /// `/metrics` and `/healthz`, loopback.
     pub metrics: tokio::net::TcpListener,
+    /// The staff console (`[console]`), when enabled.
+    pub console: Option<tokio::net::TcpListener>,
 }
 
 impl Listeners {
-    /// Binds `webhook.listen` and `metrics.listen` from the configuration.
+    /// Binds `webhook.listen`, `metrics.listen` and `console.listen` from the configuration.
     pub async fn bind(cfg: &Config) -> anyhow::Result<Listeners> {
         let webhook = tokio::net::TcpListener::bind(cfg.webhook.listen)
             .await
@@ -95,7 +97,22 @@ impl Listeners {
         let metrics = tokio::net::TcpListener::bind(cfg.metrics.listen)
             .await
             .with_context(|| format!("cannot listen on metrics.listen {}", cfg.metrics.listen))?;
-        Ok(Listeners { webhook, metrics })
+        let console = if cfg.console.enabled {
+            Some(
+                tokio::net::TcpListener::bind(cfg.console.listen)
+                    .await
+                    .with_context(|| {
+                        format!("cannot listen on console.listen {}", cfg.console.listen)
+                    })?,
+            )
+        } else {
+            None
+        };
+        Ok(Listeners {
+            webhook,
+            metrics,
+            console,
+        })
     }
 }
 
@@ -126,6 +143,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let webhook_addr = listeners.webhook.local_addr()?.to_string();
     let metrics_addr = listeners.metrics.local_addr()?.to_string();
+    let console_addr = match &listeners.console {
+        Some(l) => l.local_addr()?.to_string(),
+        None => String::new(),
+    };
     let creds = Credentials::discover(cfg.service.credentials_dir.as_deref());
     status("opening store");
     let Some(store) = open_store_blocking(&cfg, &creds).await? else {
@@ -225,6 +246,15 @@ pub async fn run(
             None
         }
     };
+    let console = match listeners.console {
+        Some(listener) => Some(crate::console::start(
+            &cfg,
+            listener,
+            core.admin.clone(),
+            stopped(),
+        )?),
+        None => None,
+    };
     // Registered before READY, so a reload right after start is never the default SIGHUP action.
     let hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let engine = channel.as_ref().and_then(|c| c.engine.clone());
@@ -251,6 +281,7 @@ pub async fn run(
         ("STATUS", running),
         ("X_FRONTDESK_WEBHOOK", &webhook_addr),
         ("X_FRONTDESK_METRICS", &metrics_addr),
+        ("X_FRONTDESK_CONSOLE", &console_addr),
     ]);
     if let Some(r) = &opts.ready {
         r.notify_one();
@@ -273,6 +304,9 @@ pub async fn run(
         ch.stop().await;
     }
     let _ = metrics_task.await;
+    if let Some(c) = console {
+        let _ = c.await;
+    }
     if let Some(a) = admin {
         let _ = a.await;
     }

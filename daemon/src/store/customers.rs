@@ -22,6 +22,8 @@ pub enum Stage {
     NameKnown,
     /// "Probetraining gebucht": a trial training is booked.
     TrialBooked,
+    /// "Mitglied": an existing member of the studio, never offered a trial.
+    Member,
 }
 
 impl Stage {
@@ -31,6 +33,7 @@ impl Stage {
             Stage::NewLead => "neuer Interessent",
             Stage::NameKnown => "Name bekannt",
             Stage::TrialBooked => "Probetraining gebucht",
+            Stage::Member => "Mitglied",
         }
     }
 
@@ -40,6 +43,7 @@ impl Stage {
             "new_lead" | "neuer Interessent" => Some(Stage::NewLead),
             "name_known" | "Name bekannt" => Some(Stage::NameKnown),
             "trial_booked" | "Probetraining gebucht" => Some(Stage::TrialBooked),
+            "member" | "Mitglied" => Some(Stage::Member),
             _ => None,
         }
     }
@@ -107,6 +111,9 @@ pub struct Profile {
     /// Whether price matters much to the person.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget_bewusst: Option<String>,
+    /// Whether the person said they are a member of the studio (`ja`/`nein`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mitglied: Option<String>,
     /// When the person can train (days, times of day).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zeitfenster: Option<String>,

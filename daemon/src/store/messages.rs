@@ -16,6 +16,16 @@ pub enum Direction {
     Inbound,
     /// From the assistant (or staff via `frontdesk send`).
     Outbound,
+    /// From a staff member answering in the console: the studio's own words, sent like a
+    /// reply (the member's name is in the audit log, not here).
+    Staff,
+}
+
+impl Direction {
+    /// Ours, not the contact's: the assistant's replies and the staff's answers.
+    pub fn is_ours(self) -> bool {
+        !matches!(self, Direction::Inbound)
+    }
 }
 
 /// One message of a conversation.
@@ -170,7 +180,7 @@ impl Store {
                 continue;
             };
             let mut msg = open_message(&key, &rk, &v)?;
-            if msg.direction != Direction::Outbound || msg.wamid.is_some() {
+            if !msg.direction.is_ours() || msg.wamid.is_some() {
                 continue;
             }
             msg.wamid = Some(wamid.to_string());

@@ -13,6 +13,7 @@
 //! new number or user id), [`queue_rows`] (the sealed layout of queue rows, the quarantine),
 //! [`retention`] (the sweeper), [`backup`] (backup, restore, identity rotation).
 
+pub mod activity;
 pub mod address;
 pub mod backup;
 pub mod commit;
@@ -60,9 +61,11 @@ pub mod ks {
     pub const STATS: &str = "stats";
     /// Schema version, store recipient, chain head and other store-wide values.
     pub const META: &str = "meta";
+    /// Staff alerts waiting to be delivered (queue-row layout, see `crate::alerts::queue`).
+    pub const ALERTS: &str = "alerts";
     /// Every keyspace name, in the order of [`Keyspaces::all`](super::Keyspaces::all).
-    pub const ALL: [&str; 9] = [
-        CUSTOMERS, MESSAGES, INBOX, OUTBOX, SEEN, BOOKINGS, AUDIT, STATS, META,
+    pub const ALL: [&str; 10] = [
+        CUSTOMERS, MESSAGES, INBOX, OUTBOX, SEEN, BOOKINGS, AUDIT, STATS, META, ALERTS,
     ];
 }
 
@@ -163,6 +166,8 @@ pub struct Keyspaces {
     pub stats: Keyspace,
     /// See [`ks::META`].
     pub meta: Keyspace,
+    /// See [`ks::ALERTS`].
+    pub alerts: Keyspace,
 }
 
 impl Keyspaces {
@@ -178,11 +183,12 @@ impl Keyspaces {
             audit: open(ks::AUDIT)?,
             stats: open(ks::STATS)?,
             meta: open(ks::META)?,
+            alerts: open(ks::ALERTS)?,
         })
     }
 
     /// Every keyspace with its name, in a fixed order (backups rely on it).
-    pub fn all(&self) -> [(&'static str, &Keyspace); 9] {
+    pub fn all(&self) -> [(&'static str, &Keyspace); 10] {
         [
             (ks::CUSTOMERS, &self.customers),
             (ks::MESSAGES, &self.messages),
@@ -193,6 +199,7 @@ impl Keyspaces {
             (ks::AUDIT, &self.audit),
             (ks::STATS, &self.stats),
             (ks::META, &self.meta),
+            (ks::ALERTS, &self.alerts),
         ]
     }
 }
@@ -215,6 +222,8 @@ pub struct Store {
     /// The forget ledger file beside the store (see [`ledger`]); set by
     /// [`Store::keep_ledger_at`] for the daemon's store, absent for scratch stores.
     ledger: Option<ledger::LedgerFile>,
+    /// Who was just written (see [`activity`]).
+    activity: activity::Activity,
 }
 
 /// Holding this guard serialises all writers of one customer (see [`Store::lock_customer`]).
@@ -289,7 +298,13 @@ impl Store {
             )),
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             ledger: None,
+            activity: activity::Activity::default(),
         })
+    }
+
+    /// The feed of customers whose conversation just changed (the console's live updates).
+    pub fn activity(&self) -> &activity::Activity {
+        &self.activity
     }
 
     /// Keeps the forget ledger also in the file at `path` (outside the store directory, so it
@@ -425,6 +440,12 @@ impl Store {
     /// A keyed 16-byte hash for non-phone identifiers (message ids).
     pub fn token_hash(&self, domain: &str, token: &str) -> [u8; 16] {
         self.pseudonyms.of_token(domain, token)
+    }
+
+    /// The store-wide queue key: seals staff alert rows, and opens queue rows of the layout
+    /// before they were sealed per customer ([`queue_rows`]).
+    pub fn queue_key(&self) -> &DataKey {
+        &self.queue_key
     }
 
     /// Total size of the database on disk in bytes.

@@ -283,6 +283,8 @@ fn stage_rank(s: Stage) -> u8 {
         Stage::NewLead => 0,
         Stage::NameKnown => 1,
         Stage::TrialBooked => 2,
+        // Knowing the person is a member outranks everything a lead's record says.
+        Stage::Member => 3,
     }
 }
 

@@ -176,6 +176,13 @@ impl Store {
                 }
             }
         }
+        // Staff alert rows about the customer (sealed under the queue key, pseudonym in front).
+        for g in self.ks.alerts.iter() {
+            let (k, v) = g.into_inner()?;
+            if v.get(..PSEUDONYM_LEN) == Some(&p.0[..]) {
+                batch.remove(&self.ks.alerts, k);
+            }
+        }
         for g in self.ks.meta.prefix(QUARANTINE_PREFIX) {
             let (k, v) = g.into_inner()?;
             if v.get(..PSEUDONYM_LEN) == Some(&p.0[..]) {
@@ -217,6 +224,17 @@ impl Store {
                     },
                 };
                 batch.insert(keyspace, k, nv);
+                moved += 1;
+            }
+        }
+        // Staff alert rows (under the queue key, bound to their row key alone): the new
+        // pseudonym in front is all that changes.
+        for g in self.ks.alerts.iter() {
+            let (k, v) = g.into_inner()?;
+            if v.get(..PSEUDONYM_LEN) == Some(&from.0[..]) {
+                let mut nv = v.to_vec();
+                nv[..PSEUDONYM_LEN].copy_from_slice(&to.0);
+                batch.insert(&self.ks.alerts, k, nv);
                 moved += 1;
             }
         }

@@ -3,7 +3,8 @@
 
 use tracing::warn;
 
-use super::Effects;
+use super::{AlertKind, Effects};
+use crate::alerts::queue::{self as alerts, Alert, Reason};
 use crate::audit::{Actor, AuditEvent, AuditLog, Code, NewEntry};
 use crate::stats;
 use crate::store::customers::Customer;
@@ -61,6 +62,10 @@ pub enum CommitError {
     /// Appending the audit entries, and with them the batch, failed.
     #[error("audit log: {0}")]
     Audit(#[from] crate::audit::AuditError),
+    /// A staff answer to someone who cannot be answered: no record (never known, or
+    /// forgotten), or opted out.
+    #[error("the customer cannot be answered: {0}")]
+    NotAnswerable(&'static str),
 }
 
 /// Writes `effects` and `rows` in one durable batch and returns the effects as committed.
@@ -80,6 +85,9 @@ pub fn commit(
     if !effects.moves.is_empty() && effects.record.is_none() {
         return commit_moves(store, effects, rows, audit);
     }
+    if effects.by_staff {
+        return commit_staff(store, effects, rows, audit);
+    }
     let p = effects.pseudonym;
     let guard = store.lock_customer(&p);
     let mut batch = store.batch();
@@ -92,6 +100,7 @@ pub fn commit(
         store.commit_durable(batch)?;
         return Ok(discarded);
     }
+    let mut first_name = None;
     if let Some(update) = &effects.record {
         let mut fresh = match store.customer(&p)? {
             Some(c) => c,
@@ -142,6 +151,7 @@ pub fn commit(
             let seq = store.append_message(&mut fresh, &msg, &mut batch)?;
             effects.reply_rows.push(seq);
         }
+        first_name.clone_from(&fresh.body.profile.vorname);
         store.put_customer(&fresh, &mut batch)?;
         if let Some(user_id) = &learned_user_id {
             store.link_user_id(user_id, &p, &mut batch)?;
@@ -153,7 +163,11 @@ pub fn commit(
     for event in &effects.sources {
         stats::record_source(store, &mut batch, event, effects.at)?;
     }
+    for alert in &effects.alerts {
+        super::attention::mark(store, &mut batch, alert, effects.at);
+    }
     rows.add(&mut batch, store, &effects)?;
+    raise_alerts(store, &mut batch, &effects, first_name.as_deref());
     match audit {
         Some(log) if !effects.audit.is_empty() => {
             log.append_many_with(batch, effects.audit.iter().cloned())?;
@@ -161,10 +175,102 @@ pub fn commit(
         _ => store.commit_durable(batch)?,
     }
     drop(guard);
+    if effects.record.is_some() {
+        store.activity().touched(&p);
+    }
+    announce_alerts(&effects);
+    Ok(effects)
+}
+
+/// Adds the turn's staff alerts to its batch, so they become durable with the hand-over that
+/// raised them; the alert worker delivers them (`crate::alerts`). The contact's first name is
+/// the only personal data an alert carries.
+fn raise_alerts(
+    store: &Store,
+    batch: &mut fjall::OwnedWriteBatch,
+    effects: &Effects,
+    first_name: Option<&str>,
+) {
     for alert in &effects.alerts {
-        // Staff see alerts in the journal and in the audit log (no message content).
+        alerts::raise(
+            store,
+            batch,
+            &Alert {
+                reason: reason_of(alert.kind),
+                customer: Some(alert.pseudonym),
+                first_name: first_name.map(str::to_string),
+                raised: effects.at,
+            },
+        );
+    }
+}
+
+/// After the commit: wakes the alert worker, and says each alert in the journal too (the audit
+/// log has them as well; no message content).
+fn announce_alerts(effects: &Effects) {
+    if !effects.alerts.is_empty() {
+        alerts::committed();
+    }
+    for alert in &effects.alerts {
         warn!(customer = %alert.pseudonym, reason = alert.kind.code(), FRONTDESK_EVENT = "staff.alert", "staff attention needed");
     }
+}
+
+/// The alert reason of a turn's staff alert.
+fn reason_of(kind: AlertKind) -> Reason {
+    match kind {
+        AlertKind::Complaint => Reason::Complaint,
+        AlertKind::Cancellation => Reason::Cancellation,
+        AlertKind::ContractQuestion => Reason::ContractQuestion,
+        AlertKind::HealthQuestion => Reason::HealthQuestion,
+        AlertKind::PersonRequested => Reason::PersonRequested,
+        AlertKind::MemberAppointment => Reason::MemberAppointment,
+        AlertKind::BookingFailed => Reason::BookingFailed,
+        AlertKind::Rescheduled => Reason::Rescheduled,
+    }
+}
+
+/// A staff member's answer ([`Effects::by_staff`]): under the customer's lock, the replies join
+/// the customer's history as the studio's rows, the channel's outbox rows and the audit entry
+/// in one durable batch. Refused, with nothing written, for a customer without a record or one
+/// who opted out.
+fn commit_staff(
+    store: &Store,
+    mut effects: Effects,
+    rows: &dyn QueueRows,
+    audit: Option<&AuditLog>,
+) -> Result<Effects, CommitError> {
+    let p = effects.pseudonym;
+    let guard = store.lock_customer(&p);
+    let Some(mut customer) = store.customer(&p)? else {
+        return Err(CommitError::NotAnswerable("no such customer"));
+    };
+    if customer.meta.mode == crate::store::customers::BotMode::OptedOut {
+        return Err(CommitError::NotAnswerable("opted out"));
+    }
+    // The record's current identity, so an answer follows a customer who moved meanwhile.
+    effects.address = match (&customer.body.user_id, customer.body.phone.is_empty()) {
+        (Some(user_id), true) => user_id.clone(),
+        _ => customer.body.phone.clone(),
+    };
+    let mut batch = store.batch();
+    effects.reply_rows.clear();
+    for text in &effects.replies {
+        let msg = Message {
+            direction: Direction::Staff,
+            text: text.clone(),
+            at: effects.at,
+            wamid: None,
+        };
+        let seq = store.append_message(&mut customer, &msg, &mut batch)?;
+        effects.reply_rows.push(seq);
+    }
+    customer.meta.last_contact = effects.at;
+    store.put_customer(&customer, &mut batch)?;
+    rows.add(&mut batch, store, &effects)?;
+    write(store, batch, effects.audit.clone(), audit)?;
+    drop(guard);
+    store.activity().touched(&p);
     Ok(effects)
 }
 
@@ -253,4 +359,71 @@ fn write(
         _ => store.commit_durable(batch)?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::queue::{at_stage, RAISED};
+    use crate::store::crypto::StoreIdentity;
+    use crate::store::customers::BotMode;
+    use crate::turn::{RecordUpdate, StaffAlert, TurnOutcome};
+
+    const PHONE: &str = "491701234567";
+
+    fn hand_over(store: &Store, at: jiff::Timestamp) -> Effects {
+        let p = store.pseudonym(PHONE);
+        let mut customer = Customer::new(p, PHONE, at);
+        customer.body.profile.vorname = Some("Wiebke".into());
+        customer.meta.mode = BotMode::Escalated;
+        let mut effects = Effects::nothing(p, PHONE, at, TurnOutcome::Conversed);
+        effects.record = Some(RecordUpdate {
+            customer,
+            mode_before: BotMode::Active,
+            disclosed_before: false,
+            inbound: vec![Message {
+                direction: Direction::Inbound,
+                text: "Das war schlecht".into(),
+                at,
+                wamid: Some("wamid.h".into()),
+            }],
+            revoked: Vec::new(),
+        });
+        effects.alerts.push(StaffAlert {
+            kind: AlertKind::Complaint,
+            pseudonym: p,
+        });
+        effects
+    }
+
+    #[test]
+    fn a_hand_over_and_its_alert_are_written_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreIdentity::generate()).unwrap();
+        let at = jiff::Timestamp::now();
+        commit(&store, hand_over(&store, at), &(), None).unwrap();
+        let raised = at_stage(&store, RAISED).unwrap();
+        assert_eq!(raised.len(), 1);
+        let alert = &raised[0].alert;
+        assert_eq!(alert.reason, Reason::Complaint);
+        assert_eq!(alert.customer, Some(store.pseudonym(PHONE)));
+        assert_eq!(alert.first_name.as_deref(), Some("Wiebke"));
+        assert_eq!(alert.raised, at);
+    }
+
+    #[test]
+    fn a_turn_discarded_by_a_forget_raises_no_alert() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreIdentity::generate()).unwrap();
+        let at = jiff::Timestamp::now();
+        let effects = hand_over(&store, at);
+        store
+            .forget(
+                &[effects.pseudonym],
+                at + jiff::SignedDuration::from_secs(1),
+            )
+            .unwrap();
+        commit(&store, effects, &(), None).unwrap();
+        assert!(at_stage(&store, RAISED).unwrap().is_empty());
+    }
 }

@@ -10,6 +10,7 @@
 //! This module depends only on the store, the audit log and the funnel counters, so both the
 //! channel (`whatsapp`) and the engine (`conversation`) can use it without knowing each other.
 
+pub mod attention;
 mod commit;
 
 use jiff::Timestamp;
@@ -226,8 +227,14 @@ pub enum AlertKind {
     Complaint,
     /// The contact wants to cancel an appointment.
     Cancellation,
-    /// A question about contract, billing or payment.
+    /// A matter with an existing contract: cancellation, billing or payment.
     ContractQuestion,
+    /// A health question beyond the studio's stated facts.
+    HealthQuestion,
+    /// The contact asked to talk to a person.
+    PersonRequested,
+    /// A member wants an appointment, which staff book (members get no trial).
+    MemberAppointment,
     /// A booking could not be made and a person has to follow up.
     BookingFailed,
     /// A booked trial was moved to a new slot: staff cancel the old appointment in MagicLine
@@ -242,6 +249,9 @@ impl AlertKind {
             AlertKind::Complaint => "complaint",
             AlertKind::Cancellation => "cancellation",
             AlertKind::ContractQuestion => "contract_question",
+            AlertKind::HealthQuestion => "health_question",
+            AlertKind::PersonRequested => "person_requested",
+            AlertKind::MemberAppointment => "member_appointment",
             AlertKind::BookingFailed => "booking_failed",
             AlertKind::Rescheduled => "rescheduled",
         }
@@ -341,6 +351,10 @@ pub struct Effects {
     /// New identities WhatsApp announced for the contact, in order: [`commit`] moves the
     /// customer (`pseudonym`) to each, under the locks of both identities, in the turn's batch.
     pub moves: Vec<IdentityChange>,
+    /// The replies are a staff member's answer from the console, not the engine's: [`commit`]
+    /// writes them as the studio's history rows ([`Direction::Staff`]) to the customer as they
+    /// are under the lock, addressed to the customer's current number or user id.
+    pub by_staff: bool,
 }
 
 impl Effects {
@@ -366,7 +380,23 @@ impl Effects {
             sources: Vec::new(),
             outcome,
             moves: Vec::new(),
+            by_staff: false,
         }
+    }
+
+    /// A staff member's answer `text` to customer `pseudonym`, with its audit entry (actor: the
+    /// staff member). The address is filled in by [`commit`] from the record.
+    pub fn staff_reply(
+        pseudonym: Pseudonym,
+        at: Timestamp,
+        text: String,
+        entry: NewEntry,
+    ) -> Effects {
+        let mut effects = Effects::nothing(pseudonym, "", at, TurnOutcome::Conversed);
+        effects.replies.push(text);
+        effects.audit.push(entry);
+        effects.by_staff = true;
+        effects
     }
 }
 
@@ -383,6 +413,7 @@ impl std::fmt::Debug for Effects {
             .field("funnel", &self.funnel)
             .field("outcome", &self.outcome)
             .field("moves", &self.moves)
+            .field("by_staff", &self.by_staff)
             .finish()
     }
 }

@@ -24,6 +24,7 @@ use tracing::{info, warn};
 use super::graph::{self, Disposition, MARKETING_RETRY_AFTER};
 use super::payload::StatusUpdate;
 use super::queue::{Deferred, FailureHandling, OutboundKind, OutboxEntry, Queues};
+use crate::alerts::queue::{self as alerts, Alert, Reason};
 use crate::audit::{Actor, AuditEvent, AuditLog, Code, NewEntry, Outcome};
 use crate::metrics::{FailureLabel, Metrics};
 use crate::store::crypto::Pseudonym;
@@ -196,18 +197,45 @@ impl Report<'_> {
         .outcome(Outcome::Error(Code::new(self.reason())))
     }
 
-    /// Commits `batch` with the audit entry (durably), or alone when there is no audit log.
+    /// The staff alert this failure raises, if any: a dropped reply (about its customer, with
+    /// their first name) or the spam limit (about the whole sender).
+    fn staff_alert(&self, store: &Store) -> Option<Alert> {
+        let (reason, customer) = match self.handling {
+            FailureHandling::StaffAlerted => (Reason::ReplyUndelivered, Some(self.pseudonym)),
+            FailureHandling::SlowedDown => (Reason::SpamLimited, None),
+            _ => return None,
+        };
+        let first_name = customer
+            .and_then(|p| store.customer(&p).ok().flatten())
+            .and_then(|c| c.body.profile.vorname);
+        Some(Alert {
+            reason,
+            customer,
+            first_name,
+            raised: Timestamp::now(),
+        })
+    }
+
+    /// Commits `batch` with the audit entry and the staff alert it raises (durably), or without
+    /// the entry when there is no audit log.
     pub fn commit(
         &self,
         store: &Store,
         audit: Option<&AuditLog>,
-        batch: fjall::OwnedWriteBatch,
+        mut batch: fjall::OwnedWriteBatch,
     ) -> anyhow::Result<()> {
+        let alert = self.staff_alert(store);
+        if let Some(alert) = &alert {
+            alerts::raise(store, &mut batch, alert);
+        }
         match audit {
             Some(log) => {
                 log.append_with(batch, self.audit_entry())?;
             }
             None => store.commit_durable(batch)?,
+        }
+        if alert.is_some() {
+            alerts::committed();
         }
         Ok(())
     }
@@ -538,6 +566,35 @@ mod tests {
         store.forget(&[p], Timestamp::now()).unwrap();
         assert!(q.sent(&store, "wamid.c").unwrap().is_none());
         assert!(q.reopened_at(&store, &p).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_dropped_reply_raises_a_staff_alert_with_the_first_name() {
+        use crate::alerts::queue::{at_stage, Reason, RAISED};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreIdentity::generate()).unwrap();
+        let q = Queues::new(&store).unwrap();
+        let p = store.pseudonym(PHONE);
+        let mut c = Customer::new(p, PHONE, Timestamp::now());
+        c.body.profile.vorname = Some("Wiebke".into());
+        let mut b = store.batch();
+        store.put_customer(&c, &mut b).unwrap();
+        store.commit_durable(b).unwrap();
+        sent(&store, &q, "wamid.a", &p, &text(PHONE, Timestamp::now()));
+        sent(&store, &q, "wamid.b", &p, &text(PHONE, Timestamp::now()));
+        assert_eq!(
+            handle(&store, &q, &failed("wamid.a", 131_000)),
+            Some(FailureHandling::StaffAlerted)
+        );
+        assert_eq!(
+            handle(&store, &q, &failed("wamid.b", 131_026)),
+            Some(FailureHandling::Undeliverable)
+        );
+        let raised = at_stage(&store, RAISED).unwrap();
+        assert_eq!(raised.len(), 1, "only the failure staff must act on");
+        assert_eq!(raised[0].alert.reason, Reason::ReplyUndelivered);
+        assert_eq!(raised[0].alert.customer, Some(p));
+        assert_eq!(raised[0].alert.first_name.as_deref(), Some("Wiebke"));
     }
 
     #[test]

@@ -44,6 +44,7 @@ use super::queue::{
     DeliveryState, FailureHandling, OutboundKind, OutboxEntry, Queued, Queues, Stored,
 };
 use super::templates::{TemplateCategories, TemplateCategory, NOT_A_MARKETING_TEMPLATE};
+use crate::alerts::queue::{Alert, Reason};
 use crate::audit::AuditLog;
 use crate::metrics::{Category, Metrics, Outcome};
 use crate::stats::PricingCategory;
@@ -227,6 +228,7 @@ impl Sender {
     fn pause(&self, reason: String) {
         let already = self.paused.borrow().is_some();
         if !already {
+            raise_alert(&self.store, Reason::SenderPaused, None);
             error!(
                 FRONTDESK_EVENT = "sender.paused",
                 reason = %reason,
@@ -475,6 +477,7 @@ impl Sender {
                     .inc();
                 self.count_failure(&err);
                 warn!(customer = %p, code = ?err.code(), reason = "reply_expired", FRONTDESK_EVENT = "staff.alert", "a reply could not be sent for 24 hours: dropped, staff should contact the customer");
+                raise_alert(&self.store, Reason::ReplyUndelivered, Some(*p));
                 if let Err(e) = self.retire(&row.key) {
                     error!(customer = %p, error = %e, "outbox update failed");
                 }
@@ -720,6 +723,23 @@ impl Sender {
             &sealed_first,
         )?;
         self.store.commit_durable(batch)
+    }
+}
+
+/// Raises a staff alert in a write of its own (durable before the sender goes on); a failure
+/// leaves the journal line as the only alert.
+fn raise_alert(store: &Store, reason: Reason, customer: Option<Pseudonym>) {
+    let first_name = customer
+        .and_then(|p| store.customer(&p).ok().flatten())
+        .and_then(|c| c.body.profile.vorname);
+    let alert = Alert {
+        reason,
+        customer,
+        first_name,
+        raised: Timestamp::now(),
+    };
+    if let Err(e) = crate::alerts::queue::raise_now(store, &alert) {
+        error!(reason = reason.code(), error = %e, "raising a staff alert failed");
     }
 }
 

@@ -1,0 +1,270 @@
+//! Staff console benchmark: the real daemon (`frontdesk-fixed`) over a store of 100,000
+//! customers of whom 1,000 wait for a person (hand-overs). Prints, over loopback, the time to
+//! answer the inbox page and a conversation page (p50, p95), the time from a signed webhook to
+//! the browser's live update on the event stream (p50, p95), and the daemon's resident memory
+//! before and after the console was used.
+//!
+//! Usage: console-bench [--customers N] [--handovers N] [--rounds N]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use frontdesk::audit::StaffName;
+use frontdesk::console::accounts::{self, Role};
+use frontdesk::sandbox::whatsapp::{self as sim, PayloadBuilder, WebhookDriver, SIM_APP_SECRET};
+use frontdesk::store::customers::BotMode;
+use frontdesk::store::messages::{Direction, Message};
+use frontdesk::turn::{attention, AlertKind, StaffAlert};
+use frontdesk_tests::harness::{Daemon, DaemonSpec};
+
+const PASSWORD: &str = "bench-password-1";
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn phone(i: usize) -> String {
+    format!("49151{i:08}")
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Fills the stopped daemon's store: customers with two messages each, the first
+/// `handovers` of them escalated with a hand-over mark, and one owner account.
+fn populate(daemon: &Daemon, customers: usize, handovers: usize) -> anyhow::Result<Vec<String>> {
+    let store = daemon.open_store();
+    let start = Instant::now();
+    store.start_bulk_load();
+    let now = jiff::Timestamp::now();
+    let mut waiting = Vec::new();
+    for i in 0..customers {
+        let at = now - jiff::SignedDuration::from_secs(i as i64);
+        let (c, ()) = store.update_customer(&phone(i), at, |c, batch, st| {
+            c.body.profile.vorname = Some(format!("Vorname{i}"));
+            c.meta.last_inbound = Some(at);
+            if i < handovers {
+                c.meta.mode = BotMode::Escalated;
+            }
+            for (direction, text) in [
+                (Direction::Inbound, "Hallo, ich möchte ein Probetraining."),
+                (Direction::Outbound, "Gern! Wann passt es Ihnen?"),
+            ] {
+                st.append_message(
+                    c,
+                    &Message {
+                        direction,
+                        text: text.into(),
+                        at,
+                        wamid: None,
+                    },
+                    batch,
+                )?;
+            }
+            if i < handovers {
+                attention::mark(
+                    st,
+                    batch,
+                    &StaffAlert {
+                        kind: AlertKind::Complaint,
+                        pseudonym: c.pseudonym,
+                    },
+                    at,
+                );
+            }
+            Ok(())
+        })?;
+        if i < handovers {
+            waiting.push(c.pseudonym.short());
+        }
+    }
+    store.finish_bulk_load()?;
+    accounts::add(
+        &store,
+        &StaffName::parse("bench").expect("valid name"),
+        Role::Owner,
+        PASSWORD,
+    )?;
+    store.flush()?;
+    println!(
+        "populate: {customers} customers ({handovers} handed over) in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(waiting)
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns status, headers and body.
+fn request(addr: SocketAddr, head: &str, body: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).expect("console reachable");
+    write!(
+        s,
+        "{head}\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("request written");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("answer read");
+    let (headers, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = headers
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, headers.to_string(), body.to_string())
+}
+
+fn cookie_value(headers: &str, name: &str) -> Option<String> {
+    headers.lines().find_map(|l| {
+        let v = l.strip_prefix("set-cookie: ")?;
+        let v = v.strip_prefix(name)?.strip_prefix('=')?;
+        Some(v.split(';').next()?.to_string())
+    })
+}
+
+fn sign_in(addr: SocketAddr) -> String {
+    let (_, headers, page) = request(addr, "GET /login HTTP/1.1", "");
+    let login = cookie_value(&headers, "fd_login").expect("login cookie");
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("csrf field")
+        .to_string();
+    let body = format!("csrf={csrf}&next=%2F&name=bench&password={PASSWORD}");
+    let (status, headers, _) = request(
+        addr,
+        &format!(
+            "POST /login HTTP/1.1\r\nCookie: fd_login={login}\r\nContent-Type: application/x-www-form-urlencoded"
+        ),
+        &body,
+    );
+    assert_eq!(status, 303, "sign-in failed");
+    cookie_value(&headers, "fd_session").expect("session cookie")
+}
+
+fn timed_gets(addr: SocketAddr, session: &str, paths: &[String]) -> Vec<Duration> {
+    let mut times: Vec<Duration> = paths
+        .iter()
+        .map(|path| {
+            let start = Instant::now();
+            let (status, _, _) = request(
+                addr,
+                &format!("GET {path} HTTP/1.1\r\nCookie: fd_session={session}"),
+                "",
+            );
+            let took = start.elapsed();
+            assert_eq!(status, 200, "{path}");
+            took
+        })
+        .collect();
+    times.sort();
+    times
+}
+
+fn main() -> anyhow::Result<()> {
+    let customers = arg("--customers", 100_000);
+    let handovers = arg("--handovers", 1_000).min(customers);
+    let rounds = arg("--rounds", 100).max(2);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let graph = sim::start().await;
+        let mut daemon = Daemon::start(DaemonSpec::with_graph(graph.base_url()));
+        daemon.stop();
+        let waiting = populate(&daemon, customers, handovers)?;
+        daemon.restart();
+        let pid = daemon.pid().expect("daemon runs");
+        let addr = daemon.console;
+        let rss_before = rss_kb(pid);
+        let session = sign_in(addr);
+
+        let inbox = timed_gets(addr, &session, &vec!["/".to_string(); rounds]);
+        println!(
+            "inbox page: p50 {:.1} ms, p95 {:.1} ms (goal p95 <= 50 ms)",
+            ms(percentile(&inbox, 0.5)),
+            ms(percentile(&inbox, 0.95))
+        );
+        let pages: Vec<String> = (0..rounds)
+            .map(|i| format!("/c/{}", waiting[(i * 7919) % waiting.len()]))
+            .collect();
+        let conv = timed_gets(addr, &session, &pages);
+        println!(
+            "conversation page: p50 {:.1} ms, p95 {:.1} ms (goal p95 <= 50 ms)",
+            ms(percentile(&conv, 0.5)),
+            ms(percentile(&conv, 0.95))
+        );
+
+        // The live stream: one change event per answered webhook message.
+        let mut stream = TcpStream::connect(addr)?;
+        write!(
+            stream,
+            "GET /events HTTP/1.1\r\nHost: {addr}\r\nCookie: fd_session={session}\r\n\r\n"
+        )?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut events = BufReader::new(stream);
+        let mut line = String::new();
+        // Headers and the first `retry:` chunk: the stream is subscribed from here on.
+        while !line.starts_with("retry:") {
+            line.clear();
+            events.read_line(&mut line)?;
+        }
+        let driver = WebhookDriver::new(&daemon.webhook_url(), SIM_APP_SECRET)?;
+        let p = PayloadBuilder::default();
+        let ts = jiff::Timestamp::now().as_second();
+        let mut live = Vec::new();
+        for i in 0..rounds {
+            // Contacts the assistant still answers, so each message is a full turn.
+            let from = phone(handovers + i);
+            let payload = p.text_message(&from, &format!("wamid.bench{i}"), "Hallo", ts + i as i64);
+            let start = Instant::now();
+            assert!(driver.deliver(&payload).await.delivered());
+            loop {
+                line.clear();
+                events.read_line(&mut line)?;
+                if line.starts_with("event: change") {
+                    break;
+                }
+            }
+            live.push(start.elapsed());
+        }
+        live.sort();
+        println!(
+            "webhook to live update: p50 {:.1} ms, p95 {:.1} ms (goal p95 <= 500 ms)",
+            ms(percentile(&live, 0.5)),
+            ms(percentile(&live, 0.95))
+        );
+        let rss_after = rss_kb(pid);
+        println!(
+            "daemon RSS: {:.1} MB before the console was used, {:.1} MB after: +{:.1} MB (goal <= 20 MB)",
+            rss_before as f64 / 1024.0,
+            rss_after as f64 / 1024.0,
+            rss_after.saturating_sub(rss_before) as f64 / 1024.0
+        );
+        daemon.stop();
+        anyhow::Ok(())
+    })
+}
