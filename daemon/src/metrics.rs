@@ -85,6 +85,29 @@ fn register_messages_sent(registry: &mut Registry) -> Family<Category, Counter> 
     messages_sent
 }
 
+/// A single `queue` label (`inbox`, `outbox`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabel {
+    /// The queue's name.
+    pub queue: String,
+}
+
+/// `frontdesk_quarantined_rows_total`, with both queues shown at zero until their first row.
+fn register_quarantined(registry: &mut Registry) -> Family<QueueLabel, Counter> {
+    let quarantined = Family::<QueueLabel, Counter>::default();
+    registry.register(
+        "quarantined_rows",
+        "Queue rows that could not be opened and were moved to the quarantine, by queue (inbox, outbox)",
+        quarantined.clone(),
+    );
+    for queue in ["inbox", "outbox"] {
+        let _ = quarantined.get_or_create(&QueueLabel {
+            queue: queue.into(),
+        });
+    }
+    quarantined
+}
+
 /// Every metric of the daemon.
 pub struct Metrics {
     registry: Registry,
@@ -103,6 +126,8 @@ pub struct Metrics {
     /// `frontdesk_inbound_errors_total`: inbound messages WhatsApp marked with an error code
     /// (`unsupported_type`, `media_download`), by reason.
     pub inbound_errors: Family<Outcome, Counter>,
+    /// `frontdesk_quarantined_rows_total`: unreadable queue rows moved to the quarantine.
+    pub quarantined_rows: Family<QueueLabel, Counter>,
     /// `frontdesk_sender_slowed`: 1 while the sender slows down after WhatsApp's spam rate limit.
     pub sender_slowed: Gauge,
     /// `frontdesk_processing_seconds`: from a message's arrival in the inbox to its reply in the
@@ -135,6 +160,10 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Every metric registered, counters at zero and the heartbeat set to now.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one registration per metric, read top to bottom like the exposition"
+    )]
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("frontdesk");
         let webhook_requests = Family::<Outcome, Counter>::default();
@@ -217,6 +246,8 @@ impl Metrics {
             tunnel_connected.clone(),
         );
         Metrics {
+            // Before `registry` moves into the struct: fields are evaluated in written order.
+            quarantined_rows: register_quarantined(&mut registry),
             staff_alerts: register_staff_alerts(&mut registry),
             registry,
             webhook_requests,

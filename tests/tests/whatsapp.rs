@@ -964,3 +964,98 @@ async fn a_paused_template_alerts_without_retry_and_the_spam_limit_slows_down_an
     assert_eq!(kept.len(), 1, "the spam-limited reply is kept for later");
     assert_eq!(kept[0].pseudonym, store.pseudonym(spam));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_queue_rows_are_quarantined_and_the_rest_flows() {
+    use frontdesk::whatsapp::payload::{Content, InboundMessage};
+    use frontdesk::whatsapp::queue::{InboxEntry, OutboundKind, OutboxEntry};
+    const WAITING: &str = "491790000021";
+    const REPLIED: &str = "491790000022";
+    let graph = sim::start().await;
+    let mut daemon = Daemon::start(DaemonSpec::with_graph(graph.base_url()));
+    daemon.stop();
+    {
+        // A message waiting in the inbox and a reply waiting in the outbox, both then damaged
+        // on disk.
+        let store = daemon.open_store();
+        let q = Queues::new(&store).unwrap();
+        let (waiting, replied) = (store.pseudonym(WAITING), store.pseudonym(REPLIED));
+        let message = InboundMessage {
+            id: "wamid.q1".into(),
+            from: WAITING.into(),
+            user_id: None,
+            parent_user_id: None,
+            timestamp: jiff::Timestamp::now().as_second(),
+            phone_number_id: frontdesk::sandbox::whatsapp::SIM_PHONE_NUMBER_ID.into(),
+            contact_name: None,
+            reply_to: None,
+            username: None,
+            referral: None,
+            error_codes: Vec::new(),
+            content: Content::Text("Hallo".into()),
+        };
+        let mut batch = store.batch();
+        let inbox = q
+            .push_inbox(
+                &store,
+                &mut batch,
+                &[(waiting, InboxEntry::Message(message))],
+            )
+            .unwrap();
+        store.data_key_or_create(&replied, &mut batch).unwrap();
+        let reply = OutboxEntry {
+            to: REPLIED.into(),
+            kind: OutboundKind::Text("Antwort".into()),
+            created: jiff::Timestamp::now(),
+            history: Vec::new(),
+        };
+        let outbox = q.push_outbox(&store, &mut batch, &replied, &reply).unwrap();
+        store.commit_durable(batch).unwrap();
+        for (keyspace, key) in [
+            (&store.keyspaces().inbox, &inbox[0]),
+            (&store.keyspaces().outbox, &outbox),
+        ] {
+            let mut v = keyspace.get(key).unwrap().unwrap().to_vec();
+            let last = v.len() - 1;
+            v[last] ^= 0x55;
+            keyspace.insert(key, v).unwrap();
+        }
+        store.persist().unwrap();
+    }
+
+    // The daemon starts, quarantines both, and another customer is answered.
+    daemon.restart();
+    let driver = WebhookDriver::new(&daemon.webhook_url(), SIM_APP_SECRET).unwrap();
+    let ts = jiff::Timestamp::now().as_second();
+    assert!(driver
+        .deliver(&PayloadBuilder::default().text_message("491790000023", "wamid.q3", "Hallo", ts))
+        .await
+        .delivered());
+    await_sends(&graph, 1).await;
+    assert_eq!(all_answered(&graph), vec!["wamid.q3"]);
+    await_metric(
+        &daemon,
+        r#"frontdesk_quarantined_rows_total{queue="inbox"} 1"#,
+    )
+    .await;
+    await_metric(
+        &daemon,
+        r#"frontdesk_quarantined_rows_total{queue="outbox"} 1"#,
+    )
+    .await;
+    assert!(graph.texts_to(REPLIED).is_empty());
+    assert!(daemon.stop().is_some_and(|s| s.success()));
+
+    let store = std::sync::Arc::new(daemon.open_store());
+    let counts = store.quarantined().unwrap();
+    assert_eq!(counts.get("inbox"), Some(&1));
+    assert_eq!(counts.get("outbox"), Some(&1));
+    let audit = frontdesk::audit::AuditLog::open(store).unwrap();
+    let quarantined = audit
+        .query(&frontdesk::audit::AuditFilter {
+            action: Some("queue.row_quarantined".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(quarantined.len(), 2);
+}

@@ -718,7 +718,7 @@ pub fn send(ctx: &Ctx, req: SendRequest) -> OpResult {
                 created: now,
                 history: vec![row],
             },
-        );
+        )?;
         // The queued message and its entry become durable together.
         let pending = audit
             .append_in(batch, entry)

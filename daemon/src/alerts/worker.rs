@@ -173,7 +173,7 @@ impl AlertWorker {
             let by_whatsapp = reason.by_whatsapp() && alerts.by_whatsapp();
             let mut entry = None;
             if by_whatsapp {
-                self.push_templates(&mut batch, &row);
+                self.push_templates(&mut batch, &row)?;
                 entry = Some(sent_entry(
                     &row,
                     "whatsapp",
@@ -213,7 +213,11 @@ impl AlertWorker {
         }
     }
 
-    fn push_templates(&self, batch: &mut fjall::OwnedWriteBatch, row: &Stored) {
+    fn push_templates(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        row: &Stored,
+    ) -> store::Result<()> {
         let alerts = &self.cfg.alerts;
         let name = alerts.whatsapp_template.clone().unwrap_or_default();
         let language = if alerts.whatsapp_template_language.is_empty() {
@@ -234,8 +238,13 @@ impl AlertWorker {
                 history: Vec::new(),
             };
             let staff = self.store.pseudonym(number);
-            self.queues.push_outbox(&self.store, batch, &staff, &entry);
+            // Outbox rows are sealed under their recipient's own key; a staff number that never
+            // wrote to the studio gets one (kept while rows use it, then swept).
+            self.store.data_key_or_create(&staff, batch)?;
+            self.queues
+                .push_outbox(&self.store, batch, &staff, &entry)?;
         }
+        Ok(())
     }
 
     /// Sends every e-mail that is due; returns how long until the next retry is due.

@@ -484,6 +484,13 @@ pub enum AuditEvent {
         /// WhatsApp's error code.
         code: i64,
     },
+    /// A queue row could not be opened (damaged bytes or key file) and was moved to the
+    /// quarantine; the rest of the queue carries on.
+    #[serde(rename = "queue.row_quarantined")]
+    QueueRowQuarantined {
+        /// The queue (`inbox`, `outbox`).
+        queue: Code,
+    },
     /// A WhatsApp message was sent (`kind`: text, template, …).
     #[serde(rename = "message.sent")]
     MessageSent {

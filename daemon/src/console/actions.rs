@@ -137,7 +137,7 @@ impl QueueRows for StaffRows {
                         created: Timestamp::now(),
                         history: history.clone(),
                     },
-                );
+                )?;
             }
         }
         Ok(())

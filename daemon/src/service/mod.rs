@@ -166,6 +166,8 @@ pub async fn run(
         })
         .await??,
     );
+    // Unreadable queue rows found from now on are counted and audited.
+    queues.report_to(metrics.clone(), Some(audit.clone()));
     append_audit(
         &audit,
         NewEntry::new(Actor::System, AuditEvent::ConfigLoaded),
@@ -202,6 +204,19 @@ pub async fn run(
     admin_state.board.set_source("queues", move || {
         let (inbox, outbox) = q.depths(&s);
         serde_json::json!({ "inbox": inbox, "outbox": outbox })
+    });
+    let s = store.clone();
+    admin_state.board.set_source("quarantined", move || {
+        let text = match s.quarantined() {
+            Ok(counts) if counts.is_empty() => "none".to_string(),
+            Ok(counts) => counts
+                .iter()
+                .map(|(queue, n)| format!("{queue} {n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            Err(e) => format!("unknown ({e})"),
+        };
+        serde_json::Value::String(text)
     });
     let core = Arc::new(Core {
         cfg: cfg.clone(),

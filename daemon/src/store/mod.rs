@@ -10,8 +10,8 @@
 //!
 //! Submodules: [`crypto`] (sealing and pseudonyms), [`keydir`] (wrapped keys), [`commit`] (group
 //! commit), [`customers`] (record types), [`messages`] (history rows), [`moves`] (a customer to a
-//! new number or user id), [`retention`] (the sweeper), [`backup`] (backup, restore, identity
-//! rotation).
+//! new number or user id), [`queue_rows`] (the sealed layout of queue rows, the quarantine),
+//! [`retention`] (the sweeper), [`backup`] (backup, restore, identity rotation).
 
 pub mod activity;
 pub mod address;
@@ -23,6 +23,7 @@ pub mod keydir;
 pub mod ledger;
 pub mod messages;
 pub mod moves;
+pub mod queue_rows;
 pub mod retention;
 
 use std::num::NonZeroUsize;
@@ -136,6 +137,9 @@ pub enum StoreError {
     /// The forget ledger file cannot be read or written.
     #[error(transparent)]
     Ledger(#[from] ledger::LedgerError),
+    /// A row was to be sealed for a customer who has no data key: they were forgotten.
+    #[error("the customer has no data key (forgotten); nothing is written about them")]
+    NoDataKey,
 }
 
 /// Results of the store.
@@ -438,7 +442,8 @@ impl Store {
         self.pseudonyms.of_token(domain, token)
     }
 
-    /// The store-wide key for transient queue entries (inbox, outbox).
+    /// The store-wide queue key: seals staff alert rows, and opens queue rows of the layout
+    /// before they were sealed per customer ([`queue_rows`]).
     pub fn queue_key(&self) -> &DataKey {
         &self.queue_key
     }
@@ -483,6 +488,20 @@ impl Store {
     pub fn persist(&self) -> Result<()> {
         let ticket = self.commit.applied();
         self.wait_durable(ticket)
+    }
+
+    /// Locks several customers at once (the webhook's write of one post), stripes in ascending
+    /// order like [`Store::lock_pair`], so no two writers can deadlock.
+    pub fn lock_customers(&self, ps: &[Pseudonym]) -> Vec<CustomerGuard<'_>> {
+        let mut stripes: Vec<usize> = ps.iter().map(|p| self.stripe_of(p)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        stripes
+            .into_iter()
+            .map(|i| CustomerGuard {
+                _guard: self.stripes[i].lock().expect("stripe lock poisoned"),
+            })
+            .collect()
     }
 
     /// A new write batch.
@@ -689,14 +708,9 @@ impl Store {
                     batch.remove(ks, g.key()?);
                 }
             }
-            for ks in [&self.ks.inbox, &self.ks.outbox, &self.ks.alerts] {
-                for g in ks.iter() {
-                    let (k, v) = g.into_inner()?;
-                    if v.get(..crypto::PSEUDONYM_LEN) == Some(&p.0[..]) {
-                        batch.remove(ks, k);
-                    }
-                }
-            }
+            // Queue rows are sealed under the key unlinked below: gone from the keyspaces here,
+            // unreadable everywhere else (journal, tables, backups) once the key is.
+            self.remove_queue_rows(p, &mut batch)?;
             // Links of user ids to this customer, and this pseudonym's own link.
             let own_link = meta_key(ALIAS_PREFIX, p);
             for g in self.ks.meta.prefix(ALIAS_PREFIX) {
@@ -724,7 +738,7 @@ impl Store {
 
     /// Removes key files that no row uses any more: left by a crash between a forget's row
     /// deletion and its key deletion, or between a new key and its first row. A key whose
-    /// customer has booking rows but no customer row yet is kept. Returns the count.
+    /// customer has booking or queue rows but no customer row yet is kept. Returns the count.
     pub fn remove_orphan_keys(&self) -> Result<u64> {
         let mut removed = 0;
         let candidates: Vec<Pseudonym> = self.keys.pseudonyms().collect::<Result<_, _>>()?;
@@ -733,8 +747,11 @@ impl Store {
             // History rows are written in the same batch as their customer row; booking rows are
             // not: the booker records a new lead's booking before the turn that asked for it
             // writes the customer row. A key with booking rows is in use.
+            // Queue rows neither: the webhook creates a new contact's key for their first inbox
+            // row, before any turn has written a customer row.
             let in_use = self.ks.customers.contains_key(p.0)?
-                || self.ks.bookings.prefix(p.0).next().is_some();
+                || self.ks.bookings.prefix(p.0).next().is_some()
+                || self.has_queue_rows(&p)?;
             if !in_use {
                 self.keys.remove(&p)?;
                 self.forget_cached_key(&p);

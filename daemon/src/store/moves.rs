@@ -3,9 +3,8 @@
 //!
 //! When the identity that keys the customer changes (the number of a customer keyed by number,
 //! the user id of one keyed by user id), every row is re-keyed to the new pseudonym and re-sealed
-//! under the new pseudonym's data key — record, history, bookings — the pending queue rows are
-//! re-tagged, user-id links follow, and the old pseudonym keeps nothing: no row, no link, no key
-//! file. When the other identity changes (the user id of a customer keyed by number), the record
+//! under the new pseudonym's data key — record, history, bookings, the pending queue rows — the
+//! user-id links follow, and the old pseudonym keeps nothing: no row, no link, no key file. When the other identity changes (the user id of a customer keyed by number), the record
 //! is updated in place and the old user id's link is replaced by the new one.
 //!
 //! When the new identity already has a record, the two are merged into it rather than one lost:
@@ -204,7 +203,7 @@ impl Store {
             moved_bookings += 1;
         }
 
-        self.retag(from, to, batch)?;
+        self.retag(from, to, &new_key, batch)?;
         batch.remove(&self.ks.meta, meta_key(ALIAS_PREFIX, from));
         batch.remove(&self.ks.customers, from.0);
         self.put_customer(&record, batch)?;
@@ -231,25 +230,19 @@ impl Store {
         Ok(())
     }
 
-    /// Pending queue rows and user-id links of `from` now belong to `to`.
+    /// Pending queue rows and user-id links of `from` now belong to `to` (whose data key is
+    /// `to_key`).
     fn retag(
         &self,
         from: &Pseudonym,
         to: &Pseudonym,
+        to_key: &DataKey,
         batch: &mut fjall::OwnedWriteBatch,
     ) -> Result<()> {
         // Pending queue rows carry the pseudonym in clear in front, so a forget of the new
-        // identity finds them; the sealed part is bound to the row key alone and stays.
-        for ks in [&self.ks.inbox, &self.ks.outbox, &self.ks.alerts] {
-            for g in ks.iter() {
-                let (k, v) = g.into_inner()?;
-                if v.get(..PSEUDONYM_LEN) == Some(&from.0[..]) {
-                    let mut nv = v.to_vec();
-                    nv[..PSEUDONYM_LEN].copy_from_slice(&to.0);
-                    batch.insert(ks, k, nv);
-                }
-            }
-        }
+        // identity finds them, and are sealed under their customer's key: re-sealed under the
+        // new one, as the old key file goes once the move is durable.
+        self.reseal_queue_rows(from, to, to_key, batch)?;
 
         // Links follow the customer; the new identity is a customer key, not a link.
         let own_link = meta_key(ALIAS_PREFIX, to);
@@ -280,7 +273,7 @@ impl Store {
         Ok(out)
     }
 
-    fn stripe_of(&self, p: &Pseudonym) -> usize {
+    pub(super) fn stripe_of(&self, p: &Pseudonym) -> usize {
         u16::from_be_bytes([p.0[0], p.0[1]]) as usize % self.stripes.len()
     }
 }

@@ -84,7 +84,7 @@ impl turn::QueueRows for Retirement {
                         created: Timestamp::now(),
                         history: history.clone(),
                     },
-                );
+                )?;
             }
         }
         for id in &self.seen {

@@ -308,13 +308,13 @@ pub fn handle_failed_status(
     let plan = plan(store, queues, policy, &p, &entry, disposition, now)?;
     match &plan {
         Plan::Reopen(template) => {
-            queues.push_outbox(store, &mut batch, &p, template);
+            queues.push_outbox(store, &mut batch, &p, template)?;
             queues.mark_reopened(store, &mut batch, &p, now);
         }
         Plan::Resend(to_phone) => {
-            queues.push_outbox(store, &mut batch, &p, to_phone);
+            queues.push_outbox(store, &mut batch, &p, to_phone)?;
         }
-        Plan::Defer(deferred) => queues.push_deferred(store, &mut batch, &p, deferred),
+        Plan::Defer(deferred) => queues.push_deferred(store, &mut batch, &p, deferred)?,
         Plan::Drop(_) | Plan::Alert => {}
     }
     queues.record_failure(store, &mut batch, &status.message_id, plan.handling(), now);
@@ -378,6 +378,8 @@ mod tests {
     /// Records `entry` as sent under `wamid`, as the sender does after a successful call.
     fn sent(store: &Store, q: &Queues, wamid: &str, p: &Pseudonym, entry: &OutboxEntry) {
         let mut b = store.batch();
+        // The customer's key, as the webhook made it for the message the reply answered.
+        store.data_key_or_create(p, &mut b).unwrap();
         q.record_delivery(
             store,
             &mut b,
@@ -386,7 +388,7 @@ mod tests {
             Timestamp::now(),
         )
         .unwrap();
-        q.record_sent(store, &mut b, wamid, p, entry);
+        q.record_sent(store, &mut b, wamid, p, entry).unwrap();
         store.commit_durable(b).unwrap();
     }
 

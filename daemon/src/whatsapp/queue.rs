@@ -1,9 +1,10 @@
 //! The durable queues of the WhatsApp channel, on the store:
 //!
 //! - **inbox**: everything a webhook request carried (messages and statuses), written before the
-//!   request is answered 200. Key `u64 big-endian sequence`; value `pseudonym (16) || sealed
-//!   entry` (sealed with the store's queue key; the pseudonym in front lets a forget remove a
-//!   person's pending entries without opening any).
+//!   request is answered 200. Key `u64 big-endian sequence`; value a queue row
+//!   ([`crate::store::queue_rows`]: the pseudonym in clear in front, so a forget removes a
+//!   person's pending entries without opening any, and the entry sealed under that customer's
+//!   own data key, so a forget makes every copy of it unreadable at once).
 //! - **outbox**: replies waiting to be sent, written in the same durable batch that removes the
 //!   inbox entries they answer. Same layout.
 //! - **seen**: keyed hashes of processed WhatsApp message ids (`unix seconds` value, for
@@ -19,14 +20,25 @@
 //!   customer's other replies.
 //! - **re-open** marks (prefix `r` + pseudonym): when the re-open template was last queued for a
 //!   customer, so a closed window leads to one template, not one per reply or per status.
+//!
+//! Reading: a row whose customer's key is gone (forgotten since it was written) is retired
+//! unread and never acted on; a row that cannot be opened is moved to the store's quarantine,
+//! counted (`frontdesk_quarantined_rows_total{queue}`), audited (`queue.row_quarantined`) and
+//! announced to staff in the journal, and the rest of the queue carries on.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tracing::{info, warn};
 
 use super::payload::{InboundMessage, StatusUpdate};
-use crate::store::crypto::{Pseudonym, PSEUDONYM_LEN};
+use crate::audit::{Actor, AuditEvent, AuditLog, Code, NewEntry};
+use crate::metrics::{Metrics, QueueLabel};
+use crate::store::crypto::Pseudonym;
+use crate::store::queue_rows::{self, Opened};
 use crate::store::{ks, Result, Store, StoreError};
 
 /// Prefix of queue rows in the outbox keyspace (delivery rows use `d`).
@@ -194,11 +206,18 @@ impl Sequencer {
     }
 }
 
+/// Where quarantined rows are reported (the daemon's metrics and audit log).
+struct Reporting {
+    metrics: Arc<Metrics>,
+    audit: Option<Arc<AuditLog>>,
+}
+
 /// The queues over one store. Cheap to share.
 pub struct Queues {
     inbox_seq: Sequencer,
     outbox_seq: Sequencer,
     deferred_seq: Sequencer,
+    reporting: OnceLock<Reporting>,
 }
 
 /// A queue row read back.
@@ -210,6 +229,27 @@ pub struct Queued<T> {
     pub pseudonym: Pseudonym,
     /// The opened entry.
     pub entry: T,
+    /// SHA-256 of the stored bytes as read: every rewrite seals afresh (new nonce), so a row
+    /// rewritten since it was read no longer matches ([`Queues::stored`]).
+    pub fingerprint: [u8; 32],
+}
+
+/// An outbox row as it is stored now, compared with how it was read ([`Queues::stored`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Byte for byte as read.
+    AsRead,
+    /// Rewritten since: what was read is stale.
+    Changed,
+    /// No longer there.
+    Gone,
+}
+
+/// What reading one row found.
+enum Read<T> {
+    Row(Queued<T>),
+    /// Retired or quarantined; nothing to act on.
+    Gone,
 }
 
 fn outbox_key(seq: u64) -> Vec<u8> {
@@ -236,57 +276,20 @@ fn reopen_key(p: &Pseudonym) -> Vec<u8> {
     k
 }
 
+/// Seals `entry` as queue row `key` of customer `p` (under their data key).
 fn seal_row<T: Serialize>(
     store: &Store,
     keyspace: &str,
     key: &[u8],
     p: &Pseudonym,
     entry: &T,
-) -> Vec<u8> {
-    let body = serde_json::to_vec(entry).expect("queue entry serialises");
-    let mut v = p.0.to_vec();
-    v.extend_from_slice(&store.queue_key().seal(keyspace, key, &body));
-    v
+) -> Result<Vec<u8>> {
+    let body = zeroize::Zeroizing::new(serde_json::to_vec(entry).expect("queue entry serialises"));
+    store.seal_queue_row(keyspace, key, p, &body)
 }
 
-/// Every row of the outbox keyspace under `prefix` (the outbox proper, the deferred replies),
-/// oldest first.
-fn outbox_rows<T: serde::de::DeserializeOwned>(
-    store: &Store,
-    prefix: u8,
-) -> Result<Vec<Queued<T>>> {
-    let mut out = Vec::new();
-    for g in store.keyspaces().outbox.prefix([prefix]) {
-        let (k, v) = g.into_inner()?;
-        let (p, entry) = open_row(store, ks::OUTBOX, &k, &v)?;
-        out.push(Queued {
-            key: k.to_vec(),
-            pseudonym: p,
-            entry,
-        });
-    }
-    Ok(out)
-}
-
-fn open_row<T: for<'de> Deserialize<'de>>(
-    store: &Store,
-    keyspace: &'static str,
-    key: &[u8],
-    value: &[u8],
-) -> Result<(Pseudonym, T)> {
-    let corrupt = StoreError::Corrupt {
-        keyspace,
-        what: "queue row",
-    };
-    let p = Pseudonym::from_key_prefix(value).ok_or(corrupt)?;
-    let plain = store
-        .queue_key()
-        .open(keyspace, key, &value[PSEUDONYM_LEN..])?;
-    let entry = serde_json::from_slice(&plain).map_err(|_| StoreError::Corrupt {
-        keyspace,
-        what: "queue entry",
-    })?;
-    Ok((p, entry))
+fn fingerprint(value: &[u8]) -> [u8; 32] {
+    Sha256::digest(value).into()
 }
 
 impl Queues {
@@ -296,23 +299,136 @@ impl Queues {
             inbox_seq: Sequencer::after_last(&store.keyspaces().inbox, b"")?,
             outbox_seq: Sequencer::after_last(&store.keyspaces().outbox, &[QUEUE_PREFIX])?,
             deferred_seq: Sequencer::after_last(&store.keyspaces().outbox, &[DEFERRED_PREFIX])?,
+            reporting: OnceLock::new(),
         })
     }
 
-    /// Adds inbox rows for `entries` to `batch`; returns their keys in order.
+    /// Counts quarantined rows in `metrics` and audits them in `audit` from now on (without, a
+    /// quarantined row is only logged).
+    pub fn report_to(&self, metrics: Arc<Metrics>, audit: Option<Arc<AuditLog>>) {
+        let _ = self.reporting.set(Reporting { metrics, audit });
+    }
+
+    /// Opens the row `key` of `keyspace` (bytes `value`): a row whose customer was forgotten
+    /// since is retired, one that cannot be opened is quarantined; both durably.
+    fn read<T: for<'de> Deserialize<'de>>(
+        &self,
+        store: &Store,
+        keyspace: &'static str,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Read<T>> {
+        let opened = store
+            .open_queue_row(keyspace, key, value)
+            .and_then(|o| match o {
+                Opened::Row(p, plain) => serde_json::from_slice(&plain)
+                    .map(|entry| Some((p, entry)))
+                    .map_err(|_| StoreError::Corrupt {
+                        keyspace,
+                        what: "queue entry",
+                    }),
+                Opened::Shredded(_) => Ok(None),
+            });
+        match opened {
+            Ok(Some((p, entry))) => Ok(Read::Row(Queued {
+                key: key.to_vec(),
+                pseudonym: p,
+                entry,
+                fingerprint: fingerprint(value),
+            })),
+            Ok(None) => {
+                let p = Pseudonym::from_key_prefix(value);
+                info!(customer = ?p, queue = keyspace, "a queue row of a forgotten customer was retired unread");
+                let mut batch = store.batch();
+                let source = match keyspace {
+                    ks::INBOX => &store.keyspaces().inbox,
+                    _ => &store.keyspaces().outbox,
+                };
+                batch.remove(source, key.to_vec());
+                store.commit_durable(batch)?;
+                Ok(Read::Gone)
+            }
+            Err(e) if queue_rows::unreadable(&e) => {
+                self.quarantine(store, keyspace, key, value, &e)?;
+                Ok(Read::Gone)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves an unreadable row to the quarantine; counts, audits and announces it.
+    fn quarantine(
+        &self,
+        store: &Store,
+        keyspace: &'static str,
+        key: &[u8],
+        value: &[u8],
+        err: &StoreError,
+    ) -> Result<()> {
+        store.quarantine_row(keyspace, key, value)?;
+        let p = Pseudonym::from_key_prefix(value);
+        warn!(customer = ?p, queue = keyspace, error = %err, FRONTDESK_EVENT = "staff.alert", "an unreadable queue row was moved to the quarantine; the rest of the queue carries on");
+        let Some(reporting) = self.reporting.get() else {
+            return Ok(());
+        };
+        reporting
+            .metrics
+            .quarantined_rows
+            .get_or_create(&QueueLabel {
+                queue: keyspace.into(),
+            })
+            .inc();
+        if let Some(audit) = &reporting.audit {
+            let queue = match keyspace {
+                ks::INBOX => Code::new("inbox"),
+                _ => Code::new("outbox"),
+            };
+            let mut entry = NewEntry::new(Actor::System, AuditEvent::QueueRowQuarantined { queue });
+            if let Some(p) = &p {
+                entry = entry.about(p);
+            }
+            if let Err(e) = audit.append(entry) {
+                tracing::error!(error = %e, "auditing a quarantined queue row failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Every row of the outbox keyspace under `prefix` (the outbox proper, the deferred
+    /// replies), oldest first.
+    fn outbox_rows<T: for<'de> Deserialize<'de>>(
+        &self,
+        store: &Store,
+        prefix: u8,
+    ) -> Result<Vec<Queued<T>>> {
+        let mut out = Vec::new();
+        for g in store.keyspaces().outbox.prefix([prefix]) {
+            let (k, v) = g.into_inner()?;
+            if let Read::Row(row) = self.read(store, ks::OUTBOX, &k, &v)? {
+                out.push(row);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds inbox rows for `entries` to `batch`; returns their keys in order. A contact without
+    /// a data key gets one now, durable before the batch is committed. Call with the entries'
+    /// customers locked ([`Store::lock_customers`]) until the batch is committed, so a forget
+    /// cannot fall between the key and the rows.
     pub fn push_inbox(
         &self,
         store: &Store,
         batch: &mut fjall::OwnedWriteBatch,
         entries: &[(Pseudonym, InboxEntry)],
-    ) -> Vec<Vec<u8>> {
+    ) -> Result<Vec<Vec<u8>>> {
         entries
             .iter()
             .map(|(p, e)| {
+                store.data_key_or_create(p, batch)?;
                 let key = self.inbox_seq.take().to_be_bytes().to_vec();
-                let v = seal_row(store, ks::INBOX, &key, p, e);
+                let v = seal_row(store, ks::INBOX, &key, p, e)?;
                 batch.insert(&store.keyspaces().inbox, key.clone(), v);
-                key
+                Ok(key)
             })
             .collect()
     }
@@ -322,27 +438,22 @@ impl Queues {
         let mut out = Vec::new();
         for g in store.keyspaces().inbox.iter() {
             let (k, v) = g.into_inner()?;
-            let (p, entry) = open_row(store, ks::INBOX, &k, &v)?;
-            out.push(Queued {
-                key: k.to_vec(),
-                pseudonym: p,
-                entry,
-            });
+            if let Read::Row(row) = self.read(store, ks::INBOX, &k, &v)? {
+                out.push(row);
+            }
         }
         Ok(out)
     }
 
-    /// Reads one inbox row.
+    /// Reads one inbox row (`None` when it is gone, or was retired or quarantined now).
     pub fn inbox_entry(&self, store: &Store, key: &[u8]) -> Result<Option<Queued<InboxEntry>>> {
         let Some(v) = store.keyspaces().inbox.get(key)? else {
             return Ok(None);
         };
-        let (p, entry) = open_row(store, ks::INBOX, key, &v)?;
-        Ok(Some(Queued {
-            key: key.to_vec(),
-            pseudonym: p,
-            entry,
-        }))
+        Ok(match self.read(store, ks::INBOX, key, &v)? {
+            Read::Row(row) => Some(row),
+            Read::Gone => None,
+        })
     }
 
     /// Adds the removal of the inbox row at `key` to `batch`.
@@ -350,23 +461,34 @@ impl Queues {
         batch.remove(&store.keyspaces().inbox, key.to_vec());
     }
 
-    /// Adds an outbox row to `batch`.
+    /// Adds an outbox row to `batch` ([`StoreError::NoDataKey`] when `p` was forgotten).
     pub fn push_outbox(
         &self,
         store: &Store,
         batch: &mut fjall::OwnedWriteBatch,
         p: &Pseudonym,
         entry: &OutboxEntry,
-    ) -> Vec<u8> {
+    ) -> Result<Vec<u8>> {
         let key = outbox_key(self.outbox_seq.take());
-        let v = seal_row(store, ks::OUTBOX, &key, p, entry);
+        let v = seal_row(store, ks::OUTBOX, &key, p, entry)?;
         batch.insert(&store.keyspaces().outbox, key.clone(), v);
-        key
+        Ok(key)
     }
 
     /// Every outbox row, oldest first.
     pub fn outbox(&self, store: &Store) -> Result<Vec<Queued<OutboxEntry>>> {
-        outbox_rows(store, QUEUE_PREFIX)
+        self.outbox_rows(store, QUEUE_PREFIX)
+    }
+
+    /// Whether outbox row `row` is still stored exactly as it was read, or was retired (sent,
+    /// dropped, removed by a forget) or rewritten (combined, replaced, moved to a new identity)
+    /// since.
+    pub fn stored(&self, store: &Store, row: &Queued<OutboxEntry>) -> Result<Stored> {
+        Ok(match store.keyspaces().outbox.get(&row.key)? {
+            None => Stored::Gone,
+            Some(v) if fingerprint(&v) == row.fingerprint => Stored::AsRead,
+            Some(_) => Stored::Changed,
+        })
     }
 
     /// Replaces the outbox row at `key` (keeps its place in the order).
@@ -377,9 +499,10 @@ impl Queues {
         key: &[u8],
         p: &Pseudonym,
         entry: &OutboxEntry,
-    ) {
-        let v = seal_row(store, ks::OUTBOX, key, p, entry);
+    ) -> Result<()> {
+        let v = seal_row(store, ks::OUTBOX, key, p, entry)?;
         batch.insert(&store.keyspaces().outbox, key.to_vec(), v);
+        Ok(())
     }
 
     /// Adds the removal of the outbox row at `key` to `batch`.
@@ -478,10 +601,11 @@ impl Queues {
         wamid: &str,
         p: &Pseudonym,
         entry: &OutboxEntry,
-    ) {
+    ) -> Result<()> {
         let key = sent_key(store, wamid);
-        let v = seal_row(store, ks::OUTBOX, &key, p, entry);
+        let v = seal_row(store, ks::OUTBOX, &key, p, entry)?;
         batch.insert(&store.keyspaces().outbox, key, v);
+        Ok(())
     }
 
     /// What was sent as `wamid` and for whom, while no status has settled it.
@@ -490,7 +614,10 @@ impl Queues {
         let Some(v) = store.keyspaces().outbox.get(&key)? else {
             return Ok(None);
         };
-        open_row(store, ks::OUTBOX, &key, &v).map(Some)
+        Ok(match self.read(store, ks::OUTBOX, &key, &v)? {
+            Read::Row(row) => Some((row.pseudonym, row.entry)),
+            Read::Gone => None,
+        })
     }
 
     /// Forgets (in `batch`) what was sent as `wamid`: it was delivered, or its failure handled.
@@ -505,11 +632,12 @@ impl Queues {
         batch: &mut fjall::OwnedWriteBatch,
         p: &Pseudonym,
         deferred: &Deferred,
-    ) {
+    ) -> Result<()> {
         let mut key = vec![DEFERRED_PREFIX];
         key.extend_from_slice(&self.deferred_seq.take().to_be_bytes());
-        let v = seal_row(store, ks::OUTBOX, &key, p, deferred);
+        let v = seal_row(store, ks::OUTBOX, &key, p, deferred)?;
         batch.insert(&store.keyspaces().outbox, key, v);
+        Ok(())
     }
 
     /// Moves every deferred reply that is due at `now` to the end of the outbox (one durable
@@ -518,12 +646,15 @@ impl Queues {
         let mut batch = store.batch();
         let mut moved = 0;
         let mut next: Option<Timestamp> = None;
-        for g in store.keyspaces().outbox.prefix([DEFERRED_PREFIX]) {
-            let (k, v) = g.into_inner()?;
-            let (p, deferred): (Pseudonym, Deferred) = open_row(store, ks::OUTBOX, &k, &v)?;
+        for row in self.outbox_rows::<Deferred>(store, DEFERRED_PREFIX)? {
+            let (p, deferred) = (row.pseudonym, row.entry);
             if deferred.not_before <= now {
-                batch.remove(&store.keyspaces().outbox, k.to_vec());
-                self.push_outbox(store, &mut batch, &p, &deferred.entry);
+                batch.remove(&store.keyspaces().outbox, row.key);
+                match self.push_outbox(store, &mut batch, &p, &deferred.entry) {
+                    // Forgotten since it was read: removed, not sent.
+                    Err(StoreError::NoDataKey) => continue,
+                    other => other?,
+                };
                 moved += 1;
             } else {
                 next = Some(next.map_or(deferred.not_before, |n| n.min(deferred.not_before)));
@@ -537,7 +668,7 @@ impl Queues {
 
     /// Every deferred reply (for status and tests).
     pub fn deferred(&self, store: &Store) -> Result<Vec<Queued<Deferred>>> {
-        outbox_rows(store, DEFERRED_PREFIX)
+        self.outbox_rows(store, DEFERRED_PREFIX)
     }
 
     /// When the re-open template was last queued for customer `p`.
@@ -585,6 +716,7 @@ impl Queues {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
     use crate::store::crypto::StoreIdentity;
     use crate::whatsapp::payload::Content;
 
@@ -623,7 +755,8 @@ mod tests {
                     (p, InboxEntry::Message(inbound("wamid.1", "Hallo"))),
                     (p, InboxEntry::Message(inbound("wamid.2", "Hallo nochmal"))),
                 ],
-            );
+            )
+            .unwrap();
             q.push_outbox(
                 &store,
                 &mut b,
@@ -634,7 +767,8 @@ mod tests {
                     created: Timestamp::now(),
                     history: Vec::new(),
                 },
-            );
+            )
+            .unwrap();
             store.commit_durable(b).unwrap();
         }
         let store = Store::open(dir.path(), StoreIdentity::parse(&text).unwrap()).unwrap();
@@ -643,11 +777,13 @@ mod tests {
         assert_eq!(inbox.len(), 2);
         assert!(matches!(&inbox[0].entry, InboxEntry::Message(m) if m.id == "wamid.1"));
         let mut b = store.batch();
-        let keys = q.push_inbox(
-            &store,
-            &mut b,
-            &[(p, InboxEntry::Message(inbound("wamid.3", "x")))],
-        );
+        let keys = q
+            .push_inbox(
+                &store,
+                &mut b,
+                &[(p, InboxEntry::Message(inbound("wamid.3", "x")))],
+            )
+            .unwrap();
         assert_eq!(keys[0], 2u64.to_be_bytes().to_vec());
         store.commit_durable(b).unwrap();
         assert_eq!(q.outbox(&store).unwrap().len(), 1);
@@ -655,6 +791,223 @@ mod tests {
         store.forget(&[p], Timestamp::now()).unwrap();
         assert!(q.inbox(&store).unwrap().is_empty());
         assert!(q.outbox(&store).unwrap().is_empty());
+    }
+
+    fn reply(to: &str, text: &str) -> OutboxEntry {
+        OutboxEntry {
+            to: to.into(),
+            kind: OutboundKind::Text(text.into()),
+            created: Timestamp::now(),
+            history: Vec::new(),
+        }
+    }
+
+    /// Every key on disk — the store-wide ones and every customer's — unwrapped.
+    fn keys_on_disk(store: &Store) -> Vec<crate::store::crypto::DataKey> {
+        let mut out = Vec::new();
+        let mut dirs = vec![store.path().join("keys")];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let path = e.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if let Ok(k) = store.identity().unwrap(&std::fs::read(&path).unwrap()) {
+                    out.push(k);
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether any of `keys` opens the sealed part of row `key` of `keyspace`, wherever the
+    /// envelope starts.
+    fn opens(
+        keys: &[crate::store::crypto::DataKey],
+        keyspace: &str,
+        key: &[u8],
+        value: &[u8],
+    ) -> bool {
+        (16..=17).any(|at| {
+            keys.iter()
+                .any(|k| k.open(keyspace, key, &value[at..]).is_ok())
+        })
+    }
+
+    #[test]
+    fn a_forgotten_customers_queue_rows_open_with_no_key_left_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreIdentity::generate()).unwrap();
+        let q = Queues::new(&store).unwrap();
+        let gone = store.pseudonym("491701234567");
+        let kept = store.pseudonym("491709876543");
+        let mut b = store.batch();
+        q.push_inbox(
+            &store,
+            &mut b,
+            &[
+                (
+                    gone,
+                    InboxEntry::Message(inbound("wamid.g1", "Ich heisse Dora")),
+                ),
+                (kept, InboxEntry::Message(inbound("wamid.k1", "Hallo"))),
+            ],
+        )
+        .unwrap();
+        q.push_outbox(&store, &mut b, &gone, &reply("491701234567", "Hallo Dora"))
+            .unwrap();
+        q.record_sent(
+            &store,
+            &mut b,
+            "wamid.out",
+            &gone,
+            &reply("491701234567", "Gesendet"),
+        )
+        .unwrap();
+        let later = Deferred {
+            entry: reply("491701234567", "Spaeter"),
+            not_before: Timestamp::now() + jiff::SignedDuration::from_hours(24),
+        };
+        q.push_deferred(&store, &mut b, &gone, &later).unwrap();
+        q.push_outbox(&store, &mut b, &kept, &reply("491709876543", "Hallo"))
+            .unwrap();
+        store.commit_durable(b).unwrap();
+
+        // The bytes of every queue row of the customer, as anyone copying the files gets them.
+        let mut rows = Vec::new();
+        for (name, keyspace) in [
+            (ks::INBOX, &store.keyspaces().inbox),
+            (ks::OUTBOX, &store.keyspaces().outbox),
+        ] {
+            for g in keyspace.iter() {
+                let (k, v) = g.into_inner().unwrap();
+                if v.starts_with(&gone.0) {
+                    rows.push((name, k.to_vec(), v.to_vec()));
+                }
+            }
+        }
+        assert_eq!(rows.len(), 4, "inbox, outbox, sent and deferred rows");
+        let before = keys_on_disk(&store);
+        assert!(rows.iter().all(|(n, k, v)| opens(&before, n, k, v)));
+
+        store.forget(&[gone], Timestamp::now()).unwrap();
+        let after = keys_on_disk(&store);
+        assert!(!after.is_empty());
+        for (name, k, v) in &rows {
+            assert!(!opens(&after, name, k, v), "a {name} row still opens");
+        }
+        // The other customer's rows are untouched.
+        assert_eq!(q.inbox(&store).unwrap().len(), 1);
+        assert_eq!(q.outbox(&store).unwrap()[0].pseudonym, kept);
+    }
+
+    #[test]
+    fn rows_of_the_previous_layout_are_read_and_drain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreIdentity::generate()).unwrap();
+        let p = store.pseudonym("491701234567");
+        let entry = InboxEntry::Message(inbound("wamid.old", "vor dem Update"));
+        let inbox_key = 0u64.to_be_bytes();
+        let outbox_key = outbox_key(0);
+        let mut b = store.batch();
+        b.insert(
+            &store.keyspaces().inbox,
+            inbox_key.to_vec(),
+            store.legacy_queue_row(
+                ks::INBOX,
+                &inbox_key,
+                &p,
+                &serde_json::to_vec(&entry).unwrap(),
+            ),
+        );
+        let out = reply("491701234567", "Antwort von vorher");
+        b.insert(
+            &store.keyspaces().outbox,
+            outbox_key.clone(),
+            store.legacy_queue_row(
+                ks::OUTBOX,
+                &outbox_key,
+                &p,
+                &serde_json::to_vec(&out).unwrap(),
+            ),
+        );
+        store.commit_durable(b).unwrap();
+
+        // A contact with no key yet (their first message came before the upgrade) is read.
+        let q = Queues::new(&store).unwrap();
+        let inbox = q.inbox(&store).unwrap();
+        assert_eq!(inbox.len(), 1);
+        assert_eq!(inbox[0].entry, entry);
+        assert_eq!(q.outbox(&store).unwrap()[0].entry, out);
+        assert!(store.quarantined().unwrap().is_empty());
+        // New rows of the same queue continue after them.
+        let mut b = store.batch();
+        let keys = q
+            .push_inbox(
+                &store,
+                &mut b,
+                &[(p, InboxEntry::Message(inbound("wamid.new", "x")))],
+            )
+            .unwrap();
+        assert_eq!(keys[0], 1u64.to_be_bytes().to_vec());
+    }
+
+    #[test]
+    fn an_unreadable_row_is_quarantined_and_the_rest_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreIdentity::generate()).unwrap();
+        let q = Queues::new(&store).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        q.report_to(metrics.clone(), None);
+        let (bad, good) = (
+            store.pseudonym("491701111111"),
+            store.pseudonym("491702222222"),
+        );
+        let mut b = store.batch();
+        let inbox = q
+            .push_inbox(
+                &store,
+                &mut b,
+                &[
+                    (bad, InboxEntry::Message(inbound("wamid.b", "kaputt"))),
+                    (good, InboxEntry::Message(inbound("wamid.g", "heil"))),
+                ],
+            )
+            .unwrap();
+        let outbox = q
+            .push_outbox(&store, &mut b, &bad, &reply("491701111111", "kaputt"))
+            .unwrap();
+        q.push_outbox(&store, &mut b, &good, &reply("491702222222", "heil"))
+            .unwrap();
+        store.commit_durable(b).unwrap();
+        // Flip a byte of the sealed part of each bad row.
+        for (keyspace, key) in [
+            (&store.keyspaces().inbox, &inbox[0]),
+            (&store.keyspaces().outbox, &outbox),
+        ] {
+            let mut v = keyspace.get(key).unwrap().unwrap().to_vec();
+            let last = v.len() - 1;
+            v[last] ^= 0x55;
+            keyspace.insert(key, v).unwrap();
+        }
+
+        let read = q.inbox(&store).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].pseudonym, good);
+        let sendable = q.outbox(&store).unwrap();
+        assert_eq!(sendable.len(), 1);
+        assert_eq!(sendable[0].pseudonym, good);
+        let counts = store.quarantined().unwrap();
+        assert_eq!(counts.get("inbox"), Some(&1));
+        assert_eq!(counts.get("outbox"), Some(&1));
+        let text = metrics.encode();
+        for queue in ["inbox", "outbox"] {
+            let line = format!("frontdesk_quarantined_rows_total{{queue=\"{queue}\"}} 1");
+            assert!(text.lines().any(|l| l == line), "{line}");
+        }
+        // Kept raw for an admin; a forget of the customer removes them.
+        assert_eq!(store.quarantined_rows().unwrap().len(), 2);
+        store.forget(&[bad], Timestamp::now()).unwrap();
+        assert!(store.quarantined().unwrap().is_empty());
     }
 
     #[test]

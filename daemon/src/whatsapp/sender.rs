@@ -40,7 +40,9 @@ use tracing::{error, info, warn};
 
 use super::failures::{self, FailurePolicy, Plan, Report};
 use super::graph::{Disposition, GraphClient, SendError, SentMessage, TemplateEndpoint};
-use super::queue::{DeliveryState, FailureHandling, OutboundKind, OutboxEntry, Queued, Queues};
+use super::queue::{
+    DeliveryState, FailureHandling, OutboundKind, OutboxEntry, Queued, Queues, Stored,
+};
 use super::templates::{TemplateCategories, TemplateCategory, NOT_A_MARKETING_TEMPLATE};
 use crate::alerts::queue::{Alert, Reason};
 use crate::audit::AuditLog;
@@ -401,11 +403,14 @@ impl Sender {
         let mut rows = rows.into_iter().peekable();
         while let Some(row) = rows.next() {
             // The rows were read before this task started; an earlier task for this customer
-            // may have sent and retired some of them since. Only one task per customer runs at a
-            // time, so a row still present now has not been sent.
-            match self.store.keyspaces().outbox.contains_key(&row.key) {
-                Ok(true) => {}
-                Ok(false) => continue,
+            // may have sent and retired some of them since, and a reply may have been rewritten
+            // (combined, replaced, re-sealed by a move) or removed by a forget. Only one task per
+            // customer runs at a time, so a row stored exactly as read has not been sent and is
+            // what is to be sent; a changed one makes the whole group be read again.
+            match self.queues.stored(&self.store, &row) {
+                Ok(Stored::AsRead) => {}
+                Ok(Stored::Gone) => continue,
+                Ok(Stored::Changed) => return GroupResult::Hold(Duration::ZERO),
                 Err(e) => {
                     error!(customer = %p, error = %e, "reading the outbox failed");
                     return GroupResult::Hold(Duration::from_secs(1));
@@ -546,7 +551,7 @@ impl Sender {
                     &row.key,
                     &row.pseudonym,
                     template,
-                );
+                )?;
                 self.queues.mark_reopened(&self.store, &mut batch, p, now);
             }
             Plan::Resend(to_phone) => {
@@ -556,12 +561,12 @@ impl Sender {
                     &row.key,
                     &row.pseudonym,
                     to_phone,
-                );
+                )?;
             }
             Plan::Defer(deferred) => {
                 self.queues.remove_outbox(&self.store, &mut batch, &row.key);
                 self.queues
-                    .push_deferred(&self.store, &mut batch, &row.pseudonym, deferred);
+                    .push_deferred(&self.store, &mut batch, &row.pseudonym, deferred)?;
             }
             Plan::Drop(_) | Plan::Alert => {
                 self.queues.remove_outbox(&self.store, &mut batch, &row.key);
@@ -615,8 +620,14 @@ impl Sender {
             DeliveryState::Accepted,
             now,
         )?;
-        self.queues
-            .record_sent(&self.store, &mut batch, wamid, &row.pseudonym, &row.entry);
+        match self
+            .queues
+            .record_sent(&self.store, &mut batch, wamid, &row.pseudonym, &row.entry)
+        {
+            // Forgotten while the reply was on its way: nothing about them is kept.
+            Err(crate::store::StoreError::NoDataKey) => {}
+            other => other?,
+        }
         crate::stats::record_sent(&self.store, &mut batch, category, now)?;
         self.store.commit_durable(batch)
     }
@@ -710,7 +721,7 @@ impl Sender {
             &first.key,
             &first.pseudonym,
             &sealed_first,
-        );
+        )?;
         self.store.commit_durable(batch)
     }
 }
@@ -735,4 +746,115 @@ fn raise_alert(store: &Store, reason: Reason, customer: Option<Pseudonym>) {
 /// Whether transient errors have kept `entry` from going out for longer than [`MAX_REPLY_AGE`].
 fn expired(entry: &OutboxEntry, now: Timestamp) -> bool {
     now.duration_since(entry.created) > MAX_REPLY_AGE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::whatsapp::{
+        self as sim, SIM_GRAPH_VERSION, SIM_PHONE_NUMBER_ID, SIM_TOKEN,
+    };
+    use crate::store::crypto::StoreIdentity;
+
+    const GONE: &str = "491701111111";
+    const KEPT: &str = "491702222222";
+
+    fn reply(to: &str, text: &str) -> OutboxEntry {
+        OutboxEntry {
+            to: to.into(),
+            kind: OutboundKind::Text(text.into()),
+            created: Timestamp::now(),
+            history: Vec::new(),
+        }
+    }
+
+    /// Sends `rows` of customer `p` as one task of the sender does.
+    async fn send(
+        sender: &Arc<Sender>,
+        p: Pseudonym,
+        rows: Vec<Queued<OutboxEntry>>,
+    ) -> GroupResult {
+        let sender = sender.clone();
+        tokio::task::spawn_blocking(move || sender.send_group(&p, rows))
+            .await
+            .unwrap()
+    }
+
+    fn rows_of(rows: &[Queued<OutboxEntry>], p: Pseudonym) -> Vec<Queued<OutboxEntry>> {
+        rows.iter().filter(|r| r.pseudonym == p).cloned().collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rows_forgotten_or_rewritten_after_they_were_read_are_not_sent_as_read() {
+        let graph = sim::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), StoreIdentity::generate()).unwrap());
+        let queues = Arc::new(Queues::new(&store).unwrap());
+        let client = GraphClient::new(
+            &graph.base_url(),
+            SIM_GRAPH_VERSION,
+            SIM_PHONE_NUMBER_ID,
+            SIM_TOKEN.into(),
+            Duration::from_secs(5),
+        );
+        let sender = Sender::new(
+            store.clone(),
+            queues.clone(),
+            client,
+            SenderConfig::default(),
+            None,
+            Arc::new(Metrics::new()),
+            Arc::new(Notify::new()),
+        );
+        let mut ps = Vec::new();
+        for (phone, text) in [(GONE, "Hallo Dora"), (KEPT, "Alter Text")] {
+            let p = store.pseudonym(phone);
+            let _guard = store.lock_customer(&p);
+            let mut batch = store.batch();
+            store.data_key_or_create(&p, &mut batch).unwrap();
+            queues
+                .push_outbox(&store, &mut batch, &p, &reply(phone, text))
+                .unwrap();
+            store.commit_durable(batch).unwrap();
+            ps.push(p);
+        }
+        let (gone, kept) = (ps[0], ps[1]);
+        // What the sender read before the customer was forgotten and the other's reply was
+        // rewritten (as a combination or a replacement does).
+        let read = queues.outbox(&store).unwrap();
+        assert_eq!(read.len(), 2);
+        store.forget(&[gone], Timestamp::now()).unwrap();
+        let kept_row = rows_of(&read, kept).remove(0);
+        let mut batch = store.batch();
+        queues
+            .rewrite_outbox(
+                &store,
+                &mut batch,
+                &kept_row.key,
+                &kept,
+                &reply(KEPT, "Neuer Text"),
+            )
+            .unwrap();
+        store.commit_durable(batch).unwrap();
+
+        assert!(matches!(
+            send(&sender, gone, rows_of(&read, gone)).await,
+            GroupResult::Done
+        ));
+        assert!(matches!(
+            send(&sender, kept, rows_of(&read, kept)).await,
+            GroupResult::Hold(d) if d.is_zero()
+        ));
+        assert!(graph.sent().is_empty(), "nothing sent as it was read");
+
+        // Read again, the rewritten reply goes out as it is stored now.
+        let fresh = queues.outbox(&store).unwrap();
+        assert!(matches!(
+            send(&sender, kept, fresh).await,
+            GroupResult::Done
+        ));
+        assert!(graph.texts_to(GONE).is_empty());
+        assert_eq!(graph.texts_to(KEPT), vec!["Neuer Text".to_string()]);
+        assert!(queues.outbox(&store).unwrap().is_empty());
+    }
 }

@@ -256,8 +256,12 @@ where
     if !entries.is_empty() || !categories.is_empty() {
         let st = state.clone();
         let persisted = tokio::task::spawn_blocking(move || {
+            // Each contact's key is created (when new) and their rows committed under their
+            // lock, so a forget cannot fall in between and leave a row under a fresh key.
+            let customers: Vec<_> = entries.iter().map(|(p, _)| *p).collect();
+            let _guards = st.store.lock_customers(&customers);
             let mut batch = st.store.batch();
-            let keys = st.queues.push_inbox(&st.store, &mut batch, &entries);
+            let keys = st.queues.push_inbox(&st.store, &mut batch, &entries)?;
             for update in &categories {
                 apply_category_update(&st.store, &mut batch, update);
             }

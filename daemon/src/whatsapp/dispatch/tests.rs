@@ -137,7 +137,8 @@ impl Fixture {
         let mut batch = self.store.batch();
         let keys = self
             .queues
-            .push_inbox(&self.store, &mut batch, &[(p, InboxEntry::Message(m))]);
+            .push_inbox(&self.store, &mut batch, &[(p, InboxEntry::Message(m))])
+            .unwrap();
         self.store.commit_durable(batch).unwrap();
         self.dispatcher
             .enqueue(keys.into_iter().map(|k| (k, p)).collect());
