@@ -4,7 +4,8 @@
 //! Every request is audited with the caller's uid and user name.
 //!
 //! Submodules: [`api`] (paths and JSON shapes, shared with the CLI), [`peer`] (caller identity
-//! and the access rule), [`ops`] (the operations), [`client`] (the CLI's blocking client).
+//! and the access rule), [`request`] (routing and body parsing, pure), [`ops`] (the operations),
+//! [`client`] (the CLI's blocking client).
 //!
 //! `send` needs the WhatsApp outbox: the daemon hands it over with [`AdminState::set_outbox`]
 //! once the channel runs; until then `send` answers 503.
@@ -13,6 +14,7 @@ pub mod api;
 pub mod client;
 pub mod ops;
 pub mod peer;
+pub mod request;
 pub mod staff;
 #[cfg(test)]
 mod tests;
@@ -38,6 +40,7 @@ use crate::store::Store;
 use crate::whatsapp::queue::Queues;
 use ops::{Ctx, OpError, Reply};
 use peer::Caller;
+pub use request::AdminRequest;
 
 /// Largest request body accepted (requests are small JSON documents).
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -364,42 +367,26 @@ async fn handle(
     })
 }
 
-fn parse<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, OpError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    parse_required(body)
-}
-
-fn parse_required<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, OpError> {
-    // serde's message names the field and position, never the value.
-    serde_json::from_slice(body).map_err(|e| OpError::new(400, format!("bad request body: {e}")))
-}
-
 fn dispatch(ctx: &Ctx, method: &Method, path: &str, body: &[u8]) -> Result<Reply, OpError> {
-    match (method, path) {
-        (&Method::GET, api::STATUS) => ops::status(ctx),
-        (&Method::POST, api::CUSTOMERS_LIST) => ops::customers_list(ctx, parse(body)?),
-        (&Method::POST, api::CUSTOMERS_SHOW) => ops::customers_show(ctx, parse_required(body)?),
-        (&Method::POST, api::CUSTOMERS_EXPORT) => ops::customers_export(ctx, parse_required(body)?),
-        (&Method::POST, api::CUSTOMERS_FORGET) => ops::customers_forget(ctx, parse_required(body)?),
-        (&Method::POST, api::CUSTOMERS_PAUSE) => {
-            ops::customers_set_mode(ctx, parse_required(body)?, true)
-        }
-        (&Method::POST, api::CUSTOMERS_RESUME) => {
-            ops::customers_set_mode(ctx, parse_required(body)?, false)
-        }
-        (&Method::POST, api::AUDIT_SHOW) => ops::audit_show(ctx, parse(body)?),
-        (&Method::POST, api::AUDIT_VERIFY) => ops::audit_verify(ctx, parse(body)?),
-        (&Method::POST, api::AUDIT_EXPORT) => ops::audit_export(ctx, parse_required(body)?),
-        (&Method::POST, api::RETENTION_RUN) => ops::retention(ctx, parse(body)?),
-        (&Method::POST, api::STATS) => ops::stats(ctx, parse(body)?),
-        (&Method::POST, api::SEND) => ops::send(ctx, parse_required(body)?),
-        (&Method::POST, staff::STAFF_ADD) => staff::add(ctx, parse_required(body)?),
-        (&Method::POST, staff::STAFF_PASSWD) => staff::passwd(ctx, parse_required(body)?),
-        (&Method::POST, staff::STAFF_REMOVE) => staff::remove(ctx, parse_required(body)?),
-        (&Method::POST, staff::STAFF_LIST) => staff::list(ctx),
-        _ => Err(OpError::new(405, format!("no endpoint {method} {path}"))),
+    use AdminRequest as R;
+    match AdminRequest::parse(method, path, body)? {
+        R::Status => ops::status(ctx),
+        R::CustomersList(req) => ops::customers_list(ctx, req),
+        R::CustomersShow(req) => ops::customers_show(ctx, req),
+        R::CustomersExport(req) => ops::customers_export(ctx, req),
+        R::CustomersForget(req) => ops::customers_forget(ctx, req),
+        R::CustomersPause(req) => ops::customers_set_mode(ctx, req, true),
+        R::CustomersResume(req) => ops::customers_set_mode(ctx, req, false),
+        R::AuditShow(req) => ops::audit_show(ctx, req),
+        R::AuditVerify(req) => ops::audit_verify(ctx, req),
+        R::AuditExport(req) => ops::audit_export(ctx, req),
+        R::Retention(req) => ops::retention(ctx, req),
+        R::Stats(req) => ops::stats(ctx, req),
+        R::Send(req) => ops::send(ctx, req),
+        R::StaffAdd(req) => staff::add(ctx, req),
+        R::StaffPasswd(req) => staff::passwd(ctx, req),
+        R::StaffRemove(req) => staff::remove(ctx, req),
+        R::StaffList => staff::list(ctx),
     }
 }
 

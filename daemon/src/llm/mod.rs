@@ -5,6 +5,7 @@
 //! embedded backend constrains sampling with a grammar; the HTTP backend asks the server for a
 //! JSON-schema response format and re-checks it).
 
+#[cfg(feature = "llama")]
 pub mod llama;
 pub mod openai;
 
@@ -120,10 +121,16 @@ pub fn from_config(
     cfg: &crate::config::LlmConfig,
 ) -> Result<std::sync::Arc<dyn LanguageModel>, LlmError> {
     match cfg.backend {
+        #[cfg(feature = "llama")]
         crate::config::LlmBackend::Llama => Ok(std::sync::Arc::new(llama::EmbeddedLlama::load(
             llama::LlamaOptions::from_config(cfg),
             None,
         )?)),
+        #[cfg(not(feature = "llama"))]
+        crate::config::LlmBackend::Llama => Err(LlmError::Load {
+            path: String::new(),
+            message: "this build has no embedded llama.cpp backend (feature `llama`)".into(),
+        }),
         crate::config::LlmBackend::Openai => Ok(std::sync::Arc::new(openai::OpenAiModel::new(
             openai::OpenAiOptions::from_config(cfg, None),
         ))),

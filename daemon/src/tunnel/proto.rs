@@ -135,34 +135,36 @@ impl fmt::Display for TunnelToken {
 }
 
 /// Compares a presented token with a stored hash without an early exit on the first difference.
-pub(crate) fn token_matches(presented: &str, stored: &[u8; 32]) -> bool {
+pub fn token_matches(presented: &str, stored: &[u8; 32]) -> bool {
     let digest = Sha256::digest(presented.as_bytes());
     bool::from(digest.as_slice().ct_eq(stored))
 }
 
-/// Parses a stored `token_sha256` value.
-pub(crate) fn parse_hash(text: &str) -> Option<[u8; 32]> {
+/// Parses a stored `token_sha256` value (64 hex digits, surrounding whitespace ignored).
+pub fn parse_hash(text: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
     hex::decode_to_slice(text.trim(), &mut out).ok()?;
     Some(out)
 }
 
-/// The hello line a box sends.
-pub(crate) fn hello_line(token: &TunnelToken) -> Zeroizing<Vec<u8>> {
+/// The hello line a box sends, newline included.
+pub fn hello_line(token: &TunnelToken) -> Zeroizing<Vec<u8>> {
     Zeroizing::new(format!("{PROTOCOL} {}\n", token.expose()).into_bytes())
 }
 
 /// What a hello line says.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Hello<'a> {
+pub enum Hello<'a> {
+    /// This protocol, with the token the box presents (not yet checked).
     Token(&'a str),
     /// Another protocol or version; the box needs a different relay or an update.
     Unsupported,
+    /// Anything else.
     Malformed,
 }
 
-/// Parses a hello line without its newline.
-pub(crate) fn parse_hello(line: &str) -> Hello<'_> {
+/// Parses a hello line without its newline (as [`read_line`] returns it).
+pub fn parse_hello(line: &str) -> Hello<'_> {
     let mut words = line.split(' ');
     match (words.next(), words.next(), words.next()) {
         (Some(PROTOCOL), Some(token), None) if !token.is_empty() => Hello::Token(token),
@@ -175,12 +177,15 @@ pub(crate) fn parse_hello(line: &str) -> Hello<'_> {
 
 /// The relay's answer to a hello.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Reply {
+pub enum Reply {
+    /// `OK`: HTTP/2 follows.
     Ok,
+    /// `ERR <reason>`: the relay closes the connection.
     Err(String),
 }
 
-pub(crate) fn parse_reply(line: &str) -> Option<Reply> {
+/// Parses the relay's answer line without its newline; `None` for anything else.
+pub fn parse_reply(line: &str) -> Option<Reply> {
     if line == "OK" {
         Some(Reply::Ok)
     } else {
@@ -189,8 +194,9 @@ pub(crate) fn parse_reply(line: &str) -> Option<Reply> {
 }
 
 /// Reads one `\n`-terminated line, byte by byte: HTTP/2 frames follow the line on the same
-/// stream, and a buffered reader would swallow them.
-pub(crate) async fn read_line<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Zeroizing<String>> {
+/// stream, and a buffered reader would swallow them. A line longer than [`MAX_LINE`] bytes
+/// (newline included), or one that is not UTF-8, is an `InvalidData` error.
+pub async fn read_line<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Zeroizing<String>> {
     let mut buf = Zeroizing::new(Vec::with_capacity(128));
     loop {
         let b = r.read_u8().await?;
