@@ -380,6 +380,12 @@ pub struct ConversationConfig {
     /// Replies one contact gets per hour at most; beyond it their messages are recorded for
     /// staff but not answered, so one flooding sender cannot occupy the model.
     pub max_replies_per_hour: u32,
+    /// Tries of a turn that fails (model, MagicLine or store error), the first included; after
+    /// the last one the contact is handed to staff with their messages in the history.
+    pub turn_attempts: u32,
+    /// Seconds before the second try of a failed turn; doubled for each further one, at most
+    /// five minutes, and no try later than 30 minutes after the first failure.
+    pub turn_retry_delay_secs: u64,
 }
 
 impl Default for ConversationConfig {
@@ -388,6 +394,8 @@ impl Default for ConversationConfig {
             history_messages: 12,
             burst_window_ms: 3000,
             max_replies_per_hour: 30,
+            turn_attempts: 5,
+            turn_retry_delay_secs: 10,
         }
     }
 }
@@ -526,6 +534,9 @@ impl Config {
         }
         if self.conversation.max_replies_per_hour == 0 {
             return Err(self.invalid("conversation.max_replies_per_hour", "must be at least 1"));
+        }
+        if self.conversation.turn_attempts == 0 || self.conversation.turn_attempts > 20 {
+            return Err(self.invalid("conversation.turn_attempts", "must be between 1 and 20"));
         }
         if self.conversation.history_messages == 0 || self.conversation.history_messages > 100 {
             return Err(self.invalid("conversation.history_messages", "must be between 1 and 100"));

@@ -108,6 +108,45 @@ fn register_quarantined(registry: &mut Registry) -> Family<QueueLabel, Counter> 
     quarantined
 }
 
+/// A single `reason` label (what kind of failure stopped a turn).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    /// `model`, `booking`, `store`, `audit` or `other`.
+    pub reason: String,
+}
+
+impl Reason {
+    /// The label `reason=s`.
+    pub fn of(s: &str) -> Reason {
+        Reason { reason: s.into() }
+    }
+}
+
+/// Failed turns: tried again, or handed to staff after the last attempt.
+pub struct TurnFailureMetrics {
+    /// `frontdesk_turn_retries_total`: failed turns scheduled for another attempt, by reason.
+    pub retries: Family<Reason, Counter>,
+    /// `frontdesk_turns_given_up_total`: turns that failed on every attempt and were handed to
+    /// staff, by the last failure's reason.
+    pub given_up: Family<Reason, Counter>,
+}
+
+fn register_turn_failures(registry: &mut Registry) -> TurnFailureMetrics {
+    let retries = Family::<Reason, Counter>::default();
+    registry.register(
+        "turn_retries",
+        "Failed turns scheduled for another attempt, by reason (model, booking, store, audit, other)",
+        retries.clone(),
+    );
+    let given_up = Family::<Reason, Counter>::default();
+    registry.register(
+        "turns_given_up",
+        "Turns that failed on every attempt; the contact was handed to staff, by the last reason",
+        given_up.clone(),
+    );
+    TurnFailureMetrics { retries, given_up }
+}
+
 /// Every metric of the daemon.
 pub struct Metrics {
     registry: Registry,
@@ -130,6 +169,8 @@ pub struct Metrics {
     pub quarantined_rows: Family<QueueLabel, Counter>,
     /// `frontdesk_sender_slowed`: 1 while the sender slows down after WhatsApp's spam rate limit.
     pub sender_slowed: Gauge,
+    /// Failed turns (`frontdesk_turn_retries_total`, `frontdesk_turns_given_up_total`).
+    pub turn_failures: TurnFailureMetrics,
     /// `frontdesk_processing_seconds`: from a message's arrival in the inbox to its reply in the
     /// outbox.
     pub processing_seconds: Histogram,
@@ -249,6 +290,8 @@ impl Metrics {
             // Before `registry` moves into the struct: fields are evaluated in written order.
             quarantined_rows: register_quarantined(&mut registry),
             staff_alerts: register_staff_alerts(&mut registry),
+            // Registered before the registry moves into the struct.
+            turn_failures: register_turn_failures(&mut registry),
             registry,
             webhook_requests,
             messages_processed,

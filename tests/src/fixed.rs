@@ -107,4 +107,9 @@ impl Decide for FixedReply {
         });
         Ok(effects)
     }
+
+    /// Only a store failure can fail this stand-in; the burst is then decided as usual.
+    fn give_up(&self, burst: &Burst, _reason: &'static str) -> anyhow::Result<Effects> {
+        self.decide(burst, &())
+    }
 }

@@ -59,6 +59,8 @@ pub enum Reason {
     PersonRequested,
     /// Handed over: a member wants an appointment.
     MemberAppointment,
+    /// Handed over: the contact's messages could not be answered after every attempt.
+    TurnFailed,
     /// A booking failed; a person has to follow up.
     BookingFailed,
     /// A booked trial was moved; the old appointment is to be cancelled in MagicLine.
@@ -76,13 +78,14 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason (metrics, tests).
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::Complaint,
         Reason::Cancellation,
         Reason::ContractQuestion,
         Reason::HealthQuestion,
         Reason::PersonRequested,
         Reason::MemberAppointment,
+        Reason::TurnFailed,
         Reason::BookingFailed,
         Reason::Rescheduled,
         Reason::SenderPaused,
@@ -100,6 +103,7 @@ impl Reason {
             Reason::HealthQuestion => "health_question",
             Reason::PersonRequested => "person_requested",
             Reason::MemberAppointment => "member_appointment",
+            Reason::TurnFailed => "turn_failed",
             Reason::BookingFailed => "booking_failed",
             Reason::Rescheduled => "rescheduled",
             Reason::SenderPaused => "sender_paused",

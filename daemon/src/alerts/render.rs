@@ -21,6 +21,9 @@ pub fn reason_de(reason: Reason) -> &'static str {
         Reason::MemberAppointment => {
             "Terminwunsch eines Mitglieds: das Gespräch wurde an euch übergeben"
         }
+        Reason::TurnFailed => {
+            "Nachrichten konnten nicht beantwortet werden: das Gespräch wurde an euch übergeben"
+        }
         Reason::BookingFailed => "Buchung fehlgeschlagen: bitte nachfassen",
         Reason::Rescheduled => {
             "Probetraining verschoben: bitte den alten Termin in MagicLine stornieren"
@@ -71,7 +74,8 @@ pub fn subject(alert: &Alert) -> String {
         | Reason::ContractQuestion
         | Reason::HealthQuestion
         | Reason::PersonRequested
-        | Reason::MemberAppointment => "Übergabe",
+        | Reason::MemberAppointment
+        | Reason::TurnFailed => "Übergabe",
         Reason::BookingFailed => "Buchung fehlgeschlagen",
         Reason::Rescheduled => "Probetraining verschoben",
         Reason::SenderPaused => "WhatsApp-Versand pausiert",

@@ -45,8 +45,18 @@
 //! 9. Funnel counters (new contact, name known, trial booked, hand-over, opt-out) and audit
 //!    entries (alerts, opt-out) are derived from what changed.
 //!
-//! The booking happens before the commit; the booker is idempotent per request id, so a crash
-//! between booking and commit only repeats an already-recorded booking. The engine never sends
+//! The contact's words are read against when they were written, not when they are answered (a
+//! retried or late turn): the prompt's date and time, the wished date the model names and the
+//! dates in the messages (each message against its own timestamp). The time of the turn itself
+//! (reply rows, the hourly limit) is the answer's.
+//!
+//! MagicLine being unavailable fails the turn like a model error ([`EngineError`]); the channel
+//! tries it again and, after its last try, calls [`Engine::give_up_at`], which records the burst
+//! and hands the contact to staff without the model or the booker.
+//!
+//! The booking happens before the commit; the booker is idempotent per request id, which names
+//! the message that asked, so a crash or failure between booking and commit only repeats an
+//! already-recorded booking. The engine never sends
 //! anything: [`Effects::replies`] is what the channel sends once the turn is committed.
 
 use std::sync::Arc;
@@ -56,7 +66,7 @@ use jiff::{Timestamp, Zoned};
 use super::booking::{Booker, BookingFailure, BookingOutcome, BookingRequest, ConfirmOutcome};
 use super::prompts::Prompts;
 use super::reply::{self, Intent, ModelReply};
-use super::when::{self, berlin_tz};
+use super::when::{self, berlin_tz, When};
 use crate::audit::{Actor, AuditEvent, Code, NewEntry};
 use crate::config::{ConversationConfig, StudioConfig};
 use crate::llm::{ChatMessage, LanguageModel, LlmError, Role};
@@ -66,8 +76,8 @@ use crate::store::customers::{BotMode, Customer, Stage};
 use crate::store::messages::Direction;
 use crate::store::{Store, StoreError};
 use crate::turn::{
-    is_valid_address, AddressKind, AlertKind, Burst, Decide, Effects, IdentityChange, PartKind,
-    Progress, RecordUpdate, StaffAlert, TurnOutcome, REVOKED_TEXT,
+    is_valid_address, AddressKind, AlertKind, Burst, Decide, Effects, FailureKind, IdentityChange,
+    PartKind, Progress, RecordUpdate, StaffAlert, TurnOutcome, REVOKED_TEXT,
 };
 
 /// Offered alternatives older than this are no longer read as picks.
@@ -127,12 +137,16 @@ pub struct Turn {
     pub generated: Option<GenerationStats>,
     /// The newest message's time: when a booking request of this turn was asked.
     asked_at: Timestamp,
+    /// The id of the newest message with the contact's words: a booking request of this turn is
+    /// named after it.
+    asked_by: Option<String>,
 }
 
 impl Turn {
     fn new(effects: Effects) -> Turn {
         Turn {
             asked_at: effects.at,
+            asked_by: None,
             effects,
             stage_changes: Vec::new(),
             mode_changes: Vec::new(),
@@ -179,6 +193,21 @@ pub enum EngineError {
     /// The model failed or is overloaded.
     #[error("language model: {0}")]
     Model(#[from] LlmError),
+    /// MagicLine could not be reached or answered with an error while booking: the turn is
+    /// tried again, and the booking request (same id) resumes where it stopped.
+    #[error("booking: MagicLine unavailable")]
+    BookingUnavailable,
+}
+
+impl EngineError {
+    /// The failure's kind for the retry metric ([`FailureKind`]).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EngineError::Store(_) => "store",
+            EngineError::Model(_) => "model",
+            EngineError::BookingUnavailable => "booking",
+        }
+    }
 }
 
 /// What a reload replaces together.
@@ -256,6 +285,32 @@ impl Engine {
         now: &Zoned,
         progress: &dyn Progress,
     ) -> Result<Turn, EngineError> {
+        self.decide_turn(burst, now, progress, false)
+    }
+
+    /// Decides a burst whose turn failed on every attempt (`reason`: the last failure's
+    /// [`FailureKind`]): everything is recorded as [`Engine::decide_at`] would, but where a
+    /// reply was due the contact is handed to staff ([`AlertKind::TurnFailed`], the hand-over
+    /// text, its audit entry) without calling the model or the booker.
+    pub fn give_up_at(
+        &self,
+        burst: &Burst,
+        reason: &'static str,
+        now: &Zoned,
+    ) -> Result<Turn, EngineError> {
+        let p = self.store.pseudonym(&burst.address);
+        tracing::warn!(customer = %p, reason, "turn failed on every attempt; handing the contact to staff");
+        self.decide_turn(burst, now, &(), true)
+    }
+
+    /// [`Engine::decide_with`]; `given_up`: hand over instead of answering.
+    fn decide_turn(
+        &self,
+        burst: &Burst,
+        now: &Zoned,
+        progress: &dyn Progress,
+        given_up: bool,
+    ) -> Result<Turn, EngineError> {
         let now = now.with_time_zone(berlin_tz());
         let ts = now.timestamp();
         let p = self.store.pseudonym(&burst.address);
@@ -298,12 +353,7 @@ impl Engine {
         let disclosed_before = c.body.conversation.disclosed_ai;
         keep_names(&mut c, burst);
         let asks = Asks::of(burst, &texts);
-        let outcome = match asks {
-            Asks::Conversation => TurnOutcome::Conversed,
-            Asks::NonTextReply | Asks::Greeting => TurnOutcome::NonText,
-            Asks::Nothing => TurnOutcome::Recorded,
-        };
-        let mut effects = Effects::nothing(p, &burst.address, ts, outcome);
+        let mut effects = Effects::nothing(p, &burst.address, ts, asks.outcome());
         effects.new_contact = new_contact;
         // A message that names both the number and the user id ties them together.
         if let Some(user_id) = burst.user_id.as_deref() {
@@ -315,6 +365,7 @@ impl Engine {
         }
         let mut turn = Turn::new(effects);
         turn.asked_at = inbound.iter().map(|m| m.at).max().unwrap_or(ts);
+        turn.asked_by = burst.newest_text().map(|part| part.id.clone());
         note_lead_source(&mut c, burst, &mut turn);
         let opt_out = texts.iter().any(|t| is_opt_out(t));
         match c.meta.mode {
@@ -323,6 +374,10 @@ impl Engine {
             // Someone who opted out is answered again only when they write text on their own.
             BotMode::OptedOut if opt_out || texts.is_empty() => {}
             BotMode::Active if opt_out => self.opt_out(&mut c, &mut turn),
+            // Every attempt failed: a person answers what the contact wrote.
+            BotMode::OptedOut | BotMode::Active if given_up => {
+                self.hand_over(&mut c, AlertKind::TurnFailed, &mut turn)
+            }
             BotMode::OptedOut | BotMode::Active if !self.take_reply(p, ts) => {
                 tracing::warn!(customer = %p, limit = self.conv.max_replies_per_hour, "hourly reply limit reached; message recorded, not answered");
                 turn.effects.outcome = TurnOutcome::RateLimited;
@@ -332,7 +387,9 @@ impl Engine {
                 if c.meta.mode == BotMode::OptedOut {
                     set_mode(&mut c, &mut turn, BotMode::Active);
                 }
-                self.answer(asks, &mut c, burst, &texts, &now, &mut turn)?;
+                // Nothing is answered when it fails: the try does not count against the limit.
+                self.answer(asks, &mut c, burst, &texts, &now, &mut turn)
+                    .inspect_err(|_| self.return_reply(p, ts))?;
             }
         }
         self.ensure_disclosure(&mut c, &mut turn);
@@ -430,6 +487,16 @@ impl Engine {
         true
     }
 
+    /// Gives back a reply counted by [`Engine::take_reply`] at `at` that was not sent.
+    fn return_reply(&self, p: Pseudonym, at: Timestamp) {
+        let mut answered = self.answered.lock().expect("reply limit lock poisoned");
+        if let Some(times) = answered.get_mut(&p) {
+            if let Some(i) = times.iter().rposition(|t| *t == at) {
+                times.remove(i);
+            }
+        }
+    }
+
     /// The message the burst's newest quoting text part quotes, from the contact's history:
     /// one of our replies or their own earlier message. `None` when nothing is quoted or the
     /// quoted message is not (or no longer) in the recent history.
@@ -465,22 +532,24 @@ impl Engine {
             quote: self.quote(c, burst)?,
         };
         let joined = texts.join("\n");
-        expire_offers(c, now.timestamp());
+        // The contact's words are read against when they wrote them, not when they are
+        // answered (a retried or late turn): "morgen" is the day after they wrote it.
+        let written = written_at(burst, now);
+        expire_offers(c, written.timestamp());
         let quoted_offer = input
             .quote
             .as_ref()
             .filter(|q| q.ours && is_affirmation(&joined))
             .map(|q| q.text.as_str());
-        if let Some(slot) = self.picked_offer(c, &joined, quoted_offer, now) {
-            self.book(c, slot, now, turn);
-            return Ok(());
+        if let Some(slot) = self.picked_offer(c, burst, &joined, quoted_offer, now) {
+            return self.book(c, slot, now, turn);
         }
         if is_affirmation(&joined) && self.confirm_booking(c, now, turn) {
             return Ok(());
         }
 
         let history = self.history(c, &input)?;
-        let prompt = self.persona().prompts.render(c, now, history);
+        let prompt = self.persona().prompts.render(c, &written, history);
         let generation = match self.model.generate(&prompt, &self.schema) {
             Ok(g) => g,
             Err(e @ (LlmError::PromptTooLong { .. } | LlmError::Schema(_))) => {
@@ -528,9 +597,8 @@ impl Engine {
             Intent::BookTrial | Intent::Reschedule if c.meta.stage == Stage::Member => {
                 self.hand_over(c, AlertKind::MemberAppointment, turn);
             }
-            Intent::BookTrial | Intent::Reschedule => match booking_start(c, &answer, &joined, now)
-            {
-                Some(start) => self.book(c, start, now, turn),
+            Intent::BookTrial | Intent::Reschedule => match booking_start(c, &answer, burst, now) {
+                Some(start) => self.book(c, start, now, turn)?,
                 None => turn.replies.push(answer.reply),
             },
             Intent::None | Intent::Question => turn.replies.push(answer.reply),
@@ -586,6 +654,7 @@ impl Engine {
     fn picked_offer(
         &self,
         c: &Customer,
+        burst: &Burst,
         text: &str,
         quoted_offer: Option<&str>,
         now: &Zoned,
@@ -612,7 +681,7 @@ impl Engine {
         if let Some(i) = when::choice(text, offered.len()) {
             return offered.get(i).cloned();
         }
-        let wish = when::parse(text, now)?;
+        let (wish, _) = wish_in_words(burst, now)?;
         if wish.date.is_none() && wish.time.is_none() {
             return None;
         }
@@ -632,12 +701,23 @@ impl Engine {
         }
     }
 
-    /// Calls the booker for `start` and turns the outcome into the reply.
-    fn book(&self, c: &mut Customer, start: Zoned, now: &Zoned, turn: &mut Turn) {
+    /// Calls the booker for `start` and turns the outcome into the reply. MagicLine being
+    /// unavailable fails the turn, so it is tried again under the same request id.
+    fn book(
+        &self,
+        c: &mut Customer,
+        start: Zoned,
+        now: &Zoned,
+        turn: &mut Turn,
+    ) -> Result<(), EngineError> {
         let profile = &c.body.profile;
+        let asked_by = turn
+            .asked_by
+            .clone()
+            .unwrap_or_else(|| start.timestamp().to_string());
         let req = BookingRequest {
             requested_at: turn.asked_at,
-            request_id: self.request_id(&c.pseudonym, &start),
+            request_id: self.request_id(&c.pseudonym, &asked_by),
             pseudonym: c.pseudonym,
             firstname: profile.vorname.clone().unwrap_or_default(),
             lastname: profile.nachname.clone().unwrap_or_default(),
@@ -651,6 +731,9 @@ impl Engine {
             None => BookingOutcome::Failed(BookingFailure::NotConfigured),
         };
         tracing::info!(customer = %c.pseudonym, request = %req.request_id, outcome = outcome_kind(&outcome), "trial booking");
+        if outcome == BookingOutcome::Failed(BookingFailure::Unavailable) {
+            return Err(EngineError::BookingUnavailable);
+        }
         let persona = self.persona();
         let replies = persona.prompts.replies();
         let conv = &mut c.body.conversation;
@@ -721,6 +804,7 @@ impl Engine {
             }
         }
         turn.booking = Some(outcome);
+        Ok(())
     }
 
     /// The contact's yes to a booking that awaits their confirmation: confirms it in MagicLine
@@ -764,12 +848,16 @@ impl Engine {
         true
     }
 
-    /// Stable across retries and restarts for the same customer and slot.
-    fn request_id(&self, p: &Pseudonym, start: &Zoned) -> String {
-        let token = format!("{}|{}", p.to_hex(), start.timestamp().as_second());
+    /// The id of the booking request the customer's message `asked_by` (the newest with their
+    /// words) makes. A retry of the same turn, after a failure or a restart, asks under the
+    /// same id, so the booker resumes or replays it: never a second booking, never another
+    /// slot. A later message (corrected data, a slot freed meanwhile) is a new attempt; the
+    /// booker keeps one customer from holding two bookings of the same slot.
+    fn request_id(&self, p: &Pseudonym, asked_by: &str) -> String {
+        let token = format!("{}|{}", p.to_hex(), asked_by);
         format!(
             "trial-{}",
-            hex::encode(self.store.token_hash("trial-booking", &token))
+            hex::encode(self.store.token_hash("trial-request", &token))
         )
     }
 
@@ -849,6 +937,15 @@ enum Asks {
 }
 
 impl Asks {
+    /// How a turn that asks this ends, unless the contact's mode or the limit says otherwise.
+    fn outcome(self) -> TurnOutcome {
+        match self {
+            Asks::Conversation => TurnOutcome::Conversed,
+            Asks::NonTextReply | Asks::Greeting => TurnOutcome::NonText,
+            Asks::Nothing => TurnOutcome::Recorded,
+        }
+    }
+
     fn of(burst: &Burst, texts: &[&str]) -> Asks {
         let has = |f: fn(&PartKind) -> bool| burst.parts.iter().any(|part| f(&part.kind));
         if !texts.is_empty() {
@@ -934,9 +1031,61 @@ fn is_affirmation(text: &str) -> bool {
 
 impl Decide for Engine {
     fn decide(&self, burst: &Burst, progress: &dyn Progress) -> anyhow::Result<Effects> {
-        let now = Timestamp::now().in_tz(when::TZ_NAME)?;
-        Ok(self.decide_with(burst, &now, progress)?.effects)
+        let now = when::berlin_now();
+        Ok(self
+            .decide_with(burst, &now, progress)
+            .map_err(with_kind)?
+            .effects)
     }
+
+    fn give_up(&self, burst: &Burst, reason: &'static str) -> anyhow::Result<Effects> {
+        let now = when::berlin_now();
+        Ok(self
+            .give_up_at(burst, reason, &now)
+            .map_err(with_kind)?
+            .effects)
+    }
+}
+
+/// The engine's error with its [`FailureKind`] as context, for the channel's retry metric.
+fn with_kind(e: EngineError) -> anyhow::Error {
+    let kind = FailureKind(e.kind());
+    anyhow::Error::new(e).context(kind)
+}
+
+/// `at` in the studio's time zone, but never later than `now` (a sender's clock ahead of ours
+/// reads as now).
+fn written_zoned(at: Timestamp, now: &Zoned) -> Zoned {
+    at.min(now.timestamp()).to_zoned(berlin_tz())
+}
+
+/// When the contact wrote their newest words in `burst` (else `now`): the "today" the model is
+/// told and the wished date it names is read against.
+fn written_at(burst: &Burst, now: &Zoned) -> Zoned {
+    burst
+        .newest_text()
+        .map_or_else(|| now.clone(), |part| written_zoned(part.at, now))
+}
+
+/// The wish the contact's own words in `burst` name, with the time it is read against. Each
+/// message is read against when it was written: all texts together (a day in one message, the
+/// hour in the next) when they were written on the same day, else each on its own, the newest
+/// that names one.
+fn wish_in_words(burst: &Burst, now: &Zoned) -> Option<(When, Zoned)> {
+    let written: Vec<(&str, Zoned)> = burst
+        .texts_written()
+        .into_iter()
+        .map(|(text, at)| (text, written_zoned(at, now)))
+        .collect();
+    let (_, newest) = written.last()?;
+    if written.iter().all(|(_, at)| at.date() == newest.date()) {
+        let joined: Vec<&str> = written.iter().map(|(text, _)| *text).collect();
+        return when::parse(&joined.join("\n"), newest).map(|w| (w, newest.clone()));
+    }
+    written
+        .iter()
+        .rev()
+        .find_map(|(text, at)| when::parse(text, at).map(|w| (w, at.clone())))
 }
 
 /// The new identities WhatsApp announced in the burst, in order.
@@ -1038,17 +1187,19 @@ fn has_booking_data(c: &Customer) -> bool {
     p.vorname.is_some() && p.nachname.is_some() && p.email.is_some()
 }
 
-/// The concrete start to book: from the model's wished date in words, else from the message.
-fn booking_start(c: &Customer, answer: &ModelReply, text: &str, now: &Zoned) -> Option<Zoned> {
+/// The concrete start to book: from the model's wished date in words (read against when the
+/// contact wrote, the "today" the model was told), else from the contact's messages.
+fn booking_start(c: &Customer, answer: &ModelReply, burst: &Burst, now: &Zoned) -> Option<Zoned> {
     if !has_booking_data(c) {
         return None;
     }
+    let written = written_at(burst, now);
     answer
         .wunschtermin
         .as_deref()
-        .and_then(|w| when::parse(w, now))
-        .and_then(|w| w.start(now))
-        .or_else(|| when::parse(text, now).and_then(|w| w.start(now)))
+        .and_then(|w| when::parse(w, &written))
+        .and_then(|w| w.start(&written))
+        .or_else(|| wish_in_words(burst, now).and_then(|(w, at)| w.start(&at)))
 }
 
 fn expire_offers(c: &mut Customer, now: Timestamp) {
@@ -1694,15 +1845,15 @@ mod tests {
         assert_eq!(r.email, "lena@example.de");
         assert_eq!(r.pseudonym, h.store.pseudonym(PHONE));
         assert!(r.request_id.starts_with("trial-"));
-        // Stable for the same customer and slot (the booker's idempotency key).
+        // Named after the message that asked (the booker's idempotency key): the same on a
+        // retry of this turn, another for a later message.
         assert_eq!(
             r.request_id,
-            h.engine.request_id(&h.store.pseudonym(PHONE), &start)
+            h.engine.request_id(&h.store.pseudonym(PHONE), "wamid.0")
         );
         assert_ne!(
             r.request_id,
-            h.engine
-                .request_id(&h.store.pseudonym(PHONE), &berlin("2026-01-20T19:00"))
+            h.engine.request_id(&h.store.pseudonym(PHONE), "wamid.1")
         );
         assert!(
             t.replies[0].contains("bestätige den Termin kurz mit „Ja“"),
@@ -1877,12 +2028,12 @@ mod tests {
             .outcomes
             .lock()
             .unwrap()
-            .push_back(BookingOutcome::Failed(BookingFailure::Unavailable));
+            .push_back(BookingOutcome::Failed(BookingFailure::NotConfigured));
         let t = h.send("Mittwoch passt");
         let reqs = h.booker.requests.lock().unwrap().clone();
         assert_eq!(reqs.last().unwrap().start, alts[1]);
         assert_eq!(t.alerts[0].kind, AlertKind::BookingFailed);
-        assert!(t.replies[0].contains("Team Bescheid"));
+        assert!(t.replies[0].contains("ans Team weiter"));
         // After a day the offer is stale: "1" goes to the model instead.
         h.booker
             .outcomes
@@ -3029,5 +3180,162 @@ mod tests {
             t.replies,
             vec!["Hi, ich bin Max, der digitale Assistent (KI) von FitBox Braunschweig. 🤖"]
         );
+    }
+
+    /// `text` as the contact wrote it at `written`.
+    fn written_part(id: &str, text: &str, written: &Zoned) -> Part {
+        text_part(id, text, written)
+    }
+
+    #[test]
+    fn a_wish_is_read_against_the_day_it_was_written_not_the_day_it_is_answered() {
+        let h = harness();
+        h.known_contact();
+        let written = berlin("2026-01-19T20:00"); // Monday evening
+        let answered = berlin("2026-01-20T09:00"); // Tuesday morning (a retry, a late start)
+        let tuesday_six = berlin("2026-01-20T18:00");
+        let booked = |start: &Zoned| BookingOutcome::Booked {
+            booking_id: 1,
+            start: start.clone(),
+            magicline_customer_id: 9,
+            confirmation_pending: false,
+        };
+
+        // The model's wished date in words, read against Monday.
+        h.model.push(answer(
+            "book_trial",
+            json!({}),
+            "Moment.",
+            Some("morgen 18 Uhr"),
+        ));
+        h.booker
+            .outcomes
+            .lock()
+            .unwrap()
+            .push_back(booked(&tuesday_six));
+        let burst = burst(vec![written_part(
+            "wamid.late",
+            "Geht morgen 18 Uhr?",
+            &written,
+        )]);
+        let t = h.engine.decide_at(&burst, &answered).unwrap();
+        assert_eq!(h.booker.requests.lock().unwrap()[0].start, tuesday_six);
+        assert!(matches!(t.booking, Some(BookingOutcome::Booked { .. })));
+        // The model was told the day the contact wrote, not the day of the answer.
+        let d = h.model.last_prompt().dynamic_system;
+        assert!(d.contains("19.01.2026"), "{d}");
+        assert!(!d.contains("20.01.2026"), "{d}");
+        // The turn itself happens now: its time is the answer's.
+        assert_eq!(t.at, answered.timestamp());
+
+        // Without a date from the model, the contact's own words; each message against its own
+        // time when they were written on different days ("morgen" just before midnight).
+        h.model
+            .push(answer("book_trial", json!({}), "Moment.", None));
+        h.booker
+            .outcomes
+            .lock()
+            .unwrap()
+            .push_back(booked(&tuesday_six));
+        let burst = super::tests::burst(vec![
+            written_part("wamid.m1", "morgen 18 Uhr", &berlin("2026-01-19T23:58")),
+            written_part("wamid.m2", "geht das?", &berlin("2026-01-20T00:01")),
+        ]);
+        h.engine.decide_at(&burst, &answered).unwrap();
+        assert_eq!(h.booker.requests.lock().unwrap()[1].start, tuesday_six);
+    }
+
+    #[test]
+    fn magicline_unavailable_fails_the_turn_and_the_retry_asks_under_the_same_request() {
+        let h = harness();
+        h.known_contact();
+        let start = berlin("2026-01-20T18:00");
+        let ask = burst(vec![text_part("wamid.ask", "Dienstag 18 Uhr", &monday())]);
+        for outcome in [
+            BookingOutcome::Failed(BookingFailure::Unavailable),
+            BookingOutcome::Booked {
+                booking_id: 1,
+                start: start.clone(),
+                magicline_customer_id: 9,
+                confirmation_pending: false,
+            },
+        ] {
+            h.model.push(answer(
+                "book_trial",
+                json!({}),
+                "Moment.",
+                Some("Dienstag 18 Uhr"),
+            ));
+            h.booker.outcomes.lock().unwrap().push_back(outcome);
+        }
+        let failed = h.engine.decide_at(&ask, &monday()).unwrap_err();
+        assert!(
+            matches!(failed, EngineError::BookingUnavailable),
+            "{failed}"
+        );
+        assert_eq!(failed.kind(), "booking");
+        // Tried again (a minute later): the same request, so the booker resumes it.
+        let later = berlin("2026-01-19T10:01");
+        let mut t = h.engine.decide_at(&ask, &later).unwrap();
+        t.effects = crate::turn::commit(&h.store, t.effects, &(), None).unwrap();
+        let reqs = h.booker.requests.lock().unwrap().clone();
+        assert_eq!(reqs.len(), 2);
+        assert_eq!(reqs[0].request_id, reqs[1].request_id);
+        assert_eq!(reqs[0].start, reqs[1].start);
+        assert!(
+            t.alerts.is_empty(),
+            "no staff alert for a booking that went through"
+        );
+        assert_eq!(h.customer().meta.stage, Stage::TrialBooked);
+        // The failed try was never committed: the contact's message is in the history once.
+        let asked: Vec<_> = h
+            .history()
+            .into_iter()
+            .filter(|m| m.wamid.as_deref() == Some("wamid.ask"))
+            .collect();
+        assert_eq!(asked.len(), 1);
+    }
+
+    #[test]
+    fn a_turn_given_up_is_recorded_and_handed_to_staff_without_the_model() {
+        let h = harness();
+        h.known_contact();
+        let calls = h.model.calls();
+        let b = burst(vec![text_part(
+            "wamid.lost",
+            "Geht morgen 18 Uhr?",
+            &monday(),
+        )]);
+        let mut t = h.engine.give_up_at(&b, "model", &monday()).unwrap();
+        assert_eq!(h.model.calls(), calls, "the model is not asked again");
+        assert!(h.booker.requests.lock().unwrap().is_empty());
+        assert_eq!(t.alerts.len(), 1);
+        assert_eq!(t.alerts[0].kind, AlertKind::TurnFailed);
+        assert_eq!(t.mode_changes, vec![(BotMode::Active, BotMode::Escalated)]);
+        assert_eq!(t.funnel, vec![FunnelEvent::Handover]);
+        assert!(matches!(
+            &t.audit[0].event,
+            AuditEvent::CustomerEscalate { reason } if reason.as_str() == "turn_failed"
+        ));
+        t.effects = crate::turn::commit(&h.store, t.effects, &(), None).unwrap();
+        assert_eq!(
+            t.replies,
+            vec![crate::conversation::prompts::tests::studio().handover_text]
+        );
+        assert_eq!(h.customer().meta.mode, BotMode::Escalated);
+        let history = h.history();
+        let n = history.len();
+        assert_eq!(history[n - 2].text, "Geht morgen 18 Uhr?");
+        assert_eq!(history[n - 2].wamid.as_deref(), Some("wamid.lost"));
+        assert_eq!(history[n - 1].direction, Direction::Outbound);
+
+        // A new contact's first message: the hand-over carries the AI disclosure.
+        let b = Burst {
+            address: "+49 151 99999999".into(),
+            ..burst(vec![text_part("wamid.first", "Hallo", &monday())])
+        };
+        let t = h.engine.give_up_at(&b, "store", &monday()).unwrap();
+        assert!(t.new_contact);
+        assert!(mentions_ai(&t.replies[0]), "{}", t.replies[0]);
     }
 }

@@ -649,15 +649,19 @@ impl MagicLineBooker {
 
     fn book_locked(&self, req: &BookingRequest) -> BookingOutcome {
         let key = self.row_key(&req.pseudonym, &req.request_id);
-        let mut rec = match self.load(&req.pseudonym, &key) {
-            Ok(Some(rec)) => rec,
-            Ok(None) => {
-                let rec = Record::new(req, (self.cfg.clock)());
-                if let Err(e) = self.save(&req.pseudonym, req.requested_at, &key, &rec) {
-                    return self.not_now(req, None, &e);
+        let (key, mut rec) = match self.load(&req.pseudonym, &key) {
+            Ok(Some(rec)) => (key, rec),
+            Ok(None) => match self.same_slot(req) {
+                Ok(Some(earlier)) => earlier,
+                Ok(None) => {
+                    let rec = Record::new(req, (self.cfg.clock)());
+                    if let Err(e) = self.save(&req.pseudonym, req.requested_at, &key, &rec) {
+                        return self.not_now(req, None, &e);
+                    }
+                    (key, rec)
                 }
-                rec
-            }
+                Err(e) => return self.not_now(req, None, &e),
+            },
             Err(e) => return self.not_now(req, None, &e),
         };
         if rec.start.timestamp() != req.start.timestamp() {
@@ -684,6 +688,18 @@ impl MagicLineBooker {
             Ok(outcome) => outcome,
             Err(e) => self.not_now(req, rec.customer_id, &e),
         }
+    }
+
+    /// An earlier request of this person for the same start that booked or may still book (not
+    /// failed, not taken, not cancelled), with its row key: a new request for that slot (a later
+    /// message) continues it, so one customer never holds two bookings of one slot, while a
+    /// slot that failed or was taken can be asked for again.
+    fn same_slot(&self, req: &BookingRequest) -> Result<Option<(Vec<u8>, Record)>, BookerError> {
+        Ok(self.rows_of(&req.pseudonym)?.into_iter().find(|(_, r)| {
+            r.start.timestamp() == req.start.timestamp()
+                && !r.canceled
+                && !matches!(r.step, Step::Failed | Step::SlotTaken)
+        }))
     }
 
     /// Reports a step that could not be completed now; the record keeps the last safe step.
@@ -2459,6 +2475,30 @@ pub(super) mod tests {
         assert_eq!(h.sim().leads().len(), 1);
         assert_eq!(h.sim().leads()[0].customer_id, lead);
         assert_eq!(h.sim().request_count("/trial-offers/lead/validate"), 1);
+    }
+
+    #[test]
+    fn a_later_request_for_the_same_slot_continues_the_earlier_one_unless_it_failed() {
+        let h = Harness::new(sim_cfg());
+        let booker = h.booker();
+        let p = h.person("+49 151 0000019");
+        let slot = at(1, 15, 0);
+        let asked = |id: &str| request(id, p, ERIKA_MAIL, Some(ERIKA), slot.clone());
+        // A request that failed does not stand in the way of a later message asking again.
+        h.sim()
+            .force_validation_status(BookingValidationStatus::CustomerInOtherBooking, 1);
+        assert_eq!(
+            booker.book_trial(&asked("msg-1")),
+            BookingOutcome::Failed(BookingFailure::AlreadyBooked)
+        );
+        let second = booker.book_trial(&asked("msg-2"));
+        let (booking_id, _, _) = booked(&second);
+        // A further message for the booked slot is no second booking: it continues that one.
+        assert_eq!(booker.book_trial(&asked("msg-3")), second);
+        let made = h.sim().bookings_of(ERIKA);
+        assert_eq!(made.len(), 1);
+        assert_eq!(made[0].id, booking_id);
+        assert_eq!(h.sim().book_calls(ERIKA), 1);
     }
 
     #[test]

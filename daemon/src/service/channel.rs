@@ -69,6 +69,8 @@ impl Channel {
             let _ = t.await;
         }
         let _ = self.listener_task.await;
+        // A failed turn waiting for its next try is left in the inbox for the next start.
+        self.dispatcher.stop_retries();
         let _ = tokio::time::timeout(Duration::from_secs(20), self.dispatcher.wait_idle()).await;
         let _ = self.sender_task.await;
         let _ = self.alerts_task.await;
@@ -182,6 +184,11 @@ pub(super) async fn start(
                 template_language: cfg.whatsapp.template_language.clone(),
             },
             typing_refresh: crate::whatsapp::dispatch::TYPING_REFRESH,
+            retry: crate::whatsapp::dispatch::TurnRetry {
+                attempts: cfg.conversation.turn_attempts,
+                first_delay: Duration::from_secs(cfg.conversation.turn_retry_delay_secs),
+                ..crate::whatsapp::dispatch::TurnRetry::default()
+            },
         },
         metrics.clone(),
         wake.clone(),

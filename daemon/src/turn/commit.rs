@@ -225,6 +225,7 @@ fn reason_of(kind: AlertKind) -> Reason {
         AlertKind::HealthQuestion => Reason::HealthQuestion,
         AlertKind::PersonRequested => Reason::PersonRequested,
         AlertKind::MemberAppointment => Reason::MemberAppointment,
+        AlertKind::TurnFailed => Reason::TurnFailed,
         AlertKind::BookingFailed => Reason::BookingFailed,
         AlertKind::Rescheduled => Reason::Rescheduled,
     }

@@ -80,6 +80,30 @@ impl Burst {
             .collect()
     }
 
+    /// The newest message the contact wrote words in (text or caption): the one that carried
+    /// the final piece of what they asked, and whose time their words are read against.
+    pub fn newest_text(&self) -> Option<&Part> {
+        self.parts.iter().rev().find(|part| match &part.kind {
+            PartKind::Text(t) | PartKind::Captioned { caption: t, .. } => !t.trim().is_empty(),
+            _ => false,
+        })
+    }
+
+    /// The contact's words with the time each message was written, in order.
+    pub fn texts_written(&self) -> Vec<(&str, Timestamp)> {
+        self.parts
+            .iter()
+            .filter_map(|part| match &part.kind {
+                PartKind::Text(t) | PartKind::Captioned { caption: t, .. }
+                    if !t.trim().is_empty() =>
+                {
+                    Some((t.trim(), part.at))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The message ids the contact deleted for everyone in this burst.
     pub fn revoked(&self) -> Vec<String> {
         self.parts
@@ -240,6 +264,9 @@ pub enum AlertKind {
     /// A booked trial was moved to a new slot: staff cancel the old appointment in MagicLine
     /// (the booking interface has no cancellation).
     Rescheduled,
+    /// The contact's messages could not be answered (model, MagicLine or store failed on every
+    /// attempt): they are in the history, and a person answers.
+    TurnFailed,
 }
 
 impl AlertKind {
@@ -254,6 +281,7 @@ impl AlertKind {
             AlertKind::MemberAppointment => "member_appointment",
             AlertKind::BookingFailed => "booking_failed",
             AlertKind::Rescheduled => "rescheduled",
+            AlertKind::TurnFailed => "turn_failed",
         }
     }
 }
@@ -433,8 +461,43 @@ impl Progress for () {
 }
 
 /// Decides a turn (the conversation engine in the daemon). Blocking: may call the model and
-/// MagicLine. Writes nothing; an error means the burst stays in the inbox for a later try.
+/// MagicLine. Writes nothing; an error means the burst stays in the inbox and the channel tries
+/// it again later.
 pub trait Decide: Send + Sync {
     /// The effects of answering `burst` now; `progress` learns when a reply is being prepared.
+    /// An error may carry a [`FailureKind`] as context, which names it in the retry metric.
     fn decide(&self, burst: &Burst, progress: &dyn Progress) -> anyhow::Result<Effects>;
+
+    /// The effects of a burst that failed on every attempt (`reason`: its [`FailureKind`]):
+    /// what the contact wrote is recorded and, where a reply was due, the contact is handed to
+    /// staff with a [`AlertKind::TurnFailed`] alert, without the model or MagicLine.
+    fn give_up(&self, burst: &Burst, reason: &'static str) -> anyhow::Result<Effects>;
+}
+
+/// What kind of failure stopped a turn (`model`, `booking`, `store`, `audit`, …): attached by
+/// the engine to its errors as context, so the channel can name retries without knowing the
+/// engine's error type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureKind(pub &'static str);
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "turn failed ({})", self.0)
+    }
+}
+
+/// The kind of a failed turn's error, as a metric label: the engine's [`FailureKind`], a failed
+/// commit's part, else `other`.
+pub fn failure_kind(e: &anyhow::Error) -> &'static str {
+    if let Some(kind) = e.downcast_ref::<FailureKind>() {
+        return kind.0;
+    }
+    match e.downcast_ref::<CommitError>() {
+        Some(CommitError::Store(_)) => "store",
+        Some(CommitError::Audit(_)) => "audit",
+        // Only a staff answer is refused so; a turn of the contact's never is.
+        Some(CommitError::NotAnswerable(_)) => "other",
+        None if e.downcast_ref::<crate::store::StoreError>().is_some() => "store",
+        None => "other",
+    }
 }

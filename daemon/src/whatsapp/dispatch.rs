@@ -14,6 +14,14 @@
 //!   [`QueueRows`](crate::turn::QueueRows) implementation). A crash before that commit
 //!   leaves the rows in the inbox, and they are processed again at start-up; a crash after it
 //!   leaves nothing to redo.
+//! - A turn that fails (model, MagicLine, store) is tried again with growing pauses
+//!   ([`TurnRetry`]) while the daemon runs; the contact's later messages wait behind it, so
+//!   they are answered after it, in order. The engine reads the words against when they were
+//!   written, and a booking request is named after the message that asked, so a later attempt
+//!   means the same thing and books at most once. After the last attempt the engine records the
+//!   messages and hands the contact to staff ([`Decide::give_up`]): nothing is dropped, nothing
+//!   answered twice. Each retry is counted (`frontdesk_turn_retries_total{reason}`) and
+//!   logged. A stop during a pause leaves the rows in the inbox for the next start.
 //! - Messages WhatsApp delivers twice (also across restarts) are dropped by message id; delivery
 //!   statuses update the outbox's delivery records. A `failed` status is handled like a failed
 //!   send call ([`super::failures::handle_failed_status`]), in its own durable write with the
@@ -25,6 +33,8 @@ use std::time::{Duration, Instant};
 
 use fjall::OwnedWriteBatch;
 use jiff::Timestamp;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, error, warn};
 
@@ -32,7 +42,7 @@ use super::graph::GraphClient;
 use super::payload::{Content, DeliveryStatus, InboundMessage, StatusUpdate};
 use super::queue::{DeliveryState, InboxEntry, OutboundKind, OutboxEntry, Queued, Queues};
 use crate::audit::{Actor, AuditEvent, AuditLog, Code, NewEntry};
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::{Metrics, Outcome, Reason};
 use crate::store::crypto::Pseudonym;
 use crate::store::{self, Store};
 use crate::turn::{
@@ -256,6 +266,46 @@ impl Typing {
     }
 }
 
+/// How a failed turn is tried again: after `first_delay`, doubling up to `max_delay`, at most
+/// `attempts` tries in all and no longer than `max_age` after the first failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TurnRetry {
+    /// Tries of one turn in all, the first included (at least 1).
+    pub attempts: u32,
+    /// The pause after the first failure.
+    pub first_delay: Duration,
+    /// The longest pause.
+    pub max_delay: Duration,
+    /// No further try once this long has passed since the first failure.
+    pub max_age: Duration,
+}
+
+impl Default for TurnRetry {
+    fn default() -> Self {
+        TurnRetry {
+            attempts: 5,
+            first_delay: Duration::from_secs(10),
+            max_delay: Duration::from_secs(300),
+            max_age: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+impl TurnRetry {
+    /// The pause after the `failures`-th failure (1-based).
+    pub fn delay(&self, failures: u32) -> Duration {
+        let doubled = self
+            .first_delay
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+        doubled.min(self.max_delay)
+    }
+
+    /// Whether a turn that failed `failures` times, the first `since` ago, gets another try.
+    pub fn again(&self, failures: u32, since: Duration) -> bool {
+        failures < self.attempts && since < self.max_age
+    }
+}
+
 /// Dispatcher settings.
 #[derive(Clone, Debug)]
 pub struct DispatchConfig {
@@ -268,6 +318,18 @@ pub struct DispatchConfig {
     /// How often the typing indicator is renewed while a reply is prepared
     /// ([`TYPING_REFRESH`]).
     pub typing_refresh: Duration,
+    /// How a failed turn is tried again.
+    pub retry: TurnRetry,
+}
+
+/// How processing a burst ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BurstEnd {
+    /// Committed, handed over, or left in the inbox after a failure that cannot be helped now.
+    Done,
+    /// The daemon stops while the burst waits for another try: the customer's rows stay in the
+    /// inbox.
+    Stopped,
 }
 
 #[derive(Default)]
@@ -295,6 +357,10 @@ pub struct Dispatcher {
     recheck: Mutex<Vec<(Vec<u8>, Pseudonym)>>,
     permits: Arc<Semaphore>,
     idle: Notify,
+    /// Set at shutdown: a turn waiting for its next try stops waiting (its rows stay in the
+    /// inbox for the next start).
+    stopping: AtomicBool,
+    stop: Notify,
 }
 
 impl Dispatcher {
@@ -327,7 +393,16 @@ impl Dispatcher {
             pending: Mutex::new(HashMap::new()),
             recheck: Mutex::new(Vec::new()),
             idle: Notify::new(),
+            stopping: AtomicBool::new(false),
+            stop: Notify::new(),
         })
+    }
+
+    /// Ends the pauses of failed turns waiting for another try (at shutdown): their rows stay
+    /// in the inbox and are processed at the next start, with the customer's later ones.
+    pub fn stop_retries(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.stop.notify_waiters();
     }
 
     /// Queues everything left in the inbox (at start-up: what was acknowledged before a stop or
@@ -415,32 +490,10 @@ impl Dispatcher {
                 }
                 keys
             };
-            // Taken after the quiet period: a contact still typing holds no slot.
-            let permit = self.permits.clone().acquire_owned().await;
-            if !keys.is_empty() {
-                let this = self.clone();
-                let res = tokio::task::spawn_blocking(move || this.process(&keys)).await;
-                match res {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        // The rows stay in the inbox; they are retried at the next start-up or
-                        // when the customer writes again.
-                        error!(customer = %p, error = %e, "processing failed");
-                        self.metrics
-                            .messages_processed
-                            .get_or_create(&Outcome::of("error"))
-                            .inc();
-                    }
-                    Err(e) => error!(customer = %p, error = %e, "processing panicked"),
-                }
-                self.metrics.heartbeat();
-                self.sender_wake.notify_one();
-                self.schedule_rechecks();
-            }
-            drop(permit);
+            let stopped = !keys.is_empty() && self.run_burst(p, keys).await == BurstEnd::Stopped;
             let mut pending = self.pending.lock().expect("dispatcher lock poisoned");
             let q = pending.get_mut(&p).expect("running customer has a queue");
-            if q.keys.is_empty() {
+            if q.keys.is_empty() || stopped {
                 pending.remove(&p);
                 if pending.is_empty() {
                     self.idle.notify_waiters();
@@ -448,6 +501,99 @@ impl Dispatcher {
                 return;
             }
         }
+    }
+
+    /// Processes one burst of `p`, trying a failed turn again after a pause (the customer's later
+    /// messages wait meanwhile) and, after the last attempt, giving it up: the engine records it
+    /// and hands the contact to staff. The concurrency permit is held only while processing.
+    async fn run_burst(self: &Arc<Self>, p: Pseudonym, keys: Vec<Vec<u8>>) -> BurstEnd {
+        let keys = Arc::new(keys);
+        let retry = self.cfg.retry;
+        let mut failures = 0u32;
+        let mut first_failure = None;
+        loop {
+            // Taken after the quiet period: a contact still typing holds no slot.
+            let permit = self.permits.clone().acquire_owned().await;
+            let (this, k) = (self.clone(), keys.clone());
+            let res = tokio::task::spawn_blocking(move || this.process(&k, None)).await;
+            drop(permit);
+            self.after_processing();
+            let e = match res {
+                Ok(Ok(())) => return BurstEnd::Done,
+                Ok(Err(e)) => e,
+                Err(e) => {
+                    // The rows stay in the inbox for the next start.
+                    error!(customer = %p, error = %e, "processing panicked");
+                    return BurstEnd::Done;
+                }
+            };
+            failures += 1;
+            let since = *first_failure.get_or_insert_with(Instant::now);
+            let reason = turn::failure_kind(&e);
+            self.metrics
+                .messages_processed
+                .get_or_create(&Outcome::of("error"))
+                .inc();
+            if !retry.again(failures, since.elapsed()) {
+                return self.give_up(p, keys, reason, failures).await;
+            }
+            let delay = retry.delay(failures);
+            warn!(customer = %p, attempt = failures, reason, error = %format_args!("{e:#}"), retry_in_ms = delay.as_millis() as u64,
+                FRONTDESK_EVENT = "turn.retry", "turn failed; trying again");
+            self.metrics
+                .turn_failures
+                .retries
+                .get_or_create(&Reason::of(reason))
+                .inc();
+            let stop = self.stop.notified();
+            if self.stopping.load(Ordering::SeqCst) {
+                return BurstEnd::Stopped;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stop => return BurstEnd::Stopped,
+            }
+        }
+    }
+
+    /// The last attempt of a burst failed: the engine records it and hands the contact over. If
+    /// even that cannot be written (the store fails), the rows stay in the inbox for the next
+    /// start.
+    async fn give_up(
+        self: &Arc<Self>,
+        p: Pseudonym,
+        keys: Arc<Vec<Vec<u8>>>,
+        reason: &'static str,
+        attempts: u32,
+    ) -> BurstEnd {
+        error!(customer = %p, attempts, reason, FRONTDESK_EVENT = "turn.given_up",
+            "turn failed on every attempt; the contact is handed to staff");
+        self.metrics
+            .turn_failures
+            .given_up
+            .get_or_create(&Reason::of(reason))
+            .inc();
+        let permit = self.permits.clone().acquire_owned().await;
+        let this = self.clone();
+        let res = tokio::task::spawn_blocking(move || this.process(&keys, Some(reason))).await;
+        drop(permit);
+        self.after_processing();
+        match res {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                error!(customer = %p, error = %format_args!("{e:#}"), "handing over a failed turn failed; its messages stay in the inbox");
+            }
+            Err(e) => error!(customer = %p, error = %e, "processing panicked"),
+        }
+        BurstEnd::Done
+    }
+
+    /// After each processing attempt: the watchdog's heartbeat, the sender woken for new
+    /// replies, statuses to look at again.
+    fn after_processing(self: &Arc<Self>) {
+        self.metrics.heartbeat();
+        self.sender_wake.notify_one();
+        self.schedule_rechecks();
     }
 
     /// Queues the `failed` statuses that may have overtaken their send again, a moment later.
@@ -528,8 +674,10 @@ impl Dispatcher {
         Ok(true)
     }
 
-    /// Processes one burst of inbox rows of one customer. Blocking.
-    fn process(&self, keys: &[Vec<u8>]) -> anyhow::Result<()> {
+    /// Processes one burst of inbox rows of one customer; `given_up`: the reason its last
+    /// attempt failed, when the engine is to hand the contact over instead. Blocking. Repeatable:
+    /// rows retired by an earlier attempt are no longer in the inbox and are skipped.
+    fn process(&self, keys: &[Vec<u8>], given_up: Option<&'static str>) -> anyhow::Result<()> {
         let store: &Store = &self.store;
         let mut rows: Vec<Queued<InboxEntry>> = Vec::new();
         for k in keys {
@@ -570,10 +718,10 @@ impl Dispatcher {
             .into_iter()
             .partition(|(_, m)| identity_notice(m).is_some());
         if !words.is_empty() {
-            self.turn(&words)?;
+            self.turn(&words, given_up)?;
         }
         for notice in notices {
-            self.turn(std::slice::from_ref(&notice))?;
+            self.turn(std::slice::from_ref(&notice), given_up)?;
         }
         Ok(())
     }
@@ -605,8 +753,13 @@ impl Dispatcher {
         }
     }
 
-    /// Decides and commits one burst of new messages of one customer. Blocking.
-    fn turn(&self, messages: &[(Vec<u8>, InboundMessage)]) -> anyhow::Result<()> {
+    /// Decides (or, `given_up`, gives up) and commits one burst of new messages of one customer.
+    /// Blocking.
+    fn turn(
+        &self,
+        messages: &[(Vec<u8>, InboundMessage)],
+        given_up: Option<&'static str>,
+    ) -> anyhow::Result<()> {
         let store: &Store = &self.store;
         let last = &messages.last().expect("non-empty").1;
         let burst = burst_of(messages);
@@ -618,7 +771,10 @@ impl Dispatcher {
             runtime: tokio::runtime::Handle::try_current().ok(),
             task: Mutex::new(None),
         };
-        let decided = self.engine.decide(&burst, &typing);
+        let decided = match given_up {
+            None => self.engine.decide(&burst, &typing),
+            Some(reason) => self.engine.give_up(&burst, reason),
+        };
         // Stopped before anything is committed: no indicator is requested after the reply.
         typing.stop();
         let effects = decided?;
@@ -645,5 +801,7 @@ impl Dispatcher {
     }
 }
 
+#[cfg(test)]
+mod retry_tests;
 #[cfg(test)]
 mod tests;

@@ -10,7 +10,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::{DispatchConfig, Dispatcher};
+use crate::audit::AuditLog;
 use crate::config::ConversationConfig;
+use crate::conversation::booking::Booker;
 use crate::conversation::engine::Engine;
 use crate::conversation::prompts::{tests as prompt_tests, Prompts};
 use crate::llm::{Generation, LanguageModel, LlmError, Prompt};
@@ -23,7 +25,7 @@ use crate::whatsapp::graph::GraphClient;
 use crate::whatsapp::payload::{Content, InboundMessage};
 use crate::whatsapp::queue::{InboxEntry, Queues};
 
-const PHONE: &str = "491511234567";
+pub(super) const PHONE: &str = "491511234567";
 const WAIT: Duration = Duration::from_secs(20);
 
 /// A model that, while armed, blocks in `generate` until the test opens the gate.
@@ -51,31 +53,48 @@ impl LanguageModel for GatedModel {
     }
 }
 
-struct Fixture {
+pub(super) struct Fixture {
     _dir: tempfile::TempDir,
-    store: Arc<Store>,
-    queues: Arc<Queues>,
+    pub(super) store: Arc<Store>,
+    pub(super) queues: Arc<Queues>,
     model: Arc<GatedModel>,
-    dispatcher: Arc<Dispatcher>,
+    pub(super) dispatcher: Arc<Dispatcher>,
     sim: sim::GraphSim,
+    pub(super) audit: Arc<AuditLog>,
+    pub(super) metrics: Arc<Metrics>,
 }
 
+/// Builds the booker of a fixture over its store.
+pub(super) type MakeBooker = Box<dyn FnOnce(Arc<Store>) -> Arc<dyn Booker>>;
+
 async fn fixture() -> Fixture {
+    fixture_with(None, None, super::TurnRetry::default()).await
+}
+
+/// The dispatcher with the real engine over `model` (else a [`GatedModel`]) and the booker
+/// `booker` makes (else none), trying failed turns again by `retry`.
+pub(super) async fn fixture_with(
+    model: Option<Arc<dyn LanguageModel>>,
+    booker: Option<MakeBooker>,
+    retry: super::TurnRetry,
+) -> Fixture {
     let sim = sim::start().await;
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path(), StoreIdentity::generate()).unwrap());
     let queues = Arc::new(Queues::new(&store).unwrap());
-    let model = Arc::new(GatedModel::default());
+    let gated = Arc::new(GatedModel::default());
     let studio = prompt_tests::studio();
     let prompts = Prompts::load_from(&prompt_tests::shipped_dir(), None, &studio).unwrap();
     let engine = Arc::new(Engine::new(
         store.clone(),
-        model.clone(),
+        model.unwrap_or_else(|| gated.clone()),
         Arc::new(prompts),
         studio,
         ConversationConfig::default(),
-        None,
+        booker.map(|make| make(store.clone())),
     ));
+    let audit = Arc::new(AuditLog::open(store.clone()).unwrap().without_journal());
+    let metrics = Arc::new(Metrics::new());
     let reader = GraphClient::new(
         &sim.base_url(),
         SIM_GRAPH_VERSION,
@@ -87,7 +106,7 @@ async fn fixture() -> Fixture {
         store.clone(),
         queues.clone(),
         engine,
-        None,
+        Some(audit.clone()),
         Some(reader),
         DispatchConfig {
             burst_window: Duration::from_millis(1),
@@ -98,33 +117,41 @@ async fn fixture() -> Fixture {
                 reopen_template: None,
                 template_language: "de".into(),
             },
+            retry,
         },
-        Arc::new(Metrics::new()),
+        metrics.clone(),
         Arc::new(Notify::new()),
     );
     Fixture {
         _dir: dir,
         store,
         queues,
-        model,
+        model: gated,
         dispatcher,
         sim,
+        audit,
+        metrics,
     }
 }
 
 impl Fixture {
     /// Puts a message into the inbox, as the webhook does, and hands it to the dispatcher.
-    fn deliver(&self, id: &str, content: Content) {
+    pub(super) fn deliver(&self, id: &str, content: Content) {
         self.deliver_from(PHONE, id, content);
     }
 
     fn deliver_from(&self, from: &str, id: &str, content: Content) {
+        self.deliver_written(from, id, content, 1_780_000_000);
+    }
+
+    /// [`Fixture::deliver`] of a message WhatsApp says was written at unix second `timestamp`.
+    pub(super) fn deliver_written(&self, from: &str, id: &str, content: Content, timestamp: i64) {
         let m = InboundMessage {
             id: id.into(),
             from: from.into(),
             user_id: None,
             parent_user_id: None,
-            timestamp: 1_780_000_000,
+            timestamp,
             phone_number_id: SIM_PHONE_NUMBER_ID.into(),
             contact_name: None,
             reply_to: None,
