@@ -14,6 +14,8 @@ pub struct Browser {
     pub client: Client,
     driver: Option<Child>,
     shots: PathBuf,
+    /// A fresh profile per session, so no state carries over between tests.
+    _profile: tempfile::TempDir,
 }
 
 /// Where screenshots go: `target/console-screenshots/` of the workspace build.
@@ -58,6 +60,7 @@ impl Browser {
         }
         // Keep reading its output so it never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
+        let profile = tempfile::tempdir().expect("browser profile directory");
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),
@@ -70,6 +73,14 @@ impl Browser {
                     "--disable-dev-shm-usage",
                     "--window-size=1280,1000",
                     "--lang=de-DE",
+                    // Nothing but the console on loopback: no updates, sync or prefetching,
+                    // which a closed network refuses and a test must not wait for.
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--disable-quic",
+                    "--no-first-run",
+                    format!("--user-data-dir={}", profile.path().display()),
                 ],
             }),
         );
@@ -84,6 +95,7 @@ impl Browser {
             client,
             driver: Some(driver),
             shots,
+            _profile: profile,
         }
     }
 
