@@ -303,9 +303,13 @@ fn booking_value(key: &crypto::DataKey, k: &[u8], v: &[u8]) -> serde_json::Value
     json!({ "raw_base64": base64::engine::general_purpose::STANDARD.encode(v) })
 }
 
-/// Everything about one person, as the JSON document an export holds.
-fn export_document(ctx: &Ctx, c: &Customer) -> Result<(serde_json::Value, [u64; 3]), OpError> {
-    let store = ctx.store();
+/// Everything about one person, as the JSON document an export holds, with the number of
+/// messages, bookings and audit entries in it. The admin CLI and the staff console export this.
+pub fn export_document(
+    state: &AdminState,
+    c: &Customer,
+) -> Result<(serde_json::Value, [u64; 3]), OpError> {
+    let store = &state.store;
     let p = c.pseudonym;
     let messages: Vec<serde_json::Value> = store
         .all_messages(&p)?
@@ -321,7 +325,7 @@ fn export_document(ctx: &Ctx, c: &Customer) -> Result<(serde_json::Value, [u64; 
             }));
         }
     }
-    let audit = ctx.state.audit.query(&AuditFilter {
+    let audit = state.audit.query(&AuditFilter {
         subject: Some(p.short()),
         ..AuditFilter::default()
     })?;
@@ -359,7 +363,7 @@ pub fn customers_export(ctx: &Ctx, req: ExportRequest) -> OpResult {
     let Some(c) = ctx.store().customer(&p)? else {
         return Err(ctx.not_found(empty, &p));
     };
-    let (doc, [messages, bookings, audit_entries]) = export_document(ctx, &c)?;
+    let (doc, [messages, bookings, audit_entries]) = export_document(ctx.state, &c)?;
     let mut out = Vec::new();
     {
         let mut w = crypto::encrypt_stream(&recipient, &mut out)

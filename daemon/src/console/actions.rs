@@ -7,14 +7,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
-use serde_json::json;
 
 use super::accounts::Role;
 use super::ConsoleState;
 use crate::audit::{Actor, AuditEvent, Code, ForgetReason, NewEntry, Outcome, StaffName};
 use crate::store::crypto::Pseudonym;
 use crate::store::customers::BotMode;
-use crate::store::{ks, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::turn::{self, attention, CommitError, Effects, QueueRows};
 use crate::whatsapp::graph::{split_text, MAX_TEXT_CHARS};
 use crate::whatsapp::queue::{OutboundKind, OutboxEntry, Queues};
@@ -62,6 +61,9 @@ pub enum ActionError {
     /// The turn could not be committed.
     #[error("commit: {0}")]
     Commit(#[from] CommitError),
+    /// The export document could not be put together.
+    #[error("export: {0}")]
+    Export(#[from] crate::admin::ops::OpError),
 }
 
 /// WhatsApp's customer service window: free text only this long after the contact's last
@@ -362,47 +364,15 @@ fn export(state: &ConsoleState, staff: &Staff, p: Pseudonym) -> Result<Done, Act
     let Some(c) = store.customer(&p)? else {
         return Ok(Done::Refused(404, "Diese Person gibt es nicht (mehr)."));
     };
-    let messages: Vec<serde_json::Value> = store
-        .all_messages(&p)?
-        .map(|m| m.map(|m| serde_json::to_value(m).unwrap_or_default()))
-        .collect::<Result<_, _>>()?;
-    let mut bookings = Vec::new();
-    if let Some(key) = store.data_key(&p)? {
-        for g in store.keyspaces().bookings.prefix(p.0) {
-            let (k, v) = g.into_inner().map_err(StoreError::from)?;
-            if let Ok(plain) = key.open(ks::BOOKINGS, &k, &v) {
-                bookings.push(serde_json::from_slice(&plain).unwrap_or(serde_json::Value::Null));
-            }
-        }
-    }
-    let audit = state.admin.audit.query(&crate::audit::AuditFilter {
-        subject: Some(p.short()),
-        ..Default::default()
-    })?;
-    let counts = (
-        messages.len() as u64,
-        bookings.len() as u64,
-        audit.len() as u64,
-    );
-    let doc = json!({
-        "format": "frontdesk-export-v1",
-        "exported_at": Timestamp::now(),
-        "pseudonym": p.to_hex(),
-        "pseudonym_short": p.short(),
-        "meta": c.meta,
-        "customer": c.body,
-        "messages": messages,
-        "bookings": bookings,
-        "audit": audit,
-    });
+    let (doc, counts) = crate::admin::ops::export_document(&state.admin, &c)?;
     // Durable before a single byte leaves.
     state.admin.audit.append(
         NewEntry::new(
             staff.actor(),
             AuditEvent::CustomerExport {
-                messages: counts.0,
-                bookings: counts.1,
-                audit_entries: counts.2,
+                messages: counts[0],
+                bookings: counts[1],
+                audit_entries: counts[2],
             },
         )
         .about(&p),
