@@ -6,6 +6,8 @@
 //! - [`accounts`]: console accounts with argon2id password hashes, in the store; managed by
 //!   the admin through the admin socket (`frontdesk staff …`, see `admin::staff`).
 //! - [`auth`]: sessions, sign-in throttling and CSRF tokens (in memory).
+//! - [`index`]: the inbox's index in memory (pseudonyms and times), kept current from the
+//!   store's change feed, so an inbox page reads only the rows it shows.
 //! - [`pages`]: what each page shows and its askama templates (`templates/`).
 //! - [`server`]: the listener (plain HTTP on loopback, HTTPS elsewhere, see [`tls`]), routing,
 //!   security headers and the live-update stream (server-sent events).
@@ -20,6 +22,7 @@ pub mod accounts;
 pub mod actions;
 pub mod auth;
 pub mod config;
+pub mod index;
 pub mod pages;
 pub mod server;
 #[cfg(test)]
@@ -44,13 +47,17 @@ pub struct ConsoleState {
     pub throttle: auth::Throttle,
     /// Served over HTTPS: cookies are `Secure` and `__Host-` prefixed.
     pub https: bool,
+    /// What the inbox lists (see [`index`]).
+    pub inbox: index::InboxIndex,
 }
 
 impl ConsoleState {
     /// The console's state with the limits of `[console]`.
     pub fn new(admin: Arc<AdminState>) -> ConsoleState {
         let cfg = admin.config().console.clone();
+        let inbox = index::InboxIndex::new(&admin.store);
         ConsoleState {
+            inbox,
             admin,
             sessions: auth::Sessions::new(
                 SignedDuration::from_mins(i64::from(cfg.session_idle_minutes)),
