@@ -7,6 +7,7 @@
 //!   the admin through the admin socket (`frontdesk staff …`, see `admin::staff`).
 //! - [`auth`]: sessions, sign-in throttling and CSRF tokens (in memory).
 //! - [`pages`]: what each page shows and its askama templates (`templates/`).
+//! - [`dashboard`]: the funnel dashboard, its charts drawn as SVG on the server (plotters).
 //! - [`server`]: the listener (plain HTTP on loopback, HTTPS elsewhere, see [`tls`]), routing,
 //!   security headers and the live-update stream (server-sent events).
 //! - [`actions`]: what staff do: answer (a staff turn committed by `turn::commit`), send a
@@ -20,6 +21,7 @@ pub mod accounts;
 pub mod actions;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod pages;
 pub mod server;
 #[cfg(test)]
