@@ -299,7 +299,11 @@ async fn staff_answer_a_hand_over_in_the_browser() {
     // The dashboard draws its charts as inline SVG beside tables of their numbers.
     b.client.goto(&format!("{url}/dashboard")).await.unwrap();
     wait_for(&b.client, "//h1[.='Übersicht']").await;
-    wait_for(&b.client, "//figure//*[local-name()='svg']//*[local-name()='rect']").await;
+    wait_for(
+        &b.client,
+        "//figure//*[local-name()='svg']//*[local-name()='rect']",
+    )
+    .await;
     wait_for(&b.client, "//table/caption[.='Trichter je Kalenderwoche']").await;
     b.screenshot("10-dashboard").await;
 

@@ -160,8 +160,7 @@ pub fn read(
     now: Timestamp,
 ) -> anyhow::Result<Dashboard> {
     let today = now.to_zoned(studio_tz()).date();
-    let monday = today
-        .checked_sub(i64::from(today.weekday().to_monday_zero_offset()).days())?;
+    let monday = today.checked_sub(i64::from(today.weekday().to_monday_zero_offset()).days())?;
     let first = monday.checked_sub((i64::from(weeks.max(1)) - 1).weeks())?;
     let week_starts: Vec<Date> = (0..weeks.max(1))
         .map(|i| first.checked_add(i64::from(i).weeks()))
@@ -223,9 +222,7 @@ pub fn read(
         costs,
         total_cost: euro(by_week.total.cost_micro_eur),
         total_per_trial: by_week.total.cost_per_trial_micro_eur.map(euro),
-        rates_as_of: rates
-            .as_of
-            .map(|d| d.strftime("%d.%m.%Y").to_string()),
+        rates_as_of: rates.as_of.map(|d| d.strftime("%d.%m.%Y").to_string()),
     })
 }
 
@@ -418,7 +415,9 @@ fn bar_chart(
                 .draw_series(bars)
                 .map_err(chart_err)?
                 .label(s.name)
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
+                });
         }
         if series.len() > 1 {
             chart
@@ -475,7 +474,10 @@ mod tests {
             record_now(&store, FunnelEvent::NewContact, t("2026-09-01T10:00:00Z")).expect("record");
         }
         // 13 replies and 2 utility templates on 1 December.
-        for (category, n) in [(PricingCategory::Service, 13), (PricingCategory::Utility, 2)] {
+        for (category, n) in [
+            (PricingCategory::Service, 13),
+            (PricingCategory::Utility, 2),
+        ] {
             for _ in 0..n {
                 let mut batch = store.batch();
                 record_sent(&store, &mut batch, category, t("2026-12-01T10:00:00Z"))
