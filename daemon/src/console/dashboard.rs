@@ -448,14 +448,17 @@ mod tests {
         haystack.matches(needle).count()
     }
 
-    #[test]
-    fn the_dashboard_shows_the_counters_in_tables_and_well_formed_charts() {
+    fn t(s: &str) -> Timestamp {
+        s.parse().expect("test setup")
+    }
+
+    /// A store with known counters and an audit log with three hand-overs.
+    fn counted() -> (tempfile::TempDir, Arc<Store>, AuditLog) {
         let dir = tempfile::tempdir().expect("test setup");
         let store = Arc::new(Store::open(dir.path(), StoreIdentity::generate()).expect("setup"));
         let audit = AuditLog::open(store.clone())
             .expect("test setup")
             .without_journal();
-        let t = |s: &str| s.parse::<Timestamp>().expect("test setup");
         // Week 48 (23–29 November 2026): 7 new contacts, 5 names, 3 trials.
         for (event, n) in [
             (FunnelEvent::NewContact, 7),
@@ -495,6 +498,12 @@ mod tests {
                 ))
                 .expect("audit");
         }
+        (dir, store, audit)
+    }
+
+    #[test]
+    fn the_dashboard_shows_the_counters_in_tables_and_well_formed_charts() {
+        let (_dir, store, audit) = counted();
         let rates = Rates {
             service_micro_eur: 45_600,
             utility_micro_eur: 45_600,
