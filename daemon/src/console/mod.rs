@@ -9,6 +9,7 @@
 //! - [`index`]: the inbox's index in memory (pseudonyms and times), kept current from the
 //!   store's change feed, so an inbox page reads only the rows it shows.
 //! - [`pages`]: what each page shows and its askama templates (`templates/`).
+//! - [`dashboard`]: the funnel dashboard, its charts drawn as SVG on the server (plotters).
 //! - [`server`]: the listener (plain HTTP on loopback, HTTPS elsewhere, see [`tls`]), routing,
 //!   security headers and the live-update stream (server-sent events).
 //! - [`actions`]: what staff do: answer (a staff turn committed by `turn::commit`), send a
@@ -22,6 +23,7 @@ pub mod accounts;
 pub mod actions;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod index;
 pub mod pages;
 pub mod server;

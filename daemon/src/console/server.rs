@@ -403,6 +403,7 @@ async fn route(app: Arc<App>, peer: IpAddr, req: Request<Incoming>) -> Response<
         ["inbox", "list"] => inbox(app, signed, true, &query).await,
         ["events"] => events(&app),
         ["trials"] => trials(app, signed).await,
+        ["dashboard"] => dashboard(app, signed, &query).await,
         ["c", id] => conversation(app, signed, id.to_string(), false, &query).await,
         ["c", id, "history"] => conversation(app, signed, id.to_string(), true, &query).await,
         _ => error_page(
@@ -774,6 +775,39 @@ async fn trials(app: Arc<App>, signed: Signed) -> Response<Body> {
             user: Some(view),
             nav: "trials",
             trials,
+        }))
+    })
+    .await;
+    match result {
+        Ok(Ok(body)) => html(StatusCode::OK, body),
+        Ok(Err(e)) => internal_error(e),
+        Err(e) => internal_error(e),
+    }
+}
+
+async fn dashboard(app: Arc<App>, signed: Signed, query: &str) -> Response<Body> {
+    let state = app.state.clone();
+    let name = signed.staff.name.clone();
+    let view = signed.view();
+    let weeks = super::dashboard::weeks_param(query);
+    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+        let rates = state.admin.config().whatsapp.pricing.rates();
+        let d = super::dashboard::read(
+            &state.admin.store,
+            &state.admin.audit,
+            &rates,
+            weeks,
+            Timestamp::now(),
+        )?;
+        // Counters only, no personal data; audited like `frontdesk stats`.
+        state
+            .admin
+            .audit
+            .append(NewEntry::new(Actor::staff(&name), AuditEvent::StatsRead))?;
+        Ok(render(&super::dashboard::DashboardPage {
+            user: Some(view),
+            nav: "dashboard",
+            d,
         }))
     })
     .await;
