@@ -4,8 +4,8 @@
 //!
 //! Everything here is read without opening sealed data: the funnel and message counters through
 //! [`crate::stats::report`] (the report `frontdesk stats` prints), the hand-over reasons from the
-//! audit log's `customer.escalate` entries. Time to first reply is not shown: no clear record
-//! holds when the first reply went out.
+//! audit log's `customer.escalate` entries. The time to the first reply is the report's
+//! per-bucket count of first replies (`stats::ReplyDelay`).
 
 use std::collections::BTreeMap;
 
@@ -16,7 +16,7 @@ use plotters::prelude::*;
 
 use super::pages::{reason_de, UserView};
 use crate::audit::{AuditFilter, AuditLog, Detail};
-use crate::stats::{self, FunnelRow, Period, PricingCategory, Rates};
+use crate::stats::{self, FunnelRow, Period, PricingCategory, Rates, ReplyDelay};
 use crate::store::Store;
 
 /// Weeks shown unless the page asks for another number.
@@ -96,6 +96,14 @@ pub struct Dashboard {
     pub reasons: Vec<(String, u64)>,
     /// Their chart, when there were any.
     pub reasons_svg: Option<String>,
+    /// First replies per wait (German label, count), fastest first.
+    pub first_replies: Vec<(String, u64)>,
+    /// First replies in all.
+    pub first_replies_total: u64,
+    /// The share answered within five minutes, `93,5 %`.
+    pub first_replies_within_5m: Option<String>,
+    /// Their chart, when there were any.
+    pub first_replies_svg: Option<String>,
     /// Days with outbound messages, oldest first.
     pub messages: Vec<MessageDay>,
     /// The chart of every day's messages by pricing category.
@@ -206,6 +214,11 @@ pub fn read(
         day = day.tomorrow()?;
     }
 
+    let delays = by_week.total.first_replies;
+    let first_replies: Vec<(String, u64)> = ReplyDelay::ALL
+        .iter()
+        .map(|d| (d.label_de().to_string(), delays.get(*d)))
+        .collect();
     let since = first.to_zoned(studio_tz())?.timestamp();
     let reasons = handover_reasons(audit, since)?;
     Ok(Dashboard {
@@ -217,6 +230,14 @@ pub fn read(
             .then(|| reasons_chart(&reasons))
             .transpose()?,
         reasons,
+        first_replies_svg: (delays.total() > 0)
+            .then(|| first_replies_chart(&first_replies))
+            .transpose()?,
+        first_replies,
+        first_replies_total: delays.total(),
+        first_replies_within_5m: delays
+            .within_5m_pct()
+            .map(|p| format!("{p:.1} %").replace('.', ",")),
         messages_svg: messages_chart(&days)?,
         messages: days.into_iter().filter(|d| day_total(d) > 0).collect(),
         costs,
@@ -312,6 +333,16 @@ fn reasons_chart(reasons: &[(String, u64)]) -> Result<String, ChartError> {
         name: "Übergaben",
         color: PURPLE,
         values: reasons.iter().map(|r| r.1).collect(),
+    }];
+    bar_chart(&labels, &series, Layout::Grouped, 1)
+}
+
+fn first_replies_chart(delays: &[(String, u64)]) -> Result<String, ChartError> {
+    let labels: Vec<String> = delays.iter().map(|r| r.0.clone()).collect();
+    let series = [Series {
+        name: "Erste Antworten",
+        color: BLUE,
+        values: delays.iter().map(|r| r.1).collect(),
     }];
     bar_chart(&labels, &series, Layout::Grouped, 1)
 }
@@ -488,6 +519,18 @@ mod tests {
                 store.commit_durable(batch).expect("commit");
             }
         }
+        // Four first replies on 1 December: three within a minute, one after two days.
+        for waited in [
+            jiff::SignedDuration::from_secs(3),
+            jiff::SignedDuration::from_secs(5),
+            jiff::SignedDuration::from_secs(40),
+            jiff::SignedDuration::from_hours(48),
+        ] {
+            let mut batch = store.batch();
+            stats::record_first_reply(&store, &mut batch, waited, t("2026-12-01T10:00:00Z"))
+                .expect("record");
+            store.commit_durable(batch).expect("commit");
+        }
         for reason in ["complaint", "complaint", "contract_question"] {
             audit
                 .append(NewEntry::new(
@@ -544,8 +587,11 @@ mod tests {
         }
         assert!(!html.contains("<td>99</td>"));
         assert!(html.contains("<th scope=\"row\">Beschwerde</th><td>2</td>"));
-        assert_eq!(count(&html, "<figcaption"), 3);
-        assert_eq!(count(&html, "<table"), 4);
+        assert!(html.contains("4 neue Kontakte bekamen im Zeitraum ihre erste Antwort, 75,0 %"));
+        assert!(html.contains("<th scope=\"row\">bis 1 Min.</th><td>3</td>"));
+        assert!(html.contains("<th scope=\"row\">länger</th><td>1</td>"));
+        assert_eq!(count(&html, "<figcaption"), 4);
+        assert_eq!(count(&html, "<table"), 5);
 
         // Each chart is a well-formed SVG document with one bar per non-zero number; no
         // inline style (the console's CSP allows none) and no script.
@@ -554,7 +600,7 @@ mod tests {
             .skip(1)
             .map(|rest| rest.split("</svg>").next().unwrap_or_default())
             .collect();
-        assert_eq!(svgs.len(), 3);
+        assert_eq!(svgs.len(), 4);
         let bars = |svg: &str, color: &str| count(svg, &format!("fill=\"{color}\""));
         for svg in &svgs {
             let doc = format!("<svg {svg}</svg>");
@@ -569,9 +615,11 @@ mod tests {
         assert_eq!(bars(svgs[0], "#009E73"), 1 + 1);
         // Reasons: two bars, no legend.
         assert_eq!(bars(svgs[1], "#CC79A7"), 2);
+        // First replies: two buckets with counts, no legend.
+        assert_eq!(bars(svgs[2], "#0072B2"), 2);
         // Messages: one day of service, one of utility, stacked.
-        assert_eq!(bars(svgs[2], "#0072B2"), 1 + 1);
-        assert_eq!(bars(svgs[2], "#009E73"), 1 + 1);
+        assert_eq!(bars(svgs[3], "#0072B2"), 1 + 1);
+        assert_eq!(bars(svgs[3], "#009E73"), 1 + 1);
         assert!(svgs[0].contains("KW 48"));
     }
 
