@@ -84,7 +84,10 @@ pub fn start(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let tls = if cfg.console.https() {
         let (cert, key) = tls::files(cfg);
-        if tls::ensure_generated(&cfg.console, &cert, &key)? {
+        // The admin's own certificate is used as it is; only a generated one is made anew.
+        if cfg.console.tls_certificate.is_none()
+            && tls::ensure_generated(&cfg.console, &cert, &key)?
+        {
             tracing::info!(certificate = %cert.display(), "generated a self-signed certificate for the console");
         }
         Some(tls::server_config(&cert, &key)?)
