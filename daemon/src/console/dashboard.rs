@@ -397,6 +397,8 @@ fn bar_chart(
         .max(1);
     // Room above the highest bar for the legend.
     let top = (highest as f64 * 1.25).ceil();
+    // Counts are whole numbers: at most one label per unit, never a repeated "1".
+    let y_labels = (top as usize + 1).min(6);
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, CHART_SIZE).into_drawing_area();
@@ -417,10 +419,11 @@ fn bar_chart(
         chart
             .configure_mesh()
             .disable_x_mesh()
+            .max_light_lines(0)
             .x_labels(n)
             .x_label_formatter(&x_label)
             .y_label_formatter(&|y| format!("{y:.0}"))
-            .y_labels(6)
+            .y_labels(y_labels)
             .label_style(("sans-serif", 13))
             .draw()
             .map_err(chart_err)?;
