@@ -249,6 +249,9 @@ impl Secrets {
                 let required = name == names::STORE_IDENTITY
                     || (whatsapp && name.starts_with("whatsapp-"))
                     || (name == names::MAGICLINE_API_KEY && !cfg.magicline.base_url.is_empty())
+                    || (name == names::MAGICLINE_WEBHOOK_KEY
+                        && !cfg.magicline.base_url.is_empty()
+                        && cfg.magicline.events == crate::config::MagicLineEvents::Webhook)
                     || tunnel.as_deref() == Some(name.as_str());
                 let need = if required {
                     Need::Required
