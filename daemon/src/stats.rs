@@ -683,8 +683,14 @@ mod tests {
         assert_eq!(r.rows[1].opt_outs, 1);
         assert_eq!(r.rows[1].conversion_pct, None);
         // The attendance stages of the trials.
-        assert_eq!((r.rows[0].showed_up, r.rows[0].no_show, r.rows[0].rebooked), (1, 1, 0));
-        assert_eq!((r.rows[1].showed_up, r.rows[1].no_show, r.rows[1].rebooked), (0, 1, 1));
+        assert_eq!(
+            (r.rows[0].showed_up, r.rows[0].no_show, r.rows[0].rebooked),
+            (1, 1, 0)
+        );
+        assert_eq!(
+            (r.rows[1].showed_up, r.rows[1].no_show, r.rows[1].rebooked),
+            (0, 1, 1)
+        );
         assert_eq!((r.total.showed_up, r.total.no_show), (1, 2));
         assert_eq!(r.total.new_contacts, 4);
 

@@ -59,7 +59,7 @@ use crate::store::xref::External;
 use crate::store::{ks, Store, StoreError};
 
 mod attendance;
-pub use attendance::{Attendance, CheckInOutcome};
+pub use attendance::{Attendance, CheckInOutcome, RecordedBooking};
 
 /// The steps and outcomes of a booking the booker reports (see [`BookingAudit`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -1617,7 +1617,8 @@ impl MagicLineBooker {
             self.store
                 .link_external(&mut batch, External::MagicLineBooking, id, p);
             if rec.awaits_attendance() {
-                self.store.schedule_trial(&mut batch, rec.start.timestamp(), p);
+                self.store
+                    .schedule_trial(&mut batch, rec.start.timestamp(), p);
             }
         }
         extra(&mut batch)?;

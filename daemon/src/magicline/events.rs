@@ -173,6 +173,7 @@ impl EventWorker {
             Ok(_) => {}
             Err(e) => warn!(error = %e, "attendance sweep failed"),
         }
+        self.metrics.attendance_sweeps.inc();
         if let Err(e) = webhook::prune_seen(&self.store, now) {
             warn!(error = %e, "old MagicLine event ids not pruned");
         }

@@ -144,7 +144,10 @@ impl MagicLineWebhook {
 
     fn reject(&self, status: StatusCode, reason: &'static str) -> Response<Full<Bytes>> {
         self.count(reason);
-        warn!(status = status.as_u16(), reason, "MagicLine webhook request rejected");
+        warn!(
+            status = status.as_u16(),
+            reason, "MagicLine webhook request rejected"
+        );
         if self.limiter.allow(self.audit_per_minute) {
             (self.rejected)(status.as_u16(), reason);
         }
@@ -211,7 +214,11 @@ where
         Ok(c) => c,
         Err(e) => {
             // serde's text could quote the body; only where it went wrong is kept.
-            debug!(line = e.line(), column = e.column(), "MagicLine webhook body unreadable");
+            debug!(
+                line = e.line(),
+                column = e.column(),
+                "MagicLine webhook body unreadable"
+            );
             return Ok(state.reject(StatusCode::BAD_REQUEST, "malformed"));
         }
     };
@@ -384,10 +391,18 @@ mod tests {
             10,
             Arc::new(tokio::sync::Notify::new()),
         );
-        let cancel = call("6b1e3a5c-0000-4000-a000-000000000001", 70_001, "APPOINTMENT_BOOKING_CANCELLED");
+        let cancel = call(
+            "6b1e3a5c-0000-4000-a000-000000000001",
+            70_001,
+            "APPOINTMENT_BOOKING_CANCELLED",
+        );
         assert_eq!(hook.queue(&cancel).unwrap(), "queued");
         assert_eq!(hook.queue(&cancel).unwrap(), "duplicate");
-        let checkin = call("6b1e3a5c-0000-4000-a000-000000000002", 10_001, "CUSTOMER_CHECKIN");
+        let checkin = call(
+            "6b1e3a5c-0000-4000-a000-000000000002",
+            10_001,
+            "CUSTOMER_CHECKIN",
+        );
         assert_eq!(hook.queue(&checkin).unwrap(), "queued");
         // Someone else's booking, a member's visit, a class booking, another type.
         for (n, entity, t) in [
@@ -396,14 +411,24 @@ mod tests {
             (5, 70_001, "CLASS_BOOKING_CANCELLED"),
             (6, 10_001, "CUSTOMER_CREATED"),
         ] {
-            let c = call(&format!("6b1e3a5c-0000-4000-a000-00000000000{n}"), entity, t);
+            let c = call(
+                &format!("6b1e3a5c-0000-4000-a000-00000000000{n}"),
+                entity,
+                t,
+            );
             assert_eq!(hook.queue(&c).unwrap(), "ignored", "{t}");
         }
         let rows = queued(&store).unwrap();
         let events: Vec<QueuedEvent> = rows.iter().map(|(_, e)| e.clone().unwrap()).collect();
         assert_eq!(events.len(), 2);
-        assert_eq!((events[0].entity_id, events[0].kind), (70_001, EventKind::AppointmentBooking));
-        assert_eq!((events[1].entity_id, events[1].kind), (10_001, EventKind::CustomerCheckin));
+        assert_eq!(
+            (events[0].entity_id, events[0].kind),
+            (70_001, EventKind::AppointmentBooking)
+        );
+        assert_eq!(
+            (events[1].entity_id, events[1].kind),
+            (10_001, EventKind::CustomerCheckin)
+        );
         // Sealed: neither the ids nor the uuid are readable in the row.
         for g in store.keyspaces().meta.prefix(EVENT_PREFIX) {
             let (k, v) = g.into_inner().unwrap();

@@ -608,7 +608,11 @@ impl MagiclineSim {
         let now = st.now();
         let b = st.bookings.iter_mut().find(|b| b.id == booking_id)?;
         b.state = SimBookingState::Canceled;
-        Some(SimEvent::new(booking_id, "APPOINTMENT_BOOKING_CANCELLED", now))
+        Some(SimEvent::new(
+            booking_id,
+            "APPOINTMENT_BOOKING_CANCELLED",
+            now,
+        ))
     }
 
     /// Staff move booking `booking_id` to `start` (same length) at the desk.
@@ -620,7 +624,11 @@ impl MagiclineSim {
         let length = b.end.timestamp().duration_since(b.start.timestamp());
         b.start = start.with_time_zone(tz.clone());
         b.end = (start.timestamp() + length).to_zoned(tz);
-        Some(SimEvent::new(booking_id, "APPOINTMENT_BOOKING_UPDATED", now))
+        Some(SimEvent::new(
+            booking_id,
+            "APPOINTMENT_BOOKING_UPDATED",
+            now,
+        ))
     }
 
     /// Customer `customer_id` checks in at the studio at `at`.
@@ -2207,8 +2215,10 @@ mod tests {
     fn desk_changes_are_read_as_documented_and_announced_in_magiclines_shape() {
         let h = Harness::new(cfg());
         let c = &h.client;
-        let r = BookingRequest::for_slot(ERIKA, PT, &c
-            .appointment_slots(
+        let r = BookingRequest::for_slot(
+            ERIKA,
+            PT,
+            &c.appointment_slots(
                 PT,
                 &SlotQuery {
                     customer_id: Some(ERIKA),
@@ -2216,17 +2226,24 @@ mod tests {
                     window_start: Some(date(2030, 6, 4)),
                 },
             )
-            .unwrap()[0]);
+            .unwrap()[0],
+        );
         let made = c.book(&r).unwrap();
 
         // One booking read by id names its customer.
         let read = c.booking(made.booking_id).unwrap();
         assert_eq!((read.customer_id, read.is_active()), (Some(ERIKA), true));
-        assert!(matches!(c.booking(99_999), Err(Error::Api { status: 404, .. })));
+        assert!(matches!(
+            c.booking(99_999),
+            Err(Error::Api { status: 404, .. })
+        ));
 
         // Moved and cancelled at the desk: the events name the booking, the reads the change.
         let moved = h.sim().staff_move(made.booking_id, &at(1, 15, 0)).unwrap();
-        assert_eq!((moved.event_type, moved.entity_id), ("APPOINTMENT_BOOKING_UPDATED", made.booking_id));
+        assert_eq!(
+            (moved.event_type, moved.entity_id),
+            ("APPOINTMENT_BOOKING_UPDATED", made.booking_id)
+        );
         let read = c.booking(made.booking_id).unwrap();
         assert_eq!(read.start_date_time.timestamp(), at(1, 15, 0).timestamp());
         assert_eq!(read.duration, Some(60));
@@ -2234,22 +2251,44 @@ mod tests {
         let canceled = h.sim().staff_cancel(made.booking_id).unwrap();
         assert_eq!(canceled.event_type, "APPOINTMENT_BOOKING_CANCELLED");
         assert_ne!(canceled.uuid, moved.uuid);
-        assert_eq!(c.booking(made.booking_id).unwrap().booking_status, BookingStatus::Canceled);
+        assert_eq!(
+            c.booking(made.booking_id).unwrap().booking_status,
+            BookingStatus::Canceled
+        );
 
         // A check-in is announced by customer; the visits are read by studio day.
         let visit = h.sim().check_in(ERIKA, at(1, 14, 55).timestamp());
-        assert_eq!((visit.event_type, visit.entity_id), ("CUSTOMER_CHECKIN", ERIKA));
-        assert_eq!(visit.timestamp_ms, at(1, 14, 55).timestamp().as_millisecond());
+        assert_eq!(
+            (visit.event_type, visit.entity_id),
+            ("CUSTOMER_CHECKIN", ERIKA)
+        );
+        assert_eq!(
+            visit.timestamp_ms,
+            at(1, 14, 55).timestamp().as_millisecond()
+        );
         let body = visit.body();
-        let mut keys: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut keys: Vec<&str> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         keys.sort();
         assert_eq!(keys, ["entityId", "payload", "uuid"]);
         assert_eq!(body["payload"][0]["type"], "CUSTOMER_CHECKIN");
         assert!(body["payload"][0]["timestamp"].is_i64());
-        let visits = c.checkins(ERIKA, date(2030, 6, 4), date(2030, 6, 4)).unwrap();
+        let visits = c
+            .checkins(ERIKA, date(2030, 6, 4), date(2030, 6, 4))
+            .unwrap();
         assert_eq!(visits.len(), 1);
-        assert_eq!(visits[0].check_in_date_time, Some(at(1, 14, 55).timestamp()));
-        assert!(c.checkins(ERIKA, date(2030, 6, 5), date(2030, 6, 6)).unwrap().is_empty());
+        assert_eq!(
+            visits[0].check_in_date_time,
+            Some(at(1, 14, 55).timestamp())
+        );
+        assert!(c
+            .checkins(ERIKA, date(2030, 6, 5), date(2030, 6, 6))
+            .unwrap()
+            .is_empty());
         // More than 365 days is refused, as documented.
         assert!(matches!(
             c.checkins(ERIKA, date(2029, 1, 1), date(2030, 6, 4)),

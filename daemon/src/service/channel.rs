@@ -260,12 +260,7 @@ pub(super) async fn start(
     let (decider, magicline): (Arc<dyn Decide>, _) = match &opts.engine {
         Some(factory) => (
             factory(store.clone()),
-            crate::runtime::magicline_booker(
-                cfg,
-                &core.creds,
-                store.clone(),
-                core.audit.clone(),
-            )?,
+            crate::runtime::magicline_booker(cfg, &core.creds, store.clone(), core.audit.clone())?,
         ),
         None => {
             let conv =

@@ -41,7 +41,9 @@ impl External {
 impl Store {
     fn xref_key(&self, kind: External, id: i64) -> Vec<u8> {
         let mut key = XREF_PREFIX.to_vec();
-        key.extend_from_slice(hex::encode(self.token_hash(kind.domain(), &id.to_string())).as_bytes());
+        key.extend_from_slice(
+            hex::encode(self.token_hash(kind.domain(), &id.to_string())).as_bytes(),
+        );
         key
     }
 
@@ -61,10 +63,11 @@ impl Store {
         let Some(v) = self.ks.meta.get(self.xref_key(kind, id))? else {
             return Ok(None);
         };
-        let bytes: [u8; PSEUDONYM_LEN] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
-            keyspace: ks::META,
-            what: "external id link",
-        })?;
+        let bytes: [u8; PSEUDONYM_LEN] =
+            v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                keyspace: ks::META,
+                what: "external id link",
+            })?;
         Ok(Some(Pseudonym(bytes)))
     }
 
@@ -77,7 +80,12 @@ impl Store {
     }
 
     /// Records in `batch` that customer `p` has a booked trial starting at `start`.
-    pub fn schedule_trial(&self, batch: &mut fjall::OwnedWriteBatch, start: Timestamp, p: &Pseudonym) {
+    pub fn schedule_trial(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        start: Timestamp,
+        p: &Pseudonym,
+    ) {
         batch.insert(&self.ks.meta, Self::trial_key(start, p), Vec::<u8>::new());
     }
 
@@ -112,7 +120,11 @@ impl Store {
     }
 
     /// Removes `p`'s index rows in `batch` (a forget).
-    pub(super) fn remove_external(&self, p: &Pseudonym, batch: &mut fjall::OwnedWriteBatch) -> Result<()> {
+    pub(super) fn remove_external(
+        &self,
+        p: &Pseudonym,
+        batch: &mut fjall::OwnedWriteBatch,
+    ) -> Result<()> {
         for g in self.ks.meta.prefix(XREF_PREFIX) {
             let (k, v) = g.into_inner()?;
             if v.as_ref() == &p.0[..] {
@@ -170,7 +182,10 @@ mod tests {
     fn links_and_trials_are_found_forgotten_and_moved() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), StoreIdentity::generate()).unwrap();
-        let (a, b) = (store.pseudonym("491510000001"), store.pseudonym("491510000002"));
+        let (a, b) = (
+            store.pseudonym("491510000001"),
+            store.pseudonym("491510000002"),
+        );
         let t = |s: &str| s.parse::<Timestamp>().unwrap();
         let mut batch = store.batch();
         store.link_external(&mut batch, External::MagicLineCustomer, 10_001, &a);
@@ -179,9 +194,19 @@ mod tests {
         store.schedule_trial(&mut batch, t("2026-12-08T17:00:00Z"), &b);
         store.commit_durable(batch).unwrap();
 
-        assert_eq!(store.external_owner(External::MagicLineCustomer, 10_001).unwrap(), Some(a));
+        assert_eq!(
+            store
+                .external_owner(External::MagicLineCustomer, 10_001)
+                .unwrap(),
+            Some(a)
+        );
         // Customer and booking ids are separate domains.
-        assert_eq!(store.external_owner(External::MagicLineBooking, 10_001).unwrap(), None);
+        assert_eq!(
+            store
+                .external_owner(External::MagicLineBooking, 10_001)
+                .unwrap(),
+            None
+        );
         // The id itself is not in the key.
         for g in store.keyspaces().meta.prefix(XREF_PREFIX) {
             let k = g.key().unwrap();
@@ -197,7 +222,12 @@ mod tests {
         let mut batch = store.batch();
         store.retag_external(&a, &c, &mut batch).unwrap();
         store.commit_durable(batch).unwrap();
-        assert_eq!(store.external_owner(External::MagicLineBooking, 70_001).unwrap(), Some(c));
+        assert_eq!(
+            store
+                .external_owner(External::MagicLineBooking, 70_001)
+                .unwrap(),
+            Some(c)
+        );
         let all = store
             .trials_between(t("2026-01-01T00:00:00Z"), t("2027-01-01T00:00:00Z"))
             .unwrap();
@@ -206,7 +236,12 @@ mod tests {
 
         // A forget removes them; the other customer's stay.
         store.forget(&[c], Timestamp::now()).unwrap();
-        assert_eq!(store.external_owner(External::MagicLineCustomer, 10_001).unwrap(), None);
+        assert_eq!(
+            store
+                .external_owner(External::MagicLineCustomer, 10_001)
+                .unwrap(),
+            None
+        );
         let all = store
             .trials_between(t("2026-01-01T00:00:00Z"), t("2027-01-01T00:00:00Z"))
             .unwrap();

@@ -49,6 +49,21 @@ pub enum CheckInOutcome {
     NoBooking,
 }
 
+/// A booking as frontdesk last recorded it (what follow-ups and reports read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedBooking {
+    /// The customer.
+    pub pseudonym: Pseudonym,
+    /// When the trial starts (moved by staff, if they did).
+    pub start: Zoned,
+    /// Cancelled, by frontdesk or in MagicLine.
+    pub canceled: bool,
+    /// When the person checked in for it.
+    pub checked_in_at: Option<Timestamp>,
+    /// The slot passed without a check-in.
+    pub no_show: bool,
+}
+
 /// What one sweep did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Attendance {
@@ -68,10 +83,9 @@ pub struct Attendance {
 
 impl Record {
     fn end_or_default(&self) -> Timestamp {
-        self.end.as_ref().map_or_else(
-            || self.start.timestamp() + DEFAULT_LENGTH,
-            Zoned::timestamp,
-        )
+        self.end
+            .as_ref()
+            .map_or_else(|| self.start.timestamp() + DEFAULT_LENGTH, Zoned::timestamp)
     }
 
     /// Whether a check-in at `at` is one for this booking.
@@ -353,6 +367,28 @@ impl MagicLineBooker {
         Ok(true)
     }
 
+    /// Booking `booking_id` as recorded, if frontdesk made it.
+    pub fn recorded_booking(
+        &self,
+        booking_id: i64,
+    ) -> Result<Option<RecordedBooking>, BookerError> {
+        let Some(p) = self
+            .store
+            .external_owner(External::MagicLineBooking, booking_id)?
+        else {
+            return Ok(None);
+        };
+        Ok(self
+            .booking_row(&p, booking_id)?
+            .map(|(_, r)| RecordedBooking {
+                pseudonym: p,
+                start: r.start,
+                canceled: r.canceled,
+                checked_in_at: r.checked_in_at,
+                no_show: r.no_show,
+            }))
+    }
+
     /// The row of `p` that holds booking `booking_id`.
     fn booking_row(
         &self,
@@ -426,10 +462,25 @@ mod tests {
 
         // A visit the morning before is not the trial; one at 14:50 is.
         h.sim().check_in(customer, at(1, 9, 0).timestamp());
-        assert_eq!(booker.refresh_check_ins(customer, at(1, 9, 0).timestamp()).unwrap(), 0);
+        assert_eq!(
+            booker
+                .refresh_check_ins(customer, at(1, 9, 0).timestamp())
+                .unwrap(),
+            0
+        );
         h.sim().check_in(customer, at(1, 14, 50).timestamp());
-        assert_eq!(booker.refresh_check_ins(customer, at(1, 14, 50).timestamp()).unwrap(), 1);
-        assert_eq!(booker.refresh_check_ins(customer, at(1, 14, 50).timestamp()).unwrap(), 0);
+        assert_eq!(
+            booker
+                .refresh_check_ins(customer, at(1, 14, 50).timestamp())
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            booker
+                .refresh_check_ins(customer, at(1, 14, 50).timestamp())
+                .unwrap(),
+            0
+        );
         let (_, rec) = booker.booking_row(&p, move_id).unwrap().unwrap();
         assert_eq!(rec.checked_in_at, Some(at(1, 14, 50).timestamp()));
         assert_eq!(steps(&h.audit, BookingStep::CheckedIn), 1);
@@ -437,8 +488,18 @@ mod tests {
 
         // Someone frontdesk never booked for costs no MagicLine call.
         let before = h.sim().total_requests();
-        assert_eq!(booker.record_check_in(501, at(1, 10, 0).timestamp()).unwrap(), CheckInOutcome::NoBooking);
-        assert_eq!(booker.refresh_check_ins(501, at(1, 10, 0).timestamp()).unwrap(), 0);
+        assert_eq!(
+            booker
+                .record_check_in(501, at(1, 10, 0).timestamp())
+                .unwrap(),
+            CheckInOutcome::NoBooking
+        );
+        assert_eq!(
+            booker
+                .refresh_check_ins(501, at(1, 10, 0).timestamp())
+                .unwrap(),
+            0
+        );
         assert!(!booker.refresh_booking(99_999).unwrap());
         assert_eq!(h.sim().total_requests(), before);
     }
@@ -456,7 +517,9 @@ mod tests {
 
         // Before the window closes nothing is settled (and without polling nothing is read).
         let before = h.sim().total_requests();
-        let early = booker.sweep_attendance(at(1, 10, 45).timestamp(), false).unwrap();
+        let early = booker
+            .sweep_attendance(at(1, 10, 45).timestamp(), false)
+            .unwrap();
         assert_eq!((early.no_shows, early.checked_in), (0, 0));
         assert_eq!(h.sim().total_requests(), before);
 
@@ -465,7 +528,11 @@ mod tests {
         let swept = booker.sweep_attendance(evening, false).unwrap();
         assert_eq!((swept.no_shows, swept.checked_in, swept.failed), (1, 1, 0));
         let again = booker.sweep_attendance(evening, false).unwrap();
-        assert_eq!((again.trials, again.no_shows), (0, 0), "settled trials leave the index");
+        assert_eq!(
+            (again.trials, again.no_shows),
+            (0, 0),
+            "settled trials leave the index"
+        );
         assert_eq!(steps(&h.audit, BookingStep::NoShow), 1);
         let (_, rec) = booker.booking_row(&p, missed).unwrap().unwrap();
         assert!(rec.no_show && rec.checked_in_at.is_none());
@@ -497,15 +564,27 @@ mod tests {
         h.sim().staff_cancel(gone).unwrap();
         h.sim().check_in(customer, at(2, 9, 50).timestamp());
 
-        let swept = booker.sweep_attendance(at(2, 10, 5).timestamp(), true).unwrap();
-        assert_eq!((swept.canceled, swept.checked_in, swept.no_shows), (1, 1, 0));
+        let swept = booker
+            .sweep_attendance(at(2, 10, 5).timestamp(), true)
+            .unwrap();
         assert_eq!(
-            h.sim().bookings().iter().find(|b| b.id == gone).unwrap().state,
+            (swept.canceled, swept.checked_in, swept.no_shows),
+            (1, 1, 0)
+        );
+        assert_eq!(
+            h.sim()
+                .bookings()
+                .iter()
+                .find(|b| b.id == gone)
+                .unwrap()
+                .state,
             SimBookingState::Canceled
         );
         let (_, rec) = booker.booking_row(&p, came).unwrap().unwrap();
         assert_eq!(rec.checked_in_at, Some(at(2, 9, 50).timestamp()));
-        let twice = booker.sweep_attendance(at(2, 10, 6).timestamp(), true).unwrap();
+        let twice = booker
+            .sweep_attendance(at(2, 10, 6).timestamp(), true)
+            .unwrap();
         assert_eq!((twice.canceled, twice.checked_in), (0, 0));
     }
 }
