@@ -790,6 +790,7 @@ mod tests {
         std::fs::write(creds.join(names::WHATSAPP_APP_SECRET), "s3cr3t-app-value").unwrap();
         std::fs::write(creds.join(names::WHATSAPP_VERIFY_TOKEN), "verify me&=?").unwrap();
         std::fs::write(creds.join(names::MAGICLINE_API_KEY), magicline_key).unwrap();
+        std::fs::write(creds.join(names::MAGICLINE_WEBHOOK_KEY), "ml-webhook-key").unwrap();
         let prompts = concat!(env!("CARGO_MANIFEST_DIR"), "/../prompts");
         let text = format!(
             r#"
