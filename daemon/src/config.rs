@@ -541,18 +541,7 @@ impl Config {
         ] {
             check_service_url(url).map_err(|why| self.invalid(key, why))?;
         }
-        if !(10..=86_400).contains(&self.magicline.poll_interval_secs) {
-            return Err(self.invalid(
-                "magicline.poll_interval_secs",
-                "must be between 10 and 86400 seconds",
-            ));
-        }
-        if self.magicline.no_show_after_minutes > 24 * 60 {
-            return Err(self.invalid(
-                "magicline.no_show_after_minutes",
-                "must be at most 1440 (a day)",
-            ));
-        }
+        self.validate_attendance()?;
         if !self.magicline.base_url.is_empty() {
             check_service_url(&self.magicline.base_url)
                 .map_err(|why| self.invalid("magicline.base_url", why))?;
@@ -616,6 +605,23 @@ impl Config {
             if t.server_name.is_empty() {
                 return Err(self.invalid("tunnel.server_name", "must not be empty"));
             }
+        }
+        Ok(())
+    }
+
+    /// `[magicline]`'s sweep of the booked trials.
+    fn validate_attendance(&self) -> Result<(), ConfigError> {
+        if !(10..=86_400).contains(&self.magicline.poll_interval_secs) {
+            return Err(self.invalid(
+                "magicline.poll_interval_secs",
+                "must be between 10 and 86400 seconds",
+            ));
+        }
+        if self.magicline.no_show_after_minutes > 24 * 60 {
+            return Err(self.invalid(
+                "magicline.no_show_after_minutes",
+                "must be at most 1440 (a day)",
+            ));
         }
         Ok(())
     }

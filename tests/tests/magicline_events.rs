@@ -39,14 +39,16 @@ fn trial_slot(sim: &MagiclineSim, days: i64, hour: i8) -> Zoned {
         .now()
         .date()
         .checked_add(jiff::Span::new().days(days))
-        .unwrap();
+        .expect("a date in range");
     while matches!(
         day.weekday(),
         jiff::civil::Weekday::Saturday | jiff::civil::Weekday::Sunday
     ) {
-        day = day.tomorrow().unwrap();
+        day = day.tomorrow().expect("a date in range");
     }
-    day.at(hour, 0, 0, 0).in_tz("Europe/Berlin").unwrap()
+    day.at(hour, 0, 0, 0)
+        .in_tz("Europe/Berlin")
+        .expect("Berlin is in the bundled tz database")
 }
 
 fn spec(graph: &wa::GraphSim, sim: &MagiclineSim, events: &str) -> DaemonSpec {
@@ -101,7 +103,7 @@ async fn book_trials(
             .map(|(i, (phone, start))| {
                 let p = store
                     .update_customer(phone, Timestamp::now(), |_, _, _| Ok(()))
-                    .unwrap()
+                    .expect("a customer row")
                     .0
                     .pseudonym;
                 let req = BookingRequest {
@@ -127,7 +129,7 @@ async fn book_trials(
             .collect()
     })
     .await
-    .unwrap()
+    .expect("the booking task")
 }
 
 /// Waits until the daemon's metrics show `line`.
@@ -137,7 +139,7 @@ async fn await_metric(daemon: &Daemon, line: &str) {
         let addr = daemon.metrics;
         let (_, text) = tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
             .await
-            .unwrap();
+            .expect("the metrics request task");
         if text.lines().any(|l| l == line) {
             return;
         }
@@ -166,19 +168,20 @@ fn recorded(
         .map(|id| {
             booker
                 .recorded_booking(*id)
-                .unwrap()
+                .expect("the booking row reads")
                 .expect("a recorded booking")
         })
         .collect();
-    let report = stats::report(&store, None, Period::Month, &Rates::default()).unwrap();
+    let report =
+        stats::report(&store, None, Period::Month, &Rates::default()).expect("the funnel report");
     drop(booker);
-    let audit = AuditLog::open(store).unwrap();
+    let audit = AuditLog::open(store).expect("the audit log opens");
     let lines = audit
         .query(&AuditFilter {
             action: Some(prefix.into()),
             ..Default::default()
         })
-        .unwrap()
+        .expect("the audit query")
         .iter()
         .map(|r| r.to_csv_line())
         .collect();

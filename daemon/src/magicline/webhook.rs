@@ -313,9 +313,12 @@ fn event_key(at: jiff::Timestamp, seq: u64) -> Vec<u8> {
     key
 }
 
-/// The queued events, oldest first, with their row keys. A row that does not open is
-/// returned as `Err` with its key, so the caller can remove it.
-pub fn queued(store: &Store) -> Result<Vec<(Vec<u8>, Option<QueuedEvent>)>, StoreError> {
+/// A queue row: its key, and the event (`None` when the row does not open).
+pub type QueuedRow = (Vec<u8>, Option<QueuedEvent>);
+
+/// The queued events, oldest first, with their row keys. A row that does not open comes with
+/// `None`, so the caller can remove it.
+pub fn queued(store: &Store) -> Result<Vec<QueuedRow>, StoreError> {
     let mut out = Vec::new();
     for g in store.keyspaces().meta.prefix(EVENT_PREFIX) {
         let (k, v) = g.into_inner()?;
