@@ -416,6 +416,28 @@ pub struct MagicLineConfig {
     pub trial_offer_appointment_id: Option<i64>,
     /// The appointment type members book; unset books the trial offer's appointment type.
     pub member_appointment_id: Option<i64>,
+    /// How frontdesk learns what staff change in MagicLine and who checks in: `webhook`
+    /// (MagicLine calls `/webhook/magicline`; the `magicline-webhook-key` credential holds the
+    /// key it sends) or `poll` (for studios without MagicLine webhooks: the booked trials are
+    /// read every `poll_interval_secs`).
+    pub events: MagicLineEvents,
+    /// Seconds between sweeps of the booked trials: no-shows are settled, and with
+    /// `events = "poll"` every upcoming and just-past trial is read.
+    pub poll_interval_secs: u64,
+    /// Minutes after a trial's end until which a check-in still counts for it; past that,
+    /// without one, the trial is a no-show.
+    pub no_show_after_minutes: u32,
+}
+
+/// How MagicLine's changes reach frontdesk (`[magicline] events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MagicLineEvents {
+    /// MagicLine calls the webhook.
+    #[default]
+    Webhook,
+    /// frontdesk asks MagicLine periodically.
+    Poll,
 }
 
 impl Default for MagicLineConfig {
@@ -426,6 +448,9 @@ impl Default for MagicLineConfig {
             days_ahead: 14,
             trial_offer_appointment_id: None,
             member_appointment_id: None,
+            events: MagicLineEvents::Webhook,
+            poll_interval_secs: 300,
+            no_show_after_minutes: 60,
         }
     }
 }
@@ -516,6 +541,7 @@ impl Config {
         ] {
             check_service_url(url).map_err(|why| self.invalid(key, why))?;
         }
+        self.validate_attendance()?;
         if !self.magicline.base_url.is_empty() {
             check_service_url(&self.magicline.base_url)
                 .map_err(|why| self.invalid("magicline.base_url", why))?;
@@ -579,6 +605,23 @@ impl Config {
             if t.server_name.is_empty() {
                 return Err(self.invalid("tunnel.server_name", "must not be empty"));
             }
+        }
+        Ok(())
+    }
+
+    /// `[magicline]`'s sweep of the booked trials.
+    fn validate_attendance(&self) -> Result<(), ConfigError> {
+        if !(10..=86_400).contains(&self.magicline.poll_interval_secs) {
+            return Err(self.invalid(
+                "magicline.poll_interval_secs",
+                "must be between 10 and 86400 seconds",
+            ));
+        }
+        if self.magicline.no_show_after_minutes > 24 * 60 {
+            return Err(self.invalid(
+                "magicline.no_show_after_minutes",
+                "must be at most 1440 (a day)",
+            ));
         }
         Ok(())
     }

@@ -147,6 +147,28 @@ fn register_turn_failures(registry: &mut Registry) -> TurnFailureMetrics {
     TurnFailureMetrics { retries, given_up }
 }
 
+/// `frontdesk_magicline_events_total`.
+fn register_magicline_events(registry: &mut Registry) -> Family<Outcome, Counter> {
+    let events = Family::<Outcome, Counter>::default();
+    registry.register(
+        "magicline_events",
+        "MagicLine webhook events and requests by outcome (queued, duplicate, ignored, processed, dropped, retry, api_key_missing, api_key_wrong, malformed, too_large, …)",
+        events.clone(),
+    );
+    events
+}
+
+/// `frontdesk_attendance_sweeps_total`.
+fn register_attendance_sweeps(registry: &mut Registry) -> Counter {
+    let sweeps = Counter::default();
+    registry.register(
+        "attendance_sweeps",
+        "Completed sweeps of the booked trials (no-shows settled; with magicline.events = poll, every trial read)",
+        sweeps.clone(),
+    );
+    sweeps
+}
+
 /// Every metric of the daemon.
 pub struct Metrics {
     registry: Registry,
@@ -167,6 +189,10 @@ pub struct Metrics {
     pub inbound_errors: Family<Outcome, Counter>,
     /// `frontdesk_quarantined_rows_total`: unreadable queue rows moved to the quarantine.
     pub quarantined_rows: Family<QueueLabel, Counter>,
+    /// `frontdesk_magicline_events_total`: MagicLine webhook requests and events by outcome.
+    pub magicline_events: Family<Outcome, Counter>,
+    /// `frontdesk_attendance_sweeps_total`: completed sweeps of the booked trials.
+    pub attendance_sweeps: Counter,
     /// `frontdesk_sender_slowed`: 1 while the sender slows down after WhatsApp's spam rate limit.
     pub sender_slowed: Gauge,
     /// Failed turns (`frontdesk_turn_retries_total`, `frontdesk_turns_given_up_total`).
@@ -292,6 +318,8 @@ impl Metrics {
             staff_alerts: register_staff_alerts(&mut registry),
             // Registered before the registry moves into the struct.
             turn_failures: register_turn_failures(&mut registry),
+            magicline_events: register_magicline_events(&mut registry),
+            attendance_sweeps: register_attendance_sweeps(&mut registry),
             registry,
             webhook_requests,
             messages_processed,

@@ -25,6 +25,17 @@ pub fn booker(
     store: Arc<Store>,
     audit: Arc<AuditLog>,
 ) -> anyhow::Result<Option<Arc<dyn Booker>>> {
+    Ok(magicline_booker(cfg, creds, store, audit)?.map(|b| b as Arc<dyn Booker>))
+}
+
+/// [`booker`] as the MagicLine booker itself, which also records what MagicLine's webhook
+/// events and the attendance sweep report.
+pub fn magicline_booker(
+    cfg: &Config,
+    creds: &Credentials,
+    store: Arc<Store>,
+    audit: Arc<AuditLog>,
+) -> anyhow::Result<Option<Arc<MagicLineBooker>>> {
     if cfg.magicline.base_url.is_empty() {
         return Ok(None);
     }
@@ -45,6 +56,9 @@ pub fn booker(
             alternatives_days: cfg.magicline.days_ahead,
             trial_appointment_id: cfg.magicline.trial_offer_appointment_id,
             member_appointment_id: cfg.magicline.member_appointment_id,
+            no_show_after: jiff::SignedDuration::from_mins(i64::from(
+                cfg.magicline.no_show_after_minutes,
+            )),
             ..BookerConfig::default()
         },
     );
@@ -57,6 +71,9 @@ pub struct Conversation {
     pub model: Arc<dyn LanguageModel>,
     /// What the dispatcher calls; kept for reloads of prompts and studio facts.
     pub engine: Arc<Engine>,
+    /// The engine's MagicLine booker, when booking is configured: MagicLine's events go to
+    /// the same one, so one person's booking and events are serialised.
+    pub booker: Option<Arc<MagicLineBooker>>,
 }
 
 /// Builds the engine: loads prompts (a broken template fails here, at start) and the model
@@ -71,14 +88,18 @@ pub fn conversation(
         Arc::new(Prompts::load(&cfg.service, &cfg.studio).context("cannot load the prompts")?);
     let model = crate::llm::from_config(&cfg.llm).context("cannot load the language model")?;
     info!(model = %model.describe(), "language model ready");
-    let booker = booker(cfg, creds, store.clone(), audit.clone())?;
+    let magicline = magicline_booker(cfg, creds, store.clone(), audit.clone())?;
     let engine = Arc::new(Engine::new(
         store,
         model.clone(),
         prompts,
         cfg.studio.clone(),
         cfg.conversation.clone(),
-        booker,
+        magicline.clone().map(|b| b as Arc<dyn Booker>),
     ));
-    Ok(Conversation { model, engine })
+    Ok(Conversation {
+        model,
+        engine,
+        booker: magicline,
+    })
 }

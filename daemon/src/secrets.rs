@@ -21,6 +21,9 @@ pub mod names {
     pub const WHATSAPP_VERIFY_TOKEN: &str = "whatsapp-verify-token";
     /// The MagicLine Open API key.
     pub const MAGICLINE_API_KEY: &str = "magicline-api-key";
+    /// The key MagicLine sends in `x-api-key` with its webhook calls (optional; without it
+    /// the MagicLine webhook is off).
+    pub const MAGICLINE_WEBHOOK_KEY: &str = "magicline-webhook-key";
     /// The token this box shows the relay.
     pub const TUNNEL_TOKEN: &str = "tunnel-token";
     /// The user name at the SMTP server that sends staff alert e-mails (optional).
@@ -28,12 +31,13 @@ pub mod names {
     /// The password at the SMTP server (with `smtp-username`).
     pub const SMTP_PASSWORD: &str = "smtp-password";
     /// Every credential name (`frontdesk doctor` checks them all).
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         STORE_IDENTITY,
         WHATSAPP_APP_SECRET,
         WHATSAPP_TOKEN,
         WHATSAPP_VERIFY_TOKEN,
         MAGICLINE_API_KEY,
+        MAGICLINE_WEBHOOK_KEY,
         TUNNEL_TOKEN,
         SMTP_USERNAME,
         SMTP_PASSWORD,

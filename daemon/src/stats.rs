@@ -44,14 +44,24 @@ pub enum FunnelEvent {
     Handover,
     /// The contact opted out.
     OptOut,
+    /// The person checked in at the studio for a booked trial (counted on the day of the
+    /// check-in).
+    ShowedUp,
+    /// A booked trial's slot passed without a check-in (counted on the day of the trial).
+    NoShow,
+    /// A trial was booked after an earlier one of the same person was cancelled or missed.
+    Rebooked,
 }
 
 impl FunnelEvent {
     /// Every event, in funnel order.
-    pub const ALL: [FunnelEvent; 5] = [
+    pub const ALL: [FunnelEvent; 8] = [
         FunnelEvent::NewContact,
         FunnelEvent::NameKnown,
         FunnelEvent::TrialBooked,
+        FunnelEvent::ShowedUp,
+        FunnelEvent::NoShow,
+        FunnelEvent::Rebooked,
         FunnelEvent::Handover,
         FunnelEvent::OptOut,
     ];
@@ -64,6 +74,9 @@ impl FunnelEvent {
             FunnelEvent::TrialBooked => "trial_booked",
             FunnelEvent::Handover => "handover",
             FunnelEvent::OptOut => "opt_out",
+            FunnelEvent::ShowedUp => "showed_up",
+            FunnelEvent::NoShow => "no_show",
+            FunnelEvent::Rebooked => "rebooked",
         }
     }
 
@@ -581,6 +594,15 @@ pub struct FunnelRow {
     pub handovers: u64,
     /// Contacts who opted out.
     pub opt_outs: u64,
+    /// Booked trials the person checked in for.
+    #[serde(default)]
+    pub showed_up: u64,
+    /// Booked trials whose slot passed without a check-in.
+    #[serde(default)]
+    pub no_show: u64,
+    /// Trials booked again after a cancelled or missed one.
+    #[serde(default)]
+    pub rebooked: u64,
     /// Trials booked per new contact, in percent (none without new contacts).
     pub conversion_pct: Option<f64>,
     /// Outbound messages the Graph API accepted, by pricing category.
@@ -611,6 +633,9 @@ impl FunnelRow {
             FunnelEvent::TrialBooked => self.trial_booked += n,
             FunnelEvent::Handover => self.handovers += n,
             FunnelEvent::OptOut => self.opt_outs += n,
+            FunnelEvent::ShowedUp => self.showed_up += n,
+            FunnelEvent::NoShow => self.no_show += n,
+            FunnelEvent::Rebooked => self.rebooked += n,
         }
     }
 
@@ -765,6 +790,10 @@ mod tests {
         record_now(&store, FunnelEvent::NameKnown, t("2026-11-03T09:00:00Z")).unwrap();
         record_now(&store, FunnelEvent::TrialBooked, t("2026-11-04T09:00:00Z")).unwrap();
         record_now(&store, FunnelEvent::OptOut, t("2026-12-01T09:00:00Z")).unwrap();
+        record_now(&store, FunnelEvent::ShowedUp, t("2026-11-05T09:00:00Z")).unwrap();
+        record_now(&store, FunnelEvent::NoShow, t("2026-11-06T09:00:00Z")).unwrap();
+        record_now(&store, FunnelEvent::NoShow, t("2026-12-02T09:00:00Z")).unwrap();
+        record_now(&store, FunnelEvent::Rebooked, t("2026-12-03T09:00:00Z")).unwrap();
         // 23:30 UTC on 30 November is already 1 December in Berlin.
         record_now(&store, FunnelEvent::Handover, t("2026-11-30T23:30:00Z")).unwrap();
 
@@ -777,6 +806,16 @@ mod tests {
         assert_eq!(r.rows[1].handovers, 1);
         assert_eq!(r.rows[1].opt_outs, 1);
         assert_eq!(r.rows[1].conversion_pct, None);
+        // The attendance stages of the trials.
+        assert_eq!(
+            (r.rows[0].showed_up, r.rows[0].no_show, r.rows[0].rebooked),
+            (1, 1, 0)
+        );
+        assert_eq!(
+            (r.rows[1].showed_up, r.rows[1].no_show, r.rows[1].rebooked),
+            (0, 1, 1)
+        );
+        assert_eq!((r.total.showed_up, r.total.no_show), (1, 2));
         assert_eq!(r.total.new_contacts, 4);
 
         let w = report(

@@ -1,7 +1,7 @@
 //! The tunnel end to end with the real daemon: a signed WhatsApp-style POST to the relay's public
 //! HTTPS listener travels over the box's outbound tunnel to the daemon's webhook, is answered
-//! 200, and the reply reaches the Graph API simulator. Paths other than the webhook never reach
-//! the box.
+//! 200, and the reply reaches the Graph API simulator. MagicLine's webhook calls travel the same
+//! way. Paths other than the webhooks never reach the box.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
 const BOX_HOST: &str = "studio.test";
+const MAGICLINE_KEY: &str = "magicline-partner-key";
 
 fn pki(dir: &Path) {
     let ca_key = rcgen::KeyPair::generate().expect("CA key");
@@ -41,6 +42,16 @@ async fn https_post(
     path: &str,
     body: Bytes,
     sig: &str,
+) -> u16 {
+    https_post_with(addr, ca, path, body, (signature::HEADER, sig)).await
+}
+
+async fn https_post_with(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    path: &str,
+    body: Bytes,
+    header: (&str, &str),
 ) -> u16 {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(ca).expect("read the CA file") {
@@ -68,7 +79,7 @@ async fn https_post(
     let req = Request::post(path)
         .header("host", BOX_HOST)
         .header("content-type", "application/json")
-        .header(signature::HEADER, sig)
+        .header(header.0, header.1)
         .body(Full::new(body))
         .expect("request");
     let resp = send.send_request(req).await.expect("send the request");
@@ -102,14 +113,17 @@ token_sha256 = "{hash}"
     let mut changes = relay.changes();
 
     let graph = sim::start().await;
-    let mut spec = DaemonSpec::with_graph(graph.base_url());
-    spec.extra_toml = format!(
-        "[tunnel]\nrelay = \"{}\"\nserver_name = \"relay.test\"\nca_file = \"{}\"\n",
+    let magicline =
+        frontdesk::sandbox::magicline::start(frontdesk::sandbox::magicline::SimConfig::default())
+            .await;
+    let spec = box_spec(
+        &graph,
+        &magicline,
         relay.tunnel_addr(),
-        certs.path().join("ca.pem").display()
+        certs.path(),
+        &token,
     );
-    spec.extra_credentials = vec![("tunnel-token".into(), token.expose().to_string())];
-    let _daemon = Daemon::start(spec);
+    let daemon = Daemon::start(spec);
     tokio::time::timeout(Duration::from_secs(60), async {
         while !relay.connected_boxes().contains(&BOX_HOST.to_string()) {
             changes.changed().await.unwrap();
@@ -175,5 +189,66 @@ token_sha256 = "{hash}"
         https_post(relay.public_addr(), &ca, "/metrics", Bytes::new(), "").await,
         404
     );
+
+    magicline_through_the_tunnel(relay.public_addr(), &ca, &daemon).await;
     relay.shutdown().await;
+}
+
+/// MagicLine's call with its key reaches the daemon (an event about no booking of frontdesk's:
+/// answered and ignored); a wrong key passes the relay and is refused behind it.
+async fn magicline_through_the_tunnel(addr: std::net::SocketAddr, ca: &Path, daemon: &Daemon) {
+    let event = frontdesk::sandbox::magicline::SimEvent {
+        uuid: "0f8e2a4c-1d2b-4c3a-9e8f-7a6b5c4d3e2f".into(),
+        entity_id: 501,
+        event_type: "CUSTOMER_CHECKIN",
+        timestamp_ms: jiff::Timestamp::now().as_millisecond(),
+    };
+    let event = Bytes::from(event.body().to_string());
+    let post_magicline = |key: &'static str| {
+        https_post_with(
+            addr,
+            ca,
+            "/webhook/magicline",
+            event.clone(),
+            ("x-api-key", key),
+        )
+    };
+    assert_eq!(post_magicline(MAGICLINE_KEY).await, 200);
+    assert_eq!(post_magicline("not-the-key").await, 401);
+    let (_, metrics) = tokio::task::spawn_blocking({
+        let addr = daemon.metrics;
+        move || frontdesk_tests::harness::http_get(addr, "/metrics")
+    })
+    .await
+    .expect("the metrics request task");
+    for line in [
+        "frontdesk_magicline_events_total{outcome=\"ignored\"} 1",
+        "frontdesk_magicline_events_total{outcome=\"api_key_wrong\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} missing");
+    }
+}
+
+/// The box: the tunnel to the relay, and booking in MagicLine with its webhook key.
+fn box_spec(
+    graph: &sim::GraphSim,
+    magicline: &frontdesk::sandbox::magicline::MagiclineSim,
+    relay: std::net::SocketAddr,
+    certs: &Path,
+    token: &TunnelToken,
+) -> DaemonSpec {
+    let mut spec = DaemonSpec::with_graph(graph.base_url());
+    spec.extra_toml = format!(
+        "[tunnel]\nrelay = \"{}\"\nserver_name = \"relay.test\"\nca_file = \"{}\"\n\
+         [magicline]\nbase_url = \"{}\"\n",
+        relay,
+        certs.join("ca.pem").display(),
+        magicline.base_url()
+    );
+    spec.extra_credentials = vec![
+        ("tunnel-token".into(), token.expose().to_string()),
+        ("magicline-api-key".into(), magicline.api_key()),
+        ("magicline-webhook-key".into(), MAGICLINE_KEY.into()),
+    ];
+    spec
 }

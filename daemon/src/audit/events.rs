@@ -460,6 +460,41 @@ pub enum AuditEvent {
         #[serde(skip_serializing_if = "Option::is_none")]
         booking_id: Option<u64>,
     },
+    /// Staff cancelled a booking in MagicLine (learnt from a webhook event or the poll).
+    #[serde(rename = "booking.canceled_in_magicline")]
+    BookingCanceledInMagicline {
+        /// MagicLine's id of the booking.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        booking_id: Option<u64>,
+    },
+    /// Staff moved a booking to another time in MagicLine.
+    #[serde(rename = "booking.moved_in_magicline")]
+    BookingMovedInMagicline {
+        /// MagicLine's id of the booking.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        booking_id: Option<u64>,
+    },
+    /// The person checked in at the studio for a booked trial.
+    #[serde(rename = "booking.checked_in")]
+    BookingCheckedIn {
+        /// MagicLine's id of the booking.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        booking_id: Option<u64>,
+    },
+    /// A booked trial's slot passed without a check-in.
+    #[serde(rename = "booking.no_show")]
+    BookingNoShow {
+        /// MagicLine's id of the booking.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        booking_id: Option<u64>,
+    },
+    /// A MagicLine webhook request was rejected (`api_key_missing`, `api_key_wrong`,
+    /// `malformed`, `too_large`, …).
+    #[serde(rename = "magicline.webhook_rejected")]
+    MagiclineWebhookRejected {
+        /// Why.
+        reason: Code,
+    },
     /// A webhook request was rejected (bad signature, too large, malformed …).
     #[serde(rename = "webhook.rejected")]
     WebhookRejected {
@@ -717,9 +752,14 @@ impl AuditEvent {
             | BookingSlotTaken { .. }
             | BookingFailed { .. }
             | BookingCanceled { .. }
-            | BookingCancelFailed { .. } => Purpose::Booking,
+            | BookingCancelFailed { .. }
+            | BookingCanceledInMagicline { .. }
+            | BookingMovedInMagicline { .. }
+            | BookingCheckedIn { .. }
+            | BookingNoShow { .. } => Purpose::Booking,
             RetentionPurge { .. } | AuditCheckpoint { .. } => Purpose::Retention,
             WebhookRejected { .. }
+            | MagiclineWebhookRejected { .. }
             | MessageDropped { .. }
             | AdminDenied { .. }
             | AuditVerify { .. }

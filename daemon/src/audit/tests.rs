@@ -511,6 +511,21 @@ fn every_event_serialises_to_flat_details() {
             booking_id: Some(5),
         },
         AuditEvent::BookingCancelFailed { booking_id: None },
+        AuditEvent::BookingCanceledInMagicline {
+            booking_id: Some(5),
+        },
+        AuditEvent::BookingMovedInMagicline {
+            booking_id: Some(5),
+        },
+        AuditEvent::BookingCheckedIn {
+            booking_id: Some(5),
+        },
+        AuditEvent::BookingNoShow {
+            booking_id: Some(5),
+        },
+        AuditEvent::MagiclineWebhookRejected {
+            reason: Code::new("api_key_wrong"),
+        },
         AuditEvent::WebhookRejected {
             reason: Code::new("bad_signature"),
         },

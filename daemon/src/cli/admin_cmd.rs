@@ -625,12 +625,21 @@ pub fn stats(cli: &Cli, args: &StatsArgs) -> anyhow::Result<u8> {
     }
     let r: FunnelReport = call!(a.json());
     println!(
-        "{:<10} {:>8} {:>10} {:>8} {:>10} {:>9} {:>9}",
-        "PERIOD", "NEW", "NAME KNOWN", "TRIALS", "CONVERSION", "HANDOVERS", "OPT-OUTS"
+        "{:<10} {:>8} {:>10} {:>8} {:>10} {:>9} {:>8} {:>8} {:>9} {:>9}",
+        "PERIOD",
+        "NEW",
+        "NAME KNOWN",
+        "TRIALS",
+        "CONVERSION",
+        "SHOWED UP",
+        "NO-SHOW",
+        "REBOOKED",
+        "HANDOVERS",
+        "OPT-OUTS"
     );
     let line = |row: &FunnelRow| {
         println!(
-            "{:<10} {:>8} {:>10} {:>8} {:>10} {:>9} {:>9}",
+            "{:<10} {:>8} {:>10} {:>8} {:>10} {:>9} {:>8} {:>8} {:>9} {:>9}",
             row.period,
             row.new_contacts,
             row.name_known,
@@ -638,6 +647,9 @@ pub fn stats(cli: &Cli, args: &StatsArgs) -> anyhow::Result<u8> {
             row.conversion_pct
                 .map(|p| format!("{p:.1} %"))
                 .unwrap_or_else(|| "-".into()),
+            row.showed_up,
+            row.no_show,
+            row.rebooked,
             row.handovers,
             row.opt_outs
         )

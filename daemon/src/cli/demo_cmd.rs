@@ -172,6 +172,8 @@ fn run_in(dir: &Path, model: &Path) -> anyhow::Result<u8> {
         cfg.llm.max_tokens = 160;
         cfg.conversation.burst_window_ms = 0;
         cfg.magicline.base_url = magicline.base_url();
+        // The simulated studio sends no webhooks: its bookings are read instead.
+        cfg.magicline.events = crate::config::MagicLineEvents::Poll;
 
         println!("frontdesk demo: loading the model {} …", model.display());
         let ready = Arc::new(tokio::sync::Notify::new());

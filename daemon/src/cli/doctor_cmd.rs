@@ -262,6 +262,9 @@ impl Secrets {
                 let required = name == names::STORE_IDENTITY
                     || (whatsapp && name.starts_with("whatsapp-"))
                     || (name == names::MAGICLINE_API_KEY && !cfg.magicline.base_url.is_empty())
+                    || (name == names::MAGICLINE_WEBHOOK_KEY
+                        && !cfg.magicline.base_url.is_empty()
+                        && cfg.magicline.events == crate::config::MagicLineEvents::Webhook)
                     || tunnel.as_deref() == Some(name.as_str());
                 let need = if required {
                     Need::Required
@@ -800,6 +803,7 @@ mod tests {
         std::fs::write(creds.join(names::WHATSAPP_APP_SECRET), "s3cr3t-app-value").unwrap();
         std::fs::write(creds.join(names::WHATSAPP_VERIFY_TOKEN), "verify me&=?").unwrap();
         std::fs::write(creds.join(names::MAGICLINE_API_KEY), magicline_key).unwrap();
+        std::fs::write(creds.join(names::MAGICLINE_WEBHOOK_KEY), "ml-webhook-key").unwrap();
         let prompts = concat!(env!("CARGO_MANIFEST_DIR"), "/../prompts");
         let text = format!(
             r#"

@@ -567,6 +567,9 @@ pub struct Booking {
     /// Attendance, when MagicLine sends it.
     #[serde(default)]
     pub participant_status: Option<ParticipantStatus>,
+    /// Whose booking it is (`GET /appointments/booking/{bookingId}` names the customer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<i64>,
 }
 
 impl Booking {
@@ -577,6 +580,50 @@ impl Booking {
             BookingStatus::Booked | BookingStatus::BookedWithConfirmationRequired
         ) && self.appointment_status != Some(AppointmentStatus::Canceled)
     }
+}
+
+/// One visit of a customer at a studio (`GET /customers/{customerId}/activities/checkins`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Checkin {
+    /// MagicLine's id of the visit.
+    pub checkin_id: i64,
+    /// When the customer checked in (ISO-8601 with offset).
+    #[serde(default)]
+    pub check_in_date_time: Option<jiff::Timestamp>,
+    /// When they checked out, if they did.
+    #[serde(default)]
+    pub check_out_date_time: Option<jiff::Timestamp>,
+    /// The studio of the visit.
+    #[serde(default)]
+    pub studio_id: Option<i64>,
+}
+
+/// The body of a MagicLine webhook call. Webhooks only notify: the current state is read from
+/// the Open API. Unknown properties are ignored, as MagicLine asks.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookCall {
+    /// The entity the event is about; what it is depends on the type (a booking id for the
+    /// booking events, a customer id for `CUSTOMER_CHECKIN`).
+    pub entity_id: i64,
+    /// The event's unique id: a redelivery carries the same.
+    pub uuid: String,
+    /// The events (currently always one).
+    pub payload: Vec<WebhookPayload>,
+}
+
+/// One event of a webhook call.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct WebhookPayload {
+    /// Milliseconds since the Unix epoch.
+    pub timestamp: i64,
+    /// `APPOINTMENT_BOOKING_CANCELLED`, `CUSTOMER_CHECKIN`, …
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Extra data of some types; a placeholder for most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<serde_json::Value>,
 }
 
 /// Outcome of confirming a trial booking.

@@ -51,6 +51,16 @@ pub fn audit_entry(ev: &BookingEvent) -> NewEntry {
         BookingStep::Failed => (AuditEvent::BookingFailed { flow }, failed),
         BookingStep::Canceled => (AuditEvent::BookingCanceled { booking_id }, Outcome::Ok),
         BookingStep::CancelFailed => (AuditEvent::BookingCancelFailed { booking_id }, failed),
+        BookingStep::CanceledInMagicLine => (
+            AuditEvent::BookingCanceledInMagicline { booking_id },
+            Outcome::Ok,
+        ),
+        BookingStep::MovedInMagicLine => (
+            AuditEvent::BookingMovedInMagicline { booking_id },
+            Outcome::Ok,
+        ),
+        BookingStep::CheckedIn => (AuditEvent::BookingCheckedIn { booking_id }, Outcome::Ok),
+        BookingStep::NoShow => (AuditEvent::BookingNoShow { booking_id }, Outcome::Ok),
     };
     NewEntry::new(Actor::System, event)
         .about(&ev.pseudonym)
@@ -81,7 +91,11 @@ mod tests {
                 SlotTaken => Some(Failed),
                 Failed => Some(Canceled),
                 Canceled => Some(CancelFailed),
-                CancelFailed => None,
+                CancelFailed => Some(CanceledInMagicLine),
+                CanceledInMagicLine => Some(MovedInMagicLine),
+                MovedInMagicLine => Some(CheckedIn),
+                CheckedIn => Some(NoShow),
+                NoShow => None,
             };
         }
         all
@@ -116,6 +130,14 @@ mod tests {
             BookingStep::CancelFailed => {
                 row("booking.cancel_failed", Outcome::error(reason), false, true)
             }
+            BookingStep::CanceledInMagicLine => {
+                row("booking.canceled_in_magicline", Outcome::Ok, false, true)
+            }
+            BookingStep::MovedInMagicLine => {
+                row("booking.moved_in_magicline", Outcome::Ok, false, true)
+            }
+            BookingStep::CheckedIn => row("booking.checked_in", Outcome::Ok, false, true),
+            BookingStep::NoShow => row("booking.no_show", Outcome::Ok, false, true),
         }
     }
 
@@ -142,7 +164,7 @@ mod tests {
     #[test]
     fn every_step_has_its_own_entry() {
         let steps = all_steps();
-        assert_eq!(steps.len(), 9);
+        assert_eq!(steps.len(), 13);
         let mut actions = std::collections::HashSet::new();
         for step in steps {
             let reason = "unavailable";

@@ -55,7 +55,11 @@ use crate::conversation::booking::{
     Booker, BookingFailure, BookingOutcome, BookingRequest, ConfirmOutcome,
 };
 use crate::store::crypto::Pseudonym;
+use crate::store::xref::External;
 use crate::store::{ks, Store, StoreError};
+
+mod attendance;
+pub use attendance::{Attendance, CheckInOutcome, RecordedBooking};
 
 /// The steps and outcomes of a booking the booker reports (see [`BookingAudit`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -79,6 +83,14 @@ pub enum BookingStep {
     Canceled,
     /// Cancelling a booking failed.
     CancelFailed,
+    /// Staff cancelled the booking in MagicLine (a webhook event or the poll said so).
+    CanceledInMagicLine,
+    /// Staff moved the booking to another time in MagicLine.
+    MovedInMagicLine,
+    /// The person checked in at the studio for the booking.
+    CheckedIn,
+    /// The booking's slot passed without a check-in.
+    NoShow,
 }
 
 impl BookingStep {
@@ -94,6 +106,10 @@ impl BookingStep {
             BookingStep::Failed => "booking.failed",
             BookingStep::Canceled => "booking.canceled",
             BookingStep::CancelFailed => "booking.cancel_failed",
+            BookingStep::CanceledInMagicLine => "booking.canceled_in_magicline",
+            BookingStep::MovedInMagicLine => "booking.moved_in_magicline",
+            BookingStep::CheckedIn => "booking.checked_in",
+            BookingStep::NoShow => "booking.no_show",
         }
     }
 }
@@ -182,6 +198,9 @@ pub struct BookerConfig {
     pub trial_appointment_id: Option<i64>,
     /// The time a wished start is compared with (settable for tests and the demo).
     pub clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+    /// How long after a trial's end a check-in still counts for it; past that, without one,
+    /// the trial is a no-show (see [`attendance`]).
+    pub no_show_after: jiff::SignedDuration,
 }
 
 impl Default for BookerConfig {
@@ -194,6 +213,7 @@ impl Default for BookerConfig {
             member_appointment_id: None,
             trial_appointment_id: None,
             clock: Arc::new(Timestamp::now),
+            no_show_after: jiff::SignedDuration::from_mins(60),
         }
     }
 }
@@ -356,6 +376,13 @@ struct Record {
     alternatives: Vec<String>,
     #[serde(default)]
     canceled: bool,
+    /// When the person checked in for this booking (a MagicLine check-in inside its window,
+    /// see [`attendance`]).
+    #[serde(default)]
+    checked_in_at: Option<Timestamp>,
+    /// The slot passed without a check-in (counted once as a no-show).
+    #[serde(default)]
+    no_show: bool,
     updated_at: Timestamp,
 }
 
@@ -374,6 +401,8 @@ impl Record {
             failure: None,
             alternatives: Vec::new(),
             canceled: false,
+            checked_in_at: None,
+            no_show: false,
             updated_at: now,
         }
     }
@@ -393,6 +422,15 @@ impl Record {
             Step::Failed => self.failure.map(|f| BookingOutcome::Failed(f.public())),
             _ => None,
         }
+    }
+
+    /// The booking is held in MagicLine and its attendance is not settled yet.
+    fn awaits_attendance(&self) -> bool {
+        matches!(self.step, Step::Booked | Step::Confirmed)
+            && self.booking_id.is_some()
+            && !self.canceled
+            && !self.no_show
+            && self.checked_in_at.is_none()
     }
 
     fn booked_outcome(&self) -> Option<BookingOutcome> {
@@ -1092,7 +1130,17 @@ impl MagicLineBooker {
         rec.confirmation_required =
             made.booking_status == BookingStatus::BookedWithConfirmationRequired;
         rec.step = Step::Booked;
-        self.save(&req.pseudonym, req.requested_at, key, rec)?;
+        // A trial booked after an earlier one was cancelled or missed counts as rebooked.
+        let rebooked = self.rows_of(&req.pseudonym)?.iter().any(|(k, r)| {
+            k.as_slice() != key && r.booking_id.is_some() && (r.canceled || r.no_show)
+        });
+        let at = (self.cfg.clock)();
+        self.save_with(&req.pseudonym, req.requested_at, key, rec, |batch| {
+            if rebooked {
+                crate::stats::record(&self.store, batch, crate::stats::FunnelEvent::Rebooked, at)?;
+            }
+            Ok(())
+        })?;
         self.emit(
             req,
             BookingStep::Booked,
@@ -1534,6 +1582,21 @@ impl MagicLineBooker {
         key: &[u8],
         rec: &Record,
     ) -> Result<(), BookerError> {
+        self.save_with(p, asked_at, key, rec, |_| Ok(()))
+    }
+
+    /// [`MagicLineBooker::save`] with further rows `extra` adds to the same batch. The batch
+    /// also links MagicLine's customer and booking ids to the person and schedules a held
+    /// booking by its start ([`crate::store::xref`]), so webhook events and the attendance
+    /// sweep find it without a scan.
+    fn save_with(
+        &self,
+        p: &Pseudonym,
+        asked_at: jiff::Timestamp,
+        key: &[u8],
+        rec: &Record,
+        extra: impl FnOnce(&mut fjall::OwnedWriteBatch) -> Result<(), StoreError>,
+    ) -> Result<(), BookerError> {
         let mut rec = rec.clone();
         rec.updated_at = (self.cfg.clock)();
         let plain =
@@ -1546,6 +1609,19 @@ impl MagicLineBooker {
         let data_key = self.store.data_key_or_create(p, &mut batch)?;
         let sealed = data_key.seal(ks::BOOKINGS, key, &plain);
         batch.insert(&self.store.keyspaces().bookings, key.to_vec(), sealed);
+        if let Some(id) = rec.customer_id {
+            self.store
+                .link_external(&mut batch, External::MagicLineCustomer, id, p);
+        }
+        if let Some(id) = rec.booking_id {
+            self.store
+                .link_external(&mut batch, External::MagicLineBooking, id, p);
+            if rec.awaits_attendance() {
+                self.store
+                    .schedule_trial(&mut batch, rec.start.timestamp(), p);
+            }
+        }
+        extra(&mut batch)?;
         self.store.commit_durable(batch)?;
         Ok(())
     }
@@ -1643,8 +1719,12 @@ pub(super) mod tests {
                 .set_now(monday_nine() + jiff::SignedDuration::from_secs(secs));
         }
 
-        fn sim(&self) -> &MagiclineSim {
+        pub(crate) fn sim(&self) -> &MagiclineSim {
             self.sim.as_ref().unwrap()
+        }
+
+        pub(crate) fn store(&self) -> &Arc<Store> {
+            &self.store
         }
 
         fn client(&self, timeout: Duration) -> Client {

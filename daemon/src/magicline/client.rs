@@ -27,7 +27,7 @@ use zeroize::Zeroizing;
 
 use super::api::{
     BookableAppointment, Booking, BookingRequest, BookingValidation, BookingValidationStatus,
-    Confirmation, ConfirmationStatus, Customer, CustomerSearch, ErrorBody, LeadCreated,
+    Checkin, Confirmation, ConfirmationStatus, Customer, CustomerSearch, ErrorBody, LeadCreated,
     LeadRequest, LeadValidation, LeadValidationStatus, Page, Slot, SlotQuery,
     TrialOfferAppointment, TrialOfferConfig,
 };
@@ -477,6 +477,58 @@ impl Client {
             None::<&()>,
             Retry::Safe,
         )
+    }
+
+    /// `GET /appointments/booking/{bookingId}`: one booking as MagicLine holds it now (status,
+    /// times, whose it is).
+    pub fn booking(&self, booking_id: i64) -> Result<Booking, Error> {
+        self.call(
+            "booking",
+            Method::Get,
+            &format!("/appointments/booking/{booking_id}"),
+            &[],
+            None::<&()>,
+            Retry::Safe,
+        )
+    }
+
+    /// `GET /customers/{customerId}/activities/checkins` from `from` to `to` (studio days,
+    /// inclusive), all slices.
+    pub fn checkins(
+        &self,
+        customer_id: i64,
+        from: jiff::civil::Date,
+        to: jiff::civil::Date,
+    ) -> Result<Vec<Checkin>, Error> {
+        let path = format!("/customers/{customer_id}/activities/checkins");
+        let mut out = Vec::new();
+        let mut offset: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let mut query = vec![
+                ("fromDate", from.to_string()),
+                ("toDate", to.to_string()),
+                ("sliceSize", SLICE_SIZE.to_string()),
+            ];
+            if let Some(o) = &offset {
+                query.push(("offset", o.clone()));
+            }
+            let page: Page<Checkin> = self.call(
+                "checkins",
+                Method::Get,
+                &path,
+                &query,
+                None::<&()>,
+                Retry::Safe,
+            )?;
+            out.extend(page.result);
+            match page.offset {
+                Some(next) if page.has_next && offset.as_deref() != Some(next.as_str()) => {
+                    offset = Some(next)
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
     }
 
     // ---- customers ----

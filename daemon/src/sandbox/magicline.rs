@@ -20,6 +20,15 @@
 //! stalls halfway, or a late answer. Malformed, stalled and late answers are produced *after* the
 //! request was carried out, which is exactly the case where a client must check before retrying.
 //!
+//! Staff at the desk are simulated too ([`MagiclineSim::staff_cancel`],
+//! [`MagiclineSim::staff_move`], [`MagiclineSim::check_in`]): each changes the studio's state
+//! and returns the webhook event MagicLine would send, which [`MagiclineSim::send`] posts to the
+//! configured URL with the configured `x-api-key`, in MagicLine's notify-only body shape
+//! (`{entityId, uuid, payload: [{timestamp, type, content}]}`; the entity is the booking for
+//! booking events, the customer for `CUSTOMER_CHECKIN`) under MagicLine's 5-second timeout. The
+//! state behind an event is read as MagicLine documents it: `GET /appointments/booking/{id}` and
+//! `GET /customers/{id}/activities/checkins` (`fromDate`/`toDate` at most 365 days apart).
+//!
 //! Used by tests and `frontdesk demo`; never by `frontdesk serve`.
 
 use std::collections::{HashMap, VecDeque};
@@ -322,6 +331,65 @@ pub struct SimBooking {
     pub external: bool,
 }
 
+/// A webhook event as MagicLine sends it (notify-only: the state is read by API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimEvent {
+    /// The event's unique id; a redelivery carries the same.
+    pub uuid: String,
+    /// The booking id (booking events) or the customer id (`CUSTOMER_CHECKIN`).
+    pub entity_id: i64,
+    /// `APPOINTMENT_BOOKING_CANCELLED`, `APPOINTMENT_BOOKING_UPDATED`, `CUSTOMER_CHECKIN`, …
+    pub event_type: &'static str,
+    /// When it happened, milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+}
+
+impl SimEvent {
+    fn new(entity_id: i64, event_type: &'static str, at: Timestamp) -> SimEvent {
+        let bytes: [u8; 16] = rand::thread_rng().gen();
+        let h = hex::encode(bytes);
+        SimEvent {
+            // Version-4 layout; only uniqueness matters.
+            uuid: format!(
+                "{}-{}-4{}-a{}-{}",
+                &h[0..8],
+                &h[8..12],
+                &h[13..16],
+                &h[17..20],
+                &h[20..32]
+            ),
+            entity_id,
+            event_type,
+            timestamp_ms: at.as_millisecond(),
+        }
+    }
+
+    /// The JSON body MagicLine posts.
+    pub fn body(&self) -> Value {
+        json!({
+            "entityId": self.entity_id,
+            "uuid": self.uuid,
+            "payload": [{
+                "timestamp": self.timestamp_ms,
+                "type": self.event_type,
+                "content": {},
+            }],
+        })
+    }
+}
+
+/// One webhook delivery the simulator made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimDelivery {
+    /// What was sent.
+    pub event: SimEvent,
+    /// The receiver's HTTP status; 0 when no answer came within MagicLine's 5 seconds.
+    pub status: u16,
+}
+
+/// MagicLine waits this long for a webhook receiver's answer.
+pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A lead created through `POST /trial-offers/lead/create`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SimLead {
@@ -531,6 +599,92 @@ impl MagiclineSim {
 
     // ---- inspection ----
 
+    // ---- staff at the desk, and the webhook events that tell of it ----
+
+    /// Staff cancel booking `booking_id` at the desk. The event MagicLine sends about it, or
+    /// `None` for an unknown booking.
+    pub fn staff_cancel(&self, booking_id: i64) -> Option<SimEvent> {
+        let mut st = self.state();
+        let now = st.now();
+        let b = st.bookings.iter_mut().find(|b| b.id == booking_id)?;
+        b.state = SimBookingState::Canceled;
+        Some(SimEvent::new(
+            booking_id,
+            "APPOINTMENT_BOOKING_CANCELLED",
+            now,
+        ))
+    }
+
+    /// Staff move booking `booking_id` to `start` (same length) at the desk.
+    pub fn staff_move(&self, booking_id: i64, start: &Zoned) -> Option<SimEvent> {
+        let mut st = self.state();
+        let now = st.now();
+        let tz = st.tz.clone();
+        let b = st.bookings.iter_mut().find(|b| b.id == booking_id)?;
+        let length = b.end.timestamp().duration_since(b.start.timestamp());
+        b.start = start.with_time_zone(tz.clone());
+        b.end = (start.timestamp() + length).to_zoned(tz);
+        Some(SimEvent::new(
+            booking_id,
+            "APPOINTMENT_BOOKING_UPDATED",
+            now,
+        ))
+    }
+
+    /// Customer `customer_id` checks in at the studio at `at`.
+    pub fn check_in(&self, customer_id: i64, at: Timestamp) -> SimEvent {
+        let mut st = self.state();
+        let id = 1_001 + st.checkins.len() as i64;
+        st.checkins.push((customer_id, id, at));
+        SimEvent::new(customer_id, "CUSTOMER_CHECKIN", at)
+    }
+
+    /// Webhook events go to `url` with `api_key` in `x-api-key` (MagicLine's registration of
+    /// the integration's endpoint).
+    pub fn set_webhook(&self, url: &str, api_key: &str) {
+        self.state().webhook = Some((url.to_string(), api_key.to_string()));
+    }
+
+    /// Posts `event` to the configured webhook URL with the configured key, and returns the
+    /// receiver's status (0: no answer within [`WEBHOOK_TIMEOUT`] or no URL configured).
+    pub async fn send(&self, event: &SimEvent) -> u16 {
+        let key = self.state().webhook.as_ref().map(|(_, k)| k.clone());
+        self.send_with_key(event, key.as_deref()).await
+    }
+
+    /// Like [`MagiclineSim::send`] with another key, or none (what a stranger would post).
+    pub async fn send_with_key(&self, event: &SimEvent, api_key: Option<&str>) -> u16 {
+        let Some(url) = self.state().webhook.as_ref().map(|(u, _)| u.clone()) else {
+            return 0;
+        };
+        let body = serde_json::to_vec(&event.body()).unwrap_or_default();
+        let key = api_key.map(str::to_string);
+        let status = tokio::task::spawn_blocking(move || {
+            let config = ureq::Agent::config_builder()
+                .timeout_global(Some(WEBHOOK_TIMEOUT))
+                .http_status_as_error(false)
+                .build();
+            let agent = ureq::Agent::new_with_config(config);
+            let mut req = agent.post(&url).header("content-type", "application/json");
+            if let Some(k) = &key {
+                req = req.header("x-api-key", k);
+            }
+            req.send(&body[..]).map_or(0, |r| r.status().as_u16())
+        })
+        .await
+        .unwrap_or(0);
+        self.state().deliveries.push(SimDelivery {
+            event: event.clone(),
+            status,
+        });
+        status
+    }
+
+    /// Every webhook delivery made, in order.
+    pub fn deliveries(&self) -> Vec<SimDelivery> {
+        self.state().deliveries.clone()
+    }
+
     /// All bookings (including canceled and external ones) in creation order.
     pub fn bookings(&self) -> Vec<SimBooking> {
         self.state().bookings.clone()
@@ -646,6 +800,11 @@ struct State {
     rate_windows: HashMap<&'static str, (Timestamp, u32)>,
     /// Per endpoint: denied with 429 until then (a minute after the limit was exceeded).
     blocked_until: HashMap<&'static str, Timestamp>,
+    /// Studio visits: customer id, visit id, check-in time.
+    checkins: Vec<(i64, i64, Timestamp)>,
+    /// Where webhook events go, and the key sent with them.
+    webhook: Option<(String, String)>,
+    deliveries: Vec<SimDelivery>,
 }
 
 impl State {
@@ -673,6 +832,9 @@ impl State {
             requests: HashMap::new(),
             rate_windows: HashMap::new(),
             blocked_until: HashMap::new(),
+            checkins: Vec::new(),
+            webhook: None,
+            deliveries: Vec::new(),
             cfg,
         }
     }
@@ -1229,6 +1391,47 @@ impl State {
         }))
     }
 
+    /// A customer's visits from `fromDate` to `toDate` (studio days, inclusive; default the
+    /// month up to today; at most 365 days apart), paged.
+    fn checkins_page(&self, customer_id: i64, query: &HashMap<String, String>) -> Answer {
+        if self.customer(customer_id).is_none() {
+            return Answer::error(404, "CUSTOMER_NOT_FOUND", "Kunde nicht gefunden");
+        }
+        let today = self.now().to_zoned(self.tz.clone()).date();
+        let day = |key: &str, default: Date| match query.get(key) {
+            Some(v) => v.parse::<Date>().map_err(|_| ()),
+            None => Ok(default),
+        };
+        let month_ago = today.checked_sub(1.month()).unwrap_or(today);
+        let (Ok(from), Ok(to)) = (day("fromDate", month_ago), day("toDate", today)) else {
+            return Answer::error(400, "INVALID_PARAMETER", "Ungültiges Datum");
+        };
+        if to < from || from.until(to).map_or(true, |span| span.get_days() > 365) {
+            return Answer::error(400, "INVALID_DATE_RANGE", "Zeitraum ungültig");
+        }
+        let items = self
+            .checkins
+            .iter()
+            .filter(|(c, _, at)| {
+                let d = at.to_zoned(self.tz.clone()).date();
+                *c == customer_id && from <= d && d <= to
+            })
+            .map(|(_, id, at)| {
+                let zoned = at.to_zoned(self.tz.clone());
+                (
+                    *id,
+                    json!({
+                        "checkinId": id,
+                        "checkInDateTime": zoned.strftime("%Y-%m-%dT%H:%M:%S%:z").to_string(),
+                        "studioId": 1,
+                        "studioName": "Simulated studio",
+                    }),
+                )
+            })
+            .collect();
+        self.page(items, query)
+    }
+
     fn appointment_json(a: &SimAppointment) -> Value {
         json!({
             "id": a.id, "title": a.title, "duration": a.duration_minutes,
@@ -1685,6 +1888,23 @@ fn route(
                 .collect();
             Answer::ok(Value::Array(list))
         }
+        "appointments.booking" => {
+            let Some(id) = id_at(2) else {
+                return Answer::error(400, "INVALID_PARAMETER", "Ungültige ID");
+            };
+            match st.bookings.iter().find(|b| b.id == id && !b.external) {
+                Some(b) => {
+                    let mut v = st.booking_json(b);
+                    v["customerId"] = json!(b.customer_id);
+                    Answer::ok(v)
+                }
+                None => Answer::error(404, "BOOKING_NOT_FOUND", "Buchung nicht gefunden"),
+            }
+        }
+        "customers.checkins" => match id_at(1) {
+            Some(id) => st.checkins_page(id, query),
+            None => Answer::error(400, "INVALID_PARAMETER", "Ungültige ID"),
+        },
         "appointments.cancel" => {
             let Some(id) = id_at(2) else {
                 return Answer::error(400, "INVALID_PARAMETER", "Ungültige ID");
@@ -1715,13 +1935,14 @@ fn route_scope(route: &str) -> Option<SimScope> {
         | "trial.booking.validate"
         | "trial.booking.book"
         | "trial.confirm" => SimScope::TrialOffersWrite,
-        "appointments.bookable" | "appointments.slots" | "appointments.bookings" => {
-            SimScope::BookableAppointmentsRead
-        }
+        "appointments.bookable"
+        | "appointments.slots"
+        | "appointments.bookings"
+        | "appointments.booking" => SimScope::BookableAppointmentsRead,
         "appointments.validate" | "appointments.book" | "appointments.cancel" => {
             SimScope::AppointmentsWrite
         }
-        "customers.search" => SimScope::CustomersRead,
+        "customers.search" | "customers.checkins" => SimScope::CustomersRead,
         _ => return None,
     })
 }
@@ -1750,6 +1971,8 @@ fn route_name(method: &Method, s: &[&str]) -> &'static str {
         ("POST", ["appointments", "bookable", "validate"]) => "appointments.validate",
         ("POST", ["appointments", "booking", "book"]) => "appointments.book",
         ("GET", ["appointments", "booking"]) => "appointments.bookings",
+        ("GET", ["appointments", "booking", _]) => "appointments.booking",
+        ("GET", ["customers", _, "activities", "checkins"]) => "customers.checkins",
         ("DELETE", ["appointments", "booking", _]) => "appointments.cancel",
         ("POST", ["customers", "search"]) => "customers.search",
         _ => "unknown",
@@ -1986,6 +2209,91 @@ mod tests {
         assert!(!listed[0].is_active());
         assert_eq!(c.appointment_slots(PT, &query).unwrap().len(), 13);
         assert_eq!(h.sim().book_calls(ERIKA), 1);
+    }
+
+    #[test]
+    fn desk_changes_are_read_as_documented_and_announced_in_magiclines_shape() {
+        let h = Harness::new(cfg());
+        let c = &h.client;
+        let r = BookingRequest::for_slot(
+            ERIKA,
+            PT,
+            &c.appointment_slots(
+                PT,
+                &SlotQuery {
+                    customer_id: Some(ERIKA),
+                    days_ahead: Some(1),
+                    window_start: Some(date(2030, 6, 4)),
+                },
+            )
+            .unwrap()[0],
+        );
+        let made = c.book(&r).unwrap();
+
+        // One booking read by id names its customer.
+        let read = c.booking(made.booking_id).unwrap();
+        assert_eq!((read.customer_id, read.is_active()), (Some(ERIKA), true));
+        assert!(matches!(
+            c.booking(99_999),
+            Err(Error::Api { status: 404, .. })
+        ));
+
+        // Moved and cancelled at the desk: the events name the booking, the reads the change.
+        let moved = h.sim().staff_move(made.booking_id, &at(1, 15, 0)).unwrap();
+        assert_eq!(
+            (moved.event_type, moved.entity_id),
+            ("APPOINTMENT_BOOKING_UPDATED", made.booking_id)
+        );
+        let read = c.booking(made.booking_id).unwrap();
+        assert_eq!(read.start_date_time.timestamp(), at(1, 15, 0).timestamp());
+        assert_eq!(read.duration, Some(60));
+        assert_eq!(read.end_date_time.timestamp(), at(1, 16, 0).timestamp());
+        let canceled = h.sim().staff_cancel(made.booking_id).unwrap();
+        assert_eq!(canceled.event_type, "APPOINTMENT_BOOKING_CANCELLED");
+        assert_ne!(canceled.uuid, moved.uuid);
+        assert_eq!(
+            c.booking(made.booking_id).unwrap().booking_status,
+            BookingStatus::Canceled
+        );
+
+        // A check-in is announced by customer; the visits are read by studio day.
+        let visit = h.sim().check_in(ERIKA, at(1, 14, 55).timestamp());
+        assert_eq!(
+            (visit.event_type, visit.entity_id),
+            ("CUSTOMER_CHECKIN", ERIKA)
+        );
+        assert_eq!(
+            visit.timestamp_ms,
+            at(1, 14, 55).timestamp().as_millisecond()
+        );
+        let body = visit.body();
+        let mut keys: Vec<&str> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort();
+        assert_eq!(keys, ["entityId", "payload", "uuid"]);
+        assert_eq!(body["payload"][0]["type"], "CUSTOMER_CHECKIN");
+        assert!(body["payload"][0]["timestamp"].is_i64());
+        let visits = c
+            .checkins(ERIKA, date(2030, 6, 4), date(2030, 6, 4))
+            .unwrap();
+        assert_eq!(visits.len(), 1);
+        assert_eq!(
+            visits[0].check_in_date_time,
+            Some(at(1, 14, 55).timestamp())
+        );
+        assert!(c
+            .checkins(ERIKA, date(2030, 6, 5), date(2030, 6, 6))
+            .unwrap()
+            .is_empty());
+        // More than 365 days is refused, as documented.
+        assert!(matches!(
+            c.checkins(ERIKA, date(2029, 1, 1), date(2030, 6, 4)),
+            Err(Error::Api { status: 400, .. })
+        ));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The WhatsApp channel of the running daemon: the engine (or its replacement), dispatcher,
 //! sender, webhook listener and tunnel, started together when the channel's credentials are
 //! there and stopped in order (stop taking requests, finish the turns, let the sender record
-//! what it sent).
+//! what it sent). MagicLine's webhook (`/webhook/magicline`) shares the listener and the
+//! tunnel, and its event worker runs beside the sender when booking is configured.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +53,7 @@ pub(super) fn credentials(creds: &Credentials, cfg: &Config) -> Result<ChannelCr
 /// The running WhatsApp pipeline.
 pub(super) struct Channel {
     listener_task: tokio::task::JoinHandle<()>,
+    magicline_task: Option<tokio::task::JoinHandle<()>>,
     sender_task: tokio::task::JoinHandle<()>,
     alerts_task: tokio::task::JoinHandle<()>,
     tunnel_task: Option<tokio::task::JoinHandle<()>>,
@@ -74,7 +76,106 @@ impl Channel {
         let _ = tokio::time::timeout(Duration::from_secs(20), self.dispatcher.wait_idle()).await;
         let _ = self.sender_task.await;
         let _ = self.alerts_task.await;
+        if let Some(t) = self.magicline_task {
+            let _ = t.await;
+        }
     }
+}
+
+/// The webhook listener's routes: WhatsApp's `/webhook`, and MagicLine's
+/// [`crate::magicline::webhook::PATH`] when its webhook is on.
+#[derive(Clone)]
+struct Routes {
+    whatsapp: Arc<WebhookState>,
+    magicline: Option<Arc<crate::magicline::webhook::MagicLineWebhook>>,
+}
+
+async fn route<B>(
+    routes: Routes,
+    req: hyper::Request<B>,
+) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match &routes.magicline {
+        Some(ml) if req.uri().path() == crate::magicline::webhook::PATH => {
+            crate::magicline::webhook::handle(ml.clone(), req).await
+        }
+        _ => webhook::handle(routes.whatsapp, req).await,
+    }
+}
+
+/// MagicLine's webhook and its event worker, when booking is configured: the booker is the
+/// engine's (or, with a stand-in engine, one of its own).
+fn start_magicline(
+    core: &Core,
+    booker: Option<Arc<crate::magicline::booking::MagicLineBooker>>,
+    stopped: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (
+    Option<Arc<crate::magicline::webhook::MagicLineWebhook>>,
+    Option<tokio::task::JoinHandle<()>>,
+) {
+    use crate::config::MagicLineEvents;
+    let Some(booker) = booker else {
+        return (None, None);
+    };
+    let cfg = &core.cfg;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let hook = match cfg.magicline.events {
+        MagicLineEvents::Poll => None,
+        MagicLineEvents::Webhook => match core.creds.get(names::MAGICLINE_WEBHOOK_KEY) {
+            Ok(Some(key)) => match key.trimmed() {
+                Ok(key) => {
+                    let audit = core.audit.clone();
+                    let rejected = Arc::new(move |_status: u16, reason: &'static str| {
+                        let audit = audit.clone();
+                        let code = Code::new(reason);
+                        tokio::task::spawn_blocking(move || {
+                            let entry = NewEntry::new(
+                                Actor::Relay,
+                                AuditEvent::MagiclineWebhookRejected { reason: code },
+                            )
+                            .outcome(crate::audit::Outcome::Denied(code));
+                            if let Err(e) = audit.append(entry) {
+                                error!(error = %e, "audit append failed");
+                            }
+                        });
+                    });
+                    Some(crate::magicline::webhook::MagicLineWebhook::new(
+                        core.store.clone(),
+                        key,
+                        cfg.webhook.max_body_bytes,
+                        core.metrics.clone(),
+                        rejected,
+                        cfg.webhook.audit_rejections_per_minute,
+                        wake.clone(),
+                    ))
+                }
+                Err(e) => {
+                    error!(error = %e, "credential magicline-webhook-key unreadable; MagicLine webhook off");
+                    None
+                }
+            },
+            Ok(None) => {
+                warn!("magicline.events = \"webhook\" but the magicline-webhook-key credential is missing: MagicLine webhook off, only no-shows are settled");
+                None
+            }
+            Err(e) => {
+                error!(error = %e, "credential magicline-webhook-key unreadable; MagicLine webhook off");
+                None
+            }
+        },
+    };
+    let worker = crate::magicline::events::EventWorker {
+        store: core.store.clone(),
+        booker,
+        wake,
+        poll: cfg.magicline.events == MagicLineEvents::Poll,
+        interval: Duration::from_secs(cfg.magicline.poll_interval_secs),
+        metrics: core.metrics.clone(),
+    };
+    (hook, Some(tokio::spawn(worker.run(stopped))))
 }
 
 /// Rejected webhook requests into the audit log (off the async threads: an append fsyncs).
@@ -98,7 +199,7 @@ impl RejectionSink for AuditRejections {
 /// Accepts webhook connections (HTTP/1.1) until `stopped` resolves.
 async fn serve_webhook(
     listener: tokio::net::TcpListener,
-    state: Arc<WebhookState>,
+    state: Routes,
     stopped: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stopped);
@@ -113,7 +214,7 @@ async fn serve_webhook(
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        let svc = hyper::service::service_fn(move |req| webhook::handle(state.clone(), req));
+        let svc = hyper::service::service_fn(move |req| route(state.clone(), req));
         let conn =
             crate::http1::server().serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
         let conn = graceful.watch(conn);
@@ -156,8 +257,11 @@ pub(super) async fn start(
         serde_json::Value::String(text)
     });
     let mut engine = None;
-    let decider: Arc<dyn Decide> = match &opts.engine {
-        Some(factory) => factory(store.clone()),
+    let (decider, magicline): (Arc<dyn Decide>, _) = match &opts.engine {
+        Some(factory) => (
+            factory(store.clone()),
+            crate::runtime::magicline_booker(cfg, &core.creds, store.clone(), core.audit.clone())?,
+        ),
         None => {
             let conv =
                 crate::runtime::conversation(cfg, &core.creds, store.clone(), core.audit.clone())?;
@@ -165,9 +269,11 @@ pub(super) async fn start(
                 .board
                 .set_value("model", serde_json::Value::String(conv.model.describe()));
             engine = Some(conv.engine.clone());
-            conv.engine
+            (conv.engine as Arc<dyn Decide>, conv.booker)
         }
     };
+    let (magicline_hook, magicline_task) =
+        start_magicline(core, magicline, until_stopped(stop.clone()));
     let wake = Arc::new(tokio::sync::Notify::new());
     core.admin.set_outbox(queues.clone(), wake.clone());
     let dispatcher = Dispatcher::new(
@@ -244,13 +350,17 @@ pub(super) async fn start(
         webhook::replay_horizon(cfg.retention.seen_ids_days),
     );
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "webhook listening");
+        info!(%addr, magicline = magicline_hook.is_some(), "webhook listening");
     }
+    let routes = Routes {
+        whatsapp: state,
+        magicline: magicline_hook,
+    };
     let tunnel_task = match &cfg.tunnel {
         Some(t) => Some(start_tunnel(
             t,
             creds.tunnel_token,
-            state.clone(),
+            routes.clone(),
             tunnel_state,
             until_stopped(stop.clone()),
         )?),
@@ -259,9 +369,10 @@ pub(super) async fn start(
             None
         }
     };
-    let listener_task = tokio::spawn(serve_webhook(listener, state, until_stopped(stop)));
+    let listener_task = tokio::spawn(serve_webhook(listener, routes, until_stopped(stop)));
     Ok(Channel {
         listener_task,
+        magicline_task,
         sender_task,
         alerts_task,
         tunnel_task,
@@ -352,18 +463,18 @@ fn report_sender_pauses(sender: &Arc<Sender>, admin: &Arc<crate::admin::AdminSta
     });
 }
 
-/// Dials out to the relay and serves the webhook (and nothing else) over the tunnel.
+/// Dials out to the relay and serves the webhooks (and nothing else) over the tunnel.
 fn start_tunnel(
     t: &crate::config::TunnelConfig,
     token: Option<crate::secrets::Secret>,
-    state: Arc<WebhookState>,
+    state: Routes,
     tunnel_state: tokio::sync::watch::Sender<TunnelState>,
     stopped: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let token = token.context("tunnel credential missing")?;
     let token = TunnelToken::new(token.expose_str()?)
         .map_err(|e| anyhow::anyhow!("tunnel credential {}: {e}", t.credential))?;
-    let svc = hyper::service::service_fn(move |req| webhook::handle(state.clone(), req));
+    let svc = hyper::service::service_fn(move |req| route(state.clone(), req));
     let cfg = TunnelClientConfig::from_config(t);
     Ok(tokio::spawn(async move {
         if let Err(e) = run_tunnel(cfg, token, svc, tunnel_state, stopped).await {

@@ -11,7 +11,8 @@
 //! Submodules: [`crypto`] (sealing and pseudonyms), [`keydir`] (wrapped keys), [`commit`] (group
 //! commit), [`customers`] (record types), [`messages`] (history rows), [`moves`] (a customer to a
 //! new number or user id), [`queue_rows`] (the sealed layout of queue rows, the quarantine),
-//! [`retention`] (the sweeper), [`backup`] (backup, restore, identity rotation).
+//! [`retention`] (the sweeper), [`backup`] (backup, restore, identity rotation), [`xref`]
+//! (MagicLine ids and trial start times to the customer).
 
 pub mod activity;
 pub mod address;
@@ -25,6 +26,7 @@ pub mod messages;
 pub mod moves;
 pub mod queue_rows;
 pub mod retention;
+pub mod xref;
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -711,6 +713,8 @@ impl Store {
             // Queue rows are sealed under the key unlinked below: gone from the keyspaces here,
             // unreadable everywhere else (journal, tables, backups) once the key is.
             self.remove_queue_rows(p, &mut batch)?;
+            // MagicLine ids and trial times that found this customer.
+            self.remove_external(p, &mut batch)?;
             // Links of user ids to this customer, and this pseudonym's own link.
             let own_link = meta_key(ALIAS_PREFIX, p);
             for g in self.ks.meta.prefix(ALIAS_PREFIX) {

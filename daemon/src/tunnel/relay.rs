@@ -948,11 +948,25 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
 
 /// Lets through only what WhatsApp sends, judged by form alone (the relay holds no app secret):
 /// a POST carries `X-Hub-Signature-256: sha256=<64 hex digits>`; a GET is the subscription
-/// handshake with `hub.mode`, `hub.verify_token` and `hub.challenge`. Anything else is answered
-/// here, before its body is read and without troubling the box; the box still checks the HMAC
-/// and the verify token.
+/// handshake with `hub.mode`, `hub.verify_token` and `hub.challenge`. MagicLine's webhook calls
+/// are POSTs to `/webhook/magicline` with an `x-api-key` header of a key's form (1 to 256
+/// visible ASCII characters). Anything else is answered here, before its body is read and
+/// without troubling the box; the box still checks the HMAC, the verify token and the key.
 /// Returns the refusal, or `None` for a request that may go on.
 fn refuse_unless_whatsapp(req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    if req.method() == Method::POST && req.uri().path() == crate::magicline::webhook::PATH {
+        let well_formed = req
+            .headers()
+            .get(crate::magicline::webhook::KEY_HEADER)
+            .is_some_and(|v| {
+                let b = v.as_bytes();
+                (1..=256).contains(&b.len()) && b.iter().all(|c| c.is_ascii_graphic())
+            });
+        if !well_formed {
+            return Some(plain(StatusCode::UNAUTHORIZED, "api key missing\n"));
+        }
+        return None;
+    }
     if req.method() == Method::POST {
         let well_formed = req
             .headers()

@@ -1196,6 +1196,19 @@ async fn unsigned_posts_and_bare_gets_stop_at_the_relay() {
         StatusCode::OK
     );
     assert_eq!(client.seen.requests.load(Ordering::SeqCst), 2);
+    // MagicLine's calls carry a key instead of a signature; without one they stop here too.
+    let magicline = |key: Option<&str>| {
+        let mut req = Request::post("/webhook/magicline").header("host", "a.test");
+        if let Some(key) = key {
+            req = req.header("x-api-key", key);
+        }
+        req.body(Full::new(Bytes::from_static(b"{}"))).unwrap()
+    };
+    assert_eq!(send(magicline(None)).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(send(magicline(Some(""))).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(client.seen.requests.load(Ordering::SeqCst), 2);
+    assert_eq!(send(magicline(Some("partner-key-1"))).await, StatusCode::OK);
+    assert_eq!(client.seen.requests.load(Ordering::SeqCst), 3);
     client.stop().await;
     relay.shutdown().await;
 }

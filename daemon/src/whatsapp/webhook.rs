@@ -126,13 +126,14 @@ impl WebhookState {
 
 /// Fixed one-minute windows: cheap, and enough to cap the audit volume.
 #[derive(Default)]
-struct RateWindow {
+pub(crate) struct RateWindow {
     minute: AtomicU64,
     count: AtomicU32,
 }
 
 impl RateWindow {
-    fn allow(&self, per_minute: u32) -> bool {
+    /// Whether one more event fits into this minute's `per_minute`.
+    pub(crate) fn allow(&self, per_minute: u32) -> bool {
         let now = (jiff::Timestamp::now().as_second() / 60) as u64;
         if self.minute.swap(now, Ordering::Relaxed) != now {
             self.count.store(0, Ordering::Relaxed);
