@@ -36,9 +36,14 @@
 //!    returns reply, profile facts, intent and wished date. Profile facts are merged
 //!    ([`super::reply::merge_profile`]); the stage advances (first name → "Name bekannt").
 //! 7. The intent decides: hand-over (complaint, cancellation, contract question → escalated,
-//!    staff alert, [`StudioConfig::handover_text`]), opt-out, or a booking when first name,
-//!    last name and e-mail are known and the wished date parses to a concrete start. The booking's
-//!    outcome replaces the model's reply with a fixed text from `replies.toml`.
+//!    staff alert, [`StudioConfig::handover_text`]), opt-out, or the wish: a concrete start
+//!    named in this turn (the model's wished date, or the contact's words when the model read a
+//!    booking wish) is kept on the profile (`wunschtermin`; a new one replaces it, one in the
+//!    past is neither kept nor booked), and the kept wish is booked as soon as first name, last
+//!    name and e-mail are known too, whichever came last. A wish that did not book is tried
+//!    again only with other data (a corrected e-mail) or, for a taken slot, when the contact's
+//!    words name it again; refused contact data raises a staff alert. The booking's outcome
+//!    replaces the model's reply with a fixed text from `replies.toml`.
 //! 8. The first reply to a contact always carries the AI disclosure (EU AI Act Art. 50), whatever
 //!    produced it (model, fixed text, non-text reply): if the reply does not say so, the
 //!    configured sentence is put in front of it.
@@ -88,6 +93,11 @@ const OFFERED_AT: &str = "offered_at";
 /// Key in [`crate::store::customers::ConversationState::extra`]: MagicLine's id of a booking that
 /// awaits the contact's confirmation (their yes confirms it).
 const AWAITING_CONFIRMATION: &str = "awaiting_confirmation";
+/// Key in [`crate::store::customers::ConversationState::extra`]: the last booking attempt that
+/// did not book (`start`, `data`: a keyed hash of the data it was made with, `outcome`). The
+/// remembered wish is not tried again with the same data, except that a taken slot is checked
+/// again when the contact names it again.
+const LAST_ATTEMPT: &str = "last_booking_attempt";
 /// Contacts whose recent replies are remembered for the hourly limit.
 const ANSWERED_CONTACTS: usize = 10_000;
 /// Longest stored WhatsApp profile name.
@@ -597,13 +607,102 @@ impl Engine {
             Intent::BookTrial | Intent::Reschedule if c.meta.stage == Stage::Member => {
                 self.hand_over(c, AlertKind::MemberAppointment, turn);
             }
-            Intent::BookTrial | Intent::Reschedule => match booking_start(c, &answer, burst, now) {
-                Some(start) => self.book(c, start, now, turn)?,
-                None => turn.replies.push(answer.reply),
-            },
-            Intent::None | Intent::Question => turn.replies.push(answer.reply),
+            Intent::BookTrial | Intent::Reschedule | Intent::None | Intent::Question => {
+                self.pursue_wish(c, answer, burst, now, turn)?;
+            }
         }
         Ok(())
+    }
+
+    /// Keeps the wish this turn names on the profile (a new one replaces the old; one in the
+    /// past is neither kept nor booked) and books the remembered wish as soon as everything
+    /// the booking needs is known, whichever came last. A wish that did not book is tried again
+    /// only when the data it was tried with changed, or, for a taken slot, when the contact
+    /// names it again; so a failure is reported (and alerted) once, not on every message.
+    fn pursue_wish(
+        &self,
+        c: &mut Customer,
+        answer: ModelReply,
+        burst: &Burst,
+        now: &Zoned,
+        turn: &mut Turn,
+    ) -> Result<(), EngineError> {
+        let booking_intent = matches!(answer.intent, Intent::BookTrial | Intent::Reschedule);
+        let named = named_wish(&answer, burst, now, booking_intent);
+        // Past is judged from when the contact wrote, like the words themselves; the booker
+        // judges the slot against its own clock.
+        let written = written_at(burst, now).timestamp();
+        if let Some(start) = &named {
+            if start.timestamp() <= written {
+                if booking_intent {
+                    let persona = self.persona();
+                    turn.replies.push(
+                        persona
+                            .prompts
+                            .replies()
+                            .failure(&BookingFailure::PastStart, start),
+                    );
+                } else {
+                    turn.replies.push(answer.reply);
+                }
+                return Ok(());
+            }
+            c.body.profile.wunschtermin = Some(start.to_string());
+        } else if let Some(words) = answer.wunschtermin.as_deref() {
+            // A vaguer new wish ("irgendwann nächste Woche") replaces a concrete one, unless it
+            // only repeats part of it ("Dienstag").
+            if !repeats_kept_wish(c, when::parse(words, &written_at(burst, now))) {
+                c.body.profile.wunschtermin = None;
+            }
+        }
+        let Some(wish) = remembered_wish(c, written) else {
+            turn.replies.push(answer.reply);
+            return Ok(());
+        };
+        let fire = has_booking_data(c)
+            && match c.meta.stage {
+                Stage::Member => false,
+                // Moving a booked trial is asked for, never inferred from the profile.
+                Stage::TrialBooked => booking_intent && named.is_some(),
+                Stage::NewLead | Stage::NameKnown => self.worth_an_attempt(c, &wish, burst, now),
+            };
+        if fire {
+            self.book(c, wish, now, turn)
+        } else {
+            turn.replies.push(answer.reply);
+            Ok(())
+        }
+    }
+
+    /// Whether the remembered wish should go to the booker: never tried, tried with other data
+    /// (a corrected e-mail, name or number), or a taken slot the contact's words name again
+    /// (it may have been freed).
+    fn worth_an_attempt(&self, c: &Customer, wish: &Zoned, burst: &Burst, now: &Zoned) -> bool {
+        let Some(last) = c.body.conversation.extra.get(LAST_ATTEMPT) else {
+            return true;
+        };
+        let field = |k: &str| last.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+        if field("start") != wish.to_string() || field("data") != self.booking_data_hash(c) {
+            return true;
+        }
+        field("outcome") == "slot_taken"
+            && wish_in_words(burst, now)
+                .and_then(|(w, at)| w.start(&at))
+                .is_some_and(|asked| asked.timestamp() == wish.timestamp())
+    }
+
+    /// A keyed hash of the data a booking request is made with (names, e-mail, number): tells
+    /// whether it changed since an attempt failed, without keeping a second copy of it.
+    fn booking_data_hash(&self, c: &Customer) -> String {
+        let p = &c.body.profile;
+        let data = [
+            p.vorname.as_deref().unwrap_or_default(),
+            p.nachname.as_deref().unwrap_or_default(),
+            p.email.as_deref().unwrap_or_default(),
+            c.body.phone.as_str(),
+        ]
+        .join("\u{1f}");
+        hex::encode(self.store.token_hash("booking-data", &data))
     }
 
     /// The last `history_messages` messages including the new ones, oldest first. A quoted
@@ -734,11 +833,26 @@ impl Engine {
         if outcome == BookingOutcome::Failed(BookingFailure::Unavailable) {
             return Err(EngineError::BookingUnavailable);
         }
+        let data = self.booking_data_hash(c);
         let persona = self.persona();
         let replies = persona.prompts.replies();
         let conv = &mut c.body.conversation;
         conv.offered_slots.clear();
         conv.extra.remove(OFFERED_AT);
+        if matches!(outcome, BookingOutcome::Booked { .. }) {
+            c.body.profile.wunschtermin = None;
+            conv.extra.remove(LAST_ATTEMPT);
+        } else {
+            // The slot asked for stays the wish (an offered one the contact picked, too).
+            c.body.profile.wunschtermin = Some(start.to_string());
+            let attempt = serde_json::json!({
+                "start": start.to_string(),
+                "data": data,
+                "outcome": outcome_kind(&outcome),
+            });
+            conv.extra.insert(LAST_ATTEMPT.to_string(), attempt);
+        }
+        let conv = &mut c.body.conversation;
         match &outcome {
             BookingOutcome::Booked {
                 booking_id,
@@ -787,6 +901,15 @@ impl Engine {
             }
             BookingOutcome::Failed(BookingFailure::OtherPersonsAccount) => {
                 self.hand_over(c, AlertKind::BookingFailed, turn);
+            }
+            BookingOutcome::Failed(BookingFailure::InvalidCustomerData) => {
+                // The contact is asked to correct it; staff see it too, in case they cannot.
+                turn.alerts.push(StaffAlert {
+                    kind: AlertKind::InvalidCustomerData,
+                    pseudonym: c.pseudonym,
+                });
+                turn.replies
+                    .push(replies.failure(&BookingFailure::InvalidCustomerData, &start));
             }
             BookingOutcome::Failed(failure) => {
                 if matches!(
@@ -1187,19 +1310,60 @@ fn has_booking_data(c: &Customer) -> bool {
     p.vorname.is_some() && p.nachname.is_some() && p.email.is_some()
 }
 
-/// The concrete start to book: from the model's wished date in words (read against when the
-/// contact wrote, the "today" the model was told), else from the contact's messages.
-fn booking_start(c: &Customer, answer: &ModelReply, burst: &Burst, now: &Zoned) -> Option<Zoned> {
-    if !has_booking_data(c) {
-        return None;
-    }
+/// The concrete start this turn wishes: the model's wished date in words (read against when
+/// the contact wrote, the "today" the model was told), else, when the model read a booking
+/// wish, the contact's own words.
+fn named_wish(
+    answer: &ModelReply,
+    burst: &Burst,
+    now: &Zoned,
+    booking_intent: bool,
+) -> Option<Zoned> {
     let written = written_at(burst, now);
     answer
         .wunschtermin
         .as_deref()
         .and_then(|w| when::parse(w, &written))
         .and_then(|w| w.start(&written))
-        .or_else(|| wish_in_words(burst, now).and_then(|(w, at)| w.start(&at)))
+        .or_else(|| {
+            booking_intent
+                .then(|| wish_in_words(burst, now).and_then(|(w, at)| w.start(&at)))
+                .flatten()
+        })
+}
+
+/// Whether a partial wish ("Dienstag", "18 Uhr") names nothing but what the kept wish says.
+fn repeats_kept_wish(c: &Customer, partial: Option<When>) -> bool {
+    let kept = c
+        .body
+        .profile
+        .wunschtermin
+        .as_deref()
+        .and_then(|w| w.parse::<Zoned>().ok())
+        .map(|k| k.with_time_zone(berlin_tz()));
+    match (partial, kept) {
+        (Some(p), Some(k)) => {
+            (p.date.is_some() || p.time.is_some())
+                && p.date.is_none_or(|d| d == k.date())
+                && p.time.is_none_or(|t| t == k.time())
+        }
+        _ => false,
+    }
+}
+
+/// The wish kept on the profile, if it is still ahead; one that has passed (or does not read)
+/// is dropped.
+fn remembered_wish(c: &mut Customer, now: Timestamp) -> Option<Zoned> {
+    let profile = &mut c.body.profile;
+    let wish = profile
+        .wunschtermin
+        .as_deref()
+        .and_then(|w| w.parse::<Zoned>().ok())
+        .filter(|w| w.timestamp() > now);
+    if wish.is_none() {
+        profile.wunschtermin = None;
+    }
+    wish
 }
 
 fn expire_offers(c: &mut Customer, now: Timestamp) {
@@ -1380,6 +1544,9 @@ pub fn denies_ai(text: &str) -> bool {
 }
 
 #[cfg(test)]
+mod wish_tests;
+
+#[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
     use std::sync::Mutex;
@@ -1396,7 +1563,7 @@ mod tests {
 
     /// A model that answers from a script and remembers every prompt.
     #[derive(Default)]
-    struct ScriptedModel {
+    pub(super) struct ScriptedModel {
         answers: Mutex<VecDeque<Result<String, LlmError>>>,
         prompts: Mutex<Vec<Prompt>>,
         /// Runs inside `generate` (to change the store while the model "thinks").
@@ -1404,7 +1571,7 @@ mod tests {
     }
 
     impl ScriptedModel {
-        fn push(&self, answer: Value) {
+        pub(super) fn push(&self, answer: Value) {
             self.answers
                 .lock()
                 .unwrap()
@@ -1416,7 +1583,7 @@ mod tests {
         fn calls(&self) -> usize {
             self.prompts.lock().unwrap().len()
         }
-        fn last_prompt(&self) -> Prompt {
+        pub(super) fn last_prompt(&self) -> Prompt {
             self.prompts.lock().unwrap().last().cloned().unwrap()
         }
     }
@@ -1475,7 +1642,7 @@ mod tests {
         }
     }
 
-    fn text_part(id: &str, text: &str, now: &Zoned) -> Part {
+    pub(super) fn text_part(id: &str, text: &str, now: &Zoned) -> Part {
         Part {
             id: id.into(),
             at: now.timestamp(),
@@ -1505,7 +1672,7 @@ mod tests {
         }
     }
 
-    fn answer(intent: &str, profil: Value, reply: &str, wunsch: Option<&str>) -> Value {
+    pub(super) fn answer(intent: &str, profil: Value, reply: &str, wunsch: Option<&str>) -> Value {
         json!({"intent": intent, "profil": profil, "reply": reply, "wunschtermin": wunsch})
     }
 
@@ -3337,5 +3504,206 @@ mod tests {
         let t = h.engine.give_up_at(&b, "store", &monday()).unwrap();
         assert!(t.new_contact);
         assert!(mentions_ai(&t.replies[0]), "{}", t.replies[0]);
+    }
+
+    /// Sends one message under its own WhatsApp id (each a booking request of its own).
+    fn say(h: &Harness, id: &str, text: &str, now: &Zoned) -> Turn {
+        h.send_parts(PHONE, vec![text_part(id, text, now)], now)
+    }
+
+    #[test]
+    fn a_date_given_first_and_the_email_last_books() {
+        let h = harness();
+        h.model.push(answer(
+            "none",
+            json!({"vorname": "Lena", "nachname": "Schmidt"}),
+            "Hi Lena, ich bin Max, der digitale Assistent (KI) von FitBox!",
+            None,
+        ));
+        say(&h, "m1", "Hi, Lena Schmidt hier", &monday());
+        // The wish comes before the e-mail: kept, nothing booked yet.
+        h.model.push(answer(
+            "book_trial",
+            json!({}),
+            "Gern! Wie lautet deine E-Mail-Adresse?",
+            Some("nächsten Dienstag um 18 Uhr"),
+        ));
+        let t = say(&h, "m2", "Geht nächsten Dienstag um 18 Uhr?", &monday());
+        assert_eq!(t.booking, None);
+        assert!(h.booker.requests.lock().unwrap().is_empty());
+        let start = berlin("2026-01-20T18:00");
+        assert_eq!(
+            h.customer().body.profile.wunschtermin.as_deref(),
+            Some(start.to_string().as_str())
+        );
+        // The model does not repeat the date when the e-mail comes: the kept wish is booked.
+        h.model.push(answer(
+            "none",
+            json!({"email": "lena@example.de"}),
+            "Danke dir!",
+            None,
+        ));
+        h.booker
+            .outcomes
+            .lock()
+            .unwrap()
+            .push_back(BookingOutcome::Booked {
+                booking_id: 8,
+                start: start.clone(),
+                magicline_customer_id: 4711,
+                confirmation_pending: false,
+            });
+        let t = say(&h, "m3", "lena@example.de", &monday());
+        // The prompt showed the wish as known and asked only for the e-mail.
+        let d = h.model.last_prompt().dynamic_system;
+        assert!(d.contains("Dienstag, 20.01. um 18:00 Uhr"), "{d}");
+        assert!(
+            d.contains("Für die Buchung fehlt noch: E-Mail-Adresse\n"),
+            "{d}"
+        );
+        let reqs = h.booker.requests.lock().unwrap().clone();
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(reqs[0].start, start);
+        assert_eq!(reqs[0].email, "lena@example.de");
+        assert_eq!(
+            reqs[0].request_id,
+            h.engine.request_id(&h.store.pseudonym(PHONE), "m3"),
+            "named after the message that completed the data"
+        );
+        assert!(t.replies[0].contains("gebucht"), "{}", t.replies[0]);
+        assert_eq!(
+            t.stage_changes,
+            vec![(Stage::NameKnown, Stage::TrialBooked)]
+        );
+        let c = h.customer();
+        assert_eq!(c.body.profile.wunschtermin, None, "a booked wish is done");
+        assert_eq!(
+            c.body.profile.probetraining_datum.as_deref(),
+            Some(start.to_string().as_str())
+        );
+        // A later message books nothing more.
+        h.model
+            .push(answer("question", json!({}), "Sportschuhe! 👟", None));
+        let t = say(&h, "m4", "Was bringe ich mit?", &monday());
+        assert_eq!(t.booking, None);
+        assert_eq!(h.booker.requests.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_new_wish_replaces_the_old_and_a_past_or_passed_one_is_not_booked() {
+        let h = harness();
+        h.model.push(answer(
+            "book_trial",
+            json!({"vorname": "Lena"}),
+            "Hi Lena, ich bin Max, der digitale Assistent (KI) von FitBox!",
+            Some("nächsten Dienstag um 18 Uhr"),
+        ));
+        say(
+            &h,
+            "m1",
+            "Lena hier, nächsten Dienstag um 18 Uhr?",
+            &monday(),
+        );
+        h.model.push(answer(
+            "book_trial",
+            json!({}),
+            "Notiert!",
+            Some("Mittwoch um 19 Uhr"),
+        ));
+        say(&h, "m2", "Doch lieber Mittwoch um 19 Uhr", &monday());
+        let wednesday = berlin("2026-01-21T19:00");
+        assert_eq!(
+            h.customer().body.profile.wunschtermin.as_deref(),
+            Some(wednesday.to_string().as_str())
+        );
+        // A wish in the past is answered as such, neither kept nor booked.
+        h.model.push(answer(
+            "book_trial",
+            json!({"nachname": "Schmidt", "email": "lena@example.de"}),
+            "Klar!",
+            Some("am 12.01.2026 um 10 Uhr"),
+        ));
+        let t = say(
+            &h,
+            "m3",
+            "Schmidt, lena@example.de, 12.01.2026 um 10 Uhr",
+            &monday(),
+        );
+        assert!(t.replies[0].contains("Vergangenheit"), "{}", t.replies[0]);
+        assert!(h.booker.requests.lock().unwrap().is_empty());
+        assert_eq!(
+            h.customer().body.profile.wunschtermin.as_deref(),
+            Some(wednesday.to_string().as_str())
+        );
+        // Once the kept wish has passed it is dropped, not booked.
+        let thursday = berlin("2026-01-22T10:00");
+        h.model
+            .push(answer("none", json!({}), "Wann passt es dir?", None));
+        let t = say(&h, "m4", "Hallo?", &thursday);
+        assert_eq!(t.booking, None);
+        assert!(h.booker.requests.lock().unwrap().is_empty());
+        assert_eq!(h.customer().body.profile.wunschtermin, None);
+    }
+
+    #[test]
+    fn a_failed_wish_is_tried_again_only_with_other_data_or_a_taken_slot_named_again() {
+        let h = harness();
+        h.known_contact();
+        let start = berlin("2026-01-20T18:00");
+        let outcomes = |o: BookingOutcome| h.booker.outcomes.lock().unwrap().push_back(o);
+        outcomes(BookingOutcome::Failed(BookingFailure::InvalidCustomerData));
+        h.model.push(answer(
+            "book_trial",
+            json!({}),
+            "Ich schau nach.",
+            Some("nächsten Dienstag um 18 Uhr"),
+        ));
+        let t = say(&h, "m1", "Nächsten Dienstag um 18 Uhr?", &monday());
+        assert_eq!(t.alerts.len(), 1);
+        assert_eq!(t.alerts[0].kind, AlertKind::InvalidCustomerData);
+        assert!(t.replies[0].contains("E-Mail-Adresse"), "{}", t.replies[0]);
+        // Nothing changed: not tried again, no second alert.
+        h.model.push(answer(
+            "book_trial",
+            json!({"email": "lena@example.de"}),
+            "Hm.",
+            None,
+        ));
+        let t = say(&h, "m2", "Die Mail stimmt aber: lena@example.de", &monday());
+        assert_eq!(t.booking, None);
+        assert!(t.alerts.is_empty());
+        assert_eq!(h.booker.requests.lock().unwrap().len(), 1);
+        // A corrected e-mail is a new attempt for the kept wish.
+        outcomes(BookingOutcome::SlotTaken {
+            alternatives: Vec::new(),
+        });
+        h.model.push(answer(
+            "none",
+            json!({"email": "lena.schmidt@example.de"}),
+            "Danke!",
+            None,
+        ));
+        say(&h, "m3", "Oh, lena.schmidt@example.de", &monday());
+        let reqs = h.booker.requests.lock().unwrap().clone();
+        assert_eq!(reqs.len(), 2);
+        assert_eq!(reqs[1].email, "lena.schmidt@example.de");
+        assert_eq!(reqs[1].start, start);
+        // The slot was taken: other messages leave it alone …
+        h.model
+            .push(answer("none", json!({}), "Sag Bescheid!", None));
+        say(&h, "m4", "Ich überlege noch", &monday());
+        assert_eq!(h.booker.requests.lock().unwrap().len(), 2);
+        // … naming it again checks it again.
+        outcomes(BookingOutcome::Booked {
+            booking_id: 3,
+            start: start.clone(),
+            magicline_customer_id: 12,
+            confirmation_pending: false,
+        });
+        h.model
+            .push(answer("question", json!({}), "Mal sehen.", None));
+        let t = say(&h, "m5", "Ist Dienstag um 18 Uhr wieder frei?", &monday());
+        assert_eq!(h.booker.requests.lock().unwrap().len(), 3);
+        assert!(t.replies[0].contains("gebucht"), "{}", t.replies[0]);
     }
 }

@@ -1578,7 +1578,7 @@ fn lead_request(req: &BookingRequest, offer: &TrialOffer) -> LeadRequest {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
@@ -1643,8 +1643,13 @@ pub(super) mod tests {
                 .set_now(monday_nine() + jiff::SignedDuration::from_secs(secs));
         }
 
-        fn sim(&self) -> &MagiclineSim {
+        pub(crate) fn sim(&self) -> &MagiclineSim {
             self.sim.as_ref().unwrap()
+        }
+
+        /// The store the bookers write to (an engine in tests shares it).
+        pub(crate) fn store(&self) -> Arc<Store> {
+            self.store.clone()
         }
 
         fn client(&self, timeout: Duration) -> Client {
@@ -1715,7 +1720,7 @@ pub(super) mod tests {
     }
 
     /// Monday 2030-06-03 09:00 in Berlin: the simulator's and the booker's clock.
-    fn monday_nine() -> Timestamp {
+    pub(crate) fn monday_nine() -> Timestamp {
         date(2030, 6, 3)
             .at(9, 0, 0, 0)
             .in_tz(BERLIN)
