@@ -42,8 +42,11 @@
 //!    past is neither kept nor booked), and the kept wish is booked as soon as first name, last
 //!    name and e-mail are known too, whichever came last. A wish that did not book is tried
 //!    again only with other data (a corrected e-mail) or, for a taken slot, when the contact's
-//!    words name it again; refused contact data raises a staff alert. The booking's outcome
-//!    replaces the model's reply with a fixed text from `replies.toml`.
+//!    words name it again; refused contact data raises a staff alert. A lead whose e-mail or
+//!    name becomes known is looked up among the studio's members (same number on record); a
+//!    recognised member's wish is booked, moved or cancelled through the member flow, never a
+//!    trial. The booking's outcome replaces the model's reply with a fixed text from
+//!    `replies.toml`.
 //! 8. The first reply to a contact always carries the AI disclosure (EU AI Act Art. 50), whatever
 //!    produced it (model, fixed text, non-text reply): if the reply does not say so, the
 //!    configured sentence is put in front of it.
@@ -68,7 +71,10 @@ use std::sync::Arc;
 
 use jiff::{Timestamp, Zoned};
 
-use super::booking::{Booker, BookingFailure, BookingOutcome, BookingRequest, ConfirmOutcome};
+use super::booking::{
+    Booker, BookingFailure, BookingOutcome, BookingRequest, CancelOutcome, ConfirmOutcome,
+    ContactData, MemberLookup,
+};
 use super::prompts::Prompts;
 use super::reply::{self, Intent, ModelReply};
 use super::when::{self, berlin_tz, When};
@@ -98,6 +104,9 @@ const AWAITING_CONFIRMATION: &str = "awaiting_confirmation";
 /// remembered wish is not tried again with the same data, except that a taken slot is checked
 /// again when the contact names it again.
 const LAST_ATTEMPT: &str = "last_booking_attempt";
+/// Key in [`crate::store::customers::ConversationState::extra`]: a member's appointment booked
+/// here (`booking_id`, `start`), which they can move or cancel.
+const MEMBER_APPOINTMENT: &str = "member_appointment";
 /// Contacts whose recent replies are remembered for the hourly limit.
 const ANSWERED_CONTACTS: usize = 10_000;
 /// Longest stored WhatsApp profile name.
@@ -590,6 +599,7 @@ impl Engine {
         if !changed.is_empty() {
             tracing::debug!(customer = %c.pseudonym, fields = ?changed, "profile updated");
         }
+        self.recognise_member(c, &changed);
         if c.body.profile.mitglied.as_deref() == Some("ja") {
             set_stage(c, turn, Stage::Member);
         } else if c.meta.stage == Stage::NewLead && c.body.profile.vorname.is_some() {
@@ -599,12 +609,19 @@ impl Engine {
         match answer.intent {
             Intent::OptOut => self.opt_out(c, turn),
             Intent::Complaint => self.hand_over(c, AlertKind::Complaint, turn),
+            Intent::CancelAppointment if c.meta.stage == Stage::Member => {
+                self.cancel_member_appointment(c, turn);
+            }
             Intent::CancelAppointment => self.hand_over(c, AlertKind::Cancellation, turn),
             Intent::ContractQuestion => self.hand_over(c, AlertKind::ContractQuestion, turn),
             Intent::HealthQuestion => self.hand_over(c, AlertKind::HealthQuestion, turn),
             Intent::WantsPerson => self.hand_over(c, AlertKind::PersonRequested, turn),
-            // Members are never booked into a trial; their appointments are the studio's.
-            Intent::BookTrial | Intent::Reschedule if c.meta.stage == Stage::Member => {
+            // Members are never booked into a trial; a member MagicLine does not know to us
+            // (they said so, but were not recognised) is booked by staff.
+            Intent::BookTrial | Intent::Reschedule
+                if c.meta.stage == Stage::Member
+                    && c.body.profile.magicline_customer_id.is_none() =>
+            {
                 self.hand_over(c, AlertKind::MemberAppointment, turn);
             }
             Intent::BookTrial | Intent::Reschedule | Intent::None | Intent::Question => {
@@ -659,15 +676,25 @@ impl Engine {
             turn.replies.push(answer.reply);
             return Ok(());
         };
-        let fire = has_booking_data(c)
-            && match c.meta.stage {
-                Stage::Member => false,
-                // Moving a booked trial is asked for, never inferred from the profile.
-                Stage::TrialBooked => booking_intent && named.is_some(),
-                Stage::NewLead | Stage::NameKnown => self.worth_an_attempt(c, &wish, burst, now),
-            };
+        let fire = match c.meta.stage {
+            // A recognised member books through the member flow; names and e-mail are not
+            // needed, MagicLine knows them.
+            Stage::Member => {
+                c.body.profile.magicline_customer_id.is_some()
+                    && ((booking_intent && named.is_some())
+                        || self.worth_an_attempt(c, &wish, burst, now))
+            }
+            // Moving a booked trial is asked for, never inferred from the profile.
+            Stage::TrialBooked => has_booking_data(c) && booking_intent && named.is_some(),
+            Stage::NewLead | Stage::NameKnown => {
+                has_booking_data(c) && self.worth_an_attempt(c, &wish, burst, now)
+            }
+        };
+        let moving = (c.meta.stage == Stage::Member && answer.intent == Intent::Reschedule)
+            .then(|| member_appointment(c).map(|(id, _)| id))
+            .flatten();
         if fire {
-            self.book(c, wish, now, turn)
+            self.book_or_move(c, wish, moving, now, turn)
         } else {
             turn.replies.push(answer.reply);
             Ok(())
@@ -809,6 +836,19 @@ impl Engine {
         now: &Zoned,
         turn: &mut Turn,
     ) -> Result<(), EngineError> {
+        self.book_or_move(c, start, None, now, turn)
+    }
+
+    /// [`Engine::book`]; with `moving`, the booking of that id is moved to `start` instead (a
+    /// member's appointment).
+    fn book_or_move(
+        &self,
+        c: &mut Customer,
+        start: Zoned,
+        moving: Option<i64>,
+        now: &Zoned,
+        turn: &mut Turn,
+    ) -> Result<(), EngineError> {
         let profile = &c.body.profile;
         let asked_by = turn
             .asked_by
@@ -825,34 +865,18 @@ impl Engine {
             magicline_customer_id: profile.magicline_customer_id,
             start: start.clone(),
         };
-        let outcome = match &self.booker {
-            Some(b) => b.book_trial(&req),
-            None => BookingOutcome::Failed(BookingFailure::NotConfigured),
+        let outcome = match (&self.booker, moving) {
+            (Some(b), Some(old)) => b.move_booking(&req, old),
+            (Some(b), None) => b.book_trial(&req),
+            (None, _) => BookingOutcome::Failed(BookingFailure::NotConfigured),
         };
         tracing::info!(customer = %c.pseudonym, request = %req.request_id, outcome = outcome_kind(&outcome), "trial booking");
         if outcome == BookingOutcome::Failed(BookingFailure::Unavailable) {
             return Err(EngineError::BookingUnavailable);
         }
-        let data = self.booking_data_hash(c);
+        self.note_attempt(c, &start, &outcome);
         let persona = self.persona();
         let replies = persona.prompts.replies();
-        let conv = &mut c.body.conversation;
-        conv.offered_slots.clear();
-        conv.extra.remove(OFFERED_AT);
-        if matches!(outcome, BookingOutcome::Booked { .. }) {
-            c.body.profile.wunschtermin = None;
-            conv.extra.remove(LAST_ATTEMPT);
-        } else {
-            // The slot asked for stays the wish (an offered one the contact picked, too).
-            c.body.profile.wunschtermin = Some(start.to_string());
-            let attempt = serde_json::json!({
-                "start": start.to_string(),
-                "data": data,
-                "outcome": outcome_kind(&outcome),
-            });
-            conv.extra.insert(LAST_ATTEMPT.to_string(), attempt);
-        }
-        let conv = &mut c.body.conversation;
         match &outcome {
             BookingOutcome::Booked {
                 booking_id,
@@ -860,39 +884,32 @@ impl Engine {
                 magicline_customer_id,
                 confirmation_pending,
             } => {
-                let previous = c
-                    .body
-                    .profile
-                    .probetraining_datum
-                    .replace(booked.to_string());
-                if c.meta.stage == Stage::TrialBooked
-                    && previous.is_some_and(|p| p != booked.to_string())
-                {
-                    turn.alerts.push(StaffAlert {
-                        kind: AlertKind::Rescheduled,
-                        pseudonym: c.pseudonym,
-                    });
-                }
                 c.body.profile.magicline_customer_id = Some(*magicline_customer_id);
-                if *confirmation_pending {
+                c.meta.ever_booked = true;
+                if c.meta.stage == Stage::Member {
+                    let appointment = serde_json::json!({
+                        "booking_id": booking_id,
+                        "start": booked.to_string(),
+                    });
                     c.body
                         .conversation
                         .extra
-                        .insert(AWAITING_CONFIRMATION.to_string(), (*booking_id).into());
+                        .insert(MEMBER_APPOINTMENT.to_string(), appointment);
+                    turn.replies
+                        .push(replies.member_booked(&req.firstname, booked));
+                } else {
+                    self.trial_booked(c, booked, *booking_id, *confirmation_pending, turn);
+                    turn.replies.push(replies.booked(
+                        &req.firstname,
+                        booked,
+                        *confirmation_pending,
+                    ));
                 }
-                c.meta.ever_booked = true;
-                if c.meta.stage != Stage::TrialBooked {
-                    if c.meta.stage == Stage::NewLead {
-                        set_stage(c, turn, Stage::NameKnown);
-                    }
-                    set_stage(c, turn, Stage::TrialBooked);
-                }
-                turn.replies
-                    .push(replies.booked(&req.firstname, booked, *confirmation_pending));
             }
             BookingOutcome::SlotTaken { alternatives } => {
                 let offered: Vec<Zoned> = alternatives.iter().take(3).cloned().collect();
                 if !offered.is_empty() {
+                    let conv = &mut c.body.conversation;
                     conv.offered_slots = offered.iter().map(Zoned::to_string).collect();
                     conv.extra
                         .insert(OFFERED_AT.to_string(), now.timestamp().as_second().into());
@@ -902,24 +919,18 @@ impl Engine {
             BookingOutcome::Failed(BookingFailure::OtherPersonsAccount) => {
                 self.hand_over(c, AlertKind::BookingFailed, turn);
             }
-            BookingOutcome::Failed(BookingFailure::InvalidCustomerData) => {
-                // The contact is asked to correct it; staff see it too, in case they cannot.
-                turn.alerts.push(StaffAlert {
-                    kind: AlertKind::InvalidCustomerData,
-                    pseudonym: c.pseudonym,
-                });
-                turn.replies
-                    .push(replies.failure(&BookingFailure::InvalidCustomerData, &start));
-            }
             BookingOutcome::Failed(failure) => {
-                if matches!(
-                    failure,
+                let alert = match failure {
+                    // The contact is asked to correct it; staff see it too, in case they cannot.
+                    BookingFailure::InvalidCustomerData => Some(AlertKind::InvalidCustomerData),
                     BookingFailure::Unavailable
-                        | BookingFailure::NotConfigured
-                        | BookingFailure::LimitReached
-                ) {
+                    | BookingFailure::NotConfigured
+                    | BookingFailure::LimitReached => Some(AlertKind::BookingFailed),
+                    _ => None,
+                };
+                if let Some(kind) = alert {
                     turn.alerts.push(StaffAlert {
-                        kind: AlertKind::BookingFailed,
+                        kind,
                         pseudonym: c.pseudonym,
                     });
                 }
@@ -928,6 +939,117 @@ impl Engine {
         }
         turn.booking = Some(outcome);
         Ok(())
+    }
+
+    /// Keeps what an attempt for `start` came to: a booked wish is done; one that did not book
+    /// stays the wish (an offered slot the contact picked, too), with the data it was tried
+    /// with, so it is not tried again unchanged. Offers made before are answered either way.
+    fn note_attempt(&self, c: &mut Customer, start: &Zoned, outcome: &BookingOutcome) {
+        let data = self.booking_data_hash(c);
+        let conv = &mut c.body.conversation;
+        conv.offered_slots.clear();
+        conv.extra.remove(OFFERED_AT);
+        if matches!(outcome, BookingOutcome::Booked { .. }) {
+            c.body.profile.wunschtermin = None;
+            conv.extra.remove(LAST_ATTEMPT);
+        } else {
+            c.body.profile.wunschtermin = Some(start.to_string());
+            let attempt = serde_json::json!({
+                "start": start.to_string(),
+                "data": data,
+                "outcome": outcome_kind(outcome),
+            });
+            conv.extra.insert(LAST_ATTEMPT.to_string(), attempt);
+        }
+    }
+
+    /// A booked trial: the profile, the stage, and a staff alert when it moved a booked one.
+    fn trial_booked(
+        &self,
+        c: &mut Customer,
+        booked: &Zoned,
+        booking_id: i64,
+        confirmation_pending: bool,
+        turn: &mut Turn,
+    ) {
+        let previous = c
+            .body
+            .profile
+            .probetraining_datum
+            .replace(booked.to_string());
+        if c.meta.stage == Stage::TrialBooked && previous.is_some_and(|p| p != booked.to_string()) {
+            turn.alerts.push(StaffAlert {
+                kind: AlertKind::Rescheduled,
+                pseudonym: c.pseudonym,
+            });
+        }
+        if confirmation_pending {
+            c.body
+                .conversation
+                .extra
+                .insert(AWAITING_CONFIRMATION.to_string(), booking_id.into());
+        }
+        if c.meta.stage != Stage::TrialBooked {
+            if c.meta.stage == Stage::NewLead {
+                set_stage(c, turn, Stage::NameKnown);
+            }
+            set_stage(c, turn, Stage::TrialBooked);
+        }
+    }
+
+    /// Recognises a lead as a member once their e-mail or name is known (or changed): MagicLine
+    /// has a member with that data and the number they write from. A member is never offered
+    /// a trial; their appointments go through the member flow.
+    fn recognise_member(&self, c: &mut Customer, changed: &[&'static str]) {
+        let p = &c.body.profile;
+        let asks = matches!(c.meta.stage, Stage::NewLead | Stage::NameKnown)
+            && !c.body.phone.is_empty()
+            && changed
+                .iter()
+                .any(|f| matches!(*f, "email" | "vorname" | "nachname"))
+            && (p.email.is_some() || (p.vorname.is_some() && p.nachname.is_some()));
+        let Some(booker) = self.booker.as_ref().filter(|_| asks) else {
+            return;
+        };
+        let contact = ContactData {
+            pseudonym: c.pseudonym,
+            firstname: p.vorname.clone(),
+            lastname: p.nachname.clone(),
+            email: p.email.clone(),
+            phone: c.body.phone.clone(),
+        };
+        if let MemberLookup::Member {
+            magicline_customer_id,
+        } = booker.find_member(&contact)
+        {
+            c.body.profile.mitglied = Some("ja".into());
+            c.body.profile.magicline_customer_id = Some(magicline_customer_id);
+        }
+    }
+
+    /// A member cancels their appointment booked here: cancelled in MagicLine and confirmed;
+    /// one not booked here (or MagicLine unreachable) is handed to staff.
+    fn cancel_member_appointment(&self, c: &mut Customer, turn: &mut Turn) {
+        let Some((booking_id, start)) = member_appointment(c) else {
+            return self.hand_over(c, AlertKind::Cancellation, turn);
+        };
+        let outcome = self
+            .booker
+            .as_ref()
+            .map_or(CancelOutcome::Unavailable, |b| {
+                b.cancel_booking(&c.pseudonym, booking_id)
+            });
+        tracing::info!(customer = %c.pseudonym, booking_id, outcome = ?outcome, "member appointment cancellation");
+        match outcome {
+            // Not found: staff cancelled it already.
+            CancelOutcome::Canceled | CancelOutcome::NotFound => {
+                c.body.conversation.extra.remove(MEMBER_APPOINTMENT);
+                let persona = self.persona();
+                turn.replies
+                    .push(persona.prompts.replies().member_canceled(&start));
+            }
+            CancelOutcome::Unavailable => self.hand_over(c, AlertKind::Cancellation, turn),
+        }
     }
 
     /// The contact's yes to a booking that awaits their confirmation: confirms it in MagicLine
@@ -1330,6 +1452,14 @@ fn named_wish(
                 .then(|| wish_in_words(burst, now).and_then(|(w, at)| w.start(&at)))
                 .flatten()
         })
+}
+
+/// A member's appointment booked here: its MagicLine id and start.
+fn member_appointment(c: &Customer) -> Option<(i64, Zoned)> {
+    let a = c.body.conversation.extra.get(MEMBER_APPOINTMENT)?;
+    let id = a.get("booking_id")?.as_i64()?;
+    let start = a.get("start")?.as_str()?.parse::<Zoned>().ok()?;
+    Some((id, start))
 }
 
 /// Whether a partial wish ("Dienstag", "18 Uhr") names nothing but what the kept wish says.

@@ -239,6 +239,8 @@ pub struct Replies {
     gebucht: Template,
     gebucht_bestaetigung_ausstehend: Template,
     bestaetigung_abgelaufen: Template,
+    termin_gebucht: Template,
+    termin_abgesagt: Template,
     termin_belegt: Template,
     alternative_zeile: Template,
     termin_belegt_keine_alternativen: Template,
@@ -259,6 +261,8 @@ const REPLY_KEYS: &[(&str, &[&str])] = &[
     ("gebucht", &["termin", "vorname"]),
     ("gebucht_bestaetigung_ausstehend", &["termin", "vorname"]),
     ("bestaetigung_abgelaufen", &[]),
+    ("termin_gebucht", &["termin", "vorname"]),
+    ("termin_abgesagt", &["termin"]),
     ("termin_belegt", &["termin", "alternativen"]),
     ("alternative_zeile", &["nummer", "termin"]),
     ("termin_belegt_keine_alternativen", &["termin"]),
@@ -326,6 +330,8 @@ impl Replies {
             gebucht: take("gebucht"),
             gebucht_bestaetigung_ausstehend: take("gebucht_bestaetigung_ausstehend"),
             bestaetigung_abgelaufen: take("bestaetigung_abgelaufen"),
+            termin_gebucht: take("termin_gebucht"),
+            termin_abgesagt: take("termin_abgesagt"),
             termin_belegt: take("termin_belegt"),
             alternative_zeile: take("alternative_zeile"),
             termin_belegt_keine_alternativen: take("termin_belegt_keine_alternativen"),
@@ -370,6 +376,22 @@ impl Replies {
                 ("termin", describe_start(start)),
             ],
         )
+    }
+
+    /// A member's appointment booked (or moved) through the member flow.
+    pub fn member_booked(&self, firstname: &str, start: &Zoned) -> String {
+        self.with(
+            &self.termin_gebucht,
+            &[
+                ("vorname", firstname.to_string()),
+                ("termin", describe_start(start)),
+            ],
+        )
+    }
+
+    /// A member's appointment cancelled.
+    pub fn member_canceled(&self, start: &Zoned) -> String {
+        self.with(&self.termin_abgesagt, &[("termin", describe_start(start))])
     }
 
     /// A reserved trial that needed the contact's confirmation was dropped by MagicLine because

@@ -1,9 +1,11 @@
-//! The remembered wish and the rescue of failed bookings with the real booker against the
-//! MagicLine simulator: a corrected e-mail books the kept wish, a taken slot that was freed is
-//! booked when the contact asks for it again, and refused contact data raises exactly one
-//! staff alert through the durable alert queue.
+//! The remembered wish, the rescue of failed bookings and members, with the real booker
+//! against the MagicLine simulator: a corrected e-mail books the kept wish, a taken slot that
+//! was freed is booked when the contact asks for it again, refused contact data raises exactly
+//! one staff alert through the durable alert queue, and a member recognised by their number
+//! books, moves and cancels appointments through the member flow.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use jiff::Zoned;
 use serde_json::json;
@@ -16,12 +18,19 @@ use crate::conversation::booking::BookingOutcome;
 use crate::conversation::prompts::Prompts;
 use crate::conversation::when::berlin_tz;
 use crate::magicline::booking::tests::{at, monday_nine, sim_cfg, Harness as BookerHarness};
+use crate::magicline::booking::BookerConfig;
+use crate::sandbox::magicline::SimBookingState;
 use crate::store::customers::{Customer, Stage};
 use crate::turn::{AlertKind, Burst};
 
 const PHONE: &str = "+49 151 24681357";
 /// The trial appointment of the simulator's default studio.
 const TRIAL_APPOINTMENT: i64 = 1001;
+/// A member appointment type of the simulator's default studio.
+const EMS_APPOINTMENT: i64 = 2001;
+/// Jonas, a member of the simulator's default studio, and the number on his record.
+const JONAS: i64 = 502;
+const JONAS_PHONE: &str = "+49 160 9876502";
 
 /// The engine with a scripted model and the real booker on the simulator; all on Monday
 /// 2030-06-03 09:00, the booker's and the simulator's clock.
@@ -29,11 +38,25 @@ struct Setup {
     ml: BookerHarness,
     model: Arc<ScriptedModel>,
     engine: Engine,
+    phone: &'static str,
 }
 
 impl Setup {
     fn new() -> Setup {
+        Setup::writing_from(PHONE)
+    }
+
+    /// The contact writes from `phone`; members book the EMS appointment type.
+    fn writing_from(phone: &'static str) -> Setup {
         let ml = BookerHarness::new(sim_cfg());
+        let booker = ml.booker_configured(
+            Duration::from_secs(2),
+            3,
+            BookerConfig {
+                member_appointment_id: Some(EMS_APPOINTMENT),
+                ..BookerConfig::default()
+            },
+        );
         let model = Arc::new(ScriptedModel::default());
         let studio = crate::conversation::prompts::tests::studio();
         let prompts = Prompts::load_from(
@@ -48,9 +71,14 @@ impl Setup {
             Arc::new(prompts),
             studio,
             ConversationConfig::default(),
-            Some(Arc::new(ml.booker())),
+            Some(Arc::new(booker)),
         );
-        Setup { ml, model, engine }
+        Setup {
+            ml,
+            model,
+            engine,
+            phone,
+        }
     }
 
     fn now() -> Zoned {
@@ -61,7 +89,7 @@ impl Setup {
     fn say(&self, id: &str, text: &str) -> Turn {
         let now = Setup::now();
         let burst = Burst {
-            address: PHONE.into(),
+            address: self.phone.into(),
             contact_name: None,
             user_id: None,
             parent_user_id: None,
@@ -76,7 +104,10 @@ impl Setup {
 
     fn customer(&self) -> Customer {
         let store = self.ml.store();
-        store.customer(&store.pseudonym(PHONE)).unwrap().unwrap()
+        store
+            .customer(&store.pseudonym(self.phone))
+            .unwrap()
+            .unwrap()
     }
 
     /// The staff alerts raised and not yet taken by the alert worker.
@@ -216,4 +247,92 @@ fn a_taken_slot_that_was_freed_is_booked_when_asked_for_again() {
     assert_eq!(bookings[0].start.timestamp(), slot.timestamp());
     assert_eq!(s.ml.sim().book_calls(lead), 1);
     assert!(s.raised_alerts().is_empty());
+}
+
+#[test]
+fn a_member_is_recognised_by_their_number_and_books_moves_and_cancels_an_appointment() {
+    let s = Setup::writing_from(JONAS_PHONE);
+    s.model.push(answer(
+        "none",
+        json!({"vorname": "Jonas", "nachname": "Beispiel", "email": "jonas.beispiel@example.org"}),
+        "Hi Jonas, ich bin Max, der digitale Assistent (KI) von FitBox!",
+        None,
+    ));
+    let t = s.say(
+        "m-hi",
+        "Hi, Jonas Beispiel hier, jonas.beispiel@example.org",
+    );
+    assert_eq!(t.booking, None, "a member is never booked into a trial");
+    let c = s.customer();
+    assert_eq!(c.meta.stage, Stage::Member);
+    assert_eq!(c.body.profile.magicline_customer_id, Some(JONAS));
+    assert_eq!(c.body.profile.mitglied.as_deref(), Some("ja"));
+
+    // The member's wish is booked through the member flow: no lead, no trial.
+    s.model.push(answer(
+        "book_trial",
+        json!({}),
+        "Schau ich nach!",
+        Some("morgen um 15 Uhr"),
+    ));
+    let t = s.say("m-book", "Kann ich morgen um 15 Uhr zum EMS kommen?");
+    let d = s.model.last_prompt().dynamic_system;
+    assert!(d.contains("Status: Mitglied"), "{d}");
+    assert!(d.contains("Biete nie ein Probetraining an"), "{d}");
+    assert!(is_booked(&t), "{:?}", t.booking);
+    assert!(t.replies[0].contains("Dein Termin am"), "{}", t.replies[0]);
+    assert!(!t.replies[0].contains("Probetraining"), "{}", t.replies[0]);
+    assert!(s.ml.sim().leads().is_empty());
+    assert_eq!(s.ml.sim().request_count("/trial-offers/lead"), 0);
+    let made = s.ml.sim().bookings_of(JONAS);
+    assert_eq!(made.len(), 1);
+    assert!(!made[0].trial);
+    assert_eq!(made[0].appointment_id, EMS_APPOINTMENT);
+    assert_eq!(made[0].start.timestamp(), at(1, 15, 0).timestamp());
+    assert_eq!(s.customer().meta.stage, Stage::Member);
+
+    // Moved: the new slot is booked and the old one cancelled in MagicLine.
+    s.model.push(answer(
+        "reschedule",
+        json!({}),
+        "Klar!",
+        Some("übermorgen um 16 Uhr"),
+    ));
+    let t = s.say("m-move", "Geht stattdessen übermorgen um 16 Uhr?");
+    assert!(is_booked(&t), "{:?}", t.booking);
+    let made = s.ml.sim().bookings_of(JONAS);
+    assert_eq!(made.len(), 2);
+    assert_eq!(made[0].state, SimBookingState::Canceled);
+    assert_eq!(made[1].state, SimBookingState::Booked);
+    assert_eq!(made[1].start.timestamp(), at(2, 16, 0).timestamp());
+
+    // Cancelled in MagicLine and confirmed, without handing over.
+    s.model
+        .push(answer("cancel_appointment", json!({}), "Schade!", None));
+    let t = s.say("m-cancel", "Ich muss den Termin leider absagen");
+    assert!(t.replies[0].contains("abgesagt"), "{}", t.replies[0]);
+    assert!(t.alerts.is_empty());
+    assert_eq!(
+        s.ml.sim().bookings_of(JONAS)[1].state,
+        SimBookingState::Canceled
+    );
+    assert!(s.customer().meta.mode.answers());
+}
+
+#[test]
+fn a_namesake_with_another_number_is_no_member() {
+    let s = Setup::new();
+    s.model.push(answer(
+        "none",
+        json!({"vorname": "Jonas", "nachname": "Beispiel", "email": "jonas.beispiel@example.org"}),
+        "Hi Jonas, ich bin Max, der digitale Assistent (KI) von FitBox!",
+        None,
+    ));
+    s.say(
+        "m-hi",
+        "Hi, Jonas Beispiel hier, jonas.beispiel@example.org",
+    );
+    let c = s.customer();
+    assert_eq!(c.meta.stage, Stage::NameKnown);
+    assert_eq!(c.body.profile.magicline_customer_id, None);
 }
