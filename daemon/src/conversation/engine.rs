@@ -649,6 +649,12 @@ impl Engine {
         // Past is judged from when the contact wrote, like the words themselves; the booker
         // judges the slot against its own clock.
         let written = written_at(burst, now).timestamp();
+        // A booked trial's date said again is no new wish.
+        let named = named.filter(|n| {
+            c.meta.stage != Stage::TrialBooked
+                || booking_intent
+                || c.body.profile.probetraining_datum != Some(n.to_string())
+        });
         if let Some(start) = &named {
             if start.timestamp() <= written {
                 if booking_intent {
@@ -997,16 +1003,21 @@ impl Engine {
         }
     }
 
-    /// Recognises a lead as a member once their e-mail or name is known (or changed): MagicLine
-    /// has a member with that data and the number they write from. A member is never offered
-    /// a trial; their appointments go through the member flow.
+    /// Recognises a lead as a member once their e-mail or name is known (or changed), or once
+    /// they say they are one: MagicLine has a member with that data and the number they write
+    /// from. A member is never offered a trial; their appointments go through the member flow.
     fn recognise_member(&self, c: &mut Customer, changed: &[&'static str]) {
         let p = &c.body.profile;
-        let asks = matches!(c.meta.stage, Stage::NewLead | Stage::NameKnown)
+        let unrecognised = match c.meta.stage {
+            Stage::NewLead | Stage::NameKnown => true,
+            Stage::Member => p.magicline_customer_id.is_none(),
+            Stage::TrialBooked => false,
+        };
+        let asks = unrecognised
             && !c.body.phone.is_empty()
             && changed
                 .iter()
-                .any(|f| matches!(*f, "email" | "vorname" | "nachname"))
+                .any(|f| matches!(*f, "email" | "vorname" | "nachname" | "mitglied"))
             && (p.email.is_some() || (p.vorname.is_some() && p.nachname.is_some()));
         let Some(booker) = self.booker.as_ref().filter(|_| asks) else {
             return;
@@ -1750,6 +1761,9 @@ mod tests {
         requests: Mutex<Vec<BookingRequest>>,
         confirm_outcomes: Mutex<VecDeque<ConfirmOutcome>>,
         confirms: Mutex<Vec<(Pseudonym, i64)>>,
+        /// The MagicLine id `find_member` answers with (else not a member), and its calls.
+        member: Mutex<Option<i64>>,
+        member_lookups: Mutex<usize>,
     }
 
     impl Booker for ScriptedBooker {
@@ -1760,6 +1774,16 @@ mod tests {
                 .unwrap()
                 .pop_front()
                 .expect("the booker was called but no outcome is scripted")
+        }
+
+        fn find_member(&self, _contact: &ContactData) -> MemberLookup {
+            *self.member_lookups.lock().unwrap() += 1;
+            match *self.member.lock().unwrap() {
+                Some(id) => MemberLookup::Member {
+                    magicline_customer_id: id,
+                },
+                None => MemberLookup::NotMember,
+            }
         }
 
         fn confirm_trial(&self, pseudonym: &Pseudonym, booking_id: i64) -> ConfirmOutcome {
@@ -2457,6 +2481,59 @@ mod tests {
         );
         assert_eq!(h.customer().meta.mode, BotMode::Escalated);
         assert_eq!(h.customer().meta.stage, Stage::Member);
+    }
+
+    #[test]
+    fn a_member_by_their_word_is_looked_up_and_their_wish_booked_as_an_appointment() {
+        let h = harness();
+        h.known_contact();
+        assert_eq!(
+            *h.booker.member_lookups.lock().unwrap(),
+            1,
+            "e-mail learned"
+        );
+        *h.booker.member.lock().unwrap() = Some(77);
+        h.model.push(answer(
+            "question",
+            json!({"mitglied": "Ja"}),
+            "Schön, dass du dabei bist!",
+            None,
+        ));
+        h.send("Ich bin schon Mitglied bei euch");
+        assert_eq!(*h.booker.member_lookups.lock().unwrap(), 2);
+        let c = h.customer();
+        assert_eq!(c.meta.stage, Stage::Member);
+        assert_eq!(c.body.profile.magicline_customer_id, Some(77));
+        let start = berlin("2026-01-20T18:00");
+        h.booker
+            .outcomes
+            .lock()
+            .unwrap()
+            .push_back(BookingOutcome::Booked {
+                booking_id: 5,
+                start: start.clone(),
+                magicline_customer_id: 77,
+                confirmation_pending: false,
+            });
+        h.model.push(answer(
+            "book_trial",
+            json!({}),
+            "Klar!",
+            Some("Dienstag 18 Uhr"),
+        ));
+        let t = say(
+            &h,
+            "m-member",
+            "Kann ich Dienstag um 18 Uhr kommen?",
+            &monday(),
+        );
+        let reqs = h.booker.requests.lock().unwrap().clone();
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(reqs[0].magicline_customer_id, Some(77));
+        assert!(t.alerts.is_empty(), "booked, not handed over");
+        assert!(t.replies[0].contains("Dein Termin am Dienstag, 20.01. um 18:00 Uhr"));
+        assert!(t.stage_changes.is_empty(), "a member stays a member");
+        assert_eq!(h.customer().meta.mode, BotMode::Active);
     }
 
     #[test]
