@@ -104,6 +104,9 @@ const AWAITING_CONFIRMATION: &str = "awaiting_confirmation";
 /// remembered wish is not tried again with the same data, except that a taken slot is checked
 /// again when the contact names it again.
 const LAST_ATTEMPT: &str = "last_booking_attempt";
+/// Key in [`crate::store::customers::ConversationState::extra`]: a day the contact wished
+/// without a time ("Dienstag"), until a time completes it.
+const WISH_DAY: &str = "wish_day";
 /// Key in [`crate::store::customers::ConversationState::extra`]: a member's appointment booked
 /// here (`booking_id`, `start`), which they can move or cancel.
 const MEMBER_APPOINTMENT: &str = "member_appointment";
@@ -645,7 +648,7 @@ impl Engine {
         turn: &mut Turn,
     ) -> Result<(), EngineError> {
         let booking_intent = matches!(answer.intent, Intent::BookTrial | Intent::Reschedule);
-        let named = named_wish(&answer, burst, now, booking_intent);
+        let named = named_wish(c, &answer, burst, now, booking_intent);
         // Past is judged from when the contact wrote, like the words themselves; the booker
         // judges the slot against its own clock.
         let written = written_at(burst, now).timestamp();
@@ -1445,24 +1448,57 @@ fn has_booking_data(c: &Customer) -> bool {
 
 /// The concrete start this turn wishes: the model's wished date in words (read against when
 /// the contact wrote, the "today" the model was told), else, when the model read a booking
-/// wish, the contact's own words.
+/// wish, the contact's own words. A wish of only a time ("um 18 Uhr") is on the day wished
+/// before (a kept wish's, or a day said alone earlier); one of only a day ("Dienstag") at the
+/// kept wish's time; a day alone is remembered until a time comes.
 fn named_wish(
+    c: &mut Customer,
     answer: &ModelReply,
     burst: &Burst,
     now: &Zoned,
     booking_intent: bool,
 ) -> Option<Zoned> {
     let written = written_at(burst, now);
-    answer
+    let candidates = [
+        answer
+            .wunschtermin
+            .as_deref()
+            .and_then(|w| when::parse(w, &written))
+            .map(|w| (w, written.clone())),
+        booking_intent.then(|| wish_in_words(burst, now)).flatten(),
+    ];
+    let kept = c
+        .body
+        .profile
         .wunschtermin
         .as_deref()
-        .and_then(|w| when::parse(w, &written))
-        .and_then(|w| w.start(&written))
-        .or_else(|| {
-            booking_intent
-                .then(|| wish_in_words(burst, now).and_then(|(w, at)| w.start(&at)))
-                .flatten()
-        })
+        .and_then(|w| w.parse::<Zoned>().ok())
+        .map(|k| k.with_time_zone(berlin_tz()))
+        .filter(|k| k.date() >= written.date());
+    let extra = &mut c.body.conversation.extra;
+    let day_said = extra
+        .get(WISH_DAY)
+        .and_then(|v| v.as_str())
+        .and_then(|d| d.parse::<jiff::civil::Date>().ok())
+        .filter(|d| *d >= written.date());
+    let mut day_only = None;
+    for (mut wish, at) in candidates.into_iter().flatten() {
+        let timed = wish.time.is_some() || wish.part_of_day.is_some();
+        if wish.date.is_none() && timed {
+            wish.date = kept.as_ref().map(Zoned::date).or(day_said);
+        } else if wish.date.is_some() && !timed {
+            wish.time = kept.as_ref().map(Zoned::time);
+        }
+        if let Some(start) = wish.start(&at) {
+            extra.remove(WISH_DAY);
+            return Some(start);
+        }
+        day_only = day_only.or(wish.date);
+    }
+    if let Some(day) = day_only {
+        extra.insert(WISH_DAY.to_string(), day.to_string().into());
+    }
+    None
 }
 
 /// A member's appointment booked here: its MagicLine id and start.
@@ -3794,6 +3830,63 @@ mod tests {
         let t = say(&h, "m4", "Was bringe ich mit?", &monday());
         assert_eq!(t.booking, None);
         assert_eq!(h.booker.requests.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_day_first_and_the_hour_later_make_one_wish() {
+        let h = harness();
+        h.model.push(answer(
+            "none",
+            json!({"vorname": "Lena", "nachname": "Schmidt"}),
+            "Hi Lena, ich bin Max, der digitale Assistent (KI) von FitBox!",
+            None,
+        ));
+        say(&h, "m1", "Hi, Lena Schmidt hier", &monday());
+        h.model.push(answer(
+            "book_trial",
+            json!({}),
+            "Gern! Um wie viel Uhr?",
+            Some("Dienstag"),
+        ));
+        say(&h, "m2", "Dienstag wäre gut", &monday());
+        assert_eq!(h.customer().body.profile.wunschtermin, None);
+        h.model
+            .push(answer("book_trial", json!({}), "Notiert!", Some("18 Uhr")));
+        say(&h, "m3", "So um 18 Uhr", &monday());
+        let tuesday = berlin("2026-01-20T18:00");
+        assert_eq!(
+            h.customer().body.profile.wunschtermin.as_deref(),
+            Some(tuesday.to_string().as_str())
+        );
+        // A later hour alone moves the kept wish on its day.
+        h.model
+            .push(answer("book_trial", json!({}), "Notiert!", Some("19 Uhr")));
+        say(&h, "m4", "Doch lieber 19 Uhr", &monday());
+        let later = berlin("2026-01-20T19:00");
+        assert_eq!(
+            h.customer().body.profile.wunschtermin.as_deref(),
+            Some(later.to_string().as_str())
+        );
+        h.booker
+            .outcomes
+            .lock()
+            .unwrap()
+            .push_back(BookingOutcome::Booked {
+                booking_id: 4,
+                start: later.clone(),
+                magicline_customer_id: 9,
+                confirmation_pending: false,
+            });
+        h.model.push(answer(
+            "none",
+            json!({"email": "lena@example.de"}),
+            "Danke!",
+            None,
+        ));
+        say(&h, "m5", "lena@example.de", &monday());
+        let reqs = h.booker.requests.lock().unwrap().clone();
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(reqs[0].start, later);
     }
 
     #[test]
