@@ -686,12 +686,12 @@ impl Engine {
             return Ok(());
         };
         let fire = match c.meta.stage {
-            // A recognised member books through the member flow; names and e-mail are not
-            // needed, MagicLine knows them.
+            // A recognised member books through the member flow when they ask to; names and
+            // e-mail are not needed, MagicLine knows them.
             Stage::Member => {
                 c.body.profile.magicline_customer_id.is_some()
-                    && ((booking_intent && named.is_some())
-                        || self.worth_an_attempt(c, &wish, burst, now))
+                    && booking_intent
+                    && (named.is_some() || self.worth_an_attempt(c, &wish, burst, now))
             }
             // Moving a booked trial is asked for, never inferred from the profile.
             Stage::TrialBooked => has_booking_data(c) && booking_intent && named.is_some(),
