@@ -67,6 +67,8 @@ pub enum Reason {
     TurnFailed,
     /// A booking failed; a person has to follow up.
     BookingFailed,
+    /// MagicLine refused the contact's data for a booking; the contact was asked to correct it.
+    InvalidCustomerData,
     /// A booked trial was moved; the old appointment is to be cancelled in MagicLine.
     Rescheduled,
     /// WhatsApp rejected the access token: nothing is sent until it is fixed.
@@ -82,7 +84,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason (metrics, tests).
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Complaint,
         Reason::Cancellation,
         Reason::ContractQuestion,
@@ -91,6 +93,7 @@ impl Reason {
         Reason::MemberAppointment,
         Reason::TurnFailed,
         Reason::BookingFailed,
+        Reason::InvalidCustomerData,
         Reason::Rescheduled,
         Reason::SenderPaused,
         Reason::SpamLimited,
@@ -109,6 +112,7 @@ impl Reason {
             Reason::MemberAppointment => "member_appointment",
             Reason::TurnFailed => "turn_failed",
             Reason::BookingFailed => "booking_failed",
+            Reason::InvalidCustomerData => "invalid_customer_data",
             Reason::Rescheduled => "rescheduled",
             Reason::SenderPaused => "sender_paused",
             Reason::SpamLimited => "spam_limited",

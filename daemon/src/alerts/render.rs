@@ -25,6 +25,10 @@ pub fn reason_de(reason: Reason) -> &'static str {
             "Nachrichten konnten nicht beantwortet werden: das Gespräch wurde an euch übergeben"
         }
         Reason::BookingFailed => "Buchung fehlgeschlagen: bitte nachfassen",
+        Reason::InvalidCustomerData => {
+            "Buchung fehlgeschlagen: MagicLine lehnt die Kontaktdaten ab (z. B. die E-Mail-Adresse); \
+             der Kontakt wurde gebeten, sie zu korrigieren"
+        }
         Reason::Rescheduled => {
             "Probetraining verschoben: bitte den alten Termin in MagicLine stornieren"
         }
@@ -77,6 +81,7 @@ pub fn subject(alert: &Alert) -> String {
         | Reason::MemberAppointment
         | Reason::TurnFailed => "Übergabe",
         Reason::BookingFailed => "Buchung fehlgeschlagen",
+        Reason::InvalidCustomerData => "Kontaktdaten abgelehnt",
         Reason::Rescheduled => "Probetraining verschoben",
         Reason::SenderPaused => "WhatsApp-Versand pausiert",
         Reason::SpamLimited => "WhatsApp-Versand gebremst",

@@ -105,10 +105,76 @@ pub enum ConfirmOutcome {
     Unavailable,
 }
 
+/// What the contact's data is known to be, to recognise them among the studio's members.
+#[derive(Clone, PartialEq)]
+pub struct ContactData {
+    /// The customer, by pseudonym.
+    pub pseudonym: Pseudonym,
+    /// First name, when known.
+    pub firstname: Option<String>,
+    /// Last name, when known.
+    pub lastname: Option<String>,
+    /// E-mail address, when known.
+    pub email: Option<String>,
+    /// The contact's WhatsApp number (digits, international form): a member is recognised only
+    /// when their MagicLine record carries it.
+    pub phone: String,
+}
+
+impl std::fmt::Debug for ContactData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ContactData{{{}}}", self.pseudonym)
+    }
+}
+
+/// Whether a contact is one of the studio's members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberLookup {
+    /// A MagicLine customer with a current membership and the contact's number.
+    Member {
+        /// MagicLine's id of the member.
+        magicline_customer_id: i64,
+    },
+    /// No member with this data and number.
+    NotMember,
+    /// MagicLine could not be asked now; a later change of data asks again.
+    Unavailable,
+}
+
+/// What cancelling a booking came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// Cancelled (also when it already was).
+    Canceled,
+    /// MagicLine knows no such booking.
+    NotFound,
+    /// MagicLine could not be reached or refused.
+    Unavailable,
+}
+
 /// Carries out bookings (implemented on MagicLine; a scripted one in engine tests).
 pub trait Booker: Send + Sync {
-    /// Books a trial training. Blocking; idempotent per `request_id`.
+    /// Books a trial training, or for a request naming a member's MagicLine id an appointment
+    /// through the member flow. Blocking; idempotent per `request_id`.
     fn book_trial(&self, req: &BookingRequest) -> BookingOutcome;
+
+    /// Recognises the contact as a member: a MagicLine customer with a current membership found
+    /// by e-mail or name whose record carries the contact's number. Bookers without members
+    /// keep the default.
+    fn find_member(&self, _contact: &ContactData) -> MemberLookup {
+        MemberLookup::NotMember
+    }
+
+    /// Moves the booking `old_booking_id` to the slot of `req` (a new request): the new slot is
+    /// checked first, so the old booking stays when the new one cannot be had.
+    fn move_booking(&self, _req: &BookingRequest, _old_booking_id: i64) -> BookingOutcome {
+        BookingOutcome::Failed(BookingFailure::NotConfigured)
+    }
+
+    /// Cancels a booking of this person. Cancelling twice is harmless.
+    fn cancel_booking(&self, _pseudonym: &Pseudonym, _booking_id: i64) -> CancelOutcome {
+        CancelOutcome::Unavailable
+    }
 
     /// Confirms a booking that was answered with `confirmation_pending`, after the lead said
     /// yes. Blocking; confirming twice is harmless. Bookers whose bookings never await

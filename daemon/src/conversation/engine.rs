@@ -36,9 +36,17 @@
 //!    returns reply, profile facts, intent and wished date. Profile facts are merged
 //!    ([`super::reply::merge_profile`]); the stage advances (first name → "Name bekannt").
 //! 7. The intent decides: hand-over (complaint, cancellation, contract question → escalated,
-//!    staff alert, [`StudioConfig::handover_text`]), opt-out, or a booking when first name,
-//!    last name and e-mail are known and the wished date parses to a concrete start. The booking's
-//!    outcome replaces the model's reply with a fixed text from `replies.toml`.
+//!    staff alert, [`StudioConfig::handover_text`]), opt-out, or the wish: a concrete start
+//!    named in this turn (the model's wished date, or the contact's words when the model read a
+//!    booking wish) is kept on the profile (`wunschtermin`; a new one replaces it, one in the
+//!    past is neither kept nor booked), and the kept wish is booked as soon as first name, last
+//!    name and e-mail are known too, whichever came last. A wish that did not book is tried
+//!    again only with other data (a corrected e-mail) or, for a taken slot, when the contact's
+//!    words name it again; refused contact data raises a staff alert. A lead whose e-mail or
+//!    name becomes known is looked up among the studio's members (same number on record); a
+//!    recognised member's wish is booked, moved or cancelled through the member flow, never a
+//!    trial. The booking's outcome replaces the model's reply with a fixed text from
+//!    `replies.toml`.
 //! 8. The first reply to a contact always carries the AI disclosure (EU AI Act Art. 50), whatever
 //!    produced it (model, fixed text, non-text reply): if the reply does not say so, the
 //!    configured sentence is put in front of it.
@@ -63,7 +71,10 @@ use std::sync::Arc;
 
 use jiff::{Timestamp, Zoned};
 
-use super::booking::{Booker, BookingFailure, BookingOutcome, BookingRequest, ConfirmOutcome};
+use super::booking::{
+    Booker, BookingFailure, BookingOutcome, BookingRequest, CancelOutcome, ConfirmOutcome,
+    ContactData, MemberLookup,
+};
 use super::prompts::Prompts;
 use super::reply::{self, Intent, ModelReply};
 use super::when::{self, berlin_tz, When};
@@ -88,6 +99,17 @@ const OFFERED_AT: &str = "offered_at";
 /// Key in [`crate::store::customers::ConversationState::extra`]: MagicLine's id of a booking that
 /// awaits the contact's confirmation (their yes confirms it).
 const AWAITING_CONFIRMATION: &str = "awaiting_confirmation";
+/// Key in [`crate::store::customers::ConversationState::extra`]: the last booking attempt that
+/// did not book (`start`, `data`: a keyed hash of the data it was made with, `outcome`). The
+/// remembered wish is not tried again with the same data, except that a taken slot is checked
+/// again when the contact names it again.
+const LAST_ATTEMPT: &str = "last_booking_attempt";
+/// Key in [`crate::store::customers::ConversationState::extra`]: a day the contact wished
+/// without a time ("Dienstag"), until a time completes it.
+const WISH_DAY: &str = "wish_day";
+/// Key in [`crate::store::customers::ConversationState::extra`]: a member's appointment booked
+/// here (`booking_id`, `start`), which they can move or cancel.
+const MEMBER_APPOINTMENT: &str = "member_appointment";
 /// Contacts whose recent replies are remembered for the hourly limit.
 const ANSWERED_CONTACTS: usize = 10_000;
 /// Longest stored WhatsApp profile name.
@@ -580,6 +602,7 @@ impl Engine {
         if !changed.is_empty() {
             tracing::debug!(customer = %c.pseudonym, fields = ?changed, "profile updated");
         }
+        self.recognise_member(c, &changed);
         if c.body.profile.mitglied.as_deref() == Some("ja") {
             set_stage(c, turn, Stage::Member);
         } else if c.meta.stage == Stage::NewLead && c.body.profile.vorname.is_some() {
@@ -589,21 +612,133 @@ impl Engine {
         match answer.intent {
             Intent::OptOut => self.opt_out(c, turn),
             Intent::Complaint => self.hand_over(c, AlertKind::Complaint, turn),
+            Intent::CancelAppointment if c.meta.stage == Stage::Member => {
+                self.cancel_member_appointment(c, turn);
+            }
             Intent::CancelAppointment => self.hand_over(c, AlertKind::Cancellation, turn),
             Intent::ContractQuestion => self.hand_over(c, AlertKind::ContractQuestion, turn),
             Intent::HealthQuestion => self.hand_over(c, AlertKind::HealthQuestion, turn),
             Intent::WantsPerson => self.hand_over(c, AlertKind::PersonRequested, turn),
-            // Members are never booked into a trial; their appointments are the studio's.
-            Intent::BookTrial | Intent::Reschedule if c.meta.stage == Stage::Member => {
+            // Members are never booked into a trial; a member MagicLine does not know to us
+            // (they said so, but were not recognised) is booked by staff.
+            Intent::BookTrial | Intent::Reschedule
+                if c.meta.stage == Stage::Member
+                    && c.body.profile.magicline_customer_id.is_none() =>
+            {
                 self.hand_over(c, AlertKind::MemberAppointment, turn);
             }
-            Intent::BookTrial | Intent::Reschedule => match booking_start(c, &answer, burst, now) {
-                Some(start) => self.book(c, start, now, turn)?,
-                None => turn.replies.push(answer.reply),
-            },
-            Intent::None | Intent::Question => turn.replies.push(answer.reply),
+            Intent::BookTrial | Intent::Reschedule | Intent::None | Intent::Question => {
+                self.pursue_wish(c, answer, burst, now, turn)?;
+            }
         }
         Ok(())
+    }
+
+    /// Keeps the wish this turn names on the profile (a new one replaces the old; one in the
+    /// past is neither kept nor booked) and books the remembered wish as soon as everything
+    /// the booking needs is known, whichever came last. A wish that did not book is tried again
+    /// only when the data it was tried with changed, or, for a taken slot, when the contact
+    /// names it again; so a failure is reported (and alerted) once, not on every message.
+    fn pursue_wish(
+        &self,
+        c: &mut Customer,
+        answer: ModelReply,
+        burst: &Burst,
+        now: &Zoned,
+        turn: &mut Turn,
+    ) -> Result<(), EngineError> {
+        let booking_intent = matches!(answer.intent, Intent::BookTrial | Intent::Reschedule);
+        let named = named_wish(c, &answer, burst, now, booking_intent);
+        // Past is judged from when the contact wrote, like the words themselves; the booker
+        // judges the slot against its own clock.
+        let written = written_at(burst, now).timestamp();
+        // A booked trial's date said again is no new wish.
+        let named = named.filter(|n| {
+            c.meta.stage != Stage::TrialBooked
+                || booking_intent
+                || c.body.profile.probetraining_datum != Some(n.to_string())
+        });
+        if let Some(start) = &named {
+            if start.timestamp() <= written {
+                if booking_intent {
+                    let persona = self.persona();
+                    turn.replies.push(
+                        persona
+                            .prompts
+                            .replies()
+                            .failure(&BookingFailure::PastStart, start),
+                    );
+                } else {
+                    turn.replies.push(answer.reply);
+                }
+                return Ok(());
+            }
+            c.body.profile.wunschtermin = Some(start.to_string());
+        } else if let Some(words) = answer.wunschtermin.as_deref() {
+            // A vaguer new wish ("irgendwann nächste Woche") replaces a concrete one, unless it
+            // only repeats part of it ("Dienstag").
+            if !repeats_kept_wish(c, when::parse(words, &written_at(burst, now))) {
+                c.body.profile.wunschtermin = None;
+            }
+        }
+        let Some(wish) = remembered_wish(c, written) else {
+            turn.replies.push(answer.reply);
+            return Ok(());
+        };
+        let fire = match c.meta.stage {
+            // A recognised member books through the member flow when they ask to; names and
+            // e-mail are not needed, MagicLine knows them.
+            Stage::Member => {
+                c.body.profile.magicline_customer_id.is_some()
+                    && booking_intent
+                    && (named.is_some() || self.worth_an_attempt(c, &wish, burst, now))
+            }
+            // Moving a booked trial is asked for, never inferred from the profile.
+            Stage::TrialBooked => has_booking_data(c) && booking_intent && named.is_some(),
+            Stage::NewLead | Stage::NameKnown => {
+                has_booking_data(c) && self.worth_an_attempt(c, &wish, burst, now)
+            }
+        };
+        let moving = (c.meta.stage == Stage::Member && answer.intent == Intent::Reschedule)
+            .then(|| member_appointment(c).map(|(id, _)| id))
+            .flatten();
+        if fire {
+            self.book_or_move(c, wish, moving, now, turn)
+        } else {
+            turn.replies.push(answer.reply);
+            Ok(())
+        }
+    }
+
+    /// Whether the remembered wish should go to the booker: never tried, tried with other data
+    /// (a corrected e-mail, name or number), or a taken slot the contact's words name again
+    /// (it may have been freed).
+    fn worth_an_attempt(&self, c: &Customer, wish: &Zoned, burst: &Burst, now: &Zoned) -> bool {
+        let Some(last) = c.body.conversation.extra.get(LAST_ATTEMPT) else {
+            return true;
+        };
+        let field = |k: &str| last.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+        if field("start") != wish.to_string() || field("data") != self.booking_data_hash(c) {
+            return true;
+        }
+        field("outcome") == "slot_taken"
+            && wish_in_words(burst, now)
+                .and_then(|(w, at)| w.start(&at))
+                .is_some_and(|asked| asked.timestamp() == wish.timestamp())
+    }
+
+    /// A keyed hash of the data a booking request is made with (names, e-mail, number): tells
+    /// whether it changed since an attempt failed, without keeping a second copy of it.
+    fn booking_data_hash(&self, c: &Customer) -> String {
+        let p = &c.body.profile;
+        let data = [
+            p.vorname.as_deref().unwrap_or_default(),
+            p.nachname.as_deref().unwrap_or_default(),
+            p.email.as_deref().unwrap_or_default(),
+            c.body.phone.as_str(),
+        ]
+        .join("\u{1f}");
+        hex::encode(self.store.token_hash("booking-data", &data))
     }
 
     /// The last `history_messages` messages including the new ones, oldest first. A quoted
@@ -710,6 +845,19 @@ impl Engine {
         now: &Zoned,
         turn: &mut Turn,
     ) -> Result<(), EngineError> {
+        self.book_or_move(c, start, None, now, turn)
+    }
+
+    /// [`Engine::book`]; with `moving`, the booking of that id is moved to `start` instead (a
+    /// member's appointment).
+    fn book_or_move(
+        &self,
+        c: &mut Customer,
+        start: Zoned,
+        moving: Option<i64>,
+        now: &Zoned,
+        turn: &mut Turn,
+    ) -> Result<(), EngineError> {
         let profile = &c.body.profile;
         let asked_by = turn
             .asked_by
@@ -726,19 +874,18 @@ impl Engine {
             magicline_customer_id: profile.magicline_customer_id,
             start: start.clone(),
         };
-        let outcome = match &self.booker {
-            Some(b) => b.book_trial(&req),
-            None => BookingOutcome::Failed(BookingFailure::NotConfigured),
+        let outcome = match (&self.booker, moving) {
+            (Some(b), Some(old)) => b.move_booking(&req, old),
+            (Some(b), None) => b.book_trial(&req),
+            (None, _) => BookingOutcome::Failed(BookingFailure::NotConfigured),
         };
         tracing::info!(customer = %c.pseudonym, request = %req.request_id, outcome = outcome_kind(&outcome), "trial booking");
         if outcome == BookingOutcome::Failed(BookingFailure::Unavailable) {
             return Err(EngineError::BookingUnavailable);
         }
+        self.note_attempt(c, &start, &outcome);
         let persona = self.persona();
         let replies = persona.prompts.replies();
-        let conv = &mut c.body.conversation;
-        conv.offered_slots.clear();
-        conv.extra.remove(OFFERED_AT);
         match &outcome {
             BookingOutcome::Booked {
                 booking_id,
@@ -746,39 +893,32 @@ impl Engine {
                 magicline_customer_id,
                 confirmation_pending,
             } => {
-                let previous = c
-                    .body
-                    .profile
-                    .probetraining_datum
-                    .replace(booked.to_string());
-                if c.meta.stage == Stage::TrialBooked
-                    && previous.is_some_and(|p| p != booked.to_string())
-                {
-                    turn.alerts.push(StaffAlert {
-                        kind: AlertKind::Rescheduled,
-                        pseudonym: c.pseudonym,
-                    });
-                }
                 c.body.profile.magicline_customer_id = Some(*magicline_customer_id);
-                if *confirmation_pending {
+                c.meta.ever_booked = true;
+                if c.meta.stage == Stage::Member {
+                    let appointment = serde_json::json!({
+                        "booking_id": booking_id,
+                        "start": booked.to_string(),
+                    });
                     c.body
                         .conversation
                         .extra
-                        .insert(AWAITING_CONFIRMATION.to_string(), (*booking_id).into());
+                        .insert(MEMBER_APPOINTMENT.to_string(), appointment);
+                    turn.replies
+                        .push(replies.member_booked(&req.firstname, booked));
+                } else {
+                    self.trial_booked(c, booked, *booking_id, *confirmation_pending, turn);
+                    turn.replies.push(replies.booked(
+                        &req.firstname,
+                        booked,
+                        *confirmation_pending,
+                    ));
                 }
-                c.meta.ever_booked = true;
-                if c.meta.stage != Stage::TrialBooked {
-                    if c.meta.stage == Stage::NewLead {
-                        set_stage(c, turn, Stage::NameKnown);
-                    }
-                    set_stage(c, turn, Stage::TrialBooked);
-                }
-                turn.replies
-                    .push(replies.booked(&req.firstname, booked, *confirmation_pending));
             }
             BookingOutcome::SlotTaken { alternatives } => {
                 let offered: Vec<Zoned> = alternatives.iter().take(3).cloned().collect();
                 if !offered.is_empty() {
+                    let conv = &mut c.body.conversation;
                     conv.offered_slots = offered.iter().map(Zoned::to_string).collect();
                     conv.extra
                         .insert(OFFERED_AT.to_string(), now.timestamp().as_second().into());
@@ -789,14 +929,17 @@ impl Engine {
                 self.hand_over(c, AlertKind::BookingFailed, turn);
             }
             BookingOutcome::Failed(failure) => {
-                if matches!(
-                    failure,
+                let alert = match failure {
+                    // The contact is asked to correct it; staff see it too, in case they cannot.
+                    BookingFailure::InvalidCustomerData => Some(AlertKind::InvalidCustomerData),
                     BookingFailure::Unavailable
-                        | BookingFailure::NotConfigured
-                        | BookingFailure::LimitReached
-                ) {
+                    | BookingFailure::NotConfigured
+                    | BookingFailure::LimitReached => Some(AlertKind::BookingFailed),
+                    _ => None,
+                };
+                if let Some(kind) = alert {
                     turn.alerts.push(StaffAlert {
-                        kind: AlertKind::BookingFailed,
+                        kind,
                         pseudonym: c.pseudonym,
                     });
                 }
@@ -805,6 +948,122 @@ impl Engine {
         }
         turn.booking = Some(outcome);
         Ok(())
+    }
+
+    /// Keeps what an attempt for `start` came to: a booked wish is done; one that did not book
+    /// stays the wish (an offered slot the contact picked, too), with the data it was tried
+    /// with, so it is not tried again unchanged. Offers made before are answered either way.
+    fn note_attempt(&self, c: &mut Customer, start: &Zoned, outcome: &BookingOutcome) {
+        let data = self.booking_data_hash(c);
+        let conv = &mut c.body.conversation;
+        conv.offered_slots.clear();
+        conv.extra.remove(OFFERED_AT);
+        if matches!(outcome, BookingOutcome::Booked { .. }) {
+            c.body.profile.wunschtermin = None;
+            conv.extra.remove(LAST_ATTEMPT);
+        } else {
+            c.body.profile.wunschtermin = Some(start.to_string());
+            let attempt = serde_json::json!({
+                "start": start.to_string(),
+                "data": data,
+                "outcome": outcome_kind(outcome),
+            });
+            conv.extra.insert(LAST_ATTEMPT.to_string(), attempt);
+        }
+    }
+
+    /// A booked trial: the profile, the stage, and a staff alert when it moved a booked one.
+    fn trial_booked(
+        &self,
+        c: &mut Customer,
+        booked: &Zoned,
+        booking_id: i64,
+        confirmation_pending: bool,
+        turn: &mut Turn,
+    ) {
+        let previous = c
+            .body
+            .profile
+            .probetraining_datum
+            .replace(booked.to_string());
+        if c.meta.stage == Stage::TrialBooked && previous.is_some_and(|p| p != booked.to_string()) {
+            turn.alerts.push(StaffAlert {
+                kind: AlertKind::Rescheduled,
+                pseudonym: c.pseudonym,
+            });
+        }
+        if confirmation_pending {
+            c.body
+                .conversation
+                .extra
+                .insert(AWAITING_CONFIRMATION.to_string(), booking_id.into());
+        }
+        if c.meta.stage != Stage::TrialBooked {
+            if c.meta.stage == Stage::NewLead {
+                set_stage(c, turn, Stage::NameKnown);
+            }
+            set_stage(c, turn, Stage::TrialBooked);
+        }
+    }
+
+    /// Recognises a lead as a member once their e-mail or name is known (or changed), or once
+    /// they say they are one: MagicLine has a member with that data and the number they write
+    /// from. A member is never offered a trial; their appointments go through the member flow.
+    fn recognise_member(&self, c: &mut Customer, changed: &[&'static str]) {
+        let p = &c.body.profile;
+        let unrecognised = match c.meta.stage {
+            Stage::NewLead | Stage::NameKnown => true,
+            Stage::Member => p.magicline_customer_id.is_none(),
+            Stage::TrialBooked => false,
+        };
+        let asks = unrecognised
+            && !c.body.phone.is_empty()
+            && changed
+                .iter()
+                .any(|f| matches!(*f, "email" | "vorname" | "nachname" | "mitglied"))
+            && (p.email.is_some() || (p.vorname.is_some() && p.nachname.is_some()));
+        let Some(booker) = self.booker.as_ref().filter(|_| asks) else {
+            return;
+        };
+        let contact = ContactData {
+            pseudonym: c.pseudonym,
+            firstname: p.vorname.clone(),
+            lastname: p.nachname.clone(),
+            email: p.email.clone(),
+            phone: c.body.phone.clone(),
+        };
+        if let MemberLookup::Member {
+            magicline_customer_id,
+        } = booker.find_member(&contact)
+        {
+            c.body.profile.mitglied = Some("ja".into());
+            c.body.profile.magicline_customer_id = Some(magicline_customer_id);
+        }
+    }
+
+    /// A member cancels their appointment booked here: cancelled in MagicLine and confirmed;
+    /// one not booked here (or MagicLine unreachable) is handed to staff.
+    fn cancel_member_appointment(&self, c: &mut Customer, turn: &mut Turn) {
+        let Some((booking_id, start)) = member_appointment(c) else {
+            return self.hand_over(c, AlertKind::Cancellation, turn);
+        };
+        let outcome = self
+            .booker
+            .as_ref()
+            .map_or(CancelOutcome::Unavailable, |b| {
+                b.cancel_booking(&c.pseudonym, booking_id)
+            });
+        tracing::info!(customer = %c.pseudonym, booking_id, outcome = ?outcome, "member appointment cancellation");
+        match outcome {
+            // Not found: staff cancelled it already.
+            CancelOutcome::Canceled | CancelOutcome::NotFound => {
+                c.body.conversation.extra.remove(MEMBER_APPOINTMENT);
+                let persona = self.persona();
+                turn.replies
+                    .push(persona.prompts.replies().member_canceled(&start));
+            }
+            CancelOutcome::Unavailable => self.hand_over(c, AlertKind::Cancellation, turn),
+        }
     }
 
     /// The contact's yes to a booking that awaits their confirmation: confirms it in MagicLine
@@ -1187,19 +1446,101 @@ fn has_booking_data(c: &Customer) -> bool {
     p.vorname.is_some() && p.nachname.is_some() && p.email.is_some()
 }
 
-/// The concrete start to book: from the model's wished date in words (read against when the
-/// contact wrote, the "today" the model was told), else from the contact's messages.
-fn booking_start(c: &Customer, answer: &ModelReply, burst: &Burst, now: &Zoned) -> Option<Zoned> {
-    if !has_booking_data(c) {
-        return None;
-    }
+/// The concrete start this turn wishes: the model's wished date in words (read against when
+/// the contact wrote, the "today" the model was told), else, when the model read a booking
+/// wish, the contact's own words. A wish of only a time ("um 18 Uhr") is on the day wished
+/// before (a kept wish's, or a day said alone earlier); one of only a day ("Dienstag") at the
+/// kept wish's time; a day alone is remembered until a time comes.
+fn named_wish(
+    c: &mut Customer,
+    answer: &ModelReply,
+    burst: &Burst,
+    now: &Zoned,
+    booking_intent: bool,
+) -> Option<Zoned> {
     let written = written_at(burst, now);
-    answer
+    let candidates = [
+        answer
+            .wunschtermin
+            .as_deref()
+            .and_then(|w| when::parse(w, &written))
+            .map(|w| (w, written.clone())),
+        booking_intent.then(|| wish_in_words(burst, now)).flatten(),
+    ];
+    let kept = c
+        .body
+        .profile
         .wunschtermin
         .as_deref()
-        .and_then(|w| when::parse(w, &written))
-        .and_then(|w| w.start(&written))
-        .or_else(|| wish_in_words(burst, now).and_then(|(w, at)| w.start(&at)))
+        .and_then(|w| w.parse::<Zoned>().ok())
+        .map(|k| k.with_time_zone(berlin_tz()))
+        .filter(|k| k.date() >= written.date());
+    let extra = &mut c.body.conversation.extra;
+    let day_said = extra
+        .get(WISH_DAY)
+        .and_then(|v| v.as_str())
+        .and_then(|d| d.parse::<jiff::civil::Date>().ok())
+        .filter(|d| *d >= written.date());
+    let mut day_only = None;
+    for (mut wish, at) in candidates.into_iter().flatten() {
+        let timed = wish.time.is_some() || wish.part_of_day.is_some();
+        if wish.date.is_none() && timed {
+            wish.date = kept.as_ref().map(Zoned::date).or(day_said);
+        } else if wish.date.is_some() && !timed {
+            wish.time = kept.as_ref().map(Zoned::time);
+        }
+        if let Some(start) = wish.start(&at) {
+            extra.remove(WISH_DAY);
+            return Some(start);
+        }
+        day_only = day_only.or(wish.date);
+    }
+    if let Some(day) = day_only {
+        extra.insert(WISH_DAY.to_string(), day.to_string().into());
+    }
+    None
+}
+
+/// A member's appointment booked here: its MagicLine id and start.
+fn member_appointment(c: &Customer) -> Option<(i64, Zoned)> {
+    let a = c.body.conversation.extra.get(MEMBER_APPOINTMENT)?;
+    let id = a.get("booking_id")?.as_i64()?;
+    let start = a.get("start")?.as_str()?.parse::<Zoned>().ok()?;
+    Some((id, start))
+}
+
+/// Whether a partial wish ("Dienstag", "18 Uhr") names nothing but what the kept wish says.
+fn repeats_kept_wish(c: &Customer, partial: Option<When>) -> bool {
+    let kept = c
+        .body
+        .profile
+        .wunschtermin
+        .as_deref()
+        .and_then(|w| w.parse::<Zoned>().ok())
+        .map(|k| k.with_time_zone(berlin_tz()));
+    match (partial, kept) {
+        (Some(p), Some(k)) => {
+            (p.date.is_some() || p.time.is_some())
+                && p.date.is_none_or(|d| d == k.date())
+                && p.time.is_none_or(|t| t == k.time())
+        }
+        _ => false,
+    }
+}
+
+/// The wish kept on the profile, if it is still ahead; one that has passed (or does not read)
+/// is dropped.
+fn remembered_wish(c: &mut Customer, now: Timestamp) -> Option<Zoned> {
+    let profile = &mut c.body.profile;
+    let wish = profile
+        .wunschtermin
+        .as_deref()
+        .and_then(|w| w.parse::<Zoned>().ok())
+        .filter(|w| w.timestamp() > now);
+    if wish.is_none() {
+        profile.wunschtermin = None;
+    }
+    wish
 }
 
 fn expire_offers(c: &mut Customer, now: Timestamp) {
@@ -1380,6 +1721,9 @@ pub fn denies_ai(text: &str) -> bool {
 }
 
 #[cfg(test)]
+mod wish_tests;
+
+#[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
     use std::sync::Mutex;
@@ -1396,7 +1740,7 @@ mod tests {
 
     /// A model that answers from a script and remembers every prompt.
     #[derive(Default)]
-    struct ScriptedModel {
+    pub(super) struct ScriptedModel {
         answers: Mutex<VecDeque<Result<String, LlmError>>>,
         prompts: Mutex<Vec<Prompt>>,
         /// Runs inside `generate` (to change the store while the model "thinks").
@@ -1404,7 +1748,7 @@ mod tests {
     }
 
     impl ScriptedModel {
-        fn push(&self, answer: Value) {
+        pub(super) fn push(&self, answer: Value) {
             self.answers
                 .lock()
                 .unwrap()
@@ -1416,7 +1760,7 @@ mod tests {
         fn calls(&self) -> usize {
             self.prompts.lock().unwrap().len()
         }
-        fn last_prompt(&self) -> Prompt {
+        pub(super) fn last_prompt(&self) -> Prompt {
             self.prompts.lock().unwrap().last().cloned().unwrap()
         }
     }
@@ -1453,6 +1797,9 @@ mod tests {
         requests: Mutex<Vec<BookingRequest>>,
         confirm_outcomes: Mutex<VecDeque<ConfirmOutcome>>,
         confirms: Mutex<Vec<(Pseudonym, i64)>>,
+        /// The MagicLine id `find_member` answers with (else not a member), and its calls.
+        member: Mutex<Option<i64>>,
+        member_lookups: Mutex<usize>,
     }
 
     impl Booker for ScriptedBooker {
@@ -1465,6 +1812,16 @@ mod tests {
                 .expect("the booker was called but no outcome is scripted")
         }
 
+        fn find_member(&self, _contact: &ContactData) -> MemberLookup {
+            *self.member_lookups.lock().unwrap() += 1;
+            match *self.member.lock().unwrap() {
+                Some(id) => MemberLookup::Member {
+                    magicline_customer_id: id,
+                },
+                None => MemberLookup::NotMember,
+            }
+        }
+
         fn confirm_trial(&self, pseudonym: &Pseudonym, booking_id: i64) -> ConfirmOutcome {
             self.confirms.lock().unwrap().push((*pseudonym, booking_id));
             self.confirm_outcomes
@@ -1475,7 +1832,7 @@ mod tests {
         }
     }
 
-    fn text_part(id: &str, text: &str, now: &Zoned) -> Part {
+    pub(super) fn text_part(id: &str, text: &str, now: &Zoned) -> Part {
         Part {
             id: id.into(),
             at: now.timestamp(),
@@ -1505,7 +1862,7 @@ mod tests {
         }
     }
 
-    fn answer(intent: &str, profil: Value, reply: &str, wunsch: Option<&str>) -> Value {
+    pub(super) fn answer(intent: &str, profil: Value, reply: &str, wunsch: Option<&str>) -> Value {
         json!({"intent": intent, "profil": profil, "reply": reply, "wunschtermin": wunsch})
     }
 
@@ -2160,6 +2517,59 @@ mod tests {
         );
         assert_eq!(h.customer().meta.mode, BotMode::Escalated);
         assert_eq!(h.customer().meta.stage, Stage::Member);
+    }
+
+    #[test]
+    fn a_member_by_their_word_is_looked_up_and_their_wish_booked_as_an_appointment() {
+        let h = harness();
+        h.known_contact();
+        assert_eq!(
+            *h.booker.member_lookups.lock().unwrap(),
+            1,
+            "e-mail learned"
+        );
+        *h.booker.member.lock().unwrap() = Some(77);
+        h.model.push(answer(
+            "question",
+            json!({"mitglied": "Ja"}),
+            "Schön, dass du dabei bist!",
+            None,
+        ));
+        h.send("Ich bin schon Mitglied bei euch");
+        assert_eq!(*h.booker.member_lookups.lock().unwrap(), 2);
+        let c = h.customer();
+        assert_eq!(c.meta.stage, Stage::Member);
+        assert_eq!(c.body.profile.magicline_customer_id, Some(77));
+        let start = berlin("2026-01-20T18:00");
+        h.booker
+            .outcomes
+            .lock()
+            .unwrap()
+            .push_back(BookingOutcome::Booked {
+                booking_id: 5,
+                start: start.clone(),
+                magicline_customer_id: 77,
+                confirmation_pending: false,
+            });
+        h.model.push(answer(
+            "book_trial",
+            json!({}),
+            "Klar!",
+            Some("Dienstag 18 Uhr"),
+        ));
+        let t = say(
+            &h,
+            "m-member",
+            "Kann ich Dienstag um 18 Uhr kommen?",
+            &monday(),
+        );
+        let reqs = h.booker.requests.lock().unwrap().clone();
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(reqs[0].magicline_customer_id, Some(77));
+        assert!(t.alerts.is_empty(), "booked, not handed over");
+        assert!(t.replies[0].contains("Dein Termin am Dienstag, 20.01. um 18:00 Uhr"));
+        assert!(t.stage_changes.is_empty(), "a member stays a member");
+        assert_eq!(h.customer().meta.mode, BotMode::Active);
     }
 
     #[test]
@@ -3337,5 +3747,263 @@ mod tests {
         let t = h.engine.give_up_at(&b, "store", &monday()).unwrap();
         assert!(t.new_contact);
         assert!(mentions_ai(&t.replies[0]), "{}", t.replies[0]);
+    }
+
+    /// Sends one message under its own WhatsApp id (each a booking request of its own).
+    fn say(h: &Harness, id: &str, text: &str, now: &Zoned) -> Turn {
+        h.send_parts(PHONE, vec![text_part(id, text, now)], now)
+    }
+
+    #[test]
+    fn a_date_given_first_and_the_email_last_books() {
+        let h = harness();
+        h.model.push(answer(
+            "none",
+            json!({"vorname": "Lena", "nachname": "Schmidt"}),
+            "Hi Lena, ich bin Max, der digitale Assistent (KI) von FitBox!",
+            None,
+        ));
+        say(&h, "m1", "Hi, Lena Schmidt hier", &monday());
+        // The wish comes before the e-mail: kept, nothing booked yet.
+        h.model.push(answer(
+            "book_trial",
+            json!({}),
+            "Gern! Wie lautet deine E-Mail-Adresse?",
+            Some("nächsten Dienstag um 18 Uhr"),
+        ));
+        let t = say(&h, "m2", "Geht nächsten Dienstag um 18 Uhr?", &monday());
+        assert_eq!(t.booking, None);
+        assert!(h.booker.requests.lock().unwrap().is_empty());
+        let start = berlin("2026-01-20T18:00");
+        assert_eq!(
+            h.customer().body.profile.wunschtermin.as_deref(),
+            Some(start.to_string().as_str())
+        );
+        // The model does not repeat the date when the e-mail comes: the kept wish is booked.
+        h.model.push(answer(
+            "none",
+            json!({"email": "lena@example.de"}),
+            "Danke dir!",
+            None,
+        ));
+        h.booker
+            .outcomes
+            .lock()
+            .unwrap()
+            .push_back(BookingOutcome::Booked {
+                booking_id: 8,
+                start: start.clone(),
+                magicline_customer_id: 4711,
+                confirmation_pending: false,
+            });
+        let t = say(&h, "m3", "lena@example.de", &monday());
+        // The prompt showed the wish as known and asked only for the e-mail.
+        let d = h.model.last_prompt().dynamic_system;
+        assert!(d.contains("Dienstag, 20.01. um 18:00 Uhr"), "{d}");
+        assert!(
+            d.contains("Für die Buchung fehlt noch: E-Mail-Adresse\n"),
+            "{d}"
+        );
+        let reqs = h.booker.requests.lock().unwrap().clone();
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(reqs[0].start, start);
+        assert_eq!(reqs[0].email, "lena@example.de");
+        assert_eq!(
+            reqs[0].request_id,
+            h.engine.request_id(&h.store.pseudonym(PHONE), "m3"),
+            "named after the message that completed the data"
+        );
+        assert!(t.replies[0].contains("gebucht"), "{}", t.replies[0]);
+        assert_eq!(
+            t.stage_changes,
+            vec![(Stage::NameKnown, Stage::TrialBooked)]
+        );
+        let c = h.customer();
+        assert_eq!(c.body.profile.wunschtermin, None, "a booked wish is done");
+        assert_eq!(
+            c.body.profile.probetraining_datum.as_deref(),
+            Some(start.to_string().as_str())
+        );
+        // A later message books nothing more.
+        h.model
+            .push(answer("question", json!({}), "Sportschuhe! 👟", None));
+        let t = say(&h, "m4", "Was bringe ich mit?", &monday());
+        assert_eq!(t.booking, None);
+        assert_eq!(h.booker.requests.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_day_first_and_the_hour_later_make_one_wish() {
+        let h = harness();
+        h.model.push(answer(
+            "none",
+            json!({"vorname": "Lena", "nachname": "Schmidt"}),
+            "Hi Lena, ich bin Max, der digitale Assistent (KI) von FitBox!",
+            None,
+        ));
+        say(&h, "m1", "Hi, Lena Schmidt hier", &monday());
+        h.model.push(answer(
+            "book_trial",
+            json!({}),
+            "Gern! Um wie viel Uhr?",
+            Some("Dienstag"),
+        ));
+        say(&h, "m2", "Dienstag wäre gut", &monday());
+        assert_eq!(h.customer().body.profile.wunschtermin, None);
+        h.model
+            .push(answer("book_trial", json!({}), "Notiert!", Some("18 Uhr")));
+        say(&h, "m3", "So um 18 Uhr", &monday());
+        let tuesday = berlin("2026-01-20T18:00");
+        assert_eq!(
+            h.customer().body.profile.wunschtermin.as_deref(),
+            Some(tuesday.to_string().as_str())
+        );
+        // A later hour alone moves the kept wish on its day.
+        h.model
+            .push(answer("book_trial", json!({}), "Notiert!", Some("19 Uhr")));
+        say(&h, "m4", "Doch lieber 19 Uhr", &monday());
+        let later = berlin("2026-01-20T19:00");
+        assert_eq!(
+            h.customer().body.profile.wunschtermin.as_deref(),
+            Some(later.to_string().as_str())
+        );
+        h.booker
+            .outcomes
+            .lock()
+            .unwrap()
+            .push_back(BookingOutcome::Booked {
+                booking_id: 4,
+                start: later.clone(),
+                magicline_customer_id: 9,
+                confirmation_pending: false,
+            });
+        h.model.push(answer(
+            "none",
+            json!({"email": "lena@example.de"}),
+            "Danke!",
+            None,
+        ));
+        say(&h, "m5", "lena@example.de", &monday());
+        let reqs = h.booker.requests.lock().unwrap().clone();
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(reqs[0].start, later);
+    }
+
+    #[test]
+    fn a_new_wish_replaces_the_old_and_a_past_or_passed_one_is_not_booked() {
+        let h = harness();
+        h.model.push(answer(
+            "book_trial",
+            json!({"vorname": "Lena"}),
+            "Hi Lena, ich bin Max, der digitale Assistent (KI) von FitBox!",
+            Some("nächsten Dienstag um 18 Uhr"),
+        ));
+        say(
+            &h,
+            "m1",
+            "Lena hier, nächsten Dienstag um 18 Uhr?",
+            &monday(),
+        );
+        h.model.push(answer(
+            "book_trial",
+            json!({}),
+            "Notiert!",
+            Some("Mittwoch um 19 Uhr"),
+        ));
+        say(&h, "m2", "Doch lieber Mittwoch um 19 Uhr", &monday());
+        let wednesday = berlin("2026-01-21T19:00");
+        assert_eq!(
+            h.customer().body.profile.wunschtermin.as_deref(),
+            Some(wednesday.to_string().as_str())
+        );
+        // A wish in the past is answered as such, neither kept nor booked.
+        h.model.push(answer(
+            "book_trial",
+            json!({"nachname": "Schmidt", "email": "lena@example.de"}),
+            "Klar!",
+            Some("am 12.01.2026 um 10 Uhr"),
+        ));
+        let t = say(
+            &h,
+            "m3",
+            "Schmidt, lena@example.de, 12.01.2026 um 10 Uhr",
+            &monday(),
+        );
+        assert!(t.replies[0].contains("Vergangenheit"), "{}", t.replies[0]);
+        assert!(h.booker.requests.lock().unwrap().is_empty());
+        assert_eq!(
+            h.customer().body.profile.wunschtermin.as_deref(),
+            Some(wednesday.to_string().as_str())
+        );
+        // Once the kept wish has passed it is dropped, not booked.
+        let thursday = berlin("2026-01-22T10:00");
+        h.model
+            .push(answer("none", json!({}), "Wann passt es dir?", None));
+        let t = say(&h, "m4", "Hallo?", &thursday);
+        assert_eq!(t.booking, None);
+        assert!(h.booker.requests.lock().unwrap().is_empty());
+        assert_eq!(h.customer().body.profile.wunschtermin, None);
+    }
+
+    #[test]
+    fn a_failed_wish_is_tried_again_only_with_other_data_or_a_taken_slot_named_again() {
+        let h = harness();
+        h.known_contact();
+        let start = berlin("2026-01-20T18:00");
+        let outcomes = |o: BookingOutcome| h.booker.outcomes.lock().unwrap().push_back(o);
+        outcomes(BookingOutcome::Failed(BookingFailure::InvalidCustomerData));
+        h.model.push(answer(
+            "book_trial",
+            json!({}),
+            "Ich schau nach.",
+            Some("nächsten Dienstag um 18 Uhr"),
+        ));
+        let t = say(&h, "m1", "Nächsten Dienstag um 18 Uhr?", &monday());
+        assert_eq!(t.alerts.len(), 1);
+        assert_eq!(t.alerts[0].kind, AlertKind::InvalidCustomerData);
+        assert!(t.replies[0].contains("E-Mail-Adresse"), "{}", t.replies[0]);
+        // Nothing changed: not tried again, no second alert.
+        h.model.push(answer(
+            "book_trial",
+            json!({"email": "lena@example.de"}),
+            "Hm.",
+            None,
+        ));
+        let t = say(&h, "m2", "Die Mail stimmt aber: lena@example.de", &monday());
+        assert_eq!(t.booking, None);
+        assert!(t.alerts.is_empty());
+        assert_eq!(h.booker.requests.lock().unwrap().len(), 1);
+        // A corrected e-mail is a new attempt for the kept wish.
+        outcomes(BookingOutcome::SlotTaken {
+            alternatives: Vec::new(),
+        });
+        h.model.push(answer(
+            "none",
+            json!({"email": "lena.schmidt@example.de"}),
+            "Danke!",
+            None,
+        ));
+        say(&h, "m3", "Oh, lena.schmidt@example.de", &monday());
+        let reqs = h.booker.requests.lock().unwrap().clone();
+        assert_eq!(reqs.len(), 2);
+        assert_eq!(reqs[1].email, "lena.schmidt@example.de");
+        assert_eq!(reqs[1].start, start);
+        // The slot was taken: other messages leave it alone …
+        h.model
+            .push(answer("none", json!({}), "Sag Bescheid!", None));
+        say(&h, "m4", "Ich überlege noch", &monday());
+        assert_eq!(h.booker.requests.lock().unwrap().len(), 2);
+        // … naming it again checks it again.
+        outcomes(BookingOutcome::Booked {
+            booking_id: 3,
+            start: start.clone(),
+            magicline_customer_id: 12,
+            confirmation_pending: false,
+        });
+        h.model
+            .push(answer("question", json!({}), "Mal sehen.", None));
+        let t = say(&h, "m5", "Ist Dienstag um 18 Uhr wieder frei?", &monday());
+        assert_eq!(h.booker.requests.lock().unwrap().len(), 3);
+        assert!(t.replies[0].contains("gebucht"), "{}", t.replies[0]);
     }
 }

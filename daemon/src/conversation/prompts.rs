@@ -239,6 +239,8 @@ pub struct Replies {
     gebucht: Template,
     gebucht_bestaetigung_ausstehend: Template,
     bestaetigung_abgelaufen: Template,
+    termin_gebucht: Template,
+    termin_abgesagt: Template,
     termin_belegt: Template,
     alternative_zeile: Template,
     termin_belegt_keine_alternativen: Template,
@@ -259,6 +261,8 @@ const REPLY_KEYS: &[(&str, &[&str])] = &[
     ("gebucht", &["termin", "vorname"]),
     ("gebucht_bestaetigung_ausstehend", &["termin", "vorname"]),
     ("bestaetigung_abgelaufen", &[]),
+    ("termin_gebucht", &["termin", "vorname"]),
+    ("termin_abgesagt", &["termin"]),
     ("termin_belegt", &["termin", "alternativen"]),
     ("alternative_zeile", &["nummer", "termin"]),
     ("termin_belegt_keine_alternativen", &["termin"]),
@@ -326,6 +330,8 @@ impl Replies {
             gebucht: take("gebucht"),
             gebucht_bestaetigung_ausstehend: take("gebucht_bestaetigung_ausstehend"),
             bestaetigung_abgelaufen: take("bestaetigung_abgelaufen"),
+            termin_gebucht: take("termin_gebucht"),
+            termin_abgesagt: take("termin_abgesagt"),
             termin_belegt: take("termin_belegt"),
             alternative_zeile: take("alternative_zeile"),
             termin_belegt_keine_alternativen: take("termin_belegt_keine_alternativen"),
@@ -370,6 +376,22 @@ impl Replies {
                 ("termin", describe_start(start)),
             ],
         )
+    }
+
+    /// A member's appointment booked (or moved) through the member flow.
+    pub fn member_booked(&self, firstname: &str, start: &Zoned) -> String {
+        self.with(
+            &self.termin_gebucht,
+            &[
+                ("vorname", firstname.to_string()),
+                ("termin", describe_start(start)),
+            ],
+        )
+    }
+
+    /// A member's appointment cancelled.
+    pub fn member_canceled(&self, start: &Zoned) -> String {
+        self.with(&self.termin_abgesagt, &[("termin", describe_start(start))])
     }
 
     /// A reserved trial that needed the contact's confirmation was dropped by MagicLine because
@@ -620,6 +642,14 @@ fn customer_vars(c: &Customer, now: &Zoned) -> Vars {
         // Internal ids mean nothing to the customer; the booked date is shown under "buchung".
         map.remove("magicline_customer_id");
         map.remove("probetraining_datum");
+        // The wish is shown as the person would say it, not in the stored machine form.
+        if let Some(wish) = map.remove("wunschtermin") {
+            let shown = wish
+                .as_str()
+                .and_then(|w| w.parse::<Zoned>().ok())
+                .map_or(wish, |z| describe_start(&z).into());
+            map.insert("wunschtermin".into(), shown);
+        }
     }
     let missing: Vec<&str> = [
         (profile.vorname.is_none(), "Vorname"),
@@ -629,12 +659,17 @@ fn customer_vars(c: &Customer, now: &Zoned) -> Vars {
     .into_iter()
     .filter_map(|(m, label)| m.then_some(label))
     .collect();
+    let wish_known = profile.wunschtermin.is_some();
     let fehlende = if c.meta.stage == Stage::TrialBooked {
         "nichts, das Probetraining ist gebucht".to_string()
     } else if c.meta.stage == Stage::Member {
         "nichts, Mitglieder buchen kein Probetraining".to_string()
+    } else if missing.is_empty() && wish_known {
+        "nichts, der Wunschtermin ist bekannt".to_string()
     } else if missing.is_empty() {
         "nur noch der Wunschtermin".to_string()
+    } else if wish_known {
+        missing.join(", ")
     } else {
         format!("{}, Wunschtermin", missing.join(", "))
     };
@@ -795,6 +830,29 @@ pub(crate) mod tests {
         for needle in ["Jana", "20.01.2026", "14:30", "Name bekannt"] {
             assert!(!pa.static_system.contains(needle), "{needle}");
         }
+    }
+
+    #[test]
+    fn a_remembered_wish_is_shown_as_known_and_not_asked_for() {
+        let p = Prompts::load_from(&shipped_dir(), None, &studio()).unwrap();
+        let mut c = customer(3);
+        c.meta.stage = Stage::NameKnown;
+        c.body.profile.vorname = Some("Jana".into());
+        c.body.profile.wunschtermin = Some(berlin("2026-01-20T18:00").to_string());
+        let d = p
+            .render(&c, &berlin("2026-01-19T10:00"), Vec::new())
+            .dynamic_system;
+        assert!(
+            d.contains(r#""wunschtermin":"Dienstag, 20.01. um 18:00 Uhr""#),
+            "{d}"
+        );
+        assert!(d.contains("Für die Buchung fehlt noch: Nachname, E-Mail-Adresse\n"));
+        c.body.profile.nachname = Some("Meier".into());
+        c.body.profile.email = Some("jana@example.de".into());
+        let d = p
+            .render(&c, &berlin("2026-01-19T10:00"), Vec::new())
+            .dynamic_system;
+        assert!(d.contains("Für die Buchung fehlt noch: nichts, der Wunschtermin ist bekannt"));
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!   names get capitalised. E-mail addresses must look deliverable. Ages outside 14..=100 are
 //!   ignored. Enum-like fields are normalised to one spelling and ignored when they match none.
 //! - Free-text fields are trimmed, whitespace-collapsed and capped in length.
-//! - `probetraining_datum` and `magicline_customer_id` belong to the booking, never to the model.
+//! - `probetraining_datum`, `wunschtermin` and `magicline_customer_id` belong to the booking,
+//!   never to the model's profile facts (the wish comes from the answer's own `wunschtermin`).
 
 use serde_json::{json, Map, Value};
 
@@ -513,6 +514,7 @@ mod tests {
         assert_eq!(props["email"]["type"], "string");
         assert!(!props.contains_key("magicline_customer_id"));
         assert!(!props.contains_key("probetraining_datum"));
+        assert!(!props.contains_key("wunschtermin"));
         let intents = s["properties"]["intent"]["enum"].as_array().unwrap();
         assert_eq!(intents.len(), 10);
         assert!(intents.contains(&json!("wants_person")));
@@ -541,6 +543,7 @@ mod tests {
             wie_gefunden: Some("a".into()),
             interesse_level: Some("a".into()),
             probetraining_datum: None,
+            wunschtermin: None,
             magicline_customer_id: None,
         };
         let stored = serde_json::to_value(full).unwrap();

@@ -11,6 +11,10 @@
 //!   endpoints, because the plain book endpoint lets leads book twice.
 //! - A new person: the wished slot is first checked in the trial slot list, so no lead is created
 //!   for a slot that cannot be booked; then lead validate → lead create → validate → book.
+//! - Members: [`Booker::find_member`] searches by e-mail, else by first and last name, and
+//!   accepts only a customer with a current membership whose record carries the contact's
+//!   number; the engine then books with that id (the member flow above, the appointment type
+//!   `magicline.member_appointment_id`), moves ([`MagicLineBooker::reschedule`]) and cancels.
 //!
 //! The trial offer is the one `magicline.trial_offer_appointment_id` names (the first MagicLine
 //! lists when unset); its configuration (`GET /trial-offers/config/{id}`) says which lead fields
@@ -46,13 +50,15 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::api::{
-    Booking, BookingStatus, BookingValidationStatus, ConfirmationStatus, Customer, CustomerStatus,
-    FieldMode, LeadCustomerData, LeadRequest, LeadValidationStatus, Slot, SlotQuery,
+    Booking, BookingStatus, BookingValidationStatus, ConfirmationStatus, Customer, CustomerSearch,
+    CustomerStatus, FieldMode, LeadCustomerData, LeadRequest, LeadValidationStatus, Slot,
+    SlotQuery,
 };
 use super::client::{Client, Error as ApiError};
 use super::datetime;
 use crate::conversation::booking::{
-    Booker, BookingFailure, BookingOutcome, BookingRequest, ConfirmOutcome,
+    Booker, BookingFailure, BookingOutcome, BookingRequest, CancelOutcome, ConfirmOutcome,
+    ContactData, MemberLookup,
 };
 use crate::store::crypto::Pseudonym;
 use crate::store::xref::External;
@@ -593,6 +599,35 @@ impl Booker for MagicLineBooker {
 
     fn confirm_trial(&self, pseudonym: &Pseudonym, booking_id: i64) -> ConfirmOutcome {
         self.confirm(pseudonym, booking_id)
+    }
+
+    fn find_member(&self, contact: &ContactData) -> MemberLookup {
+        match self.member_of(contact) {
+            Ok(Some(id)) => {
+                tracing::info!(customer = %contact.pseudonym, magicline_customer = id,
+                    "contact recognised as a member by their number");
+                MemberLookup::Member {
+                    magicline_customer_id: id,
+                }
+            }
+            Ok(None) => MemberLookup::NotMember,
+            Err(e) => {
+                tracing::warn!(customer = %contact.pseudonym, error = %e, "member lookup failed");
+                MemberLookup::Unavailable
+            }
+        }
+    }
+
+    fn move_booking(&self, req: &BookingRequest, old_booking_id: i64) -> BookingOutcome {
+        self.reschedule(req, old_booking_id)
+    }
+
+    fn cancel_booking(&self, pseudonym: &Pseudonym, booking_id: i64) -> CancelOutcome {
+        match self.cancel(pseudonym, booking_id) {
+            Ok(()) => CancelOutcome::Canceled,
+            Err(CancelError::NotFound) => CancelOutcome::NotFound,
+            Err(CancelError::Unavailable) => CancelOutcome::Unavailable,
+        }
     }
 }
 
@@ -1322,6 +1357,34 @@ impl MagicLineBooker {
         })
     }
 
+    /// The member this contact is: found by e-mail, else by first and last name, with a
+    /// current membership and the contact's number on record (a namesake or a shared e-mail
+    /// with another number is not them).
+    fn member_of(&self, contact: &ContactData) -> Result<Option<i64>, BookerError> {
+        let searches = [
+            contact.email.as_deref().map(CustomerSearch::by_email),
+            match (&contact.firstname, &contact.lastname) {
+                (Some(first), Some(last)) => Some(CustomerSearch {
+                    first_name: Some(first.clone()),
+                    last_name: Some(last.clone()),
+                    ..CustomerSearch::default()
+                }),
+                _ => None,
+            },
+        ];
+        for search in searches.into_iter().flatten() {
+            let hits = self.safe(|| self.client.search_customers(&search))?;
+            let member = hits.iter().find(|c| {
+                c.status == CustomerStatus::Member
+                    && c.phones().any(|typed| same_phone(typed, &contact.phone))
+            });
+            if let Some(m) = member {
+                return Ok(Some(m.id));
+            }
+        }
+        Ok(None)
+    }
+
     /// A customer MagicLine already has for this person: one an earlier request learned, or
     /// the id the engine knows, when MagicLine confirms it.
     fn known_customer(
@@ -1341,9 +1404,12 @@ impl MagicLineBooker {
         let Some(id) = req.magicline_customer_id else {
             return Ok(None);
         };
-        let hits = self.safe(|| self.client.find_customers_by_email(&req.email))?;
-        if let Some(c) = hits.iter().find(|c| c.id == id) {
-            return Ok(Some((id, kind_of(c))));
+        // A member recognised by name may not have told their e-mail.
+        if !req.email.is_empty() {
+            let hits = self.safe(|| self.client.find_customers_by_email(&req.email))?;
+            if let Some(c) = hits.iter().find(|c| c.id == id) {
+                return Ok(Some((id, kind_of(c))));
+            }
         }
         // The e-mail may have changed in MagicLine; the id still counts if MagicLine knows it.
         match self.safe(|| self.client.customer_bookings(id)) {
@@ -1654,7 +1720,7 @@ fn lead_request(req: &BookingRequest, offer: &TrialOffer) -> LeadRequest {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
@@ -1723,6 +1789,7 @@ pub(super) mod tests {
             self.sim.as_ref().unwrap()
         }
 
+        /// The store the bookers write to (an engine in tests shares it).
         pub(crate) fn store(&self) -> &Arc<Store> {
             &self.store
         }
@@ -1744,7 +1811,7 @@ pub(super) mod tests {
             self.booker_configured(timeout, attempts, BookerConfig::default())
         }
 
-        fn booker_configured(
+        pub(crate) fn booker_configured(
             &self,
             timeout: Duration,
             attempts: u32,
@@ -1795,7 +1862,7 @@ pub(super) mod tests {
     }
 
     /// Monday 2030-06-03 09:00 in Berlin: the simulator's and the booker's clock.
-    fn monday_nine() -> Timestamp {
+    pub(crate) fn monday_nine() -> Timestamp {
         date(2030, 6, 3)
             .at(9, 0, 0, 0)
             .in_tz(BERLIN)

@@ -590,6 +590,29 @@ impl MagiclineSim {
         }
     }
 
+    /// Cancels the bookings of someone else in the slot starting at `start` (staff cancelled
+    /// them), so it is free again.
+    pub fn free_slot(&self, appointment_id: i64, start: &Zoned) {
+        let mut st = self.state();
+        for b in st.bookings.iter_mut().filter(|b| {
+            b.external
+                && b.appointment_id == appointment_id
+                && b.start.timestamp() == start.timestamp()
+        }) {
+            b.state = SimBookingState::Canceled;
+        }
+    }
+
+    /// Makes MagicLine's own check of lead data refuse this e-mail address: its validation
+    /// rules are not published, so a test names an address that passes frontdesk's check but
+    /// not MagicLine's. The lead validation then answers `INVALID_LEAD_CUSTOMER_DATA` and a
+    /// lead create is rejected, as the spec documents.
+    pub fn reject_email(&self, email: &str) {
+        self.state()
+            .rejected_emails
+            .push(email.to_ascii_lowercase());
+    }
+
     /// Adds a registered customer.
     pub fn add_customer(&self, customer: SimCustomer) {
         let mut st = self.state();
@@ -796,6 +819,8 @@ struct State {
     book_calls: HashMap<i64, usize>,
     /// Requests per path (after `/v1`).
     requests: HashMap<String, usize>,
+    /// E-mail addresses (lowercase) MagicLine's lead check refuses ([`MagiclineSim::reject_email`]).
+    rejected_emails: Vec<String>,
     /// Per endpoint: start of the current minute and requests in it.
     rate_windows: HashMap<&'static str, (Timestamp, u32)>,
     /// Per endpoint: denied with 429 until then (a minute after the limit was exceeded).
@@ -830,6 +855,7 @@ impl State {
             forced: VecDeque::new(),
             book_calls: HashMap::new(),
             requests: HashMap::new(),
+            rejected_emails: Vec::new(),
             rate_windows: HashMap::new(),
             blocked_until: HashMap::new(),
             checkins: Vec::new(),
@@ -1200,7 +1226,7 @@ impl State {
         else {
             return Ok("INVALID_LEAD_CUSTOMER_DATA");
         };
-        if !plausible_email(email) {
+        if !plausible_email(email) || self.rejected_emails.contains(&email.to_ascii_lowercase()) {
             return Ok("INVALID_LEAD_CUSTOMER_DATA");
         }
         let present = |k: &str| lead.get(k).is_some_and(|v| !v.is_null());

@@ -129,6 +129,11 @@ pub struct Profile {
     /// Date of the booked trial training.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probetraining_datum: Option<String>,
+    /// The start the person wished for a trial that is not booked yet (Europe/Berlin, RFC 9557
+    /// like `probetraining_datum`); kept across messages so the booking fires once the rest of
+    /// the data is there. Set by the engine from the wish, never by the model's profile facts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wunschtermin: Option<String>,
     /// The person's customer id in MagicLine, once known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub magicline_customer_id: Option<i64>,

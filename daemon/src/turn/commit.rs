@@ -249,6 +249,7 @@ fn reason_of(kind: AlertKind) -> Reason {
         AlertKind::MemberAppointment => Reason::MemberAppointment,
         AlertKind::TurnFailed => Reason::TurnFailed,
         AlertKind::BookingFailed => Reason::BookingFailed,
+        AlertKind::InvalidCustomerData => Reason::InvalidCustomerData,
         AlertKind::Rescheduled => Reason::Rescheduled,
     }
 }

@@ -261,6 +261,9 @@ pub enum AlertKind {
     MemberAppointment,
     /// A booking could not be made and a person has to follow up.
     BookingFailed,
+    /// MagicLine refused the contact's data (e-mail, name) for a booking: the contact is asked to
+    /// correct it, and staff see it in case they cannot.
+    InvalidCustomerData,
     /// A booked trial was moved to a new slot: staff cancel the old appointment in MagicLine
     /// (the booking interface has no cancellation).
     Rescheduled,
@@ -280,6 +283,7 @@ impl AlertKind {
             AlertKind::PersonRequested => "person_requested",
             AlertKind::MemberAppointment => "member_appointment",
             AlertKind::BookingFailed => "booking_failed",
+            AlertKind::InvalidCustomerData => "invalid_customer_data",
             AlertKind::Rescheduled => "rescheduled",
             AlertKind::TurnFailed => "turn_failed",
         }
