@@ -36,14 +36,14 @@ trial_info = "20 Minuten EMS mit Trainer, kostenlos – bring Sportsachen mit"
             prompts = repo().join("prompts").display(),
         ),
     )
-    .unwrap();
+    .expect("write the configuration");
     path
 }
 
 /// Runs the scripts; the scratch stores go to `dir/tmp`.
 fn chat_script(dir: &Path, server: &rules_model::RulesServer, scripts: &[&Path]) -> Output {
     let tmp = dir.join("tmp");
-    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::create_dir_all(&tmp).expect("create the temporary directory");
     let mut cmd = Command::new(frontdesk_bin());
     cmd.arg("--config")
         .arg(config(dir))
