@@ -226,7 +226,7 @@ pub fn run_all(
             cfg.conversation.clone(),
             Some(Arc::new(SimulatedBooker)),
         );
-        let failures = run_one(&engine, cfg, script, out)?;
+        let failures = run_one(&engine, cfg, &prompts.replies().model_error(), script, out)?;
         if failures == 0 {
             summary.passed += 1;
             writeln!(out, "PASS {}\n", script.name)?;
@@ -243,10 +243,12 @@ pub fn run_all(
     Ok(summary)
 }
 
-/// Runs one script; returns the number of failed expectations (a failed turn counts as one).
+/// Runs one script; returns the number of failed expectations (a failed turn, and a turn whose
+/// model output could not be used, count as one).
 fn run_one(
     engine: &Engine,
     cfg: &Config,
+    model_error: &str,
     loaded: &LoadedScript,
     out: &mut impl Write,
 ) -> anyhow::Result<usize> {
@@ -303,7 +305,14 @@ fn run_one(
             _ => {}
         }
         let customer = engine.store().customer(&t.effects.pseudonym)?;
-        for (what, result) in check(&turn.expect, &t, customer.as_ref(), &allowed) {
+        let mut results = check(&turn.expect, &t, customer.as_ref(), &allowed);
+        if t.replies.iter().any(|r| r.contains(model_error)) {
+            results.push((
+                "usable model output".to_string(),
+                Err("the model's output could not be used; the fallback reply was sent".into()),
+            ));
+        }
+        for (what, result) in results {
             match result {
                 Ok(()) => writeln!(out, "  ok   {what}")?,
                 Err(why) => {
@@ -527,6 +536,25 @@ mod tests {
         let mut out = Vec::new();
         let summary = run_all(&cfg, &prompts, &model, &scripts, &mut out).unwrap();
         (summary, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn unusable_model_output_fails_the_turn() {
+        let (summary, out) = run_with("", "[[turn]]\nsay = \"Hallo\"\n");
+        assert_eq!(
+            summary,
+            Summary {
+                passed: 0,
+                failed: 1
+            },
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "  FAIL turn 1: usable model output: the model's output could not be used"
+            ),
+            "{out}"
+        );
     }
 
     const PRICE_QUESTION: &str =
