@@ -72,6 +72,110 @@ impl FunnelEvent {
     }
 }
 
+/// How long a first contact waited for the first reply (the assistant's or a staff member's),
+/// counted once per contact in buckets, so the report can say how fast leads are answered
+/// without keeping any contact's times.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyDelay {
+    /// Up to one minute.
+    Within1m,
+    /// Up to five minutes.
+    Within5m,
+    /// Up to fifteen minutes.
+    Within15m,
+    /// Up to an hour.
+    Within1h,
+    /// Up to four hours.
+    Within4h,
+    /// Up to a day.
+    Within24h,
+    /// More than a day.
+    Later,
+}
+
+impl ReplyDelay {
+    /// Every bucket, fastest first.
+    pub const ALL: [ReplyDelay; 7] = [
+        ReplyDelay::Within1m,
+        ReplyDelay::Within5m,
+        ReplyDelay::Within15m,
+        ReplyDelay::Within1h,
+        ReplyDelay::Within4h,
+        ReplyDelay::Within24h,
+        ReplyDelay::Later,
+    ];
+
+    /// The bucket of a wait of `waited` (a negative wait, from a skewed clock, is the fastest).
+    pub fn of(waited: jiff::SignedDuration) -> ReplyDelay {
+        /// The longest wait of each bucket but the last, in seconds.
+        const UPPER: [i64; 6] = [60, 5 * 60, 15 * 60, 3600, 4 * 3600, 24 * 3600];
+        let secs = waited.as_secs();
+        UPPER
+            .iter()
+            .position(|upper| secs <= *upper)
+            .map_or(ReplyDelay::Later, |i| Self::ALL[i])
+    }
+
+    /// The German label of the console's dashboard (`bis 1 Min.`, …).
+    pub fn label_de(self) -> &'static str {
+        match self {
+            ReplyDelay::Within1m => "bis 1 Min.",
+            ReplyDelay::Within5m => "bis 5 Min.",
+            ReplyDelay::Within15m => "bis 15 Min.",
+            ReplyDelay::Within1h => "bis 1 Std.",
+            ReplyDelay::Within4h => "bis 4 Std.",
+            ReplyDelay::Within24h => "bis 24 Std.",
+            ReplyDelay::Later => "länger",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            ReplyDelay::Within1m => "first_reply_1m",
+            ReplyDelay::Within5m => "first_reply_5m",
+            ReplyDelay::Within15m => "first_reply_15m",
+            ReplyDelay::Within1h => "first_reply_1h",
+            ReplyDelay::Within4h => "first_reply_4h",
+            ReplyDelay::Within24h => "first_reply_24h",
+            ReplyDelay::Later => "first_reply_later",
+        }
+    }
+
+    fn from_key(s: &str) -> Option<ReplyDelay> {
+        Self::ALL.into_iter().find(|d| d.key() == s)
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|d| *d == self).unwrap_or(0)
+    }
+}
+
+/// First replies per [`ReplyDelay`] bucket, fastest first.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct ReplyDelays(pub [u64; 7]);
+
+impl ReplyDelays {
+    /// The count of one bucket.
+    pub fn get(&self, d: ReplyDelay) -> u64 {
+        self.0[d.index()]
+    }
+
+    /// First replies counted in all.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// The share answered within five minutes, in percent (none without first replies).
+    pub fn within_5m_pct(&self) -> Option<f64> {
+        let total = self.total();
+        (total > 0).then(|| {
+            let fast = self.get(ReplyDelay::Within1m) + self.get(ReplyDelay::Within5m);
+            (fast as f64 * 1000.0 / total as f64).round() / 10.0
+        })
+    }
+}
+
 /// What Meta bills an outbound message as: a free-form reply is `service`, a template is
 /// billed by its category. The names are those of `pricing.category` in status webhooks.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
@@ -236,6 +340,20 @@ pub fn record_sent(
         store,
         batch,
         format!("{}/{}", studio_day(at), category.key()),
+    )
+}
+
+/// Adds one first reply, sent at `at` after the contact waited `waited`, to `batch`.
+pub fn record_first_reply(
+    store: &Store,
+    batch: &mut fjall::OwnedWriteBatch,
+    waited: jiff::SignedDuration,
+    at: Timestamp,
+) -> Result<()> {
+    increment(
+        store,
+        batch,
+        format!("{}/{}", studio_day(at), ReplyDelay::of(waited).key()),
     )
 }
 
@@ -480,6 +598,9 @@ pub struct FunnelRow {
     /// The same in euros.
     #[serde(default)]
     pub cost_per_trial_eur: Option<f64>,
+    /// First replies to new contacts by how long they waited.
+    #[serde(default)]
+    pub first_replies: ReplyDelays,
 }
 
 impl FunnelRow {
@@ -514,6 +635,7 @@ fn micro_to_eur(micro: u64) -> f64 {
 enum Counted {
     Funnel(FunnelEvent),
     Sent(PricingCategory),
+    FirstReply(ReplyDelay),
 }
 
 impl Counted {
@@ -521,12 +643,14 @@ impl Counted {
         FunnelEvent::parse(s)
             .map(Counted::Funnel)
             .or_else(|| PricingCategory::from_key(s).map(Counted::Sent))
+            .or_else(|| ReplyDelay::from_key(s).map(Counted::FirstReply))
     }
 
     fn add_to(&self, row: &mut FunnelRow, n: u64) {
         match self {
             Counted::Funnel(e) => row.add(*e, n),
             Counted::Sent(c) => row.messages.add(*c, n),
+            Counted::FirstReply(d) => row.first_replies.0[d.index()] += n,
         }
     }
 }

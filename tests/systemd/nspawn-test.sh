@@ -209,6 +209,12 @@ in_ct getent passwd frontdesk >/dev/null || fail "user frontdesk missing"
 in_ct getent group frontdesk-admin >/dev/null || fail "group frontdesk-admin missing"
 ok "sysusers created frontdesk and frontdesk-admin"
 
+tls_key_mode="$(in_ct stat -c '%a %U' /var/lib/frontdesk/console-tls/key.pem 2>/dev/null)" \
+    || { cat "$WORK/install.log"; fail "postinst did not make the console certificate"; }
+[[ "$tls_key_mode" == "600 frontdesk" ]] || fail "console key has mode/owner '$tls_key_mode', want '600 frontdesk'"
+grep -q "SHA-256 fingerprint" "$WORK/install.log" || fail "postinst did not print the console certificate's fingerprint"
+ok "console certificate made at install"
+
 ident_mode="$(in_ct stat -c '%a %U' "$CREDSTORE/frontdesk.store-identity" 2>/dev/null)" \
     || fail "postinst did not create $CREDSTORE/frontdesk.store-identity"
 [[ "$ident_mode" == "600 root" ]] || fail "store identity has mode/owner '$ident_mode', want '600 root'"

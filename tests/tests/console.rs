@@ -296,6 +296,17 @@ async fn staff_answer_a_hand_over_in_the_browser() {
     wait_for(&b.client, "//h1[.='Probetrainings']").await;
     b.screenshot("09-trials").await;
 
+    // The dashboard draws its charts as inline SVG beside tables of their numbers.
+    b.client.goto(&format!("{url}/dashboard")).await.unwrap();
+    wait_for(&b.client, "//h1[.='Übersicht']").await;
+    wait_for(
+        &b.client,
+        "//figure//*[local-name()='svg']//*[local-name()='rect']",
+    )
+    .await;
+    wait_for(&b.client, "//table/caption[.='Trichter je Kalenderwoche']").await;
+    b.screenshot("10-dashboard").await;
+
     // Wrong passwords lock the account: then even the right one is refused.
     b.client
         .find(Locator::XPath("//button[.='Abmelden']"))
@@ -333,5 +344,6 @@ async fn staff_answer_a_hand_over_in_the_browser() {
     }
     let anna = audit_actions(&daemon, "anna");
     assert!(anna.iter().any(|(a, _)| a == "customer.forget"), "{anna:?}");
+    assert!(anna.iter().any(|(a, _)| a == "stats.read"), "{anna:?}");
     daemon.stop();
 }

@@ -439,6 +439,8 @@ pub fn customers_set_mode(ctx: &Ctx, req: PhoneRequest, pause: bool) -> OpResult
         return Err(ctx.not_found(event, &p));
     };
     drop(pending);
+    // The console's inbox moves the conversation.
+    ctx.store().activity().touched(&p);
     to_json(ModeReply {
         pseudonym: p.short(),
         mode: status_code(&c).into(),

@@ -2,10 +2,13 @@
 //! imports only `store`), so `turn::commit` and the WhatsApp failure handling can put an alert
 //! into the batch of the effect that raises it.
 //!
-//! Layout (the queue-row layout of the inbox and outbox): key `stage (1) || id (16)`, value
-//! `pseudonym (16) || sealed alert` (sealed with the store's queue key, bound to keyspace and
-//! row key). The pseudonym in front lets a forget or a move find a person's alerts without
-//! opening any; an alert about no one (the whole sender paused) carries [`NOBODY`] there.
+//! Layout (the queue-row layout of the inbox and outbox, `store::queue_rows`): key `stage (1) ||
+//! id (16)`, value `pseudonym (16) || sealed alert`. An alert about a customer is sealed under
+//! that customer's data key, so a forget shreds it like the rest of their rows (the first name
+//! is personal data); an alert about no one (the whole sender paused) carries [`NOBODY`] in
+//! front and is sealed under the store's queue key, which opens no one's data. The pseudonym in
+//! front lets a forget or a move find a person's alerts without opening any, and it is the one
+//! a read alert is about (a move re-seals the row under the new pseudonym).
 //!
 //! Stages: `r` (raised, not yet handed to any channel) and `m` (an e-mail still to be sent).
 //! The id is the time of raising in nanoseconds and 8 random bytes: ordered by time, unique
@@ -20,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::store::crypto::{Pseudonym, PSEUDONYM_LEN};
+use crate::store::queue_rows::Opened;
 use crate::store::{ks, Result, Store, StoreError};
 
 /// Stage of an alert no channel has taken yet.
@@ -214,7 +218,8 @@ fn row_key(stage: u8, id: &[u8; ID_LEN]) -> Vec<u8> {
     k
 }
 
-/// Adds `alert` at `stage` with `id` to `batch`.
+/// Adds `alert` at `stage` with `id` to `batch`. An alert about a customer who has no data key
+/// any more (forgotten meanwhile) is not written: nothing new is kept about them.
 pub fn put(
     store: &Store,
     batch: &mut fjall::OwnedWriteBatch,
@@ -223,10 +228,31 @@ pub fn put(
     alert: &Alert,
 ) {
     let key = row_key(stage, id);
-    let body = serde_json::to_vec(alert).expect("alerts serialise");
-    let mut v = alert.customer.unwrap_or(NOBODY).0.to_vec();
-    v.extend_from_slice(&store.queue_key().seal(ks::ALERTS, &key, &body));
+    let body = zeroize::Zeroizing::new(serde_json::to_vec(alert).expect("alerts serialise"));
+    let v = match alert.customer {
+        Some(p) => match store.seal_queue_row(ks::ALERTS, &key, &p, &body) {
+            Ok(v) => v,
+            Err(StoreError::NoDataKey) => {
+                tracing::info!(customer = %p, reason = alert.reason.code(), "alert about a forgotten customer not kept");
+                return;
+            }
+            Err(e) => {
+                // The key file could not be read: the alert must still reach staff. Sealed
+                // under the queue key it is removed by a forget like any alert row.
+                tracing::error!(customer = %p, error = %e, "alert sealed under the queue key");
+                legacy_row(store, &key, p, &body)
+            }
+        },
+        None => legacy_row(store, &key, NOBODY, &body),
+    };
     batch.insert(&store.keyspaces().alerts, key, v);
+}
+
+/// `p || body sealed under the queue key` (the layout `store::queue_rows` reads as legacy).
+fn legacy_row(store: &Store, key: &[u8], p: Pseudonym, body: &[u8]) -> Vec<u8> {
+    let mut v = p.0.to_vec();
+    v.extend_from_slice(&store.queue_key().seal(ks::ALERTS, key, body));
+    v
 }
 
 /// Raises `alert`: adds it to `batch`, which the caller commits with the effect that raised it.
@@ -253,8 +279,9 @@ pub fn contains(store: &Store, stage: u8, id: &[u8; ID_LEN]) -> Result<bool> {
     Ok(store.keyspaces().alerts.contains_key(row_key(stage, id))?)
 }
 
-/// Every alert at `stage`, oldest first. A row that cannot be opened is an error (the store's
-/// queue key opens every row this store wrote).
+/// Every alert at `stage`, oldest first; about the customer whose pseudonym the row carries.
+/// An alert whose customer's key is gone (forgotten since) is skipped; a row that cannot be
+/// opened is an error.
 pub fn at_stage(store: &Store, stage: u8) -> Result<Vec<Stored>> {
     let corrupt = |what| StoreError::Corrupt {
         keyspace: ks::ALERTS,
@@ -267,9 +294,12 @@ pub fn at_stage(store: &Store, stage: u8) -> Result<Vec<Stored>> {
             .get(1..)
             .and_then(|t| t.try_into().ok())
             .ok_or(corrupt("alert key"))?;
-        let sealed = v.get(PSEUDONYM_LEN..).ok_or(corrupt("alert row"))?;
-        let plain = store.queue_key().open(ks::ALERTS, &k, sealed)?;
-        let alert = serde_json::from_slice(&plain).map_err(|_| corrupt("alert"))?;
+        let (p, plain) = match store.open_queue_row(ks::ALERTS, &k, &v)? {
+            Opened::Row(p, plain) => (p, plain),
+            Opened::Shredded(_) => continue,
+        };
+        let mut alert: Alert = serde_json::from_slice(&plain).map_err(|_| corrupt("alert"))?;
+        alert.customer = (p != NOBODY).then_some(p);
         out.push(Stored { id, stage, alert });
     }
     Ok(out)
@@ -292,10 +322,19 @@ mod tests {
         (dir, store)
     }
 
+    /// A customer with a data key, as the webhook leaves one.
+    fn customer(store: &Store, phone: &str) -> Pseudonym {
+        let p = store.pseudonym(phone);
+        let mut batch = store.batch();
+        store.data_key_or_create(&p, &mut batch).unwrap();
+        store.commit_durable(batch).unwrap();
+        p
+    }
+
     #[test]
     fn a_raised_alert_reads_back_and_its_name_is_sealed() {
         let (_dir, store) = store();
-        let p = store.pseudonym("4915112345678");
+        let p = customer(&store, "4915112345678");
         let alert = Alert {
             reason: Reason::Complaint,
             customer: Some(p),
@@ -318,7 +357,7 @@ mod tests {
     #[test]
     fn a_forget_removes_the_customers_alerts_and_keeps_the_others() {
         let (_dir, store) = store();
-        let p = store.pseudonym("4915112345678");
+        let p = customer(&store, "4915112345678");
         let about = |customer| Alert {
             reason: Reason::BookingFailed,
             customer,
@@ -339,5 +378,34 @@ mod tests {
         let later = at + jiff::SignedDuration::from_secs(1);
         assert!(new_id(at) < new_id(later));
         assert_ne!(new_id(at), new_id(at));
+    }
+
+    #[test]
+    fn a_customers_alert_is_shredded_with_their_key_and_follows_a_move() {
+        let (_dir, store) = store();
+        let p = customer(&store, "4915112345678");
+        let alert = Alert {
+            reason: Reason::Complaint,
+            customer: Some(p),
+            first_name: Some("Wiebke".into()),
+            raised: Timestamp::now(),
+        };
+        raise_now(&store, &alert).unwrap();
+        // Sealed under the customer's key: the queue key alone does not open it.
+        for g in store.keyspaces().alerts.iter() {
+            let (k, v) = g.into_inner().unwrap();
+            assert_eq!(
+                crate::store::queue_rows::layout(&v),
+                crate::store::queue_rows::Layout::Customer
+            );
+            assert!(store
+                .queue_key()
+                .open(ks::ALERTS, &k, &v[PSEUDONYM_LEN..])
+                .is_err());
+        }
+        // Once the key is gone, nothing new is kept about the customer.
+        store.forget(&[p], Timestamp::now()).unwrap();
+        raise_now(&store, &alert).unwrap();
+        assert_eq!(store.keyspaces().alerts.iter().count(), 0);
     }
 }

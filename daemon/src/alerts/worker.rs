@@ -424,10 +424,20 @@ mod tests {
         )
     }
 
+    /// The pseudonym of `phone` with a data key, as a customer (or a staff number sent an
+    /// alert) has one.
+    fn keyed(f: &Fixture, phone: &str) -> crate::store::crypto::Pseudonym {
+        let p = f.store.pseudonym(phone);
+        let mut batch = f.store.batch();
+        f.store.data_key_or_create(&p, &mut batch).unwrap();
+        f.store.commit_durable(batch).unwrap();
+        p
+    }
+
     fn raise(f: &Fixture, reason: Reason, customer: bool) -> Alert {
         let alert = Alert {
             reason,
-            customer: customer.then(|| f.store.pseudonym("4917612345678")),
+            customer: customer.then(|| keyed(f, "4917612345678")),
             first_name: customer.then(|| "Wiebke".to_string()),
             raised: Timestamp::now(),
         };
@@ -549,7 +559,7 @@ mod tests {
     fn a_failed_alert_template_is_reported_as_such_and_not_as_a_customer() {
         let f = fixture();
         let w = worker(&f, alerts_cfg(Some(closed_port())));
-        let staff = f.store.pseudonym("4915100000001");
+        let staff = keyed(&f, "4915100000001");
         queue::raise_now(
             &f.store,
             &Alert {

@@ -484,6 +484,13 @@ pub enum AuditEvent {
         /// WhatsApp's error code.
         code: i64,
     },
+    /// One of the studio's staff numbers wrote to the business number: not handed to the
+    /// assistant, nothing stored; `answered` when it got the pointer to the console.
+    #[serde(rename = "message.from_staff")]
+    MessageFromStaff {
+        /// The pointer to the console was sent (at most once a day per number).
+        answered: bool,
+    },
     /// A queue row could not be opened (damaged bytes or key file) and was moved to the
     /// quarantine; the rest of the queue carries on.
     #[serde(rename = "queue.row_quarantined")]

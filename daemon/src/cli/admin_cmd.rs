@@ -17,7 +17,7 @@ use crate::audit::{
     self, AnchorCheck, AuditFilter, AuditRecord, ForgetReason, Head, Verification, VerifyReport,
 };
 use crate::config::{Config, ServiceConfig};
-use crate::stats::{FunnelReport, FunnelRow, Period};
+use crate::stats::{FunnelReport, FunnelRow, Period, ReplyDelay};
 
 #[derive(Subcommand, Debug)]
 pub enum CustomersCommand {
@@ -662,8 +662,28 @@ pub fn stats(cli: &Cli, args: &StatsArgs) -> anyhow::Result<u8> {
         }
     }
     println!();
+    print_first_replies(&r);
+    println!();
     print_costs(&r);
     Ok(exit::OK)
+}
+
+/// How long new contacts waited for their first reply, over the whole report.
+fn print_first_replies(r: &FunnelReport) {
+    let d = &r.total.first_replies;
+    let share = d
+        .within_5m_pct()
+        .map_or_else(|| "-".to_string(), |p| format!("{p:.1} %"));
+    println!(
+        "FIRST REPLIES {}, within 5 min {share}: {}",
+        d.total(),
+        ReplyDelay::ALL
+            .iter()
+            .zip(["<=1m", "<=5m", "<=15m", "<=1h", "<=4h", "<=24h", ">24h"])
+            .map(|(bucket, label)| format!("{label} {}", d.get(*bucket)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 }
 
 /// The messages of each period by pricing category and what they cost at the configured rates.

@@ -208,11 +208,24 @@ fn check_console(cfg: &Config) -> Check {
         );
     }
     let (cert, _) = crate::console::tls::files(cfg);
+    let generated = cfg.console.tls_certificate.is_none();
     match crate::console::tls::fingerprint(&cert) {
+        Ok(fp) if generated => match crate::console::tls::uncovered(&cfg.console, &cert) {
+            Ok(missing) if !missing.is_empty() => warn(
+                NAME,
+                format!(
+                    "{url}: the generated certificate does not name {}; the daemon makes a new one at its next start (SHA-256 {fp} then changes)",
+                    missing.join(", ")
+                ),
+                "restart frontdesk, or run frontdesk console certificate --renew, and run doctor again for the new fingerprint",
+            ),
+            _ => pass(NAME, format!("{url} certificate SHA-256 {fp}")),
+        },
         Ok(fp) => pass(NAME, format!("{url} certificate SHA-256 {fp}")),
-        Err(_) if cfg.console.tls_certificate.is_none() && !cert.exists() => pass(
+        Err(_) if generated && !cert.exists() => warn(
             NAME,
-            format!("{url} (its certificate is generated at the daemon's first start; run doctor again then)"),
+            format!("{url}: no certificate yet (the daemon generates one at its start)"),
+            "run frontdesk console certificate now to see its fingerprint",
         ),
         Err(e) => fail(
             NAME,

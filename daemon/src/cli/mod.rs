@@ -7,6 +7,7 @@ mod admin_cmd;
 mod chat_cmd;
 mod chat_facts;
 mod chat_script;
+mod console_cmd;
 mod demo_cmd;
 mod doctor_cmd;
 mod doctor_magicline;
@@ -80,6 +81,9 @@ pub enum Command {
     /// Staff console accounts: add, passwd, remove, list (through the daemon; audited).
     #[command(subcommand)]
     Staff(staff_cmd::StaffCommand),
+    /// The staff console's own files: its self-signed certificate.
+    #[command(subcommand)]
+    Console(console_cmd::ConsoleCommand),
     /// Store maintenance: identities, backups, restores (stop the service first).
     #[command(subcommand)]
     Store(store_cmd::StoreCommand),
@@ -179,6 +183,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Doctor(args) => doctor_cmd::run(&cli.config, args),
         Command::Send(args) => send_cmd::run(&cli, args),
         Command::Staff(cmd) => staff_cmd::run(&cli, cmd),
+        Command::Console(cmd) => console_cmd::run(&cli, cmd),
         Command::Demo { model, server } => demo_cmd::run(model.as_deref(), server),
         Command::Relay(cmd) => relay_cmd::run(cmd),
         Command::Man { out } => {

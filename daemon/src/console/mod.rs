@@ -6,7 +6,10 @@
 //! - [`accounts`]: console accounts with argon2id password hashes, in the store; managed by
 //!   the admin through the admin socket (`frontdesk staff …`, see `admin::staff`).
 //! - [`auth`]: sessions, sign-in throttling and CSRF tokens (in memory).
+//! - [`index`]: the inbox's index in memory (pseudonyms and times), kept current from the
+//!   store's change feed, so an inbox page reads only the rows it shows.
 //! - [`pages`]: what each page shows and its askama templates (`templates/`).
+//! - [`dashboard`]: the funnel dashboard, its charts drawn as SVG on the server (plotters).
 //! - [`server`]: the listener (plain HTTP on loopback, HTTPS elsewhere, see [`tls`]), routing,
 //!   security headers and the live-update stream (server-sent events).
 //! - [`actions`]: what staff do: answer (a staff turn committed by `turn::commit`), send a
@@ -20,6 +23,8 @@ pub mod accounts;
 pub mod actions;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
+pub mod index;
 pub mod pages;
 pub mod server;
 #[cfg(test)]
@@ -44,13 +49,17 @@ pub struct ConsoleState {
     pub throttle: auth::Throttle,
     /// Served over HTTPS: cookies are `Secure` and `__Host-` prefixed.
     pub https: bool,
+    /// What the inbox lists (see [`index`]).
+    pub inbox: index::InboxIndex,
 }
 
 impl ConsoleState {
     /// The console's state with the limits of `[console]`.
     pub fn new(admin: Arc<AdminState>) -> ConsoleState {
         let cfg = admin.config().console.clone();
+        let inbox = index::InboxIndex::new(&admin.store);
         ConsoleState {
+            inbox,
             admin,
             sessions: auth::Sessions::new(
                 SignedDuration::from_mins(i64::from(cfg.session_idle_minutes)),
@@ -75,7 +84,10 @@ pub fn start(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let tls = if cfg.console.https() {
         let (cert, key) = tls::files(cfg);
-        if tls::ensure_generated(&cfg.console, &cert, &key)? {
+        // The admin's own certificate is used as it is; only a generated one is made anew.
+        if cfg.console.tls_certificate.is_none()
+            && tls::ensure_generated(&cfg.console, &cert, &key)?
+        {
             tracing::info!(certificate = %cert.display(), "generated a self-signed certificate for the console");
         }
         Some(tls::server_config(&cert, &key)?)

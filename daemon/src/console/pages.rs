@@ -2,12 +2,11 @@
 //! templates that render it (`templates/`, compiled and checked at build time by askama;
 //! every value is HTML-escaped). German throughout.
 
-use std::collections::{BinaryHeap, HashMap};
-
 use askama::Template;
 use jiff::{tz::TimeZone, SignedDuration, Timestamp};
 
 use super::accounts::Role;
+use super::index::{place, InboxIndex, Place};
 use crate::audit::{AuditFilter, AuditLog, StaffName};
 use crate::store::crypto::Pseudonym;
 use crate::store::customers::{BotMode, Customer, CustomerMeta};
@@ -162,71 +161,47 @@ impl InboxList {
     }
 }
 
-/// Reads the inbox as `staff` sees it: one pass over the customers' clear headers, then only
-/// the shown rows' sealed bodies.
-pub fn inbox(store: &Store, staff: &StaffName) -> Result<InboxList, StoreError> {
-    let marks: HashMap<Pseudonym, Attention> = attention::all(store)?.into_iter().collect();
-    let mut waiting: Vec<(Pseudonym, CustomerMeta)> = Vec::new();
-    // The newest RECENT_SHOWN others, as a min-heap on last contact.
-    let mut recent: BinaryHeap<std::cmp::Reverse<(Timestamp, Pseudonym)>> = BinaryHeap::new();
-    let mut recent_meta: HashMap<Pseudonym, CustomerMeta> = HashMap::new();
-    for item in store.customer_metas() {
-        let (p, meta) = item?;
-        if meta.mode == BotMode::OptedOut {
-            continue;
+/// Reads the inbox as `staff` sees it: the rows to show come from `index`; only those rows'
+/// sealed bodies, clear headers and marks are read, fresh. A row found out of place (changed
+/// by a write the change feed does not carry) is filed anew and left off this page.
+pub fn inbox(
+    store: &Store,
+    index: &InboxIndex,
+    staff: &StaffName,
+) -> Result<InboxList, StoreError> {
+    let chosen = index.select(store, WAITING_SHOWN, RECENT_SHOWN)?;
+    let rows = |ids: Vec<Pseudonym>, expected: Place| -> Result<Vec<InboxRow>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for p in ids {
+            let c = store.customer(&p)?;
+            let mark = attention::get(store, &p)?;
+            let Some(c) = c.filter(|c| place(Some(&c.meta), mark.as_ref()) == Some(expected))
+            else {
+                index.refresh(store, &p)?;
+                continue;
+            };
+            let meta = c.meta;
+            let unread = match (meta.last_inbound, read_upto(store, &p, staff)) {
+                (Some(inbound), Some(read)) => inbound > read,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            out.push(InboxRow {
+                id: p.short(),
+                name: display_name(&c),
+                reason: waiting_reason(&meta, mark.as_ref()),
+                status: c.status_label(),
+                at: local(meta.last_contact),
+                at_iso: meta.last_contact.to_string(),
+                unread,
+            });
         }
-        if waiting_reason(&meta, marks.get(&p)).is_some() {
-            waiting.push((p, meta));
-            continue;
-        }
-        recent.push(std::cmp::Reverse((meta.last_contact, p)));
-        recent_meta.insert(p, meta);
-        if recent.len() > RECENT_SHOWN {
-            if let Some(std::cmp::Reverse((_, dropped))) = recent.pop() {
-                recent_meta.remove(&dropped);
-            }
-        }
-    }
-    let waiting_total = waiting.len();
-    waiting.sort_by_key(|w| std::cmp::Reverse(w.1.last_contact));
-    waiting.truncate(WAITING_SHOWN);
-    let mut recent: Vec<(Pseudonym, CustomerMeta)> = recent
-        .into_sorted_vec()
-        .into_iter()
-        .filter_map(|std::cmp::Reverse((_, p))| recent_meta.remove(&p).map(|m| (p, m)))
-        .collect();
-    recent.sort_by_key(|r| std::cmp::Reverse(r.1.last_contact));
-    let row = |(p, meta): (Pseudonym, CustomerMeta)| -> Result<Option<InboxRow>, StoreError> {
-        let Some(c) = store.customer(&p)? else {
-            return Ok(None);
-        };
-        let unread = match (meta.last_inbound, read_upto(store, &p, staff)) {
-            (Some(inbound), Some(read)) => inbound > read,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        Ok(Some(InboxRow {
-            id: p.short(),
-            name: display_name(&c),
-            reason: waiting_reason(&meta, marks.get(&p)),
-            status: c.status_label(),
-            at: local(meta.last_contact),
-            at_iso: meta.last_contact.to_string(),
-            unread,
-        }))
+        Ok(out)
     };
     Ok(InboxList {
-        waiting: waiting
-            .into_iter()
-            .map(row)
-            .filter_map(Result::transpose)
-            .collect::<Result<_, _>>()?,
-        waiting_total,
-        recent: recent
-            .into_iter()
-            .map(row)
-            .filter_map(Result::transpose)
-            .collect::<Result<_, _>>()?,
+        waiting: rows(chosen.waiting, Place::Waiting)?,
+        waiting_total: chosen.waiting_total,
+        recent: rows(chosen.recent, Place::Recent)?,
     })
 }
 

@@ -59,6 +59,7 @@ pub async fn serve(
 ) {
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let app = Arc::new(App { state, stop });
+    tokio::spawn(keep_inbox_index(app.clone()));
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(stopped);
@@ -402,6 +403,7 @@ async fn route(app: Arc<App>, peer: IpAddr, req: Request<Incoming>) -> Response<
         ["inbox", "list"] => inbox(app, signed, true, &query).await,
         ["events"] => events(&app),
         ["trials"] => trials(app, signed).await,
+        ["dashboard"] => dashboard(app, signed, &query).await,
         ["c", id] => conversation(app, signed, id.to_string(), false, &query).await,
         ["c", id, "history"] => conversation(app, signed, id.to_string(), true, &query).await,
         _ => error_page(
@@ -665,7 +667,7 @@ async fn inbox(app: Arc<App>, signed: Signed, fragment: bool, _query: &str) -> R
     let name = signed.staff.name.clone();
     let view = signed.view();
     let result = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
-        let list = pages::inbox(&state.admin.store, &name)?;
+        let list = pages::inbox(&state.admin.store, &state.inbox, &name)?;
         // Names are personal data: their reading is on record before they are shown.
         state.admin.audit.append(NewEntry::new(
             Actor::staff(&name),
@@ -783,7 +785,70 @@ async fn trials(app: Arc<App>, signed: Signed) -> Response<Body> {
     }
 }
 
+async fn dashboard(app: Arc<App>, signed: Signed, query: &str) -> Response<Body> {
+    let state = app.state.clone();
+    let name = signed.staff.name.clone();
+    let view = signed.view();
+    let weeks = super::dashboard::weeks_param(query);
+    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+        let rates = state.admin.config().whatsapp.pricing.rates();
+        let d = super::dashboard::read(
+            &state.admin.store,
+            &state.admin.audit,
+            &rates,
+            weeks,
+            Timestamp::now(),
+        )?;
+        // Counters only, no personal data; audited like `frontdesk stats`.
+        state
+            .admin
+            .audit
+            .append(NewEntry::new(Actor::staff(&name), AuditEvent::StatsRead))?;
+        Ok(render(&super::dashboard::DashboardPage {
+            user: Some(view),
+            nav: "dashboard",
+            d,
+        }))
+    })
+    .await;
+    match result {
+        Ok(Ok(body)) => html(StatusCode::OK, body),
+        Ok(Err(e)) => internal_error(e),
+        Err(e) => internal_error(e),
+    }
+}
+
 // ---- live updates ----
+
+/// Builds the inbox index at start and files every change as it is written, so that an inbox
+/// page finds it ready (see [`super::index`]).
+async fn keep_inbox_index(app: Arc<App>) {
+    let mut feed = app.state.admin.store.activity().subscribe();
+    let mut stop = app.stop.clone();
+    let mut build = true;
+    loop {
+        let state = app.state.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            if build {
+                state.inbox.select(&state.admin.store, 0, 0).map(|_| ())
+            } else {
+                state.inbox.catch_up(&state.admin.store)
+            }
+        })
+        .await;
+        if let Ok(Err(e)) = done {
+            warn!(error = %e, "inbox index not kept current");
+        }
+        build = false;
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            got = feed.recv() => match got {
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+        }
+    }
+}
 
 /// The body of a live-update stream: chunks handed over by the task that watches the store.
 struct EventStream(tokio::sync::mpsc::Receiver<Bytes>);

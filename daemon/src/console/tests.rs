@@ -316,7 +316,7 @@ fn the_inbox_puts_waiting_conversations_first_and_marks_unread_ones() {
     f.store.commit_durable(batch).unwrap();
     let ben = StaffName::parse("ben").unwrap();
 
-    let list = pages::inbox(&f.store, &ben).unwrap();
+    let list = pages::inbox(&f.store, &f.state.inbox, &ben).unwrap();
     let ids = |rows: &[pages::InboxRow]| rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
     assert_eq!(
         ids(&list.waiting),
@@ -347,11 +347,16 @@ fn the_inbox_puts_waiting_conversations_first_and_marks_unread_ones() {
         .unwrap();
     pages::mark_read(&f.store, &mut batch, &handed_over, &ben, upto);
     f.store.commit_durable(batch).unwrap();
-    let list = pages::inbox(&f.store, &ben).unwrap();
+    let list = pages::inbox(&f.store, &f.state.inbox, &ben).unwrap();
     assert!(!list.waiting[0].unread);
     assert!(list.waiting[1].unread);
     let anna = StaffName::parse("anna").unwrap();
-    assert!(pages::inbox(&f.store, &anna).unwrap().waiting[0].unread);
+    assert!(
+        pages::inbox(&f.store, &f.state.inbox, &anna)
+            .unwrap()
+            .waiting[0]
+            .unread
+    );
 }
 
 #[test]

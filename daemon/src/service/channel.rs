@@ -189,6 +189,10 @@ pub(super) async fn start(
                 first_delay: Duration::from_secs(cfg.conversation.turn_retry_delay_secs),
                 ..crate::whatsapp::dispatch::TurnRetry::default()
             },
+            staff: Arc::new(crate::whatsapp::staff::StaffNumbers::new(
+                &cfg.alerts.whatsapp_recipients,
+                &cfg.alerts.console_url,
+            )),
         },
         metrics.clone(),
         wake.clone(),

@@ -176,6 +176,11 @@ pub struct CustomerMeta {
     /// Sequence number of the next history row.
     #[serde(default)]
     pub next_message_seq: u64,
+    /// A first contact's first message, until the first reply (the assistant's or staff's)
+    /// goes out; then the wait is counted in `stats` and this is cleared. Unset on records from
+    /// before it was kept, so they are never counted.
+    #[serde(default)]
+    pub awaiting_first_reply: Option<Timestamp>,
 }
 
 /// Where a lead came from: the `referral` of a click-to-WhatsApp ad or post, as WhatsApp sent it.
@@ -284,6 +289,7 @@ impl Customer {
                 last_inbound: None,
                 ever_booked: false,
                 next_message_seq: 0,
+                awaiting_first_reply: None,
             },
             body: CustomerBody {
                 phone: if user_id {

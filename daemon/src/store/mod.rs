@@ -729,6 +729,8 @@ impl Store {
             self.commit_durable(batch)?;
             self.keys.remove(p)?;
             self.forget_cached_key(p);
+            // Live views drop the conversation.
+            self.activity.touched(p);
             if existed {
                 forgotten += 1;
             }

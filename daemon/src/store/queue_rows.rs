@@ -1,6 +1,6 @@
 //! The sealed layout of queue rows — the rows of the channel's queues that carry a customer's
 //! words or address (inbox entries, outbox replies, the record of a sent reply, deferred
-//! replies) — and the quarantine for rows that cannot be read.
+//! replies; staff alerts use the same layout, see `alerts::queue`) — and the quarantine for rows that cannot be read.
 //!
 //! Layout: `pseudonym (16) || 0x02 || envelope`, the envelope sealed under the customer's own
 //! data key, the one a forget unlinks, with the usual associated data `keyspace || 0 || row key`.
@@ -151,7 +151,7 @@ impl Store {
     /// Whether any inbox or outbox row carries `p` in front (the orphan-key sweep keeps the key
     /// of a contact whose first message waits in the inbox). Scans the queues, which are short.
     pub(super) fn has_queue_rows(&self, p: &Pseudonym) -> Result<bool> {
-        for keyspace in [&self.ks.inbox, &self.ks.outbox] {
+        for keyspace in [&self.ks.inbox, &self.ks.outbox, &self.ks.alerts] {
             for g in keyspace.iter() {
                 let (_, v) = g.into_inner()?;
                 if v.get(..PSEUDONYM_LEN) == Some(&p.0[..]) {
@@ -176,7 +176,7 @@ impl Store {
                 }
             }
         }
-        // Staff alert rows about the customer (sealed under the queue key, pseudonym in front).
+        // Staff alert rows about the customer (pseudonym in front).
         for g in self.ks.alerts.iter() {
             let (k, v) = g.into_inner()?;
             if v.get(..PSEUDONYM_LEN) == Some(&p.0[..]) {
@@ -204,7 +204,12 @@ impl Store {
         batch: &mut fjall::OwnedWriteBatch,
     ) -> Result<u64> {
         let mut moved = 0;
-        for (name, keyspace) in [(ks::INBOX, &self.ks.inbox), (ks::OUTBOX, &self.ks.outbox)] {
+        // Staff alert rows share the layout; the alert is about whoever is in front.
+        for (name, keyspace) in [
+            (ks::INBOX, &self.ks.inbox),
+            (ks::OUTBOX, &self.ks.outbox),
+            (ks::ALERTS, &self.ks.alerts),
+        ] {
             for g in keyspace.iter() {
                 let (k, v) = g.into_inner()?;
                 if v.get(..PSEUDONYM_LEN) != Some(&from.0[..]) {
@@ -224,17 +229,6 @@ impl Store {
                     },
                 };
                 batch.insert(keyspace, k, nv);
-                moved += 1;
-            }
-        }
-        // Staff alert rows (under the queue key, bound to their row key alone): the new
-        // pseudonym in front is all that changes.
-        for g in self.ks.alerts.iter() {
-            let (k, v) = g.into_inner()?;
-            if v.get(..PSEUDONYM_LEN) == Some(&from.0[..]) {
-                let mut nv = v.to_vec();
-                nv[..PSEUDONYM_LEN].copy_from_slice(&to.0);
-                batch.insert(&self.ks.alerts, k, nv);
                 moved += 1;
             }
         }

@@ -1,13 +1,14 @@
 //! The one place a decided turn is written: customer record, history, funnel counters, audit
 //! entries and the channel's queue rows in one durable batch, under the customer's lock.
 
+use jiff::Timestamp;
 use tracing::warn;
 
 use super::{AlertKind, Effects};
 use crate::alerts::queue::{self as alerts, Alert, Reason};
 use crate::audit::{Actor, AuditEvent, AuditLog, Code, NewEntry};
 use crate::stats;
-use crate::store::customers::Customer;
+use crate::store::customers::{Customer, CustomerMeta};
 use crate::store::messages::{Direction, Message};
 use crate::store::{self, Store};
 
@@ -104,7 +105,11 @@ pub fn commit(
     if let Some(update) = &effects.record {
         let mut fresh = match store.customer(&p)? {
             Some(c) => c,
-            None => Customer::new(p, &effects.address, effects.at),
+            None => {
+                let mut c = Customer::new(p, &effects.address, effects.at);
+                c.meta.awaiting_first_reply = update.inbound.iter().map(|m| m.at).min();
+                c
+            }
         };
         let mut decided = update.customer.clone();
         let engine_changed_mode = decided.meta.mode != update.mode_before;
@@ -151,6 +156,9 @@ pub fn commit(
             let seq = store.append_message(&mut fresh, &msg, &mut batch)?;
             effects.reply_rows.push(seq);
         }
+        if !effects.replies.is_empty() {
+            count_first_reply(store, &mut batch, &mut fresh.meta, effects.at)?;
+        }
         first_name.clone_from(&fresh.body.profile.vorname);
         store.put_customer(&fresh, &mut batch)?;
         if let Some(user_id) = &learned_user_id {
@@ -180,6 +188,20 @@ pub fn commit(
     }
     announce_alerts(&effects);
     Ok(effects)
+}
+
+/// Counts the wait of a first contact whose first reply goes out at `at`, once: the mark is
+/// cleared in the same batch.
+fn count_first_reply(
+    store: &Store,
+    batch: &mut fjall::OwnedWriteBatch,
+    meta: &mut CustomerMeta,
+    at: Timestamp,
+) -> Result<(), CommitError> {
+    if let Some(since) = meta.awaiting_first_reply.take() {
+        stats::record_first_reply(store, batch, at.duration_since(since), at)?;
+    }
+    Ok(())
 }
 
 /// Adds the turn's staff alerts to its batch, so they become durable with the hand-over that
@@ -267,6 +289,9 @@ fn commit_staff(
         effects.reply_rows.push(seq);
     }
     customer.meta.last_contact = effects.at;
+    if !effects.replies.is_empty() {
+        count_first_reply(store, &mut batch, &mut customer.meta, effects.at)?;
+    }
     store.put_customer(&customer, &mut batch)?;
     rows.add(&mut batch, store, &effects)?;
     write(store, batch, effects.audit.clone(), audit)?;
@@ -426,5 +451,89 @@ mod tests {
             .unwrap();
         commit(&store, effects, &(), None).unwrap();
         assert!(at_stage(&store, RAISED).unwrap().is_empty());
+    }
+
+    fn first_replies(store: &Store) -> crate::stats::ReplyDelays {
+        let report = crate::stats::report(
+            store,
+            None,
+            crate::stats::Period::Day,
+            &crate::stats::Rates::default(),
+        )
+        .unwrap();
+        report.total.first_replies
+    }
+
+    #[test]
+    fn the_wait_for_the_first_reply_is_counted_once_whoever_answers() {
+        use crate::stats::ReplyDelay;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreIdentity::generate()).unwrap();
+        let at: Timestamp = "2026-12-01T09:00:00Z".parse().unwrap();
+        // Handed over at once: no reply yet, nothing counted.
+        commit(&store, hand_over(&store, at), &(), None).unwrap();
+        assert_eq!(first_replies(&store).total(), 0);
+        // Staff answer twenty minutes later: one wait of up to an hour.
+        let p = store.pseudonym(PHONE);
+        let anna = crate::audit::StaffName::parse("anna").unwrap();
+        let entry = || NewEntry::new(Actor::staff(&anna), AuditEvent::StatsRead);
+        let later = at + jiff::SignedDuration::from_mins(20);
+        commit(
+            &store,
+            Effects::staff_reply(p, later, "Hallo!".into(), entry()),
+            &(),
+            None,
+        )
+        .unwrap();
+        let counted = first_replies(&store);
+        assert_eq!(counted.total(), 1);
+        assert_eq!(counted.get(ReplyDelay::Within1h), 1);
+        // A second answer is not a first one.
+        let again = later + jiff::SignedDuration::from_mins(1);
+        commit(
+            &store,
+            Effects::staff_reply(p, again, "Noch was".into(), entry()),
+            &(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(first_replies(&store).total(), 1);
+        assert_eq!(
+            store
+                .customer_meta(&p)
+                .unwrap()
+                .unwrap()
+                .awaiting_first_reply,
+            None
+        );
+    }
+
+    #[test]
+    fn the_assistants_answer_in_the_first_turn_counts_as_fast() {
+        use crate::stats::ReplyDelay;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreIdentity::generate()).unwrap();
+        let at: Timestamp = "2026-12-01T09:00:00Z".parse().unwrap();
+        let mut effects = hand_over(&store, at);
+        effects.alerts.clear();
+        if let Some(update) = effects.record.as_mut() {
+            update.customer.meta.mode = BotMode::Active;
+        }
+        effects.at = at + jiff::SignedDuration::from_secs(4);
+        effects
+            .replies
+            .push("Hallo, ich bin der digitale Assistent.".into());
+        commit(&store, effects, &(), None).unwrap();
+        let counted = first_replies(&store);
+        assert_eq!(counted.total(), 1);
+        assert_eq!(counted.get(ReplyDelay::Within1m), 1);
+        assert_eq!(
+            ReplyDelay::of(jiff::SignedDuration::from_secs(301)),
+            ReplyDelay::Within15m
+        );
+        assert_eq!(
+            ReplyDelay::of(jiff::SignedDuration::from_hours(30)),
+            ReplyDelay::Later
+        );
     }
 }

@@ -314,6 +314,9 @@ pub enum TurnOutcome {
     /// The sender address is neither a phone number nor a WhatsApp user id: dropped, nothing
     /// stored, nothing answered.
     InvalidSender,
+    /// One of the studio's staff numbers: not a lead, nothing stored, at most a pointer to the
+    /// console (`whatsapp::staff`).
+    FromStaff,
 }
 
 impl TurnOutcome {
@@ -327,6 +330,7 @@ impl TurnOutcome {
             TurnOutcome::Recorded => "recorded",
             TurnOutcome::RateLimited => "rate_limited",
             TurnOutcome::InvalidSender => "invalid_sender",
+            TurnOutcome::FromStaff => "from_staff",
         }
     }
 }

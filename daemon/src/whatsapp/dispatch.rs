@@ -81,6 +81,11 @@ impl turn::QueueRows for Retirement {
         store: &Store,
         effects: &Effects,
     ) -> store::Result<()> {
+        if effects.record.is_none() && !effects.replies.is_empty() {
+            // A reply to someone without a record (a staff number): its rows need a key of
+            // their own, swept when no row uses it any more.
+            store.data_key_or_create(&effects.pseudonym, batch)?;
+        }
         for (i, reply) in effects.replies.iter().enumerate() {
             let history: Vec<u64> = effects.reply_rows.get(i).copied().into_iter().collect();
             for part in super::graph::split_text(reply, super::graph::MAX_TEXT_CHARS) {
@@ -164,7 +169,6 @@ fn burst_of(messages: &[(Vec<u8>, InboundMessage)]) -> Burst {
     }
 }
 
-/// The new identity a system notice announces, when it names a valid one.
 /// The new identity a system notice in `m` announces, if it is one that names a valid one.
 fn identity_notice(m: &InboundMessage) -> Option<IdentityChange> {
     let Content::System {
@@ -320,6 +324,8 @@ pub struct DispatchConfig {
     pub typing_refresh: Duration,
     /// How a failed turn is tried again.
     pub retry: TurnRetry,
+    /// The studio's staff numbers, whose messages are not a lead's (`whatsapp::staff`).
+    pub staff: Arc<super::staff::StaffNumbers>,
 }
 
 /// How processing a burst ended.
@@ -772,6 +778,12 @@ impl Dispatcher {
             task: Mutex::new(None),
         };
         let decided = match given_up {
+            _ if self.cfg.staff.is_staff(&burst.address) => {
+                Ok(self
+                    .cfg
+                    .staff
+                    .turn(store.pseudonym(&burst.address), &burst, Timestamp::now()))
+            }
             None => self.engine.decide(&burst, &typing),
             Some(reason) => self.engine.give_up(&burst, reason),
         };

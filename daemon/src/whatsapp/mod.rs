@@ -18,6 +18,7 @@ pub mod payload;
 pub mod queue;
 pub mod sender;
 pub mod signature;
+pub mod staff;
 pub mod templates;
 pub mod versions;
 pub mod webhook;

@@ -4,7 +4,11 @@
 //! the browser's live update on the event stream (p50, p95), and the daemon's resident memory
 //! before and after the console was used.
 //!
-//! Usage: console-bench [--customers N] [--handovers N] [--rounds N]
+//! Usage: console-bench [--customers N] [--handovers N] [--rounds N] [--phases 1]
+//!
+//! With `--phases 1` it first times, in this process on the populated store, the reads one
+//! inbox page was built from before the console kept an index: the hand-over marks, one pass
+//! over every clear header, and the sealed bodies of the rows shown.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -55,12 +59,17 @@ fn rss_kb(pid: u32) -> u64 {
 
 /// Fills the stopped daemon's store: customers with two messages each, the first
 /// `handovers` of them escalated with a hand-over mark, and one owner account.
-fn populate(daemon: &Daemon, customers: usize, handovers: usize) -> anyhow::Result<Vec<String>> {
+fn populate(
+    daemon: &Daemon,
+    customers: usize,
+    handovers: usize,
+) -> anyhow::Result<(Vec<String>, Vec<frontdesk::store::crypto::Pseudonym>)> {
     let store = daemon.open_store();
     let start = Instant::now();
     store.start_bulk_load();
     let now = jiff::Timestamp::now();
     let mut waiting = Vec::new();
+    let mut waiting_pseudonyms = Vec::new();
     for i in 0..customers {
         let at = now - jiff::SignedDuration::from_secs(i as i64);
         let (c, ()) = store.update_customer(&phone(i), at, |c, batch, st| {
@@ -99,6 +108,7 @@ fn populate(daemon: &Daemon, customers: usize, handovers: usize) -> anyhow::Resu
         })?;
         if i < handovers {
             waiting.push(c.pseudonym.short());
+            waiting_pseudonyms.push(c.pseudonym);
         }
     }
     store.finish_bulk_load()?;
@@ -113,7 +123,7 @@ fn populate(daemon: &Daemon, customers: usize, handovers: usize) -> anyhow::Resu
         "populate: {customers} customers ({handovers} handed over) in {:.1} s",
         start.elapsed().as_secs_f64()
     );
-    Ok(waiting)
+    Ok((waiting, waiting_pseudonyms))
 }
 
 /// One HTTP/1.1 request on a fresh connection; returns status, headers and body.
@@ -184,6 +194,41 @@ fn timed_gets(addr: SocketAddr, session: &str, paths: &[String]) -> Vec<Duration
     times
 }
 
+/// Times the phases of the inbox as it was read without an index (see `--phases`).
+fn profile_phases(
+    daemon: &Daemon,
+    waiting: &[frontdesk::store::crypto::Pseudonym],
+) -> anyhow::Result<()> {
+    let store = daemon.open_store();
+    let rss0 = rss_kb(std::process::id());
+    for round in 0..3 {
+        let start = Instant::now();
+        let marks = attention::all(&store)?;
+        let t_marks = start.elapsed();
+        let start = Instant::now();
+        let mut headers = 0usize;
+        for item in store.customer_metas() {
+            let (_, meta) = item?;
+            headers += usize::from(meta.mode != BotMode::OptedOut);
+        }
+        let t_scan = start.elapsed();
+        let start = Instant::now();
+        for p in waiting.iter().take(130) {
+            store.customer(p)?;
+        }
+        let t_rows = start.elapsed();
+        println!(
+            "phases (round {round}): {} marks {:.1} ms, {headers} clear headers {:.1} ms, 130 sealed rows {:.1} ms; RSS +{:.1} MB",
+            marks.len(),
+            ms(t_marks),
+            ms(t_scan),
+            ms(t_rows),
+            rss_kb(std::process::id()).saturating_sub(rss0) as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let customers = arg("--customers", 100_000);
     let handovers = arg("--handovers", 1_000).min(customers);
@@ -195,7 +240,10 @@ fn main() -> anyhow::Result<()> {
         let graph = sim::start().await;
         let mut daemon = Daemon::start(DaemonSpec::with_graph(graph.base_url()));
         daemon.stop();
-        let waiting = populate(&daemon, customers, handovers)?;
+        let (waiting, waiting_pseudonyms) = populate(&daemon, customers, handovers)?;
+        if arg("--phases", 0) == 1 {
+            profile_phases(&daemon, &waiting_pseudonyms)?;
+        }
         daemon.restart();
         let pid = daemon.pid().expect("daemon runs");
         let addr = daemon.console;

@@ -26,6 +26,8 @@ use crate::whatsapp::payload::{Content, InboundMessage};
 use crate::whatsapp::queue::{InboxEntry, Queues};
 
 pub(super) const PHONE: &str = "491511234567";
+/// One of the studio's staff numbers (`[alerts] whatsapp_recipients`).
+const STAFF_NUMBER: &str = "491510000001";
 const WAIT: Duration = Duration::from_secs(20);
 
 /// A model that, while armed, blocks in `generate` until the test opens the gate.
@@ -118,6 +120,10 @@ pub(super) async fn fixture_with(
                 template_language: "de".into(),
             },
             retry,
+            staff: Arc::new(crate::whatsapp::staff::StaffNumbers::new(
+                &[STAFF_NUMBER.into()],
+                "https://desk.example",
+            )),
         },
         metrics.clone(),
         Arc::new(Notify::new()),
@@ -399,4 +405,46 @@ mod parts {
         let m = parsed(&named.text_message(from, "wamid.9", "Hi", 1));
         assert_eq!(m.username.as_deref(), Some("@alex"));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staff_number_is_no_lead_and_is_pointed_to_the_console_once() {
+    let f = fixture().await;
+    f.deliver_from(
+        STAFF_NUMBER,
+        "wamid.s1",
+        Content::Text("Ich übernehme".into()),
+    );
+    f.dispatcher.wait_idle().await;
+    f.deliver_from(STAFF_NUMBER, "wamid.s2", Content::Text("Danke".into()));
+    f.dispatcher.wait_idle().await;
+    let staff = f.store.pseudonym(STAFF_NUMBER);
+    // No record, no history, no model call, no funnel count.
+    assert!(f.store.customer(&staff).unwrap().is_none());
+    assert!(f.store.recent_messages(&staff, 10).unwrap().is_empty());
+    assert_eq!(f.model.calls.load(Ordering::SeqCst), 0);
+    let report = crate::stats::report(
+        &f.store,
+        None,
+        crate::stats::Period::Day,
+        &crate::stats::Rates::default(),
+    )
+    .unwrap();
+    assert_eq!(report.total.new_contacts, 0);
+    // One pointer to the console went out (the second message got none).
+    let outbox = f.queues.outbox(&f.store).unwrap();
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox[0].entry.to, STAFF_NUMBER);
+    let crate::whatsapp::queue::OutboundKind::Text(text) = &outbox[0].entry.kind else {
+        panic!("a text, not {:?}", outbox[0].entry.kind);
+    };
+    assert!(text.contains("https://desk.example"), "{text}");
+    // Both are audited about no customer, with no words.
+    let filter = crate::audit::AuditFilter {
+        action: Some("message.from_staff".into()),
+        ..crate::audit::AuditFilter::default()
+    };
+    let entries = f.audit.query(&filter).unwrap();
+    assert_eq!(entries.len(), 2);
+    assert!(entries.iter().all(|e| e.subject.is_none()));
 }
