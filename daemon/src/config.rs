@@ -674,7 +674,7 @@ impl Config {
 
 /// A URL the daemon sends tokens or personal data to: `https://`, or `http://` only to this
 /// machine (a local model server, the simulators), where nothing crosses a network.
-fn check_service_url(url: &str) -> Result<(), &'static str> {
+pub(crate) fn check_service_url(url: &str) -> Result<(), &'static str> {
     let uri: hyper::Uri = url.parse().map_err(|_| "must be an http(s) URL")?;
     let host = uri.host().ok_or("must be an http(s) URL with a host")?;
     match uri.scheme_str() {

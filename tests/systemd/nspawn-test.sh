@@ -231,6 +231,9 @@ ok "first install leaves the service stopped and disabled"
     || fail "frontdesk-relay.service missing or enabled on install (it belongs to relay servers only)"
 in_ct getent passwd frontdesk-relay >/dev/null || fail "user frontdesk-relay not created"
 ok "the relay's unit is installed and disabled"
+scripts="$(in_ct sh -c 'ls /usr/share/doc/frontdesk/examples/scripts/*.toml | wc -l')"
+[[ "$scripts" == 7 ]] || fail "example chat scripts: $scripts installed, want 7"
+ok "the example chat scripts are installed"
 
 UNIT=/usr/lib/systemd/system/frontdesk.service
 in_ct test -f "$UNIT" || UNIT=/lib/systemd/system/frontdesk.service

@@ -5,6 +5,10 @@
 //! temporary directory, sealed with a store identity that exists only in memory, and the
 //! directory is removed at exit. (Should the process be killed, what remains is unreadable
 //! without that identity.) Bookings are simulated; MagicLine is never called.
+//!
+//! `--script` replays written conversations instead of reading the terminal (`chat_script`);
+//! `--openai-url` puts an OpenAI-compatible server in place of the configured model, here and in
+//! `frontdesk demo`.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -13,7 +17,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use super::exit;
-use crate::config::Config;
+use crate::config::{Config, LlmBackend, LlmConfig};
 use crate::conversation::booking::{Booker, BookingOutcome, BookingRequest};
 use crate::conversation::engine::{Engine, Turn};
 use crate::conversation::prompts::{describe_start, Prompts};
@@ -23,12 +27,111 @@ use crate::store::Store;
 use crate::turn::{Burst, Part, PartKind};
 
 /// The phone number used when none is given (a number no one has).
-const DEFAULT_PHONE: &str = "+49 000 0000000";
+pub(super) const DEFAULT_PHONE: &str = "+49 000 0000000";
 
-/// Runs the chat on stdin/stdout until end of input or `/quit`.
-pub fn run(cfg: &Config, phone: Option<String>) -> anyhow::Result<u8> {
+/// The environment variable an OpenAI-compatible server's API key is read from (never a
+/// command-line argument, which other users of the machine could read).
+pub const OPENAI_API_KEY_ENV: &str = "FRONTDESK_OPENAI_API_KEY";
+
+/// What `frontdesk chat` takes.
+#[derive(clap::Args, Debug)]
+pub struct ChatArgs {
+    /// Phone number the conversation is filed under (any number; nothing is sent).
+    #[arg(long)]
+    pub phone: Option<String>,
+    /// Replay scripted conversations instead of reading the terminal: a TOML script or a
+    /// directory of them (repeatable). Each turn is checked against its expectations; the exit
+    /// status is 6 when one fails. The format is described in
+    /// /usr/share/doc/frontdesk/operations.md; examples are in
+    /// /usr/share/doc/frontdesk/examples/scripts/.
+    #[arg(long, value_name = "FILE|DIR")]
+    pub script: Vec<PathBuf>,
+    /// The model to use instead of the configured one.
+    #[command(flatten)]
+    pub model: OpenAiArgs,
+}
+
+/// An OpenAI-compatible model server in place of the configured model (`chat`, `demo`).
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct OpenAiArgs {
+    /// Use the OpenAI-compatible server at this address as the model (llama-server, Ollama,
+    /// vLLM), e.g. http://127.0.0.1:8081 or http://127.0.0.1:11434/v1 for Ollama. For `chat`,
+    /// an API key, if the server needs one, is read from $FRONTDESK_OPENAI_API_KEY.
+    #[arg(long, value_name = "URL", value_parser = parse_openai_url)]
+    pub openai_url: Option<String>,
+    /// The model name sent to that server (Ollama: the pulled model, e.g. qwen2.5:7b-instruct;
+    /// llama-server ignores it).
+    #[arg(long, value_name = "NAME", requires = "openai_url")]
+    pub openai_model: Option<String>,
+}
+
+impl OpenAiArgs {
+    /// Puts the server in place of the configured backend; `false` when none was given.
+    pub fn apply(&self, llm: &mut LlmConfig) -> bool {
+        let Some(url) = &self.openai_url else {
+            return false;
+        };
+        llm.backend = LlmBackend::Openai;
+        llm.openai_base_url.clone_from(url);
+        if let Some(model) = &self.openai_model {
+            llm.openai_model.clone_from(model);
+        }
+        true
+    }
+}
+
+/// An http(s) address, plain http only on loopback (as `[llm] openai_base_url`); a trailing
+/// `/v1` (as Ollama and vLLM document their base URL) is dropped, because the backend adds
+/// `/v1/chat/completions` itself.
+fn parse_openai_url(s: &str) -> Result<String, String> {
+    let url = s.trim().trim_end_matches('/');
+    let url = url.strip_suffix("/v1").unwrap_or(url);
+    crate::config::check_service_url(url).map_err(|why| format!("{s:?} {why}"))?;
+    Ok(url.to_string())
+}
+
+/// The configured model, or the OpenAI-compatible server of `args`.
+pub fn model(
+    cfg: &Config,
+    args: &OpenAiArgs,
+) -> anyhow::Result<Arc<dyn crate::llm::LanguageModel>> {
+    let mut llm = cfg.llm.clone();
+    if args.apply(&mut llm) {
+        let options = crate::llm::openai::OpenAiOptions::from_config(
+            &llm,
+            std::env::var(OPENAI_API_KEY_ENV)
+                .ok()
+                .filter(|k| !k.is_empty()),
+        );
+        return Ok(Arc::new(crate::llm::openai::OpenAiModel::new(options)));
+    }
+    crate::llm::from_config(&llm).context("cannot load the language model")
+}
+
+/// Runs the chat on stdin/stdout until end of input or `/quit`, or replays the scripts.
+pub fn run(cfg: &Config, args: &ChatArgs) -> anyhow::Result<u8> {
     let prompts = Prompts::load(&cfg.service, &cfg.studio)?;
-    let model = crate::llm::from_config(&cfg.llm).context("cannot load the language model")?;
+    // Scripts are read before the model is loaded: a mistake in one is reported at once.
+    let scripts = if args.script.is_empty() {
+        None
+    } else {
+        Some(super::chat_script::load(&args.script)?)
+    };
+    let model = model(cfg, &args.model)?;
+    if let Some(scripts) = scripts {
+        let prompts = Arc::new(prompts);
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "Model: {}\n", model.describe())?;
+        let summary = super::chat_script::run_all(cfg, &prompts, &model, &scripts, &mut out)?;
+        let total = summary.passed + summary.failed;
+        if summary.failed == 0 {
+            writeln!(out, "All {total} scripts passed.")?;
+            return Ok(exit::OK);
+        }
+        writeln!(out, "{} of {total} scripts failed.", summary.failed)?;
+        return Ok(exit::EXPECTATION_FAILED);
+    }
+    let phone = args.phone.clone();
     let scratch = ScratchDir::create()?;
     let store = Arc::new(
         Store::open(scratch.path(), StoreIdentity::generate())
@@ -122,7 +225,8 @@ pub fn chat_loop(
     Ok(())
 }
 
-fn print_turn(out: &mut impl Write, name: &str, turn: &Turn) -> std::io::Result<()> {
+/// Prints the replies of a turn and what the engine decided.
+pub(super) fn print_turn(out: &mut impl Write, name: &str, turn: &Turn) -> std::io::Result<()> {
     for reply in &turn.replies {
         writeln!(out, "{name}: {reply}")?;
     }
@@ -152,7 +256,7 @@ fn print_turn(out: &mut impl Write, name: &str, turn: &Turn) -> std::io::Result<
 }
 
 /// Books nothing and reports success, so the whole conversation can be tried.
-struct SimulatedBooker;
+pub(super) struct SimulatedBooker;
 
 impl Booker for SimulatedBooker {
     fn book_trial(&self, req: &BookingRequest) -> BookingOutcome {
@@ -166,12 +270,12 @@ impl Booker for SimulatedBooker {
 }
 
 /// A private directory under the temporary directory, removed on drop.
-struct ScratchDir {
+pub(super) struct ScratchDir {
     path: PathBuf,
 }
 
 impl ScratchDir {
-    fn create() -> anyhow::Result<ScratchDir> {
+    pub(super) fn create() -> anyhow::Result<ScratchDir> {
         use std::os::unix::fs::DirBuilderExt;
         let name = format!("frontdesk-chat-{}", hex::encode(rand::random::<[u8; 8]>()));
         let path = std::env::temp_dir().join(name);
@@ -182,7 +286,7 @@ impl ScratchDir {
         Ok(ScratchDir { path })
     }
 
-    fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         &self.path
     }
 }
@@ -275,5 +379,86 @@ mod tests {
         drop(engine);
         drop(scratch);
         assert!(!kept.exists(), "the scratch store is removed");
+    }
+
+    fn parse(args: &[&str]) -> Result<crate::cli::Cli, clap::Error> {
+        use clap::Parser;
+        crate::cli::Cli::try_parse_from(std::iter::once("frontdesk").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn chat_and_demo_take_an_openai_compatible_server() {
+        let cli = parse(&[
+            "chat",
+            "--script",
+            "a.toml",
+            "--script",
+            "dir",
+            "--openai-url",
+            "http://127.0.0.1:11434/v1/",
+            "--openai-model",
+            "qwen2.5:7b-instruct",
+        ])
+        .unwrap();
+        let crate::cli::Command::Chat(args) = cli.command else {
+            panic!("not chat: {cli:?}")
+        };
+        assert_eq!(args.script, [PathBuf::from("a.toml"), PathBuf::from("dir")]);
+        let mut llm = LlmConfig::default();
+        assert!(args.model.apply(&mut llm));
+        assert_eq!(llm.backend, LlmBackend::Openai);
+        assert_eq!(
+            llm.openai_base_url, "http://127.0.0.1:11434",
+            "/v1 is added per request"
+        );
+        assert_eq!(llm.openai_model, "qwen2.5:7b-instruct");
+
+        let cli = parse(&["demo", "--openai-url", "https://models.example.org"]).unwrap();
+        let crate::cli::Command::Demo { model, server } = cli.command else {
+            panic!("not demo: {cli:?}")
+        };
+        assert_eq!(model, None);
+        let mut llm = LlmConfig::default();
+        assert!(server.apply(&mut llm));
+        assert_eq!(llm.openai_base_url, "https://models.example.org");
+        assert_eq!(
+            llm.openai_model, "default",
+            "the configured name when none is given"
+        );
+
+        let mut llm = LlmConfig::default();
+        assert!(!OpenAiArgs::default().apply(&mut llm), "without a URL");
+        assert_eq!(llm.backend, LlmBackend::Llama);
+    }
+
+    #[test]
+    fn bad_model_server_arguments_are_refused_with_the_reason() {
+        for (args, message) in [
+            (
+                &["chat", "--openai-url", "http://192.168.1.20:8081"][..],
+                "plain http:// is only accepted for 127.0.0.1",
+            ),
+            (
+                &["chat", "--openai-url", "ftp://127.0.0.1"][..],
+                "must be an http(s) URL",
+            ),
+            (
+                &["chat", "--openai-model", "llama3"][..],
+                "--openai-url <URL>",
+            ),
+            (
+                &[
+                    "demo",
+                    "--model",
+                    "x.gguf",
+                    "--openai-url",
+                    "http://127.0.0.1:8081",
+                ][..],
+                "cannot be used with",
+            ),
+        ] {
+            let err = parse(args).unwrap_err().to_string();
+            assert!(err.contains(message), "{args:?}: {err}");
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! `frontdesk demo`: the whole product on one machine, with nothing to configure. It starts the
 //! daemon in-process with a throwaway state directory and development credentials, the small
-//! model, and the WhatsApp and MagicLine simulators; every line typed travels the real signed
-//! webhook path and the reply comes back through the real sender.
+//! model (or an OpenAI-compatible server given with `--openai-url`), and the WhatsApp and
+//! MagicLine simulators; every line typed travels the real signed webhook path and the reply
+//! comes back through the real sender.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use super::chat_cmd::OpenAiArgs;
 use super::exit;
 use crate::config::Config;
 use crate::sandbox::magicline::{self as ml_sim, SimConfig};
@@ -108,9 +110,21 @@ fn demo_payload(
     }
 }
 
+/// The model the demo answers with.
+enum DemoModel {
+    /// A GGUF file run by the embedded llama.cpp.
+    File(PathBuf),
+    /// An OpenAI-compatible server.
+    Server(OpenAiArgs),
+}
+
 /// Runs the demo; lines come from stdin (a terminal or a pipe).
-pub fn run(model: Option<&Path>) -> anyhow::Result<u8> {
-    let model = find_model(model)?;
+pub fn run(model: Option<&Path>, server: &OpenAiArgs) -> anyhow::Result<u8> {
+    let model = if server.openai_url.is_some() {
+        DemoModel::Server(server.clone())
+    } else {
+        DemoModel::File(find_model(model)?)
+    };
     let dir = std::env::temp_dir().join(format!("frontdesk-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let result = run_in(&dir, &model);
@@ -122,7 +136,7 @@ pub fn run(model: Option<&Path>) -> anyhow::Result<u8> {
     clippy::too_many_lines,
     reason = "the demo reads as its script: simulators, configuration, daemon, the chat loop"
 )]
-fn run_in(dir: &Path, model: &Path) -> anyhow::Result<u8> {
+fn run_in(dir: &Path, model: &DemoModel) -> anyhow::Result<u8> {
     crate::logging::init("warn", false);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -166,16 +180,29 @@ fn run_in(dir: &Path, model: &Path) -> anyhow::Result<u8> {
         cfg.whatsapp.graph_base = graph.base_url();
         cfg.whatsapp.api_version = SIM_GRAPH_VERSION.into();
         cfg.whatsapp.phone_number_id = SIM_PHONE_NUMBER_ID.into();
-        cfg.llm.model_path = model.to_path_buf();
-        cfg.llm.chat_template = Some("chatml".into());
-        cfg.llm.context_size = 4096;
-        cfg.llm.max_tokens = 160;
+        match model {
+            DemoModel::File(path) => {
+                cfg.llm.model_path.clone_from(path);
+                cfg.llm.chat_template = Some("chatml".into());
+                cfg.llm.context_size = 4096;
+                cfg.llm.max_tokens = 160;
+                println!("frontdesk demo: loading the model {} …", path.display());
+            }
+            DemoModel::Server(server) => {
+                // A real model writes longer replies than the small one: room for them.
+                server.apply(&mut cfg.llm);
+                cfg.llm.max_tokens = 400;
+                println!(
+                    "frontdesk demo: the model server {} (model {}) answers …",
+                    cfg.llm.openai_base_url, cfg.llm.openai_model
+                );
+            }
+        }
         cfg.conversation.burst_window_ms = 0;
         cfg.magicline.base_url = magicline.base_url();
         // The simulated studio sends no webhooks: its bookings are read instead.
         cfg.magicline.events = crate::config::MagicLineEvents::Poll;
 
-        println!("frontdesk demo: loading the model {} …", model.display());
         let ready = Arc::new(tokio::sync::Notify::new());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let opts = crate::service::ServeOptions {

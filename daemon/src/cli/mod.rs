@@ -1,9 +1,12 @@
 //! Command-line interface: the clap definitions of every verb and the dispatch to the code that
 //! carries them out. Exit codes: 0 success, 1 failure, 2 usage error (clap), 3 the daemon is not
-//! reachable, 4 permission denied, 5 verification failed.
+//! reachable, 4 permission denied, 5 verification failed, 6 an expectation of a chat script
+//! failed.
 
 mod admin_cmd;
 mod chat_cmd;
+mod chat_facts;
+mod chat_script;
 mod console_cmd;
 mod demo_cmd;
 mod doctor_cmd;
@@ -33,6 +36,8 @@ pub mod exit {
     pub const DENIED: u8 = 4;
     /// `audit verify` found the log altered or incomplete.
     pub const VERIFY_FAILED: u8 = 5;
+    /// `chat --script`: an expectation of a script did not hold.
+    pub const EXPECTATION_FAILED: u8 = 6;
 }
 
 /// frontdesk answers a studio's WhatsApp leads with a local language model, books trial trainings
@@ -86,18 +91,18 @@ pub enum Command {
     #[command(subcommand)]
     Retention(RetentionCommand),
     /// Chat with the assistant in the terminal: the configured prompts and model, a throwaway
-    /// store, simulated bookings. Try a persona before going live.
-    Chat {
-        /// Phone number the conversation is filed under (any number; nothing is sent).
-        #[arg(long)]
-        phone: Option<String>,
-    },
+    /// store, simulated bookings. Try a persona before going live; with --script, replay written
+    /// conversations and check what each message led to.
+    Chat(chat_cmd::ChatArgs),
     /// Try the whole product locally: daemon, small model, WhatsApp and MagicLine simulators;
     /// you type as the customer.
     Demo {
         /// GGUF model (default: the test model fetched by ./install.sh --dev).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "openai_url")]
         model: Option<PathBuf>,
+        /// The model server to use instead of the small model.
+        #[command(flatten)]
+        server: chat_cmd::OpenAiArgs,
     },
     /// The public relay the box's tunnel dials into (runs on a server, not on the box).
     #[command(subcommand)]
@@ -171,15 +176,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Retention(RetentionCommand::Run { dry_run, json }) => {
             admin_cmd::retention(&cli, *dry_run, *json)
         }
-        Command::Chat { phone } => {
+        Command::Chat(args) => {
             let cfg = load_config(&cli)?;
-            chat_cmd::run(&cfg, phone.clone())
+            chat_cmd::run(&cfg, args)
         }
         Command::Doctor(args) => doctor_cmd::run(&cli.config, args),
         Command::Send(args) => send_cmd::run(&cli, args),
         Command::Staff(cmd) => staff_cmd::run(&cli, cmd),
         Command::Console(cmd) => console_cmd::run(&cli, cmd),
-        Command::Demo { model } => demo_cmd::run(model.as_deref()),
+        Command::Demo { model, server } => demo_cmd::run(model.as_deref(), server),
         Command::Relay(cmd) => relay_cmd::run(cmd),
         Command::Man { out } => {
             std::fs::create_dir_all(out)?;
