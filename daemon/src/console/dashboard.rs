@@ -54,6 +54,12 @@ pub struct FunnelWeek {
     pub trial_booked: u64,
     /// Conversations handed over.
     pub handovers: u64,
+    /// Booked trials the person came to (checked in).
+    pub showed_up: u64,
+    /// Booked trials nobody came to.
+    pub no_show: u64,
+    /// Trials booked again after a cancelled or missed one.
+    pub rebooked: u64,
 }
 
 /// Outbound messages of one studio day.
@@ -186,6 +192,9 @@ pub fn read(
                 name_known: r.name_known,
                 trial_booked: r.trial_booked,
                 handovers: r.handovers,
+                showed_up: r.showed_up,
+                no_show: r.no_show,
+                rebooked: r.rebooked,
             }
         })
         .collect();
@@ -322,6 +331,11 @@ fn funnel_chart(weeks: &[FunnelWeek]) -> Result<String, ChartError> {
             name: "Probetraining gebucht",
             color: GREEN,
             values: weeks.iter().map(|w| w.trial_booked).collect(),
+        },
+        Series {
+            name: "Erschienen",
+            color: PURPLE,
+            values: weeks.iter().map(|w| w.showed_up).collect(),
         },
     ];
     bar_chart(&labels, &series, Layout::Grouped, 1)
@@ -498,6 +512,7 @@ mod tests {
             (FunnelEvent::NewContact, 7),
             (FunnelEvent::NameKnown, 5),
             (FunnelEvent::TrialBooked, 3),
+            (FunnelEvent::ShowedUp, 2),
         ] {
             for _ in 0..n {
                 record_now(&store, event, t("2026-11-24T10:00:00Z")).expect("record");
@@ -562,6 +577,7 @@ mod tests {
         assert_eq!(labels, ["KW 46", "KW 47", "KW 48", "KW 49"]);
         assert_eq!(d.funnel[2].new_contacts, 7);
         assert_eq!(d.funnel[2].trial_booked, 3);
+        assert_eq!(d.funnel[2].showed_up, 2);
         assert_eq!(d.funnel[3].new_contacts, 11);
         assert_eq!(d.reasons[0], ("Beschwerde".to_string(), 2));
         assert_eq!(d.reasons[1], ("Vertragsfrage".to_string(), 1));
@@ -616,6 +632,7 @@ mod tests {
         assert_eq!(bars(svgs[0], "#0072B2"), 2 + 1);
         assert_eq!(bars(svgs[0], "#E69F00"), 1 + 1);
         assert_eq!(bars(svgs[0], "#009E73"), 1 + 1);
+        assert_eq!(bars(svgs[0], "#CC79A7"), 1 + 1);
         // Reasons: two bars, no legend.
         assert_eq!(bars(svgs[1], "#CC79A7"), 2);
         // First replies: two buckets with counts, no legend.

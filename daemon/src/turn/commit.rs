@@ -103,14 +103,7 @@ pub fn commit(
     }
     let mut first_name = None;
     if let Some(update) = &effects.record {
-        let mut fresh = match store.customer(&p)? {
-            Some(c) => c,
-            None => {
-                let mut c = Customer::new(p, &effects.address, effects.at);
-                c.meta.awaiting_first_reply = update.inbound.iter().map(|m| m.at).min();
-                c
-            }
-        };
+        let mut fresh = current_or_new(store, &effects, update)?;
         let mut decided = update.customer.clone();
         let engine_changed_mode = decided.meta.mode != update.mode_before;
         if fresh.meta.mode != update.mode_before && !engine_changed_mode {
@@ -188,6 +181,23 @@ pub fn commit(
     }
     announce_alerts(&effects);
     Ok(effects)
+}
+
+/// The customer's record as it is now, or a new one for a first contact, waiting for its first
+/// reply since its first message.
+fn current_or_new(
+    store: &Store,
+    effects: &Effects,
+    update: &super::RecordUpdate,
+) -> Result<Customer, CommitError> {
+    Ok(match store.customer(&effects.pseudonym)? {
+        Some(c) => c,
+        None => {
+            let mut c = Customer::new(effects.pseudonym, &effects.address, effects.at);
+            c.meta.awaiting_first_reply = update.inbound.iter().map(|m| m.at).min();
+            c
+        }
+    })
 }
 
 /// Counts the wait of a first contact whose first reply goes out at `at`, once: the mark is

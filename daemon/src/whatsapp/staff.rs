@@ -54,10 +54,7 @@ impl StaffNumbers {
 
     /// Whether `address` (a phone number or a WhatsApp user id) is one of the staff numbers.
     pub fn is_staff(&self, address: &str) -> bool {
-        !self.numbers.is_empty() && {
-            let n = normalise_phone(address);
-            self.numbers.iter().any(|s| *s == n)
-        }
+        !self.numbers.is_empty() && self.numbers.contains(&normalise_phone(address))
     }
 
     /// The turn for a burst from staff number `p` at `now`: nothing stored about it, the audit

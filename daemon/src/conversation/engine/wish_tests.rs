@@ -98,7 +98,7 @@ impl Setup {
             parts: vec![text_part(id, text, &now)],
         };
         let mut turn = self.engine.decide_at(&burst, &now).unwrap();
-        turn.effects = crate::turn::commit(&self.ml.store(), turn.effects, &(), None).unwrap();
+        turn.effects = crate::turn::commit(self.ml.store(), turn.effects, &(), None).unwrap();
         turn
     }
 
@@ -112,7 +112,7 @@ impl Setup {
 
     /// The staff alerts raised and not yet taken by the alert worker.
     fn raised_alerts(&self) -> Vec<alert_queue::Alert> {
-        alert_queue::at_stage(&self.ml.store(), alert_queue::RAISED)
+        alert_queue::at_stage(self.ml.store(), alert_queue::RAISED)
             .unwrap()
             .into_iter()
             .map(|row| row.alert)
