@@ -45,6 +45,7 @@ pub fn booker(
             alternatives_days: cfg.magicline.days_ahead,
             trial_appointment_id: cfg.magicline.trial_offer_appointment_id,
             member_appointment_id: cfg.magicline.member_appointment_id,
+            reminders: crate::reminders::Plan::from_config(&cfg.reminders),
             ..BookerConfig::default()
         },
     );

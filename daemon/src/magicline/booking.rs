@@ -182,6 +182,8 @@ pub struct BookerConfig {
     pub trial_appointment_id: Option<i64>,
     /// The time a wished start is compared with (settable for tests and the demo).
     pub clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+    /// Reminders and follow-ups scheduled with each booking (`[reminders]`); `None`: none.
+    pub reminders: Option<crate::reminders::Plan>,
 }
 
 impl Default for BookerConfig {
@@ -194,6 +196,7 @@ impl Default for BookerConfig {
             member_appointment_id: None,
             trial_appointment_id: None,
             clock: Arc::new(Timestamp::now),
+            reminders: None,
         }
     }
 }
@@ -356,6 +359,12 @@ struct Record {
     alternatives: Vec<String>,
     #[serde(default)]
     canceled: bool,
+    /// When the person checked in for this booking (from MagicLine).
+    #[serde(default)]
+    checked_in_at: Option<Timestamp>,
+    /// The booking's reminders and follow-up were scheduled (in the write that recorded it).
+    #[serde(default)]
+    scheduled: bool,
     updated_at: Timestamp,
 }
 
@@ -374,6 +383,8 @@ impl Record {
             failure: None,
             alternatives: Vec::new(),
             canceled: false,
+            checked_in_at: None,
+            scheduled: false,
             updated_at: now,
         }
     }
@@ -1536,19 +1547,97 @@ impl MagicLineBooker {
     ) -> Result<(), BookerError> {
         let mut rec = rec.clone();
         rec.updated_at = (self.cfg.clock)();
-        let plain =
-            zeroize::Zeroizing::new(serde_json::to_vec(&rec).expect("booking record serialises"));
         let _guard = self.store.lock_customer(p);
         if self.store.forgotten_at(p)?.is_some_and(|f| f >= asked_at) {
             return Err(BookerError::Forgotten);
         }
         let mut batch = self.store.batch();
         let data_key = self.store.data_key_or_create(p, &mut batch)?;
+        self.schedule_messages(p, &mut rec, &mut batch)?;
+        let plain =
+            zeroize::Zeroizing::new(serde_json::to_vec(&rec).expect("booking record serialises"));
         let sealed = data_key.seal(ks::BOOKINGS, key, &plain);
         batch.insert(&self.store.keyspaces().bookings, key.to_vec(), sealed);
         self.store.commit_durable(batch)?;
         Ok(())
     }
+}
+
+impl MagicLineBooker {
+    /// Schedules a new booking's reminders and follow-up, or removes a cancelled one's, in the
+    /// batch that records it: a booking is never durable without its messages, nor a
+    /// cancellation with them.
+    fn schedule_messages(
+        &self,
+        p: &Pseudonym,
+        rec: &mut Record,
+        batch: &mut fjall::OwnedWriteBatch,
+    ) -> Result<(), BookerError> {
+        let Some(id) = rec.booking_id else {
+            return Ok(());
+        };
+        if rec.canceled {
+            self.store.unschedule_booking(batch, p, id)?;
+            return Ok(());
+        }
+        let Some(plan) = &self.cfg.reminders else {
+            return Ok(());
+        };
+        if rec.scheduled || !matches!(rec.step, Step::Booked | Step::Confirmed) {
+            return Ok(());
+        }
+        let start = rec.start.timestamp();
+        let end = rec.end.as_ref().map_or_else(
+            || start + jiff::SignedDuration::from_hours(1),
+            Zoned::timestamp,
+        );
+        let too_late =
+            plan.schedule_booking(&self.store, batch, p, id, (start, end), (self.cfg.clock)())?;
+        for kind in too_late {
+            tracing::info!(customer = %p, booking_id = id, kind = kind.code(), "booked at short notice: this reminder's time has passed, it is not sent");
+        }
+        rec.scheduled = true;
+        Ok(())
+    }
+}
+
+/// What the reminder scheduler reads of a booking when a message about it is due.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BookingState {
+    /// Cancelled (by the contact, by staff in MagicLine, or rescheduled away).
+    pub canceled: bool,
+    /// When the person checked in for it, if they did.
+    pub checked_in_at: Option<Timestamp>,
+    /// MagicLine waits for the lead to confirm it.
+    pub confirmation_pending: bool,
+}
+
+/// The state of booking `booking_id` of `p`, read from its sealed row (`None`: no such row).
+pub fn booking_state(
+    store: &Store,
+    p: &Pseudonym,
+    booking_id: i64,
+) -> crate::store::Result<Option<BookingState>> {
+    let Some(data_key) = store.data_key(p)? else {
+        return Ok(None);
+    };
+    for guard in store.keyspaces().bookings.prefix(p.0) {
+        let (k, v) = guard.into_inner()?;
+        let Ok(plain) = data_key.open(ks::BOOKINGS, &k, &v) else {
+            continue;
+        };
+        let Ok(rec) = serde_json::from_slice::<Record>(&plain) else {
+            continue;
+        };
+        if rec.booking_id == Some(booking_id) {
+            return Ok(Some(BookingState {
+                canceled: rec.canceled,
+                checked_in_at: rec.checked_in_at,
+                confirmation_pending: rec.confirmation_required && rec.step != Step::Confirmed,
+            }));
+        }
+    }
+    Ok(None)
 }
 
 /// Per-call knowledge that is not recorded: whether a state-changing call of this call's own

@@ -54,6 +54,7 @@ pub(super) struct Channel {
     listener_task: tokio::task::JoinHandle<()>,
     sender_task: tokio::task::JoinHandle<()>,
     alerts_task: tokio::task::JoinHandle<()>,
+    reminders_task: tokio::task::JoinHandle<()>,
     tunnel_task: Option<tokio::task::JoinHandle<()>>,
     dispatcher: Arc<Dispatcher>,
     pub(super) engine: Option<Arc<crate::conversation::engine::Engine>>,
@@ -74,6 +75,7 @@ impl Channel {
         let _ = tokio::time::timeout(Duration::from_secs(20), self.dispatcher.wait_idle()).await;
         let _ = self.sender_task.await;
         let _ = self.alerts_task.await;
+        let _ = self.reminders_task.await;
     }
 }
 
@@ -224,6 +226,8 @@ pub(super) async fn start(
     );
     let sender_task = tokio::spawn(sender.clone().run(until_stopped(stop.clone())));
     let alerts_task = start_alerts(core, wake.clone(), until_stopped(stop.clone()));
+    let reminders_task =
+        super::timers::reminders(core, opts, wake.clone(), until_stopped(stop.clone()));
     report_sender_pauses(&sender, &core.admin);
 
     let state = WebhookState::new(
@@ -260,6 +264,7 @@ pub(super) async fn start(
         listener_task,
         sender_task,
         alerts_task,
+        reminders_task,
         tunnel_task,
         dispatcher,
         engine,

@@ -243,6 +243,8 @@ impl Store {
         // identity finds them, and are sealed under their customer's key: re-sealed under the
         // new one, as the old key file goes once the move is durable.
         self.reseal_queue_rows(from, to, to_key, batch)?;
+        // Scheduled reminders and follow-ups: the same, under the new pseudonym's key.
+        self.reschedule_customer(from, to, to_key, batch)?;
 
         // Links follow the customer; the new identity is a customer key, not a link.
         let own_link = meta_key(ALIAS_PREFIX, to);
