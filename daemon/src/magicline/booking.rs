@@ -1601,6 +1601,27 @@ impl MagicLineBooker {
     }
 }
 
+#[cfg(any(test, feature = "testkit"))]
+impl MagicLineBooker {
+    /// Records that the person checked in for booking `booking_id` at `at`, as MagicLine's
+    /// check-in events will (tests of what follows a trial).
+    pub fn set_checked_in_for_test(
+        &self,
+        p: &Pseudonym,
+        booking_id: i64,
+        at: Timestamp,
+    ) -> Result<(), BookerError> {
+        let _person = self.person_lock(p);
+        let (key, mut rec) = self
+            .rows_of(p)?
+            .into_iter()
+            .find(|(_, r)| r.booking_id == Some(booking_id))
+            .ok_or(BookerError::Corrupt)?;
+        rec.checked_in_at = Some(at);
+        self.save(p, at, &key, &rec)
+    }
+}
+
 /// What the reminder scheduler reads of a booking when a message about it is due.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BookingState {
@@ -1667,7 +1688,7 @@ fn lead_request(req: &BookingRequest, offer: &TrialOffer) -> LeadRequest {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
@@ -1777,6 +1798,23 @@ pub(super) mod tests {
             self.booker_with(Duration::from_secs(2), 3)
         }
 
+        /// A booker that schedules reminders and follow-ups by `plan`.
+        pub(crate) fn reminding_booker(&self, plan: crate::reminders::Plan) -> MagicLineBooker {
+            self.booker_configured(
+                Duration::from_secs(2),
+                3,
+                BookerConfig {
+                    reminders: Some(plan),
+                    ..BookerConfig::default()
+                },
+            )
+        }
+
+        /// The store the bookers write to.
+        pub(crate) fn store(&self) -> &Arc<Store> {
+            &self.store
+        }
+
         /// A customer row in the store (the engine always has one before booking).
         pub(crate) fn person(&self, phone: &str) -> Pseudonym {
             self.store
@@ -1804,7 +1842,7 @@ pub(super) mod tests {
     }
 
     /// Monday 2030-06-03 09:00 in Berlin: the simulator's and the booker's clock.
-    fn monday_nine() -> Timestamp {
+    pub(crate) fn monday_nine() -> Timestamp {
         date(2030, 6, 3)
             .at(9, 0, 0, 0)
             .in_tz(BERLIN)

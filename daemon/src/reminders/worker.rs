@@ -331,3 +331,253 @@ fn first_name(c: &Customer) -> String {
         .unwrap_or(NO_NAME)
         .to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    use super::*;
+    use crate::audit::AuditFilter;
+    use crate::conversation::booking::{Booker, BookingOutcome};
+    use crate::magicline::booking::tests::{at, monday_nine, request, sim_cfg, Harness};
+    use crate::magicline::booking::MagicLineBooker;
+    use crate::store::crypto::Pseudonym;
+
+    struct Setup {
+        h: Harness,
+        booker: MagicLineBooker,
+        queues: Arc<Queues>,
+        audit: Arc<AuditLog>,
+        clock: Arc<AtomicI64>,
+        scheduler: Scheduler,
+    }
+
+    fn setup(cfg: RemindersConfig) -> Setup {
+        let h = Harness::new(sim_cfg());
+        let booker = h.reminding_booker(Plan::from_config(&cfg).unwrap());
+        let store = h.store().clone();
+        let queues = Arc::new(Queues::new(&store).unwrap());
+        let audit = Arc::new(AuditLog::open(store.clone()).unwrap().without_journal());
+        let clock = Arc::new(AtomicI64::new(monday_nine().as_second()));
+        let c = clock.clone();
+        let scheduler = Scheduler::new(
+            store,
+            queues.clone(),
+            Some(audit.clone()),
+            cfg,
+            "de",
+            Arc::new(move || Timestamp::from_second(c.load(Ordering::SeqCst)).unwrap()),
+            Arc::new(Notify::new()),
+        );
+        Setup {
+            h,
+            booker,
+            queues,
+            audit,
+            clock,
+            scheduler,
+        }
+    }
+
+    impl Setup {
+        /// Erika (or whoever `phone` is) books a trial at `start`.
+        fn book(&self, phone: &str, start: jiff::Zoned) -> (Pseudonym, i64) {
+            let p = self
+                .h
+                .store()
+                .update_customer(phone, monday_nine(), |c, _, _| {
+                    c.body.profile.vorname = Some("Erika".into());
+                    Ok(())
+                })
+                .unwrap()
+                .0
+                .pseudonym;
+            let mail = format!("{phone}@example.org");
+            let req = request(&format!("r-{phone}"), p, &mail, None, start);
+            match self.booker.book_trial(&req) {
+                BookingOutcome::Booked { booking_id, .. } => (p, booking_id),
+                other => panic!("not booked: {other:?}"),
+            }
+        }
+
+        fn set_clock(&self, t: Timestamp) {
+            self.clock.store(t.as_second(), Ordering::SeqCst);
+        }
+
+        fn tick(&self) -> TickReport {
+            self.scheduler.tick().unwrap()
+        }
+
+        /// Every template in the outbox as (recipient, name, params, buttons), in order.
+        fn outbox(&self) -> Vec<(String, String, Vec<String>, Vec<String>)> {
+            self.queues
+                .outbox(self.h.store())
+                .unwrap()
+                .into_iter()
+                .map(|row| match row.entry.kind {
+                    OutboundKind::Template {
+                        name,
+                        params,
+                        buttons,
+                        ..
+                    } => (row.entry.to, name, params, buttons),
+                    OutboundKind::Text(_) => panic!("only templates are scheduled"),
+                })
+                .collect()
+        }
+
+        fn audited(&self, action: &str) -> Vec<crate::audit::AuditRecord> {
+            self.audit
+                .query(&AuditFilter {
+                    action: Some(action.into()),
+                    ..AuditFilter::default()
+                })
+                .unwrap()
+        }
+    }
+
+    #[test]
+    fn each_reminder_goes_out_once_when_due_with_its_buttons() {
+        let s = setup(RemindersConfig::default());
+        let (p, id) = s.book("4915100000301", at(2, 18, 0));
+        assert_eq!(s.h.store().scheduled_of(&p).unwrap().len(), 3);
+        assert_eq!(s.tick(), TickReport::default(), "nothing is due yet");
+
+        s.set_clock(at(1, 18, 0).timestamp());
+        assert_eq!(s.tick().sent, 1);
+        assert_eq!(
+            s.tick(),
+            TickReport::default(),
+            "sent once, retired with it"
+        );
+        let buttons: Vec<String> = TapAction::REMINDER_BUTTONS
+            .iter()
+            .map(|a| a.payload(id))
+            .collect();
+        assert_eq!(
+            s.outbox(),
+            vec![(
+                "4915100000301".to_string(),
+                "probetraining_erinnerung".to_string(),
+                vec!["Erika".into(), "Mittwoch, 5. Juni".into(), "18:00".into()],
+                buttons.clone(),
+            )]
+        );
+
+        s.set_clock(at(2, 16, 30).timestamp());
+        assert_eq!(s.tick().sent, 1);
+        assert_eq!(s.tick().sent, 0);
+        let out = s.outbox();
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].3, buttons);
+        let sent = s.audited("reminder.sent");
+        assert_eq!(sent.len(), 2);
+        assert!(s.audited("reminder.skipped").is_empty());
+        // The follow-up is all that is left.
+        let left = s.h.store().scheduled_of(&p).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].kind, ScheduledKind::AfterTrial);
+    }
+
+    #[test]
+    fn nothing_goes_to_an_opted_out_cancelled_or_forgotten_contact() {
+        let s = setup(RemindersConfig::default());
+        let (opted_out, _) = s.book("4915100000311", at(2, 18, 0));
+        let (cancelled, cancelled_id) = s.book("4915100000312", at(2, 18, 30));
+        let (forgotten, _) = s.book("4915100000313", at(2, 19, 0));
+        let (kept, _) = s.book("4915100000314", at(2, 19, 30));
+        s.h.store()
+            .update_existing(&opted_out, |c, _, _| {
+                c.meta.mode = BotMode::OptedOut;
+                Ok(())
+            })
+            .unwrap();
+        s.booker.cancel(&cancelled, cancelled_id).unwrap();
+        assert!(
+            s.h.store().scheduled_of(&cancelled).unwrap().is_empty(),
+            "a cancellation removes its messages in the write that records it"
+        );
+        s.h.store().forget(&[forgotten], Timestamp::now()).unwrap();
+        assert!(s.h.store().scheduled_of(&forgotten).unwrap().is_empty());
+
+        // Past every 24-hour reminder.
+        s.set_clock(at(1, 20, 0).timestamp());
+        let report = s.tick();
+        let out = s.outbox();
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].0, "4915100000314");
+        assert_eq!((report.sent, report.skipped), (1, 1));
+        let skipped = s.audited("reminder.skipped");
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(
+            skipped[0].subject.as_ref().map(ToString::to_string),
+            Some(opted_out.short())
+        );
+        assert_eq!(
+            skipped[0].details.get("reason"),
+            Some(&crate::audit::Detail::Code("opted_out".into()))
+        );
+        assert_eq!(s.tick(), TickReport::default());
+        assert_eq!(s.h.store().scheduled_of(&kept).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_no_show_gets_one_follow_up_and_a_guest_thanks_then_the_sign_up_question() {
+        let s = setup(RemindersConfig {
+            enabled: false,
+            ..RemindersConfig::default()
+        });
+        let (_, missed_id) = s.book("4915100000321", at(1, 18, 0));
+        let (came, came_id) = s.book("4915100000322", at(1, 17, 0));
+        s.booker
+            .set_checked_in_for_test(&came, came_id, at(1, 16, 55).timestamp())
+            .unwrap();
+
+        // The follow-ups are due an hour after the slots' ends (no later than 19:00).
+        s.set_clock(at(1, 18, 0).timestamp());
+        assert_eq!(s.tick(), TickReport::default());
+        s.set_clock(at(1, 20, 0).timestamp());
+        assert_eq!(s.tick().sent, 2);
+        let out = s.outbox();
+        let of = |to: &str| -> Vec<(String, Vec<String>)> {
+            out.iter()
+                .filter(|(r, ..)| r == to)
+                .map(|(_, name, _, buttons)| (name.clone(), buttons.clone()))
+                .collect()
+        };
+        assert_eq!(
+            of("4915100000321"),
+            vec![(
+                "probetraining_verpasst".to_string(),
+                vec![TapAction::Reschedule.payload(missed_id)]
+            )]
+        );
+        assert_eq!(
+            of("4915100000322"),
+            vec![("probetraining_danke".to_string(), vec![])]
+        );
+        assert_eq!(s.tick(), TickReport::default());
+
+        // The next day: the sign-up question, to the guest only, once.
+        s.set_clock(at(2, 20, 0).timestamp());
+        assert_eq!(s.tick().sent, 1);
+        s.set_clock(at(9, 20, 0).timestamp());
+        assert_eq!(s.tick(), TickReport::default());
+        let out = s.outbox();
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[2].0, "4915100000322");
+        assert_eq!(out[2].1, "probetraining_mitgliedschaft");
+        let kinds: Vec<String> = s
+            .audited("reminder.sent")
+            .iter()
+            .filter_map(|r| match r.details.get("kind") {
+                Some(crate::audit::Detail::Code(k)) => Some(k.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(kinds.len(), 3);
+        for kind in ["no_show", "thank_you", "sign_up_question"] {
+            assert_eq!(kinds.iter().filter(|k| *k == kind).count(), 1, "{kind}");
+        }
+    }
+}

@@ -257,7 +257,8 @@ impl Shared {
 }
 
 /// What an approved template takes: WhatsApp refuses a send that names another template or
-/// language (132001), fills a different number of body variables (132000), or sets the payload
+/// language (132001), fills a different number of body variables (132000) or one with empty
+/// text (131008), or sets the payload
 /// of a button the template does not have or that is not a quick reply (131009).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApprovedTemplate {
@@ -764,6 +765,16 @@ fn approved_template(shared: &Shared, request: &GraphRequest) -> Result<(), (u16
                 132_000,
                 "(#132000) Number of parameters does not match the expected number of params",
                 Some("body: number of localizable_params does not match the expected number of params"),
+            ),
+        ));
+    }
+    if params.iter().any(|p| p.trim().is_empty()) {
+        return Err((
+            400,
+            graph_error(
+                131_008,
+                "(#131008) Required parameter is missing",
+                Some("body: a parameter's text is empty"),
             ),
         ));
     }
@@ -2283,6 +2294,72 @@ mod tests {
         );
         assert!(sim.sent().is_empty());
         assert!(sim.read_marks().is_empty());
+    }
+
+    #[tokio::test]
+    async fn approved_templates_hold_names_parameters_and_buttons() {
+        use crate::whatsapp::graph::TemplateEndpoint;
+        let sim = start().await;
+        let shape = ApprovedTemplate {
+            body_params: 2,
+            quick_replies: 3,
+        };
+        sim.approve_template("probetraining_erinnerung", "de", shape);
+        let c = client(&sim, SIM_TOKEN, WAIT);
+        let answers = blocking(move || {
+            let send = |name: &str, lang: &str, params: &[&str], buttons: &[&str]| {
+                let params: Vec<String> = params.iter().map(|p| p.to_string()).collect();
+                let buttons: Vec<String> = buttons.iter().map(|p| p.to_string()).collect();
+                c.send_template_with_buttons(
+                    TemplateEndpoint::Messages,
+                    TO,
+                    name,
+                    lang,
+                    &params,
+                    &buttons,
+                )
+                .err()
+                .and_then(|e| e.code())
+            };
+            vec![
+                send(
+                    "probetraining_erinnerung",
+                    "de",
+                    &["Erika", "18:00"],
+                    &["a", "b", "c"],
+                ),
+                send("probetraining_erinnerung", "de", &["Erika", "18:00"], &[]),
+                send("probetraining_erinnerng", "de", &["Erika", "18:00"], &[]),
+                send("probetraining_erinnerung", "en", &["Erika", "18:00"], &[]),
+                send("probetraining_erinnerung", "de", &["Erika"], &[]),
+                send("probetraining_erinnerung", "de", &["Erika", " "], &[]),
+                send(
+                    "probetraining_erinnerung",
+                    "de",
+                    &["Erika", "18:00"],
+                    &["a", "b", "c", "d"],
+                ),
+            ]
+        })
+        .await;
+        assert_eq!(
+            answers,
+            [
+                None,
+                None,
+                Some(132_001),
+                Some(132_001),
+                Some(132_000),
+                Some(131_008),
+                Some(131_009)
+            ]
+        );
+        let sent = sim.sent();
+        assert_eq!(sent.len(), 2);
+        let SentMessageKind::Template { buttons, .. } = &sent[0].message else {
+            panic!("a template");
+        };
+        assert_eq!(buttons, &["a", "b", "c"]);
     }
 
     #[tokio::test]
