@@ -52,7 +52,7 @@ use super::api::{
 use super::client::{Client, Error as ApiError};
 use super::datetime;
 use crate::conversation::booking::{
-    Booker, BookingFailure, BookingOutcome, BookingRequest, ConfirmOutcome,
+    Booker, BookingFailure, BookingOutcome, BookingRequest, CancelOutcome, ConfirmOutcome,
 };
 use crate::store::crypto::Pseudonym;
 use crate::store::{ks, Store, StoreError};
@@ -566,6 +566,80 @@ impl Booker for MagicLineBooker {
 
     fn confirm_trial(&self, pseudonym: &Pseudonym, booking_id: i64) -> ConfirmOutcome {
         self.confirm(pseudonym, booking_id)
+    }
+
+    fn reschedule_trial(&self, req: &BookingRequest, old_booking_id: i64) -> BookingOutcome {
+        // A missed trial (its slot has passed) is not cancelled: the new one is a new booking.
+        match self.booking_start(&req.pseudonym, old_booking_id) {
+            Some(start) if start.timestamp() > (self.cfg.clock)() => {
+                self.reschedule(req, old_booking_id)
+            }
+            _ => self.book(req),
+        }
+    }
+
+    fn cancel_trial(&self, pseudonym: &Pseudonym, booking_id: i64) -> CancelOutcome {
+        let _person = self.person_lock(pseudonym);
+        let rec = match self.rows_of(pseudonym) {
+            Ok(rows) => rows
+                .into_iter()
+                .map(|(_, r)| r)
+                .find(|r| r.booking_id == Some(booking_id)),
+            Err(e) => {
+                tracing::warn!(customer = %pseudonym, error = %e, "booking rows unreadable");
+                return CancelOutcome::Unavailable;
+            }
+        };
+        let Some(rec) = rec else {
+            return CancelOutcome::NotFound;
+        };
+        if rec.start.timestamp() <= (self.cfg.clock)() {
+            return CancelOutcome::Past;
+        }
+        if rec.canceled {
+            return CancelOutcome::Canceled;
+        }
+        match self.cancel_locked(pseudonym, booking_id) {
+            Ok(()) => CancelOutcome::Canceled,
+            Err(CancelError::NotFound) => CancelOutcome::NotFound,
+            Err(CancelError::Unavailable) => CancelOutcome::Unavailable,
+        }
+    }
+
+    fn free_slots(&self, pseudonym: &Pseudonym, from: &Zoned, count: usize) -> Vec<Zoned> {
+        let known = self.rows_of(pseudonym).ok().and_then(|rows| {
+            rows.into_iter()
+                .filter_map(|(_, r)| Some((r.customer_id?, r.kind?)))
+                .last()
+        });
+        let kind = known.map_or(Kind::Lead, |(_, kind)| kind);
+        let now = (self.cfg.clock)().max(from.timestamp());
+        let days = self.cfg.alternatives_days.clamp(1, 6);
+        let slots = match self.slots(kind, known.map(|(id, _)| id), from.date(), days) {
+            Ok(slots) => slots,
+            Err(e) => {
+                tracing::warn!(customer = %pseudonym, error = %e, "free slots not readable");
+                return Vec::new();
+            }
+        };
+        let mut free: Vec<Zoned> = slots
+            .into_iter()
+            .map(|s| s.start_date_time)
+            .filter(|start| start.timestamp() > now)
+            .filter(|start| !self.too_late_to_confirm(start, kind).unwrap_or(true))
+            .collect();
+        free.sort_by_key(Zoned::timestamp);
+        free.dedup_by_key(|z| z.timestamp());
+        free.truncate(count);
+        free
+    }
+
+    fn booking_start(&self, pseudonym: &Pseudonym, booking_id: i64) -> Option<Zoned> {
+        self.rows_of(pseudonym)
+            .ok()?
+            .into_iter()
+            .find(|(_, r)| r.booking_id == Some(booking_id) && !r.canceled)
+            .map(|(_, r)| r.start)
     }
 }
 
@@ -1622,6 +1696,63 @@ impl MagicLineBooker {
     }
 }
 
+/// Records a trial that MagicLine booked for `p` (booking `booking_id`, slot `start..end`, the
+/// lead `customer_id`), with the reminders and follow-up `plan` gives it, in one durable write,
+/// without calling MagicLine: benchmarks and tests that need many bookings. The customer's key
+/// must exist.
+#[cfg(any(test, feature = "testkit"))]
+pub fn seed_booked_for_test(
+    store: &Store,
+    plan: Option<&crate::reminders::Plan>,
+    p: &Pseudonym,
+    (booking_id, customer_id): (i64, i64),
+    (start, end): (Zoned, Zoned),
+    now: Timestamp,
+) -> crate::store::Result<()> {
+    let request_id = format!("seed-{booking_id}");
+    let mut rec = Record::new(
+        &BookingRequest {
+            request_id: request_id.clone(),
+            pseudonym: *p,
+            firstname: String::new(),
+            lastname: String::new(),
+            email: String::new(),
+            phone: None,
+            magicline_customer_id: Some(customer_id),
+            requested_at: now,
+            start,
+        },
+        now,
+    );
+    rec.step = Step::Booked;
+    rec.end = Some(end.clone());
+    rec.customer_id = Some(customer_id);
+    rec.kind = Some(Kind::Lead);
+    rec.booking_id = Some(booking_id);
+    let mut batch = store.batch();
+    if let Some(plan) = plan {
+        plan.schedule_booking(
+            store,
+            &mut batch,
+            p,
+            booking_id,
+            (rec.start.timestamp(), end.timestamp()),
+            now,
+        )?;
+        rec.scheduled = true;
+    }
+    let mut key = p.0.to_vec();
+    key.extend_from_slice(&store.token_hash(REQUEST_HASH_DOMAIN, &request_id));
+    let data_key = store.data_key(p)?.ok_or(StoreError::NoDataKey)?;
+    let plain = serde_json::to_vec(&rec).expect("booking record serialises");
+    batch.insert(
+        &store.keyspaces().bookings,
+        key.clone(),
+        data_key.seal(ks::BOOKINGS, &key, &plain),
+    );
+    store.commit_durable(batch)
+}
+
 /// What the reminder scheduler reads of a booking when a message about it is due.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BookingState {
@@ -1813,6 +1944,11 @@ pub(crate) mod tests {
         /// The store the bookers write to.
         pub(crate) fn store(&self) -> &Arc<Store> {
             &self.store
+        }
+
+        /// The MagicLine simulator.
+        pub(crate) fn magicline(&self) -> &MagiclineSim {
+            self.sim()
         }
 
         /// A customer row in the store (the engine always has one before booking).

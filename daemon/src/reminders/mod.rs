@@ -10,10 +10,11 @@
 //!   ([`crate::store::schedule`]) into the outbox, each in one durable write that retires its
 //!   schedule row, after checking at send time that the contact is not forgotten, opted out or
 //!   cancelled;
-//! - [`tap`]: the payloads of the buttons, read back when the contact taps one.
+//!
+//! The buttons' payloads are [`crate::turn::tap`]: the engine reads them back when the contact
+//! taps one.
 
 pub mod plan;
-pub mod tap;
 pub mod worker;
 
 use jiff::Timestamp;

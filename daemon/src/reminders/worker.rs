@@ -20,13 +20,13 @@ use tokio::sync::Notify;
 use tracing::{error, info};
 
 use super::plan::german_day_and_time;
-use super::tap::TapAction;
 use super::{Clock, Plan, RemindersConfig, ScheduledBody};
 use crate::audit::{Actor, AuditEvent, AuditLog, Code, NewEntry};
 use crate::magicline::booking::{booking_state, BookingState};
 use crate::store::customers::{BotMode, Customer};
 use crate::store::schedule::{Due, ScheduledKind, Slot};
 use crate::store::Store;
+use crate::turn::tap::TapAction;
 use crate::whatsapp::queue::{OutboundKind, OutboxEntry, Queues};
 
 /// How many due rows one read takes; a tick reads until none is left.

@@ -217,8 +217,8 @@ impl Store {
         Ok(slots.len())
     }
 
-    /// Adds the removal of every scheduled message of `p` to `batch` (a forget).
-    pub(super) fn unschedule_customer(
+    /// Adds the removal of every scheduled message of `p` to `batch` (a forget, an opt-out).
+    pub fn unschedule_customer(
         &self,
         batch: &mut fjall::OwnedWriteBatch,
         p: &Pseudonym,

@@ -1,6 +1,6 @@
-//! The payloads of the reminders' and follow-ups' quick-reply buttons. WhatsApp sends the
-//! payload of a tapped button back in a `button` message; it names what the button asks for
-//! and the MagicLine booking, nothing about the person.
+//! The payloads of the quick-reply buttons of the reminders and follow-ups
+//! (`crate::reminders`). WhatsApp sends the payload of a tapped button back in a `button`
+//! message; it names what the button asks for and the MagicLine booking, nothing about the person.
 
 /// What a button asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
