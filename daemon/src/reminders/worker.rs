@@ -264,7 +264,7 @@ impl Scheduler {
                 })
             }
             ScheduledKind::AfterTrial | ScheduledKind::SignUpQuestion => {
-                self.follow_up(slot, &customer, &state, now, |n, p, b| template(n, p, b))
+                self.follow_up(slot, &customer, &state, now, &template)
             }
         }
     }
