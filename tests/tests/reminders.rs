@@ -29,8 +29,8 @@ fn phone(i: usize) -> String {
 /// Moves the daemon's scheduler clock (written whole: a reader never sees half a number).
 fn set_clock(file: &Path, t: Timestamp) {
     let tmp = file.with_extension("tmp");
-    std::fs::write(&tmp, t.as_second().to_string()).unwrap();
-    std::fs::rename(&tmp, file).unwrap();
+    std::fs::write(&tmp, t.as_second().to_string()).expect("write the clock file");
+    std::fs::rename(&tmp, file).expect("replace the clock file");
 }
 
 /// Reminder templates the simulator accepted, per recipient.
@@ -106,47 +106,7 @@ async fn each_reminder_goes_out_once_across_sigkills_and_never_after_opt_out_or_
     });
     daemon.stop();
 
-    // Booked trials, one every two minutes from t0 + 26 h: the 24-hour reminders fall between
-    // t0 + 2 h and t0 + 3 h, the 2-hour ones between t0 + 24 h and t0 + 25 h.
-    {
-        let store = daemon.open_store();
-        let cfg = RemindersConfig {
-            follow_ups: false,
-            quiet_hours_start: "00:00".into(),
-            quiet_hours_end: "00:00".into(),
-            ..RemindersConfig::default()
-        };
-        let plan = Plan::from_config(&cfg);
-        let tz = jiff::tz::TimeZone::get("Europe/Berlin").unwrap();
-        for i in 0..BOOKINGS {
-            let (c, _) = store
-                .update_customer(&phone(i), t0, |c, _, _| {
-                    c.body.profile.vorname = Some(format!("Kundin{i}"));
-                    if i == OPTED_OUT {
-                        c.meta.mode = BotMode::OptedOut;
-                    }
-                    Ok(())
-                })
-                .unwrap();
-            let start =
-                t0 + SignedDuration::from_hours(26) + SignedDuration::from_mins(2 * i as i64);
-            seed_booked_for_test(
-                &store,
-                plan.as_ref(),
-                &c.pseudonym,
-                (7_000 + i as i64, 9_000 + i as i64),
-                (
-                    start.to_zoned(tz.clone()),
-                    (start + SignedDuration::from_hours(1)).to_zoned(tz.clone()),
-                ),
-                t0,
-            )
-            .unwrap();
-            assert_eq!(store.scheduled_of(&c.pseudonym).unwrap().len(), 2);
-        }
-        let forgotten = store.pseudonym(&phone(FORGOTTEN));
-        store.forget(&[forgotten], t0).unwrap();
-    }
+    seed(&daemon, t0);
     daemon.restart();
     let eligible: Vec<String> = (0..BOOKINGS)
         .filter(|i| *i != OPTED_OUT && *i != FORGOTTEN)
@@ -165,7 +125,65 @@ async fn each_reminder_goes_out_once_across_sigkills_and_never_after_opt_out_or_
     await_reminders(&graph, &eligible, 2).await;
     daemon.stop();
 
-    let got = reminders_to(&graph);
+    assert_sent_once(&daemon, &graph, &eligible);
+}
+
+/// Booked trials, one every two minutes from t0 + 26 h: the 24-hour reminders fall between
+/// t0 + 2 h and t0 + 3 h, the 2-hour ones between t0 + 24 h and t0 + 25 h. Customer
+/// [`OPTED_OUT`] has opted out, [`FORGOTTEN`] is forgotten. The daemon must be stopped.
+fn seed(daemon: &Daemon, t0: Timestamp) {
+    let store = daemon.open_store();
+    let cfg = RemindersConfig {
+        follow_ups: false,
+        quiet_hours_start: "00:00".into(),
+        quiet_hours_end: "00:00".into(),
+        ..RemindersConfig::default()
+    };
+    let plan = Plan::from_config(&cfg);
+    let tz = jiff::tz::TimeZone::get("Europe/Berlin").expect("store and audit log readable");
+    for i in 0..BOOKINGS {
+        let (c, _) = store
+            .update_customer(&phone(i), t0, |c, _, _| {
+                c.body.profile.vorname = Some(format!("Kundin{i}"));
+                if i == OPTED_OUT {
+                    c.meta.mode = BotMode::OptedOut;
+                }
+                Ok(())
+            })
+            .expect("store and audit log readable");
+        let start = t0 + SignedDuration::from_hours(26) + SignedDuration::from_mins(2 * i as i64);
+        seed_booked_for_test(
+            &store,
+            plan.as_ref(),
+            &c.pseudonym,
+            (7_000 + i as i64, 9_000 + i as i64),
+            (
+                start.to_zoned(tz.clone()),
+                (start + SignedDuration::from_hours(1)).to_zoned(tz.clone()),
+            ),
+            t0,
+        )
+        .expect("store and audit log readable");
+        assert_eq!(
+            store
+                .scheduled_of(&c.pseudonym)
+                .expect("store and audit log readable")
+                .len(),
+            2
+        );
+    }
+    let forgotten = store.pseudonym(&phone(FORGOTTEN));
+    store
+        .forget(&[forgotten], t0)
+        .expect("store and audit log readable");
+}
+
+/// What went out: nothing to the opted-out or the forgotten contact; every other reminder
+/// handed to the outbox exactly once (one `reminder.sent` per customer and reminder, written
+/// with the retirement of its schedule row); the sends differ from that only by the sender's
+/// documented window.
+fn assert_sent_once(daemon: &Daemon, graph: &sim::GraphSim, eligible: &[String]) {
+    let got = reminders_to(graph);
     assert!(
         !got.contains_key(&phone(OPTED_OUT)),
         "no reminder after an opt-out"
@@ -177,20 +195,26 @@ async fn each_reminder_goes_out_once_across_sigkills_and_never_after_opt_out_or_
     // The scheduler hands each reminder to the outbox exactly once: one `reminder.sent` per
     // customer and reminder, written with the retirement of its schedule row.
     let store = std::sync::Arc::new(daemon.open_store());
-    let log = AuditLog::open(store.clone()).unwrap().without_journal();
+    let log = AuditLog::open(store.clone())
+        .expect("store and audit log readable")
+        .without_journal();
     let sent = log
         .query(&AuditFilter {
             action: Some("reminder.sent".into()),
             ..AuditFilter::default()
         })
-        .unwrap();
+        .expect("store and audit log readable");
     let mut per: BTreeMap<(String, String), usize> = BTreeMap::new();
     for r in &sent {
         let kind = match r.details.get("kind") {
             Some(Detail::Code(k)) => k.clone(),
             other => panic!("reminder.sent without kind: {other:?}"),
         };
-        let subject = r.subject.as_ref().map(ToString::to_string).unwrap();
+        let subject = r
+            .subject
+            .as_ref()
+            .map(ToString::to_string)
+            .expect("store and audit log readable");
         *per.entry((subject, kind)).or_insert(0) += 1;
     }
     assert_eq!(per.len(), eligible.len() * 2, "{per:?}");
@@ -200,7 +224,7 @@ async fn each_reminder_goes_out_once_across_sigkills_and_never_after_opt_out_or_
             action: Some("reminder.skipped".into()),
             ..AuditFilter::default()
         })
-        .unwrap();
+        .expect("store and audit log readable");
     assert_eq!(skipped.len(), 2, "the opted-out contact's two reminders");
     // WhatsApp has no idempotency key: a kill between a send and its record sends that one
     // again (the sender's documented window), at most one per customer in flight per kill.
@@ -210,7 +234,7 @@ async fn each_reminder_goes_out_once_across_sigkills_and_never_after_opt_out_or_
     for i in 0..BOOKINGS {
         assert!(store
             .scheduled_of(&store.pseudonym(&phone(i)))
-            .unwrap()
+            .expect("store and audit log readable")
             .is_empty());
     }
 }

@@ -740,19 +740,7 @@ impl Engine {
             magicline_customer_id: profile.magicline_customer_id,
             start: start.clone(),
         };
-        // A move asked for with a reminder's button: MagicLine allows one trial per lead, so
-        // the booker gives up the old booking once the new slot is known to be free.
-        let moving = c
-            .body
-            .conversation
-            .extra
-            .get(RESCHEDULE_FROM)
-            .and_then(|v| v.as_i64());
-        let outcome = match (&self.booker, moving) {
-            (Some(b), Some(old)) => b.reschedule_trial(&req, old),
-            (Some(b), None) => b.book_trial(&req),
-            (None, _) => BookingOutcome::Failed(BookingFailure::NotConfigured),
-        };
+        let outcome = self.call_booker(c, &req);
         tracing::info!(customer = %c.pseudonym, request = %req.request_id, outcome = outcome_kind(&outcome), "trial booking");
         if outcome == BookingOutcome::Failed(BookingFailure::Unavailable) {
             return Err(EngineError::BookingUnavailable);
@@ -832,6 +820,22 @@ impl Engine {
         }
         turn.booking = Some(outcome);
         Ok(())
+    }
+
+    /// Books `req`; a move asked for with a reminder's button goes to the booker as one (MagicLine
+    /// allows one trial per lead, so the old booking is given up once the new slot is free).
+    fn call_booker(&self, c: &Customer, req: &BookingRequest) -> BookingOutcome {
+        let moving = c
+            .body
+            .conversation
+            .extra
+            .get(RESCHEDULE_FROM)
+            .and_then(|v| v.as_i64());
+        match (&self.booker, moving) {
+            (Some(b), Some(old)) => b.reschedule_trial(req, old),
+            (Some(b), None) => b.book_trial(req),
+            (None, _) => BookingOutcome::Failed(BookingFailure::NotConfigured),
+        }
     }
 
     /// After a new booking: makes sure the booking the contact asked to move away from is

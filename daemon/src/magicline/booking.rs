@@ -610,7 +610,7 @@ impl Booker for MagicLineBooker {
         let known = self.rows_of(pseudonym).ok().and_then(|rows| {
             rows.into_iter()
                 .filter_map(|(_, r)| Some((r.customer_id?, r.kind?)))
-                .last()
+                .next_back()
         });
         let kind = known.map_or(Kind::Lead, |(_, kind)| kind);
         let now = (self.cfg.clock)().max(from.timestamp());

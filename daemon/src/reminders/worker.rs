@@ -49,7 +49,7 @@ pub struct TickReport {
 enum Decision {
     Send {
         kind: Code,
-        entry: OutboxEntry,
+        entry: Box<OutboxEntry>,
         /// A message it schedules in turn (the sign-up question after the thank-you).
         then: Option<Slot>,
     },
@@ -259,12 +259,12 @@ impl Scheduler {
                     .collect();
                 Ok(Decision::Send {
                     kind: Code::new(slot.kind.code()),
-                    entry: template(&self.cfg.template, vec![name, day, time], buttons),
+                    entry: Box::new(template(&self.cfg.template, vec![name, day, time], buttons)),
                     then: None,
                 })
             }
             ScheduledKind::AfterTrial | ScheduledKind::SignUpQuestion => {
-                self.follow_up(slot, &customer, &state, now, &template)
+                self.follow_up(slot, &customer, &state, now, template)
             }
         }
     }
@@ -287,12 +287,16 @@ impl Scheduler {
         Ok(match (slot.kind, state.checked_in_at) {
             (ScheduledKind::SignUpQuestion, _) => Decision::Send {
                 kind: Code::new("sign_up_question"),
-                entry: template(&self.cfg.sign_up_template, vec![name], Vec::new()),
+                entry: Box::new(template(&self.cfg.sign_up_template, vec![name], Vec::new())),
                 then: None,
             },
             (_, Some(_)) => Decision::Send {
                 kind: Code::new("thank_you"),
-                entry: template(&self.cfg.thank_you_template, vec![name], Vec::new()),
+                entry: Box::new(template(
+                    &self.cfg.thank_you_template,
+                    vec![name],
+                    Vec::new(),
+                )),
                 then: self.plan.as_ref().map(|plan| Slot {
                     due: plan.sign_up_due(now),
                     kind: ScheduledKind::SignUpQuestion,
@@ -301,11 +305,11 @@ impl Scheduler {
             },
             (_, None) => Decision::Send {
                 kind: Code::new("no_show"),
-                entry: template(
+                entry: Box::new(template(
                     &self.cfg.no_show_template,
                     vec![name],
                     vec![TapAction::Reschedule.payload(slot.booking_id)],
-                ),
+                )),
                 then: None,
             },
         })
