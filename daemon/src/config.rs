@@ -74,6 +74,8 @@ pub struct Config {
     pub alerts: crate::alerts::AlertsConfig,
     /// `[console]`: the staff console.
     pub console: crate::console::ConsoleConfig,
+    /// `[reminders]`: reminders before a booked trial, follow-ups after it.
+    pub reminders: crate::reminders::RemindersConfig,
     /// Where the file was loaded from (not part of the file).
     #[serde(skip)]
     pub source: PathBuf,
@@ -598,6 +600,9 @@ impl Config {
         self.alerts
             .validate()
             .map_err(|(key, why)| self.invalid(&format!("alerts.{key}"), why))?;
+        self.reminders
+            .validate()
+            .map_err(|(key, why)| self.invalid(&format!("reminders.{key}"), why))?;
         if let Some(t) = &self.tunnel {
             if !t.relay.contains(':') {
                 return Err(self.invalid("tunnel.relay", "must be host:port"));

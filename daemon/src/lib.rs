@@ -13,6 +13,7 @@ pub mod llm;
 pub mod logging;
 pub mod magicline;
 pub mod metrics;
+pub mod reminders;
 pub mod runtime;
 pub mod sandbox;
 pub mod secrets;

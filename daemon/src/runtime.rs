@@ -59,6 +59,7 @@ pub fn magicline_booker(
             no_show_after: jiff::SignedDuration::from_mins(i64::from(
                 cfg.magicline.no_show_after_minutes,
             )),
+            reminders: crate::reminders::Plan::from_config(&cfg.reminders),
             ..BookerConfig::default()
         },
     );

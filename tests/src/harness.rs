@@ -58,6 +58,9 @@ pub struct DaemonSpec {
     pub extra_credentials: Vec<(String, String)>,
     /// Extra keys of the `[console]` section (its listener is always a free loopback port).
     pub console_toml: String,
+    /// With `frontdesk-fixed`: the reminder scheduler reads its time (unix seconds) from this
+    /// file, so a test moves it by a day without waiting.
+    pub clock_file: Option<PathBuf>,
 }
 
 impl DaemonSpec {
@@ -72,6 +75,7 @@ impl DaemonSpec {
             whatsapp_toml: String::new(),
             extra_credentials: Vec::new(),
             console_toml: String::new(),
+            clock_file: None,
         }
     }
 }
@@ -242,6 +246,9 @@ burst_window_ms = {burst}
                     .arg(&self.config)
                     .arg("--reply")
                     .arg(reply);
+                if let Some(clock) = &self.spec.clock_file {
+                    cmd.arg("--clock-file").arg(clock);
+                }
                 cmd
             }
             None => {

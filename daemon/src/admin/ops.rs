@@ -720,6 +720,7 @@ pub fn send(ctx: &Ctx, req: SendRequest) -> OpResult {
                     name: req.template.clone(),
                     language: language.clone(),
                     params: req.params.clone(),
+                    buttons: Vec::new(),
                 },
                 created: now,
                 history: vec![row],

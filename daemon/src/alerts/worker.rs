@@ -233,6 +233,7 @@ impl AlertWorker {
                     name: name.clone(),
                     language: language.clone(),
                     params: params.clone(),
+                    buttons: Vec::new(),
                 },
                 created: Timestamp::now(),
                 history: Vec::new(),

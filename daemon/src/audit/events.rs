@@ -575,6 +575,34 @@ pub enum AuditEvent {
         /// How many staff numbers or mail recipients.
         recipients: u64,
     },
+    /// A scheduled message to a customer (a reminder before a booked trial, a follow-up after
+    /// it) went into the outbox, in the write that retired its schedule row.
+    #[serde(rename = "reminder.sent")]
+    ReminderSent {
+        /// What it was (`reminder_early`, `reminder_late`, `thank_you`, `no_show`,
+        /// `sign_up_question`).
+        kind: Code,
+        /// MagicLine's id of the booking it is about.
+        booking_id: u64,
+    },
+    /// A scheduled message was retired without being sent (`reason`: `opted_out`,
+    /// `canceled`, `forgotten`, `not_answered`, `disabled`, `no_contact`).
+    #[serde(rename = "reminder.skipped")]
+    ReminderSkipped {
+        /// What it was to be.
+        kind: Code,
+        /// Why it was not sent.
+        reason: Code,
+    },
+    /// The contact tapped a button of a reminder or follow-up (`button`: `confirm`,
+    /// `reschedule`, `cancel`); the outcome says whether it was done.
+    #[serde(rename = "reminder.tapped")]
+    ReminderTapped {
+        /// What the button asks for.
+        button: Code,
+        /// MagicLine's id of the booking it is about.
+        booking_id: u64,
+    },
     /// A retention run (counts of what it deleted or, in a dry run, would delete).
     #[serde(rename = "retention.purge")]
     RetentionPurge {
@@ -756,7 +784,10 @@ impl AuditEvent {
             | BookingCanceledInMagicline { .. }
             | BookingMovedInMagicline { .. }
             | BookingCheckedIn { .. }
-            | BookingNoShow { .. } => Purpose::Booking,
+            | BookingNoShow { .. }
+            | ReminderSent { .. }
+            | ReminderSkipped { .. }
+            | ReminderTapped { .. } => Purpose::Booking,
             RetentionPurge { .. } | AuditCheckpoint { .. } => Purpose::Retention,
             WebhookRejected { .. }
             | MagiclineWebhookRejected { .. }

@@ -208,6 +208,7 @@ pub fn chat_loop(
                 at: now.timestamp(),
                 kind: PartKind::Text(text.to_string()),
                 quoted: None,
+                button: None,
             }],
         };
         let decided = engine.decide_at(&burst, &now).map_err(anyhow::Error::from);

@@ -280,6 +280,7 @@ fn run_one(
                 at: now.timestamp(),
                 kind: PartKind::Text(turn.say.clone()),
                 quoted: None,
+                button: None,
             }],
         };
         allowed.add_contact_text(&turn.say, &now);

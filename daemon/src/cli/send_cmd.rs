@@ -201,6 +201,7 @@ mod tests {
                 name: "probetraining_erinnerung".into(),
                 language: "de".into(),
                 params: vec!["Annalena".into(), "Dienstag".into()],
+                buttons: Vec::new(),
             }
         );
         let history = store.recent_messages(&p, 5).unwrap();

@@ -237,6 +237,7 @@ fn template(
         name: name.to_string(),
         language: state.admin.config().whatsapp.template_language.clone(),
         params,
+        buttons: Vec::new(),
     };
     send(state, staff, p, format!("[Vorlage {name}]"), Some(kind))
 }

@@ -146,9 +146,11 @@ pub enum MemberLookup {
 pub enum CancelOutcome {
     /// Cancelled (also when it already was).
     Canceled,
-    /// MagicLine knows no such booking.
+    /// The slot has begun or passed: nothing is cancelled.
+    Past,
+    /// No booking of this person under that id.
     NotFound,
-    /// MagicLine could not be reached or refused.
+    /// MagicLine could not be reached or refused; the booking stands.
     Unavailable,
 }
 
@@ -181,5 +183,30 @@ pub trait Booker: Send + Sync {
     /// confirmation keep the default.
     fn confirm_trial(&self, _pseudonym: &Pseudonym, _booking_id: i64) -> ConfirmOutcome {
         ConfirmOutcome::NotFound
+    }
+
+    /// Books `req` in place of booking `old_booking_id` of the same person (a move the contact
+    /// asked for): the old one is given up only once the new slot can be had. Blocking;
+    /// idempotent per request id. Bookers without a way to move keep the default, a plain
+    /// booking.
+    fn reschedule_trial(&self, req: &BookingRequest, _old_booking_id: i64) -> BookingOutcome {
+        self.book_trial(req)
+    }
+
+    /// Cancels a booking of this person that lies ahead (a tap on a reminder's cancel button,
+    /// the old booking after a reschedule). Blocking; cancelling twice is harmless.
+    fn cancel_trial(&self, _pseudonym: &Pseudonym, _booking_id: i64) -> CancelOutcome {
+        CancelOutcome::NotFound
+    }
+
+    /// Up to `count` free trial slots from `from` on, to offer a contact who wants another
+    /// time. Blocking; empty when none are known.
+    fn free_slots(&self, _pseudonym: &Pseudonym, _from: &Zoned, _count: usize) -> Vec<Zoned> {
+        Vec::new()
+    }
+
+    /// The start of a booking of this person, when it is known.
+    fn booking_start(&self, _pseudonym: &Pseudonym, _booking_id: i64) -> Option<Zoned> {
+        None
     }
 }

@@ -91,6 +91,8 @@ use crate::turn::{
     PartKind, Progress, RecordUpdate, StaffAlert, TurnOutcome, REVOKED_TEXT,
 };
 
+mod taps;
+
 /// Offered alternatives older than this are no longer read as picks.
 const OFFER_TTL_SECS: i64 = 24 * 3600;
 /// Key in [`crate::store::customers::ConversationState::extra`]: when alternatives were offered
@@ -110,6 +112,9 @@ const WISH_DAY: &str = "wish_day";
 /// Key in [`crate::store::customers::ConversationState::extra`]: a member's appointment booked
 /// here (`booking_id`, `start`), which they can move or cancel.
 const MEMBER_APPOINTMENT: &str = "member_appointment";
+/// Key in [`crate::store::customers::ConversationState::extra`]: MagicLine's id of the booking
+/// the contact asked to move (a reminder's reschedule button); cancelled once a new one stands.
+const RESCHEDULE_FROM: &str = "reschedule_from";
 /// Contacts whose recent replies are remembered for the hourly limit.
 const ANSWERED_CONTACTS: usize = 10_000;
 /// Longest stored WhatsApp profile name.
@@ -162,6 +167,8 @@ pub struct Turn {
     /// The id of the newest message with the contact's words: a booking request of this turn is
     /// named after it.
     asked_by: Option<String>,
+    /// A tap on a reminder's or follow-up's button: what, which booking, whether it was done.
+    tapped: Option<(crate::turn::tap::TapAction, i64, bool)>,
 }
 
 impl Turn {
@@ -175,6 +182,7 @@ impl Turn {
             intent: None,
             booking: None,
             generated: None,
+            tapped: None,
         }
     }
 }
@@ -451,6 +459,12 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let studio = &self.persona().studio;
         match asks {
+            // A reminder's or follow-up's button: decided without the model.
+            Asks::Conversation if burst.tapped().is_some() => {
+                if let Some(tapped) = burst.tapped() {
+                    self.tap(c, tapped, now, turn)?;
+                }
+            }
             Asks::Conversation => {
                 self.converse(c, burst, texts, now, turn)?;
                 // A voice note or picture sent along with text would otherwise go unanswered
@@ -875,9 +889,10 @@ impl Engine {
             start: start.clone(),
         };
         let outcome = match (&self.booker, moving) {
+            // A member's appointment moved.
             (Some(b), Some(old)) => b.move_booking(&req, old),
-            (Some(b), None) => b.book_trial(&req),
-            (None, _) => BookingOutcome::Failed(BookingFailure::NotConfigured),
+            // A trial, or one moved with a reminder's button.
+            _ => self.call_booker(c, &req),
         };
         tracing::info!(customer = %c.pseudonym, request = %req.request_id, outcome = outcome_kind(&outcome), "trial booking");
         if outcome == BookingOutcome::Failed(BookingFailure::Unavailable) {
@@ -986,7 +1001,13 @@ impl Engine {
             .profile
             .probetraining_datum
             .replace(booked.to_string());
-        if c.meta.stage == Stage::TrialBooked && previous.is_some_and(|p| p != booked.to_string()) {
+        // A move the contact asked for with a reminder's button: the new booking stands, so
+        // the old one is cancelled now (staff only hear when that fails).
+        let moved = self.cancel_moved_booking(c, booking_id);
+        if c.meta.stage == Stage::TrialBooked
+            && !moved
+            && previous.is_some_and(|p| p != booked.to_string())
+        {
             turn.alerts.push(StaffAlert {
                 kind: AlertKind::Rescheduled,
                 pseudonym: c.pseudonym,
@@ -1062,8 +1083,53 @@ impl Engine {
                 turn.replies
                     .push(persona.prompts.replies().member_canceled(&start));
             }
-            CancelOutcome::Unavailable => self.hand_over(c, AlertKind::Cancellation, turn),
+            CancelOutcome::Past | CancelOutcome::Unavailable => {
+                self.hand_over(c, AlertKind::Cancellation, turn);
+            }
         }
+    }
+
+    /// Books `req`; a move asked for with a reminder's button goes to the booker as one (MagicLine
+    /// allows one trial per lead, so the old booking is given up once the new slot is free).
+    fn call_booker(&self, c: &Customer, req: &BookingRequest) -> BookingOutcome {
+        let moving = c
+            .body
+            .conversation
+            .extra
+            .get(RESCHEDULE_FROM)
+            .and_then(|v| v.as_i64());
+        match (&self.booker, moving) {
+            (Some(b), Some(old)) => b.reschedule_trial(req, old),
+            (Some(b), None) => b.book_trial(req),
+            (None, _) => BookingOutcome::Failed(BookingFailure::NotConfigured),
+        }
+    }
+
+    /// After a new booking: makes sure the booking the contact asked to move away from is
+    /// cancelled (the booker's move did it already; this also covers a booker that only books).
+    /// `true` when the old one is cancelled (or had passed already, a missed trial).
+    fn cancel_moved_booking(&self, c: &mut Customer, new_booking_id: i64) -> bool {
+        let Some(old) = c
+            .body
+            .conversation
+            .extra
+            .remove(RESCHEDULE_FROM)
+            .and_then(|v| v.as_i64())
+        else {
+            return false;
+        };
+        if old == new_booking_id {
+            return false;
+        }
+        let Some(booker) = &self.booker else {
+            return false;
+        };
+        let outcome = booker.cancel_trial(&c.pseudonym, old);
+        tracing::info!(customer = %c.pseudonym, booking_id = old, outcome = ?outcome, "moved trial: old booking");
+        matches!(
+            outcome,
+            super::booking::CancelOutcome::Canceled | super::booking::CancelOutcome::Past
+        )
     }
 
     /// The contact's yes to a booking that awaits their confirmation: confirms it in MagicLine
@@ -1423,6 +1489,21 @@ fn audit_entries(turn: &Turn) -> Vec<NewEntry> {
         .any(|(_, to)| *to == BotMode::OptedOut)
     {
         out.push(NewEntry::new(Actor::customer(&p), AuditEvent::CustomerOptOut).about(&p));
+    }
+    if let Some((action, booking_id, done)) = turn.tapped {
+        let entry = NewEntry::new(
+            Actor::customer(&p),
+            AuditEvent::ReminderTapped {
+                button: Code::new(action.code()),
+                booking_id: u64::try_from(booking_id).unwrap_or_default(),
+            },
+        )
+        .about(&p);
+        out.push(if done {
+            entry
+        } else {
+            entry.outcome(crate::audit::Outcome::error("not_done"))
+        });
     }
     out
 }
@@ -1838,6 +1919,7 @@ mod tests {
             at: now.timestamp(),
             kind: PartKind::Text(text.into()),
             quoted: None,
+            button: None,
         }
     }
 
@@ -1847,6 +1929,7 @@ mod tests {
             at: monday().timestamp(),
             kind,
             quoted: None,
+            button: None,
         }
     }
 
@@ -2665,6 +2748,7 @@ mod tests {
                 at: later,
                 kind: PartKind::Text("Hallo, ich bin es wieder".into()),
                 quoted: None,
+                button: None,
             }],
             &monday(),
         );
@@ -2938,6 +3022,7 @@ mod tests {
     fn quoting(id: &str, text: &str, quoted: &str) -> Part {
         Part {
             quoted: Some(quoted.into()),
+            button: None,
             ..part(id, PartKind::Text(text.into()))
         }
     }

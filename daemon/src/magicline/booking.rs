@@ -207,6 +207,8 @@ pub struct BookerConfig {
     /// How long after a trial's end a check-in still counts for it; past that, without one,
     /// the trial is a no-show (see [`attendance`]).
     pub no_show_after: jiff::SignedDuration,
+    /// Reminders and follow-ups scheduled with each booking (`[reminders]`); `None`: none.
+    pub reminders: Option<crate::reminders::Plan>,
 }
 
 impl Default for BookerConfig {
@@ -220,6 +222,7 @@ impl Default for BookerConfig {
             trial_appointment_id: None,
             clock: Arc::new(Timestamp::now),
             no_show_after: jiff::SignedDuration::from_mins(60),
+            reminders: None,
         }
     }
 }
@@ -389,6 +392,9 @@ struct Record {
     /// The slot passed without a check-in (counted once as a no-show).
     #[serde(default)]
     no_show: bool,
+    /// The booking's reminders and follow-up were scheduled (in the write that recorded it).
+    #[serde(default)]
+    scheduled: bool,
     updated_at: Timestamp,
 }
 
@@ -409,6 +415,7 @@ impl Record {
             canceled: false,
             checked_in_at: None,
             no_show: false,
+            scheduled: false,
             updated_at: now,
         }
     }
@@ -628,6 +635,80 @@ impl Booker for MagicLineBooker {
             Err(CancelError::NotFound) => CancelOutcome::NotFound,
             Err(CancelError::Unavailable) => CancelOutcome::Unavailable,
         }
+    }
+
+    fn reschedule_trial(&self, req: &BookingRequest, old_booking_id: i64) -> BookingOutcome {
+        // A missed trial (its slot has passed) is not cancelled: the new one is a new booking.
+        match self.booking_start(&req.pseudonym, old_booking_id) {
+            Some(start) if start.timestamp() > (self.cfg.clock)() => {
+                self.reschedule(req, old_booking_id)
+            }
+            _ => self.book(req),
+        }
+    }
+
+    fn cancel_trial(&self, pseudonym: &Pseudonym, booking_id: i64) -> CancelOutcome {
+        let _person = self.person_lock(pseudonym);
+        let rec = match self.rows_of(pseudonym) {
+            Ok(rows) => rows
+                .into_iter()
+                .map(|(_, r)| r)
+                .find(|r| r.booking_id == Some(booking_id)),
+            Err(e) => {
+                tracing::warn!(customer = %pseudonym, error = %e, "booking rows unreadable");
+                return CancelOutcome::Unavailable;
+            }
+        };
+        let Some(rec) = rec else {
+            return CancelOutcome::NotFound;
+        };
+        if rec.start.timestamp() <= (self.cfg.clock)() {
+            return CancelOutcome::Past;
+        }
+        if rec.canceled {
+            return CancelOutcome::Canceled;
+        }
+        match self.cancel_locked(pseudonym, booking_id) {
+            Ok(()) => CancelOutcome::Canceled,
+            Err(CancelError::NotFound) => CancelOutcome::NotFound,
+            Err(CancelError::Unavailable) => CancelOutcome::Unavailable,
+        }
+    }
+
+    fn free_slots(&self, pseudonym: &Pseudonym, from: &Zoned, count: usize) -> Vec<Zoned> {
+        let known = self.rows_of(pseudonym).ok().and_then(|rows| {
+            rows.into_iter()
+                .filter_map(|(_, r)| Some((r.customer_id?, r.kind?)))
+                .next_back()
+        });
+        let kind = known.map_or(Kind::Lead, |(_, kind)| kind);
+        let now = (self.cfg.clock)().max(from.timestamp());
+        let days = self.cfg.alternatives_days.clamp(1, 6);
+        let slots = match self.slots(kind, known.map(|(id, _)| id), from.date(), days) {
+            Ok(slots) => slots,
+            Err(e) => {
+                tracing::warn!(customer = %pseudonym, error = %e, "free slots not readable");
+                return Vec::new();
+            }
+        };
+        let mut free: Vec<Zoned> = slots
+            .into_iter()
+            .map(|s| s.start_date_time)
+            .filter(|start| start.timestamp() > now)
+            .filter(|start| !self.too_late_to_confirm(start, kind).unwrap_or(true))
+            .collect();
+        free.sort_by_key(Zoned::timestamp);
+        free.dedup_by_key(|z| z.timestamp());
+        free.truncate(count);
+        free
+    }
+
+    fn booking_start(&self, pseudonym: &Pseudonym, booking_id: i64) -> Option<Zoned> {
+        self.rows_of(pseudonym)
+            .ok()?
+            .into_iter()
+            .find(|(_, r)| r.booking_id == Some(booking_id) && !r.canceled)
+            .map(|(_, r)| r.start)
     }
 }
 
@@ -1665,14 +1746,15 @@ impl MagicLineBooker {
     ) -> Result<(), BookerError> {
         let mut rec = rec.clone();
         rec.updated_at = (self.cfg.clock)();
-        let plain =
-            zeroize::Zeroizing::new(serde_json::to_vec(&rec).expect("booking record serialises"));
         let _guard = self.store.lock_customer(p);
         if self.store.forgotten_at(p)?.is_some_and(|f| f >= asked_at) {
             return Err(BookerError::Forgotten);
         }
         let mut batch = self.store.batch();
         let data_key = self.store.data_key_or_create(p, &mut batch)?;
+        self.schedule_messages(p, &mut rec, &mut batch)?;
+        let plain =
+            zeroize::Zeroizing::new(serde_json::to_vec(&rec).expect("booking record serialises"));
         let sealed = data_key.seal(ks::BOOKINGS, key, &plain);
         batch.insert(&self.store.keyspaces().bookings, key.to_vec(), sealed);
         if let Some(id) = rec.customer_id {
@@ -1691,6 +1773,163 @@ impl MagicLineBooker {
         self.store.commit_durable(batch)?;
         Ok(())
     }
+}
+
+impl MagicLineBooker {
+    /// Schedules a new booking's reminders and follow-up, or removes a cancelled one's, in the
+    /// batch that records it: a booking is never durable without its messages, nor a
+    /// cancellation with them.
+    fn schedule_messages(
+        &self,
+        p: &Pseudonym,
+        rec: &mut Record,
+        batch: &mut fjall::OwnedWriteBatch,
+    ) -> Result<(), BookerError> {
+        let Some(id) = rec.booking_id else {
+            return Ok(());
+        };
+        if rec.canceled {
+            self.store.unschedule_booking(batch, p, id)?;
+            return Ok(());
+        }
+        let Some(plan) = &self.cfg.reminders else {
+            return Ok(());
+        };
+        if rec.scheduled || !matches!(rec.step, Step::Booked | Step::Confirmed) {
+            return Ok(());
+        }
+        // A booking moved (by staff in MagicLine) is scheduled anew: its old times go.
+        self.store.unschedule_booking(batch, p, id)?;
+        let start = rec.start.timestamp();
+        let end = rec.end.as_ref().map_or_else(
+            || start + jiff::SignedDuration::from_hours(1),
+            Zoned::timestamp,
+        );
+        let too_late =
+            plan.schedule_booking(&self.store, batch, p, id, (start, end), (self.cfg.clock)())?;
+        for kind in too_late {
+            tracing::info!(customer = %p, booking_id = id, kind = kind.code(), "booked at short notice: this reminder's time has passed, it is not sent");
+        }
+        rec.scheduled = true;
+        Ok(())
+    }
+}
+
+#[cfg(any(test, feature = "testkit"))]
+impl MagicLineBooker {
+    /// Records that the person checked in for booking `booking_id` at `at`, as MagicLine's
+    /// check-in events will (tests of what follows a trial).
+    pub fn set_checked_in_for_test(
+        &self,
+        p: &Pseudonym,
+        booking_id: i64,
+        at: Timestamp,
+    ) -> Result<(), BookerError> {
+        let _person = self.person_lock(p);
+        let (key, mut rec) = self
+            .rows_of(p)?
+            .into_iter()
+            .find(|(_, r)| r.booking_id == Some(booking_id))
+            .ok_or(BookerError::Corrupt)?;
+        rec.checked_in_at = Some(at);
+        self.save(p, at, &key, &rec)
+    }
+}
+
+/// Records a trial that MagicLine booked for `p` (booking `booking_id`, slot `start..end`, the
+/// lead `customer_id`), with the reminders and follow-up `plan` gives it, in one durable write,
+/// without calling MagicLine: benchmarks and tests that need many bookings. The customer's key
+/// must exist.
+#[cfg(any(test, feature = "testkit"))]
+pub fn seed_booked_for_test(
+    store: &Store,
+    plan: Option<&crate::reminders::Plan>,
+    p: &Pseudonym,
+    (booking_id, customer_id): (i64, i64),
+    (start, end): (Zoned, Zoned),
+    now: Timestamp,
+) -> crate::store::Result<()> {
+    let request_id = format!("seed-{booking_id}");
+    let mut rec = Record::new(
+        &BookingRequest {
+            request_id: request_id.clone(),
+            pseudonym: *p,
+            firstname: String::new(),
+            lastname: String::new(),
+            email: String::new(),
+            phone: None,
+            magicline_customer_id: Some(customer_id),
+            requested_at: now,
+            start,
+        },
+        now,
+    );
+    rec.step = Step::Booked;
+    rec.end = Some(end.clone());
+    rec.customer_id = Some(customer_id);
+    rec.kind = Some(Kind::Lead);
+    rec.booking_id = Some(booking_id);
+    let mut batch = store.batch();
+    if let Some(plan) = plan {
+        plan.schedule_booking(
+            store,
+            &mut batch,
+            p,
+            booking_id,
+            (rec.start.timestamp(), end.timestamp()),
+            now,
+        )?;
+        rec.scheduled = true;
+    }
+    let mut key = p.0.to_vec();
+    key.extend_from_slice(&store.token_hash(REQUEST_HASH_DOMAIN, &request_id));
+    let data_key = store.data_key(p)?.ok_or(StoreError::NoDataKey)?;
+    let plain = serde_json::to_vec(&rec).expect("booking record serialises");
+    batch.insert(
+        &store.keyspaces().bookings,
+        key.clone(),
+        data_key.seal(ks::BOOKINGS, &key, &plain),
+    );
+    store.commit_durable(batch)
+}
+
+/// What the reminder scheduler reads of a booking when a message about it is due.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BookingState {
+    /// Cancelled (by the contact, by staff in MagicLine, or rescheduled away).
+    pub canceled: bool,
+    /// When the person checked in for it, if they did.
+    pub checked_in_at: Option<Timestamp>,
+    /// MagicLine waits for the lead to confirm it.
+    pub confirmation_pending: bool,
+}
+
+/// The state of booking `booking_id` of `p`, read from its sealed row (`None`: no such row).
+pub fn booking_state(
+    store: &Store,
+    p: &Pseudonym,
+    booking_id: i64,
+) -> crate::store::Result<Option<BookingState>> {
+    let Some(data_key) = store.data_key(p)? else {
+        return Ok(None);
+    };
+    for guard in store.keyspaces().bookings.prefix(p.0) {
+        let (k, v) = guard.into_inner()?;
+        let Ok(plain) = data_key.open(ks::BOOKINGS, &k, &v) else {
+            continue;
+        };
+        let Ok(rec) = serde_json::from_slice::<Record>(&plain) else {
+            continue;
+        };
+        if rec.booking_id == Some(booking_id) {
+            return Ok(Some(BookingState {
+                canceled: rec.canceled,
+                checked_in_at: rec.checked_in_at,
+                confirmation_pending: rec.confirmation_required && rec.step != Step::Confirmed,
+            }));
+        }
+    }
+    Ok(None)
 }
 
 /// Per-call knowledge that is not recorded: whether a state-changing call of this call's own
@@ -1833,6 +2072,28 @@ pub(crate) mod tests {
 
         pub(crate) fn booker(&self) -> MagicLineBooker {
             self.booker_with(Duration::from_secs(2), 3)
+        }
+
+        /// A booker that schedules reminders and follow-ups by `plan`.
+        pub(crate) fn reminding_booker(&self, plan: crate::reminders::Plan) -> MagicLineBooker {
+            self.booker_configured(
+                Duration::from_secs(2),
+                3,
+                BookerConfig {
+                    reminders: Some(plan),
+                    ..BookerConfig::default()
+                },
+            )
+        }
+
+        /// The store the bookers write to.
+        pub(crate) fn store(&self) -> &Arc<Store> {
+            &self.store
+        }
+
+        /// The MagicLine simulator.
+        pub(crate) fn magicline(&self) -> &MagiclineSim {
+            self.sim()
         }
 
         /// A customer row in the store (the engine always has one before booking).

@@ -183,6 +183,8 @@ pub enum SentMessageKind {
         language: String,
         /// Body parameters as text, in order.
         params: Vec<String>,
+        /// Payloads of the quick-reply buttons, by button index.
+        buttons: Vec<String>,
     },
     /// Any other message type, with its full request body.
     Other {
@@ -232,6 +234,8 @@ struct SimState {
     recipient_faults: HashMap<String, VecDeque<Fault>>,
     /// Template name → Meta's category (`MARKETING`, `UTILITY`, `AUTHENTICATION`).
     template_categories: HashMap<String, String>,
+    /// The approved templates by name and language; while empty, any template is accepted.
+    approved: HashMap<(String, String), ApprovedTemplate>,
     status_deliveries: Vec<StatusDelivery>,
 }
 
@@ -250,6 +254,18 @@ impl Shared {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// What an approved template takes: WhatsApp refuses a send that names another template or
+/// language (132001), fills a different number of body variables (132000) or one with empty
+/// text (131008), or sets the payload
+/// of a button the template does not have or that is not a quick reply (131009).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApprovedTemplate {
+    /// Number of body variables (`{{1}}` …).
+    pub body_params: usize,
+    /// Number of quick-reply buttons (indices `0..n`).
+    pub quick_replies: usize,
 }
 
 /// A running Graph API simulator on `127.0.0.1`. Stops when dropped.
@@ -306,6 +322,15 @@ impl GraphSim {
     /// The bearer token the simulator accepts.
     pub fn token(&self) -> &str {
         &self.shared.token
+    }
+
+    /// Approves template `name` in `language` with its shape; from the first approval on, the
+    /// simulator holds every template send to the approved ones, as WhatsApp does.
+    pub fn approve_template(&self, name: &str, language: &str, shape: ApprovedTemplate) {
+        self.shared
+            .lock()
+            .approved
+            .insert((name.to_owned(), language.to_owned()), shape);
     }
 
     /// The next `times` sends (to anyone) answer with `fault`. Mark-as-read requests are never
@@ -424,6 +449,7 @@ impl GraphSim {
                     name,
                     language,
                     params,
+                    ..
                 } => Some((name.clone(), language.clone(), params.clone())),
                 _ => None,
             })
@@ -636,6 +662,9 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<B
             )
         }
     };
+    if let Err((status, refusal)) = approved_template(shared, &request) {
+        return reject(shared, status, refusal);
+    }
     if endpoint == Endpoint::MarketingMessages {
         if let Err(refusal) = marketing_only(shared, &request) {
             return reject(shared, 400, refusal);
@@ -698,6 +727,68 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<B
             json_response(200, &answer)
         }
     }
+}
+
+/// A template send against the approved templates (none approved: anything goes).
+fn approved_template(shared: &Shared, request: &GraphRequest) -> Result<(), (u16, Value)> {
+    let GraphRequest::Send {
+        message:
+            SentMessageKind::Template {
+                name,
+                language,
+                params,
+                buttons,
+            },
+        ..
+    } = request
+    else {
+        return Ok(());
+    };
+    let state = shared.lock();
+    if state.approved.is_empty() {
+        return Ok(());
+    }
+    let Some(shape) = state.approved.get(&(name.clone(), language.clone())) else {
+        return Err((
+            404,
+            graph_error(
+                132_001,
+                "(#132001) Template name does not exist in the translation",
+                Some("template name does not exist in the translation"),
+            ),
+        ));
+    };
+    if params.len() != shape.body_params {
+        return Err((
+            400,
+            graph_error(
+                132_000,
+                "(#132000) Number of parameters does not match the expected number of params",
+                Some("body: number of localizable_params does not match the expected number of params"),
+            ),
+        ));
+    }
+    if params.iter().any(|p| p.trim().is_empty()) {
+        return Err((
+            400,
+            graph_error(
+                131_008,
+                "(#131008) Required parameter is missing",
+                Some("body: a parameter's text is empty"),
+            ),
+        ));
+    }
+    if buttons.len() > shape.quick_replies {
+        return Err((
+            400,
+            graph_error(
+                131_009,
+                "(#131009) Parameter value is not valid",
+                Some("Button at index is not a quick reply button of the template"),
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The Marketing Messages API's contract: it sends templates only (anything else: code 100,
@@ -880,10 +971,12 @@ fn parse_request(v: &Value) -> Result<GraphRequest, &'static str> {
                         .to_owned()
                 })
                 .collect();
+            let buttons = quick_reply_payloads(template)?;
             SentMessageKind::Template {
                 name: name.to_owned(),
                 language: language.to_owned(),
                 params,
+                buttons,
             }
         }
         other => SentMessageKind::Other {
@@ -892,6 +985,46 @@ fn parse_request(v: &Value) -> Result<GraphRequest, &'static str> {
         },
     };
     Ok(GraphRequest::Send { recipient, message })
+}
+
+/// The payloads of a template's `button` components, by index: each must be a quick reply with
+/// an index (`"0"` …) and one non-empty `payload` parameter of at most 256 characters, indices
+/// given once and without gaps.
+fn quick_reply_payloads(template: &Value) -> Result<Vec<String>, &'static str> {
+    let mut by_index = std::collections::BTreeMap::new();
+    let components = template.get("components").and_then(Value::as_array);
+    for c in components.into_iter().flatten() {
+        if c.get("type").and_then(Value::as_str) != Some("button") {
+            continue;
+        }
+        if c.get("sub_type").and_then(Value::as_str) != Some("quick_reply") {
+            return Err("(#100) Param template['components'][*]['sub_type'] must be quick_reply for a payload");
+        }
+        let index: usize = c
+            .get("index")
+            .and_then(Value::as_str)
+            .and_then(|i| i.parse().ok())
+            .filter(|i| *i < 10)
+            .ok_or("(#100) The parameter template['components'][*]['index'] is required.")?;
+        let payload = c
+            .get("parameters")
+            .and_then(Value::as_array)
+            .and_then(|ps| ps.first())
+            .filter(|p| p.get("type").and_then(Value::as_str) == Some("payload"))
+            .and_then(|p| p.get("payload"))
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty() && p.chars().count() <= 256)
+            .ok_or(
+                "(#100) Param template['components'][*]['parameters'][0]['payload'] is invalid.",
+            )?;
+        if by_index.insert(index, payload.to_owned()).is_some() {
+            return Err("(#100) Duplicate button index in template['components']");
+        }
+    }
+    if by_index.keys().enumerate().any(|(i, k)| i != *k) {
+        return Err("(#100) Button indices in template['components'] must start at 0 without gaps");
+    }
+    Ok(by_index.into_values().collect())
 }
 
 /// Delivers a `failed` status for `id` to the configured webhook, after the send was answered
@@ -2161,6 +2294,72 @@ mod tests {
         );
         assert!(sim.sent().is_empty());
         assert!(sim.read_marks().is_empty());
+    }
+
+    #[tokio::test]
+    async fn approved_templates_hold_names_parameters_and_buttons() {
+        use crate::whatsapp::graph::TemplateEndpoint;
+        let sim = start().await;
+        let shape = ApprovedTemplate {
+            body_params: 2,
+            quick_replies: 3,
+        };
+        sim.approve_template("probetraining_erinnerung", "de", shape);
+        let c = client(&sim, SIM_TOKEN, WAIT);
+        let answers = blocking(move || {
+            let send = |name: &str, lang: &str, params: &[&str], buttons: &[&str]| {
+                let params: Vec<String> = params.iter().map(|p| p.to_string()).collect();
+                let buttons: Vec<String> = buttons.iter().map(|p| p.to_string()).collect();
+                c.send_template_with_buttons(
+                    TemplateEndpoint::Messages,
+                    TO,
+                    name,
+                    lang,
+                    &params,
+                    &buttons,
+                )
+                .err()
+                .and_then(|e| e.code())
+            };
+            vec![
+                send(
+                    "probetraining_erinnerung",
+                    "de",
+                    &["Erika", "18:00"],
+                    &["a", "b", "c"],
+                ),
+                send("probetraining_erinnerung", "de", &["Erika", "18:00"], &[]),
+                send("probetraining_erinnerng", "de", &["Erika", "18:00"], &[]),
+                send("probetraining_erinnerung", "en", &["Erika", "18:00"], &[]),
+                send("probetraining_erinnerung", "de", &["Erika"], &[]),
+                send("probetraining_erinnerung", "de", &["Erika", " "], &[]),
+                send(
+                    "probetraining_erinnerung",
+                    "de",
+                    &["Erika", "18:00"],
+                    &["a", "b", "c", "d"],
+                ),
+            ]
+        })
+        .await;
+        assert_eq!(
+            answers,
+            [
+                None,
+                None,
+                Some(132_001),
+                Some(132_001),
+                Some(132_000),
+                Some(131_008),
+                Some(131_009)
+            ]
+        );
+        let sent = sim.sent();
+        assert_eq!(sent.len(), 2);
+        let SentMessageKind::Template { buttons, .. } = &sent[0].message else {
+            panic!("a template");
+        };
+        assert_eq!(buttons, &["a", "b", "c"]);
     }
 
     #[tokio::test]

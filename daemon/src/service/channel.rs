@@ -56,6 +56,7 @@ pub(super) struct Channel {
     magicline_task: Option<tokio::task::JoinHandle<()>>,
     sender_task: tokio::task::JoinHandle<()>,
     alerts_task: tokio::task::JoinHandle<()>,
+    reminders_task: tokio::task::JoinHandle<()>,
     tunnel_task: Option<tokio::task::JoinHandle<()>>,
     dispatcher: Arc<Dispatcher>,
     pub(super) engine: Option<Arc<crate::conversation::engine::Engine>>,
@@ -79,6 +80,7 @@ impl Channel {
         if let Some(t) = self.magicline_task {
             let _ = t.await;
         }
+        let _ = self.reminders_task.await;
     }
 }
 
@@ -334,6 +336,8 @@ pub(super) async fn start(
     );
     let sender_task = tokio::spawn(sender.clone().run(until_stopped(stop.clone())));
     let alerts_task = start_alerts(core, wake.clone(), until_stopped(stop.clone()));
+    let reminders_task =
+        super::timers::reminders(core, opts, wake.clone(), until_stopped(stop.clone()));
     report_sender_pauses(&sender, &core.admin);
 
     let state = WebhookState::new(
@@ -375,6 +379,7 @@ pub(super) async fn start(
         magicline_task,
         sender_task,
         alerts_task,
+        reminders_task,
         tunnel_task,
         dispatcher,
         engine,

@@ -74,6 +74,11 @@ pub struct ServeOptions {
     pub sender_backoff: Option<Duration>,
     /// Notified once the daemon is ready (when READY=1 goes to systemd).
     pub ready: Option<Arc<tokio::sync::Notify>>,
+    /// The time the reminder scheduler reads (tests move it); `None`: the system clock.
+    pub clock: Option<crate::reminders::Clock>,
+    /// Longest wait between two ticks of the reminder scheduler (tests shorten it, as their
+    /// clock jumps); `None`: [`crate::reminders::worker::MAX_WAIT`].
+    pub reminder_tick: Option<Duration>,
 }
 
 /// The sockets the daemon serves on, bound by the caller: `serve` binds the configured

@@ -1,5 +1,5 @@
-//! What runs on a clock: the retention sweep (at start, then hourly), the systemd watchdog, and
-//! the metrics listener's refresh of the queue gauges.
+//! What runs on a clock: the retention sweep (at start, then hourly), the systemd watchdog, the
+//! metrics listener's refresh of the queue gauges, and the reminder scheduler's tick.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,4 +101,31 @@ pub(super) fn watchdog(
             }
         }
     })
+}
+
+/// The reminder scheduler ([`crate::reminders::worker`]): reminders before booked trials and
+/// follow-ups after them, from the store's schedule into the outbox.
+pub(super) fn reminders(
+    core: &super::Core,
+    opts: &super::ServeOptions,
+    outbox_wake: Arc<tokio::sync::Notify>,
+    stopped: impl std::future::Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()> {
+    let clock = opts
+        .clock
+        .clone()
+        .unwrap_or_else(|| Arc::new(jiff::Timestamp::now));
+    let mut scheduler = crate::reminders::worker::Scheduler::new(
+        core.store.clone(),
+        core.queues.clone(),
+        Some(core.audit.clone()),
+        core.cfg.reminders.clone(),
+        &core.cfg.whatsapp.template_language,
+        clock,
+        outbox_wake,
+    );
+    if let Some(tick) = opts.reminder_tick {
+        scheduler.set_max_wait(tick);
+    }
+    tokio::spawn(Arc::new(scheduler).run(stopped))
 }

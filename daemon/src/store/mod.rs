@@ -12,7 +12,8 @@
 //! commit), [`customers`] (record types), [`messages`] (history rows), [`moves`] (a customer to a
 //! new number or user id), [`queue_rows`] (the sealed layout of queue rows, the quarantine),
 //! [`retention`] (the sweeper), [`backup`] (backup, restore, identity rotation), [`xref`]
-//! (MagicLine ids and trial start times to the customer).
+//! (MagicLine ids and trial start times to the customer), [`schedule`] (messages due at a set
+//! time: reminders and follow-ups, indexed by due time).
 
 pub mod activity;
 pub mod address;
@@ -27,6 +28,7 @@ pub mod moves;
 pub mod queue_rows;
 pub mod retention;
 pub mod xref;
+pub mod schedule;
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -65,9 +67,11 @@ pub mod ks {
     pub const META: &str = "meta";
     /// Staff alerts waiting to be delivered (queue-row layout, see `crate::alerts::queue`).
     pub const ALERTS: &str = "alerts";
+    /// Messages due at a set time, keyed by due time (see `crate::store::schedule`).
+    pub const SCHEDULE: &str = "schedule";
     /// Every keyspace name, in the order of [`Keyspaces::all`](super::Keyspaces::all).
-    pub const ALL: [&str; 10] = [
-        CUSTOMERS, MESSAGES, INBOX, OUTBOX, SEEN, BOOKINGS, AUDIT, STATS, META, ALERTS,
+    pub const ALL: [&str; 11] = [
+        CUSTOMERS, MESSAGES, INBOX, OUTBOX, SEEN, BOOKINGS, AUDIT, STATS, META, ALERTS, SCHEDULE,
     ];
 }
 
@@ -170,6 +174,8 @@ pub struct Keyspaces {
     pub meta: Keyspace,
     /// See [`ks::ALERTS`].
     pub alerts: Keyspace,
+    /// See [`ks::SCHEDULE`].
+    pub schedule: Keyspace,
 }
 
 impl Keyspaces {
@@ -186,11 +192,12 @@ impl Keyspaces {
             stats: open(ks::STATS)?,
             meta: open(ks::META)?,
             alerts: open(ks::ALERTS)?,
+            schedule: open(ks::SCHEDULE)?,
         })
     }
 
     /// Every keyspace with its name, in a fixed order (backups rely on it).
-    pub fn all(&self) -> [(&'static str, &Keyspace); 10] {
+    pub fn all(&self) -> [(&'static str, &Keyspace); 11] {
         [
             (ks::CUSTOMERS, &self.customers),
             (ks::MESSAGES, &self.messages),
@@ -202,6 +209,7 @@ impl Keyspaces {
             (ks::STATS, &self.stats),
             (ks::META, &self.meta),
             (ks::ALERTS, &self.alerts),
+            (ks::SCHEDULE, &self.schedule),
         ]
     }
 }
@@ -715,6 +723,8 @@ impl Store {
             self.remove_queue_rows(p, &mut batch)?;
             // MagicLine ids and trial times that found this customer.
             self.remove_external(p, &mut batch)?;
+            // Scheduled reminders and follow-ups: sealed the same way.
+            self.unschedule_customer(&mut batch, p)?;
             // Links of user ids to this customer, and this pseudonym's own link.
             let own_link = meta_key(ALIAS_PREFIX, p);
             for g in self.ks.meta.prefix(ALIAS_PREFIX) {
@@ -757,7 +767,8 @@ impl Store {
             // row, before any turn has written a customer row.
             let in_use = self.ks.customers.contains_key(p.0)?
                 || self.ks.bookings.prefix(p.0).next().is_some()
-                || self.has_queue_rows(&p)?;
+                || self.has_queue_rows(&p)?
+                || self.has_scheduled(&p)?;
             if !in_use {
                 self.keys.remove(&p)?;
                 self.forget_cached_key(&p);

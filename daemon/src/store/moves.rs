@@ -245,6 +245,8 @@ impl Store {
         self.reseal_queue_rows(from, to, to_key, batch)?;
         // MagicLine ids and trial times find the customer under the new pseudonym.
         self.retag_external(from, to, batch)?;
+        // Scheduled reminders and follow-ups: the same, under the new pseudonym's key.
+        self.reschedule_customer(from, to, to_key, batch)?;
 
         // Links follow the customer; the new identity is a customer key, not a link.
         let own_link = meta_key(ALIAS_PREFIX, to);

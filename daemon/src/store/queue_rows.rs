@@ -310,7 +310,8 @@ impl Store {
     }
 }
 
-fn seal_with(
+/// Seals `plain` in the queue-row layout under `key`.
+pub(super) fn seal_with(
     key: &DataKey,
     keyspace: &str,
     row_key: &[u8],

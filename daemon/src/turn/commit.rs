@@ -153,6 +153,12 @@ pub fn commit(
             count_first_reply(store, &mut batch, &mut fresh.meta, effects.at)?;
         }
         first_name.clone_from(&fresh.body.profile.vorname);
+        // An opt-out ends what was scheduled for the contact: no reminder, no follow-up.
+        if fresh.meta.mode == crate::store::customers::BotMode::OptedOut
+            && update.mode_before != crate::store::customers::BotMode::OptedOut
+        {
+            store.unschedule_customer(&mut batch, &p)?;
+        }
         store.put_customer(&fresh, &mut batch)?;
         if let Some(user_id) = &learned_user_id {
             store.link_user_id(user_id, &p, &mut batch)?;

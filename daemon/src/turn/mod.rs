@@ -12,6 +12,7 @@
 
 pub mod attention;
 mod commit;
+pub mod tap;
 
 use jiff::Timestamp;
 
@@ -49,6 +50,15 @@ pub struct Burst {
 }
 
 impl Burst {
+    /// The newest tap on one of frontdesk's own buttons (reminders, follow-ups): what it asks
+    /// for and the booking it is about.
+    pub fn tapped(&self) -> Option<(tap::TapAction, i64)> {
+        self.parts
+            .iter()
+            .rev()
+            .find_map(|part| part.button.as_deref().and_then(tap::parse))
+    }
+
     /// The contact's own words, trimmed, in order: message texts and media captions. Opt-out
     /// keywords and dates are read from these.
     pub fn texts(&self) -> Vec<&str> {
@@ -170,6 +180,9 @@ pub struct Part {
     pub kind: PartKind,
     /// The `wamid.…` of the message this one quotes (a swipe-reply), when it quotes one.
     pub quoted: Option<String>,
+    /// The payload of the template's quick-reply button the contact tapped, when this part is
+    /// such a tap (its label is the part's text).
+    pub button: Option<String>,
 }
 
 /// What a message of a burst is, reduced to what the engine acts on.

@@ -145,6 +145,10 @@ fn part_of(m: &InboundMessage) -> Part {
         at: Timestamp::from_second(m.timestamp).unwrap_or_else(|_| Timestamp::now()),
         kind,
         quoted: m.reply_to.clone(),
+        button: match &m.content {
+            Content::TemplateButton { payload, .. } if !payload.is_empty() => Some(payload.clone()),
+            _ => None,
+        },
     }
 }
 

@@ -130,6 +130,7 @@ pub fn plan(
                             name: name.clone(),
                             language: policy.template_language.clone(),
                             params: Vec::new(),
+                            buttons: Vec::new(),
                         },
                         ..entry.clone()
                     })

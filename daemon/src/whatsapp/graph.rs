@@ -366,6 +366,21 @@ impl GraphClient {
         language_code: &str,
         params: &[String],
     ) -> Result<SentMessage, SendError> {
+        self.send_template_with_buttons(endpoint, to, name, language_code, params, &[])
+    }
+
+    /// Like [`GraphClient::send_template_to`], with the payloads of the template's quick-reply
+    /// buttons, in the order the approved template lists its buttons (WhatsApp sends a tapped
+    /// button's payload back with the `button` message).
+    pub fn send_template_with_buttons(
+        &self,
+        endpoint: TemplateEndpoint,
+        to: &str,
+        name: &str,
+        language_code: &str,
+        params: &[String],
+        buttons: &[String],
+    ) -> Result<SentMessage, SendError> {
         if name.is_empty() || language_code.is_empty() {
             return Err(SendError::InvalidRequest(
                 "template name or language missing",
@@ -378,6 +393,21 @@ impl GraphClient {
                 .map(|p| json!({ "type": "text", "text": p }))
                 .collect();
             template["components"] = json!([{ "type": "body", "parameters": parameters }]);
+        }
+        if !buttons.is_empty() {
+            let mut components = template["components"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for (index, payload) in buttons.iter().enumerate() {
+                components.push(json!({
+                    "type": "button",
+                    "sub_type": "quick_reply",
+                    "index": index.to_string(),
+                    "parameters": [{ "type": "payload", "payload": payload }],
+                }));
+            }
+            template["components"] = Value::Array(components);
         }
         let mut request = addressed(to)?;
         request["type"] = json!("template");

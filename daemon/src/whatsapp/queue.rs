@@ -70,6 +70,10 @@ pub enum OutboundKind {
         language: String,
         /// Body parameters `{{1}}`, `{{2}}`, … in order.
         params: Vec<String>,
+        /// Payloads of the template's quick-reply buttons, in the template's button order
+        /// (empty for a template without them).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        buttons: Vec<String>,
     },
 }
 

@@ -428,7 +428,10 @@ impl Sender {
                     name,
                     language,
                     params,
-                } => self.send_template(&graph, p, &row.entry.to, name, language, params),
+                    buttons,
+                } => {
+                    self.send_template(&graph, p, &row.entry.to, (name, language), params, buttons)
+                }
             };
             match result {
                 Ok(sent) => {
@@ -640,9 +643,9 @@ impl Sender {
         graph: &GraphClient,
         p: &Pseudonym,
         to: &str,
-        name: &str,
-        language: &str,
+        (name, language): (&str, &str),
         params: &[String],
+        buttons: &[String],
     ) -> (Result<SentMessage, SendError>, PricingCategory) {
         let categories = &self.cfg.template_categories;
         let known = categories
@@ -653,21 +656,36 @@ impl Sender {
             });
         if known.category != TemplateCategory::Marketing {
             return (
-                graph.send_template(to, name, language, params),
+                graph.send_template_with_buttons(
+                    TemplateEndpoint::Messages,
+                    to,
+                    name,
+                    language,
+                    params,
+                    buttons,
+                ),
                 known.category.pricing(),
             );
         }
-        match graph.send_template_to(
+        match graph.send_template_with_buttons(
             TemplateEndpoint::MarketingMessages,
             to,
             name,
             language,
             params,
+            buttons,
         ) {
             Err(e) if e.code() == Some(NOT_A_MARKETING_TEMPLATE) => {
                 warn!(customer = %p, template = %name, "WhatsApp refused the template as not marketing; sending it through /messages");
                 (
-                    graph.send_template(to, name, language, params),
+                    graph.send_template_with_buttons(
+                        TemplateEndpoint::Messages,
+                        to,
+                        name,
+                        language,
+                        params,
+                        buttons,
+                    ),
                     PricingCategory::Utility,
                 )
             }

@@ -161,8 +161,10 @@ impl MagicLineBooker {
         let old = rec.start.timestamp();
         rec.start = start.clone();
         rec.end = Some(end.clone());
-        // A trial moved to later is open again, whatever the old slot said.
+        // A trial moved to later is open again, whatever the old slot said; its reminders and
+        // follow-up are scheduled anew for the new time (in the same write).
         rec.no_show = false;
+        rec.scheduled = false;
         self.save_with(&p, started, &key, &rec, |batch| {
             self.store.unschedule_trial(batch, old, &p);
             Ok(())

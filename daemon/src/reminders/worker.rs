@@ -1,0 +1,587 @@
+//! The scheduler's tick: every scheduled message that is due leaves the store's schedule in one
+//! durable write that puts its template into the outbox (the sender then sends it like any
+//! reply) and appends its `reminder.sent` entry — or, when it must not go out, retires it with a
+//! `reminder.skipped` entry. A crash before that write repeats it whole; after it, nothing of it
+//! is repeated: each message is sent once, across restarts and kills (up to the sender's one
+//! documented window).
+//!
+//! At send time, under the customer's lock, the row is read again (a cancellation or a forget
+//! may have removed it since) and the contact and booking are checked: nothing goes to a
+//! forgotten contact (their key is gone, the row cannot even be opened), to one who opted out,
+//! or about a booking cancelled meanwhile. Follow-ups go only to contacts the assistant answers.
+//! The follow-up after the trial is decided here: a thank-you (and, a day later, the sign-up
+//! question) when the booking has a check-in, one no-show message offering a new slot when not.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::sync::Notify;
+use tracing::{error, info};
+
+use super::plan::german_day_and_time;
+use super::{Clock, Plan, RemindersConfig, ScheduledBody};
+use crate::audit::{Actor, AuditEvent, AuditLog, Code, NewEntry};
+use crate::magicline::booking::{booking_state, BookingState};
+use crate::store::customers::{BotMode, Customer};
+use crate::store::schedule::{Due, ScheduledKind, Slot};
+use crate::store::Store;
+use crate::turn::tap::TapAction;
+use crate::whatsapp::queue::{OutboundKind, OutboxEntry, Queues};
+
+/// How many due rows one read takes; a tick reads until none is left.
+const READ_BATCH: usize = 256;
+/// The longest the timer waits between ticks.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// The first name in a template when the contact never gave one.
+const NO_NAME: &str = "du";
+
+/// What one tick did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TickReport {
+    /// Messages put into the outbox.
+    pub sent: usize,
+    /// Messages retired without being sent.
+    pub skipped: usize,
+}
+
+/// What a due message comes to.
+enum Decision {
+    Send {
+        kind: Code,
+        entry: Box<OutboxEntry>,
+        /// A message it schedules in turn (the sign-up question after the thank-you).
+        then: Option<Slot>,
+    },
+    Skip(Code),
+}
+
+/// See the module doc.
+pub struct Scheduler {
+    store: Arc<Store>,
+    queues: Arc<Queues>,
+    audit: Option<Arc<AuditLog>>,
+    cfg: RemindersConfig,
+    plan: Option<Plan>,
+    language: String,
+    clock: Clock,
+    outbox_wake: Arc<Notify>,
+    max_wait: Duration,
+}
+
+impl Scheduler {
+    /// Ticks at least this often (tests whose clock jumps shorten it).
+    pub fn set_max_wait(&mut self, max_wait: Duration) {
+        self.max_wait = max_wait;
+    }
+
+    /// A scheduler over the shared services; `default_language` is `whatsapp.template_language`.
+    pub fn new(
+        store: Arc<Store>,
+        queues: Arc<Queues>,
+        audit: Option<Arc<AuditLog>>,
+        cfg: RemindersConfig,
+        default_language: &str,
+        clock: Clock,
+        outbox_wake: Arc<Notify>,
+    ) -> Scheduler {
+        let language = if cfg.template_language.is_empty() {
+            default_language.to_string()
+        } else {
+            cfg.template_language.clone()
+        };
+        Scheduler {
+            store,
+            queues,
+            audit,
+            plan: Plan::from_config(&cfg),
+            cfg,
+            language,
+            clock,
+            outbox_wake,
+            max_wait: MAX_WAIT,
+        }
+    }
+
+    /// Ticks until `shutdown` resolves: at once, then when the next message is due, at the
+    /// latest after [`MAX_WAIT`] (messages scheduled meanwhile, a clock moved in tests).
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let this = self.clone();
+            let wait = match tokio::task::spawn_blocking(move || this.tick_and_wait()).await {
+                Ok(wait) => wait,
+                Err(e) => {
+                    error!(error = %e, "reminder scheduler task panicked");
+                    Duration::from_secs(1)
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = &mut shutdown => break,
+            }
+        }
+    }
+
+    fn tick_and_wait(&self) -> Duration {
+        match self.tick() {
+            Ok(r) if r.sent + r.skipped > 0 => {
+                info!(sent = r.sent, skipped = r.skipped, "scheduled messages due");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                error!(error = %e, "the reminder scheduler's tick failed");
+                return Duration::from_secs(5);
+            }
+        }
+        let now = (self.clock)();
+        match self.store.next_due() {
+            Ok(Some(next)) => Duration::try_from(next.duration_since(now))
+                .unwrap_or(Duration::ZERO)
+                .clamp(Duration::from_millis(200).min(self.max_wait), self.max_wait),
+            _ => self.max_wait,
+        }
+    }
+
+    /// Takes every message due now into the outbox (or retires it). Blocking.
+    pub fn tick(&self) -> anyhow::Result<TickReport> {
+        let now = (self.clock)();
+        let mut report = TickReport::default();
+        loop {
+            let due = self.store.due(now, READ_BATCH)?;
+            let n = due.len();
+            for d in due {
+                match self.handle(&d, now)? {
+                    Some(true) => report.sent += 1,
+                    Some(false) => report.skipped += 1,
+                    None => {}
+                }
+            }
+            if n < READ_BATCH {
+                break;
+            }
+        }
+        if report.sent > 0 {
+            self.outbox_wake.notify_one();
+        }
+        Ok(report)
+    }
+
+    /// `Some(true)`: sent, `Some(false)`: skipped, `None`: gone meanwhile.
+    fn handle(&self, due: &Due, now: Timestamp) -> anyhow::Result<Option<bool>> {
+        let p = due.slot.pseudonym;
+        let _guard = self.store.lock_customer(&p);
+        if !self.store.still_scheduled(due)? {
+            return Ok(None);
+        }
+        let decision = self.decide(due, now)?;
+        let mut batch = self.store.batch();
+        self.store.unschedule(&mut batch, &due.slot);
+        let booking_id = u64::try_from(due.slot.booking_id).unwrap_or_default();
+        let (event, sent) = match decision {
+            Decision::Send { kind, entry, then } => {
+                self.queues
+                    .push_outbox(&self.store, &mut batch, &p, &entry)?;
+                if let (Some(slot), Some(plain)) = (then, &due.plain) {
+                    self.store.schedule(&mut batch, &slot, plain)?;
+                }
+                (AuditEvent::ReminderSent { kind, booking_id }, true)
+            }
+            Decision::Skip(reason) => {
+                info!(customer = %p, kind = due.slot.kind.code(), reason = reason.as_str(), "scheduled message not sent");
+                (
+                    AuditEvent::ReminderSkipped {
+                        kind: Code::new(due.slot.kind.code()),
+                        reason,
+                    },
+                    false,
+                )
+            }
+        };
+        let entry = NewEntry::new(Actor::System, event).about(&p);
+        match &self.audit {
+            Some(log) => {
+                log.append_with(batch, entry)?;
+            }
+            None => self.store.commit_durable(batch)?,
+        }
+        Ok(Some(sent))
+    }
+
+    fn decide(&self, due: &Due, now: Timestamp) -> anyhow::Result<Decision> {
+        let slot = due.slot;
+        let Some(plain) = &due.plain else {
+            return Ok(Decision::Skip(Code::new("forgotten")));
+        };
+        let Ok(body) = serde_json::from_slice::<ScheduledBody>(plain) else {
+            return Ok(Decision::Skip(Code::new("unreadable")));
+        };
+        let Some(customer) = self.store.customer(&slot.pseudonym)? else {
+            return Ok(Decision::Skip(Code::new("no_contact")));
+        };
+        if customer.meta.mode == BotMode::OptedOut {
+            return Ok(Decision::Skip(Code::new("opted_out")));
+        }
+        let state = booking_state(&self.store, &slot.pseudonym, slot.booking_id)?;
+        let Some(state) = state else {
+            return Ok(Decision::Skip(Code::new("no_booking")));
+        };
+        if state.canceled {
+            return Ok(Decision::Skip(Code::new("canceled")));
+        }
+        let Some(to) = address(&customer) else {
+            return Ok(Decision::Skip(Code::new("no_contact")));
+        };
+        let name = first_name(&customer);
+        let template = |name: &str, params: Vec<String>, buttons: Vec<String>| OutboxEntry {
+            to: to.clone(),
+            kind: OutboundKind::Template {
+                name: name.to_string(),
+                language: self.language.clone(),
+                params,
+                buttons,
+            },
+            created: now,
+            history: Vec::new(),
+        };
+        match slot.kind {
+            ScheduledKind::ReminderEarly | ScheduledKind::ReminderLate => {
+                if !self.cfg.enabled {
+                    return Ok(Decision::Skip(Code::new("disabled")));
+                }
+                if body.start <= now {
+                    return Ok(Decision::Skip(Code::new("past_start")));
+                }
+                let (day, time) = german_day_and_time(body.start);
+                let buttons = TapAction::REMINDER_BUTTONS
+                    .iter()
+                    .map(|a| a.payload(slot.booking_id))
+                    .collect();
+                Ok(Decision::Send {
+                    kind: Code::new(slot.kind.code()),
+                    entry: Box::new(template(&self.cfg.template, vec![name, day, time], buttons)),
+                    then: None,
+                })
+            }
+            ScheduledKind::AfterTrial | ScheduledKind::SignUpQuestion => {
+                self.follow_up(slot, &customer, &state, now, template)
+            }
+        }
+    }
+
+    fn follow_up(
+        &self,
+        slot: Slot,
+        customer: &Customer,
+        state: &BookingState,
+        now: Timestamp,
+        template: impl Fn(&str, Vec<String>, Vec<String>) -> OutboxEntry,
+    ) -> anyhow::Result<Decision> {
+        if !self.cfg.follow_ups {
+            return Ok(Decision::Skip(Code::new("disabled")));
+        }
+        if !customer.meta.mode.answers() {
+            return Ok(Decision::Skip(Code::new("not_answered")));
+        }
+        let name = first_name(customer);
+        Ok(match (slot.kind, state.checked_in_at) {
+            (ScheduledKind::SignUpQuestion, _) => Decision::Send {
+                kind: Code::new("sign_up_question"),
+                entry: Box::new(template(&self.cfg.sign_up_template, vec![name], Vec::new())),
+                then: None,
+            },
+            (_, Some(_)) => Decision::Send {
+                kind: Code::new("thank_you"),
+                entry: Box::new(template(
+                    &self.cfg.thank_you_template,
+                    vec![name],
+                    Vec::new(),
+                )),
+                then: self.plan.as_ref().map(|plan| Slot {
+                    due: plan.sign_up_due(now),
+                    kind: ScheduledKind::SignUpQuestion,
+                    ..slot
+                }),
+            },
+            (_, None) => Decision::Send {
+                kind: Code::new("no_show"),
+                entry: Box::new(template(
+                    &self.cfg.no_show_template,
+                    vec![name],
+                    vec![TapAction::Reschedule.payload(slot.booking_id)],
+                )),
+                then: None,
+            },
+        })
+    }
+}
+
+/// Where the contact is answered: the phone number, else the WhatsApp user id.
+fn address(c: &Customer) -> Option<String> {
+    if c.body.phone.is_empty() {
+        c.body.user_id.clone()
+    } else {
+        Some(c.body.phone.clone())
+    }
+}
+
+fn first_name(c: &Customer) -> String {
+    c.body
+        .profile
+        .vorname
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .unwrap_or(NO_NAME)
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    use super::*;
+    use crate::audit::AuditFilter;
+    use crate::conversation::booking::{Booker, BookingOutcome};
+    use crate::magicline::booking::tests::{at, monday_nine, request, sim_cfg, Harness};
+    use crate::magicline::booking::MagicLineBooker;
+    use crate::store::crypto::Pseudonym;
+
+    struct Setup {
+        h: Harness,
+        booker: MagicLineBooker,
+        queues: Arc<Queues>,
+        audit: Arc<AuditLog>,
+        clock: Arc<AtomicI64>,
+        scheduler: Scheduler,
+    }
+
+    fn setup(cfg: RemindersConfig) -> Setup {
+        let h = Harness::new(sim_cfg());
+        let booker = h.reminding_booker(Plan::from_config(&cfg).unwrap());
+        let store = h.store().clone();
+        let queues = Arc::new(Queues::new(&store).unwrap());
+        let audit = Arc::new(AuditLog::open(store.clone()).unwrap().without_journal());
+        let clock = Arc::new(AtomicI64::new(monday_nine().as_second()));
+        let c = clock.clone();
+        let scheduler = Scheduler::new(
+            store,
+            queues.clone(),
+            Some(audit.clone()),
+            cfg,
+            "de",
+            Arc::new(move || Timestamp::from_second(c.load(Ordering::SeqCst)).unwrap()),
+            Arc::new(Notify::new()),
+        );
+        Setup {
+            h,
+            booker,
+            queues,
+            audit,
+            clock,
+            scheduler,
+        }
+    }
+
+    impl Setup {
+        /// Erika (or whoever `phone` is) books a trial at `start`.
+        fn book(&self, phone: &str, start: jiff::Zoned) -> (Pseudonym, i64) {
+            let p = self
+                .h
+                .store()
+                .update_customer(phone, monday_nine(), |c, _, _| {
+                    c.body.profile.vorname = Some("Erika".into());
+                    Ok(())
+                })
+                .unwrap()
+                .0
+                .pseudonym;
+            let mail = format!("{phone}@example.org");
+            let req = request(&format!("r-{phone}"), p, &mail, None, start);
+            match self.booker.book_trial(&req) {
+                BookingOutcome::Booked { booking_id, .. } => (p, booking_id),
+                other => panic!("not booked: {other:?}"),
+            }
+        }
+
+        fn set_clock(&self, t: Timestamp) {
+            self.clock.store(t.as_second(), Ordering::SeqCst);
+        }
+
+        fn tick(&self) -> TickReport {
+            self.scheduler.tick().unwrap()
+        }
+
+        /// Every template in the outbox as (recipient, name, params, buttons), in order.
+        fn outbox(&self) -> Vec<(String, String, Vec<String>, Vec<String>)> {
+            self.queues
+                .outbox(self.h.store())
+                .unwrap()
+                .into_iter()
+                .map(|row| match row.entry.kind {
+                    OutboundKind::Template {
+                        name,
+                        params,
+                        buttons,
+                        ..
+                    } => (row.entry.to, name, params, buttons),
+                    OutboundKind::Text(_) => panic!("only templates are scheduled"),
+                })
+                .collect()
+        }
+
+        fn audited(&self, action: &str) -> Vec<crate::audit::AuditRecord> {
+            self.audit
+                .query(&AuditFilter {
+                    action: Some(action.into()),
+                    ..AuditFilter::default()
+                })
+                .unwrap()
+        }
+    }
+
+    #[test]
+    fn each_reminder_goes_out_once_when_due_with_its_buttons() {
+        let s = setup(RemindersConfig::default());
+        let (p, id) = s.book("4915100000301", at(2, 18, 0));
+        assert_eq!(s.h.store().scheduled_of(&p).unwrap().len(), 3);
+        assert_eq!(s.tick(), TickReport::default(), "nothing is due yet");
+
+        s.set_clock(at(1, 18, 0).timestamp());
+        assert_eq!(s.tick().sent, 1);
+        assert_eq!(
+            s.tick(),
+            TickReport::default(),
+            "sent once, retired with it"
+        );
+        let buttons: Vec<String> = TapAction::REMINDER_BUTTONS
+            .iter()
+            .map(|a| a.payload(id))
+            .collect();
+        assert_eq!(
+            s.outbox(),
+            vec![(
+                "4915100000301".to_string(),
+                "probetraining_erinnerung".to_string(),
+                vec!["Erika".into(), "Mittwoch, 5. Juni".into(), "18:00".into()],
+                buttons.clone(),
+            )]
+        );
+
+        s.set_clock(at(2, 16, 30).timestamp());
+        assert_eq!(s.tick().sent, 1);
+        assert_eq!(s.tick().sent, 0);
+        let out = s.outbox();
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].3, buttons);
+        let sent = s.audited("reminder.sent");
+        assert_eq!(sent.len(), 2);
+        assert!(s.audited("reminder.skipped").is_empty());
+        // The follow-up is all that is left.
+        let left = s.h.store().scheduled_of(&p).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].kind, ScheduledKind::AfterTrial);
+    }
+
+    #[test]
+    fn nothing_goes_to_an_opted_out_cancelled_or_forgotten_contact() {
+        let s = setup(RemindersConfig::default());
+        let (opted_out, _) = s.book("4915100000311", at(2, 18, 0));
+        let (cancelled, cancelled_id) = s.book("4915100000312", at(2, 18, 30));
+        let (forgotten, _) = s.book("4915100000313", at(2, 19, 0));
+        let (kept, _) = s.book("4915100000314", at(2, 19, 30));
+        s.h.store()
+            .update_existing(&opted_out, |c, _, _| {
+                c.meta.mode = BotMode::OptedOut;
+                Ok(())
+            })
+            .unwrap();
+        s.booker.cancel(&cancelled, cancelled_id).unwrap();
+        assert!(
+            s.h.store().scheduled_of(&cancelled).unwrap().is_empty(),
+            "a cancellation removes its messages in the write that records it"
+        );
+        s.h.store().forget(&[forgotten], Timestamp::now()).unwrap();
+        assert!(s.h.store().scheduled_of(&forgotten).unwrap().is_empty());
+
+        // Past every 24-hour reminder.
+        s.set_clock(at(1, 20, 0).timestamp());
+        let report = s.tick();
+        let out = s.outbox();
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].0, "4915100000314");
+        assert_eq!((report.sent, report.skipped), (1, 1));
+        let skipped = s.audited("reminder.skipped");
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(
+            skipped[0].subject.as_ref().map(ToString::to_string),
+            Some(opted_out.short())
+        );
+        assert_eq!(
+            skipped[0].details.get("reason"),
+            Some(&crate::audit::Detail::Code("opted_out".into()))
+        );
+        assert_eq!(s.tick(), TickReport::default());
+        assert_eq!(s.h.store().scheduled_of(&kept).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_no_show_gets_one_follow_up_and_a_guest_thanks_then_the_sign_up_question() {
+        let s = setup(RemindersConfig {
+            enabled: false,
+            ..RemindersConfig::default()
+        });
+        let (_, missed_id) = s.book("4915100000321", at(1, 18, 0));
+        let (came, came_id) = s.book("4915100000322", at(1, 17, 0));
+        s.booker
+            .set_checked_in_for_test(&came, came_id, at(1, 16, 55).timestamp())
+            .unwrap();
+
+        // The follow-ups are due an hour after the slots' ends (no later than 19:00).
+        s.set_clock(at(1, 18, 0).timestamp());
+        assert_eq!(s.tick(), TickReport::default());
+        s.set_clock(at(1, 20, 0).timestamp());
+        assert_eq!(s.tick().sent, 2);
+        let out = s.outbox();
+        let of = |to: &str| -> Vec<(String, Vec<String>)> {
+            out.iter()
+                .filter(|(r, ..)| r == to)
+                .map(|(_, name, _, buttons)| (name.clone(), buttons.clone()))
+                .collect()
+        };
+        assert_eq!(
+            of("4915100000321"),
+            vec![(
+                "probetraining_verpasst".to_string(),
+                vec![TapAction::Reschedule.payload(missed_id)]
+            )]
+        );
+        assert_eq!(
+            of("4915100000322"),
+            vec![("probetraining_danke".to_string(), vec![])]
+        );
+        assert_eq!(s.tick(), TickReport::default());
+
+        // The next day: the sign-up question, to the guest only, once.
+        s.set_clock(at(2, 20, 0).timestamp());
+        assert_eq!(s.tick().sent, 1);
+        s.set_clock(at(9, 20, 0).timestamp());
+        assert_eq!(s.tick(), TickReport::default());
+        let out = s.outbox();
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[2].0, "4915100000322");
+        assert_eq!(out[2].1, "probetraining_mitgliedschaft");
+        let kinds: Vec<String> = s
+            .audited("reminder.sent")
+            .iter()
+            .filter_map(|r| match r.details.get("kind") {
+                Some(crate::audit::Detail::Code(k)) => Some(k.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(kinds.len(), 3);
+        for kind in ["no_show", "thank_you", "sign_up_question"] {
+            assert_eq!(kinds.iter().filter(|k| *k == kind).count(), 1, "{kind}");
+        }
+    }
+}
