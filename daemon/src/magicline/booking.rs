@@ -2086,11 +2086,6 @@ pub(crate) mod tests {
             )
         }
 
-        /// The store the bookers write to.
-        pub(crate) fn store(&self) -> &Arc<Store> {
-            &self.store
-        }
-
         /// The MagicLine simulator.
         pub(crate) fn magicline(&self) -> &MagiclineSim {
             self.sim()

@@ -27,8 +27,8 @@ pub mod messages;
 pub mod moves;
 pub mod queue_rows;
 pub mod retention;
-pub mod xref;
 pub mod schedule;
+pub mod xref;
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
