@@ -1,13 +1,17 @@
-//! The HTTP/1 settings of frontdesk's own servers (webhook, metrics, admin socket).
+//! The HTTP/1 settings of frontdesk's own servers (webhook, metrics, admin socket), and the
+//! bounded body read and plain-text answers of the webhook receivers (WhatsApp's, MagicLine's).
 //!
 //! hyper's HTTP/1 server has no timer unless given one, and without a timer it enforces no
 //! header timeout: a client that connects and sends nothing, or one header byte a minute, holds
 //! a task and a descriptor for as long as it likes. Every local server is built here so none
-//! forgets the timer.
+//! forgets the timer; every webhook body is read here so none forgets the size or time limit.
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::server::conn::http1;
+use hyper::{HeaderMap, Response, StatusCode};
 use hyper_util::rt::TokioTimer;
 
 /// How long a client may take to send a request's headers.
@@ -24,6 +28,71 @@ pub fn server() -> http1::Builder {
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     builder
+}
+
+/// Why a request body was not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyRefused {
+    /// Declared or found larger than allowed.
+    TooLarge,
+    /// Not complete within [`BODY_READ_TIMEOUT`].
+    Timeout,
+    /// The connection failed while it was read.
+    Unreadable,
+}
+
+impl BodyRefused {
+    /// The answer's status.
+    pub fn status(self) -> StatusCode {
+        match self {
+            BodyRefused::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyRefused::Timeout => StatusCode::REQUEST_TIMEOUT,
+            BodyRefused::Unreadable => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The reason code in metrics and the audit log.
+    pub fn reason(self) -> &'static str {
+        match self {
+            BodyRefused::TooLarge => "too_large",
+            BodyRefused::Timeout => "body_timeout",
+            BodyRefused::Unreadable => "body_read_failed",
+        }
+    }
+}
+
+/// Reads a request body of at most `max` bytes within [`BODY_READ_TIMEOUT`]; a
+/// `content-length` over `max` in `headers` is refused before a byte is read.
+pub async fn read_body<B>(headers: &HeaderMap, body: B, max: usize) -> Result<Bytes, BodyRefused>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let declared = headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(BodyRefused::TooLarge);
+    }
+    match tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, max).collect()).await {
+        Err(_) => Err(BodyRefused::Timeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BodyRefused::TooLarge),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "request body read failed");
+            Err(BodyRefused::Unreadable)
+        }
+    }
+}
+
+/// A plain-text answer (`body` and a newline).
+pub fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(format!("{body}\n"))))
+        .expect("static response parts are valid")
 }
 
 #[cfg(test)]

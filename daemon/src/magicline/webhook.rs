@@ -30,13 +30,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use tracing::{debug, warn};
 
 use super::api::WebhookCall;
+use crate::http1::{read_body, text};
 use crate::metrics::{Metrics, Outcome};
 use crate::secrets::Secret;
 use crate::store::xref::External;
@@ -161,14 +162,6 @@ impl MagicLineWebhook {
     }
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from(format!("{body}\n"))))
-        .expect("static response parts are valid")
-}
-
 /// Handles one request to [`PATH`] (HTTP/1 locally, HTTP/2 through the tunnel).
 pub async fn handle<B>(
     state: Arc<MagicLineWebhook>,
@@ -189,26 +182,10 @@ where
     if !key_ok {
         return Ok(state.reject(StatusCode::UNAUTHORIZED, "api_key_wrong"));
     }
-    let declared = req
-        .headers()
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > state.max_body_bytes) {
-        return Ok(state.reject(StatusCode::PAYLOAD_TOO_LARGE, "too_large"));
-    }
-    let read = tokio::time::timeout(
-        crate::http1::BODY_READ_TIMEOUT,
-        Limited::new(req.into_body(), state.max_body_bytes).collect(),
-    )
-    .await;
-    let body = match read {
-        Err(_) => return Ok(state.reject(StatusCode::REQUEST_TIMEOUT, "body_timeout")),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return Ok(state.reject(StatusCode::PAYLOAD_TOO_LARGE, "too_large"))
-        }
-        Ok(Err(_)) => return Ok(state.reject(StatusCode::BAD_REQUEST, "body_read_failed")),
-        Ok(Ok(b)) => b.to_bytes(),
+    let (parts, body) = req.into_parts();
+    let body = match read_body(&parts.headers, body, state.max_body_bytes).await {
+        Ok(body) => body,
+        Err(refused) => return Ok(state.reject(refused.status(), refused.reason())),
     };
     let call: WebhookCall = match serde_json::from_slice(&body) {
         Ok(c) => c,

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
 use tracing::{debug, info, warn};
 
@@ -25,6 +25,7 @@ use super::payload::{self, Event, TemplateCategoryUpdate};
 use super::queue::{InboxEntry, Queues};
 use super::signature;
 use super::templates;
+use crate::http1::text;
 use crate::metrics::{Metrics, Outcome};
 use crate::secrets::Secret;
 use crate::store::crypto::Pseudonym;
@@ -142,14 +143,6 @@ impl RateWindow {
     }
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from(format!("{body}\n"))))
-        .expect("static response parts are valid")
-}
-
 /// Handles one request. Generic over the body so it serves HTTP/1 (local listener) and HTTP/2
 /// (the tunnel) alike.
 pub async fn handle<B>(
@@ -213,38 +206,15 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let declared = req
-        .headers()
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > state.max_body_bytes) {
-        return state.reject(StatusCode::PAYLOAD_TOO_LARGE, "too_large");
-    }
     let header = req
         .headers()
         .get(signature::HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let read = tokio::time::timeout(
-        crate::http1::BODY_READ_TIMEOUT,
-        Limited::new(req.into_body(), state.max_body_bytes).collect(),
-    )
-    .await;
-    let Ok(read) = read else {
-        return state.reject(StatusCode::REQUEST_TIMEOUT, "body_timeout");
-    };
-    let body = match read {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                return state.reject(StatusCode::PAYLOAD_TOO_LARGE, "too_large");
-            }
-            debug!(error = %e, "webhook body read failed");
-            return state.reject(StatusCode::BAD_REQUEST, "body_read_failed");
-        }
+    let (parts, body) = req.into_parts();
+    let body = match crate::http1::read_body(&parts.headers, body, state.max_body_bytes).await {
+        Ok(body) => body,
+        Err(refused) => return state.reject(refused.status(), refused.reason()),
     };
     if let Err(e) = signature::verify(state.app_secret.expose(), &body, header.as_deref()) {
         return state.reject(StatusCode::UNAUTHORIZED, e.reason());
