@@ -111,29 +111,13 @@ impl MagicLineBooker {
     /// Records that staff cancelled booking `booking_id` in MagicLine. Returns whether this
     /// changed the record (false: not a booking frontdesk made, or already recorded).
     pub fn record_canceled_in_magicline(&self, booking_id: i64) -> Result<bool, BookerError> {
-        let Some(p) = self
-            .store
-            .external_owner(External::MagicLineBooking, booking_id)?
-        else {
-            return Ok(false);
-        };
-        let _person = self.person_lock(&p);
-        let started = Timestamp::now();
-        let Some((key, mut rec)) = self.booking_row(&p, booking_id)? else {
-            return Ok(false);
-        };
-        if rec.canceled {
-            return Ok(false);
-        }
-        rec.canceled = true;
-        let start = rec.start.timestamp();
-        self.save_with(&p, started, &key, &rec, |batch| {
-            self.store.unschedule_trial(batch, start, &p);
-            Ok(())
-        })?;
-        self.event(&p, &rec, BookingStep::CanceledInMagicLine);
-        tracing::info!(customer = %p, booking_id, "booking cancelled in MagicLine recorded");
-        Ok(true)
+        self.record_desk_change(booking_id, BookingStep::CanceledInMagicLine, |rec| {
+            if rec.canceled {
+                return false;
+            }
+            rec.canceled = true;
+            true
+        })
     }
 
     /// Records that staff moved booking `booking_id` in MagicLine to `start`–`end`. Returns
@@ -143,6 +127,30 @@ impl MagicLineBooker {
         booking_id: i64,
         start: &Zoned,
         end: &Zoned,
+    ) -> Result<bool, BookerError> {
+        self.record_desk_change(booking_id, BookingStep::MovedInMagicLine, |rec| {
+            if rec.canceled || rec.start.timestamp() == start.timestamp() {
+                return false;
+            }
+            rec.start = start.clone();
+            rec.end = Some(end.clone());
+            // A trial moved to later is open again, whatever the old slot said; its reminders
+            // and follow-up are scheduled anew for the new time (in the same write).
+            rec.no_show = false;
+            rec.scheduled = false;
+            true
+        })
+    }
+
+    /// A change staff made at the desk to booking `booking_id`, under its owner's lock: `change`
+    /// edits the record and says whether it changed anything; if so, the record is written
+    /// without the trial's place at its old start (the attendance sweep's index) and the step
+    /// is audited. Returns whether the record changed.
+    fn record_desk_change(
+        &self,
+        booking_id: i64,
+        step: BookingStep,
+        change: impl FnOnce(&mut Record) -> bool,
     ) -> Result<bool, BookerError> {
         let Some(p) = self
             .store
@@ -155,22 +163,16 @@ impl MagicLineBooker {
         let Some((key, mut rec)) = self.booking_row(&p, booking_id)? else {
             return Ok(false);
         };
-        if rec.canceled || rec.start.timestamp() == start.timestamp() {
+        let old_start = rec.start.timestamp();
+        if !change(&mut rec) {
             return Ok(false);
         }
-        let old = rec.start.timestamp();
-        rec.start = start.clone();
-        rec.end = Some(end.clone());
-        // A trial moved to later is open again, whatever the old slot said; its reminders and
-        // follow-up are scheduled anew for the new time (in the same write).
-        rec.no_show = false;
-        rec.scheduled = false;
         self.save_with(&p, started, &key, &rec, |batch| {
-            self.store.unschedule_trial(batch, old, &p);
+            self.store.unschedule_trial(batch, old_start, &p);
             Ok(())
         })?;
-        self.event(&p, &rec, BookingStep::MovedInMagicLine);
-        tracing::info!(customer = %p, booking_id, "booking moved in MagicLine recorded");
+        self.event(&p, &rec, step);
+        tracing::info!(customer = %p, booking_id, step = step.code(), "desk change in MagicLine recorded");
         Ok(true)
     }
 
