@@ -21,6 +21,44 @@ pub fn frontdesk_bin() -> PathBuf {
     built_bin("frontdesk")
 }
 
+/// What `frontdesk demo` printed for one customer line.
+pub struct DemoRun {
+    /// Everything it wrote to standard output.
+    pub output: String,
+    /// The first reply (`studio> …`).
+    pub reply: String,
+}
+
+/// Runs `frontdesk demo ARGS` from the repository root, types `line` as the customer, ends the
+/// input and returns what it printed; panics when it fails or prints no reply.
+pub fn run_demo(args: &[&str], line: &str) -> DemoRun {
+    use std::io::Write;
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut child = Command::new(frontdesk_bin())
+        .arg("demo")
+        .args(args)
+        .current_dir(&repo)
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start frontdesk demo");
+    {
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        writeln!(stdin, "{line}").expect("write to the demo");
+        writeln!(stdin).expect("write to the demo");
+    }
+    let out = child.wait_with_output().expect("the demo's output");
+    let output = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "demo failed:\n{output}");
+    let reply = output
+        .lines()
+        .find_map(|l| l.split_once("studio> ").map(|(_, r)| r.to_string()))
+        .unwrap_or_else(|| panic!("no reply in the demo output:\n{output}"));
+    DemoRun { output, reply }
+}
+
 /// Path of a binary of the workspace, built alongside the tests.
 fn built_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -361,6 +399,32 @@ burst_window_ms = {burst}
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Waits up to `within` until the daemon's metrics show `line` (a counter or gauge with its
+/// value): the daemon offers no other signal for work it finished without sending anything.
+/// On time-out, the metric's current lines are in the panic message.
+pub async fn await_metric(daemon: &Daemon, line: &str, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    let name = line.split(['{', ' ']).next().unwrap_or(line).to_string();
+    loop {
+        let addr = daemon.metrics;
+        let (_, text) = tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
+            .await
+            .expect("the metrics request task");
+        if text.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "metric line {line} did not appear; {name} is now:\n{}",
+            text.lines()
+                .filter(|l| l.starts_with(name.as_str()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

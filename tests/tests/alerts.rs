@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use frontdesk::sandbox::whatsapp::{self as sim, PayloadBuilder, WebhookDriver, SIM_APP_SECRET};
 use frontdesk_tests::fixed::HANDOVER_WORD;
-use frontdesk_tests::harness::{http_get, Daemon, DaemonSpec};
+use frontdesk_tests::harness::{await_metric, Daemon, DaemonSpec};
 use frontdesk_tests::smtp::SmtpSink;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -43,25 +43,6 @@ fn staff_templates(graph: &sim::GraphSim) -> Vec<Vec<String>> {
             _ => None,
         })
         .collect()
-}
-
-/// Waits until the daemon's metrics show `line`.
-async fn await_metric(daemon: &Daemon, line: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let addr = daemon.metrics;
-        let (_, text) = tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
-            .await
-            .expect("metrics request task");
-        if text.lines().any(|l| l == line) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "metric line {line} did not appear"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Waits until the simulator accepted `n` staff alert templates.
@@ -162,9 +143,10 @@ async fn a_hand_over_alerts_staff_by_whatsapp_and_email_once_across_a_sigkill() 
     await_metric(
         &daemon,
         "frontdesk_staff_alerts_total{kind=\"complaint\",channel=\"email\",outcome=\"sent\"} 1",
+        WAIT,
     )
     .await;
-    await_metric(&daemon, "frontdesk_outbox_depth 0").await;
+    await_metric(&daemon, "frontdesk_outbox_depth 0", WAIT).await;
     daemon.kill();
     daemon.restart();
 
@@ -180,9 +162,10 @@ async fn a_hand_over_alerts_staff_by_whatsapp_and_email_once_across_a_sigkill() 
     await_metric(
         &daemon,
         "frontdesk_staff_alerts_total{kind=\"complaint\",channel=\"email\",outcome=\"sent\"} 1",
+        WAIT,
     )
     .await;
-    await_metric(&daemon, "frontdesk_outbox_depth 0").await;
+    await_metric(&daemon, "frontdesk_outbox_depth 0", WAIT).await;
     assert!(daemon.stop().is_some_and(|s| s.success()));
     assert_eq!(
         templates.len(),
@@ -230,15 +213,13 @@ async fn a_paused_sender_is_emailed_and_the_worker_retries_after_an_smtp_failure
     daemon.wait_notify(
         "STATUS=running, SENDING PAUSED: WhatsApp rejected the access token (see journal)",
     );
-    await_metric(
-        &daemon,
-        "frontdesk_staff_alerts_total{kind=\"sender_paused\",channel=\"email\",outcome=\"failed\"} 1",
-    )
+    await_metric(&daemon, "frontdesk_staff_alerts_total{kind=\"sender_paused\",channel=\"email\",outcome=\"failed\"} 1", WAIT)
     .await;
     let mails = smtp.wait_for(1, WAIT);
     await_metric(
         &daemon,
         "frontdesk_staff_alerts_total{kind=\"sender_paused\",channel=\"email\",outcome=\"sent\"} 1",
+        WAIT,
     )
     .await;
     assert!(mails[0].body.contains("pausiert"), "{}", mails[0].body);

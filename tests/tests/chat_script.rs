@@ -2,11 +2,10 @@
 //! shipped binary, the shipped prompts and the shipped example scripts, with the keyword-rules
 //! model (`frontdesk_tests::rules_model`) on loopback in place of a real model.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
-use frontdesk_tests::harness::frontdesk_bin;
+use frontdesk_tests::harness::{frontdesk_bin, run_demo};
 use frontdesk_tests::rules_model;
 
 fn repo() -> PathBuf {
@@ -169,23 +168,12 @@ fn a_broken_script_is_refused_before_any_turn_runs() {
 #[test]
 fn demo_answers_with_an_openai_compatible_server() {
     let server = rules_model::serve();
-    let mut child = Command::new(frontdesk_bin())
-        .args(["demo", "--openai-url", &format!("{}/v1", server.base_url())])
-        .current_dir(repo())
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start frontdesk demo");
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        writeln!(stdin, "Hallo! Was kostet das Training bei euch?").unwrap();
-        writeln!(stdin).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed:\n{text}");
+    let url = format!("{}/v1", server.base_url());
+    let run = run_demo(
+        &["--openai-url", &url],
+        "Hallo! Was kostet das Training bei euch?",
+    );
+    let (text, reply) = (run.output, run.reply);
     assert!(
         text.contains(&format!(
             "the model server {} (model default)",
@@ -193,10 +181,6 @@ fn demo_answers_with_an_openai_compatible_server() {
         )),
         "{text}"
     );
-    let reply = text
-        .lines()
-        .find_map(|l| l.split_once("studio> ").map(|(_, r)| r.to_string()))
-        .unwrap_or_else(|| panic!("no reply in the demo output:\n{text}"));
     // The disclosure and then the server's answer, with the demo studio's offer.
     assert!(reply.contains("(KI)"), "{reply}");
     let rest: String = text

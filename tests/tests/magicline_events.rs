@@ -17,7 +17,7 @@ use frontdesk::sandbox::magicline::{self as ml, MagiclineSim, SimConfig};
 use frontdesk::sandbox::whatsapp as wa;
 use frontdesk::stats::{self, Period, Rates};
 use frontdesk::store::Store;
-use frontdesk_tests::harness::{http_get, Daemon, DaemonSpec};
+use frontdesk_tests::harness::{await_metric, Daemon, DaemonSpec};
 use jiff::{SignedDuration, Timestamp, Zoned};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -132,29 +132,6 @@ async fn book_trials(
     .expect("the booking task")
 }
 
-/// Waits until the daemon's metrics show `line`.
-async fn await_metric(daemon: &Daemon, line: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let addr = daemon.metrics;
-        let (_, text) = tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
-            .await
-            .expect("the metrics request task");
-        if text.lines().any(|l| l == line) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "metric line {line} did not appear:\n{}",
-            text.lines()
-                .filter(|l| l.contains("magicline") || l.contains("attendance"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// What the stopped daemon recorded about these bookings, and its audit entries of `prefix`.
 fn recorded(
     daemon: &Daemon,
@@ -213,7 +190,7 @@ async fn staff_cancellations_and_check_ins_reach_the_booking_once_and_bad_keys_a
     sim.check_in(quiet_customer, quiet_visit);
     daemon.restart();
     // The sweep at start settles the two trials that are over.
-    await_metric(&daemon, "frontdesk_attendance_sweeps_total 1").await;
+    await_metric(&daemon, "frontdesk_attendance_sweeps_total 1", WAIT).await;
 
     sim.set_webhook(&format!("{}/magicline", daemon.webhook_url()), WEBHOOK_KEY);
     let canceled = sim.staff_cancel(cancel).unwrap();
@@ -230,31 +207,16 @@ async fn staff_cancellations_and_check_ins_reach_the_booking_once_and_bad_keys_a
     assert_eq!(sim.send_with_key(&forged, Some("guessed-key")).await, 401);
     assert_eq!(sim.send_with_key(&forged, None).await, 401);
 
-    await_metric(
-        &daemon,
-        "frontdesk_magicline_events_total{outcome=\"processed\"} 2",
-    )
-    .await;
-    await_metric(
-        &daemon,
-        "frontdesk_magicline_events_total{outcome=\"duplicate\"} 1",
-    )
-    .await;
-    await_metric(
-        &daemon,
-        "frontdesk_magicline_events_total{outcome=\"ignored\"} 1",
-    )
-    .await;
-    await_metric(
-        &daemon,
-        "frontdesk_magicline_events_total{outcome=\"api_key_wrong\"} 1",
-    )
-    .await;
-    await_metric(
-        &daemon,
-        "frontdesk_magicline_events_total{outcome=\"api_key_missing\"} 1",
-    )
-    .await;
+    for (outcome, n) in [
+        ("processed", 2),
+        ("duplicate", 1),
+        ("ignored", 1),
+        ("api_key_wrong", 1),
+        ("api_key_missing", 1),
+    ] {
+        let line = format!("frontdesk_magicline_events_total{{outcome=\"{outcome}\"}} {n}");
+        await_metric(&daemon, &line, WAIT).await;
+    }
     // Each event's state was read from MagicLine once: the duplicate cost no call.
     assert_eq!(
         sim.request_count(&format!("/appointments/booking/{cancel}")),
@@ -321,7 +283,7 @@ async fn without_webhooks_the_poll_finds_the_same_changes() {
     let visit_at = trial_slot(&sim, 1, 11).timestamp() - SignedDuration::from_mins(10);
     sim.check_in(came_customer, visit_at);
     daemon.restart();
-    await_metric(&daemon, "frontdesk_attendance_sweeps_total 1").await;
+    await_metric(&daemon, "frontdesk_attendance_sweeps_total 1", WAIT).await;
     // No webhook is served in this mode.
     sim.set_webhook(&format!("{}/magicline", daemon.webhook_url()), WEBHOOK_KEY);
     assert_eq!(sim.send(&sim.check_in(came_customer, visit_at)).await, 404);

@@ -9,7 +9,7 @@ use frontdesk::sandbox::whatsapp::{
 };
 use frontdesk::whatsapp::payload::MediaKind;
 use frontdesk::whatsapp::queue::{DeliveryState, FailureHandling, Queues};
-use frontdesk_tests::harness::{http_get, Daemon, DaemonSpec, VERIFY_TOKEN};
+use frontdesk_tests::harness::{await_metric, http_get, Daemon, DaemonSpec, VERIFY_TOKEN};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -749,26 +749,6 @@ fn assert_dropped_and_audited(daemon: &Daemon, phone: &str, reason: &str) {
     );
 }
 
-/// Waits until the daemon's metrics show `line` (a counter or gauge with its value). The
-/// daemon offers no other signal for a failure it handled without sending anything.
-async fn await_metric(daemon: &Daemon, line: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let addr = daemon.metrics;
-        let (_, text) = tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
-            .await
-            .expect("metrics request task");
-        if text.lines().any(|l| l == line) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "metric line {line} did not appear"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The `message.delivery_failed` audit entries of a stopped daemon, as CSV lines.
 fn delivery_failures_audited(daemon: &Daemon) -> Vec<String> {
     let store = std::sync::Arc::new(daemon.open_store());
@@ -877,6 +857,7 @@ async fn an_undeliverable_reported_later_is_recorded_and_not_sent_again() {
     await_metric(
         &daemon,
         "frontdesk_send_failures_total{reason=\"undeliverable\",stage=\"status\"} 1",
+        WAIT,
     )
     .await;
     assert!(daemon.stop().is_some_and(|s| s.success()));
@@ -915,6 +896,7 @@ async fn a_paused_template_alerts_without_retry_and_the_spam_limit_slows_down_an
     await_metric(
         &daemon,
         "frontdesk_send_failures_total{reason=\"template_paused\",stage=\"call\"} 1",
+        WAIT,
     )
     .await;
 
@@ -925,10 +907,11 @@ async fn a_paused_template_alerts_without_retry_and_the_spam_limit_slows_down_an
         .deliver(&p.text_message(spam, "wamid.sp1", "Hallo", ts))
         .await
         .delivered());
-    await_metric(&daemon, "frontdesk_sender_slowed 1").await;
+    await_metric(&daemon, "frontdesk_sender_slowed 1", WAIT).await;
     await_metric(
         &daemon,
         "frontdesk_send_failures_total{reason=\"spam_limit\",stage=\"call\"} 1",
+        WAIT,
     )
     .await;
     assert!(daemon.stop().is_some_and(|s| s.success()));
@@ -1036,11 +1019,13 @@ async fn unreadable_queue_rows_are_quarantined_and_the_rest_flows() {
     await_metric(
         &daemon,
         r#"frontdesk_quarantined_rows_total{queue="inbox"} 1"#,
+        WAIT,
     )
     .await;
     await_metric(
         &daemon,
         r#"frontdesk_quarantined_rows_total{queue="outbox"} 1"#,
+        WAIT,
     )
     .await;
     assert!(graph.texts_to(REPLIED).is_empty());

@@ -3839,16 +3839,21 @@ mod tests {
         h.send_parts(PHONE, vec![text_part(id, text, now)], now)
     }
 
-    #[test]
-    fn a_date_given_first_and_the_email_last_books() {
-        let h = harness();
+    /// The first turn: the lead gives her full name, nothing else.
+    fn lena_introduces_herself(h: &Harness) {
         h.model.push(answer(
             "none",
             json!({"vorname": "Lena", "nachname": "Schmidt"}),
             "Hi Lena, ich bin Max, der digitale Assistent (KI) von FitBox!",
             None,
         ));
-        say(&h, "m1", "Hi, Lena Schmidt hier", &monday());
+        say(h, "m1", "Hi, Lena Schmidt hier", &monday());
+    }
+
+    #[test]
+    fn a_date_given_first_and_the_email_last_books() {
+        let h = harness();
+        lena_introduces_herself(&h);
         // The wish comes before the e-mail: kept, nothing booked yet.
         h.model.push(answer(
             "book_trial",
@@ -3920,13 +3925,7 @@ mod tests {
     #[test]
     fn a_day_first_and_the_hour_later_make_one_wish() {
         let h = harness();
-        h.model.push(answer(
-            "none",
-            json!({"vorname": "Lena", "nachname": "Schmidt"}),
-            "Hi Lena, ich bin Max, der digitale Assistent (KI) von FitBox!",
-            None,
-        ));
-        say(&h, "m1", "Hi, Lena Schmidt hier", &monday());
+        lena_introduces_herself(&h);
         h.model.push(answer(
             "book_trial",
             json!({}),
