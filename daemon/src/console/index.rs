@@ -3,21 +3,24 @@
 //! rows it shows instead of every customer's clear header.
 //!
 //! Clear metadata only (pseudonyms and times, see ARCHITECTURE.md), never personal data. Built
-//! with one pass over the clear headers and the hand-over marks (`turn::attention`) on first
-//! use, kept current from the store's change feed (`store::activity`): every pseudonym on the
-//! feed is read again (its clear header and mark) and filed anew. A feed that lagged, or a
+//! on first use from the hand-over marks (`turn::attention`) and the contact rows
+//! (`store::contacts`: the held conversations, and the newest ones by last contact), so a build
+//! reads a few rows per conversation it lists, never every customer; kept current from the
+//! store's change feed (`store::activity`): every pseudonym on the feed is read again (its
+//! contact row and mark) and filed anew. A feed that lagged, or a
 //! recent list worn below what the page shows, makes the next read rebuild it. Memory is
 //! bounded: every waiting conversation (they are few: staff work through them) and at most
 //! [`RECENT_KEPT`] others.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 
 use jiff::Timestamp;
 use tokio::sync::broadcast::{self, error::TryRecvError};
 
+use crate::store::contacts::Contact;
 use crate::store::crypto::Pseudonym;
-use crate::store::customers::{BotMode, CustomerMeta};
+use crate::store::customers::BotMode;
 use crate::store::{self, Store};
 use crate::turn::attention::{self, Attention};
 
@@ -34,11 +37,10 @@ pub enum Place {
     Recent,
 }
 
-/// Where a customer with clear header `meta` and hand-over `mark` belongs (`None`: nowhere,
-/// forgotten or opted out).
-pub fn place(meta: Option<&CustomerMeta>, mark: Option<&Attention>) -> Option<Place> {
-    let meta = meta?;
-    match (meta.mode, mark) {
+/// Where a customer in bot mode `mode` (`None`: no such customer) with hand-over `mark`
+/// belongs (`None`: nowhere, forgotten or opted out).
+pub fn place(mode: Option<BotMode>, mark: Option<&Attention>) -> Option<Place> {
+    match (mode?, mark) {
         (BotMode::OptedOut, _) => None,
         (_, Some(_)) | (BotMode::Escalated | BotMode::Paused, None) => Some(Place::Waiting),
         (BotMode::Active, None) => Some(Place::Recent),
@@ -139,33 +141,54 @@ impl InboxIndex {
         Ok(())
     }
 
-    /// Files `p` anew from its clear header and mark as they are now.
+    /// Files `p` anew from its contact row and mark as they are now.
     pub fn refresh(&self, store: &Store, p: &Pseudonym) -> store::Result<()> {
         if !self.lists.lock().expect("inbox index poisoned").built {
             return Ok(());
         }
-        let meta = store.customer_meta(p)?;
+        let contact = store.contact(p)?;
         let mark = attention::get(store, p)?;
-        let place = place(meta.as_ref(), mark.as_ref());
+        let place = place(contact.map(|c| c.mode), mark.as_ref());
         let mut lists = self.lists.lock().expect("inbox index poisoned");
-        match (meta, place) {
-            (Some(meta), Some(place)) => lists.file(*p, meta.last_contact, Some(place)),
+        match (contact, place) {
+            (Some(Contact { last_contact, .. }), Some(place)) => {
+                lists.file(*p, last_contact, Some(place));
+            }
             _ => lists.remove(p),
         }
         Ok(())
     }
 
-    /// Rebuilds from the hand-over marks and one pass over the clear headers.
+    /// Rebuilds from the hand-over marks, the held contacts and the newest contact rows: a
+    /// few rows per conversation listed, however many customers the store holds.
     fn build(&self, store: &Store) -> store::Result<()> {
-        let marks: HashMap<Pseudonym, Attention> = attention::all(store)?.into_iter().collect();
         let mut fresh = Lists {
             built: true,
             ..Lists::default()
         };
-        for item in store.customer_metas() {
-            let (p, meta) = item?;
-            let place = place(Some(&meta), marks.get(&p));
-            fresh.file(p, meta.last_contact, place);
+        // Every marked or held conversation, however old; none of them is a recent one.
+        let mut waiting = HashSet::new();
+        for (p, mark) in attention::all(store)? {
+            if let Some(c) = store.contact(&p)? {
+                fresh.file(p, c.last_contact, place(Some(c.mode), Some(&mark)));
+            }
+            waiting.insert(p);
+        }
+        for (p, c) in store.held_contacts()? {
+            fresh.file(p, c.last_contact, Some(Place::Waiting));
+            waiting.insert(p);
+        }
+        for item in store.contacts_newest_first() {
+            let (p, c) = item?;
+            if waiting.contains(&p) {
+                continue;
+            }
+            let place = place(Some(c.mode), None);
+            if place == Some(Place::Recent) && fresh.recent.len() == RECENT_KEPT {
+                fresh.truncated = true;
+                break;
+            }
+            fresh.file(p, c.last_contact, place);
         }
         *self.lists.lock().expect("inbox index poisoned") = fresh;
         Ok(())

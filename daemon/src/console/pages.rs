@@ -175,7 +175,7 @@ pub fn inbox(
         for p in ids {
             let c = store.customer(&p)?;
             let mark = attention::get(store, &p)?;
-            let Some(c) = c.filter(|c| place(Some(&c.meta), mark.as_ref()) == Some(expected))
+            let Some(c) = c.filter(|c| place(Some(c.meta.mode), mark.as_ref()) == Some(expected))
             else {
                 index.refresh(store, &p)?;
                 continue;

@@ -11,7 +11,8 @@
 //! Submodules: [`crypto`] (sealing and pseudonyms), [`keydir`] (wrapped keys), [`commit`] (group
 //! commit), [`customers`] (record types), [`messages`] (history rows), [`moves`] (a customer to a
 //! new number or user id), [`queue_rows`] (the sealed layout of queue rows, the quarantine),
-//! [`retention`] (the sweeper), [`backup`] (backup, restore, identity rotation), [`xref`]
+//! [`contacts`] (each customer's last contact and bot mode as a small clear row, for listing
+//! conversations without reading customer rows), [`retention`] (the sweeper), [`backup`] (backup, restore, identity rotation), [`xref`]
 //! (MagicLine ids and trial start times to the customer), [`schedule`] (messages due at a set
 //! time: reminders and follow-ups, indexed by due time).
 
@@ -19,6 +20,7 @@ pub mod activity;
 pub mod address;
 pub mod backup;
 pub mod commit;
+pub mod contacts;
 pub mod crypto;
 pub mod customers;
 pub mod keydir;
@@ -83,6 +85,8 @@ const LEDGER_PREFIX: &[u8] = b"forgotten/";
 /// Meta rows linking a WhatsApp user id's pseudonym to the customer it belongs to.
 const ALIAS_PREFIX: &[u8] = b"alias/";
 
+/// Bound of the store's block cache (data, index and filter blocks read from disk).
+pub const BLOCK_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 /// How many unwrapped customer keys stay in memory (about 100 bytes each): unwrapping costs an
 /// X25519 operation, far more than the rest of a message turn.
 const KEY_CACHE_CAPACITY: usize = 65_536;
@@ -247,7 +251,7 @@ impl Store {
         std::fs::create_dir_all(dir)?;
         let keys = keydir::KeyDir::open(&dir.join("keys"))?;
         let db = Database::builder(dir.join("db"))
-            .cache_size(32 * 1024 * 1024)
+            .cache_size(BLOCK_CACHE_BYTES)
             // Bounds what a start after a crash replays (and the memory that replay takes).
             .max_journaling_size(64 * 1024 * 1024)
             .manual_journal_persist(true)
@@ -293,7 +297,7 @@ impl Store {
                 (unwrap(PSEUDONYM_KEY)?, unwrap(QUEUE_KEY)?)
             }
         };
-        Ok(Store {
+        let store = Store {
             path: dir.to_path_buf(),
             db,
             ks,
@@ -309,7 +313,15 @@ impl Store {
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             ledger: None,
             activity: activity::Activity::default(),
-        })
+        };
+        let written = store.ensure_contact_rows()?;
+        if written > 0 {
+            tracing::info!(
+                customers = written,
+                "wrote the contact rows of an older store"
+            );
+        }
+        Ok(store)
     }
 
     /// The feed of customers whose conversation just changed (the console's live updates).
@@ -347,6 +359,8 @@ impl Store {
         keys.put_named(QUEUE_KEY, &identity.wrap(&queue_key)?)?;
         let mut batch = db.batch();
         batch.insert(&ks.meta, META_SCHEMA, SCHEMA_VERSION.to_be_bytes().to_vec());
+        // A new store has no customer rows, so every one it gets has its contact row.
+        batch.insert(&ks.meta, contacts::CONTACT_ROWS_MARKER, b"1".to_vec());
         batch.insert(
             &ks.meta,
             META_RECIPIENT,
@@ -461,6 +475,12 @@ impl Store {
     /// Total size of the database on disk in bytes.
     pub fn disk_space(&self) -> u64 {
         self.db.disk_space().unwrap_or(0)
+    }
+
+    /// Bytes the block cache holds now: it fills with whatever was read, up to
+    /// [`BLOCK_CACHE_BYTES`], and is most of the daemon's resident memory once warm.
+    pub fn cache_bytes(&self) -> u64 {
+        self.db.cache_size()
     }
 
     /// Serialises writers of one customer; hold it across read-modify-write of that customer.
@@ -625,6 +645,7 @@ impl Store {
             c.pseudonym.0,
             customers::encode_row(&c.meta, &sealed),
         );
+        self.put_contact_rows(&c.pseudonym, &c.meta, batch)?;
         Ok(())
     }
 
@@ -713,6 +734,7 @@ impl Store {
             let mut batch = self.batch();
             let existed = self.keys.contains(p) || self.ks.customers.contains_key(p.0)?;
             batch.remove(&self.ks.customers, p.0);
+            self.remove_contact_rows(p, &mut batch)?;
             for ks in [&self.ks.messages, &self.ks.bookings] {
                 for g in ks.prefix(p.0) {
                     batch.remove(ks, g.key()?);

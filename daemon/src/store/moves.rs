@@ -206,6 +206,7 @@ impl Store {
         self.retag(from, to, &new_key, batch)?;
         batch.remove(&self.ks.meta, meta_key(ALIAS_PREFIX, from));
         batch.remove(&self.ks.customers, from.0);
+        self.remove_contact_rows(from, batch)?;
         self.put_customer(&record, batch)?;
         if let (IdentityChange::Number(_), Some(user_id)) = (change, &record.body.user_id) {
             // A user id that had its own record before is linked now that the number moved.
@@ -435,6 +436,7 @@ mod tests {
         fn assert_empty(&self, old: &Pseudonym) {
             let s = &self.store;
             assert!(s.customer(old).unwrap().is_none());
+            assert_eq!(s.contact(old).unwrap(), None, "contact row moved");
             assert_eq!(s.keyspaces().messages.prefix(old.0).count(), 0);
             assert_eq!(s.keyspaces().bookings.prefix(old.0).count(), 0);
             assert!(s.data_key(old).unwrap().is_none(), "old key file removed");
@@ -482,6 +484,10 @@ mod tests {
             "the old number resolves to no one"
         );
         let c = f.store.customer(&new).unwrap().unwrap();
+        assert_eq!(
+            f.store.contact(&new).unwrap(),
+            Some(crate::store::contacts::Contact::of(&c.meta))
+        );
         assert_eq!(c.body.phone, "4915122222222");
         assert_eq!(c.body.profile.vorname.as_deref(), Some("Lena"));
         assert_eq!(c.meta.stage, Stage::NameKnown);
