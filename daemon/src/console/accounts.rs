@@ -108,10 +108,11 @@ fn hash_password(password: &str) -> Result<String, AccountError> {
         return Err(AccountError::WeakPassword);
     }
     let salt = SaltString::generate(&mut OsRng);
-    Ok(Argon2::default()
+    let hashed = Argon2::default()
         .hash_password(password.as_bytes(), &salt)
-        .map_err(|e| store::StoreError::Format(format!("password hash: {e}")))?
-        .to_string())
+        .map(|h| h.to_string());
+    crate::sys::release_free_heap();
+    Ok(hashed.map_err(|e| store::StoreError::Format(format!("password hash: {e}")))?)
 }
 
 fn put(store: &Store, account: &Account) -> Result<(), AccountError> {
@@ -233,6 +234,8 @@ pub fn verify(account: Option<&Account>, password: &str) -> bool {
     let ok = Argon2::default()
         .verify_password(password.as_bytes(), &parsed)
         .is_ok();
+    // The work area is freed; without this the daemon would keep its pages resident.
+    crate::sys::release_free_heap();
     ok && account.is_some()
 }
 
