@@ -204,6 +204,9 @@ pub struct Metrics {
     pub inbox_depth: Gauge,
     /// `frontdesk_outbox_depth`: replies waiting in the outbox.
     pub outbox_depth: Gauge,
+    /// `frontdesk_store_cache_bytes`: what the store's block cache holds (bounded by
+    /// `store::BLOCK_CACHE_BYTES`).
+    pub store_cache_bytes: Gauge,
     /// `frontdesk_sender_paused`: 1 while WhatsApp rejects the access token and nothing is sent.
     pub sender_paused: Gauge,
     /// `frontdesk_llm_queue_depth`: requests waiting for the language model.
@@ -288,6 +291,12 @@ impl Metrics {
             "Replies waiting in the outbox",
             outbox_depth.clone(),
         );
+        let store_cache_bytes = Gauge::default();
+        registry.register(
+            "store_cache_bytes",
+            "Bytes held by the store's block cache (it fills up to its bound with what was read)",
+            store_cache_bytes.clone(),
+        );
         let sender_paused = Gauge::default();
         registry.register(
             "sender_paused",
@@ -331,6 +340,7 @@ impl Metrics {
             processing_seconds,
             inbox_depth,
             outbox_depth,
+            store_cache_bytes,
             sender_paused,
             llm_queue_depth,
             llm_tokens_per_second,

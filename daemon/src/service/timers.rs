@@ -53,8 +53,8 @@ pub(super) fn retention(
     })
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` until `stopped`; the queue gauges are read
-/// from the store at each scrape.
+/// Serves `/metrics` and `/healthz` on `listener` until `stopped`; the queue and cache gauges
+/// are read from the store at each scrape.
 pub(super) fn serve_metrics(
     listener: tokio::net::TcpListener,
     cfg: &Config,
@@ -68,6 +68,8 @@ pub(super) fn serve_metrics(
         let (inbox, outbox) = queues.depths(&store);
         m.inbox_depth.set(inbox as i64);
         m.outbox_depth.set(outbox as i64);
+        m.store_cache_bytes
+            .set(i64::try_from(store.cache_bytes()).unwrap_or(i64::MAX));
     });
     tokio::spawn(crate::metrics::serve(
         listener,
