@@ -43,6 +43,13 @@ pub fn parse(input: &str) -> Result<Zoned, ParseError> {
         .ok_or_else(|| ParseError {
             reason: "missing UTC offset".to_string(),
         })?;
+    // RFC 3339 offsets are hours and minutes; one with seconds would print rounded and name
+    // another instant when read back.
+    if offset.seconds() % 60 != 0 {
+        return Err(ParseError {
+            reason: "UTC offset with seconds".to_string(),
+        });
+    }
     Ok(ts.to_zoned(TimeZone::fixed(offset)))
 }
 
@@ -104,6 +111,15 @@ mod tests {
     use jiff::civil::date;
 
     const SAMPLE: &str = "2022-06-22T08:00:00.000+02:00[Europe/Berlin]";
+
+    #[test]
+    fn an_offset_with_seconds_is_refused_not_rounded() {
+        // Found by the `magicline_response` fuzz target: printed, the offset lost its seconds.
+        assert!(parse("2022-06-22T00-09:00:10,0001022").is_err());
+        assert!(parse("2022-06-22T00:00:00-09:00:10").is_err());
+        let z = parse("2022-06-22T00:00:00-09:00").unwrap();
+        assert_eq!(parse(&format(&z)).unwrap().timestamp(), z.timestamp());
+    }
 
     #[test]
     fn parses_the_documented_example() {
