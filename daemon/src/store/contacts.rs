@@ -5,7 +5,7 @@
 //! Three row families, all clear metadata like the customer row's header (see
 //! ARCHITECTURE.md), never personal data:
 //! - `contact/<pseudonym hex>` → last contact and bot mode (13 bytes): the current values;
-//! - `recent/<last contact><pseudonym>` → bot mode: every customer in order of last contact,
+//! - `recent/<last contact><pseudonym>` → nothing: every customer in order of last contact,
 //!   so the newest are one reverse range read;
 //! - `held/<pseudonym hex>` → nothing: the customers handed over or paused by mode, who wait
 //!   for a person however old their last contact is.
@@ -23,7 +23,7 @@ use jiff::Timestamp;
 
 use super::crypto::{Pseudonym, PSEUDONYM_LEN};
 use super::customers::{BotMode, CustomerMeta};
-use super::{ks, meta_key, Result, Store, StoreError};
+use super::{ks, meta_key, meta_key_pseudonym, Result, Store, StoreError};
 
 const CONTACT_PREFIX: &[u8] = b"contact/";
 const RECENT_PREFIX: &[u8] = b"recent/";
@@ -139,18 +139,19 @@ impl Store {
         if old == Some(new) {
             return Ok(());
         }
-        if let Some(old) = old {
-            if old.last_contact != new.last_contact {
+        if old.map(|old| old.last_contact) != Some(new.last_contact) {
+            if let Some(old) = old {
                 batch.remove(&self.ks.meta, old.recent_key(p));
             }
-            if held(old.mode) && !held(new.mode) {
-                batch.remove(&self.ks.meta, meta_key(HELD_PREFIX, p));
+            batch.insert(&self.ks.meta, new.recent_key(p), Vec::<u8>::new());
+        }
+        match (old.is_some_and(|old| held(old.mode)), held(new.mode)) {
+            (true, false) => batch.remove(&self.ks.meta, meta_key(HELD_PREFIX, p)),
+            (false, true) => {
+                batch.insert(&self.ks.meta, meta_key(HELD_PREFIX, p), Vec::<u8>::new());
             }
+            _ => {}
         }
-        if held(new.mode) && !old.is_some_and(|old| held(old.mode)) {
-            batch.insert(&self.ks.meta, meta_key(HELD_PREFIX, p), Vec::<u8>::new());
-        }
-        batch.insert(&self.ks.meta, new.recent_key(p), vec![mode_byte(new.mode)]);
         batch.insert(
             &self.ks.meta,
             meta_key(CONTACT_PREFIX, p),
@@ -186,10 +187,7 @@ impl Store {
     pub fn contacts(&self) -> impl Iterator<Item = Result<(Pseudonym, Contact)>> + '_ {
         self.ks.meta.prefix(CONTACT_PREFIX).map(|g| {
             let (k, v) = g.into_inner()?;
-            let p = std::str::from_utf8(&k[CONTACT_PREFIX.len()..])
-                .ok()
-                .and_then(Pseudonym::from_hex)
-                .ok_or(corrupt("contact row key"))?;
+            let p = meta_key_pseudonym(CONTACT_PREFIX, &k).ok_or(corrupt("contact row key"))?;
             let contact = Contact::decode(&v).ok_or(corrupt("contact row"))?;
             Ok((p, contact))
         })
@@ -225,10 +223,7 @@ impl Store {
         let mut out = Vec::new();
         for g in self.ks.meta.prefix(HELD_PREFIX) {
             let k = g.key()?;
-            let p = std::str::from_utf8(&k[HELD_PREFIX.len()..])
-                .ok()
-                .and_then(Pseudonym::from_hex)
-                .ok_or(corrupt("held row key"))?;
+            let p = meta_key_pseudonym(HELD_PREFIX, &k).ok_or(corrupt("held row key"))?;
             if let Some(c) = self.contact(&p)?.filter(|c| held(c.mode)) {
                 out.push((p, c));
             }

@@ -11,10 +11,11 @@
 //! Submodules: [`crypto`] (sealing and pseudonyms), [`keydir`] (wrapped keys), [`commit`] (group
 //! commit), [`customers`] (record types), [`messages`] (history rows), [`moves`] (a customer to a
 //! new number or user id), [`queue_rows`] (the sealed layout of queue rows, the quarantine),
-//! [`contacts`] (each customer's last contact and bot mode as a small clear row, for listing
-//! conversations without reading customer rows), [`retention`] (the sweeper), [`backup`] (backup, restore, identity rotation), [`xref`]
-//! (MagicLine ids and trial start times to the customer), [`schedule`] (messages due at a set
-//! time: reminders and follow-ups, indexed by due time).
+//! [`contacts`] (each customer's last contact and bot mode as small clear rows, for listing
+//! conversations without reading customer rows), [`retention`] (the sweeper), [`backup`]
+//! (backup, restore, identity rotation), [`xref`] (MagicLine ids and trial start times to the
+//! customer), [`schedule`] (messages due at a set time: reminders and follow-ups, indexed by
+//! due time).
 
 pub mod activity;
 pub mod address;
@@ -846,14 +847,19 @@ impl Store {
         let mut out = ledger::Erasures::new();
         for g in self.ks.meta.prefix(LEDGER_PREFIX) {
             let (k, v) = g.into_inner()?;
-            let hex = std::str::from_utf8(&k[LEDGER_PREFIX.len()..]).unwrap_or_default();
             let at = std::str::from_utf8(&v).ok().and_then(|t| t.parse().ok());
-            if let (Some(p), Some(at)) = (Pseudonym::from_hex(hex), at) {
+            if let (Some(p), Some(at)) = (meta_key_pseudonym(LEDGER_PREFIX, &k), at) {
                 out.insert(p, at);
             }
         }
         Ok(out)
     }
+}
+
+/// The pseudonym of a [`meta_key`] with `prefix` (`None`: not such a key).
+fn meta_key_pseudonym(prefix: &[u8], key: &[u8]) -> Option<Pseudonym> {
+    let hex = std::str::from_utf8(key.strip_prefix(prefix)?).ok()?;
+    Pseudonym::from_hex(hex)
 }
 
 /// A meta row about one pseudonym: `prefix` followed by the pseudonym in hex.
