@@ -416,7 +416,12 @@ pub struct MagicLineConfig {
     /// The bookable trial offer appointment leads book (its id as `frontdesk doctor` lists it);
     /// unset takes the first one MagicLine lists.
     pub trial_offer_appointment_id: Option<i64>,
-    /// The appointment type members book; unset books the trial offer's appointment type.
+    /// The bookable trial offer *class* leads book instead of an appointment (its id as
+    /// `frontdesk doctor` lists it), for studios whose trial is a place in a group class.
+    /// Excludes `trial_offer_appointment_id`.
+    pub trial_offer_class_id: Option<i64>,
+    /// The appointment type members book; unset books the trial offer's appointment type
+    /// (with a trial class there is none, and members are handed to staff).
     pub member_appointment_id: Option<i64>,
     /// How frontdesk learns what staff change in MagicLine and who checks in: `webhook`
     /// (MagicLine calls `/webhook/magicline`; the `magicline-webhook-key` credential holds the
@@ -449,6 +454,7 @@ impl Default for MagicLineConfig {
             timeout_secs: 10,
             days_ahead: 14,
             trial_offer_appointment_id: None,
+            trial_offer_class_id: None,
             member_appointment_id: None,
             events: MagicLineEvents::Webhook,
             poll_interval_secs: 300,
@@ -614,8 +620,16 @@ impl Config {
         Ok(())
     }
 
-    /// `[magicline]`'s sweep of the booked trials.
+    /// `[magicline]`: one trial offer chosen, and the sweep of the booked trials.
     fn validate_attendance(&self) -> Result<(), ConfigError> {
+        if self.magicline.trial_offer_appointment_id.is_some()
+            && self.magicline.trial_offer_class_id.is_some()
+        {
+            return Err(self.invalid(
+                "magicline.trial_offer_class_id",
+                "names a trial class while magicline.trial_offer_appointment_id names a trial appointment; leads book one of them: remove the other",
+            ));
+        }
         if !(10..=86_400).contains(&self.magicline.poll_interval_secs) {
             return Err(self.invalid(
                 "magicline.poll_interval_secs",
@@ -850,5 +864,15 @@ mod tests {
         cfg.magicline.base_url = "http://studio.example/v1".into();
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("magicline.base_url"), "{err}");
+    }
+
+    #[test]
+    fn a_trial_class_and_a_trial_appointment_are_not_both_chosen() {
+        let mut cfg = Config::default();
+        cfg.magicline.trial_offer_class_id = Some(3001);
+        assert!(cfg.validate().is_ok());
+        cfg.magicline.trial_offer_appointment_id = Some(1001);
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("magicline.trial_offer_class_id"), "{err}");
     }
 }

@@ -55,6 +55,7 @@ pub fn magicline_booker(
         BookerConfig {
             alternatives_days: cfg.magicline.days_ahead,
             trial_appointment_id: cfg.magicline.trial_offer_appointment_id,
+            trial_class_id: cfg.magicline.trial_offer_class_id,
             member_appointment_id: cfg.magicline.member_appointment_id,
             no_show_after: jiff::SignedDuration::from_mins(i64::from(
                 cfg.magicline.no_show_after_minutes,

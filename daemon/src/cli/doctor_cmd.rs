@@ -1108,6 +1108,28 @@ model_path = "{model}"
             "{c}"
         );
 
+        // Trial classes are listed too; one can be chosen instead of an appointment.
+        let with_class = || SimConfig {
+            trial_classes: vec![crate::sandbox::magicline::SimClass::group_ems()],
+            ..two_offers()
+        };
+        let c = magicline_check(with_class(), "trial_offer_class_id = 3001");
+        assert_eq!(c.mark, Mark::Pass, "{c}");
+        assert!(
+            c.detail.contains(
+                "3001  EMS-Gruppe Probetraining (45 min, class, trial offer 7)  ← magicline.trial_offer_class_id"
+            ),
+            "{c}"
+        );
+        assert!(c.detail.contains("members are handed to staff"), "{c}");
+        let c = magicline_check(with_class(), "trial_offer_class_id = 3999");
+        assert_eq!(c.mark, Mark::Fail, "{c}");
+        assert!(
+            c.detail
+                .contains("none of them is magicline.trial_offer_class_id"),
+            "{c}"
+        );
+
         // An id MagicLine does not list, a member type that is not bookable.
         let c = magicline_check(two_offers(), "trial_offer_appointment_id = 4242");
         assert_eq!(c.mark, Mark::Fail, "{c}");

@@ -1,15 +1,16 @@
 //! `frontdesk doctor`'s MagicLine check: the API key (MagicLine's `HEAD` key check), the scopes
 //! frontdesk needs (each probed with a call that changes nothing; a 403 names the missing scope),
-//! the studio's bookable trial offers listed so the admin can pick one for
-//! `magicline.trial_offer_appointment_id`, and whether the configured trial offer and member
-//! appointment type exist and ask only for lead data frontdesk collects.
+//! the studio's bookable trial offers (appointments and classes) listed so the admin can pick
+//! one for `magicline.trial_offer_appointment_id` or `magicline.trial_offer_class_id`, and
+//! whether the configured trial offer and member appointment type exist and ask only for lead
+//! data frontdesk collects.
 
 use std::fmt::Write as _;
 
 use crate::config::Config;
 use crate::magicline::api::{
     BookingRequest, FieldMode, LeadCustomerData, LeadRequest, TrialOfferAppointment,
-    TrialOfferConfig,
+    TrialOfferClass, TrialOfferConfig,
 };
 use crate::magicline::client::{Client, Error};
 
@@ -88,7 +89,11 @@ pub fn check(cfg: &Config, client: &Client) -> Check {
     }
     // Offers first: the write probe of trial offers names one of them.
     let offers = client.trial_offer_appointments().unwrap_or_default();
-    let config_id = chosen(cfg, &offers).map_or(0, |o| o.trial_offer_config_id);
+    let classes = match cfg.magicline.trial_offer_class_id {
+        Some(_) => client.trial_offer_classes().unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let config_id = chosen_config(cfg, &offers, &classes).unwrap_or(0);
     let mut missing = Vec::new();
     for probe in &PROBES {
         match (probe.call)(client, config_id) {
@@ -118,21 +123,71 @@ pub fn check(cfg: &Config, client: &Client) -> Check {
     offers_check(cfg, client, &offers)
 }
 
-/// The trial offer `magicline.trial_offer_appointment_id` names, or the first one.
-fn chosen<'a>(
+/// The configuration id of the trial offer leads book: the class
+/// `magicline.trial_offer_class_id` names, else the appointment
+/// `magicline.trial_offer_appointment_id` names, else the first appointment.
+fn chosen_config(
     cfg: &Config,
-    offers: &'a [TrialOfferAppointment],
-) -> Option<&'a TrialOfferAppointment> {
+    offers: &[TrialOfferAppointment],
+    classes: &[TrialOfferClass],
+) -> Option<i64> {
+    if let Some(id) = cfg.magicline.trial_offer_class_id {
+        return classes
+            .iter()
+            .find(|c| c.trial_offer_class.id == id && c.trial_offer_class.bookable)
+            .map(|c| c.trial_offer_config_id);
+    }
     match cfg.magicline.trial_offer_appointment_id {
         Some(id) => offers
             .iter()
             .find(|o| o.trial_offer_bookable_appointment.id == id),
         None => offers.first(),
     }
+    .map(|o| o.trial_offer_config_id)
+}
+
+/// Appends the trial classes to the listing.
+fn list_classes(cfg: &Config, listing: &mut String, classes: &[TrialOfferClass]) {
+    if classes.is_empty() {
+        return;
+    }
+    listing.push_str("\n    bookable trial classes:");
+    for o in classes {
+        let c = &o.trial_offer_class;
+        let _ = write!(
+            listing,
+            "\n    {}  {} ({} min, class, trial offer {}){}",
+            c.id,
+            c.title.as_deref().unwrap_or("-"),
+            c.duration
+                .map_or_else(|| "?".to_string(), |d| d.to_string()),
+            o.trial_offer_config_id,
+            if c.bookable {
+                ""
+            } else {
+                ", not bookable online"
+            }
+        );
+        if cfg.magicline.trial_offer_class_id == Some(c.id) {
+            listing.push_str("  ← magicline.trial_offer_class_id");
+        }
+    }
 }
 
 /// Lists the offers and checks the configured ones.
 fn offers_check(cfg: &Config, client: &Client, offers: &[TrialOfferAppointment]) -> Check {
+    let classes = match client.trial_offer_classes() {
+        Ok(list) => list,
+        Err(e) if cfg.magicline.trial_offer_class_id.is_some() => {
+            return fail(
+                NAME,
+                format!("the studio's trial classes could not be read: {e}"),
+                "run frontdesk doctor again in a minute",
+            )
+        }
+        // A studio without trial classes may not grant reading them; appointments suffice.
+        Err(_) => Vec::new(),
+    };
     let mut listing = String::from("API key and scopes accepted; bookable trial offers:");
     for o in offers {
         let a = &o.trial_offer_bookable_appointment;
@@ -149,19 +204,21 @@ fn offers_check(cfg: &Config, client: &Client, offers: &[TrialOfferAppointment])
             listing.push_str("  ← magicline.trial_offer_appointment_id");
         }
     }
-    let Some(offer) = chosen(cfg, offers) else {
-        let detail = if offers.is_empty() {
+    list_classes(cfg, &mut listing, &classes);
+    let key = if cfg.magicline.trial_offer_class_id.is_some() {
+        "magicline.trial_offer_class_id"
+    } else {
+        "magicline.trial_offer_appointment_id"
+    };
+    let Some(config_id) = chosen_config(cfg, offers, &classes) else {
+        let detail = if offers.is_empty() && classes.is_empty() {
             "the studio has no bookable trial offer".to_string()
         } else {
-            format!("{listing}\n    none of them is magicline.trial_offer_appointment_id")
+            format!("{listing}\n    none of them is {key}")
         };
-        return fail(
-            NAME,
-            detail,
-            "set magicline.trial_offer_appointment_id to one of the listed ids",
-        );
+        return fail(NAME, detail, format!("set {key} to one of the listed ids"));
     };
-    let config = match client.trial_offer_config(offer.trial_offer_config_id) {
+    let config = match client.trial_offer_config(config_id) {
         Ok(c) => c,
         Err(e) => {
             return fail(
@@ -185,8 +242,12 @@ fn offers_check(cfg: &Config, client: &Client, offers: &[TrialOfferAppointment])
             term.value, term.unit
         );
     }
-    if offers.len() > 1 && cfg.magicline.trial_offer_appointment_id.is_none() {
+    let class_chosen = cfg.magicline.trial_offer_class_id.is_some();
+    if offers.len() > 1 && cfg.magicline.trial_offer_appointment_id.is_none() && !class_chosen {
         listing.push_str("\n    several offers: the first is booked until one is chosen");
+    }
+    if class_chosen && cfg.magicline.member_appointment_id.is_none() {
+        listing.push_str("\n    the trial is a class: members are handed to staff until magicline.member_appointment_id names the appointment type they book");
     }
     if let Some(member) = cfg.magicline.member_appointment_id {
         match client.bookable_appointments() {

@@ -1,5 +1,6 @@
-//! Wire types of the MagicLine Open API (v1) endpoints frontdesk uses: trial offers (lead flow),
-//! appointments (registered-customer flow), customer search and the error body.
+//! Wire types of the MagicLine Open API (v1) endpoints frontdesk uses: trial offers (lead flow,
+//! as an appointment or as a class), appointments (registered-customer flow), class bookings,
+//! customer search and the error body.
 //!
 //! Field names are camelCase as on the wire. Unknown fields are ignored and unknown enum values map
 //! to an `Unknown` variant, so additions on MagicLine's side never break decoding. Optional request
@@ -432,6 +433,10 @@ pub enum BookingValidationStatus {
     NotAvailable,
     /// The slot can be booked.
     Available,
+    /// The customer already holds a booking of this class slot (class validation only).
+    CustomerAlreadyBooked,
+    /// The class is shown but cannot be booked online (class validation only).
+    DisplayOnly,
     /// A status this client does not know.
     #[serde(other)]
     Unknown,
@@ -439,7 +444,7 @@ pub enum BookingValidationStatus {
 
 impl BookingValidationStatus {
     /// Every status the API documents, `Unknown` excluded.
-    pub const ALL: [BookingValidationStatus; 14] = [
+    pub const ALL: [BookingValidationStatus; 16] = [
         Self::PastStartDateTime,
         Self::EndDateTimeNotAfterStartDateTime,
         Self::PeriodDoesNotMatch,
@@ -454,6 +459,8 @@ impl BookingValidationStatus {
         Self::ResourceNotAvailable,
         Self::NotAvailable,
         Self::Available,
+        Self::CustomerAlreadyBooked,
+        Self::DisplayOnly,
     ];
 
     /// The wire name, e.g. `NOT_AVAILABLE`.
@@ -477,6 +484,8 @@ impl BookingValidationStatus {
             Self::ResourceNotAvailable => "RESOURCE_NOT_AVAILABLE",
             Self::NotAvailable => "NOT_AVAILABLE",
             Self::Available => "AVAILABLE",
+            Self::CustomerAlreadyBooked => "CUSTOMER_ALREADY_BOOKED",
+            Self::DisplayOnly => "DISPLAY_ONLY",
             Self::Unknown => "UNKNOWN",
         }
     }
@@ -498,6 +507,8 @@ pub enum BookingStatus {
     Booked,
     /// Booked, but only kept if confirmed in time (trial offers with a confirmation term).
     BookedWithConfirmationRequired,
+    /// On the waiting list of a full class: *not* a place in the class (class bookings only).
+    WaitingList,
     /// Cancelled by the customer or the studio.
     Canceled,
     /// A status this client does not know.
@@ -579,6 +590,192 @@ impl Booking {
             self.booking_status,
             BookingStatus::Booked | BookingStatus::BookedWithConfirmationRequired
         ) && self.appointment_status != Some(AppointmentStatus::Canceled)
+    }
+}
+
+/// Where a class takes place: in the studio or as a stream.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ClassType {
+    /// In the studio.
+    Studio,
+    /// Streamed.
+    Stream,
+    /// A type this client does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// A class of the studio's class plan (as a trial offer lists it).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrialClass {
+    /// MagicLine's id of the class, used in the slot calls.
+    pub id: i64,
+    /// Name shown to customers.
+    #[serde(default)]
+    pub title: Option<String>,
+    /// In the studio or streamed.
+    #[serde(default, rename = "type")]
+    pub class_type: Option<ClassType>,
+    /// Minutes.
+    #[serde(default)]
+    pub duration: Option<u32>,
+    /// MagicLine's category of the class.
+    #[serde(default)]
+    pub category: Option<String>,
+    /// Whether it can be booked online at all.
+    #[serde(default = "bookable_by_default")]
+    pub bookable: bool,
+}
+
+fn bookable_by_default() -> bool {
+    true
+}
+
+/// An entry of `GET /trial-offers/bookable-trial-offers/classes`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrialOfferClass {
+    /// The trial offer this class belongs to (see [`TrialOfferConfig`]).
+    pub trial_offer_config_id: i64,
+    /// The class a lead books with this offer.
+    pub trial_offer_class: TrialClass,
+}
+
+/// Id and title of the class a slot belongs to.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClassInformation {
+    /// MagicLine's id of the class.
+    pub id: i64,
+    /// Name shown to customers.
+    #[serde(default)]
+    pub title: Option<String>,
+}
+
+/// One date of a class (`GET /trial-offers/bookable-trial-offers/classes/{classId}/slots`).
+/// Unlike appointment slots, full dates are listed too: whether a place is free is read from
+/// the participant counts.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClassSlot {
+    /// MagicLine's id of the class slot, used in the validate and book calls.
+    pub id: i64,
+    /// When the class begins, in the studio's time zone.
+    #[serde(with = "serde_zoned")]
+    pub start_date_time: Zoned,
+    /// When it ends.
+    #[serde(with = "serde_zoned")]
+    pub end_date_time: Zoned,
+    /// The class.
+    #[serde(default)]
+    pub class_information: Option<ClassInformation>,
+    /// Trainers of the date.
+    #[serde(default)]
+    pub instructors: Vec<Instructor>,
+    /// Booking opens then.
+    #[serde(default, with = "super::datetime::serde_zoned_opt")]
+    pub earliest_booking_date_time: Option<Zoned>,
+    /// Booking closes then.
+    #[serde(default, with = "super::datetime::serde_zoned_opt")]
+    pub latest_booking_date_time: Option<Zoned>,
+    /// Places in the class; absent: no limit.
+    #[serde(default)]
+    pub max_participants: Option<u32>,
+    /// Places on the waiting list.
+    #[serde(default)]
+    pub max_waiting_list_participants: Option<u32>,
+    /// Places booked online.
+    #[serde(default)]
+    pub booked_participants: Option<u32>,
+    /// Places staff gave away at the desk.
+    #[serde(default)]
+    pub additional_participants: u32,
+    /// People on the waiting list.
+    #[serde(default)]
+    pub waiting_list_participants: Option<u32>,
+}
+
+impl ClassSlot {
+    /// Whether a place in the class (not on its waiting list) is free and booking is open at
+    /// `now`.
+    pub fn has_place(&self, now: jiff::Timestamp) -> bool {
+        let taken = self
+            .booked_participants
+            .unwrap_or(0)
+            .saturating_add(self.additional_participants);
+        let room = self.max_participants.is_none_or(|max| taken < max);
+        let opened = self
+            .earliest_booking_date_time
+            .as_ref()
+            .is_none_or(|t| t.timestamp() <= now);
+        let open = self
+            .latest_booking_date_time
+            .as_ref()
+            .is_none_or(|t| now <= t.timestamp());
+        room && opened && open
+    }
+}
+
+/// Body of the trial class validate and book calls.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClassBookingRequest {
+    /// The lead who books.
+    pub customer_id: i64,
+    /// The class slot (see [`ClassSlot::id`]).
+    pub class_slot_id: i64,
+}
+
+/// State of the class date itself, regardless of this booking.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ClassSlotStatus {
+    /// It will take place.
+    Planned,
+    /// The studio called it off.
+    Canceled,
+    /// It has taken place.
+    Completed,
+    /// A status this client does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// A class booking (answer of the class book call, `GET /classes/booking` and
+/// `GET /classes/booking/{bookingId}`). It names the slot, not its times.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClassBooking {
+    /// MagicLine's id of the booking, used to confirm or cancel it.
+    pub booking_id: i64,
+    /// Booked, awaiting confirmation, on the waiting list or cancelled.
+    pub booking_status: BookingStatus,
+    /// The class slot booked.
+    pub class_slot_id: i64,
+    /// The class.
+    #[serde(default)]
+    pub class_id: Option<i64>,
+    /// Whose booking it is.
+    #[serde(default)]
+    pub customer_id: Option<i64>,
+    /// State of the class date.
+    #[serde(default)]
+    pub class_slot_status: Option<ClassSlotStatus>,
+    /// Attendance, when the studio recorded it.
+    #[serde(default)]
+    pub participant_status: Option<ParticipantStatus>,
+}
+
+impl ClassBooking {
+    /// Whether the booking holds a place in the class (confirmed or awaiting confirmation; a
+    /// waiting-list place does not count).
+    pub fn is_active(&self) -> bool {
+        matches!(
+            self.booking_status,
+            BookingStatus::Booked | BookingStatus::BookedWithConfirmationRequired
+        ) && self.class_slot_status != Some(ClassSlotStatus::Canceled)
     }
 }
 

@@ -50,7 +50,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::api::{
-    Booking, BookingStatus, BookingValidationStatus, ConfirmationStatus, Customer, CustomerSearch,
+    BookingStatus, BookingValidationStatus, ConfirmationStatus, Customer, CustomerSearch,
     CustomerStatus, FieldMode, LeadCustomerData, LeadRequest, LeadValidationStatus, Slot,
     SlotQuery,
 };
@@ -65,7 +65,9 @@ use crate::store::xref::External;
 use crate::store::{ks, Store, StoreError};
 
 mod attendance;
+mod calls;
 pub use attendance::{Attendance, CheckInOutcome, RecordedBooking};
+use calls::{BookCall, Made, OfferTarget};
 
 /// The steps and outcomes of a booking the booker reports (see [`BookingAudit`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -202,6 +204,8 @@ pub struct BookerConfig {
     pub member_appointment_id: Option<i64>,
     /// The bookable trial offer appointment leads book; `None` takes the first MagicLine lists.
     pub trial_appointment_id: Option<i64>,
+    /// The bookable trial offer *class* leads book instead of an appointment.
+    pub trial_class_id: Option<i64>,
     /// The time a wished start is compared with (settable for tests and the demo).
     pub clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
     /// How long after a trial's end a check-in still counts for it; past that, without one,
@@ -220,6 +224,7 @@ impl Default for BookerConfig {
             alternatives_days: 7,
             member_appointment_id: None,
             trial_appointment_id: None,
+            trial_class_id: None,
             clock: Arc::new(Timestamp::now),
             no_show_after: jiff::SignedDuration::from_mins(60),
             reminders: None,
@@ -236,6 +241,7 @@ impl std::fmt::Debug for BookerConfig {
             .field("alternatives_days", &self.alternatives_days)
             .field("member_appointment_id", &self.member_appointment_id)
             .field("trial_appointment_id", &self.trial_appointment_id)
+            .field("trial_class_id", &self.trial_class_id)
             .finish_non_exhaustive()
     }
 }
@@ -376,6 +382,9 @@ struct Record {
     lead_created: bool,
     #[serde(default)]
     booking_id: Option<i64>,
+    /// The class slot, when the trial is a class date (its booking is a class booking).
+    #[serde(default)]
+    class_slot_id: Option<i64>,
     #[serde(default)]
     confirmation_required: bool,
     #[serde(default)]
@@ -409,6 +418,7 @@ impl Record {
             kind: None,
             lead_created: false,
             booking_id: None,
+            class_slot_id: None,
             confirmation_required: false,
             failure: None,
             alternatives: Vec::new(),
@@ -460,7 +470,7 @@ impl Record {
 #[derive(Clone, Copy, Debug)]
 struct TrialOffer {
     config_id: i64,
-    appointment_id: i64,
+    target: OfferTarget,
     duration_minutes: Option<u32>,
     /// Bookings must be confirmed at the latest this long before the start.
     confirmation_term: Option<jiff::Span>,
@@ -486,10 +496,13 @@ fn verdict(status: BookingValidationStatus) -> Verdict {
         | S::DateTimeAfterLatestBookingDateTime => Verdict::SlotTaken,
         S::PastStartDateTime => Verdict::Fail(Failure::PastStart),
         S::StudioClosed => Verdict::Fail(Failure::StudioClosed),
-        S::CustomerInOtherBooking => Verdict::Fail(Failure::AlreadyBooked),
+        S::CustomerInOtherBooking | S::CustomerAlreadyBooked => {
+            Verdict::Fail(Failure::AlreadyBooked)
+        }
         S::NoContingent | S::BookingLimitReached => Verdict::Fail(Failure::LimitReached),
         S::CustomerIdle => Verdict::Fail(Failure::CustomerIdle),
         S::BookableAppointmentRestrictionsNotFulfilled
+        | S::DisplayOnly
         | S::EndDateTimeNotAfterStartDateTime
         | S::Unknown => Verdict::Fail(Failure::NotBookable),
     }
@@ -1013,16 +1026,14 @@ impl MagicLineBooker {
         if self.too_late_to_confirm(&rec.start, kind)? {
             return self.slot_taken(req, key, rec, kind).map(Some);
         }
-        let Some(booking) = self.booking_request(rec, kind)? else {
+        let Some(booking) = self.booking_request(rec, kind, true)? else {
             return self.slot_taken(req, key, rec, kind).map(Some);
         };
-        let status = self.safe(|| match kind {
-            Kind::Lead => self.client.validate_trial_booking(&booking),
-            Kind::Member => self.client.validate_booking(&booking),
-        })?;
+        let status = self.safe(|| booking.validate(&self.client))?;
         match verdict(status) {
             Verdict::Proceed => {
-                rec.end = Some(booking.end_date_time.clone());
+                rec.end = Some(booking.end().clone());
+                rec.class_slot_id = booking.class_slot_id();
                 rec.step = Step::Validated;
                 self.save(&req.pseudonym, req.requested_at, key, rec)?;
                 // The book call follows at once; the record must say so before it leaves.
@@ -1046,7 +1057,7 @@ impl MagicLineBooker {
         sess: &mut Session,
     ) -> Result<BookingOutcome, BookerError> {
         let (_, kind) = customer_of(rec)?;
-        let Some(booking) = self.booking_request(rec, kind)? else {
+        let Some(booking) = self.booking_request(rec, kind, false)? else {
             return Err(BookerError::Unexpected("booked slot has no end"));
         };
         let mut attempt = 0;
@@ -1056,22 +1067,15 @@ impl MagicLineBooker {
                 if let Some(found) = self.find_booking(rec)? {
                     tracing::info!(customer = %req.pseudonym, booking_id = found.booking_id,
                         "an earlier book call did book");
-                    return self.booked(req, key, rec, &found);
+                    return self.booked(req, key, rec, &found, kind);
                 }
             }
-            let result = match kind {
-                Kind::Lead => self.client.book_trial(&booking),
-                Kind::Member => self.client.book(&booking),
-            };
-            match result {
-                Ok(made) => return self.booked(req, key, rec, &made),
+            match booking.book(&self.client) {
+                Ok(made) => return self.booked(req, key, rec, &made, kind),
                 Err(e) => {
                     if rejected(&e) {
                         // Rejected, so nothing was booked by this call; the validation says why.
-                        let status = self.safe(|| match kind {
-                            Kind::Lead => self.client.validate_trial_booking(&booking),
-                            Kind::Member => self.client.validate_booking(&booking),
-                        })?;
+                        let status = self.safe(|| booking.validate(&self.client))?;
                         return match verdict(status) {
                             Verdict::Proceed => {
                                 Err(BookerError::Unexpected("book rejected as available"))
@@ -1240,11 +1244,19 @@ impl MagicLineBooker {
         req: &BookingRequest,
         key: &[u8],
         rec: &mut Record,
-        made: &Booking,
+        made: &Made,
+        kind: Kind,
     ) -> Result<BookingOutcome, BookerError> {
+        if made.status == BookingStatus::WaitingList {
+            // The class filled up between validation and booking: a waiting-list place is no
+            // trial, so it is given back and other dates are offered.
+            tracing::info!(customer = %req.pseudonym, booking_id = made.booking_id,
+                "class full, the booking landed on the waiting list; giving it back");
+            self.leave_waiting_list(made.booking_id)?;
+            return self.slot_taken(req, key, rec, kind);
+        }
         rec.booking_id = Some(made.booking_id);
-        rec.confirmation_required =
-            made.booking_status == BookingStatus::BookedWithConfirmationRequired;
+        rec.confirmation_required = made.status == BookingStatus::BookedWithConfirmationRequired;
         rec.step = Step::Booked;
         // A trial booked after an earlier one was cancelled or missed counts as rebooked.
         let rebooked = self.rows_of(&req.pseudonym)?.iter().any(|(k, r)| {
@@ -1333,6 +1345,7 @@ impl MagicLineBooker {
             .map(|(_, r)| r.request_id.clone())
             .unwrap_or_default();
         let customer_id = row.as_ref().and_then(|(_, r)| r.customer_id);
+        let class = row.as_ref().is_some_and(|(_, r)| r.class_slot_id.is_some());
         let event = |step, reason| BookingEvent {
             pseudonym: *p,
             request_id: request_id.clone(),
@@ -1345,7 +1358,12 @@ impl MagicLineBooker {
         let mut maybe_done = false;
         loop {
             attempt += 1;
-            match self.client.cancel_booking(booking_id) {
+            let result = if class {
+                self.client.cancel_class_booking(booking_id)
+            } else {
+                self.client.cancel_booking(booking_id)
+            };
+            match result {
                 Ok(()) => break,
                 // An earlier try that went through may make the booking unknown now.
                 Err(ApiError::Api { status: 404, .. }) if maybe_done => break,
@@ -1383,21 +1401,8 @@ impl MagicLineBooker {
         if let Some(o) = *self.offer.lock().unwrap_or_else(|e| e.into_inner()) {
             return Ok(o);
         }
-        let list = self.safe(|| self.client.trial_offer_appointments())?;
-        let chosen = match self.cfg.trial_appointment_id {
-            Some(id) => list
-                .iter()
-                .find(|o| o.trial_offer_bookable_appointment.id == id),
-            None => {
-                if list.len() > 1 {
-                    tracing::warn!(offers = list.len(),
-                        "several bookable trial offers and magicline.trial_offer_appointment_id unset; taking the first");
-                }
-                list.first()
-            }
-        };
-        let chosen = chosen.ok_or(BookerError::NoTrialOffer)?;
-        let config = self.safe(|| self.client.trial_offer_config(chosen.trial_offer_config_id))?;
+        let (config_id, target, duration_minutes) = self.chosen_offer()?;
+        let config = self.safe(|| self.client.trial_offer_config(config_id))?;
         let lead_data = &config.lead_data_config;
         // frontdesk asks leads for name, e-mail and (through WhatsApp) the number only.
         if [
@@ -1414,9 +1419,9 @@ impl MagicLineBooker {
             return Err(BookerError::NoTrialOffer);
         }
         let offer = TrialOffer {
-            config_id: chosen.trial_offer_config_id,
-            appointment_id: chosen.trial_offer_bookable_appointment.id,
-            duration_minutes: chosen.trial_offer_bookable_appointment.duration,
+            config_id,
+            target,
+            duration_minutes,
             confirmation_term: config
                 .confirmation_of_booking_term
                 .as_ref()
@@ -1427,15 +1432,58 @@ impl MagicLineBooker {
         Ok(offer)
     }
 
+    /// The configured trial offer as MagicLine lists it: its configuration id, what a lead
+    /// books, and the length of a trial.
+    fn chosen_offer(&self) -> Result<(i64, OfferTarget, Option<u32>), BookerError> {
+        if let Some(id) = self.cfg.trial_class_id {
+            let list = self.safe(|| self.client.trial_offer_classes())?;
+            let chosen = list
+                .iter()
+                .find(|o| o.trial_offer_class.id == id && o.trial_offer_class.bookable)
+                .ok_or(BookerError::NoTrialOffer)?;
+            return Ok((
+                chosen.trial_offer_config_id,
+                OfferTarget::Class(id),
+                chosen.trial_offer_class.duration,
+            ));
+        }
+        let list = self.safe(|| self.client.trial_offer_appointments())?;
+        let chosen = match self.cfg.trial_appointment_id {
+            Some(id) => list
+                .iter()
+                .find(|o| o.trial_offer_bookable_appointment.id == id),
+            None => {
+                if list.len() > 1 {
+                    tracing::warn!(offers = list.len(),
+                        "several bookable trial offers and magicline.trial_offer_appointment_id unset; taking the first");
+                }
+                list.first()
+            }
+        };
+        let chosen = chosen.ok_or(BookerError::NoTrialOffer)?;
+        Ok((
+            chosen.trial_offer_config_id,
+            OfferTarget::Appointment(chosen.trial_offer_bookable_appointment.id),
+            chosen.trial_offer_bookable_appointment.duration,
+        ))
+    }
+
+    /// The appointment type a booking of `kind` books: the trial offer's for leads, the
+    /// configured member type (else the trial offer's) for members. A trial offer that is a
+    /// class has none, so members then need `magicline.member_appointment_id`.
     fn appointment_id(&self, kind: Kind) -> Result<i64, BookerError> {
-        let offer = self.offer()?;
-        Ok(match kind {
-            Kind::Lead => offer.appointment_id,
+        let trial = match self.offer()?.target {
+            OfferTarget::Appointment(id) => Some(id),
+            OfferTarget::Class(_) => None,
+        };
+        match kind {
+            Kind::Lead => trial.ok_or(BookerError::Unexpected("the trial offer is a class")),
             Kind::Member => self
                 .cfg
                 .member_appointment_id
-                .unwrap_or(offer.appointment_id),
-        })
+                .or(trial)
+                .ok_or(BookerError::NoTrialOffer),
+        }
     }
 
     /// The member this contact is: found by e-mail, else by first and last name, with a
@@ -1512,6 +1560,11 @@ impl MagicLineBooker {
         from: jiff::civil::Date,
         days: u32,
     ) -> Result<Vec<Slot>, BookerError> {
+        if kind == Kind::Lead {
+            if let Some(class_id) = self.trial_class()? {
+                return self.free_class_slots(class_id, from, days);
+            }
+        }
         let appointment = self.appointment_id(kind)?;
         let mut out = Vec::new();
         for query in SlotQuery::windows(customer_id, from, days) {
@@ -1570,21 +1623,28 @@ impl MagicLineBooker {
         Ok(free)
     }
 
-    /// The validate/book body for the recorded slot; `None` when the slot's end cannot be
-    /// determined because it is not offered.
+    /// The validate/book call for the recorded slot; `None` when the slot's end cannot be
+    /// determined because it is not offered, or a class date has no place free (`fresh`: read
+    /// the class date's places again, see [`MagicLineBooker::class_call`]).
     fn booking_request(
         &self,
         rec: &Record,
         kind: Kind,
-    ) -> Result<Option<super::api::BookingRequest>, BookerError> {
+        fresh: bool,
+    ) -> Result<Option<BookCall>, BookerError> {
         let (customer_id, _) = customer_of(rec)?;
+        if kind == Kind::Lead {
+            if let Some(class_id) = self.trial_class()? {
+                return self.class_call(rec, customer_id, class_id, fresh);
+            }
+        }
         let appointment = self.appointment_id(kind)?;
         let end = match &rec.end {
             Some(end) => end.clone(),
             None => {
                 let offer = self.offer()?;
                 match offer.duration_minutes {
-                    Some(minutes) if appointment == offer.appointment_id => rec
+                    Some(minutes) if offer.target == OfferTarget::Appointment(appointment) => rec
                         .start
                         .checked_add(i64::from(minutes).minutes())
                         .map_err(|_| BookerError::Unexpected("slot end out of range"))?,
@@ -1601,27 +1661,39 @@ impl MagicLineBooker {
                 }
             }
         };
-        Ok(Some(super::api::BookingRequest {
-            customer_id,
-            bookable_appointment_id: appointment,
-            start_date_time: rec.start.clone(),
-            end_date_time: end,
-            instructor_ids: Vec::new(),
+        Ok(Some(BookCall::Appointment {
+            body: super::api::BookingRequest {
+                customer_id,
+                bookable_appointment_id: appointment,
+                start_date_time: rec.start.clone(),
+                end_date_time: end,
+                instructor_ids: Vec::new(),
+            },
+            trial: kind == Kind::Lead,
         }))
     }
 
     /// The customer's active booking of the recorded slot, if MagicLine has one.
-    fn find_booking(&self, rec: &Record) -> Result<Option<Booking>, BookerError> {
+    fn find_booking(&self, rec: &Record) -> Result<Option<Made>, BookerError> {
         let (customer_id, _) = customer_of(rec)?;
+        if let Some(slot) = rec.class_slot_id {
+            return self.find_class_booking(customer_id, slot);
+        }
         let bookings = self.safe(|| self.client.customer_bookings(customer_id))?;
-        Ok(bookings.into_iter().find(|b| {
-            b.is_active()
-                && b.start_date_time.timestamp() == rec.start.timestamp()
-                && rec
-                    .end
-                    .as_ref()
-                    .is_none_or(|end| b.end_date_time.timestamp() == end.timestamp())
-        }))
+        Ok(bookings
+            .into_iter()
+            .find(|b| {
+                b.is_active()
+                    && b.start_date_time.timestamp() == rec.start.timestamp()
+                    && rec
+                        .end
+                        .as_ref()
+                        .is_none_or(|end| b.end_date_time.timestamp() == end.timestamp())
+            })
+            .map(|b| Made {
+                booking_id: b.booking_id,
+                status: b.booking_status,
+            }))
     }
 
     /// Runs a call that changes nothing in MagicLine, repeating it on transient failures.
@@ -2100,7 +2172,7 @@ pub(crate) mod tests {
                 .pseudonym
         }
 
-        fn steps(&self, request_id: &str) -> Vec<BookingStep> {
+        pub(crate) fn steps(&self, request_id: &str) -> Vec<BookingStep> {
             self.audit
                 .events_of(request_id)
                 .into_iter()

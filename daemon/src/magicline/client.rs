@@ -27,9 +27,10 @@ use zeroize::Zeroizing;
 
 use super::api::{
     BookableAppointment, Booking, BookingRequest, BookingValidation, BookingValidationStatus,
-    Checkin, Confirmation, ConfirmationStatus, Customer, CustomerSearch, ErrorBody, LeadCreated,
-    LeadRequest, LeadValidation, LeadValidationStatus, Page, Slot, SlotQuery,
-    TrialOfferAppointment, TrialOfferConfig,
+    Checkin, ClassBooking, ClassBookingRequest, ClassSlot, Confirmation, ConfirmationStatus,
+    Customer, CustomerSearch, ErrorBody, LeadCreated, LeadRequest, LeadValidation,
+    LeadValidationStatus, Page, Slot, SlotQuery, TrialOfferAppointment, TrialOfferClass,
+    TrialOfferConfig,
 };
 
 /// Page size asked for on paged lists, and a bound on how many pages are followed.
@@ -398,6 +399,93 @@ impl Client {
             Retry::Never,
         )?;
         Ok(c.status)
+    }
+
+    // ---- trial offers as a class ----
+
+    /// `GET /trial-offers/bookable-trial-offers/classes`, all pages.
+    pub fn trial_offer_classes(&self) -> Result<Vec<TrialOfferClass>, Error> {
+        self.all_pages(
+            "trial_offer_classes",
+            "/trial-offers/bookable-trial-offers/classes",
+        )
+    }
+
+    /// `GET /trial-offers/bookable-trial-offers/classes/{classId}/slots`, all pages: every date
+    /// of the class from the day before today to 14 days ahead (MagicLine's fixed range), full
+    /// ones included (see [`ClassSlot::has_place`]).
+    pub fn trial_class_slots(&self, class_id: i64) -> Result<Vec<ClassSlot>, Error> {
+        self.all_pages(
+            "trial_class_slots",
+            &format!("/trial-offers/bookable-trial-offers/classes/{class_id}/slots"),
+        )
+    }
+
+    /// `POST /trial-offers/classes/booking/validate`.
+    pub fn validate_trial_class_booking(
+        &self,
+        request: &ClassBookingRequest,
+    ) -> Result<BookingValidationStatus, Error> {
+        let v: BookingValidation = self.call(
+            "validate_trial_class_booking",
+            Method::Post,
+            "/trial-offers/classes/booking/validate",
+            &[],
+            Some(request),
+            Retry::Safe,
+        )?;
+        Ok(v.validation_status)
+    }
+
+    /// `POST /trial-offers/classes/booking/book`. Never retried: on an ambiguous failure, look
+    /// with [`Client::class_bookings`] first. A full class may answer `WAITING_LIST`.
+    pub fn book_trial_class(&self, request: &ClassBookingRequest) -> Result<ClassBooking, Error> {
+        self.call(
+            "book_trial_class",
+            Method::Post,
+            "/trial-offers/classes/booking/book",
+            &[],
+            Some(request),
+            Retry::Never,
+        )
+    }
+
+    /// `GET /classes/booking?customerId=`: the customer's class bookings within two weeks
+    /// before or after now. This is how a class book call that timed out is checked.
+    pub fn class_bookings(&self, customer_id: i64) -> Result<Vec<ClassBooking>, Error> {
+        self.call(
+            "class_bookings",
+            Method::Get,
+            "/classes/booking",
+            &[("customerId", customer_id.to_string())],
+            None::<&()>,
+            Retry::Safe,
+        )
+    }
+
+    /// `GET /classes/booking/{bookingId}`: one class booking as MagicLine holds it now.
+    pub fn class_booking(&self, booking_id: i64) -> Result<ClassBooking, Error> {
+        self.call(
+            "class_booking",
+            Method::Get,
+            &format!("/classes/booking/{booking_id}"),
+            &[],
+            None::<&()>,
+            Retry::Safe,
+        )
+    }
+
+    /// `DELETE /classes/booking/{bookingId}`. Not retried automatically.
+    pub fn cancel_class_booking(&self, booking_id: i64) -> Result<(), Error> {
+        let _: serde::de::IgnoredAny = self.call(
+            "cancel_class_booking",
+            Method::Delete,
+            &format!("/classes/booking/{booking_id}"),
+            &[],
+            None::<&()>,
+            Retry::Never,
+        )?;
+        Ok(())
     }
 
     // ---- appointments (registered customer flow) ----

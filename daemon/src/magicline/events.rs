@@ -133,7 +133,8 @@ impl EventWorker {
 
     fn handle(&self, event: &QueuedEvent) -> Handled {
         let result = match event.kind {
-            EventKind::AppointmentBooking => {
+            // The booking's record says which endpoint holds its state.
+            EventKind::AppointmentBooking | EventKind::ClassBooking => {
                 self.booker.refresh_booking(event.entity_id).map(|_| ())
             }
             EventKind::CustomerCheckin => {

@@ -9,11 +9,11 @@
 //! [`super::events`]. Acknowledged means stored; a failed write answers 503 and MagicLine sends
 //! again later.
 //!
-//! Which events are kept: the appointment booking events (`APPOINTMENT_BOOKING_CREATED`,
-//! `…_UPDATED`, `…_CANCELLED`) about a booking frontdesk made and `CUSTOMER_CHECKIN` of a customer
-//! frontdesk booked for, both found through the store's keyed id index without opening
-//! anything. `CLASS_BOOKING_*` events are read but frontdesk books no classes; every other type
-//! and every other entity is answered 200 and counted as `ignored`. An event whose `uuid` was
+//! Which events are kept: the booking events (`APPOINTMENT_BOOKING_CREATED`, `…_UPDATED`,
+//! `…_CANCELLED`, and `CLASS_BOOKING_*` for trial classes) about a booking frontdesk made and
+//! `CUSTOMER_CHECKIN` of a customer frontdesk booked for, both found through the store's keyed
+//! id index without opening anything. Every other type and every other entity is answered 200
+//! and counted as `ignored`. An event whose `uuid` was
 //! queued before is answered 200 and not queued again (`duplicate`), so it is processed once.
 //!
 //! Rejections: 401 (key missing or wrong), 405, 413 (over `webhook.max_body_bytes`), 408 (body
@@ -62,6 +62,9 @@ const SEEN_DOMAIN: &str = "magicline-event-uuid";
 pub enum EventKind {
     /// An appointment booking was created, moved or cancelled (`entityId` is the booking).
     AppointmentBooking,
+    /// A class booking was created, changed or cancelled (`entityId` is the booking): trial
+    /// classes (`magicline.trial_offer_class_id`).
+    ClassBooking,
     /// A customer checked in at the studio (`entityId` is the customer).
     CustomerCheckin,
 }
@@ -73,9 +76,10 @@ impl EventKind {
             "APPOINTMENT_BOOKING_CREATED"
             | "APPOINTMENT_BOOKING_UPDATED"
             | "APPOINTMENT_BOOKING_CANCELLED" => Some(EventKind::AppointmentBooking),
+            "CLASS_BOOKING_CREATED" | "CLASS_BOOKING_UPDATED" | "CLASS_BOOKING_CANCELLED" => {
+                Some(EventKind::ClassBooking)
+            }
             "CUSTOMER_CHECKIN" => Some(EventKind::CustomerCheckin),
-            // Class bookings (`CLASS_BOOKING_*`) are none of frontdesk's: it books
-            // appointments only.
             _ => None,
         }
     }
@@ -235,7 +239,9 @@ impl MagicLineWebhook {
                 continue;
             };
             let index = match kind {
-                EventKind::AppointmentBooking => External::MagicLineBooking,
+                EventKind::AppointmentBooking | EventKind::ClassBooking => {
+                    External::MagicLineBooking
+                }
                 EventKind::CustomerCheckin => External::MagicLineCustomer,
             };
             if self.store.external_owner(index, call.entity_id)?.is_none() {
@@ -384,11 +390,17 @@ mod tests {
             "CUSTOMER_CHECKIN",
         );
         assert_eq!(hook.queue(&checkin).unwrap(), "queued");
-        // Someone else's booking, a member's visit, a class booking, another type.
+        let class = call(
+            "6b1e3a5c-0000-4000-a000-000000000007",
+            70_001,
+            "CLASS_BOOKING_CANCELLED",
+        );
+        assert_eq!(hook.queue(&class).unwrap(), "queued");
+        // Someone else's booking and class booking, a member's visit, another type.
         for (n, entity, t) in [
             (3, 70_002, "APPOINTMENT_BOOKING_UPDATED"),
             (4, 501, "CUSTOMER_CHECKIN"),
-            (5, 70_001, "CLASS_BOOKING_CANCELLED"),
+            (5, 70_002, "CLASS_BOOKING_CANCELLED"),
             (6, 10_001, "CUSTOMER_CREATED"),
         ] {
             let c = call(
@@ -400,7 +412,7 @@ mod tests {
         }
         let rows = queued(&store).unwrap();
         let events: Vec<QueuedEvent> = rows.iter().map(|(_, e)| e.clone().unwrap()).collect();
-        assert_eq!(events.len(), 2);
+        assert_eq!(events.len(), 3);
         assert_eq!(
             (events[0].entity_id, events[0].kind),
             (70_001, EventKind::AppointmentBooking)
@@ -408,6 +420,10 @@ mod tests {
         assert_eq!(
             (events[1].entity_id, events[1].kind),
             (10_001, EventKind::CustomerCheckin)
+        );
+        assert_eq!(
+            (events[2].entity_id, events[2].kind),
+            (70_001, EventKind::ClassBooking)
         );
         // Sealed: neither the ids nor the uuid are readable in the row.
         for g in store.keyspaces().meta.prefix(EVENT_PREFIX) {
@@ -417,11 +433,11 @@ mod tests {
             assert!(!text.contains("70001") && !text.contains("6b1e3a5c"));
         }
         remove(&store, &rows[0].0).unwrap();
-        assert_eq!(queued(&store).unwrap().len(), 1);
+        assert_eq!(queued(&store).unwrap().len(), 2);
         // The uuid stays known until the memory passes.
         assert_eq!(prune_seen(&store, jiff::Timestamp::now()).unwrap(), 0);
         let later = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * (SEEN_DAYS + 1));
-        assert_eq!(prune_seen(&store, later).unwrap(), 2);
+        assert_eq!(prune_seen(&store, later).unwrap(), 3);
         assert_eq!(hook.queue(&cancel).unwrap(), "queued");
     }
 }

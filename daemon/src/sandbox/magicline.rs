@@ -29,6 +29,9 @@
 //! state behind an event is read as MagicLine documents it: `GET /appointments/booking/{id}` and
 //! `GET /customers/{id}/activities/checkins` (`fromDate`/`toDate` at most 365 days apart).
 //!
+//! Trial offers that are a class ([`SimClass`], the class endpoints and their waiting list) are
+//! simulated in `classes`.
+//!
 //! Used by tests and `frontdesk demo`; never by `frontdesk serve`.
 
 use std::collections::{HashMap, VecDeque};
@@ -59,6 +62,9 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::magicline::api::{BookingValidationStatus, FieldMode};
 use crate::magicline::datetime;
+
+mod classes;
+pub use classes::SimClass;
 
 /// A bookable appointment type of the simulated studio.
 #[derive(Debug, Clone)]
@@ -128,6 +134,8 @@ pub struct SimConfig {
     pub more_trial_offers: Vec<(i64, SimAppointment)>,
     /// Appointment types for registered customers (the trial type is listed as well).
     pub member_appointments: Vec<SimAppointment>,
+    /// Trial offers booked as a class ([`SimClass`]); none by default.
+    pub trial_classes: Vec<SimClass>,
     /// Days not listed are closed.
     pub opening_hours: Vec<OpeningHours>,
     /// Parallel bookings per slot and appointment type.
@@ -182,6 +190,10 @@ pub enum SimScope {
     AppointmentsWrite,
     /// Customer search.
     CustomersRead,
+    /// Class bookings of a customer.
+    ClassesRead,
+    /// Cancelling class bookings.
+    ClassesWrite,
 }
 
 impl Default for SimConfig {
@@ -232,6 +244,7 @@ impl Default for SimConfig {
                     category: "Fitness".into(),
                 },
             ],
+            trial_classes: Vec::new(),
             opening_hours: hours,
             slot_capacity: 1,
             min_notice: SignedDuration::from_hours(1),
@@ -306,8 +319,20 @@ pub enum SimBookingState {
     Booked,
     /// Held, waiting for the confirm call.
     AwaitingConfirmation,
+    /// On the waiting list of a full class: no place yet (class bookings only).
+    WaitingList,
     /// Cancelled; frees the slot.
     Canceled,
+}
+
+impl SimBookingState {
+    /// Whether the booking holds its place (a waiting-list entry does not).
+    fn holds(self) -> bool {
+        matches!(
+            self,
+            SimBookingState::Booked | SimBookingState::AwaitingConfirmation
+        )
+    }
 }
 
 /// A booking as the simulator holds it.
@@ -317,8 +342,10 @@ pub struct SimBooking {
     pub id: i64,
     /// Who booked; 0 for bookings made by `occupy_slot`.
     pub customer_id: i64,
-    /// The appointment type.
+    /// The appointment type, or the class of a class booking.
     pub appointment_id: i64,
+    /// The class slot of a class booking; `None` for appointment bookings.
+    pub class_slot_id: Option<i64>,
     /// Start in the studio's zone.
     pub start: Zoned,
     /// End in the studio's zone.
@@ -584,10 +611,17 @@ impl MagiclineSim {
                 start: start.clone(),
                 end: end.clone(),
                 state: SimBookingState::Booked,
+                class_slot_id: None,
                 trial: false,
                 external: true,
             });
         }
+    }
+
+    /// Fills every place of the trial class `class_id`'s date at `start` with bookings of
+    /// someone else (its waiting list stays open).
+    pub fn occupy_class(&self, class_id: i64, start: &Zoned) {
+        self.state().occupy_class(class_id, start);
     }
 
     /// Cancels the bookings of someone else in the slot starting at `start` (staff cancelled
@@ -631,11 +665,14 @@ impl MagiclineSim {
         let now = st.now();
         let b = st.bookings.iter_mut().find(|b| b.id == booking_id)?;
         b.state = SimBookingState::Canceled;
-        Some(SimEvent::new(
-            booking_id,
-            "APPOINTMENT_BOOKING_CANCELLED",
-            now,
-        ))
+        let event_type = match b.class_slot_id {
+            Some(slot) => {
+                st.promote_waiting_list(slot);
+                "CLASS_BOOKING_CANCELLED"
+            }
+            None => "APPOINTMENT_BOOKING_CANCELLED",
+        };
+        Some(SimEvent::new(booking_id, event_type, now))
     }
 
     /// Staff move booking `booking_id` to `start` (same length) at the desk.
@@ -830,6 +867,9 @@ struct State {
     /// Where webhook events go, and the key sent with them.
     webhook: Option<(String, String)>,
     deliveries: Vec<SimDelivery>,
+    /// Ids given to class dates: (class id, start second) → slot id, and back.
+    class_slot_ids: HashMap<(i64, i64), i64>,
+    class_slots: HashMap<i64, (i64, Timestamp)>,
 }
 
 impl State {
@@ -861,6 +901,8 @@ impl State {
             checkins: Vec::new(),
             webhook: None,
             deliveries: Vec::new(),
+            class_slot_ids: HashMap::new(),
+            class_slots: HashMap::new(),
             cfg,
         }
     }
@@ -899,6 +941,7 @@ impl State {
     fn is_trial_config(&self, id: i64) -> bool {
         self.cfg.trial_offer_config_id == id
             || self.cfg.more_trial_offers.iter().any(|(c, _)| *c == id)
+            || self.is_class_config(id)
     }
 
     fn customer(&self, id: i64) -> Option<&CustomerRec> {
@@ -974,7 +1017,8 @@ impl State {
             .iter()
             .filter(|b| {
                 b.appointment_id == appointment_id
-                    && b.state != SimBookingState::Canceled
+                    && b.class_slot_id.is_none()
+                    && b.state.holds()
                     && b.start.timestamp() < end.timestamp()
                     && start.timestamp() < b.end.timestamp()
             })
@@ -1053,7 +1097,7 @@ impl State {
             SimBookingState::AwaitingConfirmation => {
                 ("BOOKED_WITH_CONFIRMATION_REQUIRED", "PLANNED")
             }
-            SimBookingState::Canceled => ("CANCELED", "CANCELED"),
+            SimBookingState::Canceled | SimBookingState::WaitingList => ("CANCELED", "CANCELED"),
         };
         json!({
             "bookingId": b.id,
@@ -1139,7 +1183,7 @@ impl State {
         let own: Vec<&SimBooking> = self
             .bookings
             .iter()
-            .filter(|b| b.customer_id == customer.id && b.state != SimBookingState::Canceled)
+            .filter(|b| b.customer_id == customer.id && b.state.holds())
             .collect();
         if own
             .iter()
@@ -1179,6 +1223,7 @@ impl State {
                     } else {
                         SimBookingState::Booked
                     },
+                    class_slot_id: None,
                     trial,
                     external: false,
                 };
@@ -1331,6 +1376,13 @@ impl State {
         };
         let status = match b.state {
             SimBookingState::Booked => "CONFIRMED",
+            SimBookingState::WaitingList => {
+                return Answer::error(
+                    400,
+                    "error.booking.waiting.list",
+                    "Buchung steht auf der Warteliste",
+                )
+            }
             SimBookingState::Canceled if deadline.is_some_and(|d| now > d) => "EXPIRED",
             SimBookingState::Canceled => {
                 return Answer::error(400, "error.booking.canceled", "Buchung wurde storniert")
@@ -1908,7 +1960,7 @@ fn route(
             let list: Vec<Value> = st
                 .bookings
                 .iter()
-                .filter(|b| b.customer_id == customer_id)
+                .filter(|b| b.customer_id == customer_id && b.class_slot_id.is_none())
                 .filter(|b| b.start.timestamp() >= from && b.start.timestamp() <= to)
                 .map(|b| st.booking_json(b))
                 .collect();
@@ -1918,7 +1970,11 @@ fn route(
             let Some(id) = id_at(2) else {
                 return Answer::error(400, "INVALID_PARAMETER", "Ungültige ID");
             };
-            match st.bookings.iter().find(|b| b.id == id && !b.external) {
+            match st
+                .bookings
+                .iter()
+                .find(|b| b.id == id && !b.external && b.class_slot_id.is_none())
+            {
                 Some(b) => {
                     let mut v = st.booking_json(b);
                     v["customerId"] = json!(b.customer_id);
@@ -1935,7 +1991,11 @@ fn route(
             let Some(id) = id_at(2) else {
                 return Answer::error(400, "INVALID_PARAMETER", "Ungültige ID");
             };
-            match st.bookings.iter_mut().find(|b| b.id == id && !b.external) {
+            match st
+                .bookings
+                .iter_mut()
+                .find(|b| b.id == id && !b.external && b.class_slot_id.is_none())
+            {
                 Some(b) => {
                     b.state = SimBookingState::Canceled;
                     Answer::ok(json!({ "success": "true" }))
@@ -1944,6 +2004,22 @@ fn route(
             }
         }
         "customers.search" => st.search(&body),
+        "trial.classes" => st.trial_classes_page(query),
+        "trial.class.slots" => match id_at(3) {
+            Some(id) => st.trial_class_slots_page(id, query),
+            None => Answer::error(400, "INVALID_PARAMETER", "Ungültige ID"),
+        },
+        "trial.class.validate" => match st.validate_class(&body) {
+            Ok((status, _, _)) => Answer::ok(json!({ "validationStatus": status.as_str() })),
+            Err(a) => a,
+        },
+        "trial.class.book" => st.book_class(&body),
+        "classes.bookings" => st.class_bookings_of(query),
+        "classes.booking" | "classes.cancel" => match id_at(2) {
+            Some(id) if route_name == "classes.booking" => st.class_booking(id),
+            Some(id) => st.cancel_class(id),
+            None => Answer::error(400, "INVALID_PARAMETER", "Ungültige ID"),
+        },
         _ => Answer::error(404, "NOT_FOUND", "Unbekannter Endpunkt"),
     }
 }
@@ -1955,12 +2031,17 @@ fn too_many_requests() -> Answer {
 /// The scope the key needs for an endpoint.
 fn route_scope(route: &str) -> Option<SimScope> {
     Some(match route {
-        "trial.appointments" | "trial.slots" | "trial.config" => SimScope::TrialOffersRead,
+        "trial.appointments" | "trial.slots" | "trial.config" | "trial.classes"
+        | "trial.class.slots" => SimScope::TrialOffersRead,
         "trial.lead.validate"
         | "trial.lead.create"
         | "trial.booking.validate"
         | "trial.booking.book"
+        | "trial.class.validate"
+        | "trial.class.book"
         | "trial.confirm" => SimScope::TrialOffersWrite,
+        "classes.bookings" | "classes.booking" => SimScope::ClassesRead,
+        "classes.cancel" => SimScope::ClassesWrite,
         "appointments.bookable"
         | "appointments.slots"
         | "appointments.bookings"
@@ -2001,6 +2082,15 @@ fn route_name(method: &Method, s: &[&str]) -> &'static str {
         ("GET", ["customers", _, "activities", "checkins"]) => "customers.checkins",
         ("DELETE", ["appointments", "booking", _]) => "appointments.cancel",
         ("POST", ["customers", "search"]) => "customers.search",
+        ("GET", ["trial-offers", "bookable-trial-offers", "classes"]) => "trial.classes",
+        ("GET", ["trial-offers", "bookable-trial-offers", "classes", _, "slots"]) => {
+            "trial.class.slots"
+        }
+        ("POST", ["trial-offers", "classes", "booking", "validate"]) => "trial.class.validate",
+        ("POST", ["trial-offers", "classes", "booking", "book"]) => "trial.class.book",
+        ("GET", ["classes", "booking"]) => "classes.bookings",
+        ("GET", ["classes", "booking", _]) => "classes.booking",
+        ("DELETE", ["classes", "booking", _]) => "classes.cancel",
         _ => "unknown",
     }
 }
@@ -2018,14 +2108,14 @@ mod tests {
     const BERLIN: &str = "Europe/Berlin";
 
     /// A running simulator on its own runtime; the client blocks on the test thread.
-    struct Harness {
+    pub(super) struct Harness {
         rt: tokio::runtime::Runtime,
         sim: Option<MagiclineSim>,
-        client: Client,
+        pub(super) client: Client,
     }
 
     impl Harness {
-        fn new(cfg: SimConfig) -> Harness {
+        pub(super) fn new(cfg: SimConfig) -> Harness {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -2040,7 +2130,7 @@ mod tests {
             }
         }
 
-        fn sim(&self) -> &MagiclineSim {
+        pub(super) fn sim(&self) -> &MagiclineSim {
             self.sim.as_ref().unwrap()
         }
     }
@@ -2064,7 +2154,7 @@ mod tests {
     }
 
     /// Monday 2030-06-03 09:00 in Berlin.
-    fn monday_nine() -> Timestamp {
+    pub(super) fn monday_nine() -> Timestamp {
         date(2030, 6, 3)
             .at(9, 0, 0, 0)
             .in_tz(BERLIN)

@@ -3,8 +3,8 @@
 //!
 //! MagicLine tells frontdesk by webhook (`magicline::events`) or, for studios without
 //! webhooks, frontdesk asks (the poll in [`MagicLineBooker::sweep_attendance`]). Either way the
-//! current state is read from the Open API (`GET /appointments/booking/{id}`, the customer's
-//! check-ins) and written to the sealed booking record under the person's lock, each change once:
+//! current state is read from the Open API (`GET /appointments/booking/{id}`, for a trial class
+//! `GET /classes/booking/{id}`, and the customer's check-ins) and written to the sealed booking record under the person's lock, each change once:
 //! `canceled` for a booking cancelled in MagicLine, the new start of a moved one,
 //! `checked_in_at` for a check-in from [`CHECK_IN_EARLY`] before the start until
 //! `no_show_after` after the end, `no_show` when that time passed without one. Each change is
@@ -232,12 +232,24 @@ impl MagicLineBooker {
     /// Reads booking `booking_id` from MagicLine and records what staff changed (cancelled,
     /// moved). A booking frontdesk did not make is not read. Returns whether anything changed.
     pub fn refresh_booking(&self, booking_id: i64) -> Result<bool, BookerError> {
-        if self
+        let Some(p) = self
             .store
             .external_owner(External::MagicLineBooking, booking_id)?
-            .is_none()
-        {
+        else {
             return Ok(false);
+        };
+        let class = self
+            .booking_row(&p, booking_id)?
+            .is_some_and(|(_, r)| r.class_slot_id.is_some());
+        if class {
+            // A class booking names its date, which staff cannot move it off: only a
+            // cancellation (of the booking or of the date) is read.
+            return match self.safe(|| self.client.class_booking(booking_id)) {
+                Ok(b) if b.is_active() => Ok(false),
+                Ok(_) => self.record_canceled_in_magicline(booking_id),
+                Err(ApiError::Api { status: 404, .. }) => Ok(false),
+                Err(e) => Err(e.into()),
+            };
         }
         let booking = match self.safe(|| self.client.booking(booking_id)) {
             Ok(b) => b,
