@@ -586,7 +586,7 @@ pub enum AuditEvent {
         booking_id: u64,
     },
     /// A scheduled message was retired without being sent (`reason`: `opted_out`,
-    /// `canceled`, `forgotten`, `not_answered`, `disabled`, `no_contact`).
+    /// `canceled`, `forgotten`, `handed_over`, `paused`, `disabled`, `no_contact`).
     #[serde(rename = "reminder.skipped")]
     ReminderSkipped {
         /// What it was to be.

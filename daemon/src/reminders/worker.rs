@@ -8,7 +8,9 @@
 //! At send time, under the customer's lock, the row is read again (a cancellation or a forget
 //! may have removed it since) and the contact and booking are checked: nothing goes to a
 //! forgotten contact (their key is gone, the row cannot even be opened), to one who opted out,
-//! or about a booking cancelled meanwhile. Follow-ups go only to contacts the assistant answers.
+//! or about a booking cancelled meanwhile. Nothing goes to a contact staff took over or an admin
+//! paused either: an automatic message with buttons would speak for the assistant in a
+//! conversation a person now holds (staff see the booking on the console's trials page).
 //! The follow-up after the trial is decided here: a thank-you (and, a day later, the sign-up
 //! question) when the booking has a check-in, one no-show message offering a new slot when not.
 
@@ -219,8 +221,11 @@ impl Scheduler {
         let Some(customer) = self.store.customer(&slot.pseudonym)? else {
             return Ok(Decision::Skip(Code::new("no_contact")));
         };
-        if customer.meta.mode == BotMode::OptedOut {
-            return Ok(Decision::Skip(Code::new("opted_out")));
+        match customer.meta.mode {
+            BotMode::Active => {}
+            BotMode::OptedOut => return Ok(Decision::Skip(Code::new("opted_out"))),
+            BotMode::Escalated => return Ok(Decision::Skip(Code::new("handed_over"))),
+            BotMode::Paused => return Ok(Decision::Skip(Code::new("paused"))),
         }
         let state = booking_state(&self.store, &slot.pseudonym, slot.booking_id)?;
         let Some(state) = state else {
@@ -279,9 +284,6 @@ impl Scheduler {
     ) -> anyhow::Result<Decision> {
         if !self.cfg.follow_ups {
             return Ok(Decision::Skip(Code::new("disabled")));
-        }
-        if !customer.meta.mode.answers() {
-            return Ok(Decision::Skip(Code::new("not_answered")));
         }
         let name = first_name(customer);
         Ok(match (slot.kind, state.checked_in_at) {
@@ -484,18 +486,26 @@ mod tests {
     }
 
     #[test]
-    fn nothing_goes_to_an_opted_out_cancelled_or_forgotten_contact() {
+    fn nothing_goes_to_an_opted_out_held_cancelled_or_forgotten_contact() {
         let s = setup(RemindersConfig::default());
         let (opted_out, _) = s.book("4915100000311", at(2, 18, 0));
         let (cancelled, cancelled_id) = s.book("4915100000312", at(2, 18, 30));
         let (forgotten, _) = s.book("4915100000313", at(2, 19, 0));
         let (kept, _) = s.book("4915100000314", at(2, 19, 30));
-        s.h.store()
-            .update_existing(&opted_out, |c, _, _| {
-                c.meta.mode = BotMode::OptedOut;
-                Ok(())
-            })
-            .unwrap();
+        let (handed_over, _) = s.book("4915100000315", at(2, 17, 0));
+        let (paused, _) = s.book("4915100000316", at(2, 17, 30));
+        for (p, mode) in [
+            (opted_out, BotMode::OptedOut),
+            (handed_over, BotMode::Escalated),
+            (paused, BotMode::Paused),
+        ] {
+            s.h.store()
+                .update_existing(&p, |c, _, _| {
+                    c.meta.mode = mode;
+                    Ok(())
+                })
+                .unwrap();
+        }
         s.booker.cancel(&cancelled, cancelled_id).unwrap();
         assert!(
             s.h.store().scheduled_of(&cancelled).unwrap().is_empty(),
@@ -510,17 +520,33 @@ mod tests {
         let out = s.outbox();
         assert_eq!(out.len(), 1, "{out:?}");
         assert_eq!(out[0].0, "4915100000314");
-        assert_eq!((report.sent, report.skipped), (1, 1));
-        let skipped = s.audited("reminder.skipped");
-        assert_eq!(skipped.len(), 1);
-        assert_eq!(
-            skipped[0].subject.as_ref().map(ToString::to_string),
-            Some(opted_out.short())
-        );
-        assert_eq!(
-            skipped[0].details.get("reason"),
-            Some(&crate::audit::Detail::Code("opted_out".into()))
-        );
+        assert_eq!((report.sent, report.skipped), (1, 3));
+        let mut skipped: Vec<(Option<String>, Option<crate::audit::Detail>)> = s
+            .audited("reminder.skipped")
+            .into_iter()
+            .map(|e| {
+                (
+                    e.subject.as_ref().map(ToString::to_string),
+                    e.details.get("reason").cloned(),
+                )
+            })
+            .collect();
+        skipped.sort_by_key(|(who, _)| who.clone());
+        let mut expected: Vec<(Option<String>, Option<crate::audit::Detail>)> = [
+            (opted_out, "opted_out"),
+            (handed_over, "handed_over"),
+            (paused, "paused"),
+        ]
+        .into_iter()
+        .map(|(p, why)| {
+            (
+                Some(p.short()),
+                Some(crate::audit::Detail::Code(why.into())),
+            )
+        })
+        .collect();
+        expected.sort_by_key(|(who, _)| who.clone());
+        assert_eq!(skipped, expected);
         assert_eq!(s.tick(), TickReport::default());
         assert_eq!(s.h.store().scheduled_of(&kept).unwrap().len(), 2);
     }
