@@ -51,17 +51,21 @@ pub enum FunnelEvent {
     NoShow,
     /// A trial was booked after an earlier one of the same person was cancelled or missed.
     Rebooked,
+    /// A trial already settled as a no-show got its check-in after all (a delayed event);
+    /// counted on the day of the trial, whose no-shows it takes back.
+    LateCheckIn,
 }
 
 impl FunnelEvent {
     /// Every event, in funnel order.
-    pub const ALL: [FunnelEvent; 8] = [
+    pub const ALL: [FunnelEvent; 9] = [
         FunnelEvent::NewContact,
         FunnelEvent::NameKnown,
         FunnelEvent::TrialBooked,
         FunnelEvent::ShowedUp,
         FunnelEvent::NoShow,
         FunnelEvent::Rebooked,
+        FunnelEvent::LateCheckIn,
         FunnelEvent::Handover,
         FunnelEvent::OptOut,
     ];
@@ -77,6 +81,7 @@ impl FunnelEvent {
             FunnelEvent::ShowedUp => "showed_up",
             FunnelEvent::NoShow => "no_show",
             FunnelEvent::Rebooked => "rebooked",
+            FunnelEvent::LateCheckIn => "late_check_in",
         }
     }
 
@@ -603,6 +608,10 @@ pub struct FunnelRow {
     /// Trials booked again after a cancelled or missed one.
     #[serde(default)]
     pub rebooked: u64,
+    /// No-shows taken back by a late check-in, subtracted from `no_show` when the row is
+    /// finished.
+    #[serde(skip)]
+    late_check_ins: u64,
     /// Trials booked per new contact, in percent (none without new contacts).
     pub conversion_pct: Option<f64>,
     /// Outbound messages the Graph API accepted, by pricing category.
@@ -636,10 +645,13 @@ impl FunnelRow {
             FunnelEvent::ShowedUp => self.showed_up += n,
             FunnelEvent::NoShow => self.no_show += n,
             FunnelEvent::Rebooked => self.rebooked += n,
+            FunnelEvent::LateCheckIn => self.late_check_ins += n,
         }
     }
 
     fn finish(&mut self, rates: &Rates) {
+        self.no_show = self.no_show.saturating_sub(self.late_check_ins);
+        self.late_check_ins = 0;
         self.conversion_pct = (self.new_contacts > 0)
             .then(|| (self.trial_booked as f64 * 1000.0 / self.new_contacts as f64).round() / 10.0);
         self.cost_micro_eur = self.messages.cost_micro_eur(rates);

@@ -218,8 +218,11 @@ impl MagicLineBooker {
         let start = rec.start.timestamp();
         self.save_with(&p, started, &key, &rec, |batch| {
             self.store.unschedule_trial(batch, start, &p);
-            if !was_no_show {
-                stats::record(&self.store, batch, FunnelEvent::ShowedUp, at)?;
+            stats::record(&self.store, batch, FunnelEvent::ShowedUp, at)?;
+            if was_no_show {
+                // Settled as a no-show before the check-in reached frontdesk: the trial's day
+                // loses that no-show in the same write.
+                stats::record(&self.store, batch, FunnelEvent::LateCheckIn, start)?;
             }
             Ok(())
         })?;
@@ -528,7 +531,7 @@ mod tests {
             ..sim_cfg()
         });
         let booker = h.booker();
-        let (p, missed, _) = booked(&h, "+49 151 0000103", "r-missed", at(1, 10, 0));
+        let (p, missed, missed_customer) = booked(&h, "+49 151 0000103", "r-missed", at(1, 10, 0));
         let (_, attended, customer) = booked(&h, "+49 151 0000104", "r-came", at(1, 12, 0));
 
         // Before the window closes nothing is settled (and without polling nothing is read).
@@ -569,6 +572,22 @@ mod tests {
             crate::conversation::booking::BookingOutcome::Booked { .. }
         ));
         assert_eq!(funnel(&h).rebooked, 1);
+
+        // The missed trial's check-in arrives late after all (MagicLine was unreachable): it
+        // counts as attended and no longer as a no-show, once.
+        let late = booker
+            .record_check_in(missed_customer, at(1, 10, 5).timestamp())
+            .unwrap();
+        assert_eq!(late, CheckInOutcome::Recorded { booking_id: missed });
+        let row = funnel(&h);
+        assert_eq!((row.showed_up, row.no_show), (2, 0));
+        assert_eq!(
+            booker
+                .record_check_in(missed_customer, at(1, 10, 5).timestamp())
+                .unwrap(),
+            CheckInOutcome::AlreadyRecorded
+        );
+        assert_eq!(funnel(&h).showed_up, 2);
     }
 
     #[test]
