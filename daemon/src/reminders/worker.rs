@@ -26,6 +26,7 @@ use super::{Clock, Plan, RemindersConfig, ScheduledBody};
 use crate::audit::{Actor, AuditEvent, AuditLog, Code, NewEntry};
 use crate::magicline::booking::{booking_state, BookingState};
 use crate::store::customers::{BotMode, Customer};
+use crate::store::messages::{Direction, Message};
 use crate::store::schedule::{Due, ScheduledKind, Slot};
 use crate::store::Store;
 use crate::turn::tap::TapAction;
@@ -181,7 +182,12 @@ impl Scheduler {
         self.store.unschedule(&mut batch, &due.slot);
         let booking_id = u64::try_from(due.slot.booking_id).unwrap_or_default();
         let (event, sent) = match decision {
-            Decision::Send { kind, entry, then } => {
+            Decision::Send {
+                kind,
+                mut entry,
+                then,
+            } => {
+                self.record_in_history(&p, &mut entry, now, &mut batch)?;
                 self.queues
                     .push_outbox(&self.store, &mut batch, &p, &entry)?;
                 if let (Some(slot), Some(plain)) = (then, &due.plain) {
@@ -208,6 +214,31 @@ impl Scheduler {
             None => self.store.commit_durable(batch)?,
         }
         Ok(Some(sent))
+    }
+
+    /// Adds the message to the contact's history in the write that queues it, so the model
+    /// and staff see what the contact was sent, and the sender records WhatsApp's id on it (a
+    /// quote of the reminder then reads back).
+    fn record_in_history(
+        &self,
+        p: &crate::store::crypto::Pseudonym,
+        entry: &mut OutboxEntry,
+        now: Timestamp,
+        batch: &mut fjall::OwnedWriteBatch,
+    ) -> anyhow::Result<()> {
+        let Some(mut customer) = self.store.customer(p)? else {
+            return Ok(());
+        };
+        let msg = Message {
+            direction: Direction::Outbound,
+            text: entry.kind.history_text(),
+            at: now,
+            wamid: None,
+        };
+        let seq = self.store.append_message(&mut customer, &msg, batch)?;
+        self.store.put_customer(&customer, batch)?;
+        entry.history.push(seq);
+        Ok(())
     }
 
     fn decide(&self, due: &Due, now: Timestamp) -> anyhow::Result<Decision> {
@@ -470,9 +501,21 @@ mod tests {
             )]
         );
 
+        // The reminder is in the contact's history, and its outbox row points at that row.
+        let history = s.h.store().recent_messages(&p, 5).unwrap();
+        let last = history.last().unwrap();
+        assert_eq!(last.direction, Direction::Outbound);
+        assert_eq!(
+            last.text,
+            "[Vorlage „probetraining_erinnerung“: Erika · Mittwoch, 5. Juni · 18:00]"
+        );
+        let rows = s.queues.outbox(s.h.store()).unwrap();
+        assert_eq!(rows[0].entry.history.len(), 1);
+
         s.set_clock(at(2, 16, 30).timestamp());
         assert_eq!(s.tick().sent, 1);
         assert_eq!(s.tick().sent, 0);
+        assert_eq!(s.h.store().recent_messages(&p, 5).unwrap().len(), 2);
         let out = s.outbox();
         assert_eq!(out.len(), 2);
         assert_eq!(out[1].3, buttons);

@@ -77,6 +77,23 @@ pub enum OutboundKind {
     },
 }
 
+impl OutboundKind {
+    /// How the message reads in the contact's history (the model's context, the console): a
+    /// reply as written; a template by its name and what frontdesk filled in, since its words
+    /// were written by the studio in WhatsApp Manager and are not known here.
+    pub fn history_text(&self) -> String {
+        match self {
+            OutboundKind::Text(t) => t.clone(),
+            OutboundKind::Template { name, params, .. } if params.is_empty() => {
+                format!("[Vorlage „{name}“]")
+            }
+            OutboundKind::Template { name, params, .. } => {
+                format!("[Vorlage „{name}“: {}]", params.join(" · "))
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for OutboundKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
