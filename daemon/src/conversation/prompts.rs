@@ -8,7 +8,9 @@
 //! `replies.toml` holds the fixed German texts the engine sends itself.
 //!
 //! Each file is read from the override directory when it exists there, else from the shipped
-//! directory. Placeholders are `{name}` (spaces inside the braces allowed); a brace that does not
+//! directory. `replies.toml` is the exception: a studio's copy overrides the shipped texts key by
+//! key, so a copy made before an upgrade that adds texts keeps working (the new texts come from
+//! the shipped file). Placeholders are `{name}` (spaces inside the braces allowed); a brace that does not
 //! enclose a bare name is plain text, so JSON examples need no escaping. A placeholder a file may
 //! not use is an error at load, naming the file, the line and the names allowed there, so a broken
 //! template stops the daemon at start instead of producing odd prompts later.
@@ -251,6 +253,12 @@ pub struct Replies {
     fehler_limit: Template,
     fehler_nicht_erreichbar: Template,
     fehler_nicht_eingerichtet: Template,
+    tap_abgesagt: Template,
+    tap_abgesagt_ohne_termin: Template,
+    tap_vergangen: Template,
+    tap_nicht_gefunden: Template,
+    tap_verschieben: Template,
+    tap_verschieben_ohne_vorschlag: Template,
     studio: Vars,
 }
 
@@ -273,23 +281,41 @@ const REPLY_KEYS: &[(&str, &[&str])] = &[
     ("fehler_limit", &[]),
     ("fehler_nicht_erreichbar", &[]),
     ("fehler_nicht_eingerichtet", &[]),
+    ("tap_abgesagt", &["termin"]),
+    ("tap_abgesagt_ohne_termin", &[]),
+    ("tap_vergangen", &[]),
+    ("tap_nicht_gefunden", &[]),
+    ("tap_verschieben", &["alternativen"]),
+    ("tap_verschieben_ohne_vorschlag", &[]),
 ];
 
 const REPLY_COMMON_VARS: &[&str] = &["studio_name", "assistant_name", "phone", "website"];
 
 impl Replies {
-    fn parse(text: &str, path: &Path, studio: &StudioConfig) -> Result<Replies, PromptError> {
+    /// Parses `text` (read from `path`); keys it lacks are taken from `shipped`, the shipped
+    /// file's text, when `path` is a studio's override.
+    fn parse(
+        text: &str,
+        path: &Path,
+        shipped: Option<&str>,
+        studio: &StudioConfig,
+    ) -> Result<Replies, PromptError> {
         let invalid = |message: String| PromptError::Invalid {
             path: path.to_path_buf(),
             message,
         };
-        let table: toml::Table = toml::from_str(text)
+        let mut table: toml::Table = toml::from_str(text)
             .map_err(|e| invalid(e.to_string().trim_end().replace('\n', " | ")))?;
         if let Some(unknown) = table
             .keys()
             .find(|k| !REPLY_KEYS.iter().any(|(known, _)| known == k))
         {
             return Err(invalid(format!("unknown key `{unknown}`")));
+        }
+        if let Some(shipped) = shipped.and_then(|t| toml::from_str::<toml::Table>(t).ok()) {
+            for (key, value) in shipped {
+                table.entry(key).or_insert(value);
+            }
         }
         let mut templates: HashMap<&str, Template> = HashMap::new();
         for (key, extra) in REPLY_KEYS {
@@ -342,6 +368,12 @@ impl Replies {
             fehler_limit: take("fehler_limit"),
             fehler_nicht_erreichbar: take("fehler_nicht_erreichbar"),
             fehler_nicht_eingerichtet: take("fehler_nicht_eingerichtet"),
+            tap_abgesagt: take("tap_abgesagt"),
+            tap_abgesagt_ohne_termin: take("tap_abgesagt_ohne_termin"),
+            tap_vergangen: take("tap_vergangen"),
+            tap_nicht_gefunden: take("tap_nicht_gefunden"),
+            tap_verschieben: take("tap_verschieben"),
+            tap_verschieben_ohne_vorschlag: take("tap_verschieben_ohne_vorschlag"),
             studio: studio_vars(studio),
         })
     }
@@ -430,6 +462,46 @@ impl Replies {
         )
     }
 
+    /// A trial cancelled by the reminder's button; `start` when it is known.
+    pub fn tap_canceled(&self, start: Option<&Zoned>) -> String {
+        match start {
+            Some(s) => self.with(&self.tap_abgesagt, &[("termin", describe_start(s))]),
+            None => self.with(&self.tap_abgesagt_ohne_termin, &[]),
+        }
+    }
+
+    /// A button tapped on a trial that is already over.
+    pub fn tap_past(&self) -> String {
+        self.with(&self.tap_vergangen, &[])
+    }
+
+    /// A button tapped on a booking that no longer exists.
+    pub fn tap_gone(&self) -> String {
+        self.with(&self.tap_nicht_gefunden, &[])
+    }
+
+    /// The answer to "another date": `offered` listed numbered from 1, or the question for a
+    /// day and time when nothing is free.
+    pub fn tap_reschedule(&self, offered: &[Zoned]) -> String {
+        if offered.is_empty() {
+            return self.with(&self.tap_verschieben_ohne_vorschlag, &[]);
+        }
+        let lines: Vec<String> = offered
+            .iter()
+            .enumerate()
+            .map(|(i, z)| {
+                self.with(
+                    &self.alternative_zeile,
+                    &[
+                        ("nummer", (i + 1).to_string()),
+                        ("termin", describe_start(z)),
+                    ],
+                )
+            })
+            .collect();
+        self.with(&self.tap_verschieben, &[("alternativen", lines.join("\n"))])
+    }
+
     /// The text for a failed booking of `wished`.
     pub fn failure(&self, failure: &BookingFailure, wished: &Zoned) -> String {
         let t = match failure {
@@ -512,7 +584,13 @@ impl Prompts {
         let rule_member = rule(RULE_MEMBER_FILE, &rule_vars)?;
         let first_contact = rule(FIRST_CONTACT_FILE, &first_contact_vars)?;
         let (text, path) = read(REPLIES_FILE)?;
-        let replies = Replies::parse(&text, &path, studio)?;
+        let shipped_path = dir.join(REPLIES_FILE);
+        let shipped = if path == shipped_path {
+            None
+        } else {
+            std::fs::read_to_string(&shipped_path).ok()
+        };
+        let replies = Replies::parse(&text, &path, shipped.as_deref(), studio)?;
 
         let studio_vars = studio_vars(studio);
         Ok(Prompts {
@@ -977,6 +1055,29 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("missing key `fehler_limit`"), "{msg}");
+    }
+
+    #[test]
+    fn a_replies_override_may_hold_only_the_texts_it_changes() {
+        let over = tempfile::tempdir().unwrap();
+        std::fs::write(
+            over.path().join(REPLIES_FILE),
+            "tap_vergangen = \"Der Termin war schon, {studio_name}.\"\n",
+        )
+        .unwrap();
+        let p = Prompts::load_from(&shipped_dir(), Some(over.path()), &studio()).unwrap();
+        assert_eq!(
+            p.replies().tap_past(),
+            "Der Termin war schon, FitBox Braunschweig."
+        );
+        // Everything else comes from the shipped file.
+        assert!(p.replies().tap_gone().contains("nicht mehr"));
+        // A key the shipped file does not know is still refused.
+        std::fs::write(over.path().join(REPLIES_FILE), "tap_vergangenn = \"x\"\n").unwrap();
+        let msg = Prompts::load_from(&shipped_dir(), Some(over.path()), &studio())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("unknown key `tap_vergangenn`"), "{msg}");
     }
 
     #[test]

@@ -3,25 +3,19 @@
 //! confirmation), **reschedule** offers free slots (the contact's pick goes through the usual
 //! choice among offered slots and is booked as a move: MagicLine allows one trial per lead, so
 //! the old booking is cancelled once the new slot is known to be free, then the new one booked),
-//! **cancel** cancels it in MagicLine. Each is answered and audited (`reminder.tapped`).
+//! **cancel** cancels it in MagicLine. Each is answered (the texts are `replies.toml`'s `tap_*`)
+//! and audited (`reminder.tapped`).
 
 use jiff::Zoned;
 
 use super::{Engine, EngineError, Turn, AWAITING_CONFIRMATION, OFFERED_AT, RESCHEDULE_FROM};
 use crate::conversation::booking::{Booker, BookingFailure, CancelOutcome, ConfirmOutcome};
-use crate::reminders::plan::german_day_and_time;
 use crate::store::customers::Customer;
 use crate::turn::tap::TapAction;
 use crate::turn::{AlertKind, StaffAlert};
 
 /// How many free slots a reschedule tap offers.
 const OFFERED: usize = 3;
-
-/// "Dienstag, 3. März um 18:00".
-fn when(start: &Zoned) -> String {
-    let (day, time) = german_day_and_time(start.timestamp());
-    format!("{day} um {time} Uhr")
-}
 
 impl Engine {
     /// Answers a tap on `action` of booking `booking_id`; records in `turn` whether it was done.
@@ -55,7 +49,7 @@ impl Engine {
                     false
                 }
                 ConfirmOutcome::NotFound => {
-                    turn.replies.push(gone());
+                    turn.replies.push(replies.tap_gone());
                     false
                 }
                 ConfirmOutcome::Unavailable => {
@@ -80,6 +74,8 @@ impl Engine {
         now: &Zoned,
         turn: &mut Turn,
     ) -> Result<bool, EngineError> {
+        let persona = self.persona();
+        let replies = persona.prompts.replies();
         let start = booker.booking_start(&c.pseudonym, booking_id);
         match booker.cancel_trial(&c.pseudonym, booking_id) {
             CancelOutcome::Canceled => {
@@ -91,26 +87,15 @@ impl Engine {
                     extra.remove(RESCHEDULE_FROM);
                 }
                 c.body.profile.probetraining_datum = None;
-                let slot = start.as_ref().map_or_else(
-                    || "dein Probetraining".to_string(),
-                    |s| format!("dein Probetraining am {}", when(s)),
-                );
-                turn.replies.push(format!(
-                    "Alles klar, {slot} ist storniert. Wenn du doch noch vorbeikommen \
-                     möchtest, nenn mir einfach einen Tag und eine Uhrzeit."
-                ));
+                turn.replies.push(replies.tap_canceled(start.as_ref()));
                 Ok(true)
             }
             CancelOutcome::Past => {
-                turn.replies.push(
-                    "Dieser Termin liegt schon hinter uns. Möchtest du einen neuen? Nenn mir \
-                     einfach einen Tag und eine Uhrzeit."
-                        .to_string(),
-                );
+                turn.replies.push(replies.tap_past());
                 Ok(false)
             }
             CancelOutcome::NotFound => {
-                turn.replies.push(gone());
+                turn.replies.push(replies.tap_gone());
                 Ok(false)
             }
             CancelOutcome::Unavailable => {
@@ -119,12 +104,8 @@ impl Engine {
                     kind: AlertKind::Cancellation,
                     pseudonym: c.pseudonym,
                 });
-                turn.replies.push(
-                    self.persona()
-                        .prompts
-                        .replies()
-                        .failure(&BookingFailure::Unavailable, now),
-                );
+                turn.replies
+                    .push(replies.failure(&BookingFailure::Unavailable, now));
                 Ok(false)
             }
         }
@@ -151,33 +132,14 @@ impl Engine {
         if offered.is_empty() {
             conv.offered_slots.clear();
             conv.extra.remove(OFFERED_AT);
-            turn.replies.push(
-                "Kein Problem! Wann passt es dir besser? Nenn mir einfach einen Tag und eine \
-                 Uhrzeit."
-                    .to_string(),
-            );
-            return;
+        } else {
+            conv.offered_slots = offered.iter().map(Zoned::to_string).collect();
+            conv.extra
+                .insert(OFFERED_AT.to_string(), now.timestamp().as_second().into());
         }
-        conv.offered_slots = offered.iter().map(Zoned::to_string).collect();
-        conv.extra
-            .insert(OFFERED_AT.to_string(), now.timestamp().as_second().into());
-        let lines: Vec<String> = offered
-            .iter()
-            .enumerate()
-            .map(|(i, s)| format!("{}. {}", i + 1, when(s)))
-            .collect();
-        turn.replies.push(format!(
-            "Kein Problem, wir finden einen neuen Termin. Frei sind zum Beispiel:\n{}\nWelcher \
-             passt dir? Du kannst mir auch einen anderen Tag und eine Uhrzeit nennen.",
-            lines.join("\n")
-        ));
+        turn.replies
+            .push(self.persona().prompts.replies().tap_reschedule(&offered));
     }
-}
-
-fn gone() -> String {
-    "Diesen Termin finde ich nicht mehr. Möchtest du einen neuen? Nenn mir einfach einen Tag \
-     und eine Uhrzeit."
-        .to_string()
 }
 
 #[cfg(test)]
