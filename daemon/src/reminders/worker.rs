@@ -1,7 +1,7 @@
-//! The scheduler's tick: every scheduled message that is due leaves the store's schedule in one
+//! The scheduler's tick: every scheduled message that is due leaves the store's schedule in a
 //! durable write that puts its template into the outbox (the sender then sends it like any
 //! reply) and appends its `reminder.sent` entry — or, when it must not go out, retires it with a
-//! `reminder.skipped` entry. A crash before that write repeats it whole; after it, nothing of it
+//! `reminder.skipped` entry. Up to [`WRITE_BATCH`] due messages share one write. A crash before that write repeats it whole; after it, nothing of it
 //! is repeated: each message is sent once, across restarts and kills (up to the sender's one
 //! documented window).
 //!
@@ -14,6 +14,7 @@
 //! The follow-up after the trial is decided here: a thank-you (and, a day later, the sign-up
 //! question) when the booking has a check-in, one no-show message offering a new slot when not.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use super::plan::german_day_and_time;
 use super::{Clock, Plan, RemindersConfig, ScheduledBody};
 use crate::audit::{Actor, AuditEvent, AuditLog, Code, NewEntry};
 use crate::magicline::booking::{booking_state, BookingState};
+use crate::store::crypto::Pseudonym;
 use crate::store::customers::{BotMode, Customer};
 use crate::store::messages::{Direction, Message};
 use crate::store::schedule::{Due, ScheduledKind, Slot};
@@ -34,6 +36,9 @@ use crate::whatsapp::queue::{OutboundKind, OutboxEntry, Queues};
 
 /// How many due rows one read takes; a tick reads until none is left.
 const READ_BATCH: usize = 256;
+/// Due messages decided and written in one durable write (one fsync, one audit append): a busy
+/// minute costs one write, while the customer locks held for it stay few.
+const WRITE_BATCH: usize = 64;
 /// The longest the timer waits between ticks.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 /// The first name in a template when the contact never gave one.
@@ -153,12 +158,10 @@ impl Scheduler {
         loop {
             let due = self.store.due(now, READ_BATCH)?;
             let n = due.len();
-            for d in due {
-                match self.handle(&d, now)? {
-                    Some(true) => report.sent += 1,
-                    Some(false) => report.skipped += 1,
-                    None => {}
-                }
+            for chunk in due.chunks(WRITE_BATCH) {
+                let done = self.handle(chunk, now)?;
+                report.sent += done.sent;
+                report.skipped += done.skipped;
             }
             if n < READ_BATCH {
                 break;
@@ -170,50 +173,65 @@ impl Scheduler {
         Ok(report)
     }
 
-    /// `Some(true)`: sent, `Some(false)`: skipped, `None`: gone meanwhile.
-    fn handle(&self, due: &Due, now: Timestamp) -> anyhow::Result<Option<bool>> {
-        let p = due.slot.pseudonym;
-        let _guard = self.store.lock_customer(&p);
-        if !self.store.still_scheduled(due)? {
-            return Ok(None);
-        }
-        let decision = self.decide(due, now)?;
+    /// Decides the due messages `due` under their customers' locks and writes them in one
+    /// durable batch with their audit entries. A row gone meanwhile (a cancellation, a forget)
+    /// is passed over.
+    fn handle(&self, due: &[Due], now: Timestamp) -> anyhow::Result<TickReport> {
+        let ps: Vec<Pseudonym> = due.iter().map(|d| d.slot.pseudonym).collect();
+        let _guards = self.store.lock_customers(&ps);
         let mut batch = self.store.batch();
-        self.store.unschedule(&mut batch, &due.slot);
-        let booking_id = u64::try_from(due.slot.booking_id).unwrap_or_default();
-        let (event, sent) = match decision {
-            Decision::Send {
-                kind,
-                mut entry,
-                then,
-            } => {
-                self.record_in_history(&p, &mut entry, now, &mut batch)?;
-                self.queues
-                    .push_outbox(&self.store, &mut batch, &p, &entry)?;
-                if let (Some(slot), Some(plain)) = (then, &due.plain) {
-                    self.store.schedule(&mut batch, &slot, plain)?;
+        let mut entries = Vec::new();
+        // Customers whose history grows in this batch, written once at the end: two messages
+        // of one contact in a batch must not take the same history row.
+        let mut touched: HashMap<Pseudonym, Customer> = HashMap::new();
+        let mut report = TickReport::default();
+        for d in due {
+            if !self.store.still_scheduled(d)? {
+                continue;
+            }
+            let p = d.slot.pseudonym;
+            let decision = self.decide(d, now)?;
+            self.store.unschedule(&mut batch, &d.slot);
+            let booking_id = u64::try_from(d.slot.booking_id).unwrap_or_default();
+            let event = match decision {
+                Decision::Send {
+                    kind,
+                    mut entry,
+                    then,
+                } => {
+                    self.record_in_history(&mut touched, &p, &mut entry, now, &mut batch)?;
+                    self.queues
+                        .push_outbox(&self.store, &mut batch, &p, &entry)?;
+                    if let (Some(slot), Some(plain)) = (then, &d.plain) {
+                        self.store.schedule(&mut batch, &slot, plain)?;
+                    }
+                    report.sent += 1;
+                    AuditEvent::ReminderSent { kind, booking_id }
                 }
-                (AuditEvent::ReminderSent { kind, booking_id }, true)
-            }
-            Decision::Skip(reason) => {
-                info!(customer = %p, kind = due.slot.kind.code(), reason = reason.as_str(), "scheduled message not sent");
-                (
+                Decision::Skip(reason) => {
+                    info!(customer = %p, kind = d.slot.kind.code(), reason = reason.as_str(), "scheduled message not sent");
+                    report.skipped += 1;
                     AuditEvent::ReminderSkipped {
-                        kind: Code::new(due.slot.kind.code()),
+                        kind: Code::new(d.slot.kind.code()),
                         reason,
-                    },
-                    false,
-                )
-            }
-        };
-        let entry = NewEntry::new(Actor::System, event).about(&p);
+                    }
+                }
+            };
+            entries.push(NewEntry::new(Actor::System, event).about(&p));
+        }
+        if entries.is_empty() {
+            return Ok(report);
+        }
+        for customer in touched.values() {
+            self.store.put_customer(customer, &mut batch)?;
+        }
         match &self.audit {
             Some(log) => {
-                log.append_with(batch, entry)?;
+                log.append_many_with(batch, entries)?;
             }
             None => self.store.commit_durable(batch)?,
         }
-        Ok(Some(sent))
+        Ok(report)
     }
 
     /// Adds the message to the contact's history in the write that queues it, so the model
@@ -221,13 +239,18 @@ impl Scheduler {
     /// quote of the reminder then reads back).
     fn record_in_history(
         &self,
-        p: &crate::store::crypto::Pseudonym,
+        touched: &mut HashMap<Pseudonym, Customer>,
+        p: &Pseudonym,
         entry: &mut OutboxEntry,
         now: Timestamp,
         batch: &mut fjall::OwnedWriteBatch,
     ) -> anyhow::Result<()> {
-        let Some(mut customer) = self.store.customer(p)? else {
-            return Ok(());
+        let customer = match touched.entry(*p) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => match self.store.customer(p)? {
+                Some(c) => v.insert(c),
+                None => return Ok(()),
+            },
         };
         let msg = Message {
             direction: Direction::Outbound,
@@ -235,8 +258,7 @@ impl Scheduler {
             at: now,
             wamid: None,
         };
-        let seq = self.store.append_message(&mut customer, &msg, batch)?;
-        self.store.put_customer(&customer, batch)?;
+        let seq = self.store.append_message(customer, &msg, batch)?;
         entry.history.push(seq);
         Ok(())
     }
@@ -526,6 +548,28 @@ mod tests {
         let left = s.h.store().scheduled_of(&p).unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].kind, ScheduledKind::AfterTrial);
+    }
+
+    #[test]
+    fn a_catch_up_tick_writes_both_reminders_of_one_contact_into_separate_history_rows() {
+        let s = setup(RemindersConfig::default());
+        let (p, _) = s.book("4915100000305", at(2, 18, 0));
+        let (q, _) = s.book("4915100000306", at(2, 18, 30));
+        // A stop over both reminder times: one tick finds all four due, in one write.
+        s.set_clock(at(2, 16, 45).timestamp());
+        assert_eq!(s.tick(), TickReport { sent: 4, skipped: 0 });
+        for who in [p, q] {
+            let history = s.h.store().recent_messages(&who, 5).unwrap();
+            assert_eq!(history.len(), 2, "one row per reminder");
+        }
+        let rows = s.queues.outbox(s.h.store()).unwrap();
+        let mut ids: Vec<u64> = rows.iter().flat_map(|r| r.entry.history.clone()).collect();
+        assert_eq!(ids.len(), 4);
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 2, "each contact's rows 0 and 1: {ids:?}");
+        assert_eq!(s.audited("reminder.sent").len(), 4);
+        assert_eq!(s.tick(), TickReport::default());
     }
 
     #[test]
