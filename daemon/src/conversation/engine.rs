@@ -291,6 +291,12 @@ impl Engine {
             Arc::new(Persona { prompts, studio });
     }
 
+    /// The prompts in use (replaced on reload): the reminder scheduler takes its follow-up
+    /// texts from them.
+    pub fn prompts(&self) -> Arc<Prompts> {
+        self.persona().prompts.clone()
+    }
+
     fn persona(&self) -> Arc<Persona> {
         self.persona.read().expect("persona lock poisoned").clone()
     }

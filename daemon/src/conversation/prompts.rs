@@ -233,6 +233,17 @@ fn placeholder_at(s: &str) -> Option<(&str, usize)> {
     Some((name, consumed))
 }
 
+/// Which follow-up after a trial ([`Replies::follow_up`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FollowUp {
+    /// Thanks for coming.
+    Thanks,
+    /// Whether they want to sign up.
+    SignUp,
+    /// They missed the trial: a new date?
+    Missed,
+}
+
 /// The fixed texts of `replies.toml`.
 #[derive(Debug, Clone)]
 pub struct Replies {
@@ -259,6 +270,9 @@ pub struct Replies {
     tap_nicht_gefunden: Template,
     tap_verschieben: Template,
     tap_verschieben_ohne_vorschlag: Template,
+    nachfass_danke: Template,
+    nachfass_anmeldung: Template,
+    nachfass_verpasst: Template,
     studio: Vars,
 }
 
@@ -287,6 +301,9 @@ const REPLY_KEYS: &[(&str, &[&str])] = &[
     ("tap_nicht_gefunden", &[]),
     ("tap_verschieben", &["alternativen"]),
     ("tap_verschieben_ohne_vorschlag", &[]),
+    ("nachfass_danke", &["vorname"]),
+    ("nachfass_anmeldung", &["vorname"]),
+    ("nachfass_verpasst", &["vorname"]),
 ];
 
 const REPLY_COMMON_VARS: &[&str] = &["studio_name", "assistant_name", "phone", "website"];
@@ -374,6 +391,9 @@ impl Replies {
             tap_nicht_gefunden: take("tap_nicht_gefunden"),
             tap_verschieben: take("tap_verschieben"),
             tap_verschieben_ohne_vorschlag: take("tap_verschieben_ohne_vorschlag"),
+            nachfass_danke: take("nachfass_danke"),
+            nachfass_anmeldung: take("nachfass_anmeldung"),
+            nachfass_verpasst: take("nachfass_verpasst"),
             studio: studio_vars(studio),
         })
     }
@@ -500,6 +520,18 @@ impl Replies {
             })
             .collect();
         self.with(&self.tap_verschieben, &[("alternativen", lines.join("\n"))])
+    }
+
+    /// The follow-up after a trial sent as a reply inside WhatsApp's 24-hour window (outside it
+    /// the approved template goes instead): the thank-you, the sign-up question, or the
+    /// message after a missed trial.
+    pub fn follow_up(&self, which: FollowUp, firstname: &str) -> String {
+        let t = match which {
+            FollowUp::Thanks => &self.nachfass_danke,
+            FollowUp::SignUp => &self.nachfass_anmeldung,
+            FollowUp::Missed => &self.nachfass_verpasst,
+        };
+        self.with(t, &[("vorname", firstname.to_string())])
     }
 
     /// The text for a failed booking of `wished`.

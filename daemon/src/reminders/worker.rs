@@ -25,6 +25,7 @@ use tracing::{error, info};
 use super::plan::german_day_and_time;
 use super::{Clock, Plan, RemindersConfig, ScheduledBody};
 use crate::audit::{Actor, AuditEvent, AuditLog, Code, NewEntry};
+use crate::conversation::prompts::FollowUp;
 use crate::magicline::booking::{booking_state, BookingState};
 use crate::store::crypto::Pseudonym;
 use crate::store::customers::{BotMode, Customer};
@@ -43,6 +44,15 @@ const WRITE_BATCH: usize = 64;
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 /// The first name in a template when the contact never gave one.
 const NO_NAME: &str = "du";
+
+/// Where the scheduler reads the follow-up texts it sends as replies inside WhatsApp's
+/// 24-hour window (the engine's prompts, replaced on reload).
+pub type FollowUpTexts = Arc<dyn Fn() -> Arc<crate::conversation::prompts::Prompts> + Send + Sync>;
+
+/// A follow-up goes as a reply while the contact's last message is at most this old; the hour
+/// left of the 24-hour window covers the way through the outbox (a reply that finds the window
+/// closed gets the re-open template from the sender).
+const REPLY_WINDOW: jiff::SignedDuration = jiff::SignedDuration::from_hours(23);
 
 /// What one tick did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -75,9 +85,16 @@ pub struct Scheduler {
     clock: Clock,
     outbox_wake: Arc<Notify>,
     max_wait: Duration,
+    texts: Option<FollowUpTexts>,
 }
 
 impl Scheduler {
+    /// Follow-ups inside the 24-hour window go as replies with these texts (`replies.toml`'s
+    /// `nachfass_*`) instead of templates, which WhatsApp charges for.
+    pub fn set_follow_up_texts(&mut self, texts: FollowUpTexts) {
+        self.texts = Some(texts);
+    }
+
     /// Ticks at least this often (tests whose clock jumps shorten it).
     pub fn set_max_wait(&mut self, max_wait: Duration) {
         self.max_wait = max_wait;
@@ -108,6 +125,7 @@ impl Scheduler {
             clock,
             outbox_wake,
             max_wait: MAX_WAIT,
+            texts: None,
         }
     }
 
@@ -339,7 +357,7 @@ impl Scheduler {
             return Ok(Decision::Skip(Code::new("disabled")));
         }
         let name = first_name(customer);
-        Ok(match (slot.kind, state.checked_in_at) {
+        let mut decision = match (slot.kind, state.checked_in_at) {
             (ScheduledKind::SignUpQuestion, _) => Decision::Send {
                 kind: Code::new("sign_up_question"),
                 entry: Box::new(template(&self.cfg.sign_up_template, vec![name], Vec::new())),
@@ -367,7 +385,37 @@ impl Scheduler {
                 )),
                 then: None,
             },
-        })
+        };
+        if let Decision::Send { kind, entry, .. } = &mut decision {
+            if let Some(text) = self.reply_text(customer, kind, now) {
+                entry.kind = OutboundKind::Text(text);
+            }
+        }
+        Ok(decision)
+    }
+
+    /// The follow-up's text as a reply, when the contact wrote within [`REPLY_WINDOW`] and the
+    /// texts are known; `None`: the template goes.
+    fn reply_text(&self, customer: &Customer, kind: &Code, now: Timestamp) -> Option<String> {
+        let texts = self.texts.as_ref()?;
+        let last = customer.meta.last_inbound?;
+        if now.duration_since(last) > REPLY_WINDOW {
+            return None;
+        }
+        let which = match kind.as_str() {
+            "thank_you" => FollowUp::Thanks,
+            "sign_up_question" => FollowUp::SignUp,
+            "no_show" => FollowUp::Missed,
+            _ => return None,
+        };
+        let name = customer
+            .body
+            .profile
+            .vorname
+            .as_deref()
+            .unwrap_or("")
+            .trim();
+        Some(texts().replies().follow_up(which, name))
     }
 }
 
@@ -551,13 +599,83 @@ mod tests {
     }
 
     #[test]
+    fn a_contact_who_wrote_within_a_day_gets_the_follow_up_as_a_reply_others_the_template() {
+        let mut s = setup(RemindersConfig {
+            enabled: false,
+            ..RemindersConfig::default()
+        });
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../prompts");
+        let prompts = Arc::new(
+            crate::conversation::prompts::Prompts::load_from(
+                &dir,
+                None,
+                &crate::config::StudioConfig::default(),
+            )
+            .unwrap(),
+        );
+        s.scheduler
+            .set_follow_up_texts(Arc::new(move || prompts.clone()));
+        let (came, came_id) = s.book("4915100000331", at(1, 17, 0));
+        let (_, missed_id) = s.book("4915100000332", at(1, 18, 0));
+        s.booker
+            .set_checked_in_for_test(&came, came_id, at(1, 16, 55).timestamp())
+            .unwrap();
+        // The one who came wrote at noon; the other never wrote within the day.
+        s.h.store()
+            .update_existing(&came, |c, _, _| {
+                c.meta.last_inbound = Some(at(1, 12, 0).timestamp());
+                Ok(())
+            })
+            .unwrap();
+        s.set_clock(at(1, 20, 0).timestamp());
+        assert_eq!(s.tick().sent, 2);
+        let rows = s.queues.outbox(s.h.store()).unwrap();
+        let of = |to: &str| {
+            rows.iter()
+                .find(|r| r.entry.to == to)
+                .map(|r| r.entry.kind.clone())
+                .unwrap()
+        };
+        match of("4915100000331") {
+            OutboundKind::Text(t) => {
+                assert!(
+                    t.starts_with("Danke, dass du heute beim Probetraining warst, Erika!"),
+                    "{t}"
+                );
+            }
+            other => panic!("expected a reply, got {other:?}"),
+        }
+        match of("4915100000332") {
+            OutboundKind::Template { name, buttons, .. } => {
+                assert_eq!(name, "probetraining_verpasst");
+                assert_eq!(buttons, vec![TapAction::Reschedule.payload(missed_id)]);
+            }
+            other => panic!("expected the template, got {other:?}"),
+        }
+        // The sign-up question a day later: the window has closed by then, so the template.
+        s.set_clock(at(2, 20, 0).timestamp());
+        assert_eq!(s.tick().sent, 1);
+        let rows = s.queues.outbox(s.h.store()).unwrap();
+        assert!(matches!(
+            &rows.last().unwrap().entry.kind,
+            OutboundKind::Template { name, .. } if name == "probetraining_mitgliedschaft"
+        ));
+    }
+
+    #[test]
     fn a_catch_up_tick_writes_both_reminders_of_one_contact_into_separate_history_rows() {
         let s = setup(RemindersConfig::default());
         let (p, _) = s.book("4915100000305", at(2, 18, 0));
         let (q, _) = s.book("4915100000306", at(2, 18, 30));
         // A stop over both reminder times: one tick finds all four due, in one write.
         s.set_clock(at(2, 16, 45).timestamp());
-        assert_eq!(s.tick(), TickReport { sent: 4, skipped: 0 });
+        assert_eq!(
+            s.tick(),
+            TickReport {
+                sent: 4,
+                skipped: 0
+            }
+        );
         for who in [p, q] {
             let history = s.h.store().recent_messages(&who, 5).unwrap();
             assert_eq!(history.len(), 2, "one row per reminder");

@@ -336,8 +336,13 @@ pub(super) async fn start(
     );
     let sender_task = tokio::spawn(sender.clone().run(until_stopped(stop.clone())));
     let alerts_task = start_alerts(core, wake.clone(), until_stopped(stop.clone()));
-    let reminders_task =
-        super::timers::reminders(core, opts, wake.clone(), until_stopped(stop.clone()));
+    let reminders_task = super::timers::reminders(
+        core,
+        opts,
+        engine.clone(),
+        wake.clone(),
+        until_stopped(stop.clone()),
+    );
     report_sender_pauses(&sender, &core.admin);
 
     let state = WebhookState::new(

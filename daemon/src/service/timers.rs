@@ -110,6 +110,7 @@ pub(super) fn watchdog(
 pub(super) fn reminders(
     core: &super::Core,
     opts: &super::ServeOptions,
+    engine: Option<Arc<crate::conversation::engine::Engine>>,
     outbox_wake: Arc<tokio::sync::Notify>,
     stopped: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> JoinHandle<()> {
@@ -128,6 +129,9 @@ pub(super) fn reminders(
     );
     if let Some(tick) = opts.reminder_tick {
         scheduler.set_max_wait(tick);
+    }
+    if let Some(engine) = engine {
+        scheduler.set_follow_up_texts(Arc::new(move || engine.prompts()));
     }
     tokio::spawn(Arc::new(scheduler).run(stopped))
 }
