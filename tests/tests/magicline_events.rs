@@ -74,6 +74,15 @@ impl BookingAudit for Unaudited {
 
 /// A booker on the stopped daemon's store, on the simulator's clock.
 fn booker(daemon: &Daemon, sim: &MagiclineSim) -> (Arc<Store>, MagicLineBooker) {
+    booker_with(daemon, sim, BookerConfig::default())
+}
+
+/// [`booker`] with the trial offer `cfg` names.
+fn booker_with(
+    daemon: &Daemon,
+    sim: &MagiclineSim,
+    cfg: BookerConfig,
+) -> (Arc<Store>, MagicLineBooker) {
     let store = Arc::new(daemon.open_store());
     let client = Client::new(&sim.base_url(), sim.api_key(), Duration::from_secs(10))
         .with_clock(Arc::new(sim.clock()));
@@ -83,7 +92,7 @@ fn booker(daemon: &Daemon, sim: &MagiclineSim) -> (Arc<Store>, MagicLineBooker) 
         Arc::new(Unaudited),
         BookerConfig {
             clock: Arc::new(sim.clock()),
-            ..BookerConfig::default()
+            ..cfg
         },
     );
     (store, booker)
@@ -304,6 +313,86 @@ async fn without_webhooks_the_poll_finds_the_same_changes() {
         lines
             .iter()
             .filter(|l| l.contains("booking.checked_in"))
+            .count(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_trial_class_cancelled_at_the_desk_arrives_as_a_class_event() {
+    let graph = wa::start().await;
+    let sim = ml::start(SimConfig {
+        trial_classes: vec![ml::SimClass::group_ems()],
+        ..sim_config()
+    })
+    .await;
+    let mut class_spec = spec(&graph, &sim, "webhook");
+    class_spec
+        .extra_toml
+        .push_str("trial_offer_class_id = 3001\n");
+    let mut daemon = Daemon::start(class_spec);
+    daemon.stop();
+    let (store, booker) = booker_with(
+        &daemon,
+        &sim,
+        BookerConfig {
+            trial_class_id: Some(3001),
+            ..BookerConfig::default()
+        },
+    );
+    let start = trial_slot(&sim, 5, 18);
+    let booked = tokio::task::spawn_blocking(move || {
+        let p = store
+            .update_customer("491790000111", Timestamp::now(), |_, _, _| Ok(()))
+            .expect("a customer row")
+            .0
+            .pseudonym;
+        booker.book(&BookingRequest {
+            requested_at: Timestamp::now(),
+            request_id: "wamid.class".into(),
+            pseudonym: p,
+            firstname: "Alex".into(),
+            lastname: "Beispiel".into(),
+            email: "klasse@example.org".into(),
+            phone: Some("491790000111".into()),
+            magicline_customer_id: None,
+            start,
+        })
+    })
+    .await
+    .expect("the booking task");
+    let BookingOutcome::Booked { booking_id, .. } = booked else {
+        panic!("class trial not booked: {booked:?}");
+    };
+    daemon.restart();
+    await_metric(&daemon, "frontdesk_attendance_sweeps_total 1", WAIT).await;
+
+    sim.set_webhook(&format!("{}/magicline", daemon.webhook_url()), WEBHOOK_KEY);
+    let canceled = sim.staff_cancel(booking_id).unwrap();
+    assert_eq!(canceled.event_type, "CLASS_BOOKING_CANCELLED");
+    assert_eq!(sim.send(&canceled).await, 200);
+    await_metric(
+        &daemon,
+        "frontdesk_magicline_events_total{outcome=\"processed\"} 1",
+        WAIT,
+    )
+    .await;
+    // The state was read where MagicLine keeps class bookings.
+    assert_eq!(
+        sim.request_count(&format!("/classes/booking/{booking_id}")),
+        1
+    );
+    assert_eq!(
+        sim.request_count(&format!("/appointments/booking/{booking_id}")),
+        0
+    );
+    assert!(daemon.stop().is_some_and(|s| s.success()));
+    let (records, lines, _) = recorded(&daemon, &sim, &[booking_id], "booking.");
+    assert!(records[0].canceled, "cancelled at the desk");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("booking.canceled_in_magicline"))
             .count(),
         1
     );
