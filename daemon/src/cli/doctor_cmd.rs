@@ -1122,6 +1122,19 @@ model_path = "{model}"
             "{c}"
         );
         assert!(c.detail.contains("members are handed to staff"), "{c}");
+        let c = magicline_check(
+            SimConfig {
+                missing_scopes: vec![SimScope::ClassesRead],
+                ..with_class()
+            },
+            "trial_offer_class_id = 3001",
+        );
+        assert_eq!(c.mark, Mark::Fail, "{c}");
+        assert!(
+            c.detail
+                .contains("lacks the scope for class bookings (read) (HTTP 403)"),
+            "{c}"
+        );
         let c = magicline_check(with_class(), "trial_offer_class_id = 3999");
         assert_eq!(c.mark, Mark::Fail, "{c}");
         assert!(

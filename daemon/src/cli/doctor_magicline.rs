@@ -65,6 +65,13 @@ const PROBES: [Probe; 5] = [
     },
 ];
 
+/// Probed only when the trial is a class: the class bookings frontdesk reads after a lost book
+/// answer, for staff cancellations and the poll.
+const CLASS_PROBE: Probe = Probe {
+    scope: "class bookings (read)",
+    call: |c, _| c.class_bookings(0).map(drop),
+};
+
 /// The MagicLine line of the report.
 pub fn check(cfg: &Config, client: &Client) -> Check {
     let base = &cfg.magicline.base_url;
@@ -95,7 +102,8 @@ pub fn check(cfg: &Config, client: &Client) -> Check {
     };
     let config_id = chosen_config(cfg, &offers, &classes).unwrap_or(0);
     let mut missing = Vec::new();
-    for probe in &PROBES {
+    let class_probe = cfg.magicline.trial_offer_class_id.map(|_| &CLASS_PROBE);
+    for probe in PROBES.iter().chain(class_probe) {
         match (probe.call)(client, config_id) {
             Err(e) if e.is_forbidden() => missing.push(probe.scope),
             // Any other answer (a status, a 400 or 404 for the probe's placeholder data) means
