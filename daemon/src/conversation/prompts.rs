@@ -273,6 +273,7 @@ pub struct Replies {
     nachfass_danke: Template,
     nachfass_anmeldung: Template,
     nachfass_verpasst: Template,
+    nachfass_knopf_neuer_termin: Template,
     studio: Vars,
 }
 
@@ -304,6 +305,7 @@ const REPLY_KEYS: &[(&str, &[&str])] = &[
     ("nachfass_danke", &["vorname"]),
     ("nachfass_anmeldung", &["vorname"]),
     ("nachfass_verpasst", &["vorname"]),
+    ("nachfass_knopf_neuer_termin", &[]),
 ];
 
 const REPLY_COMMON_VARS: &[&str] = &["studio_name", "assistant_name", "phone", "website"];
@@ -367,7 +369,7 @@ impl Replies {
             templates.insert(key, template);
         }
         let mut take = |k: &str| templates.remove(k).expect("every key parsed above");
-        Ok(Replies {
+        Replies {
             ki_hinweis: take("ki_hinweis"),
             modell_fehler: take("modell_fehler"),
             gebucht: take("gebucht"),
@@ -394,8 +396,31 @@ impl Replies {
             nachfass_danke: take("nachfass_danke"),
             nachfass_anmeldung: take("nachfass_anmeldung"),
             nachfass_verpasst: take("nachfass_verpasst"),
+            nachfass_knopf_neuer_termin: take("nachfass_knopf_neuer_termin"),
             studio: studio_vars(studio),
-        })
+        }
+        .checked(path)
+    }
+
+    /// Refuses texts WhatsApp would refuse at send time, so the daemon says so at load.
+    fn checked(self, path: &Path) -> Result<Replies, PromptError> {
+        let label = self.follow_up_button();
+        if label.chars().count() > crate::whatsapp::graph::MAX_BUTTON_TITLE_CHARS {
+            return Err(PromptError::Invalid {
+                path: path.to_path_buf(),
+                message: format!(
+                    "key `nachfass_knopf_neuer_termin`: a button label has at most {} characters, \"{label}\" has {}",
+                    crate::whatsapp::graph::MAX_BUTTON_TITLE_CHARS,
+                    label.chars().count()
+                ),
+            });
+        }
+        Ok(self)
+    }
+
+    /// The label of the "new date" button on the missed-trial follow-up sent as a reply.
+    pub fn follow_up_button(&self) -> String {
+        self.with(&self.nachfass_knopf_neuer_termin, &[])
     }
 
     fn with(&self, t: &Template, extra: &[(&'static str, String)]) -> String {
@@ -1104,6 +1129,16 @@ pub(crate) mod tests {
         );
         // Everything else comes from the shipped file.
         assert!(p.replies().tap_gone().contains("nicht mehr"));
+        // A button label longer than WhatsApp allows is refused at load, not at send time.
+        std::fs::write(
+            over.path().join(REPLIES_FILE),
+            "nachfass_knopf_neuer_termin = \"Neuen Termin aussuchen\"\n",
+        )
+        .unwrap();
+        let msg = Prompts::load_from(&shipped_dir(), Some(over.path()), &studio())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("at most 20 characters"), "{msg}");
         // A key the shipped file does not know is still refused.
         std::fs::write(over.path().join(REPLIES_FILE), "tap_vergangenn = \"x\"\n").unwrap();
         let msg = Prompts::load_from(&shipped_dir(), Some(over.path()), &studio())

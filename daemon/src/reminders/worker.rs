@@ -33,7 +33,7 @@ use crate::store::messages::{Direction, Message};
 use crate::store::schedule::{Due, ScheduledKind, Slot};
 use crate::store::Store;
 use crate::turn::tap::TapAction;
-use crate::whatsapp::queue::{OutboundKind, OutboxEntry, Queues};
+use crate::whatsapp::queue::{OutboundKind, OutboxEntry, Queues, ReplyButton};
 
 /// How many due rows one read takes; a tick reads until none is left.
 const READ_BATCH: usize = 256;
@@ -387,16 +387,23 @@ impl Scheduler {
             },
         };
         if let Decision::Send { kind, entry, .. } = &mut decision {
-            if let Some(text) = self.reply_text(customer, kind, now) {
-                entry.kind = OutboundKind::Text(text);
+            if let Some(reply) = self.as_reply(customer, kind, slot.booking_id, now) {
+                entry.kind = reply;
             }
         }
         Ok(decision)
     }
 
-    /// The follow-up's text as a reply, when the contact wrote within [`REPLY_WINDOW`] and the
-    /// texts are known; `None`: the template goes.
-    fn reply_text(&self, customer: &Customer, kind: &Code, now: Timestamp) -> Option<String> {
+    /// The follow-up as a reply, when the contact wrote within [`REPLY_WINDOW`] and the texts
+    /// are known; `None`: the template goes. The missed-trial message keeps its "new date"
+    /// button as a reply button.
+    fn as_reply(
+        &self,
+        customer: &Customer,
+        kind: &Code,
+        booking_id: i64,
+        now: Timestamp,
+    ) -> Option<OutboundKind> {
         let texts = self.texts.as_ref()?;
         let last = customer.meta.last_inbound?;
         if now.duration_since(last) > REPLY_WINDOW {
@@ -415,7 +422,18 @@ impl Scheduler {
             .as_deref()
             .unwrap_or("")
             .trim();
-        Some(texts().replies().follow_up(which, name))
+        let prompts = texts();
+        let body = prompts.replies().follow_up(which, name);
+        Some(match which {
+            FollowUp::Missed => OutboundKind::Buttons {
+                body,
+                buttons: vec![ReplyButton {
+                    id: TapAction::Reschedule.payload(booking_id),
+                    title: prompts.replies().follow_up_button(),
+                }],
+            },
+            FollowUp::Thanks | FollowUp::SignUp => OutboundKind::Text(body),
+        })
     }
 }
 
@@ -528,7 +546,9 @@ mod tests {
                         buttons,
                         ..
                     } => (row.entry.to, name, params, buttons),
-                    OutboundKind::Text(_) => panic!("only templates are scheduled"),
+                    OutboundKind::Text(_) | OutboundKind::Buttons { .. } => {
+                        panic!("only templates are expected here")
+                    }
                 })
                 .collect()
         }
@@ -617,18 +637,21 @@ mod tests {
             .set_follow_up_texts(Arc::new(move || prompts.clone()));
         let (came, came_id) = s.book("4915100000331", at(1, 17, 0));
         let (_, missed_id) = s.book("4915100000332", at(1, 18, 0));
+        let (wrote, wrote_id) = s.book("4915100000333", at(1, 18, 30));
         s.booker
             .set_checked_in_for_test(&came, came_id, at(1, 16, 55).timestamp())
             .unwrap();
-        // The one who came wrote at noon; the other never wrote within the day.
-        s.h.store()
-            .update_existing(&came, |c, _, _| {
-                c.meta.last_inbound = Some(at(1, 12, 0).timestamp());
-                Ok(())
-            })
-            .unwrap();
+        // Two wrote at noon; the one in between never wrote within the day.
+        for p in [came, wrote] {
+            s.h.store()
+                .update_existing(&p, |c, _, _| {
+                    c.meta.last_inbound = Some(at(1, 12, 0).timestamp());
+                    Ok(())
+                })
+                .unwrap();
+        }
         s.set_clock(at(1, 20, 0).timestamp());
-        assert_eq!(s.tick().sent, 2);
+        assert_eq!(s.tick().sent, 3);
         let rows = s.queues.outbox(s.h.store()).unwrap();
         let of = |to: &str| {
             rows.iter()
@@ -652,6 +675,19 @@ mod tests {
             }
             other => panic!("expected the template, got {other:?}"),
         }
+        // A missed trial's reply keeps its button, as a reply button.
+        assert_eq!(
+            of("4915100000333"),
+            OutboundKind::Buttons {
+                body: "Schade, dass es mit dem Probetraining nicht geklappt hat, Erika. Magst du \
+                       einen neuen Termin? Nenn mir einfach einen Tag und eine Uhrzeit. 💪"
+                    .into(),
+                buttons: vec![ReplyButton {
+                    id: TapAction::Reschedule.payload(wrote_id),
+                    title: "Neuer Termin".into(),
+                }],
+            }
+        );
         // The sign-up question a day later: the window has closed by then, so the template.
         s.set_clock(at(2, 20, 0).timestamp());
         assert_eq!(s.tick().sent, 1);

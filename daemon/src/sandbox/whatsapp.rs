@@ -186,6 +186,14 @@ pub enum SentMessageKind {
         /// Payloads of the quick-reply buttons, by button index.
         buttons: Vec<String>,
     },
+    /// A reply-buttons message (`interactive` of type `button`), checked against the Graph
+    /// API's limits.
+    Buttons {
+        /// The message text.
+        body: String,
+        /// (id, title) of each button, in order.
+        buttons: Vec<(String, String)>,
+    },
     /// Any other message type, with its full request body.
     Other {
         /// The message `type`.
@@ -591,6 +599,10 @@ impl GraphRequest {
                 ..
             } => "template".into(),
             GraphRequest::Send {
+                message: SentMessageKind::Buttons { .. },
+                ..
+            } => "interactive".into(),
+            GraphRequest::Send {
                 message: SentMessageKind::Other { kind, .. },
                 ..
             } => kind.clone(),
@@ -937,47 +949,14 @@ fn parse_request(v: &Value) -> Result<GraphRequest, &'static str> {
                 preview_url,
             }
         }
-        "template" => {
-            let template = v
-                .get("template")
-                .ok_or("(#100) The parameter template is required.")?;
-            let name = template
-                .get("name")
+        "template" => template_message(v)?,
+        "interactive"
+            if v.get("interactive")
+                .and_then(|i| i.get("type"))
                 .and_then(Value::as_str)
-                .filter(|n| !n.is_empty())
-                .ok_or("(#100) The parameter template['name'] is required.")?;
-            let language = template
-                .get("language")
-                .and_then(|l| l.get("code"))
-                .and_then(Value::as_str)
-                .filter(|c| !c.is_empty())
-                .ok_or("(#100) The parameter template['language'] is required.")?;
-            let params = template
-                .get("components")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter(|c| c.get("type").and_then(Value::as_str) == Some("body"))
-                .flat_map(|c| {
-                    c.get("parameters")
-                        .and_then(Value::as_array)
-                        .cloned()
-                        .unwrap_or_default()
-                })
-                .map(|p| {
-                    p.get("text")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned()
-                })
-                .collect();
-            let buttons = quick_reply_payloads(template)?;
-            SentMessageKind::Template {
-                name: name.to_owned(),
-                language: language.to_owned(),
-                params,
-                buttons,
-            }
+                == Some("button") =>
+        {
+            reply_buttons(&v["interactive"])?
         }
         other => SentMessageKind::Other {
             kind: other.to_owned(),
@@ -985,6 +964,100 @@ fn parse_request(v: &Value) -> Result<GraphRequest, &'static str> {
         },
     };
     Ok(GraphRequest::Send { recipient, message })
+}
+
+/// A `template` message: name, language, body parameters and quick-reply payloads.
+fn template_message(v: &Value) -> Result<SentMessageKind, &'static str> {
+    let template = v
+        .get("template")
+        .ok_or("(#100) The parameter template is required.")?;
+    let name = template
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or("(#100) The parameter template['name'] is required.")?;
+    let language = template
+        .get("language")
+        .and_then(|l| l.get("code"))
+        .and_then(Value::as_str)
+        .filter(|c| !c.is_empty())
+        .ok_or("(#100) The parameter template['language'] is required.")?;
+    let params = template
+        .get("components")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|c| c.get("type").and_then(Value::as_str) == Some("body"))
+        .flat_map(|c| {
+            c.get("parameters")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|p| {
+            p.get("text")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    let buttons = quick_reply_payloads(template)?;
+    Ok(SentMessageKind::Template {
+        name: name.to_owned(),
+        language: language.to_owned(),
+        params,
+        buttons,
+    })
+}
+
+/// An `interactive` object of type `button`, held to the Graph API's limits: a body text of
+/// 1..=1,024 characters, one to three `reply` buttons with unique titles of 1..=20 characters
+/// and ids of 1..=256 characters without surrounding spaces.
+fn reply_buttons(interactive: &Value) -> Result<SentMessageKind, &'static str> {
+    let body = interactive
+        .get("body")
+        .and_then(|b| b.get("text"))
+        .and_then(Value::as_str)
+        .filter(|t| !t.trim().is_empty())
+        .ok_or("(#100) The parameter interactive['body']['text'] is required.")?;
+    if body.chars().count() > 1024 {
+        return Err(
+            "(#100) Param interactive['body']['text'] must be at most 1024 characters long.",
+        );
+    }
+    let list = interactive
+        .get("action")
+        .and_then(|a| a.get("buttons"))
+        .and_then(Value::as_array)
+        .ok_or("(#100) The parameter interactive['action']['buttons'] is required.")?;
+    if list.is_empty() || list.len() > 3 {
+        return Err("(#131009) Parameter value is not valid: buttons must have 1 to 3 items");
+    }
+    let mut buttons: Vec<(String, String)> = Vec::new();
+    for b in list {
+        if b.get("type").and_then(Value::as_str) != Some("reply") {
+            return Err("(#100) Param interactive['action']['buttons'][*]['type'] must be reply");
+        }
+        let reply = b.get("reply");
+        let field = |k: &str| reply.and_then(|r| r.get(k)).and_then(Value::as_str);
+        let (Some(id), Some(title)) = (field("id"), field("title")) else {
+            return Err("(#100) The parameters reply['id'] and reply['title'] are required.");
+        };
+        if title.trim().is_empty() || title.chars().count() > 20 {
+            return Err("(#131009) Parameter value is not valid: button title length invalid");
+        }
+        if id.is_empty() || id.chars().count() > 256 || id.trim() != id {
+            return Err("(#131009) Parameter value is not valid: button id invalid");
+        }
+        if buttons.iter().any(|(_, t)| t == title) {
+            return Err("(#131009) Parameter value is not valid: button titles must be unique");
+        }
+        buttons.push((id.to_owned(), title.to_owned()));
+    }
+    Ok(SentMessageKind::Buttons {
+        body: body.to_owned(),
+        buttons,
+    })
 }
 
 /// The payloads of a template's `button` components, by index: each must be a quick reply with
@@ -2139,6 +2212,59 @@ mod tests {
         assert_eq!(sim.texts_to(TO).len(), 1);
         let statuses: Vec<u16> = sim.requests().iter().map(|r| r.status).collect();
         assert_eq!(statuses, [429, 400, 400, 400, 400, 500, 502, 200]);
+    }
+
+    #[tokio::test]
+    async fn reply_buttons_are_sent_within_the_graph_apis_limits() {
+        use crate::whatsapp::queue::ReplyButton;
+        let sim = start().await;
+        let button = |id: &str, title: &str| ReplyButton {
+            id: id.into(),
+            title: title.into(),
+        };
+        let c = client(&sim, SIM_TOKEN, WAIT);
+        blocking(move || {
+            c.send_buttons(
+                TO,
+                "Magst du einen neuen Termin?",
+                &[button("fd-trial:reschedule:7", "Neuer Termin")],
+            )
+        })
+        .await
+        .unwrap();
+        let sent = sim.sent();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(
+            sent[0].message,
+            SentMessageKind::Buttons {
+                body: "Magst du einen neuen Termin?".into(),
+                buttons: vec![("fd-trial:reschedule:7".into(), "Neuer Termin".into())],
+            }
+        );
+        // What the Graph API refuses is refused before a request leaves.
+        for buttons in [
+            vec![],
+            vec![
+                button("a", "1"),
+                button("b", "2"),
+                button("c", "3"),
+                button("d", "4"),
+            ],
+            vec![button("a", "Einundzwanzig Zeichen")],
+            vec![button(" a", "Ja")],
+            vec![button("a", "Ja"), button("b", "Ja")],
+        ] {
+            let c = client(&sim, SIM_TOKEN, WAIT);
+            let err = blocking(move || c.send_buttons(TO, "Text", &buttons))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, SendError::InvalidRequest(_)), "{err:?}");
+        }
+        assert_eq!(
+            sim.requests().len(),
+            1,
+            "no refused request reached the API"
+        );
     }
 
     #[tokio::test]

@@ -147,6 +147,8 @@ fn part_of(m: &InboundMessage) -> Part {
         quoted: m.reply_to.clone(),
         button: match &m.content {
             Content::TemplateButton { payload, .. } if !payload.is_empty() => Some(payload.clone()),
+            // A reply button of an interactive message frontdesk sent: its id is the payload.
+            Content::ButtonReply { id, .. } if !id.is_empty() => Some(id.clone()),
             _ => None,
         },
     }

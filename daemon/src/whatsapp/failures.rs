@@ -96,10 +96,11 @@ pub fn handling_code(h: FailureHandling) -> &'static str {
     }
 }
 
-/// `text` or `template`, for the audit entry.
+/// `text`, `buttons` or `template`, for the audit entry.
 fn kind_code(entry: &OutboxEntry) -> &'static str {
     match entry.kind {
         OutboundKind::Text(_) => "text",
+        OutboundKind::Buttons { .. } => "buttons",
         OutboundKind::Template { .. } => "template",
     }
 }
@@ -118,7 +119,7 @@ pub fn plan(
 ) -> store::Result<Plan> {
     Ok(match disposition {
         Disposition::WindowClosed => match (&policy.reopen_template, &entry.kind) {
-            (Some(name), OutboundKind::Text(_)) => {
+            (Some(name), OutboundKind::Text(_) | OutboundKind::Buttons { .. }) => {
                 let recently = queues
                     .reopened_at(store, p)?
                     .is_some_and(|at| now.duration_since(at) < REOPEN_INTERVAL);

@@ -344,6 +344,30 @@ impl GraphClient {
         self.send_message(&request)
     }
 
+    /// Sends a reply with reply buttons (an interactive `button` message). As the Graph API
+    /// requires: a body of 1..=1,024 characters, one to three buttons, each title 1..=20
+    /// characters and unique, each id 1..=256 characters without surrounding spaces.
+    pub fn send_buttons(
+        &self,
+        to: &str,
+        body: &str,
+        buttons: &[super::queue::ReplyButton],
+    ) -> Result<SentMessage, SendError> {
+        check_buttons(body, buttons)?;
+        let mut request = addressed(to)?;
+        request["type"] = json!("interactive");
+        let action: Vec<Value> = buttons
+            .iter()
+            .map(|b| json!({ "type": "reply", "reply": { "id": b.id, "title": b.title } }))
+            .collect();
+        request["interactive"] = json!({
+            "type": "button",
+            "body": { "text": body },
+            "action": { "buttons": action },
+        });
+        self.send_message(&request)
+    }
+
     /// Sends an approved template through `/messages`. `params` fill the body variables `{{1}}`,
     /// `{{2}}`, … in order.
     pub fn send_template(
@@ -493,6 +517,41 @@ impl GraphClient {
 
 /// Base request with the recipient: phone numbers go to `to`, business-scoped user ids (for
 /// users who hide their number behind a username) go to `recipient`.
+/// Largest body of an interactive message.
+pub const MAX_INTERACTIVE_BODY_CHARS: usize = 1024;
+/// Largest title of a reply button.
+pub const MAX_BUTTON_TITLE_CHARS: usize = 20;
+
+/// The Graph API's limits of a reply-buttons message, checked before sending.
+pub fn check_buttons(body: &str, buttons: &[super::queue::ReplyButton]) -> Result<(), SendError> {
+    let body_chars = body.chars().count();
+    if body.trim().is_empty() || body_chars > MAX_INTERACTIVE_BODY_CHARS {
+        return Err(SendError::InvalidRequest(
+            "interactive body must be 1 to 1024 characters",
+        ));
+    }
+    if buttons.is_empty() || buttons.len() > 3 {
+        return Err(SendError::InvalidRequest("one to three reply buttons"));
+    }
+    for (i, b) in buttons.iter().enumerate() {
+        let title = b.title.chars().count();
+        if b.title.trim().is_empty() || title > MAX_BUTTON_TITLE_CHARS {
+            return Err(SendError::InvalidRequest(
+                "button title must be 1 to 20 characters",
+            ));
+        }
+        if b.id.is_empty() || b.id.chars().count() > 256 || b.id.trim() != b.id {
+            return Err(SendError::InvalidRequest(
+                "button id must be 1 to 256 characters without surrounding spaces",
+            ));
+        }
+        if buttons[..i].iter().any(|o| o.title == b.title) {
+            return Err(SendError::InvalidRequest("button titles must be unique"));
+        }
+    }
+    Ok(())
+}
+
 fn addressed(to: &str) -> Result<Value, SendError> {
     let to = to.trim();
     if to.is_empty() {

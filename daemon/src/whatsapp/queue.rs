@@ -75,6 +75,23 @@ pub enum OutboundKind {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         buttons: Vec<String>,
     },
+    /// A free-form reply with reply buttons (an interactive message; only inside the 24-hour
+    /// window, like text).
+    Buttons {
+        /// The message text.
+        body: String,
+        /// One to three buttons.
+        buttons: Vec<ReplyButton>,
+    },
+}
+
+/// A reply button of an interactive message: WhatsApp sends `id` back when it is tapped.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplyButton {
+    /// What a tap sends back (at most 256 characters).
+    pub id: String,
+    /// The label (at most 20 characters).
+    pub title: String,
 }
 
 impl OutboundKind {
@@ -84,6 +101,10 @@ impl OutboundKind {
     pub fn history_text(&self) -> String {
         match self {
             OutboundKind::Text(t) => t.clone(),
+            OutboundKind::Buttons { body, buttons } => {
+                let titles: Vec<&str> = buttons.iter().map(|b| b.title.as_str()).collect();
+                format!("{body}\n[{}]", titles.join(" | "))
+            }
             OutboundKind::Template { name, params, .. } if params.is_empty() => {
                 format!("[Vorlage „{name}“]")
             }
@@ -98,6 +119,12 @@ impl std::fmt::Debug for OutboundKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             OutboundKind::Text(t) => write!(f, "Text({} chars)", t.chars().count()),
+            OutboundKind::Buttons { body, buttons } => write!(
+                f,
+                "Buttons({} chars, {} buttons)",
+                body.chars().count(),
+                buttons.len()
+            ),
             OutboundKind::Template { name, .. } => write!(f, "Template({name})"),
         }
     }

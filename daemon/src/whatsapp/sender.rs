@@ -424,6 +424,10 @@ impl Sender {
                 OutboundKind::Text(t) => {
                     (graph.send_text(&row.entry.to, t), PricingCategory::Service)
                 }
+                OutboundKind::Buttons { body, buttons } => (
+                    graph.send_buttons(&row.entry.to, body, buttons),
+                    PricingCategory::Service,
+                ),
                 OutboundKind::Template {
                     name,
                     language,

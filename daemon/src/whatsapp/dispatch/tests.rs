@@ -368,6 +368,16 @@ mod parts {
         let welcome = part_of(&parsed(&p.welcome_request(from, "wamid.4", 1)));
         assert_eq!(welcome.kind, PartKind::Welcome);
 
+        // A reply button frontdesk sent comes back with its id, the tap's payload.
+        let tap = part_of(&parsed(&p.button_reply(
+            from,
+            "wamid.41",
+            "fd-trial:reschedule:7",
+            "Neuer Termin",
+            1,
+        )));
+        assert_eq!(tap.button.as_deref(), Some("fd-trial:reschedule:7"));
+
         let form = part_of(&parsed(&p.flow_reply(
             from,
             "wamid.5",
