@@ -398,6 +398,23 @@ impl Sender {
         Duration::from_millis(ms)
     }
 
+    /// Where a row of customer `p` queued for `queued` goes now: there, unless the customer has
+    /// moved to another identity since (a changed number re-keys their rows, but a row keeps
+    /// the address it was queued for, which may now be someone else's): then the record's
+    /// current one, its number or else its WhatsApp user id.
+    fn current_address(&self, p: &Pseudonym, queued: &str) -> String {
+        match self.store.customer(p) {
+            Ok(Some(c)) if c.body.phone != queued && c.body.user_id.as_deref() != Some(queued) => {
+                if c.body.phone.is_empty() {
+                    c.body.user_id.unwrap_or_else(|| queued.to_string())
+                } else {
+                    c.body.phone
+                }
+            }
+            _ => queued.to_string(),
+        }
+    }
+
     /// Sends one customer's replies in order. Blocking.
     fn send_group(&self, p: &Pseudonym, rows: Vec<Queued<OutboxEntry>>) -> GroupResult {
         let mut rows = rows.into_iter().peekable();
@@ -420,12 +437,11 @@ impl Sender {
                 return GroupResult::Hold(Duration::ZERO);
             }
             let (generation, graph) = self.graph.read().expect("sender lock poisoned").clone();
+            let to = self.current_address(p, &row.entry.to);
             let (result, category) = match &row.entry.kind {
-                OutboundKind::Text(t) => {
-                    (graph.send_text(&row.entry.to, t), PricingCategory::Service)
-                }
+                OutboundKind::Text(t) => (graph.send_text(&to, t), PricingCategory::Service),
                 OutboundKind::Buttons { body, buttons } => (
-                    graph.send_buttons(&row.entry.to, body, buttons),
+                    graph.send_buttons(&to, body, buttons),
                     PricingCategory::Service,
                 ),
                 OutboundKind::Template {
@@ -433,9 +449,7 @@ impl Sender {
                     language,
                     params,
                     buttons,
-                } => {
-                    self.send_template(&graph, p, &row.entry.to, (name, language), params, buttons)
-                }
+                } => self.send_template(&graph, p, &to, (name, language), params, buttons),
             };
             match result {
                 Ok(sent) => {
@@ -804,6 +818,48 @@ mod tests {
 
     fn rows_of(rows: &[Queued<OutboxEntry>], p: Pseudonym) -> Vec<Queued<OutboxEntry>> {
         rows.iter().filter(|r| r.pseudonym == p).cloned().collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reply_queued_before_the_number_changed_goes_to_the_new_number() {
+        const OLD: &str = "491704444444";
+        const NEW: &str = "491705555555";
+        let graph = sim::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), StoreIdentity::generate()).unwrap());
+        let queues = Arc::new(Queues::new(&store).unwrap());
+        let client = GraphClient::new(
+            &graph.base_url(),
+            SIM_GRAPH_VERSION,
+            SIM_PHONE_NUMBER_ID,
+            SIM_TOKEN.into(),
+            Duration::from_secs(5),
+        );
+        let sender = Sender::new(
+            store.clone(),
+            queues.clone(),
+            client,
+            SenderConfig::default(),
+            None,
+            Arc::new(Metrics::new()),
+            Arc::new(Notify::new()),
+        );
+        // The customer's record now holds the new number; a reply queued for the old number
+        // was re-keyed to them by the move but still names the old one.
+        let p = store
+            .update_customer(NEW, Timestamp::now(), |_, _, _| Ok(()))
+            .unwrap()
+            .0
+            .pseudonym;
+        let mut batch = store.batch();
+        queues
+            .push_outbox(&store, &mut batch, &p, &reply(OLD, "Bis Dienstag!"))
+            .unwrap();
+        store.commit_durable(batch).unwrap();
+        let rows = queues.outbox(&store).unwrap();
+        assert!(matches!(send(&sender, p, rows).await, GroupResult::Done));
+        assert!(graph.texts_to(OLD).is_empty(), "nothing to the old number");
+        assert_eq!(graph.texts_to(NEW), vec!["Bis Dienstag!".to_string()]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
