@@ -667,11 +667,18 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<B
     {
         Ok(request) => request,
         Err(message) => {
+            // The code Meta answers is the one the message names: `(#100)` for a missing or
+            // malformed parameter, `(#131009)` for a value outside the limits.
+            let code = message
+                .strip_prefix("(#")
+                .and_then(|m| m.split(')').next())
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(100);
             return reject(
                 shared,
                 400,
-                graph_error(100, message, Some("Invalid parameter")),
-            )
+                graph_error(code, message, Some("Invalid parameter")),
+            );
         }
     };
     if let Err((status, refusal)) = approved_template(shared, &request) {
@@ -2420,6 +2427,84 @@ mod tests {
         );
         assert!(sim.sent().is_empty());
         assert!(sim.read_marks().is_empty());
+    }
+
+    #[tokio::test]
+    async fn simulator_holds_reply_buttons_to_the_graph_apis_limits() {
+        let sim = start().await;
+        let url = format!(
+            "{}/{SIM_GRAPH_VERSION}/{SIM_PHONE_NUMBER_ID}/messages",
+            sim.base_url()
+        );
+        let token = sim.token().to_owned();
+        let buttons = |list: Value| {
+            json!({
+                "messaging_product": "whatsapp", "to": TO, "type": "interactive",
+                "interactive": { "type": "button", "body": { "text": "Neuer Termin?" },
+                                 "action": { "buttons": list } }
+            })
+        };
+        let reply = |id: &str, title: &str| json!({ "type": "reply", "reply": { "id": id, "title": title } });
+        let requests = vec![
+            // No body text; no buttons at all: missing parameters.
+            (
+                json!({ "messaging_product": "whatsapp", "to": TO, "type": "interactive",
+                     "interactive": { "type": "button", "action": { "buttons": [reply("a", "Ja")] } } }),
+                100,
+            ),
+            (
+                json!({ "messaging_product": "whatsapp", "to": TO, "type": "interactive",
+                     "interactive": { "type": "button", "body": { "text": "x" } } }),
+                100,
+            ),
+            // Values outside the limits.
+            (buttons(json!([])), 131_009),
+            (
+                buttons(json!([
+                    reply("a", "1"),
+                    reply("b", "2"),
+                    reply("c", "3"),
+                    reply("d", "4")
+                ])),
+                131_009,
+            ),
+            (
+                buttons(json!([reply("a", "Einundzwanzig Zeichen")])),
+                131_009,
+            ),
+            (buttons(json!([reply(" a", "Ja")])), 131_009),
+            (
+                buttons(json!([reply("a", "Ja"), reply("b", "Ja")])),
+                131_009,
+            ),
+        ];
+        let expected: Vec<(u16, Option<i64>)> = requests
+            .iter()
+            .map(|(_, code)| (400, Some(*code)))
+            .collect();
+        let answers = blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .proxy(None)
+                .build()
+                .into();
+            requests
+                .into_iter()
+                .map(|(body, _)| {
+                    let mut r = agent
+                        .post(&url)
+                        .header("Authorization", format!("Bearer {token}"))
+                        .send_json(body)
+                        .unwrap();
+                    let status = r.status().as_u16();
+                    let json: Value = r.body_mut().read_json().unwrap();
+                    (status, json["error"]["code"].as_i64())
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        assert_eq!(answers, expected);
+        assert!(sim.sent().is_empty());
     }
 
     #[tokio::test]
