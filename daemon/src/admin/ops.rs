@@ -255,10 +255,7 @@ pub fn customers_show(ctx: &Ctx, req: PhoneRequest) -> OpResult {
         status: status_code(&c).into(),
         status_label: c.status_label().into(),
         // A contact known only by WhatsApp user id is shown by that id.
-        phone: match (&c.body.user_id, c.body.phone.is_empty()) {
-            (Some(user_id), true) => user_id.clone(),
-            _ => c.body.phone.clone(),
-        },
+        phone: c.address().unwrap_or_default().to_string(),
         user_id: c.body.user_id.clone(),
         contact_name: c.body.contact_name.clone(),
         username: c.body.username.clone(),

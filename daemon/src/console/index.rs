@@ -7,10 +7,9 @@
 //! (`store::contacts`: the held conversations, and the newest ones by last contact), so a build
 //! reads a few rows per conversation it lists, never every customer; kept current from the
 //! store's change feed (`store::activity`): every pseudonym on the feed is read again (its
-//! contact row and mark) and filed anew. A feed that lagged, or a
-//! recent list worn below what the page shows, makes the next read rebuild it. Memory is
-//! bounded: every waiting conversation (they are few: staff work through them) and at most
-//! [`RECENT_KEPT`] others.
+//! contact row and mark) and filed anew. A feed that lagged, or a recent list worn below what
+//! the page shows, makes the next read rebuild it. Memory is bounded: every waiting
+//! conversation (they are few: staff work through them) and at most [`RECENT_KEPT`] others.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;

@@ -292,10 +292,7 @@ fn message_view(m: crate::store::messages::Message) -> MessageView {
 
 fn profile_rows(c: &Customer) -> Vec<(String, String)> {
     let mut rows = Vec::new();
-    let contact = match (&c.body.user_id, c.body.phone.is_empty()) {
-        (Some(user_id), true) => user_id.clone(),
-        _ => c.body.phone.clone(),
-    };
+    let contact = c.address().unwrap_or_default().to_string();
     rows.push(("WhatsApp".to_string(), contact));
     if let Some(name) = &c.body.contact_name {
         rows.push(("Profilname".to_string(), name.clone()));

@@ -485,7 +485,18 @@ impl Replies {
                 &[("termin", describe_start(wished))],
             );
         }
-        let lines: Vec<String> = alternatives
+        self.with(
+            &self.termin_belegt,
+            &[
+                ("termin", describe_start(wished)),
+                ("alternativen", self.numbered(alternatives)),
+            ],
+        )
+    }
+
+    /// `slots` as `alternative_zeile` lines, numbered from 1 (the `{alternativen}` of a text).
+    fn numbered(&self, slots: &[Zoned]) -> String {
+        let lines: Vec<String> = slots
             .iter()
             .enumerate()
             .map(|(i, z)| {
@@ -498,13 +509,7 @@ impl Replies {
                 )
             })
             .collect();
-        self.with(
-            &self.termin_belegt,
-            &[
-                ("termin", describe_start(wished)),
-                ("alternativen", lines.join("\n")),
-            ],
-        )
+        lines.join("\n")
     }
 
     /// A trial cancelled by the reminder's button; `start` when it is known.
@@ -531,20 +536,10 @@ impl Replies {
         if offered.is_empty() {
             return self.with(&self.tap_verschieben_ohne_vorschlag, &[]);
         }
-        let lines: Vec<String> = offered
-            .iter()
-            .enumerate()
-            .map(|(i, z)| {
-                self.with(
-                    &self.alternative_zeile,
-                    &[
-                        ("nummer", (i + 1).to_string()),
-                        ("termin", describe_start(z)),
-                    ],
-                )
-            })
-            .collect();
-        self.with(&self.tap_verschieben, &[("alternativen", lines.join("\n"))])
+        self.with(
+            &self.tap_verschieben,
+            &[("alternativen", self.numbered(offered))],
+        )
     }
 
     /// The follow-up after a trial sent as a reply inside WhatsApp's 24-hour window (outside it

@@ -1690,10 +1690,7 @@ impl MagicLineBooker {
                         .as_ref()
                         .is_none_or(|end| b.end_date_time.timestamp() == end.timestamp())
             })
-            .map(|b| Made {
-                booking_id: b.booking_id,
-                status: b.booking_status,
-            }))
+            .map(Made::from))
     }
 
     /// Runs a call that changes nothing in MagicLine, repeating it on transient failures.

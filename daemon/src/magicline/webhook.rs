@@ -13,8 +13,8 @@
 //! `…_CANCELLED`, and `CLASS_BOOKING_*` for trial classes) about a booking frontdesk made and
 //! `CUSTOMER_CHECKIN` of a customer frontdesk booked for, both found through the store's keyed
 //! id index without opening anything. Every other type and every other entity is answered 200
-//! and counted as `ignored`. An event whose `uuid` was
-//! queued before is answered 200 and not queued again (`duplicate`), so it is processed once.
+//! and counted as `ignored`. An event whose `uuid` was queued before is answered 200 and not
+//! queued again (`duplicate`), so it is processed once.
 //!
 //! Rejections: 401 (key missing or wrong), 405, 413 (over `webhook.max_body_bytes`), 408 (body
 //! too slow), 400 (not MagicLine's body). Each is counted and audited

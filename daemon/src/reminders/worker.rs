@@ -1,9 +1,9 @@
 //! The scheduler's tick: every scheduled message that is due leaves the store's schedule in a
 //! durable write that puts its template into the outbox (the sender then sends it like any
 //! reply) and appends its `reminder.sent` entry — or, when it must not go out, retires it with a
-//! `reminder.skipped` entry. Up to [`WRITE_BATCH`] due messages share one write. A crash before that write repeats it whole; after it, nothing of it
-//! is repeated: each message is sent once, across restarts and kills (up to the sender's one
-//! documented window).
+//! `reminder.skipped` entry. Up to [`WRITE_BATCH`] due messages share one write. A crash
+//! before that write repeats it whole; after it, nothing of it is repeated: each message is sent
+//! once, across restarts and kills (up to the sender's one documented window).
 //!
 //! At send time, under the customer's lock, the row is read again (a cancellation or a forget
 //! may have removed it since) and the contact and booking are checked: nothing goes to a
@@ -305,7 +305,7 @@ impl Scheduler {
         if state.canceled {
             return Ok(Decision::Skip(Code::new("canceled")));
         }
-        let Some(to) = address(&customer) else {
+        let Some(to) = customer.address().map(str::to_string) else {
             return Ok(Decision::Skip(Code::new("no_contact")));
         };
         let name = first_name(&customer);
@@ -356,42 +356,38 @@ impl Scheduler {
         if !self.cfg.follow_ups {
             return Ok(Decision::Skip(Code::new("disabled")));
         }
-        let name = first_name(customer);
-        let mut decision = match (slot.kind, state.checked_in_at) {
-            (ScheduledKind::SignUpQuestion, _) => Decision::Send {
-                kind: Code::new("sign_up_question"),
-                entry: Box::new(template(&self.cfg.sign_up_template, vec![name], Vec::new())),
-                then: None,
-            },
-            (_, Some(_)) => Decision::Send {
-                kind: Code::new("thank_you"),
-                entry: Box::new(template(
-                    &self.cfg.thank_you_template,
-                    vec![name],
-                    Vec::new(),
-                )),
-                then: self.plan.as_ref().map(|plan| Slot {
-                    due: plan.sign_up_due(now),
-                    kind: ScheduledKind::SignUpQuestion,
-                    ..slot
-                }),
-            },
-            (_, None) => Decision::Send {
-                kind: Code::new("no_show"),
-                entry: Box::new(template(
-                    &self.cfg.no_show_template,
-                    vec![name],
-                    vec![TapAction::Reschedule.payload(slot.booking_id)],
-                )),
-                then: None,
-            },
+        let which = match (slot.kind, state.checked_in_at) {
+            (ScheduledKind::SignUpQuestion, _) => FollowUp::SignUp,
+            (_, Some(_)) => FollowUp::Thanks,
+            (_, None) => FollowUp::Missed,
         };
-        if let Decision::Send { kind, entry, .. } = &mut decision {
-            if let Some(reply) = self.as_reply(customer, kind, slot.booking_id, now) {
-                entry.kind = reply;
-            }
+        let (code, template_name, buttons) = match which {
+            FollowUp::SignUp => ("sign_up_question", &self.cfg.sign_up_template, Vec::new()),
+            FollowUp::Thanks => ("thank_you", &self.cfg.thank_you_template, Vec::new()),
+            FollowUp::Missed => (
+                "no_show",
+                &self.cfg.no_show_template,
+                vec![TapAction::Reschedule.payload(slot.booking_id)],
+            ),
+        };
+        let mut entry = template(template_name, vec![first_name(customer)], buttons);
+        if let Some(reply) = self.as_reply(customer, which, slot.booking_id, now) {
+            entry.kind = reply;
         }
-        Ok(decision)
+        // The sign-up question follows the thank-you.
+        let then = match which {
+            FollowUp::Thanks => self.plan.as_ref().map(|plan| Slot {
+                due: plan.sign_up_due(now),
+                kind: ScheduledKind::SignUpQuestion,
+                ..slot
+            }),
+            FollowUp::SignUp | FollowUp::Missed => None,
+        };
+        Ok(Decision::Send {
+            kind: Code::new(code),
+            entry: Box::new(entry),
+            then,
+        })
     }
 
     /// The follow-up as a reply, when the contact wrote within [`REPLY_WINDOW`] and the texts
@@ -400,7 +396,7 @@ impl Scheduler {
     fn as_reply(
         &self,
         customer: &Customer,
-        kind: &Code,
+        which: FollowUp,
         booking_id: i64,
         now: Timestamp,
     ) -> Option<OutboundKind> {
@@ -409,12 +405,6 @@ impl Scheduler {
         if now.duration_since(last) > REPLY_WINDOW {
             return None;
         }
-        let which = match kind.as_str() {
-            "thank_you" => FollowUp::Thanks,
-            "sign_up_question" => FollowUp::SignUp,
-            "no_show" => FollowUp::Missed,
-            _ => return None,
-        };
         let name = customer
             .body
             .profile
@@ -434,15 +424,6 @@ impl Scheduler {
             },
             FollowUp::Thanks | FollowUp::SignUp => OutboundKind::Text(body),
         })
-    }
-}
-
-/// Where the contact is answered: the phone number, else the WhatsApp user id.
-fn address(c: &Customer) -> Option<String> {
-    if c.body.phone.is_empty() {
-        c.body.user_id.clone()
-    } else {
-        Some(c.body.phone.clone())
     }
 }
 

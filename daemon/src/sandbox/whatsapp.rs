@@ -2017,6 +2017,33 @@ mod tests {
             .expect("blocking task panicked")
     }
 
+    /// Posts each body to its URL with the simulator's token, as a client without frontdesk's
+    /// own checks would; the HTTP status and Graph error code of each answer.
+    async fn post_raw(sim: &GraphSim, requests: Vec<(String, Value)>) -> Vec<(u16, Option<i64>)> {
+        let token = sim.token().to_owned();
+        blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .proxy(None)
+                .build()
+                .into();
+            requests
+                .into_iter()
+                .map(|(url, body)| {
+                    let mut r = agent
+                        .post(&url)
+                        .header("Authorization", format!("Bearer {token}"))
+                        .send_json(body)
+                        .unwrap();
+                    let status = r.status().as_u16();
+                    let json: Value = r.body_mut().read_json().unwrap();
+                    (status, json["error"]["code"].as_i64())
+                })
+                .collect()
+        })
+        .await
+    }
+
     #[tokio::test]
     async fn sends_text_and_records_it() {
         let sim = start().await;
@@ -2393,33 +2420,19 @@ mod tests {
             "{}/{SIM_GRAPH_VERSION}/not-a-number/messages",
             sim.base_url()
         );
-        let token = sim.token().to_owned();
-        let answers = blocking(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .proxy(None)
-                .build()
-                .into();
-            let post = |url: &str, body: Value| {
-                let mut r = agent
-                    .post(url)
-                    .header("Authorization", format!("Bearer {token}"))
-                    .send_json(body)
-                    .unwrap();
-                let status = r.status().as_u16();
-                let json: Value = r.body_mut().read_json().unwrap();
-                (status, json["error"]["code"].as_i64())
-            };
+        let at = |url: &String, body: Value| (url.clone(), body);
+        let answers = post_raw(
+            &sim,
             vec![
-                post(&url, json!({ "to": TO, "type": "text", "text": { "body": "x" } })),
-                post(&url, json!({ "messaging_product": "whatsapp", "type": "text", "text": { "body": "x" } })),
-                post(&url, json!({ "messaging_product": "whatsapp", "to": TO, "type": "text", "text": { "body": "" } })),
-                post(&url, json!({ "messaging_product": "whatsapp", "to": TO, "type": "text", "text": { "body": "x".repeat(4097) } })),
-                post(&url, json!({ "messaging_product": "whatsapp", "status": "read" })),
-                post(&url, json!({ "messaging_product": "whatsapp", "to": TO, "type": "template", "template": { "name": "x" } })),
-                post(&bad_path, json!({ "messaging_product": "whatsapp", "to": TO, "type": "text", "text": { "body": "x" } })),
-            ]
-        })
+                at(&url, json!({ "to": TO, "type": "text", "text": { "body": "x" } })),
+                at(&url, json!({ "messaging_product": "whatsapp", "type": "text", "text": { "body": "x" } })),
+                at(&url, json!({ "messaging_product": "whatsapp", "to": TO, "type": "text", "text": { "body": "" } })),
+                at(&url, json!({ "messaging_product": "whatsapp", "to": TO, "type": "text", "text": { "body": "x".repeat(4097) } })),
+                at(&url, json!({ "messaging_product": "whatsapp", "status": "read" })),
+                at(&url, json!({ "messaging_product": "whatsapp", "to": TO, "type": "template", "template": { "name": "x" } })),
+                at(&bad_path, json!({ "messaging_product": "whatsapp", "to": TO, "type": "text", "text": { "body": "x" } })),
+            ],
+        )
         .await;
         assert!(
             answers.iter().all(|a| *a == (400, Some(100))),
@@ -2436,7 +2449,6 @@ mod tests {
             "{}/{SIM_GRAPH_VERSION}/{SIM_PHONE_NUMBER_ID}/messages",
             sim.base_url()
         );
-        let token = sim.token().to_owned();
         let buttons = |list: Value| {
             json!({
                 "messaging_product": "whatsapp", "to": TO, "type": "interactive",
@@ -2482,26 +2494,13 @@ mod tests {
             .iter()
             .map(|(_, code)| (400, Some(*code)))
             .collect();
-        let answers = blocking(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .proxy(None)
-                .build()
-                .into();
+        let answers = post_raw(
+            &sim,
             requests
                 .into_iter()
-                .map(|(body, _)| {
-                    let mut r = agent
-                        .post(&url)
-                        .header("Authorization", format!("Bearer {token}"))
-                        .send_json(body)
-                        .unwrap();
-                    let status = r.status().as_u16();
-                    let json: Value = r.body_mut().read_json().unwrap();
-                    (status, json["error"]["code"].as_i64())
-                })
-                .collect::<Vec<_>>()
-        })
+                .map(|(body, _)| (url.clone(), body))
+                .collect(),
+        )
         .await;
         assert_eq!(answers, expected);
         assert!(sim.sent().is_empty());
@@ -2626,30 +2625,15 @@ mod tests {
             "{}/{SIM_GRAPH_VERSION}/{SIM_PHONE_NUMBER_ID}/marketing_messages",
             sim.base_url()
         );
-        let token = sim.token().to_owned();
-        let answers = blocking(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .proxy(None)
-                .build()
-                .into();
-            let post = |body: Value| {
-                let mut r = agent
-                    .post(&url)
-                    .header("Authorization", format!("Bearer {token}"))
-                    .send_json(body)
-                    .unwrap();
-                let status = r.status().as_u16();
-                let json: Value = r.body_mut().read_json().unwrap();
-                (status, json["error"]["code"].as_i64())
-            };
+        let answers = post_raw(
+            &sim,
             vec![
-                post(json!({ "messaging_product": "whatsapp", "to": TO, "type": "text", "text": { "body": "x" } })),
-                post(json!({ "messaging_product": "whatsapp", "status": "read", "message_id": "wamid.X" })),
+                (url.clone(), json!({ "messaging_product": "whatsapp", "to": TO, "type": "text", "text": { "body": "x" } })),
+                (url.clone(), json!({ "messaging_product": "whatsapp", "status": "read", "message_id": "wamid.X" })),
                 // A template the account does not have as marketing.
-                post(json!({ "messaging_product": "whatsapp", "to": TO, "type": "template", "template": { "name": "unbekannt", "language": { "code": "de" } } })),
-            ]
-        })
+                (url, json!({ "messaging_product": "whatsapp", "to": TO, "type": "template", "template": { "name": "unbekannt", "language": { "code": "de" } } })),
+            ],
+        )
         .await;
         assert_eq!(
             answers,

@@ -279,6 +279,16 @@ pub struct Customer {
 }
 
 impl Customer {
+    /// Where the contact is answered now: the phone number, else the WhatsApp user id (a
+    /// contact who withheld the number); `None` for a record with neither.
+    pub fn address(&self) -> Option<&str> {
+        if self.body.phone.is_empty() {
+            self.body.user_id.as_deref()
+        } else {
+            Some(&self.body.phone)
+        }
+    }
+
     /// A fresh record for a first contact at `now`; `address` is a phone number or a WhatsApp
     /// user id.
     pub fn new(pseudonym: Pseudonym, address: &str, now: Timestamp) -> Customer {

@@ -289,10 +289,7 @@ fn commit_staff(
         return Err(CommitError::NotAnswerable("opted out"));
     }
     // The record's current identity, so an answer follows a customer who moved meanwhile.
-    effects.address = match (&customer.body.user_id, customer.body.phone.is_empty()) {
-        (Some(user_id), true) => user_id.clone(),
-        _ => customer.body.phone.clone(),
-    };
+    effects.address = customer.address().unwrap_or_default().to_string();
     let mut batch = store.batch();
     effects.reply_rows.clear();
     for text in &effects.replies {

@@ -515,15 +515,13 @@ impl GraphClient {
     }
 }
 
-/// Base request with the recipient: phone numbers go to `to`, business-scoped user ids (for
-/// users who hide their number behind a username) go to `recipient`.
 /// Largest body of an interactive message.
-pub const MAX_INTERACTIVE_BODY_CHARS: usize = 1024;
+const MAX_INTERACTIVE_BODY_CHARS: usize = 1024;
 /// Largest title of a reply button.
 pub const MAX_BUTTON_TITLE_CHARS: usize = 20;
 
 /// The Graph API's limits of a reply-buttons message, checked before sending.
-pub fn check_buttons(body: &str, buttons: &[super::queue::ReplyButton]) -> Result<(), SendError> {
+fn check_buttons(body: &str, buttons: &[super::queue::ReplyButton]) -> Result<(), SendError> {
     let body_chars = body.chars().count();
     if body.trim().is_empty() || body_chars > MAX_INTERACTIVE_BODY_CHARS {
         return Err(SendError::InvalidRequest(
@@ -552,6 +550,8 @@ pub fn check_buttons(body: &str, buttons: &[super::queue::ReplyButton]) -> Resul
     Ok(())
 }
 
+/// Base request with the recipient: phone numbers go to `to`, business-scoped user ids (for
+/// users who hide their number behind a username) go to `recipient`.
 fn addressed(to: &str) -> Result<Value, SendError> {
     let to = to.trim();
     if to.is_empty() {

@@ -405,11 +405,7 @@ impl Sender {
     fn current_address(&self, p: &Pseudonym, queued: &str) -> String {
         match self.store.customer(p) {
             Ok(Some(c)) if c.body.phone != queued && c.body.user_id.as_deref() != Some(queued) => {
-                if c.body.phone.is_empty() {
-                    c.body.user_id.unwrap_or_else(|| queued.to_string())
-                } else {
-                    c.body.phone
-                }
+                c.address().unwrap_or(queued).to_string()
             }
             _ => queued.to_string(),
         }
@@ -816,14 +812,16 @@ mod tests {
             .unwrap()
     }
 
-    fn rows_of(rows: &[Queued<OutboxEntry>], p: Pseudonym) -> Vec<Queued<OutboxEntry>> {
-        rows.iter().filter(|r| r.pseudonym == p).cloned().collect()
+    /// A sender on a real store, sending to the Graph API simulator.
+    struct Fixture {
+        graph: sim::GraphSim,
+        store: Arc<Store>,
+        queues: Arc<Queues>,
+        sender: Arc<Sender>,
+        _dir: tempfile::TempDir,
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_reply_queued_before_the_number_changed_goes_to_the_new_number() {
-        const OLD: &str = "491704444444";
-        const NEW: &str = "491705555555";
+    async fn fixture() -> Fixture {
         let graph = sim::start().await;
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path(), StoreIdentity::generate()).unwrap());
@@ -844,6 +842,30 @@ mod tests {
             Arc::new(Metrics::new()),
             Arc::new(Notify::new()),
         );
+        Fixture {
+            graph,
+            store,
+            queues,
+            sender,
+            _dir: dir,
+        }
+    }
+
+    fn rows_of(rows: &[Queued<OutboxEntry>], p: Pseudonym) -> Vec<Queued<OutboxEntry>> {
+        rows.iter().filter(|r| r.pseudonym == p).cloned().collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reply_queued_before_the_number_changed_goes_to_the_new_number() {
+        const OLD: &str = "491704444444";
+        const NEW: &str = "491705555555";
+        let Fixture {
+            graph,
+            store,
+            queues,
+            sender,
+            _dir,
+        } = fixture().await;
         // The customer's record now holds the new number; a reply queued for the old number
         // was re-keyed to them by the move but still names the old one.
         let p = store
@@ -864,26 +886,13 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rows_forgotten_or_rewritten_after_they_were_read_are_not_sent_as_read() {
-        let graph = sim::start().await;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path(), StoreIdentity::generate()).unwrap());
-        let queues = Arc::new(Queues::new(&store).unwrap());
-        let client = GraphClient::new(
-            &graph.base_url(),
-            SIM_GRAPH_VERSION,
-            SIM_PHONE_NUMBER_ID,
-            SIM_TOKEN.into(),
-            Duration::from_secs(5),
-        );
-        let sender = Sender::new(
-            store.clone(),
-            queues.clone(),
-            client,
-            SenderConfig::default(),
-            None,
-            Arc::new(Metrics::new()),
-            Arc::new(Notify::new()),
-        );
+        let Fixture {
+            graph,
+            store,
+            queues,
+            sender,
+            _dir,
+        } = fixture().await;
         let mut ps = Vec::new();
         for (phone, text) in [(GONE, "Hallo Dora"), (KEPT, "Alter Text")] {
             let p = store.pseudonym(phone);

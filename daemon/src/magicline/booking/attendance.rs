@@ -4,7 +4,8 @@
 //! MagicLine tells frontdesk by webhook (`magicline::events`) or, for studios without
 //! webhooks, frontdesk asks (the poll in [`MagicLineBooker::sweep_attendance`]). Either way the
 //! current state is read from the Open API (`GET /appointments/booking/{id}`, for a trial class
-//! `GET /classes/booking/{id}`, and the customer's check-ins) and written to the sealed booking record under the person's lock, each change once:
+//! `GET /classes/booking/{id}`, and the customer's check-ins) and written to the sealed booking
+//! record under the person's lock, each change once:
 //! `canceled` for a booking cancelled in MagicLine, the new start of a moved one,
 //! `checked_in_at` for a check-in from [`CHECK_IN_EARLY`] before the start until
 //! `no_show_after` after the end, `no_show` when that time passed without one. Each change is

@@ -46,6 +46,24 @@ pub(super) struct Made {
     pub status: BookingStatus,
 }
 
+impl From<api::Booking> for Made {
+    fn from(b: api::Booking) -> Made {
+        Made {
+            booking_id: b.booking_id,
+            status: b.booking_status,
+        }
+    }
+}
+
+impl From<api::ClassBooking> for Made {
+    fn from(b: api::ClassBooking) -> Made {
+        Made {
+            booking_id: b.booking_id,
+            status: b.booking_status,
+        }
+    }
+}
+
 impl BookCall {
     /// When the booked slot ends.
     pub(super) fn end(&self) -> &Zoned {
@@ -72,17 +90,10 @@ impl BookCall {
     }
 
     pub(super) fn book(&self, client: &Client) -> Result<Made, ApiError> {
-        let made = |b: api::Booking| Made {
-            booking_id: b.booking_id,
-            status: b.booking_status,
-        };
         match self {
-            BookCall::Appointment { body, trial: true } => client.book_trial(body).map(made),
-            BookCall::Appointment { body, trial: false } => client.book(body).map(made),
-            BookCall::Class { body, .. } => client.book_trial_class(body).map(|b| Made {
-                booking_id: b.booking_id,
-                status: b.booking_status,
-            }),
+            BookCall::Appointment { body, trial: true } => client.book_trial(body).map(Made::from),
+            BookCall::Appointment { body, trial: false } => client.book(body).map(Made::from),
+            BookCall::Class { body, .. } => client.book_trial_class(body).map(Made::from),
         }
     }
 }
@@ -184,10 +195,7 @@ impl MagicLineBooker {
                 b.class_slot_id == slot
                     && (b.is_active() || b.booking_status == BookingStatus::WaitingList)
             })
-            .map(|b| Made {
-                booking_id: b.booking_id,
-                status: b.booking_status,
-            }))
+            .map(Made::from))
     }
 
     /// Gives a waiting-list place back. An error leaves the request at its book step, so the
