@@ -60,6 +60,10 @@ pub mod ks {
     pub const OUTBOX: &str = "outbox";
     /// Keyed hashes of processed WhatsApp message ids, to drop redelivered ones.
     pub const SEEN: &str = "seen";
+    /// First key byte of the outbox rows that record how far a sent message got (see
+    /// `crate::whatsapp::queue`); their values start with the time, and retention removes them
+    /// with the seen message ids.
+    pub const OUTBOX_DELIVERY_PREFIX: u8 = b'd';
     /// MagicLine booking requests and their state, per customer.
     pub const BOOKINGS: &str = "bookings";
     /// The audit log's entries.

@@ -2,14 +2,15 @@
 //!
 //! Rules (days, from `[retention]`): message history older than `history_days`; customers whose
 //! last contact is older than `inactive_lead_days` and who never booked are forgotten whole
-//! (crypto-shredded); seen message ids older than `seen_ids_days`. The audit rule lives with the
-//! audit log, which prunes itself with a checkpoint.
+//! (crypto-shredded); seen message ids, and the delivery records of sent messages, older than
+//! `seen_ids_days`. The audit rule lives with the audit log, which prunes itself with a
+//! checkpoint.
 
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
 use super::messages::row_time;
-use super::{Result, Store};
+use super::{ks, Result, Store};
 
 /// Retention periods in days.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, Serialize)]
@@ -43,7 +44,7 @@ pub struct RetentionReport {
     pub messages_deleted: u64,
     /// Customers forgotten (crypto-shredded).
     pub customers_forgotten: u64,
-    /// Seen message ids deleted.
+    /// Seen message ids deleted, with the delivery records of sent messages.
     pub seen_ids_deleted: u64,
     /// Nothing was deleted; the counts say what would have been.
     pub dry_run: bool,
@@ -82,22 +83,36 @@ impl Store {
         }
 
         let history_cutoff = cutoff(now, policy.history_days);
-        report.messages_deleted = self.delete_older(&self.ks.messages, history_cutoff, dry_run)?;
+        report.messages_deleted =
+            self.delete_older(&self.ks.messages, &[], history_cutoff, dry_run)?;
         let seen_cutoff = cutoff(now, policy.seen_ids_days);
-        report.seen_ids_deleted = self.delete_older(&self.ks.seen, seen_cutoff, dry_run)?;
+        report.seen_ids_deleted = self.delete_older(&self.ks.seen, &[], seen_cutoff, dry_run)?
+            + self.delete_older(
+                &self.ks.outbox,
+                &[ks::OUTBOX_DELIVERY_PREFIX],
+                seen_cutoff,
+                dry_run,
+            )?;
         if !dry_run {
             self.remove_orphan_keys()?;
         }
         Ok(report)
     }
 
-    /// Deletes rows whose value starts with a timestamp older than `before`, in bounded batches.
-    fn delete_older(&self, ks: &fjall::Keyspace, before: Timestamp, dry_run: bool) -> Result<u64> {
+    /// Deletes the rows under `prefix` whose value starts with a timestamp older than `before`,
+    /// in bounded batches.
+    fn delete_older(
+        &self,
+        ks: &fjall::Keyspace,
+        prefix: &[u8],
+        before: Timestamp,
+        dry_run: bool,
+    ) -> Result<u64> {
         const BATCH: usize = 1000;
         let mut deleted = 0u64;
         let mut batch = self.batch();
         let mut pending = 0;
-        for g in ks.iter() {
+        for g in ks.prefix(prefix) {
             let (k, v) = g.into_inner()?;
             if row_time(&v).is_some_and(|t| t < before) {
                 deleted += 1;

@@ -676,7 +676,7 @@ impl Dispatcher {
         }
         if let Some(state) = state {
             self.queues
-                .record_delivery(store, retire, &s.message_id, state, now)?;
+                .record_delivery(store, retire, &s.message_id, state, now);
             if state >= DeliveryState::Delivered {
                 // Delivered: no failure can follow, what it was is not needed.
                 self.queues.remove_sent(store, retire, &s.message_id);

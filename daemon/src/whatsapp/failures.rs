@@ -297,7 +297,7 @@ pub fn handle_failed_status(
             &status.message_id,
             super::queue::DeliveryState::Failed,
             now,
-        )?;
+        );
         store.commit_durable(batch)?;
         return Ok(None);
     };
@@ -388,8 +388,7 @@ mod tests {
             wamid,
             DeliveryState::Accepted,
             Timestamp::now(),
-        )
-        .unwrap();
+        );
         q.record_sent(store, &mut b, wamid, p, entry).unwrap();
         store.commit_durable(b).unwrap();
     }
@@ -556,8 +555,7 @@ mod tests {
             "wamid.a",
             DeliveryState::Read,
             Timestamp::now(),
-        )
-        .unwrap();
+        );
         store.commit_durable(b).unwrap();
         assert_eq!(
             q.delivery_failure(&store, "wamid.a").unwrap(),

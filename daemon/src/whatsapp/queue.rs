@@ -9,9 +9,12 @@
 //!   inbox entries they answer. Same layout.
 //! - **seen**: keyed hashes of processed WhatsApp message ids (`unix seconds` value, for
 //!   retention), so a message WhatsApp delivers again — even after a restart — is dropped.
-//! - **delivery** rows (in the outbox keyspace under the prefix `d`): the delivery state of each
-//!   sent message, updated by status webhooks, which may arrive out of order, and how a failure
-//!   was handled ([`FailureHandling`]).
+//! - **delivery** rows (in the outbox keyspace under the prefix `d`): one row per state a sent
+//!   message reached (`d || hashed id || state`, valued by the time it was recorded), and one
+//!   saying how a failure was handled ([`FailureHandling`]). Its state is the furthest of them,
+//!   a failure over all. Writers only ever add rows, never read and rewrite one, so statuses
+//!   that arrive out of order, in one burst, or while the sender records the send cannot undo
+//!   each other. The retention sweep removes them with the seen message ids.
 //! - **sent** rows (prefix `s`, keyed by the hashed message id, queue-row layout): what a sent
 //!   message was and to whom, kept until WhatsApp reports it delivered or failed, so a `failed`
 //!   status arriving after the send call succeeded can be acted on (re-open template, retry).
@@ -43,7 +46,10 @@ use crate::store::{ks, Result, Store, StoreError};
 
 /// Prefix of queue rows in the outbox keyspace (delivery rows use `d`).
 const QUEUE_PREFIX: u8 = b'q';
-const DELIVERY_PREFIX: u8 = b'd';
+const DELIVERY_PREFIX: u8 = crate::store::ks::OUTBOX_DELIVERY_PREFIX;
+/// Last key byte of the delivery row saying how a failure was handled (state rows end in the
+/// state's own byte, 0 to 4).
+const HANDLING_SUFFIX: u8 = 0xff;
 const SENT_PREFIX: u8 = b's';
 const DEFERRED_PREFIX: u8 = b'w';
 const REOPEN_PREFIX: u8 = b'r';
@@ -306,10 +312,45 @@ fn outbox_key(seq: u64) -> Vec<u8> {
     k
 }
 
-fn delivery_key(store: &Store, wamid: &str) -> Vec<u8> {
+/// The prefix of every delivery row of message `wamid`; a row written before there was one row
+/// per state is keyed by it alone (value `time || state || [handling]`).
+fn delivery_prefix(store: &Store, wamid: &str) -> Vec<u8> {
     let mut k = vec![DELIVERY_PREFIX];
     k.extend_from_slice(&store.token_hash("wamid", wamid));
     k
+}
+
+fn delivery_key(store: &Store, wamid: &str, suffix: u8) -> Vec<u8> {
+    let mut k = delivery_prefix(store, wamid);
+    k.push(suffix);
+    k
+}
+
+impl DeliveryState {
+    fn from_byte(b: u8) -> Option<DeliveryState> {
+        Some(match b {
+            0 => DeliveryState::Accepted,
+            1 => DeliveryState::Sent,
+            2 => DeliveryState::Delivered,
+            3 => DeliveryState::Read,
+            4 => DeliveryState::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// What the delivery rows of one message say.
+#[derive(Default)]
+struct DeliveryRecord {
+    state: Option<DeliveryState>,
+    handling: Option<FailureHandling>,
+}
+
+impl DeliveryRecord {
+    /// Folds in one more state reached; the order rows are read in does not matter.
+    fn reached(&mut self, state: DeliveryState) {
+        self.state = self.state.max(Some(state));
+    }
 }
 
 fn sent_key(store: &Store, wamid: &str) -> Vec<u8> {
@@ -588,7 +629,8 @@ impl Queues {
         );
     }
 
-    /// Records the delivery state of a sent message (in `batch`), never moving it backwards.
+    /// Records (in `batch`) that a sent message reached `state`. Never moves its state
+    /// backwards: the state read is the furthest recorded ([`Queues::delivery`]).
     pub fn record_delivery(
         &self,
         store: &Store,
@@ -596,26 +638,12 @@ impl Queues {
         wamid: &str,
         state: DeliveryState,
         at: Timestamp,
-    ) -> Result<DeliveryState> {
-        let key = delivery_key(store, wamid);
-        let current = self.delivery(store, wamid)?;
-        let next = match current {
-            Some(c)
-                if c == DeliveryState::Failed || (c > state && state != DeliveryState::Failed) =>
-            {
-                c
-            }
-            _ => state,
-        };
-        // Value starts with the time so the seen-ids retention rule can sweep old rows; a
-        // failure's handling, once recorded, stays.
-        let mut v = at.as_second().to_be_bytes().to_vec();
-        v.push(next as u8);
-        if let Some(handling) = self.delivery_failure(store, wamid)? {
-            v.push(handling.byte());
-        }
-        batch.insert(&store.keyspaces().outbox, key, v);
-        Ok(next)
+    ) {
+        batch.insert(
+            &store.keyspaces().outbox,
+            delivery_key(store, wamid, state as u8),
+            at.as_second().to_be_bytes().to_vec(),
+        );
     }
 
     /// Records (in `batch`) that message `wamid` failed and how that was handled.
@@ -627,18 +655,48 @@ impl Queues {
         handling: FailureHandling,
         at: Timestamp,
     ) {
+        self.record_delivery(store, batch, wamid, DeliveryState::Failed, at);
         let mut v = at.as_second().to_be_bytes().to_vec();
-        v.push(DeliveryState::Failed as u8);
         v.push(handling.byte());
-        batch.insert(&store.keyspaces().outbox, delivery_key(store, wamid), v);
+        batch.insert(
+            &store.keyspaces().outbox,
+            delivery_key(store, wamid, HANDLING_SUFFIX),
+            v,
+        );
+    }
+
+    /// Reads every delivery row of message `wamid`.
+    fn delivery_record(&self, store: &Store, wamid: &str) -> Result<DeliveryRecord> {
+        let prefix = delivery_prefix(store, wamid);
+        let mut record = DeliveryRecord::default();
+        for g in store.keyspaces().outbox.prefix(&prefix) {
+            let (k, v) = g.into_inner()?;
+            match k.get(prefix.len()).copied() {
+                // The single row of the earlier layout.
+                None => {
+                    if let Some(state) = v.get(8).copied().and_then(DeliveryState::from_byte) {
+                        record.reached(state);
+                    }
+                    if let Some(h) = v.get(9).copied().and_then(FailureHandling::from_byte) {
+                        record.handling = Some(h);
+                    }
+                }
+                Some(HANDLING_SUFFIX) => {
+                    record.handling = v.get(8).copied().and_then(FailureHandling::from_byte);
+                }
+                Some(b) => {
+                    if let Some(state) = DeliveryState::from_byte(b) {
+                        record.reached(state);
+                    }
+                }
+            }
+        }
+        Ok(record)
     }
 
     /// How the failure of message `wamid` was handled, if it failed and was handled.
     pub fn delivery_failure(&self, store: &Store, wamid: &str) -> Result<Option<FailureHandling>> {
-        let Some(v) = store.keyspaces().outbox.get(delivery_key(store, wamid))? else {
-            return Ok(None);
-        };
-        Ok(v.get(9).copied().and_then(FailureHandling::from_byte))
+        Ok(self.delivery_record(store, wamid)?.handling)
     }
 
     /// Remembers (in `batch`) what was sent as `wamid` and for whom, until a status settles it.
@@ -745,19 +803,10 @@ impl Queues {
         batch.insert(&store.keyspaces().outbox, reopen_key(p), v);
     }
 
-    /// The recorded delivery state of a sent message.
+    /// The delivery state of a sent message: the furthest state recorded for it (`Failed`, the
+    /// furthest, wins over all).
     pub fn delivery(&self, store: &Store, wamid: &str) -> Result<Option<DeliveryState>> {
-        let Some(v) = store.keyspaces().outbox.get(delivery_key(store, wamid))? else {
-            return Ok(None);
-        };
-        Ok(match v.get(8) {
-            Some(0) => Some(DeliveryState::Accepted),
-            Some(1) => Some(DeliveryState::Sent),
-            Some(2) => Some(DeliveryState::Delivered),
-            Some(3) => Some(DeliveryState::Read),
-            Some(4) => Some(DeliveryState::Failed),
-            _ => None,
-        })
+        Ok(self.delivery_record(store, wamid)?.state)
     }
 }
 
@@ -1072,13 +1121,115 @@ mod tests {
             (DeliveryState::Read, DeliveryState::Failed),
         ] {
             let mut b = store.batch();
-            assert_eq!(
-                q.record_delivery(&store, &mut b, "wamid.x", state, now)
-                    .unwrap(),
-                expect
-            );
+            q.record_delivery(&store, &mut b, "wamid.x", state, now);
             store.commit_durable(b).unwrap();
             assert_eq!(q.delivery(&store, "wamid.x").unwrap(), Some(expect));
         }
+    }
+
+    /// Statuses of one message handled in one burst share a batch, and the sender records the
+    /// send while statuses may already be handled: whatever the order of the writes, the
+    /// furthest state stands.
+    #[test]
+    fn delivery_states_written_together_or_late_keep_the_furthest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreIdentity::generate()).unwrap();
+        let q = Queues::new(&store).unwrap();
+        let now = Timestamp::now();
+        let mut b = store.batch();
+        for state in [
+            DeliveryState::Read,
+            DeliveryState::Sent,
+            DeliveryState::Delivered,
+        ] {
+            q.record_delivery(&store, &mut b, "wamid.burst", state, now);
+        }
+        store.commit_durable(b).unwrap();
+        assert_eq!(
+            q.delivery(&store, "wamid.burst").unwrap(),
+            Some(DeliveryState::Read)
+        );
+        // The sender's own record of the send, committed after the statuses.
+        let mut b = store.batch();
+        q.record_delivery(&store, &mut b, "wamid.burst", DeliveryState::Accepted, now);
+        store.commit_durable(b).unwrap();
+        assert_eq!(
+            q.delivery(&store, "wamid.burst").unwrap(),
+            Some(DeliveryState::Read)
+        );
+        // Another message's rows are its own.
+        assert_eq!(q.delivery(&store, "wamid.other").unwrap(), None);
+    }
+
+    /// Delivery records go with the seen message ids once `seen_ids_days` have passed; the
+    /// replies still queued in the same keyspace stay.
+    #[test]
+    fn retention_removes_old_delivery_records_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreIdentity::generate()).unwrap();
+        let q = Queues::new(&store).unwrap();
+        let now = Timestamp::now();
+        let days = |d: i64| now - jiff::SignedDuration::from_hours(24 * d);
+        let mut b = store.batch();
+        q.record_delivery(&store, &mut b, "wamid.old", DeliveryState::Read, days(15));
+        q.record_failure(
+            &store,
+            &mut b,
+            "wamid.old",
+            FailureHandling::Undeliverable,
+            days(15),
+        );
+        q.record_delivery(&store, &mut b, "wamid.new", DeliveryState::Sent, days(13));
+        let p = store.pseudonym("491701234567");
+        store.data_key_or_create(&p, &mut b).unwrap();
+        q.push_outbox(&store, &mut b, &p, &reply("491701234567", "Hi!"))
+            .unwrap();
+        store.commit_durable(b).unwrap();
+
+        let policy = crate::store::retention::RetentionPolicy::default();
+        assert_eq!(policy.seen_ids_days, 14);
+        let report = store.sweep(&policy, now, false).unwrap();
+        assert_eq!(
+            report.seen_ids_deleted, 3,
+            "two state rows and the handling"
+        );
+        assert_eq!(q.delivery(&store, "wamid.old").unwrap(), None);
+        assert_eq!(q.delivery_failure(&store, "wamid.old").unwrap(), None);
+        assert_eq!(
+            q.delivery(&store, "wamid.new").unwrap(),
+            Some(DeliveryState::Sent)
+        );
+        assert_eq!(q.outbox(&store).unwrap().len(), 1);
+    }
+
+    /// A store written before there was one row per state keeps its single row readable, and a
+    /// later status is folded in with it.
+    #[test]
+    fn delivery_row_of_the_earlier_layout_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreIdentity::generate()).unwrap();
+        let q = Queues::new(&store).unwrap();
+        let now = Timestamp::now();
+        let mut v = now.as_second().to_be_bytes().to_vec();
+        v.push(DeliveryState::Failed as u8);
+        v.push(FailureHandling::Undeliverable.byte());
+        let mut b = store.batch();
+        b.insert(
+            &store.keyspaces().outbox,
+            delivery_prefix(&store, "wamid.old"),
+            v,
+        );
+        store.commit_durable(b).unwrap();
+        let mut b = store.batch();
+        q.record_delivery(&store, &mut b, "wamid.old", DeliveryState::Read, now);
+        store.commit_durable(b).unwrap();
+        assert_eq!(
+            q.delivery(&store, "wamid.old").unwrap(),
+            Some(DeliveryState::Failed)
+        );
+        assert_eq!(
+            q.delivery_failure(&store, "wamid.old").unwrap(),
+            Some(FailureHandling::Undeliverable)
+        );
     }
 }

@@ -630,13 +630,8 @@ impl Sender {
         let now = Timestamp::now();
         let mut batch = self.store.batch();
         self.queues.remove_outbox(&self.store, &mut batch, &row.key);
-        self.queues.record_delivery(
-            &self.store,
-            &mut batch,
-            wamid,
-            DeliveryState::Accepted,
-            now,
-        )?;
+        self.queues
+            .record_delivery(&self.store, &mut batch, wamid, DeliveryState::Accepted, now);
         match self
             .queues
             .record_sent(&self.store, &mut batch, wamid, &row.pseudonym, &row.entry)
