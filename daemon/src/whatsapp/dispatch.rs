@@ -698,6 +698,7 @@ impl Dispatcher {
             }
         }
         let now = Timestamp::now();
+        let owner = rows.first().map(|r| r.pseudonym);
         let mut retire = self.store.batch();
         let mut retire_only = false;
         let mut messages: Vec<(Vec<u8>, InboundMessage)> = Vec::new();
@@ -722,6 +723,10 @@ impl Dispatcher {
             }
         }
         if retire_only {
+            // The customer's lock, which the sender holds while it records a send: a status
+            // that settles a message is either written before that record (which then sees
+            // it) or removes it.
+            let _guard = owner.map(|p| store.lock_customer(&p));
             store.commit_durable(retire)?;
         }
         // A notice of a new number or user id is a turn of its own, after what the contact wrote

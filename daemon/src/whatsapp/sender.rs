@@ -627,18 +627,31 @@ impl Sender {
         wamid: &str,
         category: PricingCategory,
     ) -> crate::store::Result<()> {
+        // The customer's lock, which the dispatcher holds too when a status settles a message:
+        // WhatsApp can report a message delivered before this write, and what it was must
+        // then not be kept (nothing would remove it again).
+        let _guard = self.store.lock_customer(&row.pseudonym);
         let now = Timestamp::now();
         let mut batch = self.store.batch();
         self.queues.remove_outbox(&self.store, &mut batch, &row.key);
         self.queues
             .record_delivery(&self.store, &mut batch, wamid, DeliveryState::Accepted, now);
-        match self
+        let settled = self
             .queues
-            .record_sent(&self.store, &mut batch, wamid, &row.pseudonym, &row.entry)
-        {
-            // Forgotten while the reply was on its way: nothing about them is kept.
-            Err(crate::store::StoreError::NoDataKey) => {}
-            other => other?,
+            .delivery(&self.store, wamid)?
+            .is_some_and(|s| s >= DeliveryState::Delivered);
+        if !settled {
+            match self.queues.record_sent(
+                &self.store,
+                &mut batch,
+                wamid,
+                &row.pseudonym,
+                &row.entry,
+            ) {
+                // Forgotten while the reply was on its way: nothing about them is kept.
+                Err(crate::store::StoreError::NoDataKey) => {}
+                other => other?,
+            }
         }
         crate::stats::record_sent(&self.store, &mut batch, category, now)?;
         self.store.commit_durable(batch)
@@ -877,6 +890,57 @@ mod tests {
         assert!(matches!(send(&sender, p, rows).await, GroupResult::Done));
         assert!(graph.texts_to(OLD).is_empty(), "nothing to the old number");
         assert_eq!(graph.texts_to(NEW), vec!["Bis Dienstag!".to_string()]);
+    }
+
+    /// WhatsApp can report a message delivered before the sender has recorded the send: then
+    /// what it was is not kept (no later status would remove it), and its state stays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_send_recorded_after_its_delivery_keeps_nothing_of_the_reply() {
+        let Fixture {
+            store,
+            queues,
+            sender,
+            _dir,
+            ..
+        } = fixture().await;
+        let p = store
+            .update_customer(KEPT, Timestamp::now(), |_, _, _| Ok(()))
+            .unwrap()
+            .0
+            .pseudonym;
+        let mut batch = store.batch();
+        queues
+            .push_outbox(&store, &mut batch, &p, &reply(KEPT, "Bis Dienstag!"))
+            .unwrap();
+        queues
+            .push_outbox(&store, &mut batch, &p, &reply(KEPT, "Bis bald!"))
+            .unwrap();
+        store.commit_durable(batch).unwrap();
+        let rows = queues.outbox(&store).unwrap();
+        let mut batch = store.batch();
+        queues.record_delivery(
+            &store,
+            &mut batch,
+            "wamid.fast",
+            DeliveryState::Delivered,
+            Timestamp::now(),
+        );
+        store.commit_durable(batch).unwrap();
+
+        sender
+            .retire_sent(&rows[0], "wamid.fast", PricingCategory::Service)
+            .unwrap();
+        sender
+            .retire_sent(&rows[1], "wamid.slow", PricingCategory::Service)
+            .unwrap();
+        assert!(queues.sent(&store, "wamid.fast").unwrap().is_none());
+        assert_eq!(
+            queues.delivery(&store, "wamid.fast").unwrap(),
+            Some(DeliveryState::Delivered)
+        );
+        // Without a status yet, the reply is kept for a failure reported later.
+        assert!(queues.sent(&store, "wamid.slow").unwrap().is_some());
+        assert!(queues.outbox(&store).unwrap().is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
