@@ -178,17 +178,32 @@ impl Template {
     }
 
     /// Fills the placeholders; a name missing from `vars` renders empty (loading guarantees
-    /// every placeholder is one the caller provides).
+    /// every placeholder is one the caller provides). A placeholder that renders empty (a
+    /// contact who never said their first name) takes the space and comma that joined it to
+    /// the sentence with it: "warst, {vorname}!" becomes "warst!", "Hi {vorname}, hast" becomes
+    /// "Hi, hast".
     pub fn render(&self, vars: &Vars) -> String {
         let mut out = String::new();
+        let mut after_empty = false;
         for part in &self.parts {
             match part {
+                Part::Text(t) if after_empty => join_after_empty(&mut out, t),
                 Part::Text(t) => out.push_str(t),
                 Part::Var(name) => {
                     debug_assert!(vars.contains_key(name), "placeholder {name} not provided");
-                    out.push_str(vars.get(name).map(String::as_str).unwrap_or_default());
+                    let value = vars.get(name).map(String::as_str).unwrap_or_default();
+                    if value.trim().is_empty() {
+                        out.truncate(out.trim_end_matches([' ', '\u{a0}']).len());
+                        after_empty = true;
+                        continue;
+                    }
+                    out.push_str(value);
                 }
             }
+            after_empty = false;
+        }
+        if after_empty && out.ends_with(',') {
+            out.pop();
         }
         out
     }
@@ -203,6 +218,21 @@ impl Template {
             })
             .collect()
     }
+}
+
+/// Appends `text`, which follows a placeholder that rendered empty, to `out` (already without
+/// the spaces before the placeholder), so no stray comma or space is left where it was.
+fn join_after_empty(out: &mut String, text: &str) {
+    let at_start = out.is_empty() || out.ends_with('\n');
+    let mut text = text;
+    if text.starts_with(['!', '?', '.', ',']) && out.ends_with(',') {
+        // "warst, {vorname}!": the comma belonged to the name.
+        out.pop();
+    } else if at_start {
+        // "{vorname}, schön …" at the start of a line: nothing to join to.
+        text = text.trim_start_matches([',', ' ']);
+    }
+    out.push_str(text);
 }
 
 /// Values for placeholders.
@@ -897,6 +927,52 @@ pub(crate) mod tests {
             .unwrap()
             .to_zoned(berlin_tz())
             .unwrap()
+    }
+
+    #[test]
+    fn an_empty_first_name_leaves_no_stray_comma_or_space() {
+        let render = |text: &str, name: &str| {
+            let t = Template::parse(text, &["vorname"], Path::new("t")).unwrap();
+            t.render(&Vars::from([("vorname", name.to_string())]))
+        };
+        for (text, want) in [
+            (
+                "Danke, dass du da warst, {vorname}! 🙌 Wie war's?",
+                "Danke, dass du da warst! 🙌 Wie war's?",
+            ),
+            ("Hi {vorname}, hast du Fragen?", "Hi, hast du Fragen?"),
+            ("Schade, {vorname}. Magst du?", "Schade. Magst du?"),
+            ("Danke {vorname} für alles.", "Danke für alles."),
+            ("Bis bald, {vorname}", "Bis bald"),
+            ("{vorname}, schön dich zu sehen.", "schön dich zu sehen."),
+            ("Top, {vorname}!\n{vorname}, bis dann.", "Top!\nbis dann."),
+        ] {
+            assert_eq!(render(text, ""), want, "{text}");
+            assert_eq!(render(text, "  "), want, "{text} (blank)");
+        }
+        // A name is put in as it is.
+        assert_eq!(
+            render("Hi {vorname}, hast du Fragen?", "Lena"),
+            "Hi Lena, hast du Fragen?"
+        );
+        assert_eq!(render("warst, {vorname}!", "Lena"), "warst, Lena!");
+    }
+
+    #[test]
+    fn shipped_follow_ups_without_a_first_name_read_well() {
+        let p = Prompts::load_from(&shipped_dir(), None, &studio()).unwrap();
+        for which in [FollowUp::Thanks, FollowUp::SignUp, FollowUp::Missed] {
+            let text = p.replies().follow_up(which, "");
+            assert!(
+                !text.contains(", !") && !text.contains(" ,") && !text.contains(",."),
+                "{text}"
+            );
+            assert!(!text.contains("  "), "{text}");
+        }
+        assert!(p
+            .replies()
+            .follow_up(FollowUp::Thanks, "")
+            .starts_with("Danke, dass du heute beim Probetraining warst! "));
     }
 
     #[test]
