@@ -318,29 +318,17 @@ async fn without_webhooks_the_poll_finds_the_same_changes() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_trial_class_cancelled_at_the_desk_arrives_as_a_class_event() {
-    let graph = wa::start().await;
-    let sim = ml::start(SimConfig {
-        trial_classes: vec![ml::SimClass::group_ems()],
-        ..sim_config()
-    })
-    .await;
-    let mut class_spec = spec(&graph, &sim, "webhook");
-    class_spec
-        .extra_toml
-        .push_str("trial_offer_class_id = 3001\n");
-    let mut daemon = Daemon::start(class_spec);
-    daemon.stop();
+/// Books a trial on the class date at `start` for a new lead, with the stopped daemon's store;
+/// MagicLine's booking and customer ids.
+async fn book_class_trial(daemon: &Daemon, sim: &MagiclineSim, start: Zoned) -> (i64, i64) {
     let (store, booker) = booker_with(
-        &daemon,
-        &sim,
+        daemon,
+        sim,
         BookerConfig {
             trial_class_id: Some(3001),
             ..BookerConfig::default()
         },
     );
-    let start = trial_slot(&sim, 5, 18);
     let booked = tokio::task::spawn_blocking(move || {
         let p = store
             .update_customer("491790000111", Timestamp::now(), |_, _, _| Ok(()))
@@ -361,26 +349,68 @@ async fn a_trial_class_cancelled_at_the_desk_arrives_as_a_class_event() {
     })
     .await
     .expect("the booking task");
-    let BookingOutcome::Booked { booking_id, .. } = booked else {
+    let BookingOutcome::Booked {
+        booking_id,
+        magicline_customer_id,
+        ..
+    } = booked
+    else {
         panic!("class trial not booked: {booked:?}");
     };
+    (booking_id, magicline_customer_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_trial_class_moved_and_cancelled_at_the_desk_arrives_as_class_events() {
+    let graph = wa::start().await;
+    let sim = ml::start(SimConfig {
+        trial_classes: vec![ml::SimClass::group_ems()],
+        ..sim_config()
+    })
+    .await;
+    let mut class_spec = spec(&graph, &sim, "webhook");
+    class_spec
+        .extra_toml
+        .push_str("trial_offer_class_id = 3001\n");
+    let mut daemon = Daemon::start(class_spec);
+    daemon.stop();
+    let start = trial_slot(&sim, 5, 18);
+    let later = start
+        .checked_add(jiff::SignedDuration::from_hours(2))
+        .unwrap();
+    let (booking_id, magicline_customer_id) = book_class_trial(&daemon, &sim, start).await;
+    let slot = sim.bookings_of(magicline_customer_id)[0]
+        .class_slot_id
+        .expect("a class booking names its date");
     daemon.restart();
     await_metric(&daemon, "frontdesk_attendance_sweeps_total 1", WAIT).await;
-
     sim.set_webhook(&format!("{}/magicline", daemon.webhook_url()), WEBHOOK_KEY);
-    let canceled = sim.staff_cancel(booking_id).unwrap();
-    assert_eq!(canceled.event_type, "CLASS_BOOKING_CANCELLED");
-    assert_eq!(sim.send(&canceled).await, 200);
+
+    // Staff move the class date itself: MagicLine tells of the date, not of the booking.
+    let moved = sim.staff_move_class_date(slot, &later).unwrap();
+    assert_eq!(moved.event_type, "CLASS_SLOT_UPDATED");
+    assert_eq!(sim.send(&moved).await, 200);
     await_metric(
         &daemon,
         "frontdesk_magicline_events_total{outcome=\"processed\"} 1",
         WAIT,
     )
     .await;
+    assert_eq!(sim.request_count(&format!("/classes/3001/slots/{slot}")), 1);
+
+    let canceled = sim.staff_cancel(booking_id).unwrap();
+    assert_eq!(canceled.event_type, "CLASS_BOOKING_CANCELLED");
+    assert_eq!(sim.send(&canceled).await, 200);
+    await_metric(
+        &daemon,
+        "frontdesk_magicline_events_total{outcome=\"processed\"} 2",
+        WAIT,
+    )
+    .await;
     // The state was read where MagicLine keeps class bookings.
     assert_eq!(
         sim.request_count(&format!("/classes/booking/{booking_id}")),
-        1
+        2
     );
     assert_eq!(
         sim.request_count(&format!("/appointments/booking/{booking_id}")),
@@ -390,10 +420,18 @@ async fn a_trial_class_cancelled_at_the_desk_arrives_as_a_class_event() {
     let (records, lines, _) = recorded(&daemon, &sim, &[booking_id], "booking.");
     assert!(records[0].canceled, "cancelled at the desk");
     assert_eq!(
-        lines
-            .iter()
-            .filter(|l| l.contains("booking.canceled_in_magicline"))
-            .count(),
-        1
+        records[0].start.timestamp(),
+        later.timestamp(),
+        "moved before"
     );
+    for step in [
+        "booking.moved_in_magicline",
+        "booking.canceled_in_magicline",
+    ] {
+        assert_eq!(
+            lines.iter().filter(|l| l.contains(step)).count(),
+            1,
+            "{step}: {lines:?}"
+        );
+    }
 }

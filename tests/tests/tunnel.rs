@@ -202,6 +202,7 @@ async fn magicline_through_the_tunnel(addr: std::net::SocketAddr, ca: &Path, dae
         entity_id: 501,
         event_type: "CUSTOMER_CHECKIN",
         timestamp_ms: jiff::Timestamp::now().as_millisecond(),
+        content: serde_json::json!({}),
     };
     let event = Bytes::from(event.body().to_string());
     let post_magicline = |key: &'static str| {

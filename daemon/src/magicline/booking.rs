@@ -1833,6 +1833,9 @@ impl MagicLineBooker {
         if let Some(id) = rec.booking_id {
             self.store
                 .link_external(&mut batch, External::MagicLineBooking, id, p);
+            if let Some(slot) = rec.class_slot_id {
+                self.store.link_class_date(&mut batch, slot, p);
+            }
             if rec.awaits_attendance() {
                 self.store
                     .schedule_trial(&mut batch, rec.start.timestamp(), p);

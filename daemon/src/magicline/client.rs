@@ -475,6 +475,19 @@ impl Client {
         )
     }
 
+    /// `GET /classes/{classId}/slots/{classSlotId}`: one date of a class as it is now (staff
+    /// can move a date; its bookings keep naming it).
+    pub fn class_slot(&self, class_id: i64, slot_id: i64) -> Result<ClassSlot, Error> {
+        self.call(
+            "class_slot",
+            Method::Get,
+            &format!("/classes/{class_id}/slots/{slot_id}"),
+            &[],
+            None::<&()>,
+            Retry::Safe,
+        )
+    }
+
     /// `DELETE /classes/booking/{bookingId}`. Not retried automatically.
     pub fn cancel_class_booking(&self, booking_id: i64) -> Result<(), Error> {
         let _: serde::de::IgnoredAny = self.call(

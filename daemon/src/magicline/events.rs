@@ -137,6 +137,7 @@ impl EventWorker {
             EventKind::AppointmentBooking | EventKind::ClassBooking => {
                 self.booker.refresh_booking(event.entity_id).map(|_| ())
             }
+            EventKind::ClassDate => self.booker.refresh_class_date(event.entity_id).map(|_| ()),
             EventKind::CustomerCheckin => {
                 let at = jiff::Timestamp::from_millisecond(event.timestamp_ms)
                     .unwrap_or_else(|_| jiff::Timestamp::now());

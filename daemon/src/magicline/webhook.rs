@@ -10,9 +10,10 @@
 //! again later.
 //!
 //! Which events are kept: the booking events (`APPOINTMENT_BOOKING_CREATED`, `…_UPDATED`,
-//! `…_CANCELLED`, and `CLASS_BOOKING_*` for trial classes) about a booking frontdesk made and
-//! `CUSTOMER_CHECKIN` of a customer frontdesk booked for, both found through the store's keyed
-//! id index without opening anything. Every other type and every other entity is answered 200
+//! `…_CANCELLED`, and `CLASS_BOOKING_*` for trial classes) about a booking frontdesk made, the
+//! class date events (`CLASS_SLOT_UPDATED`, `…_CANCELLED`) about a date frontdesk booked a lead
+//! on, and `CUSTOMER_CHECKIN` of a customer frontdesk booked for, all found through the store's
+//! keyed id index without opening anything. Every other type and every other entity is answered 200
 //! and counted as `ignored`. An event whose `uuid` was queued before is answered 200 and not
 //! queued again (`duplicate`), so it is processed once.
 //!
@@ -67,6 +68,9 @@ pub enum EventKind {
     ClassBooking,
     /// A customer checked in at the studio (`entityId` is the customer).
     CustomerCheckin,
+    /// Staff moved or cancelled a class date (`entityId` is the class slot): its bookings
+    /// keep naming it, and no booking event is sent for them.
+    ClassDate,
 }
 
 impl EventKind {
@@ -80,6 +84,7 @@ impl EventKind {
                 Some(EventKind::ClassBooking)
             }
             "CUSTOMER_CHECKIN" => Some(EventKind::CustomerCheckin),
+            "CLASS_SLOT_UPDATED" | "CLASS_SLOT_CANCELLED" => Some(EventKind::ClassDate),
             _ => None,
         }
     }
@@ -238,13 +243,18 @@ impl MagicLineWebhook {
             let Some(kind) = EventKind::of(&item.event_type) else {
                 continue;
             };
-            let index = match kind {
-                EventKind::AppointmentBooking | EventKind::ClassBooking => {
-                    External::MagicLineBooking
-                }
-                EventKind::CustomerCheckin => External::MagicLineCustomer,
+            let ours = match kind {
+                EventKind::AppointmentBooking | EventKind::ClassBooking => self
+                    .store
+                    .external_owner(External::MagicLineBooking, call.entity_id)?
+                    .is_some(),
+                EventKind::CustomerCheckin => self
+                    .store
+                    .external_owner(External::MagicLineCustomer, call.entity_id)?
+                    .is_some(),
+                EventKind::ClassDate => !self.store.class_date_owners(call.entity_id)?.is_empty(),
             };
-            if self.store.external_owner(index, call.entity_id)?.is_none() {
+            if !ours {
                 continue;
             }
             events.push(QueuedEvent {
@@ -367,6 +377,7 @@ mod tests {
         let mut batch = store.batch();
         store.link_external(&mut batch, External::MagicLineBooking, 70_001, &p);
         store.link_external(&mut batch, External::MagicLineCustomer, 10_001, &p);
+        store.link_class_date(&mut batch, 30_001, &p);
         store.commit_durable(batch).unwrap();
         let hook = MagicLineWebhook::new(
             store.clone(),
@@ -396,12 +407,19 @@ mod tests {
             "CLASS_BOOKING_CANCELLED",
         );
         assert_eq!(hook.queue(&class).unwrap(), "queued");
-        // Someone else's booking and class booking, a member's visit, another type.
+        let date_moved = call(
+            "6b1e3a5c-0000-4000-a000-000000000008",
+            30_001,
+            "CLASS_SLOT_UPDATED",
+        );
+        assert_eq!(hook.queue(&date_moved).unwrap(), "queued");
+        // Someone else's booking, class booking and class date, a member's visit, another type.
         for (n, entity, t) in [
             (3, 70_002, "APPOINTMENT_BOOKING_UPDATED"),
             (4, 501, "CUSTOMER_CHECKIN"),
             (5, 70_002, "CLASS_BOOKING_CANCELLED"),
             (6, 10_001, "CUSTOMER_CREATED"),
+            (9, 30_002, "CLASS_SLOT_CANCELLED"),
         ] {
             let c = call(
                 &format!("6b1e3a5c-0000-4000-a000-00000000000{n}"),
@@ -412,7 +430,7 @@ mod tests {
         }
         let rows = queued(&store).unwrap();
         let events: Vec<QueuedEvent> = rows.iter().map(|(_, e)| e.clone().unwrap()).collect();
-        assert_eq!(events.len(), 3);
+        assert_eq!(events.len(), 4);
         assert_eq!(
             (events[0].entity_id, events[0].kind),
             (70_001, EventKind::AppointmentBooking)
@@ -425,6 +443,10 @@ mod tests {
             (events[2].entity_id, events[2].kind),
             (70_001, EventKind::ClassBooking)
         );
+        assert_eq!(
+            (events[3].entity_id, events[3].kind),
+            (30_001, EventKind::ClassDate)
+        );
         // Sealed: neither the ids nor the uuid are readable in the row.
         for g in store.keyspaces().meta.prefix(EVENT_PREFIX) {
             let (k, v) = g.into_inner().unwrap();
@@ -433,11 +455,11 @@ mod tests {
             assert!(!text.contains("70001") && !text.contains("6b1e3a5c"));
         }
         remove(&store, &rows[0].0).unwrap();
-        assert_eq!(queued(&store).unwrap().len(), 2);
+        assert_eq!(queued(&store).unwrap().len(), 3);
         // The uuid stays known until the memory passes.
         assert_eq!(prune_seen(&store, jiff::Timestamp::now()).unwrap(), 0);
         let later = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * (SEEN_DAYS + 1));
-        assert_eq!(prune_seen(&store, later).unwrap(), 3);
+        assert_eq!(prune_seen(&store, later).unwrap(), 4);
         assert_eq!(hook.queue(&cancel).unwrap(), "queued");
     }
 }

@@ -363,12 +363,15 @@ pub struct SimBooking {
 pub struct SimEvent {
     /// The event's unique id; a redelivery carries the same.
     pub uuid: String,
-    /// The booking id (booking events) or the customer id (`CUSTOMER_CHECKIN`).
+    /// The booking id (booking events), the class slot id (class date events) or the
+    /// customer id (`CUSTOMER_CHECKIN`).
     pub entity_id: i64,
     /// `APPOINTMENT_BOOKING_CANCELLED`, `APPOINTMENT_BOOKING_UPDATED`, `CUSTOMER_CHECKIN`, …
     pub event_type: &'static str,
     /// When it happened, milliseconds since the Unix epoch.
     pub timestamp_ms: i64,
+    /// The event's `content`: the class id for the class date events, else nothing.
+    pub content: Value,
 }
 
 impl SimEvent {
@@ -388,6 +391,7 @@ impl SimEvent {
             entity_id,
             event_type,
             timestamp_ms: at.as_millisecond(),
+            content: json!({}),
         }
     }
 
@@ -399,7 +403,7 @@ impl SimEvent {
             "payload": [{
                 "timestamp": self.timestamp_ms,
                 "type": self.event_type,
-                "content": {},
+                "content": self.content,
             }],
         })
     }
@@ -689,6 +693,18 @@ impl MagiclineSim {
             "APPOINTMENT_BOOKING_UPDATED",
             now,
         ))
+    }
+
+    /// Staff move the class date `slot_id` to `start` (same length): every booking of it moves
+    /// with it, and MagicLine tells of the date, not of each booking (`CLASS_SLOT_UPDATED`,
+    /// the class id in its content). `None` for a date never listed.
+    pub fn staff_move_class_date(&self, slot_id: i64, start: &Zoned) -> Option<SimEvent> {
+        let mut st = self.state();
+        let now = st.now();
+        let class_id = st.move_class_date(slot_id, start.timestamp())?;
+        let mut event = SimEvent::new(slot_id, "CLASS_SLOT_UPDATED", now);
+        event.content = json!({ "classId": class_id });
+        Some(event)
     }
 
     /// Customer `customer_id` checks in at the studio at `at`.
@@ -2015,6 +2031,10 @@ fn route(
         },
         "trial.class.book" => st.book_class(&body),
         "classes.bookings" => st.class_bookings_of(query),
+        "classes.slot" => match (id_at(1), id_at(3)) {
+            (Some(class_id), Some(slot_id)) => st.class_slot(class_id, slot_id),
+            _ => Answer::error(400, "INVALID_PARAMETER", "Ungültige ID"),
+        },
         "classes.booking" | "classes.cancel" => match id_at(2) {
             Some(id) if route_name == "classes.booking" => st.class_booking(id),
             Some(id) => st.cancel_class(id),
@@ -2040,7 +2060,7 @@ fn route_scope(route: &str) -> Option<SimScope> {
         | "trial.class.validate"
         | "trial.class.book"
         | "trial.confirm" => SimScope::TrialOffersWrite,
-        "classes.bookings" | "classes.booking" => SimScope::ClassesRead,
+        "classes.bookings" | "classes.booking" | "classes.slot" => SimScope::ClassesRead,
         "classes.cancel" => SimScope::ClassesWrite,
         "appointments.bookable"
         | "appointments.slots"
@@ -2090,6 +2110,7 @@ fn route_name(method: &Method, s: &[&str]) -> &'static str {
         ("POST", ["trial-offers", "classes", "booking", "book"]) => "trial.class.book",
         ("GET", ["classes", "booking"]) => "classes.bookings",
         ("GET", ["classes", "booking", _]) => "classes.booking",
+        ("GET", ["classes", _, "slots", _]) => "classes.slot",
         ("DELETE", ["classes", "booking", _]) => "classes.cancel",
         _ => "unknown",
     }

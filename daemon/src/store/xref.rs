@@ -1,6 +1,7 @@
 //! Indexes that find a customer from outside: MagicLine's customer and booking ids to the
-//! pseudonym (`xref/` rows), and the customers with a booked trial by its start time
-//! (`trials/` rows), both in the `meta` keyspace.
+//! pseudonym, and its class dates to the customers booked on them (`xref/` rows), and the
+//! customers with a booked trial by its start time (`trials/` rows), both in the `meta`
+//! keyspace.
 //!
 //! A MagicLine webhook names a customer or booking by MagicLine's id only; finding the
 //! customer by opening every booking row would be a scan over all customers. An `xref/` row
@@ -25,9 +26,13 @@ const SECOND_DIGITS: usize = 12;
 pub enum External {
     /// A MagicLine customer (member or lead) id.
     MagicLineCustomer,
-    /// A MagicLine appointment booking id.
+    /// A MagicLine appointment or class booking id.
     MagicLineBooking,
 }
+
+/// Domain of the keyed hash of a class date id in its `xref/` rows (one per customer booked
+/// on it: a group class has several).
+const CLASS_DATE_DOMAIN: &str = "xref-magicline-class-slot";
 
 impl External {
     fn domain(self) -> &'static str {
@@ -69,6 +74,41 @@ impl Store {
                 what: "external id link",
             })?;
         Ok(Some(Pseudonym(bytes)))
+    }
+
+    fn class_date_prefix(&self, slot_id: i64) -> Vec<u8> {
+        let mut key = XREF_PREFIX.to_vec();
+        key.extend_from_slice(
+            hex::encode(self.token_hash(CLASS_DATE_DOMAIN, &slot_id.to_string())).as_bytes(),
+        );
+        key.push(b'/');
+        key
+    }
+
+    /// Records in `batch` that customer `p` is booked on MagicLine class date `slot_id`.
+    pub fn link_class_date(&self, batch: &mut fjall::OwnedWriteBatch, slot_id: i64, p: &Pseudonym) {
+        let mut key = self.class_date_prefix(slot_id);
+        key.extend_from_slice(p.to_hex().as_bytes());
+        batch.insert(&self.ks.meta, key, p.0.to_vec());
+    }
+
+    /// The customers frontdesk booked on MagicLine class date `slot_id`.
+    pub fn class_date_owners(&self, slot_id: i64) -> Result<Vec<Pseudonym>> {
+        let mut out = Vec::new();
+        for g in self.ks.meta.prefix(self.class_date_prefix(slot_id)) {
+            let (_, v) = g.into_inner()?;
+            let bytes: [u8; PSEUDONYM_LEN] =
+                v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    keyspace: ks::META,
+                    what: "class date link",
+                })?;
+            let p = Pseudonym(bytes);
+            // A move re-points the row's value; the key keeps the old pseudonym.
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        Ok(out)
     }
 
     fn trial_key(start: Timestamp, p: &Pseudonym) -> Vec<u8> {
@@ -192,7 +232,16 @@ mod tests {
         store.link_external(&mut batch, External::MagicLineBooking, 70_001, &a);
         store.schedule_trial(&mut batch, t("2026-12-07T17:00:00Z"), &a);
         store.schedule_trial(&mut batch, t("2026-12-08T17:00:00Z"), &b);
+        // Two leads on one class date.
+        store.link_class_date(&mut batch, 30_001, &a);
+        store.link_class_date(&mut batch, 30_001, &b);
         store.commit_durable(batch).unwrap();
+        let mut on_date = store.class_date_owners(30_001).unwrap();
+        on_date.sort_by_key(|p| p.0);
+        let mut want = vec![a, b];
+        want.sort_by_key(|p| p.0);
+        assert_eq!(on_date, want);
+        assert!(store.class_date_owners(30_002).unwrap().is_empty());
 
         assert_eq!(
             store
@@ -233,6 +282,8 @@ mod tests {
             .unwrap();
         assert_eq!(all.len(), 2);
         assert!(all.contains(&(t("2026-12-07T17:00:00Z"), c)));
+        assert!(store.class_date_owners(30_001).unwrap().contains(&c));
+        assert!(!store.class_date_owners(30_001).unwrap().contains(&a));
 
         // A forget removes them; the other customer's stay.
         store.forget(&[c], Timestamp::now()).unwrap();
@@ -246,5 +297,6 @@ mod tests {
             .trials_between(t("2026-01-01T00:00:00Z"), t("2027-01-01T00:00:00Z"))
             .unwrap();
         assert_eq!(all, vec![(t("2026-12-08T17:00:00Z"), b)]);
+        assert_eq!(store.class_date_owners(30_001).unwrap(), vec![b]);
     }
 }

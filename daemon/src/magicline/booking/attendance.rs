@@ -246,14 +246,7 @@ impl MagicLineBooker {
             .booking_row(&p, booking_id)?
             .is_some_and(|(_, r)| r.class_slot_id.is_some());
         if class {
-            // A class booking names its date, which staff cannot move it off: only a
-            // cancellation (of the booking or of the date) is read.
-            return match self.safe(|| self.client.class_booking(booking_id)) {
-                Ok(b) if b.is_active() => Ok(false),
-                Ok(_) => self.record_canceled_in_magicline(booking_id),
-                Err(ApiError::Api { status: 404, .. }) => Ok(false),
-                Err(e) => Err(e.into()),
-            };
+            return self.refresh_class_booking(booking_id);
         }
         let booking = match self.safe(|| self.client.booking(booking_id)) {
             Ok(b) => b,
@@ -265,6 +258,48 @@ impl MagicLineBooker {
             return self.record_canceled_in_magicline(booking_id);
         }
         self.record_moved_in_magicline(booking_id, &booking.start_date_time, &booking.end_date_time)
+    }
+
+    /// [`Booker::refresh_booking`] for a class booking. It names its date, which staff cannot
+    /// move it off; but they can cancel the date or move the date itself, and the booking
+    /// then names the same date at another time: the date is read as well.
+    fn refresh_class_booking(&self, booking_id: i64) -> Result<bool, BookerError> {
+        let booking = match self.safe(|| self.client.class_booking(booking_id)) {
+            Ok(b) => b,
+            Err(ApiError::Api { status: 404, .. }) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        if !booking.is_active() {
+            return self.record_canceled_in_magicline(booking_id);
+        }
+        let Some(class_id) = booking.class_id.or(self.cfg.trial_class_id) else {
+            return Ok(false);
+        };
+        let date = match self.safe(|| self.client.class_slot(class_id, booking.class_slot_id)) {
+            Ok(d) => d,
+            Err(ApiError::Api { status: 404, .. }) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        self.record_moved_in_magicline(booking_id, &date.start_date_time, &date.end_date_time)
+    }
+
+    /// Reads the bookings frontdesk made for class date `slot_id` (a `CLASS_SLOT_UPDATED` or
+    /// `…_CANCELLED` event: staff moved or cancelled the date) and records what changed.
+    /// Returns how many bookings changed.
+    pub fn refresh_class_date(&self, slot_id: i64) -> Result<usize, BookerError> {
+        let mut changed = 0;
+        for p in self.store.class_date_owners(slot_id)? {
+            let bookings: Vec<i64> = self
+                .rows_of(&p)?
+                .into_iter()
+                .filter(|(_, r)| r.class_slot_id == Some(slot_id) && !r.canceled)
+                .filter_map(|(_, r)| r.booking_id)
+                .collect();
+            for booking_id in bookings {
+                changed += usize::from(self.refresh_booking(booking_id)?);
+            }
+        }
+        Ok(changed)
     }
 
     /// Reads the check-ins of MagicLine customer `customer_id` around `around` (the day

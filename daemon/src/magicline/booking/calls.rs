@@ -408,4 +408,68 @@ mod tests {
             BookingOutcome::Failed(BookingFailure::NotConfigured)
         );
     }
+
+    /// Staff can move a class date itself; its bookings keep naming it. The date's event
+    /// moves the trial (its reminders with it), and a sweep that finds the old time passed
+    /// reads the date before it would record a no-show.
+    #[test]
+    fn a_class_date_moved_by_staff_moves_the_trial_and_is_no_no_show() {
+        let h = Harness::new(class_cfg());
+        let booker = class_booker(&h, 3);
+        let book = |phone: &str, id: &str, email: &str, start: jiff::Zoned| {
+            let p = h.person(phone);
+            let (booking_id, lead) =
+                booked_id(&booker.book_trial(&request(id, p, email, None, start)));
+            let slot = h.sim().bookings_of(lead)[0].class_slot_id.unwrap();
+            (p, booking_id, slot)
+        };
+        let (a, a_booking, a_slot) = book("+49 151 0000311", "c-11", "a@example.org", at(1, 18, 0));
+        let (_, b_booking, b_slot) = book("+49 151 0000312", "c-12", "b@example.org", at(1, 19, 0));
+
+        // Moved with its event: the class id comes with it, the trial follows once.
+        let event = h
+            .sim()
+            .staff_move_class_date(a_slot, &at(1, 20, 0))
+            .unwrap();
+        assert_eq!(event.event_type, "CLASS_SLOT_UPDATED");
+        assert_eq!(event.entity_id, a_slot);
+        assert_eq!(event.body()["payload"][0]["content"]["classId"], CLASS);
+        assert_eq!(booker.refresh_class_date(a_slot).unwrap(), 1);
+        assert_eq!(
+            booker.refresh_class_date(a_slot).unwrap(),
+            0,
+            "recorded once"
+        );
+        let rec = booker.recorded_booking(a_booking).unwrap().unwrap();
+        assert_eq!(rec.start.timestamp(), at(1, 20, 0).timestamp());
+        let day = h
+            .store()
+            .trials_between(at(1, 0, 0).timestamp(), at(2, 0, 0).timestamp())
+            .unwrap();
+        assert!(day.contains(&(at(1, 20, 0).timestamp(), a)), "{day:?}");
+        let moved = h
+            .audit
+            .events()
+            .iter()
+            .filter(|e| e.step == BookingStep::MovedInMagicLine)
+            .count();
+        assert_eq!(moved, 1);
+        // A date frontdesk booked nobody on reads nothing.
+        let before = h.sim().total_requests();
+        assert_eq!(booker.refresh_class_date(99_999).unwrap(), 0);
+        assert_eq!(h.sim().total_requests(), before);
+
+        // Moved without an event reaching frontdesk: when the old time has passed, the sweep
+        // reads the date and finds it moved, not missed.
+        h.sim()
+            .staff_move_class_date(b_slot, &at(2, 20, 0))
+            .unwrap();
+        let swept = booker
+            .sweep_attendance(at(1, 21, 0).timestamp(), false)
+            .unwrap();
+        assert_eq!((swept.moved, swept.no_shows), (1, 0), "{swept:?}");
+        let rec = booker.recorded_booking(b_booking).unwrap().unwrap();
+        assert_eq!(rec.start.timestamp(), at(2, 20, 0).timestamp());
+        assert!(!rec.no_show);
+    }
 }

@@ -1,6 +1,7 @@
 //! Trial offers booked as a class, in the simulator: the class list, its dates with their
 //! participant counts, class validation and booking with a waiting list, and the class booking
-//! reads and cancellation (`/classes/booking…`).
+//! reads and cancellation (`/classes/booking…`), and one date read by its id
+//! (`/classes/{classId}/slots/{classSlotId}`), which staff can move.
 //!
 //! As MagicLine documents it: the date list covers the day before today to 14 days ahead, is
 //! paged (`offset`, `sliceSize`) and lists full dates too (the counts say so); booking opens and
@@ -127,6 +128,18 @@ impl State {
                     continue;
                 };
                 let slot_id = self.slot_id_for(class.id, start.timestamp());
+                // A date staff moved keeps its id and is listed at its new time.
+                let moved = self.class_slots.get(&slot_id).map(|(_, at)| *at);
+                let (start, end) = match moved {
+                    Some(at) if at != start.timestamp() => {
+                        let start = at.to_zoned(self.tz.clone());
+                        let Ok(end) = start.checked_add(length) else {
+                            continue;
+                        };
+                        (start, end)
+                    }
+                    _ => (start, end),
+                };
                 out.push(ClassDate {
                     class: class.clone(),
                     slot_id,
@@ -401,6 +414,32 @@ impl State {
         }
     }
 
+    /// `GET /classes/{classId}/slots/{classSlotId}`: one date of a class as it is now.
+    pub(super) fn class_slot(&self, class_id: i64, slot_id: i64) -> Answer {
+        match self.class_date(slot_id) {
+            Some(d) if d.class.id == class_id => Answer::ok(self.class_slot_json(&d)),
+            _ => Answer::error(404, "CLASS_SLOT_NOT_FOUND", "Kurstermin nicht gefunden"),
+        }
+    }
+
+    /// Moves class date `slot_id` to `start`, with every booking of it; the class's id, or
+    /// `None` for a date never listed.
+    pub(super) fn move_class_date(&mut self, slot_id: i64, start: Timestamp) -> Option<i64> {
+        let (class_id, _) = *self.class_slots.get(&slot_id)?;
+        self.class_slots.insert(slot_id, (class_id, start));
+        let tz = self.tz.clone();
+        for b in self
+            .bookings
+            .iter_mut()
+            .filter(|b| b.class_slot_id == Some(slot_id))
+        {
+            let length = b.end.timestamp().duration_since(b.start.timestamp());
+            b.start = start.to_zoned(tz.clone());
+            b.end = (start + length).to_zoned(tz.clone());
+        }
+        Some(class_id)
+    }
+
     /// `DELETE /classes/booking/{bookingId}`: the place goes to the first on the waiting list.
     pub(super) fn cancel_class(&mut self, booking_id: i64) -> Answer {
         let Some(b) = self
@@ -584,5 +623,64 @@ mod tests {
             validate(607, tuesday.id),
             S::DateTimeAfterLatestBookingDateTime
         );
+    }
+
+    #[test]
+    fn a_date_is_read_by_its_id_and_staff_can_move_it_with_its_bookings() {
+        let h = Harness::new(SimConfig {
+            now: Some(monday_nine()),
+            trial_classes: vec![SimClass::group_ems()],
+            ..SimConfig::default()
+        });
+        h.sim().add_customer(customer(611));
+        let dates = h.client.trial_class_slots(CLASS).unwrap();
+        let date = dates
+            .iter()
+            .find(|d| d.start_date_time.date() == jiff::civil::date(2030, 6, 4))
+            .unwrap()
+            .clone();
+        let read = h.client.class_slot(CLASS, date.id).unwrap();
+        assert_eq!(read.start_date_time, date.start_date_time);
+        assert_eq!(read.end_date_time, date.end_date_time);
+        // The path names the class: another class's id, or a date never listed, is not found.
+        for (class, slot) in [(CLASS + 1, date.id), (CLASS, 99_999)] {
+            assert!(matches!(
+                h.client.class_slot(class, slot),
+                Err(Error::Api { status: 404, .. })
+            ));
+        }
+        let booked = h
+            .client
+            .book_trial_class(&crate::magicline::api::ClassBookingRequest {
+                customer_id: 611,
+                class_slot_id: date.id,
+            })
+            .unwrap();
+
+        let later = date
+            .start_date_time
+            .checked_add(jiff::SignedDuration::from_hours(2))
+            .unwrap();
+        let event = h.sim().staff_move_class_date(date.id, &later).unwrap();
+        assert_eq!(event.event_type, "CLASS_SLOT_UPDATED");
+        let moved = h.client.class_slot(CLASS, date.id).unwrap();
+        assert_eq!(moved.start_date_time.timestamp(), later.timestamp());
+        assert_eq!(
+            moved.end_date_time.timestamp(),
+            later.timestamp() + jiff::SignedDuration::from_mins(45)
+        );
+        // Listed once, at its new time; the booking still names it.
+        let listed: Vec<_> = h
+            .client
+            .trial_class_slots(CLASS)
+            .unwrap()
+            .into_iter()
+            .filter(|d| d.id == date.id)
+            .collect();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].start_date_time.timestamp(), later.timestamp());
+        let booking = h.client.class_booking(booked.booking_id).unwrap();
+        assert_eq!(booking.class_slot_id, date.id);
+        assert!(h.sim().staff_move_class_date(99_999, &later).is_none());
     }
 }
