@@ -64,6 +64,9 @@ pub mod ks {
     /// `crate::whatsapp::queue`); their values start with the time, and retention removes them
     /// with the seen message ids.
     pub const OUTBOX_DELIVERY_PREFIX: u8 = b'd';
+    /// First key byte of the outbox rows that keep what a sent message was, for a `failed`
+    /// status; retention removes one with the delivery row of its send.
+    pub const OUTBOX_SENT_PREFIX: u8 = b's';
     /// MagicLine booking requests and their state, per customer.
     pub const BOOKINGS: &str = "bookings";
     /// The audit log's entries.

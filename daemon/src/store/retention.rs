@@ -84,15 +84,17 @@ impl Store {
 
         let history_cutoff = cutoff(now, policy.history_days);
         report.messages_deleted =
-            self.delete_older(&self.ks.messages, &[], history_cutoff, dry_run)?;
+            self.delete_older(&self.ks.messages, &[], history_cutoff, dry_run, |_| None)?;
         let seen_cutoff = cutoff(now, policy.seen_ids_days);
-        report.seen_ids_deleted = self.delete_older(&self.ks.seen, &[], seen_cutoff, dry_run)?
-            + self.delete_older(
-                &self.ks.outbox,
-                &[ks::OUTBOX_DELIVERY_PREFIX],
-                seen_cutoff,
-                dry_run,
-            )?;
+        report.seen_ids_deleted =
+            self.delete_older(&self.ks.seen, &[], seen_cutoff, dry_run, |_| None)?
+                + self.delete_older(
+                    &self.ks.outbox,
+                    &[ks::OUTBOX_DELIVERY_PREFIX],
+                    seen_cutoff,
+                    dry_run,
+                    sent_record_of_send,
+                )?;
         if !dry_run {
             self.remove_orphan_keys()?;
         }
@@ -100,13 +102,14 @@ impl Store {
     }
 
     /// Deletes the rows under `prefix` whose value starts with a timestamp older than `before`,
-    /// in bounded batches.
+    /// in bounded batches, each with the row `companion` names for it in the same keyspace.
     fn delete_older(
         &self,
         ks: &fjall::Keyspace,
         prefix: &[u8],
         before: Timestamp,
         dry_run: bool,
+        companion: fn(&[u8]) -> Option<Vec<u8>>,
     ) -> Result<u64> {
         const BATCH: usize = 1000;
         let mut deleted = 0u64;
@@ -117,6 +120,9 @@ impl Store {
             if row_time(&v).is_some_and(|t| t < before) {
                 deleted += 1;
                 if !dry_run {
+                    if let Some(other) = companion(&k) {
+                        batch.remove(ks, other);
+                    }
                     batch.remove(ks, k);
                     pending += 1;
                     if pending == BATCH {
@@ -131,4 +137,20 @@ impl Store {
         }
         Ok(deleted)
     }
+}
+
+/// For the delivery row that records a message's send (state 0, or the single row of the
+/// earlier layout): the key of the sealed record of what the message was, kept for a `failed`
+/// status. A message that old gets no more handling, and its record must not outlive the
+/// retention of everything else about it (a lost status would otherwise keep it until the
+/// customer is forgotten).
+fn sent_record_of_send(delivery_key: &[u8]) -> Option<Vec<u8>> {
+    const HASHED_ID: usize = 16;
+    let hash = delivery_key.get(1..=HASHED_ID)?;
+    let of_send = match delivery_key.len() {
+        n if n == 1 + HASHED_ID => true,
+        n if n == 2 + HASHED_ID => delivery_key[1 + HASHED_ID] == 0,
+        _ => false,
+    };
+    of_send.then(|| [&[ks::OUTBOX_SENT_PREFIX][..], hash].concat())
 }

@@ -17,7 +17,8 @@
 //!   each other. The retention sweep removes them with the seen message ids.
 //! - **sent** rows (prefix `s`, keyed by the hashed message id, queue-row layout): what a sent
 //!   message was and to whom, kept until WhatsApp reports it delivered or failed, so a `failed`
-//!   status arriving after the send call succeeded can be acted on (re-open template, retry).
+//!   status arriving after the send call succeeded can be acted on (re-open template, retry);
+//!   retention removes one that no status settled with the delivery row of its send.
 //! - **deferred** rows (prefix `w`, queue-row layout): replies held back until a not-before time
 //!   (the marketing limit, 131049); moved back into the outbox when due, so they never block the
 //!   customer's other replies.
@@ -50,7 +51,7 @@ const DELIVERY_PREFIX: u8 = crate::store::ks::OUTBOX_DELIVERY_PREFIX;
 /// Last key byte of the delivery row saying how a failure was handled (state rows end in the
 /// state's own byte, 0 to 4).
 const HANDLING_SUFFIX: u8 = 0xff;
-const SENT_PREFIX: u8 = b's';
+const SENT_PREFIX: u8 = crate::store::ks::OUTBOX_SENT_PREFIX;
 const DEFERRED_PREFIX: u8 = b'w';
 const REOPEN_PREFIX: u8 = b'r';
 
@@ -1161,8 +1162,8 @@ mod tests {
         assert_eq!(q.delivery(&store, "wamid.other").unwrap(), None);
     }
 
-    /// Delivery records go with the seen message ids once `seen_ids_days` have passed; the
-    /// replies still queued in the same keyspace stay.
+    /// Delivery records go with the seen message ids once `seen_ids_days` have passed, and a
+    /// send's sealed record with its row; the replies still queued in the same keyspace stay.
     #[test]
     fn retention_removes_old_delivery_records_only() {
         let dir = tempfile::tempdir().unwrap();
@@ -1184,16 +1185,31 @@ mod tests {
         store.data_key_or_create(&p, &mut b).unwrap();
         q.push_outbox(&store, &mut b, &p, &reply("491701234567", "Hi!"))
             .unwrap();
+        // Sends that no status settled: one long ago, one recent.
+        for (wamid, d) in [("wamid.lost", 15), ("wamid.recent", 13)] {
+            q.record_delivery(&store, &mut b, wamid, DeliveryState::Accepted, days(d));
+            q.record_sent(
+                &store,
+                &mut b,
+                wamid,
+                &p,
+                &reply("491701234567", "Bis dann"),
+            )
+            .unwrap();
+        }
         store.commit_durable(b).unwrap();
 
         let policy = crate::store::retention::RetentionPolicy::default();
         assert_eq!(policy.seen_ids_days, 14);
         let report = store.sweep(&policy, now, false).unwrap();
         assert_eq!(
-            report.seen_ids_deleted, 3,
-            "two state rows and the handling"
+            report.seen_ids_deleted, 4,
+            "two state rows and the handling of one, the send of another"
         );
         assert_eq!(q.delivery(&store, "wamid.old").unwrap(), None);
+        // The record of the old send goes with it; the recent one is kept for its status.
+        assert!(q.sent(&store, "wamid.lost").unwrap().is_none());
+        assert!(q.sent(&store, "wamid.recent").unwrap().is_some());
         assert_eq!(q.delivery_failure(&store, "wamid.old").unwrap(), None);
         assert_eq!(
             q.delivery(&store, "wamid.new").unwrap(),
