@@ -859,6 +859,30 @@ mod tests {
         }
     }
 
+    /// A customer known by `phone` with `texts` queued for `to`; their pseudonym and the
+    /// outbox as read.
+    fn customer_with_replies(
+        store: &Store,
+        queues: &Queues,
+        phone: &str,
+        to: &str,
+        texts: &[&str],
+    ) -> (Pseudonym, Vec<Queued<OutboxEntry>>) {
+        let p = store
+            .update_customer(phone, Timestamp::now(), |_, _, _| Ok(()))
+            .unwrap()
+            .0
+            .pseudonym;
+        let mut batch = store.batch();
+        for text in texts {
+            queues
+                .push_outbox(store, &mut batch, &p, &reply(to, text))
+                .unwrap();
+        }
+        store.commit_durable(batch).unwrap();
+        (p, queues.outbox(store).unwrap())
+    }
+
     fn rows_of(rows: &[Queued<OutboxEntry>], p: Pseudonym) -> Vec<Queued<OutboxEntry>> {
         rows.iter().filter(|r| r.pseudonym == p).cloned().collect()
     }
@@ -876,17 +900,7 @@ mod tests {
         } = fixture().await;
         // The customer's record now holds the new number; a reply queued for the old number
         // was re-keyed to them by the move but still names the old one.
-        let p = store
-            .update_customer(NEW, Timestamp::now(), |_, _, _| Ok(()))
-            .unwrap()
-            .0
-            .pseudonym;
-        let mut batch = store.batch();
-        queues
-            .push_outbox(&store, &mut batch, &p, &reply(OLD, "Bis Dienstag!"))
-            .unwrap();
-        store.commit_durable(batch).unwrap();
-        let rows = queues.outbox(&store).unwrap();
+        let (p, rows) = customer_with_replies(&store, &queues, NEW, OLD, &["Bis Dienstag!"]);
         assert!(matches!(send(&sender, p, rows).await, GroupResult::Done));
         assert!(graph.texts_to(OLD).is_empty(), "nothing to the old number");
         assert_eq!(graph.texts_to(NEW), vec!["Bis Dienstag!".to_string()]);
@@ -903,20 +917,8 @@ mod tests {
             _dir,
             ..
         } = fixture().await;
-        let p = store
-            .update_customer(KEPT, Timestamp::now(), |_, _, _| Ok(()))
-            .unwrap()
-            .0
-            .pseudonym;
-        let mut batch = store.batch();
-        queues
-            .push_outbox(&store, &mut batch, &p, &reply(KEPT, "Bis Dienstag!"))
-            .unwrap();
-        queues
-            .push_outbox(&store, &mut batch, &p, &reply(KEPT, "Bis bald!"))
-            .unwrap();
-        store.commit_durable(batch).unwrap();
-        let rows = queues.outbox(&store).unwrap();
+        let (_, rows) =
+            customer_with_replies(&store, &queues, KEPT, KEPT, &["Bis Dienstag!", "Bis bald!"]);
         let mut batch = store.batch();
         queues.record_delivery(
             &store,

@@ -248,11 +248,8 @@ impl MagicLineBooker {
         if class {
             return self.refresh_class_booking(booking_id);
         }
-        let booking = match self.safe(|| self.client.booking(booking_id)) {
-            Ok(b) => b,
-            // MagicLine no longer knows it: nothing to read, nothing to record.
-            Err(ApiError::Api { status: 404, .. }) => return Ok(false),
-            Err(e) => return Err(e.into()),
+        let Some(booking) = self.read_known(|| self.client.booking(booking_id))? else {
+            return Ok(false);
         };
         if !booking.is_active() {
             return self.record_canceled_in_magicline(booking_id);
@@ -264,10 +261,8 @@ impl MagicLineBooker {
     /// move it off; but they can cancel the date or move the date itself, and the booking
     /// then names the same date at another time: the date is read as well.
     fn refresh_class_booking(&self, booking_id: i64) -> Result<bool, BookerError> {
-        let booking = match self.safe(|| self.client.class_booking(booking_id)) {
-            Ok(b) => b,
-            Err(ApiError::Api { status: 404, .. }) => return Ok(false),
-            Err(e) => return Err(e.into()),
+        let Some(booking) = self.read_known(|| self.client.class_booking(booking_id))? else {
+            return Ok(false);
         };
         if !booking.is_active() {
             return self.record_canceled_in_magicline(booking_id);
@@ -275,12 +270,25 @@ impl MagicLineBooker {
         let Some(class_id) = booking.class_id.or(self.cfg.trial_class_id) else {
             return Ok(false);
         };
-        let date = match self.safe(|| self.client.class_slot(class_id, booking.class_slot_id)) {
-            Ok(d) => d,
-            Err(ApiError::Api { status: 404, .. }) => return Ok(false),
-            Err(e) => return Err(e.into()),
+        let Some(date) =
+            self.read_known(|| self.client.class_slot(class_id, booking.class_slot_id))?
+        else {
+            return Ok(false);
         };
         self.record_moved_in_magicline(booking_id, &date.start_date_time, &date.end_date_time)
+    }
+
+    /// Reads something MagicLine may no longer know: `None` on a 404 (nothing to read, nothing
+    /// to record).
+    fn read_known<T>(
+        &self,
+        call: impl FnMut() -> Result<T, ApiError>,
+    ) -> Result<Option<T>, BookerError> {
+        match self.safe(call) {
+            Ok(t) => Ok(Some(t)),
+            Err(ApiError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Reads the bookings frontdesk made for class date `slot_id` (a `CLASS_SLOT_UPDATED` or
