@@ -220,6 +220,8 @@ pub fn decrypt_stream<R: Read>(
 
 /// Length of the pseudonym used in row keys.
 pub const PSEUDONYM_LEN: usize = 16;
+/// Length of a keyed hash of an identifier ([`Pseudonymizer::of_token`]), as it appears in keys.
+pub const TOKEN_HASH_LEN: usize = 16;
 
 /// A customer's pseudonym: a keyed hash of the normalised phone number. Row keys start with it;
 /// its short hex form (`c-` + 12 hex digits) names the customer in logs and the audit log.
@@ -294,13 +296,13 @@ impl Pseudonymizer {
     }
 
     /// A keyed hash of an arbitrary identifier (WhatsApp message ids in the seen keyspace).
-    pub fn of_token(&self, domain: &str, token: &str) -> [u8; 16] {
+    pub fn of_token(&self, domain: &str, token: &str) -> [u8; TOKEN_HASH_LEN] {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key.0)
             .expect("HMAC accepts keys of any length");
         mac.update(domain.as_bytes());
         mac.update(b"\0");
         mac.update(token.as_bytes());
-        mac.finalize().into_bytes()[..16]
+        mac.finalize().into_bytes()[..TOKEN_HASH_LEN]
             .try_into()
             .expect("digest is 32 bytes")
     }

@@ -470,7 +470,7 @@ impl Store {
     }
 
     /// A keyed 16-byte hash for non-phone identifiers (message ids).
-    pub fn token_hash(&self, domain: &str, token: &str) -> [u8; 16] {
+    pub fn token_hash(&self, domain: &str, token: &str) -> [u8; crypto::TOKEN_HASH_LEN] {
         self.pseudonyms.of_token(domain, token)
     }
 

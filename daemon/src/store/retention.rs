@@ -145,7 +145,7 @@ impl Store {
 /// retention of everything else about it (a lost status would otherwise keep it until the
 /// customer is forgotten).
 fn sent_record_of_send(delivery_key: &[u8]) -> Option<Vec<u8>> {
-    const HASHED_ID: usize = 16;
+    const HASHED_ID: usize = super::crypto::TOKEN_HASH_LEN;
     let hash = delivery_key.get(1..=HASHED_ID)?;
     let of_send = match delivery_key.len() {
         n if n == 1 + HASHED_ID => true,

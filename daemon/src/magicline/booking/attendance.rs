@@ -304,7 +304,7 @@ impl MagicLineBooker {
                 .filter_map(|(_, r)| r.booking_id)
                 .collect();
             for booking_id in bookings {
-                changed += usize::from(self.refresh_booking(booking_id)?);
+                changed += usize::from(self.refresh_class_booking(booking_id)?);
             }
         }
         Ok(changed)
